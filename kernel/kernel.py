@@ -1,0 +1,288 @@
+"""The kernel: discovers, validates, orders, starts, stops and hands out services."""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import pluggy
+import structlog
+from pydantic import ValidationError
+
+from . import logs
+from .errors import (
+    ConfigError,
+    KernelError,
+    ServiceAccessError,
+    ServiceNotFoundError,
+    ServiceStartError,
+)
+from .loader import discover, load_entry, order, plan_packages
+from .manifest import ServiceSpec, format_validation_error
+from .plugins import make_plugin_manager
+from .service import BaseService
+
+log = structlog.get_logger("kernel")
+T = TypeVar("T")
+SERVICE_GROUP = "microkernel.services"
+
+
+class ServiceState(enum.StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a dependency failed
+    STOPPED = "stopped"
+
+
+@dataclass
+class ServiceRecord:
+    spec: ServiceSpec
+    state: ServiceState = ServiceState.PENDING
+    instance: BaseService | None = None
+    error: BaseException | None = None
+
+
+def builtin_service_folders() -> list[Path]:
+    """Folders of the services that ship with the kernel (entry-point group)."""
+    folders = []
+    for ep in importlib.metadata.entry_points(group=SERVICE_GROUP):
+        module = ep.load()
+        folders.append(Path(module.__file__).parent)
+    return folders
+
+
+class Kernel:
+    """The microkernel. Use as ``async with Kernel(["services"]) as kernel: ...``.
+
+    :param paths: folders to search for services (each a service folder or a folder of
+        them, searched recursively).
+    :param plugins: plugin objects or modules to register besides the installed ones.
+    :param settings: per-service overrides of the manifests' ``custom`` objects, as
+        ``{"execution-manager": {"maxWorkers": 2}}``.
+    :param builtins: load the services that ship with the kernel (the execution manager).
+    :param stop_timeout: seconds each service's ``stop()`` may take before it is abandoned.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | Path] = (),
+        *,
+        plugins: Iterable[Any] = (),
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        builtins: bool = True,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        if not structlog.is_configured():
+            logs.configure()  # the application has not: info level, on stderr
+        self.paths = [Path(p) for p in paths]
+        self.pm: pluggy.PluginManager = make_plugin_manager(plugins)
+        self.hook = self.pm.hook
+        self._overrides = {k: dict(v) for k, v in (settings or {}).items()}
+        self._builtins = builtins
+        self._stop_timeout = stop_timeout
+        self._records: dict[str, ServiceRecord] = {}
+        self._started: list[str] = []
+        self.running = False
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str | Path], **options: Any) -> Kernel:
+        """The kernel for the services found under ``paths`` (see the constructor)."""
+        return cls(paths, **options)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for rec in self._records.values():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        states = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return f"<Kernel services={len(self._records)} {states}>".replace(" >", ">")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Kernel:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Discover, validate and order every service, then start them in order.
+
+        Raises :class:`ManifestError` or :class:`DependencyError` before anything
+        starts, and :class:`ServiceStartError` when a ``failOnError`` service fails
+        (after stopping, in reverse order, what had started).
+        """
+        if self.running or self._records:
+            raise KernelError("this kernel has already been started")
+        builtin = builtin_service_folders() if self._builtins else []
+        specs = order(discover(self.paths, builtin))
+        plan_packages(specs)
+        unknown = set(self._overrides) - {s.name for s in specs}
+        if unknown:
+            raise ServiceNotFoundError(
+                ", ".join(sorted(unknown)),
+                (s.name for s in specs),
+                detail=f"settings given for unknown services {sorted(unknown)}",
+            )
+        self._records = {s.name: ServiceRecord(s) for s in specs}
+        try:
+            for spec in specs:
+                await self._start_one(self._records[spec.name])
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop_started()
+            raise
+        self.running = True
+        self.hook.kernel_started(kernel=self)
+        log.info("kernel started", services=self._started)
+
+    async def _start_one(self, rec: ServiceRecord) -> None:
+        spec = rec.spec
+        blocked = [
+            d for d in spec.manifest.dependencies if self._records[d].state != ServiceState.RUNNING
+        ]
+        try:
+            if blocked:
+                rec.state = ServiceState.SKIPPED
+                raise KernelError(f"not started: its dependencies failed ({', '.join(blocked)})")
+            cls = load_entry(spec)
+            if cls.name and cls.name != spec.name:
+                raise KernelError(
+                    f"class {cls.__name__} declares name {cls.name!r} but its manifest "
+                    f"({spec.path}) names it {spec.name!r}"
+                )
+            instance = cls()
+            instance._kernel = self
+            instance.manifest = spec.manifest
+            instance.name = spec.name
+            instance.settings = self._settings_for(spec, cls)
+            rec.instance = instance
+            self.hook.kernel_service_loaded(kernel=self, name=spec.name, service=instance)
+            rec.state = ServiceState.STARTING
+            await instance.start()
+        except Exception as exc:
+            if rec.state != ServiceState.SKIPPED:
+                rec.state = ServiceState.FAILED
+            rec.error = exc
+            self.hook.kernel_service_failed(kernel=self, name=spec.name, error=exc)
+            if spec.manifest.fail_on_error:
+                raise ServiceStartError(spec.name, exc) from exc
+            log.error("service failed", service=spec.name, state=rec.state.value, error=str(exc))
+            return
+        rec.state = ServiceState.RUNNING
+        self._started.append(spec.name)
+        self.hook.kernel_service_started(kernel=self, name=spec.name, service=instance)
+        log.debug("service started", service=spec.name)
+
+    def _settings_for(self, spec: ServiceSpec, cls: type[BaseService]) -> Any:
+        custom = {**spec.manifest.custom, **self._overrides.get(spec.name, {})}
+        model = cls.settings_model
+        if model is None:
+            return custom
+        try:
+            return model.model_validate(custom)
+        except ValidationError as exc:
+            raise ConfigError(spec.path, format_validation_error(exc, "custom.")) from None
+
+    async def stop(self) -> None:
+        """Stop every started service in reverse start order. Idempotent."""
+        if self._started:
+            self.hook.kernel_stopping(kernel=self)
+        with anyio.CancelScope(shield=True):
+            await self._stop_started()
+        self.running = False
+
+    async def _stop_started(self) -> None:
+        while self._started:
+            name = self._started.pop()
+            rec = self._records[name]
+            assert rec.instance is not None
+            try:
+                with anyio.fail_after(self._stop_timeout):
+                    await rec.instance.stop()
+            except Exception as exc:
+                log.error("service failed to stop", service=name, error=repr(exc))
+            rec.state = ServiceState.STOPPED
+            self.hook.kernel_service_stopped(kernel=self, name=name)
+
+    # -- lookup -------------------------------------------------------------------
+
+    def get_service(self, name: str, *, requester: str | None = None) -> Any:
+        """The running service ``name``.
+
+        Application code (``requester=None``) gets global services only; a service
+        gets global ones and those it lists in ``dependencies``. Raises
+        :class:`ServiceNotFoundError` (listing the known names) or
+        :class:`ServiceAccessError`.
+        """
+        rec = self._records.get(name)
+        if rec is None:
+            raise ServiceNotFoundError(name, self._records)
+        manifest = rec.spec.manifest
+        if not manifest.global_ and name != requester:
+            allowed = requester is not None and name in self._records[requester].spec.manifest.dependencies
+            if not allowed:
+                users = [r.spec.name for r in self._records.values() if name in r.spec.manifest.dependencies]
+                who = "application code" if requester is None else f"service {requester!r}"
+                raise ServiceAccessError(
+                    name,
+                    self._records,
+                    detail=f"service {name!r} is not global and {who} does not list it in "
+                    f"'dependencies' (it is handed to: {', '.join(users) or 'no service'})",
+                )
+        if rec.state != ServiceState.RUNNING or rec.instance is None:
+            reason = f": {rec.error}" if rec.error else ""
+            raise ServiceNotFoundError(
+                name, self._records, detail=f"service {name!r} is {rec.state.value}{reason}"
+            )
+        return rec.instance
+
+    def find_service(self, name: str) -> Any | None:
+        """The running service ``name`` or None, without visibility rules (kernel use)."""
+        rec = self._records.get(name)
+        if rec is None or rec.state != ServiceState.RUNNING:
+            return None
+        return rec.instance
+
+    def service_states(self) -> dict[str, ServiceState]:
+        """Every known service and its state, in start order."""
+        return {name: rec.state for name, rec in self._records.items()}
+
+    def service_error(self, name: str) -> BaseException | None:
+        rec = self._records.get(name)
+        return rec.error if rec else None
+
+    # -- running from sync code ---------------------------------------------------
+
+    async def serve(self, ready: Callable[[Kernel], Awaitable[None]] | None = None) -> None:
+        """Start, run until SIGINT or SIGTERM, then stop cleanly."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with self:
+                if ready is not None:
+                    await ready(self)
+                async for signum in signals:
+                    log.info("stopping on signal", signal=signal.Signals(signum).name)
+                    break
+
+    def run(self, main: Callable[[Kernel], Awaitable[T]]) -> T:
+        """From sync code: start the kernel, ``await main(kernel)``, stop, return its value."""
+
+        async def runner() -> T:
+            async with self:
+                return await main(self)
+
+        return anyio.run(runner)

@@ -1,0 +1,299 @@
+"""Finding service folders, ordering them, and importing their entry classes.
+
+A service folder that is part of an importable package (``services/examples/x`` on
+``sys.path``) is imported under its real dotted name. Any other folder is imported as
+``_kernel_services.<name>``, a package whose ``__path__`` is the folder; worker
+processes rebuild the same packages from :func:`service_packages`, so instances and
+classes pickle by reference across processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import re
+import sys
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from .errors import DependencyError, ManifestError, ServiceLoadError
+from .manifest import MANIFEST_FILE, ServiceSpec, read_manifest
+from .service import BaseService
+
+SYNTHETIC_ROOT = "_kernel_services"
+_packages: dict[str, str] = {}  # synthetic package name -> folder
+
+
+def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[ServiceSpec]:
+    """Every service folder under ``builtin`` and ``paths``, in a stable order.
+
+    A path is either a service folder itself (it holds ``config.json``) or a folder
+    searched recursively for service folders. The same folder reached twice counts once;
+    two folders claiming one name are a :class:`DependencyError`.
+    """
+    specs: list[ServiceSpec] = []
+    seen: set[Path] = set()
+
+    def add(folder: Path, is_builtin: bool) -> None:
+        real = folder.resolve()
+        if real not in seen:
+            seen.add(real)
+            specs.append(read_manifest(folder, builtin=is_builtin))
+
+    for folder in builtin:
+        add(Path(folder), True)
+    for raw in paths:
+        root = Path(raw)
+        if not root.is_dir():
+            raise ManifestError(root, [("", "services path is not a folder (or does not exist)")])
+        for folder in _service_folders(root):
+            add(folder, False)
+
+    by_name: dict[str, ServiceSpec] = {}
+    for spec in specs:
+        other = by_name.get(spec.name)
+        if other is not None:
+            raise DependencyError(
+                f"two services are named {spec.name!r}: {other.path} and {spec.path}",
+                [spec.name],
+            )
+        by_name[spec.name] = spec
+    return specs
+
+
+def _service_folders(root: Path) -> list[Path]:
+    if (root / MANIFEST_FILE).is_file():
+        return [root]
+    found: list[Path] = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.name.startswith((".", "_")):
+            found.extend(_service_folders(child))
+    return found
+
+
+def order(specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
+    """Topological order of ``specs``: kernel-mode services first, then the rest.
+
+    Ties keep discovery order. Raises :class:`DependencyError` naming the services for
+    a missing dependency, a kernel-mode service that depends on a normal one, or a cycle.
+    """
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        for dep in spec.manifest.dependencies:
+            if dep not in by_name:
+                known = ", ".join(sorted(by_name)) or "none"
+                raise DependencyError(
+                    f"service {spec.name!r} ({spec.path}) depends on {dep!r}, "
+                    f"which is not known (known services: {known})",
+                    [spec.name, dep],
+                )
+            if spec.manifest.kernel_mode and not by_name[dep].manifest.kernel_mode:
+                raise DependencyError(
+                    f"kernel-mode service {spec.name!r} depends on {dep!r}, which is not "
+                    "kernel-mode: kernel-mode services start before all others",
+                    [spec.name, dep],
+                )
+    index = {s.name: i for i, s in enumerate(specs)}
+    result: list[ServiceSpec] = []
+    done: set[str] = set()
+    for kernel_mode in (True, False):
+        group = [s for s in specs if s.manifest.kernel_mode is kernel_mode]
+        pending = {s.name: set(s.manifest.dependencies) - done for s in group}
+        while pending:
+            ready = sorted((n for n, deps in pending.items() if not deps), key=index.__getitem__)
+            if not ready:
+                cycle = _find_cycle({n: by_name[n].manifest.dependencies for n in pending})
+                raise DependencyError(
+                    "dependency cycle: " + " -> ".join(cycle), sorted(set(cycle))
+                )
+            for name in ready:
+                del pending[name]
+                done.add(name)
+                result.append(by_name[name])
+            for deps in pending.values():
+                deps.difference_update(ready)
+    return result
+
+
+def _find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    """One cycle in ``graph`` (every node of which is on or leads to a cycle)."""
+    start = min(graph)
+    path: list[str] = []
+    node = start
+    while node not in path:
+        path.append(node)
+        node = min(d for d in graph[node] if d in graph)
+    return [*path[path.index(node) :], node]
+
+
+def service_packages() -> dict[str, str]:
+    """Synthetic packages planned so far (name -> folder), for worker processes."""
+    return dict(_packages)
+
+
+def plan_packages(specs: Iterable[ServiceSpec]) -> None:
+    """Decide every service's package name before any service starts (nothing is
+    imported), so workers started early can import every service later."""
+    for spec in specs:
+        name = _real_package(spec)
+        if name is None:
+            _packages[_synthetic_name(spec)] = str(spec.folder.resolve())
+
+
+class ServicePackageFinder(importlib.abc.MetaPathFinder):
+    """Imports the synthetic service packages on demand (installed in workers)."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == SYNTHETIC_ROOT:
+            return importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+        folder = _packages.get(fullname)
+        if folder is None:
+            return None
+        init = Path(folder) / "__init__.py"
+        if init.is_file():
+            return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
+        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [folder]
+        return spec
+
+
+def install_finder(packages: Mapping[str, str]) -> None:
+    """In a worker: make the kernel's service packages importable on first use."""
+    _packages.update(packages)
+    if not any(isinstance(f, ServicePackageFinder) for f in sys.meta_path):
+        sys.meta_path.append(ServicePackageFinder())
+
+
+def install_service_package(package: str, folder: str) -> None:
+    """Make ``package`` importable with ``folder`` as its ``__path__``.
+
+    Idempotent for the same folder; a different folder replaces the package and its
+    submodules (a service of that name was loaded from elsewhere).
+    """
+    if SYNTHETIC_ROOT not in sys.modules:
+        root = types.ModuleType(SYNTHETIC_ROOT)
+        root.__path__ = []
+        sys.modules[SYNTHETIC_ROOT] = root
+    if _packages.get(package) == folder and package in sys.modules:
+        return
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+    init = Path(folder) / "__init__.py"
+    spec: importlib.machinery.ModuleSpec | None
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[folder])
+    else:
+        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = [folder]
+    if spec is None:  # pragma: no cover - only for a folder importlib refuses
+        raise ImportError(f"cannot make a package of {folder}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[package] = module
+    _packages[package] = folder
+    if spec.loader is not None:
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[package]
+            del _packages[package]
+            raise
+
+
+def _real_package(spec: ServiceSpec) -> str | None:
+    """The folder's dotted name when it is part of a package importable from sys.path."""
+    folder = spec.folder.resolve()
+    if not (folder / "__init__.py").is_file():
+        return None
+    parts = [folder.name]
+    top = folder.parent
+    while (top / "__init__.py").is_file():
+        parts.insert(0, top.name)
+        top = top.parent
+    dotted = ".".join(parts)
+    try:
+        found = importlib.util.find_spec(dotted)
+    except (ImportError, ValueError):
+        return None
+    if found is not None and found.origin and Path(found.origin).parent == folder:
+        return dotted
+    return None
+
+
+def _synthetic_name(spec: ServiceSpec) -> str:
+    return f"{SYNTHETIC_ROOT}.{re.sub(r'[^0-9A-Za-z_]', '_', spec.name)}"
+
+
+def _package_name(spec: ServiceSpec) -> str:
+    """The dotted name under which ``spec.folder`` is imported (installing it)."""
+    real = _real_package(spec)
+    if real is not None:
+        return real
+    package = _synthetic_name(spec)
+    install_service_package(package, str(spec.folder.resolve()))
+    return package
+
+
+def load_entry(spec: ServiceSpec) -> type[BaseService]:
+    """Import ``spec``'s module and return its service class.
+
+    Raises :class:`ServiceLoadError` naming the service and folder when the module
+    cannot be imported, the entry does not exist, or it is not a BaseService subclass.
+    """
+    entry = spec.manifest.entry
+    try:
+        package = _package_name(spec)
+    except Exception as exc:
+        raise ServiceLoadError(spec.name, spec.folder, f"cannot import its package: {exc}") from exc
+    if entry is None:
+        module_part = "service" if (spec.folder / "service.py").is_file() else ""
+        attr = None
+    else:
+        module_part, attr = entry.split(":")
+    modname = f"{package}.{module_part}" if module_part else package
+    if entry is None and not module_part and not (spec.folder / "__init__.py").is_file():
+        raise ServiceLoadError(
+            spec.name, spec.path, "no 'entry' in the manifest and no service.py in the folder"
+        )
+    try:
+        module = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and modname.startswith(exc.name):
+            reason = f"entry module {module_part!r} not found in {spec.folder}"
+        else:
+            reason = f"importing {module_part or '__init__'} failed: {exc}"
+        raise ServiceLoadError(spec.name, spec.path, reason) from exc
+    except Exception as exc:
+        reason = f"importing {module_part or '__init__'} failed: {type(exc).__name__}: {exc}"
+        raise ServiceLoadError(spec.name, spec.path, reason) from exc
+
+    if attr is None:
+        found = [
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj)
+            and issubclass(obj, BaseService)
+            and obj.__module__ == module.__name__
+        ]
+        if len(found) != 1:
+            names = ", ".join(c.__name__ for c in found) or "none"
+            raise ServiceLoadError(
+                spec.name,
+                spec.path,
+                f"no 'entry' in the manifest and {len(found)} BaseService subclasses in "
+                f"{module_part or '__init__'}.py ({names}); set 'entry' to 'module:Class'",
+            )
+        return found[0]
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ServiceLoadError(spec.name, spec.path, f"entry {entry!r}: no {attr!r} in the module")
+    if not (inspect.isclass(cls) and issubclass(cls, BaseService)):
+        raise ServiceLoadError(
+            spec.name, spec.path, f"entry {entry!r} is not a subclass of kernel.BaseService"
+        )
+    return cls

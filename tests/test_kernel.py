@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel import Kernel, ServiceState, hookimpl
+from kernel.errors import (
+    ConfigError,
+    DependencyError,
+    ManifestError,
+    ServiceAccessError,
+    ServiceNotFoundError,
+    ServiceStartError,
+)
+
+from .conftest import EM_INMEMORY, write_service
+
+pytestmark = pytest.mark.anyio
+
+CODE = """
+from kernel import BaseService
+class Svc(BaseService):
+    async def start(self):
+        if self.settings.get("fail"):
+            raise RuntimeError("start failed on purpose")
+"""
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    @hookimpl
+    def kernel_service_loaded(self, name: str) -> None:
+        self.calls.append(("loaded", name))
+
+    @hookimpl
+    def kernel_service_started(self, name: str) -> None:
+        self.calls.append(("started", name))
+
+    @hookimpl
+    def kernel_service_failed(self, name: str, error: BaseException) -> None:
+        self.calls.append(("failed", name))
+
+    @hookimpl
+    def kernel_service_stopped(self, name: str) -> None:
+        self.calls.append(("stopped", name))
+
+    @hookimpl
+    def kernel_started(self) -> None:
+        self.calls.append(("kernel", "started"))
+
+    @hookimpl
+    def kernel_stopping(self) -> None:
+        self.calls.append(("kernel", "stopping"))
+
+    def of(self, what: str) -> list[str]:
+        return [n for w, n in self.calls if w == what]
+
+
+def tree(root: Path, spec: dict[str, dict[str, Any]]) -> Path:
+    for name, manifest in spec.items():
+        write_service(root, name, {"global": True, **manifest}, CODE)
+    return root
+
+
+async def test_start_in_dependency_order_stop_in_reverse(tmp_path: Path) -> None:
+    tree(tmp_path, {"app": {"dependencies": ["db"]}, "db": {}, "core": {"kernelMode": True}})
+    rec = Recorder()
+    async with Kernel([tmp_path], plugins=[rec], builtins=False) as kernel:
+        assert rec.of("started") == ["core", "db", "app"]
+        assert kernel.service_states() == {n: ServiceState.RUNNING for n in ("core", "db", "app")}
+        assert "running=3" in repr(kernel)
+    assert rec.of("stopped") == ["app", "db", "core"]
+    assert rec.calls[-4] == ("kernel", "stopping")
+    assert ("kernel", "started") in rec.calls
+
+
+async def test_fail_on_error_stops_what_started_in_reverse(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": {}, "b": {"dependencies": ["a"]}, "c": {"dependencies": ["b"], "custom": {"fail": True}}})
+    rec = Recorder()
+    kernel = Kernel([tmp_path], plugins=[rec], builtins=False)
+    with pytest.raises(ServiceStartError, match="service 'c' failed to start: start failed on purpose") as info:
+        await kernel.start()
+    assert info.value.service == "c"
+    assert rec.of("failed") == ["c"]
+    assert rec.of("stopped") == ["b", "a"]
+
+
+async def test_soft_failure_skips_dependents_and_the_rest_runs(tmp_path: Path) -> None:
+    tree(tmp_path, {
+        "flaky": {"failOnError": False, "custom": {"fail": True}},
+        "needs_flaky": {"failOnError": False, "dependencies": ["flaky"]},
+        "fine": {},
+    })
+    async with Kernel([tmp_path], builtins=False) as kernel:
+        states = kernel.service_states()
+        assert states == {"flaky": "failed", "needs_flaky": "skipped", "fine": "running"}
+        assert "dependencies failed (flaky)" in str(kernel.service_error("needs_flaky"))
+        kernel.get_service("fine")
+        with pytest.raises(ServiceNotFoundError, match="service 'flaky' is failed: start failed on purpose"):
+            kernel.get_service("flaky")
+
+
+async def test_visibility(tmp_path: Path) -> None:
+    write_service(tmp_path, "private", {}, CODE)
+    write_service(tmp_path, "user", {"dependencies": ["private"]}, CODE)
+    write_service(tmp_path, "public", {"global": True}, CODE)
+    async with Kernel([tmp_path], builtins=False) as kernel:
+        assert kernel.get_service("public").name == "public"
+        user = kernel.find_service("user")
+        assert user.get_service("private").name == "private"
+        assert user.get_service("public").name == "public"
+        with pytest.raises(ServiceAccessError, match=r"'private' is not global and application code does not list it.*handed to: user"):
+            kernel.get_service("private")
+        with pytest.raises(ServiceAccessError, match="service 'public' does not list it"):
+            kernel.find_service("public").get_service("private")
+        with pytest.raises(ServiceNotFoundError, match=r"no service named 'nope' \(known services: private, public, user\)"):
+            kernel.get_service("nope")
+
+
+async def test_custom_settings_validated_by_service_model(tmp_path: Path) -> None:
+    write_service(tmp_path, "typed", {"global": True, "custom": {"size": "big", "extra": 1}}, """
+        from pydantic import BaseModel, ConfigDict
+        from kernel import BaseService
+        class Cfg(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            size: int = 1
+        class Typed(BaseService):
+            settings_model = Cfg
+    """)
+    with pytest.raises(ServiceStartError) as info:
+        await Kernel([tmp_path], builtins=False).start()
+    cause = info.value.__cause__
+    assert isinstance(cause, ConfigError)
+    assert {f for f, _ in cause.problems} == {"custom.size", "custom.extra"}
+    assert str(tmp_path / "typed" / "config.json") in str(info.value)
+
+
+async def test_settings_override_and_unknown_override(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": {"custom": {"x": 1}}})
+    async with Kernel([tmp_path], builtins=False, settings={"a": {"x": 2}}) as kernel:
+        assert kernel.get_service("a").settings == {"x": 2}
+    with pytest.raises(ServiceNotFoundError, match="settings given for unknown services"):
+        await Kernel([tmp_path], builtins=False, settings={"zzz": {}}).start()
+
+
+async def test_bad_manifest_fails_before_anything_starts(tmp_path: Path) -> None:
+    rec = Recorder()
+    tree(tmp_path, {"good": {}})
+    write_service(tmp_path, "bad", {"kernelMode": 3})
+    with pytest.raises(ManifestError, match="kernelMode"):
+        await Kernel([tmp_path], plugins=[rec]).start()
+    assert rec.calls == []
+
+
+async def test_dependency_errors_surface(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": {"dependencies": ["b"]}, "b": {"dependencies": ["a"]}})
+    with pytest.raises(DependencyError, match="cycle: a -> b -> a"):
+        await Kernel([tmp_path], builtins=False).start()
+
+
+async def test_class_name_must_match_manifest(tmp_path: Path) -> None:
+    write_service(tmp_path, "x", {"name": "x"}, """
+        from kernel import BaseService
+        class X(BaseService):
+            name = "other"
+    """)
+    with pytest.raises(ServiceStartError, match="declares name 'other' but its manifest"):
+        await Kernel([tmp_path], builtins=False).start()
+
+
+async def test_execution_manager_is_kernel_mode_and_first(tmp_path: Path) -> None:
+    tree(tmp_path, {"early": {}})
+    rec = Recorder()
+    async with Kernel([tmp_path], plugins=[rec], settings={"execution-manager": EM_INMEMORY}) as kernel:
+        assert rec.of("started") == ["execution-manager", "early"]
+        assert kernel.get_service("execution-manager").settings.node_type == "inmemory"
+
+
+def test_run_from_sync_code(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": {}})
+
+    async def main(kernel: Kernel) -> str:
+        return kernel.get_service("a").name
+
+    assert Kernel([tmp_path], builtins=False).run(main) == "a"
