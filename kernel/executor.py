@@ -1,0 +1,212 @@
+"""The executor interface: one place that runs calls.
+
+A local worker process, an in-process thread, a remote node: the execution manager
+sees only :class:`Executor`. Node types are registered by plugins through the
+``kernel_executor_types`` hook; each plugin's tests run the one conformance suite
+(``tests/conformance.py``), which is what makes them interchangeable.
+
+Errors an executor reports on a call (set on ``call.future``), all from
+:mod:`kernel.errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
+call in flight; :class:`PoolClosedError` when the call reaches it after stop. Errors
+raised by the call itself are not exceptions here: they come back as a
+``(False, ErrorInfo)`` reply for the manager to rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ExecutionError
+
+
+class WorkerState(enum.StrEnum):
+    CREATING = "creating"
+    REGISTERING = "registering"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+
+
+_S = WorkerState
+TRANSITIONS: Mapping[WorkerState, frozenset[WorkerState]] = {
+    _S.CREATING: frozenset({_S.REGISTERING, _S.FAILED, _S.TERMINATED}),
+    _S.REGISTERING: frozenset({_S.AVAILABLE, _S.FAILED, _S.TERMINATED}),
+    _S.AVAILABLE: frozenset({_S.RUNNING, _S.DRAINING, _S.UNHEALTHY, _S.FAILED, _S.TERMINATED}),
+    _S.RUNNING: frozenset({_S.AVAILABLE, _S.DRAINING, _S.UNHEALTHY, _S.FAILED, _S.TERMINATED}),
+    _S.UNHEALTHY: frozenset({_S.AVAILABLE, _S.DRAINING, _S.FAILED, _S.TERMINATED}),
+    _S.DRAINING: frozenset({_S.FAILED, _S.TERMINATED}),
+    _S.FAILED: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset(),
+}
+ACCEPTING = frozenset({_S.AVAILABLE, _S.RUNNING})
+CLOSED = frozenset({_S.FAILED, _S.TERMINATED})
+
+
+class IllegalTransition(ExecutionError):
+    """An executor tried a state change the state machine does not allow."""
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One attempt at a call, as the pool hands it to an executor.
+
+    The executor resolves ``future`` with a reply ``(True, pickled_result)`` or
+    ``(False, ErrorInfo)``, or sets an :class:`~kernel.errors.ExecutionError` on it.
+    ``label`` and ``args`` only serve error messages.
+    """
+
+    id: int
+    kind: int
+    payload: bytes
+    future: asyncio.Future[Any]
+    label: str = "call"
+    args: tuple[Any, ...] = ()
+    started: float = field(default_factory=time.perf_counter)
+
+    def describe(self) -> str:
+        shown = ", ".join(_short(a) for a in self.args)
+        return f"{self.label}({shown}) [call {self.id}]"
+
+
+def _short(obj: Any, limit: int = 40) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorInfo:
+    """What an executor reports about itself for stats and placement."""
+
+    pid: int | None = None
+    address: str | None = None
+    slots: int = 1
+    exit_reason: str | None = None
+
+
+StateListener = Callable[["Executor", WorkerState, WorkerState], None]
+
+
+class Executor(ABC):
+    """One place that runs calls.
+
+    Lifecycle: created (``CREATING``) -> :meth:`start` (``REGISTERING`` ->
+    ``AVAILABLE``) -> calls (``AVAILABLE`` <-> ``RUNNING``) -> :meth:`stop`
+    (``DRAINING`` -> ``TERMINATED``). An executor that dies on its own goes to
+    ``FAILED`` and fails every call it held with :class:`WorkerCrashedError`.
+    Every state change is reported to ``listeners``, which is how the pool learns of
+    deaths; the pool never switches on an executor's type, only on these predicates.
+    """
+
+    node_type: ClassVar[str] = ""
+
+    def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
+        self.id = worker_id
+        self.options: Mapping[str, Any] = options or {}
+        self.state = WorkerState.CREATING
+        self.listeners: list[StateListener] = []
+        self.inflight: dict[int, Call] = {}
+        self.done = 0
+        self.failed = 0
+
+    def __repr__(self) -> str:
+        info = self.info()
+        where = f" pid={info.pid}" if info.pid else (f" address={info.address}" if info.address else "")
+        return (
+            f"<{type(self).__name__} {self.id} {self.state.value}{where} "
+            f"running={len(self.inflight)} done={self.done}>"
+        )
+
+    # -- the interface ----------------------------------------------------------------
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start and register; return once calls can be submitted.
+
+        :raises WorkerStartError: it could not start or did not register in time (the
+            executor is then ``FAILED`` and holds no resources).
+        """
+
+    @abstractmethod
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        """Stop. With ``drain``, calls in flight finish first (within ``timeout``
+        seconds, then it is stopped by force); without, they fail with
+        :class:`WorkerCrashedError`. Ends ``TERMINATED``; idempotent.
+        """
+
+    @abstractmethod
+    def submit(self, call: Call) -> None:
+        """Start running ``call`` (never blocks); its outcome arrives on ``call.future``.
+
+        Calls submitted to one executor start in submission order.
+
+        :raises PoolClosedError: the executor is not accepting calls.
+        """
+
+    @abstractmethod
+    def cancel(self, call_id: int) -> bool:
+        """Drop a call that has not started; True if it was dropped. A call already
+        running is not interrupted."""
+
+    @abstractmethod
+    def info(self) -> ExecutorInfo:
+        """Where it runs (pid or address), its slots and, once ended, why it ended."""
+
+    # -- predicates and state ---------------------------------------------------------
+
+    @property
+    def is_available(self) -> bool:
+        return self.state in ACCEPTING
+
+    @property
+    def is_idle(self) -> bool:
+        return self.state in ACCEPTING and not self.inflight
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state in CLOSED
+
+    def set_state(self, new: WorkerState) -> None:
+        """Move to ``new``; an illegal transition raises :class:`IllegalTransition`."""
+        old = self.state
+        if new == old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise IllegalTransition(f"executor {self.id}: {old.value} -> {new.value} is not allowed")
+        self.state = new
+        for listener in list(self.listeners):
+            listener(self, old, new)
+
+    def _finish(self, call: Call, reply: Any) -> None:
+        """Resolve ``call`` (helper for implementations; keeps counts and state)."""
+        self.inflight.pop(call.id, None)
+        if reply[0]:
+            self.done += 1
+        else:
+            self.failed += 1
+        if not call.future.done():
+            call.future.set_result(reply)
+        if not self.inflight and self.state == WorkerState.RUNNING:
+            self.set_state(WorkerState.AVAILABLE)
+
+    def _fail_all(self, exc_factory: Callable[[Call], BaseException]) -> None:
+        calls = list(self.inflight.values())
+        self.inflight.clear()
+        for call in calls:
+            self.failed += 1
+            if not call.future.done():
+                call.future.set_exception(exc_factory(call))
+
+
+ExecutorFactory = Callable[[str, Mapping[str, Any]], Executor]

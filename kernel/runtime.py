@@ -1,0 +1,126 @@
+"""Running calls on the executing side (a worker process, or in-process).
+
+Every executor runs a decoded CALL through :class:`Runtime`, so a function, a replica
+method or a pinned instance behaves the same wherever it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import threading
+from typing import Any, NamedTuple
+
+from . import protocol as p
+from .decorator import inline, original_method
+from .errors import InstanceLostError, MethodNotFoundError, SerializationError
+from .serialization import dumps_exception, dumps_result, format_exception, loads, type_name
+
+
+class ErrorInfo(NamedTuple):
+    """An exception, ready to cross a process boundary."""
+
+    type_name: str
+    message: str
+    traceback: str
+    exception: bytes | None
+
+    @classmethod
+    def of(cls, exc: BaseException, where: str = "") -> ErrorInfo:
+        tb = format_exception(exc)
+        if where:
+            tb = f"(on {where})\n{tb}"
+        return cls(type_name(exc), str(exc), tb, dumps_exception(exc))
+
+
+def run_chunk(fn: Any, items: list[Any]) -> list[Any]:
+    """One chunk of ``map``: ``fn`` over each item, in order."""
+    return [fn(item) for item in items]
+
+
+# A reply: (True, pickled result) or (False, ErrorInfo).
+Reply = tuple[bool, Any]
+
+
+class Runtime:
+    """Executes calls; holds the instances pinned to this executor."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.pinned: dict[str, Any] = {}
+        self._local = threading.local()
+
+    def execute(self, kind: int, payload: bytes) -> Reply:
+        token = inline.set(True)
+        try:
+            label = "call"
+            try:
+                obj = loads(payload)
+            except Exception as exc:
+                raise SerializationError(
+                    f"cannot unpickle the call on worker {self.worker_id}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if kind == p.CALL_FN:
+                fn, args, kwargs = obj
+                label = getattr(fn, "__qualname__", None) or repr(fn)
+                result = fn(*args, **kwargs)
+            elif kind == p.CALL_METHOD:
+                instance, name, args, kwargs = obj
+                label = f"{type(instance).__name__}.{name}"
+                result = self._method(instance, name)(instance, *args, **kwargs)
+            elif kind == p.CALL_PINNED:
+                key, name, args, kwargs = obj
+                instance = self._pinned(key)
+                label = f"{type(instance).__name__}.{name}"
+                result = self._method(instance, name)(instance, *args, **kwargs)
+            elif kind == p.PIN:
+                key, instance = obj
+                self.pinned[key] = instance
+                result = None
+            elif kind == p.UNPIN:
+                label = "release"
+                result = self.pinned.pop(obj, None)
+            else:
+                raise ValueError(f"unknown call kind {kind}")
+            if inspect.isawaitable(result):
+                result = self._await(result)
+            return True, dumps_result(label, result)
+        except Exception as exc:
+            return False, ErrorInfo.of(exc, f"worker {self.worker_id}, pid {os.getpid()}")
+        finally:
+            inline.reset(token)
+
+    def _pinned(self, key: str) -> Any:
+        try:
+            return self.pinned[key]
+        except KeyError:
+            raise InstanceLostError(
+                f"no instance {key!r} is pinned on worker {self.worker_id}"
+            ) from None
+
+    def _method(self, instance: Any, name: str) -> Any:
+        fn = original_method(type(instance), name)
+        if fn is None or name.startswith("_"):
+            service = getattr(instance, "name", "") or "?"
+            raise MethodNotFoundError(
+                f"{type(instance).__qualname__} (service {service!r}) has no method "
+                f"{name!r} on worker {self.worker_id}"
+            )
+        return fn
+
+    def _await(self, awaitable: Any) -> Any:
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+
+        async def wrap() -> Any:
+            return await awaitable
+
+        return loop.run_until_complete(wrap())
+
+    def close(self) -> None:
+        loop = getattr(self._local, "loop", None)
+        if loop is not None:
+            loop.close()

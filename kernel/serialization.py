@@ -1,0 +1,108 @@
+"""Pickling calls, results and exceptions, with errors that name what failed.
+
+Everything goes through cloudpickle, so functions and classes defined in ``__main__``
+or interactively travel by value; importable ones travel by reference.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError
+
+_dumps = cloudpickle.dumps
+loads = pickle.loads
+
+
+def dumps(obj: Any) -> bytes:
+    data: bytes = _dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def _short(obj: Any, limit: int = 60) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _culprit(parts: Iterable[tuple[str, Any]]) -> tuple[str, Any, BaseException] | None:
+    for name, value in parts:
+        try:
+            _dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            return name, value, exc
+    return None
+
+
+def _instance_parts(instance: Any) -> list[tuple[str, Any]]:
+    state = instance.__getstate__() if hasattr(instance, "__getstate__") else None
+    if isinstance(state, Mapping):
+        return [(f"attribute {k!r} of the {type(instance).__name__} instance", v) for k, v in state.items()]
+    return [(f"the {type(instance).__name__} instance", instance)]
+
+
+def dumps_call(
+    label: str,
+    parts: tuple[Any, ...],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    instance: Any = None,
+    fn: Any = None,
+) -> bytes:
+    """Pickle a call's payload; on failure name the argument (or attribute) at fault."""
+    try:
+        return dumps(parts)
+    except Exception as exc:
+        candidates: list[tuple[str, Any]] = []
+        if fn is not None:
+            candidates.append((f"the callable {_short(fn)}", fn))
+        if instance is not None:
+            candidates.extend(_instance_parts(instance))
+        candidates.extend((f"argument {i} ({_short(a)})", a) for i, a in enumerate(args))
+        candidates.extend((f"keyword argument {k!r} ({_short(v)})", v) for k, v in kwargs.items())
+        found = _culprit(candidates)
+        if found is None:
+            raise SerializationError(f"cannot pickle the call {label}: {exc}") from exc
+        name, value, cause = found
+        raise SerializationError(
+            f"cannot pickle {name} of {label}: type {type(value).__module__}."
+            f"{type(value).__qualname__}: {cause}"
+        ) from cause
+
+
+def dumps_result(label: str, result: Any) -> bytes:
+    """Pickle a call's result; on failure say which call and what type."""
+    try:
+        return dumps(result)
+    except Exception as exc:
+        kind = type(result)
+        raise SerializationError(
+            f"cannot pickle the result of {label}: type {kind.__module__}.{kind.__qualname__}: {exc}"
+        ) from exc
+
+
+def dumps_exception(exc: BaseException) -> bytes | None:
+    """The pickled exception, or None when it does not survive a round trip."""
+    try:
+        data = dumps(exc)
+        pickle.loads(data)
+    except Exception:
+        return None
+    return data
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"

@@ -1,0 +1,75 @@
+"""The sans-I/O protocol, driven by bytes alone: no sockets, no processes."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from kernel import protocol as p
+
+
+def hello(version: int = p.PROTOCOL_VERSION) -> bytes:
+    return p.pack((p.HELLO, version, "w-1", 123, "3.11.7", {}))
+
+
+def test_round_trip_byte_by_byte() -> None:
+    kernel, worker = p.Connection("kernel"), p.Connection("worker")
+    data = hello() + p.pack((p.RESULT, 7, b"payload"))
+    events = []
+    for i in range(len(data)):
+        events += kernel.receive_data(data[i : i + 1])
+    assert events == [p.Hello(1, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
+    assert kernel.peer is not None and kernel.peer.worker_id == "w-1"
+    call = kernel.send_call(3, p.CALL_FN, b"x") + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
+    assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x"), p.Cancel(3), p.Shutdown(True)]
+
+
+def test_partial_frame_is_buffered() -> None:
+    conn = p.Connection("kernel")
+    data = hello()
+    assert conn.receive_data(data[:3]) == []
+    assert conn.receive_data(data[3:-1]) == []
+    assert len(conn.receive_data(data[-1:])) == 1
+
+
+def test_every_message_type_round_trips() -> None:
+    kernel, worker = p.Connection("kernel"), p.Connection("worker")
+    kernel.receive_data(hello())
+    to_kernel = [
+        p.Result(1, b"r"), p.Error(2, "ValueError", "bad", "tb", None), p.Heartbeat(1.5, 10, 0),
+        p.Progress(1, 0.5, "half"), p.Log(1, "info", "hi", {"k": 1}), p.Request(9, 1, "svc", b""),
+        p.Goodbye("bye"),
+    ]
+    assert kernel.receive_data(b"".join(worker.send(e) for e in to_kernel)) == to_kernel
+    to_worker = [p.Call(1, p.PIN, b"x"), p.Cancel(1), p.Response(9, True, b"ok"), p.Shutdown(False)]
+    assert worker.receive_data(b"".join(kernel.send(e) for e in to_worker)) == to_worker
+
+
+def test_unframed_mode_one_message_per_frame() -> None:
+    kernel = p.Connection("kernel", framed=False)
+    body = msgpack.packb((p.HELLO, 1, "w", 1, "3.11", {}))
+    assert kernel.receive_data(body)[0].worker_id == "w"
+    assert kernel.send(p.Cancel(4)) == msgpack.packb((p.CANCEL, 4))
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (p.pack((p.RESULT, 1, b"x")), "expected HELLO first, got Result"),
+        (hello(version=99), "protocol version 99; this kernel speaks 1"),
+        (b"\x00\x00\x00\x02\xc1\xc1", "undecodable frame"),
+        (p.pack((42, 1)), "unknown message type 42"),
+        (p.pack((p.CALL, 1, 0, b"")), "Call is not a message a kernel receives"),
+        (p.pack((p.HELLO, 1, "w")), "Hello has 5 fields, got 2"),
+        (p.pack({"not": "array"}), "msgpack array starting with its type"),
+        (b"\xff\xff\xff\xff", "exceeds the limit"),
+    ],
+)
+def test_protocol_errors(data: bytes, match: str) -> None:
+    with pytest.raises(p.ProtocolError, match=match):
+        p.Connection("kernel", max_frame=1 << 20).receive_data(data)
+
+
+def test_bad_role() -> None:
+    with pytest.raises(ValueError, match="role must be"):
+        p.Connection("server")
