@@ -1,0 +1,1 @@
+"""Executor plugins that ship with the kernel (registered like third-party ones)."""

@@ -1,0 +1,20 @@
+"""The in-memory executor (``"inmemory"``): calls run in the kernel's own process.
+
+A real plugin, not a test double: tests of the kernel and of services that are not
+about processes use it, and the execution manager uses it to run calls locally when
+the machine is idle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kernel.executor import ExecutorFactory
+from kernel.hookspecs import hookimpl
+
+
+@hookimpl
+def kernel_executor_types() -> Mapping[str, ExecutorFactory]:
+    from .executor import InMemoryExecutor
+
+    return {InMemoryExecutor.node_type: InMemoryExecutor}

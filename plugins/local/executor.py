@@ -1,0 +1,215 @@
+"""The kernel's side of one local worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from kernel import protocol as p
+from kernel.errors import PoolClosedError, WorkerCrashedError, WorkerStartError
+from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
+from kernel.loader import service_packages
+from kernel.runtime import ErrorInfo
+from kernel.stream import FrameStream
+
+from .worker import BOOT_ENV
+
+_S = WorkerState
+
+
+def describe_exit(returncode: int | None) -> str:
+    """'exited with code 1', 'killed by signal SIGKILL'..."""
+    if returncode is None:
+        return "disconnected"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    return f"exited with code {returncode}"
+
+
+class LocalWorker(Executor):
+    """A worker process on this machine, talking frames over a socket pair.
+
+    Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the
+    interpreter to run workers with, default: the kernel's).
+    """
+
+    node_type = "local"
+
+    def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(worker_id, options)
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stream: FrameStream | None = None
+        self._hello: asyncio.Future[p.Hello] | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._exit_reason: str | None = None
+
+    def info(self) -> ExecutorInfo:
+        return ExecutorInfo(pid=self.pid, slots=1, exit_reason=self._exit_reason)
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.set_state(_S.REGISTERING)
+        timeout = float(self.options.get("startTimeout", 30.0))
+        ours, theirs = socket.socketpair()
+        boot = {
+            "worker_id": self.id,
+            "sys_path": sys.path,
+            "packages": service_packages(),
+            "kernel_pid": os.getpid(),
+        }
+        env = {**os.environ, BOOT_ENV: json.dumps(boot)}
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                self.options.get("python", sys.executable), "-m", "plugins.local.worker", str(theirs.fileno()),
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env,
+            )
+        except OSError as exc:
+            ours.close()
+            self.set_state(_S.FAILED)
+            raise WorkerStartError(f"worker {self.id}: cannot start a process: {exc}") from exc
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self._hello = loop.create_future()
+        self._exited = loop.create_future()
+        conn = p.Connection("kernel")
+        _, stream = await loop.connect_accepted_socket(
+            lambda: FrameStream(conn, self._on_event, self._on_lost), ours
+        )
+        self._stream = stream
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._hello)
+        except (TimeoutError, WorkerCrashedError, p.ProtocolError) as exc:
+            await self._kill()
+            if isinstance(exc, TimeoutError):
+                why = f"did not register within {timeout:g} s"
+            else:
+                why = f"{describe_exit(self.returncode)} before registering"
+            if self.state != _S.FAILED:
+                self.set_state(_S.FAILED)
+            raise WorkerStartError(f"worker {self.id} (pid {self.pid}) {why}") from None
+        self.set_state(_S.AVAILABLE)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        if self.state not in (_S.AVAILABLE, _S.RUNNING) or self._stream is None:
+            raise PoolClosedError(f"worker {self.id} is {self.state.value} and takes no calls")
+        self.inflight[call.id] = call
+        if self.state == _S.AVAILABLE:
+            self.set_state(_S.RUNNING)
+        self._stream.write(p.pack((p.CALL, call.id, call.kind, call.payload)))
+
+    def cancel(self, call_id: int) -> bool:
+        call = self.inflight.pop(call_id, None)
+        if call is None or self._stream is None or self._stream.closed:
+            return False
+        self._stream.write(p.pack((p.CANCEL, call_id)))
+        if not self.inflight and self.state == _S.RUNNING:
+            self.set_state(_S.AVAILABLE)
+        return True
+
+    def _on_event(self, event: p.Event) -> None:
+        kind = type(event)
+        if kind is p.Result or kind is p.Error:
+            call = self.inflight.get(event.call_id)  # type: ignore[union-attr]
+            if call is None:
+                return  # an attempt already given up (or cancelled): never delivered twice
+            if kind is p.Result:
+                self._finish(call, (True, event.payload))  # type: ignore[union-attr]
+            else:
+                self._finish(call, (False, ErrorInfo(*event[1:])))
+        elif kind is p.Hello and self._hello is not None and not self._hello.done():
+            self._hello.set_result(event)  # type: ignore[arg-type]
+
+    # -- end --------------------------------------------------------------------------
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(exc if isinstance(exc, p.ProtocolError) else WorkerCrashedError("lost"))
+            self._hello.exception()  # retrieved here; start() reports it
+        asyncio.get_running_loop().create_task(self._reap(exc))
+
+    async def _reap(self, exc: BaseException | None) -> None:
+        """The connection ended: collect the exit status, fail what was in flight."""
+        assert self._proc is not None
+        try:
+            async with asyncio.timeout(2.0):
+                self.returncode = await self._proc.wait()
+        except TimeoutError:  # the socket broke but the process lingers: end it
+            self._proc.kill()
+            self.returncode = await self._proc.wait()
+        reason = describe_exit(self.returncode)
+        if isinstance(exc, p.ProtocolError):
+            reason = f"broke the protocol ({exc})"
+        self._exit_reason = reason
+        where = f"worker {self.id} (pid {self.pid})"
+        if self._stopping:
+            self._fail_all(lambda c: WorkerCrashedError(
+                f"{where} was stopped while running {c.describe()}",
+                worker_id=self.id, pid=self.pid, exitcode=self.returncode, call=c.describe(),
+            ))
+        else:
+            self._fail_all(lambda c: WorkerCrashedError(
+                f"{where} {reason} while running {c.describe()}",
+                worker_id=self.id, pid=self.pid, exitcode=self.returncode, call=c.describe(),
+            ))
+        if self.state not in (_S.FAILED, _S.TERMINATED):
+            self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
+        assert self._exited is not None
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    async def _kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        if self._stream is not None:
+            self._stream.close()
+        if self._exited is not None:
+            await self._exited
+
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        if self.state == _S.TERMINATED:
+            return
+        self._stopping = True
+        if self.state in (_S.AVAILABLE, _S.RUNNING, _S.UNHEALTHY):
+            self.set_state(_S.DRAINING)
+        if self._stream is None or self._proc is None:
+            self.set_state(_S.TERMINATED)
+            return
+        if drain and self.inflight:
+            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        if not self._stream.closed:
+            self._stream.write(p.pack((p.SHUTDOWN, False)))
+        assert self._exited is not None
+        try:
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._exited)
+        except TimeoutError:
+            await self._kill()
+        if self.state != _S.TERMINATED:
+            self.set_state(_S.TERMINATED)
+
+    def kill(self) -> None:
+        """Kill the process at once (SIGKILL); its calls fail with WorkerCrashedError."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()

@@ -1,0 +1,201 @@
+"""The executor conformance suite: every node type must pass every check unchanged.
+
+A plugin's test file is a thin wrapper::
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+    async def test_conformance(check):
+        await check(lambda wid: MyExecutor(wid, {}))
+
+or ``await check_executor(make)`` to run them all in one test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kernel import protocol as p
+from kernel.errors import PoolClosedError
+from kernel.executor import Call, Executor, WorkerState
+from kernel.serialization import dumps, loads
+
+Make = Callable[[str], Executor]
+_ids = itertools.count(1)
+
+
+class Accumulator:
+    """State that lives on the executor while pinned."""
+
+    __distributed_methods__: dict[str, Any] = {}
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+
+    def add(self, x: int) -> int:
+        self.items.append(x)
+        return len(self.items)
+
+
+Accumulator.__distributed_methods__ = {"add": Accumulator.add}
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def unpicklable_result() -> Any:
+    return threading.Lock()
+
+
+def call(kind: int, payload: Any, label: str = "check") -> Call:
+    loop = asyncio.get_running_loop()
+    return Call(next(_ids), kind, dumps(payload), loop.create_future(), label)
+
+
+async def reply(ex: Executor, c: Call, timeout: float = 10.0) -> tuple[bool, Any]:
+    ex.submit(c)
+    async with asyncio.timeout(timeout):
+        result: tuple[bool, Any] = await c.future
+    return result
+
+
+async def started(make: Make) -> Executor:
+    ex = make(f"check-{next(_ids)}")
+    await ex.start()
+    return ex
+
+
+async def check_lifecycle(make: Make) -> None:
+    ex = make("check-life")
+    seen: list[tuple[WorkerState, WorkerState]] = []
+    ex.listeners.append(lambda _e, old, new: seen.append((old, new)))
+    assert ex.state == WorkerState.CREATING and not ex.is_available
+    await ex.start()
+    assert ex.is_available and ex.is_idle and not ex.is_closed
+    assert "check-life" in repr(ex) and "available" in repr(ex)
+    await ex.stop()
+    await ex.stop()  # idempotent
+    assert ex.is_closed and ex.state == WorkerState.TERMINATED
+    states = [new for _old, new in seen]
+    assert states[:2] == [WorkerState.REGISTERING, WorkerState.AVAILABLE]
+    assert states[-1] == WorkerState.TERMINATED
+
+
+async def check_runs_a_function(make: Make) -> None:
+    ex = await started(make)
+    try:
+        ok, data = await reply(ex, call(p.CALL_FN, (pow, (2, 10), {})))
+        assert ok and loads(data) == 1024
+        assert ex.done == 1 and ex.is_idle and ex.state == WorkerState.AVAILABLE
+    finally:
+        await ex.stop()
+
+
+async def check_error_reply(make: Make) -> None:
+    ex = await started(make)
+    try:
+        ok, info = await reply(ex, call(p.CALL_FN, (fail, ("bad input",), {})))
+        assert not ok
+        assert info.type_name == "ValueError" and info.message == "bad input"
+        assert "in fail" in info.traceback and ex.id in info.traceback
+        exc = loads(info.exception)
+        assert isinstance(exc, ValueError) and str(exc) == "bad input"
+        assert ex.failed == 1 and ex.is_available
+    finally:
+        await ex.stop()
+
+
+async def check_pinned_state_in_order(make: Make) -> None:
+    ex = await started(make)
+    try:
+        ok, _ = await reply(ex, call(p.PIN, ("k1", Accumulator())))
+        assert ok
+        calls = [call(p.CALL_PINNED, ("k1", "add", (i,), {})) for i in range(20)]
+        for c in calls:
+            ex.submit(c)
+        results = [loads((await c.future)[1]) for c in calls]
+        assert results == list(range(1, 21))
+        ok, data = await reply(ex, call(p.UNPIN, "k1"))
+        assert ok and loads(data).items == list(range(20))
+        ok, info = await reply(ex, call(p.CALL_PINNED, ("k1", "add", (1,), {})))
+        assert not ok and info.type_name == "kernel.errors.InstanceLostError"
+    finally:
+        await ex.stop()
+
+
+async def check_missing_method(make: Make) -> None:
+    ex = await started(make)
+    try:
+        await reply(ex, call(p.PIN, ("k2", Accumulator())))
+        ok, info = await reply(ex, call(p.CALL_PINNED, ("k2", "nope", (), {})))
+        assert not ok and info.type_name == "kernel.errors.MethodNotFoundError"
+        assert "has no method 'nope'" in info.message and ex.id in info.message
+    finally:
+        await ex.stop()
+
+
+async def check_unpicklable_result_keeps_executor(make: Make) -> None:
+    ex = await started(make)
+    try:
+        ok, info = await reply(ex, call(p.CALL_FN, (unpicklable_result, (), {}), "unpicklable_result"))
+        assert not ok and info.type_name == "kernel.errors.SerializationError"
+        assert "result of unpicklable_result" in info.message and "_thread.lock" in info.message
+        ok, data = await reply(ex, call(p.CALL_FN, (abs, (-3,), {})))
+        assert ok and loads(data) == 3
+    finally:
+        await ex.stop()
+
+
+async def check_drain_on_stop(make: Make) -> None:
+    ex = await started(make)
+    c = call(p.CALL_FN, (time.sleep, (0.3,), {}))
+    ex.submit(c)
+    await ex.stop(drain=True, timeout=5)
+    ok, _ = c.future.result()
+    assert ok and ex.state == WorkerState.TERMINATED
+
+
+async def check_refuses_after_stop(make: Make) -> None:
+    ex = await started(make)
+    await ex.stop()
+    try:
+        ex.submit(call(p.CALL_FN, (abs, (1,), {})))
+    except PoolClosedError as exc:
+        assert ex.id in str(exc)
+    else:
+        raise AssertionError("submit after stop must raise PoolClosedError")
+
+
+async def check_cancel_queued(make: Make) -> None:
+    ex = await started(make)
+    try:
+        slow = call(p.CALL_FN, (time.sleep, (0.3,), {}))
+        queued = call(p.CALL_FN, (fail, ("must never run",), {}))
+        ex.submit(slow)
+        ex.submit(queued)
+        await asyncio.sleep(0.05)
+        assert ex.cancel(queued.id) is True
+        queued.future.cancel()
+        ok, _ = await slow.future
+        ok2, data = await reply(ex, call(p.CALL_FN, (abs, (-5,), {})))
+        assert ok and ok2 and loads(data) == 5
+        assert ex.failed == 0 and ex.is_idle
+    finally:
+        await ex.stop()
+
+
+CHECKS: list[Callable[[Make], Awaitable[None]]] = [
+    check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
+    check_missing_method, check_unpicklable_result_keeps_executor, check_drain_on_stop,
+    check_refuses_after_stop, check_cancel_queued,
+]
+
+
+async def check_executor(make: Make) -> None:
+    """Run every check against the executor ``make(worker_id)`` builds."""
+    for check in CHECKS:
+        await check(make)

@@ -1,0 +1,71 @@
+"""The conformance suite against every built-in executor plugin, plus what is local-only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from kernel import protocol as p
+from kernel.errors import WorkerCrashedError, WorkerStartError
+from kernel.executor import WorkerState
+from kernel.plugins import executor_types, make_plugin_manager
+from plugins.inmemory.executor import InMemoryExecutor
+from plugins.local.executor import LocalWorker
+
+from .conformance import CHECKS, call, check_executor
+
+pytestmark = pytest.mark.anyio
+
+MAKERS = {"local": lambda wid: LocalWorker(wid, {}), "inmemory": lambda wid: InMemoryExecutor(wid, {})}
+
+
+@pytest.mark.parametrize("node_type", sorted(MAKERS))
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+async def test_conformance(node_type: str, check) -> None:
+    await check(MAKERS[node_type])
+
+
+async def test_check_executor_runs_everything() -> None:
+    await check_executor(MAKERS["inmemory"])
+
+
+def test_builtins_registered_through_entry_points() -> None:
+    registry = executor_types(make_plugin_manager())
+    assert registry["local"] is LocalWorker and registry["inmemory"] is InMemoryExecutor
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+async def test_local_worker_death_fails_call_naming_worker_pid_and_cause(how: str) -> None:
+    ex = LocalWorker("crashy", {})
+    await ex.start()
+    pid = ex.pid
+    if how == "exit":
+        c = call(p.CALL_FN, (os._exit, (3,), {}), "os._exit")
+    elif how == "sigkill":
+        c = call(p.CALL_FN, (os.kill, (pid, signal.SIGKILL), {}), "os.kill")
+    else:
+        import ctypes
+
+        c = call(p.CALL_FN, (ctypes.string_at, (0,), {}), "string_at")
+    ex.submit(c)
+    with pytest.raises(WorkerCrashedError) as info:
+        async with asyncio.timeout(10):
+            await c.future
+    text = str(info.value)
+    assert f"worker crashy (pid {pid})" in text
+    expected = {"exit": "exited with code 3", "sigkill": "killed by signal SIGKILL", "segfault": "killed by signal SIGSEGV"}[how]
+    assert expected in text and f"[call {c.id}]" in text
+    assert info.value.pid == pid and info.value.retryable
+    assert ex.state == WorkerState.FAILED
+    await ex.stop()
+    assert ex.state == WorkerState.TERMINATED
+
+
+async def test_local_worker_that_cannot_start() -> None:
+    ex = LocalWorker("broken", {"startTimeout": 10, "python": "/bin/false"})
+    with pytest.raises(WorkerStartError, match=r"worker broken \(pid \d+\) exited with code \d+ before registering"):
+        await ex.start()
+    assert ex.state == WorkerState.FAILED
