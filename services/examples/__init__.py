@@ -1,0 +1,1 @@
+"""Example services used by the demo, the docs and the tests."""

@@ -1,0 +1,57 @@
+"""Execution-manager events, for subscribing services and for plugins (pluggy hook)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("execution-manager")
+
+EVENTS = frozenset({
+    "worker-started", "worker-terminated", "worker-error", "worker-retired",
+    "task-complete", "task-error", "task-retried", "scaled-up", "scaled-down",
+    "queue-full", "instance-assigned", "instance-released", "instance-moved",
+    "instance-lost",
+})
+
+Callback = Callable[[str, Mapping[str, Any]], Any]
+
+
+class EventBus:
+    """``subscribe(event, callback)``; ``callback(event, payload)`` may be sync or async.
+
+    ``"*"`` subscribes to every event. A callback that raises is logged and kept.
+    """
+
+    def __init__(self, hook: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
+        self._subs: dict[str, list[Callback]] = {}
+        self._hook = hook
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
+        """Call ``callback`` on ``event``; returns a function that unsubscribes."""
+        if event != "*" and event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events: {', '.join(sorted(EVENTS))}")
+        self._subs.setdefault(event, []).append(callback)
+        return lambda: self._subs.get(event, []).remove(callback)
+
+    def emit(self, event: str, **payload: Any) -> None:
+        callbacks = self._subs.get(event, []) + self._subs.get("*", [])
+        if self._hook is not None:
+            try:
+                self._hook(event, payload)
+            except Exception:
+                log.exception("event hook failed", event_name=event)
+        for cb in callbacks:
+            try:
+                result = cb(event, payload)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            except Exception:
+                log.exception("event subscriber failed", event_name=event)

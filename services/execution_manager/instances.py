@@ -1,0 +1,251 @@
+"""Instances pinned to a worker: they live there, state and all, until released.
+
+Calls on a pinned instance go straight to its worker in call order. While it moves
+(its worker retires) or comes back (release), new calls wait in a backlog, in order,
+and go wherever the instance ends up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from kernel import protocol as p
+from kernel.errors import InstanceLostError, WorkerStartError
+from kernel.executor import Call
+from kernel.serialization import dumps, dumps_call
+
+from .events import EventBus
+from .pool import WorkerPool, WorkerSlot
+
+log = structlog.get_logger("execution-manager")
+
+Reply = tuple[bool, Any]
+Outcome = Callable[["asyncio.Future[Reply]"], Awaitable[Any]]
+MethodCall = Callable[[Any, str, tuple[Any, ...], dict[str, Any]], Call]
+
+
+class Pin:
+    __slots__ = ("assigned", "backlog", "instance", "key", "ready", "releasing", "worker_id")
+
+    def __init__(self, key: str, instance: Any, worker_id: str) -> None:
+        self.key = key
+        self.instance = instance
+        self.worker_id = worker_id
+        self.ready = False
+        self.assigned = asyncio.Event()
+        self.backlog: deque[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Reply]]] = deque()
+        self.releasing: asyncio.Future[None] | None = None
+
+
+def _chain(outer: asyncio.Future[Reply]) -> Callable[[asyncio.Future[Reply]], None]:
+    def copy(inner: asyncio.Future[Reply]) -> None:
+        if outer.done():
+            return
+        if inner.cancelled():
+            outer.cancel()
+        elif inner.exception() is not None:
+            outer.set_exception(inner.exception())  # type: ignore[arg-type]
+        else:
+            outer.set_result(inner.result())
+
+    return copy
+
+
+def _state_of(obj: Any) -> dict[str, Any]:
+    state = obj.__getstate__() if hasattr(obj, "__getstate__") else None
+    return dict(state) if isinstance(state, dict) else dict(vars(obj))
+
+
+class PinTable:
+    """The pinned instances of one execution manager."""
+
+    def __init__(self, pool: WorkerPool, events: EventBus, outcome: Outcome, method_call: MethodCall) -> None:
+        self.pool = pool
+        self.events = events
+        self._outcome = outcome
+        self._method_call = method_call
+        self._by_id: dict[int, Pin] = {}
+        self._by_key: dict[str, Pin] = {}
+        pool.on_retire = self.move_off
+        pool.on_worker_lost = self.lost
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, instance: Any) -> Pin | None:
+        return self._by_id.get(id(instance))
+
+    def worker_of(self, instance: Any) -> str | None:
+        pin = self._by_id.get(id(instance))
+        return pin.worker_id if pin else None
+
+    # -- assign -----------------------------------------------------------------------
+
+    async def assign(self, instance: Any, manager: Any) -> str:
+        cls = type(instance)
+        if not hasattr(cls, "__distributed_methods__"):
+            raise TypeError(
+                f"{cls.__qualname__} is not @distributed; decorate the class with "
+                "kernel.distributed to assign its instances to a worker"
+            )
+        pin = self._by_id.get(id(instance))
+        if pin is not None:
+            await pin.assigned.wait()
+            return pin.worker_id
+        label = f"assign {cls.__qualname__}"
+        key = uuid.uuid4().hex
+        payload = dumps_call(label, (key, instance), (), {}, instance=instance)
+        slot = await self.pool.wait_for_worker()
+        if slot is None:
+            raise WorkerStartError(f"no worker is available to assign {cls.__qualname__} to")
+        pin = Pin(key, instance, slot.id)
+        self._by_id[id(instance)] = self._by_key[key] = pin
+        slot.pins.add(key)
+        try:
+            await self._pin_on(pin, slot, payload)
+        except BaseException:
+            self._drop(pin)
+            self._flush(pin)
+            raise
+        instance.__dict__["_em"] = manager
+        self.events.emit("instance-assigned", worker_id=slot.id, instance=cls.__qualname__)
+        return slot.id
+
+    async def _pin_on(self, pin: Pin, slot: WorkerSlot, payload: bytes) -> None:
+        call = self.pool.new_call(p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
+        self.pool.send_to(slot.id, call)
+        await self._outcome(call.future)
+        pin.worker_id = slot.id
+        pin.ready = True
+        pin.assigned.set()
+        self._flush(pin)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def call(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Reply]:
+        """Send a call to the pinned copy now (or queue it, in order, while it moves)."""
+        if pin.ready and not pin.backlog:
+            return self._send(pin, method, args, kwargs).future
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        pin.backlog.append((method, args, kwargs, fut))
+        return fut
+
+    def _send(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        label = f"{type(pin.instance).__qualname__}.{method}"
+        payload = dumps_call(label, (pin.key, method, args, kwargs), args, kwargs)
+        call = self.pool.new_call(p.CALL_PINNED, payload, label, args)
+        self.pool.send_to(pin.worker_id, call)
+        return call
+
+    def _flush(self, pin: Pin) -> None:
+        """Send the backlog where the instance now lives (its worker, or unpinned)."""
+        pinned = pin.ready and self._by_id.get(id(pin.instance)) is pin
+        while pin.backlog:
+            method, args, kwargs, outer = pin.backlog.popleft()
+            if outer.done():
+                continue
+            try:
+                if pinned:
+                    call = self._send(pin, method, args, kwargs)
+                else:
+                    call = self._method_call(pin.instance, method, args, kwargs)
+            except Exception as exc:
+                outer.set_exception(exc)
+                continue
+            call.future.add_done_callback(_chain(outer))
+
+    # -- release, move, loss ----------------------------------------------------------
+
+    def release(self, instance: Any) -> asyncio.Future[None]:
+        pin = self._by_id.get(id(instance))
+        if pin is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if pin.releasing is None:
+            pin.ready = False  # calls made from now on wait for the state to come back
+            pin.releasing = asyncio.ensure_future(self._release(pin))
+        return pin.releasing
+
+    async def _release(self, pin: Pin) -> None:
+        await pin.assigned.wait()
+        worker = pin.worker_id
+        try:
+            copy = await self._unpin(pin)
+            pin.instance.__dict__.update(_state_of(copy))
+        finally:
+            self._drop(pin)
+            self._flush(pin)
+        self.events.emit("instance-released", worker_id=worker, instance=type(pin.instance).__qualname__)
+
+    async def _unpin(self, pin: Pin) -> Any:
+        call = self.pool.new_call(p.UNPIN, dumps(pin.key), f"release {type(pin.instance).__qualname__}")
+        self.pool.send_to(pin.worker_id, call)
+        copy = await self._outcome(call.future)
+        if copy is None:
+            raise InstanceLostError(f"worker {pin.worker_id} no longer holds the instance")
+        return copy
+
+    async def move_off(self, slot: WorkerSlot) -> None:
+        """The worker retires: move each instance it holds to another worker (or home)."""
+        for key in list(slot.pins):
+            pin = self._by_key.get(key)
+            if pin is None:
+                continue
+            pin.ready = False
+            await pin.assigned.wait()
+            try:
+                copy = await self._unpin(pin)
+            except Exception as exc:
+                log.error("instance lost while moving", worker_id=slot.id, error=str(exc))
+                self._drop(pin)
+                self._flush(pin)
+                continue
+            slot.pins.discard(key)
+            target = await self.pool.wait_for_worker(exclude=slot.id, start=False)
+            name = type(pin.instance).__qualname__
+            if target is None:
+                pin.instance.__dict__.update(_state_of(copy))
+                self._drop(pin)
+                self._flush(pin)
+                self.events.emit("instance-released", worker_id=slot.id, instance=name, reason="worker retired")
+                continue
+            target.pins.add(key)
+            try:
+                await self._pin_on(pin, target, dumps((key, copy)))
+            except Exception as exc:
+                pin.instance.__dict__.update(_state_of(copy))
+                log.error("instance could not move; brought home", worker_id=target.id, error=str(exc))
+                self._drop(pin)
+                self._flush(pin)
+                continue
+            self.events.emit("instance-moved", worker_id=target.id, from_worker=slot.id, instance=name)
+
+    def lost(self, slot: WorkerSlot) -> None:
+        """The worker died: its instances are unpinned; their state since assignment is gone."""
+        for key in list(slot.pins):
+            pin = self._by_key.get(key)
+            if pin is None:
+                continue
+            name = type(pin.instance).__qualname__
+            log.warning("pinned instance lost with its worker", worker_id=slot.id, instance=name)
+            self._drop(pin)
+            if pin.releasing is None and pin.assigned.is_set():
+                self._flush(pin)
+            self.events.emit("instance-lost", worker_id=slot.id, instance=name)
+
+    def _drop(self, pin: Pin) -> None:
+        if self._by_id.get(id(pin.instance)) is pin:
+            del self._by_id[id(pin.instance)]
+        self._by_key.pop(pin.key, None)
+        slot = self.pool.workers.get(pin.worker_id)
+        if slot is not None:
+            slot.pins.discard(pin.key)
+        pin.ready = False
+        pin.assigned.set()

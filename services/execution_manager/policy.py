@@ -1,0 +1,172 @@
+"""Placement and scaling decisions: pure functions of a snapshot.
+
+No I/O, no clock, no processes: the pool passes what it sees, these return what to
+do, and the tests are tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+class WorkerView(Protocol):
+    """What a decision reads about one worker."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def cpu_percent(self) -> float: ...
+    @property
+    def idle_since(self) -> float | None: ...
+    @property
+    def pinned(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A plain :class:`WorkerView`, for tests and callers without a pool."""
+
+    id: str
+    available: bool = True
+    running: int = 0
+    limit: int = 1
+    cpu_percent: float = 0.0
+    idle_since: float | None = None
+    pinned: int = 0
+
+
+class Limits(NamedTuple):
+    min_workers: int
+    max_workers: int
+    run_locally: bool = True
+    local_threshold: float = 0.3
+    scale_up_threshold: float = 0.8
+    scale_down_threshold: float = 0.3
+    memory_limit: float = 0.9
+    idle_grace: float = 0.0
+
+
+class Placement(NamedTuple):
+    action: str  # "local" | "worker" | "start" | "wait"
+    worker_id: str | None = None
+
+
+LOCAL = Placement("local")
+START = Placement("start")
+WAIT = Placement("wait")
+
+
+def place(
+    workers: Sequence[WorkerView],
+    limits: Limits,
+    *,
+    cpu_percent: float,
+    local_free: bool,
+    total: int,
+    starting: int,
+    queued: int,
+) -> Placement:
+    """Where the next call goes.
+
+    1. The machine is idle (CPU below ``local_threshold``) and a local slot is free:
+       run in the kernel's process.
+    2. Else the available worker with the fewest calls in flight (below its limit),
+       the least busy CPU breaking ties.
+    3. Else, below ``max_workers`` and with fewer workers starting than calls waiting:
+       start one (the call waits for it).
+    4. Else wait for a worker to free up.
+    """
+    if limits.run_locally and local_free and cpu_percent < limits.local_threshold * 100:
+        return LOCAL
+    best: WorkerView | None = None
+    for w in workers:
+        if w.available and w.running < w.limit and (
+            best is None or (w.running, w.cpu_percent) < (best.running, best.cpu_percent)
+        ):
+            best = w
+    if best is not None:
+        return Placement("worker", best.id)
+    if total + starting < limits.max_workers and starting <= queued:
+        return START
+    return WAIT
+
+
+def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str | None:
+    """The worker an instance should live on: fewest pinned instances, then calls."""
+    best: WorkerView | None = None
+    for w in workers:
+        if w.available and w.id != exclude and (
+            best is None or (w.pinned, w.running, w.id) < (best.pinned, best.running, best.id)
+        ):
+            best = w
+    return best.id if best else None
+
+
+def inflight_limit(mean_seconds: float | None) -> int:
+    """Calls a worker may hold at once: many when calls are tiny, so it never waits for
+    the next one; one when they are long, so a queue never forms behind a busy worker."""
+    if mean_seconds is None:
+        return 2
+    if mean_seconds < 0.001:
+        return 64
+    if mean_seconds < 0.01:
+        return 4
+    return 1
+
+
+class ScalePlan(NamedTuple):
+    start: int
+    retire: tuple[str, ...]
+    reason: str
+
+
+def plan_scaling(
+    workers: Sequence[WorkerView],
+    limits: Limits,
+    *,
+    starting: int,
+    queued: int,
+    memory_percent: float,
+    now: float,
+) -> ScalePlan:
+    """What the monitor does this tick: start workers, retire idle ones, or nothing.
+
+    Pool load is the share of live workers with calls in flight. Above
+    ``scale_up_threshold`` with calls waiting, one worker is added (not when memory use
+    is above ``memory_limit``); below ``scale_down_threshold``, one idle worker
+    (idle for ``idle_grace`` s, fewest pinned instances first) retires. Never below
+    ``min_workers`` or above ``max_workers``; never a busy worker.
+    """
+    live = [w for w in workers if w.available]
+    count = len(live) + starting
+    if count < limits.min_workers:
+        return ScalePlan(limits.min_workers - count, (), f"below minWorkers ({count} < {limits.min_workers})")
+    load = sum(1 for w in live if w.running) / len(live) if live else (1.0 if queued else 0.0)
+    if load > limits.scale_up_threshold and queued and count < limits.max_workers:
+        if memory_percent >= limits.memory_limit * 100:
+            return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up")
+        return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued")
+    if load < limits.scale_down_threshold and count > limits.min_workers and not queued:
+        idle = [
+            w for w in live
+            if not w.running and w.idle_since is not None and now - w.idle_since >= limits.idle_grace
+        ]
+        if idle:
+            victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))
+            return ScalePlan(0, (victim.id,), f"load {load:.0%} below {limits.scale_down_threshold:.0%}")
+    return ScalePlan(0, (), "steady")
+
+
+def chunk_size(items: int, workers: int, *, per_worker: int = 4, cap: int = 10_000) -> int:
+    """Items per chunk for ``map``: about ``per_worker`` chunks for each worker."""
+    if items <= 0:
+        return 1
+    return max(1, min(cap, -(-items // (max(1, workers) * per_worker))))

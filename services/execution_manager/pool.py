@@ -1,0 +1,325 @@
+"""The pool of executors: dispatch, queueing, replacement and retirement.
+
+Decisions come from :mod:`.policy`; this module carries them out. The hot path
+(:meth:`WorkerPool.submit` -> executor -> done callback) creates no task per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
+
+import structlog
+
+from kernel.errors import PoolClosedError, WorkerStartError
+from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
+
+from .events import EventBus
+from .policy import Limits, ScalePlan, inflight_limit, pin_target, place, plan_scaling
+from .settings import Settings
+
+log = structlog.get_logger("execution-manager")
+_CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
+
+
+class WorkerSlot:
+    """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
+
+    __slots__ = ("cpu_percent", "executor", "id", "idle_since", "last_done", "limit", "mean",
+                 "pins", "retiring", "rss")
+
+    def __init__(self, executor: Executor, limit: int | None = None) -> None:
+        self.executor = executor
+        self.id = executor.id
+        self.limit = limit or inflight_limit(None)
+        self.mean: float | None = None
+        self.last_done = 0.0
+        self.cpu_percent = 0.0
+        self.rss = 0
+        self.idle_since: float | None = time.monotonic()
+        self.pins: set[str] = set()
+        self.retiring = False
+
+    @property
+    def available(self) -> bool:
+        return self.executor.is_available and not self.retiring
+
+    @property
+    def running(self) -> int:
+        return len(self.executor.inflight)
+
+    @property
+    def pinned(self) -> int:
+        return len(self.pins)
+
+    def __repr__(self) -> str:
+        return f"<WorkerSlot {self.executor!r} limit={self.limit} pins={len(self.pins)}>"
+
+
+class WorkerPool:
+    """Executors of one node type, plus an optional in-process slot for idle times."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: ExecutorFactory,
+        events: EventBus,
+        *,
+        local_factory: ExecutorFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = Limits(
+            settings.min_workers, settings.max_workers, settings.run_locally and local_factory is not None,
+            settings.local_threshold, settings.scale_up_threshold, settings.scale_down_threshold,
+            settings.memory_limit, settings.idle_grace,
+        )
+        self._factory = factory
+        self._local_factory = local_factory
+        self.events = events
+        self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
+        self.workers: dict[str, WorkerSlot] = {}
+        self._slots: list[WorkerSlot] = []
+        self.local: WorkerSlot | None = None
+        self.queue: deque[Call] = deque()
+        self.starting = 0
+        self.closed = False
+        self.done = 0
+        self.failed = 0
+        self.cpu_percent = 0.0
+        self.memory_percent = 0.0
+        self.last_scaling = "none yet"
+        self.on_worker_lost: Callable[[WorkerSlot], None] | None = None
+        self.on_retire: Callable[[WorkerSlot], Awaitable[None]] | None = None
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        busy = sum(1 for s in self._slots if s.running)
+        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.queue)}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._local_factory is not None and self.limits.run_locally:
+            local = self._local_factory("local-0", {"slots": self.settings.local_slots})
+            await local.start()
+            self.local = WorkerSlot(local, limit=self.settings.local_slots)
+        results = await asyncio.gather(
+            *(self._start_worker() for _ in range(self.settings.min_workers))
+        )
+        if self.settings.min_workers and not any(results):
+            await self.stop()
+            raise WorkerStartError(
+                f"none of the {self.settings.min_workers} minimum workers "
+                f"({self.settings.node_type}) could start; see the log for why"
+            )
+
+    async def stop(self) -> None:
+        self.closed = True
+        while self.queue:
+            call = self.queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(PoolClosedError(f"the pool stopped before {call.describe()} ran"))
+        slots = list(self._slots) + ([self.local] if self.local else [])
+        await asyncio.gather(
+            *(s.executor.stop(drain=True, timeout=self.settings.stop_timeout) for s in slots),
+            return_exceptions=True,
+        )
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def new_call(self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = ()) -> Call:
+        return Call(next(self._ids), kind, payload, asyncio.get_running_loop().create_future(), label, args)
+
+    def submit(self, call: Call) -> None:
+        """Place ``call`` now, or queue it until a worker frees up or starts."""
+        if self.closed:
+            raise PoolClosedError("the execution manager is stopped and takes no calls")
+        if self.queue or not self._place(call, len(self.queue) + 1):
+            self.queue.append(call)
+
+    def send_to(self, worker_id: str, call: Call) -> None:
+        """Send ``call`` to one worker, bypassing placement (pinned instances)."""
+        slot = self.workers.get(worker_id)
+        if slot is None or slot.executor.is_closed:
+            raise PoolClosedError(f"worker {worker_id} is gone")
+        self._dispatch(slot, call)
+
+    def _place(self, call: Call, waiting: int) -> bool:
+        local = self.local
+        decision = place(
+            self._slots, self.limits, cpu_percent=self.cpu_percent,
+            local_free=local is not None and local.running < local.limit,
+            total=len(self._slots), starting=self.starting, queued=waiting - 1,
+        )
+        action = decision.action
+        if action == "worker":
+            self._dispatch(self.workers[decision.worker_id], call)  # type: ignore[index]
+            return True
+        if action == "local" and local is not None:
+            self._dispatch(local, call)
+            return True
+        if action == "start":
+            self._spawn()
+        return False
+
+    def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
+        call.started = time.perf_counter()
+        slot.executor.submit(call)
+        slot.idle_since = None
+        call.future.add_done_callback(partial(self._on_done, slot, call))
+
+    def _on_done(self, slot: WorkerSlot, call: Call, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            slot.executor.cancel(call.id)
+        else:
+            now = time.perf_counter()
+            # Service time: from when the worker could start it, not from dispatch.
+            took = now - max(call.started, slot.last_done)
+            slot.last_done = now
+            slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
+            slot.limit = inflight_limit(slot.mean) if slot is not self.local else slot.limit
+            if fut.exception() is None and fut.result()[0]:
+                self.done += 1
+            else:
+                self.failed += 1
+        if not slot.executor.inflight:
+            slot.idle_since = time.monotonic()
+        if self.queue:
+            self._drain()
+
+    def _drain(self) -> None:
+        queue = self.queue
+        while queue and not self.closed:
+            call = queue[0]
+            if call.future.done():
+                queue.popleft()
+                continue
+            if not self._place(call, len(queue)):
+                return
+            queue.popleft()
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        self.starting += 1
+        task = asyncio.get_running_loop().create_task(self._start_worker(counted=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_worker(self, counted: bool = False) -> WorkerSlot | None:
+        if not counted:
+            self.starting += 1
+        wid = f"{self.settings.node_type}-{next(self._seq)}"
+        try:
+            executor = self._factory(wid, self.options)
+            executor.listeners.append(self._on_state)
+            await executor.start()
+        except Exception as exc:
+            self.starting -= 1
+            log.error("worker failed to start", worker_id=wid, error=str(exc))
+            self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
+            if not self._slots and not self.starting:
+                self._fail_queue(WorkerStartError(f"no worker could be started: {exc}"))
+            return None
+        self.starting -= 1
+        if self.closed:
+            await executor.stop(drain=False)
+            return None
+        slot = WorkerSlot(executor)
+        self.workers[wid] = slot
+        self._slots.append(slot)
+        info = executor.info()
+        log.debug("worker started", worker_id=wid, pid=info.pid)
+        self.events.emit("worker-started", worker_id=wid, node_type=self.settings.node_type, pid=info.pid)
+        self._drain()
+        return slot
+
+    def _fail_queue(self, exc: Exception) -> None:
+        while self.queue:
+            call = self.queue.popleft()
+            if not call.future.done():
+                call.future.set_exception(exc)
+
+    def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
+        if new not in _CLOSED:
+            return
+        slot = self.workers.pop(executor.id, None)
+        if slot is None:
+            return
+        self._slots.remove(slot)
+        reason = executor.info().exit_reason or new.value
+        expected = new == WorkerState.TERMINATED
+        self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
+        if new == WorkerState.FAILED:
+            log.warning("worker died", worker_id=executor.id, reason=reason)
+            self.events.emit("worker-error", worker_id=executor.id, reason=reason)
+            if self.on_worker_lost is not None:
+                self.on_worker_lost(slot)
+        if not self.closed and (len(self._slots) + self.starting < self.settings.min_workers or self.queue):
+            self._spawn()
+
+    async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
+        """A worker to pin an instance on; with ``start``, one is started if there is
+        none and room (waiting up to ``startTimeout``)."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        while not self.closed:
+            wid = pin_target(self._slots, exclude)
+            if wid is not None:
+                return self.workers[wid]
+            if not start:
+                return None
+            others = sum(1 for s in self._slots if s.id != exclude)
+            if others + self.starting < self.settings.max_workers and not self.starting:
+                slot = await self._start_worker()
+                if slot is not None:
+                    return slot
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return None
+
+    async def retire(self, worker_id: str, reason: str = "retired") -> None:
+        """Move the worker's pinned instances away, then drain and stop it."""
+        slot = self.workers.get(worker_id)
+        if slot is None:
+            known = ", ".join(self.workers) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        if slot.retiring:
+            return
+        slot.retiring = True
+        if self.on_retire is not None and slot.pins:
+            await self.on_retire(slot)
+        await slot.executor.stop(drain=True, timeout=self.settings.stop_timeout)
+        self.events.emit("worker-retired", worker_id=worker_id, reason=reason)
+
+    def autoscale(self, now: float) -> ScalePlan:
+        plan = plan_scaling(
+            self._slots, self.limits, starting=self.starting, queued=len(self.queue),
+            memory_percent=self.memory_percent, now=now,
+        )
+        if plan.start or plan.retire:
+            self.last_scaling = plan.reason
+            log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
+        for _ in range(plan.start):
+            self._spawn()
+        if plan.start:
+            self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
+        for wid in plan.retire:
+            task = asyncio.get_running_loop().create_task(self.retire(wid, plan.reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
+        return plan
+
+    @property
+    def slots(self) -> list[WorkerSlot]:
+        return list(self._slots)

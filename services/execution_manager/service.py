@@ -1,0 +1,283 @@
+"""The execution manager service: the public API over the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import anyio.to_thread
+import psutil
+import structlog
+
+from kernel import protocol as p
+from kernel.errors import ExecutionError, PluginError, RemoteError
+from kernel.executor import Call
+from kernel.plugins import executor_types
+from kernel.runtime import ErrorInfo, run_chunk
+from kernel.serialization import dumps_call, loads
+from kernel.service import BaseService
+
+from .events import Callback, EventBus
+from .instances import PinTable
+from .policy import chunk_size
+from .pool import WorkerPool
+from .settings import Settings
+from .stats import Stats, SystemLoad, WorkerStats
+
+log = structlog.get_logger("execution-manager")
+Reply = tuple[bool, Any]
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's formatted traceback as the ``__cause__`` of a remote error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def rebuild(info: ErrorInfo) -> BaseException:
+    """The exception a call raised, with its type where it unpickles here, and the
+    remote traceback as its ``__cause__`` (as concurrent.futures does)."""
+    exc: Any = None
+    if info.exception is not None:
+        try:
+            exc = loads(info.exception)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(info.type_name, info.message, info.traceback)
+    exc.__cause__ = RemoteTraceback(info.traceback)
+    with contextlib.suppress(AttributeError):  # exceptions with __slots__
+        exc.remote_traceback = info.traceback
+    return exc  # type: ignore[no-any-return]
+
+
+def _label(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class ExecutionManager(BaseService):
+    """Places calls on a pool of executors; see DESIGN.md section 4 and the README."""
+
+    settings_model: ClassVar[type[Settings]] = Settings
+    settings: Settings
+
+    def __init__(self) -> None:
+        self.pool: WorkerPool | None = None
+        self._pins: PinTable | None = None
+        self.events = EventBus()
+        self._monitor: asyncio.Task[None] | None = None
+        self._load = SystemLoad(cpu_percent=0.0, memory_percent=0.0, avg_load=0.0)
+        self._metrics: dict[str, tuple[float, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<ExecutionManager {self.pool!r}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        registry = executor_types(self.kernel.pm)
+        factory = registry.get(s.node_type)
+        if factory is None:
+            known = ", ".join(sorted(registry)) or "none"
+            raise PluginError(f"custom.nodeType {s.node_type!r} is not a known node type (known: {known})")
+        hook = self.kernel.hook.kernel_event
+        if hook.get_hookimpls():
+            self.events = EventBus(lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload))
+        self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
+        self._pins = PinTable(self.pool, self.events, self._outcome, self._method_call)
+        await self.pool.start()
+        self._monitor = asyncio.get_running_loop().create_task(self._watch())
+        log.info("execution manager started", node_type=s.node_type, min_workers=s.min_workers,
+                 max_workers=s.max_workers, run_locally=s.run_locally)
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.stop()
+
+    @property
+    def _pool(self) -> WorkerPool:
+        if self.pool is None:
+            raise ExecutionError("the execution manager is not started")
+        return self.pool
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def _outcome(self, fut: asyncio.Future[Reply]) -> Any:
+        ok, data = await fut
+        if ok:
+            return loads(data)
+        raise rebuild(data)
+
+    async def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the pool and return its result.
+
+        ``fn`` is any importable or cloudpickle-able callable. ``retries``: how many
+        times to run it again when its worker dies (:class:`WorkerCrashedError`), with
+        exponential backoff and jitter; calls are not retried by default (at most once).
+        """
+        label = _label(fn)
+        payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
+        pool = self._pool
+        attempt = 0
+        while True:
+            call = pool.new_call(p.CALL_FN, payload, label, args)
+            pool.submit(call)
+            try:
+                return await self._outcome(call.future)
+            except ExecutionError as exc:
+                if not exc.retryable or attempt >= retries:
+                    raise
+                attempt += 1
+                delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
+                self.events.emit("task-retried", call=label, attempt=attempt, reason=str(exc))
+                await asyncio.sleep(delay)
+
+    def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *,
+            chunksize: int | None = None) -> AsyncIterator[Any]:
+        """``fn`` over ``iterable`` on the pool, results in input order (async iterator).
+
+        Small items are sent in chunks (``chunksize``; by default about four chunks per
+        worker, so every worker stays busy without a round trip per item).
+        """
+        return self._map(fn, list(iterable), chunksize)
+
+    async def _map(self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> AsyncIterator[Any]:
+        pool = self._pool
+        size = chunksize or chunk_size(len(items), pool.settings.max_workers)
+        label = f"map({_label(fn)})"
+        futures: list[asyncio.Future[Reply]] = []
+        try:
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                payload = dumps_call(label, (run_chunk, (fn, chunk), {}), tuple(chunk), {}, fn=fn)
+                call = pool.new_call(p.CALL_FN, payload, label, (f"{len(chunk)} items from #{start}",))
+                pool.submit(call)
+                futures.append(call.future)
+            for fut in futures:
+                for result in await self._outcome(fut):
+                    yield result
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def _method_call(self, instance: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        label = f"{type(instance).__qualname__}.{method}"
+        payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
+        call = self._pool.new_call(p.CALL_METHOD, payload, label, args)
+        self._pool.submit(call)
+        return call
+
+    def call_method(self, instance: Any, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Run a ``@distributed`` method (the decorator calls this). Sent at once, so
+        calls on one pinned instance run in the order they were made."""
+        assert self._pins is not None
+        pin = self._pins.get(instance)
+        if pin is not None:
+            return self._outcome(self._pins.call(pin, method, args, dict(kwargs)))
+        return self._outcome(self._method_call(instance, method, args, dict(kwargs)).future)
+
+    # -- instances --------------------------------------------------------------------
+
+    async def assign_optimal_worker(self, instance: Any) -> str:
+        """Pin a ``@distributed`` instance, with its state, to the best worker now.
+
+        Its method calls then run on that worker's copy, in call order, until
+        :meth:`release_worker`. Returns the worker's id.
+        """
+        assert self._pins is not None
+        return await self._pins.assign(instance, self)
+
+    def release_worker(self, instance: Any) -> asyncio.Future[None]:
+        """Unpin ``instance`` and bring its state back. Works without await (calls
+        made meanwhile wait for the state); ``await`` it to know the state is back."""
+        assert self._pins is not None
+        return self._pins.release(instance)
+
+    def worker_of(self, instance: Any) -> str | None:
+        """The worker an instance is pinned to, or None."""
+        return self._pins.worker_of(instance) if self._pins else None
+
+    async def retire_worker(self, worker_id: str) -> None:
+        """Drain and stop one worker, moving its pinned instances elsewhere first."""
+        await self._pool.retire(worker_id, "retired on request")
+
+    def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
+        """Call ``callback(event, payload)`` on each ``event`` (``"*"``: all)."""
+        return self.events.subscribe(event, callback)
+
+    # -- monitoring -------------------------------------------------------------------
+
+    async def get_stats(self) -> Stats:
+        pool = self._pool
+        details = []
+        for slot in pool.slots:
+            ex = slot.executor
+            info = ex.info()
+            cpu, rss = self._metrics.get(slot.id, (0.0, 0))
+            details.append(WorkerStats(
+                id=slot.id, node_type=ex.node_type, state=ex.state.value, pid=info.pid,
+                address=info.address, running=slot.running, done=ex.done, failed=ex.failed,
+                cpu_percent=cpu, memory_rss=rss, pinned=slot.pinned,
+            ))
+        return Stats(
+            workers=len(details), min_workers=pool.settings.min_workers,
+            max_workers=pool.settings.max_workers, starting=pool.starting,
+            system_load=self._load, active_tasks=sum(d.running for d in details),
+            queued_tasks=len(pool.queue), local_tasks=pool.local.running if pool.local else 0,
+            tasks_done=pool.done, tasks_failed=pool.failed,
+            pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
+            worker_details=details,
+        )
+
+    async def _watch(self) -> None:
+        """Sample load (psutil, off the event loop) and run the scaling policy."""
+        pool = self._pool
+        s = self.settings
+        every = min(s.sample_interval, s.monitor_interval)
+        next_scale = time.monotonic() + s.monitor_interval
+        procs: dict[int, psutil.Process] = {}
+        while True:
+            await asyncio.sleep(every)
+            pids = {slot.id: slot.executor.info().pid for slot in pool.slots}
+            load, metrics = await anyio.to_thread.run_sync(_sample, pids, procs)
+            self._load, self._metrics = load, metrics
+            pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
+            now = time.monotonic()
+            if now >= next_scale:
+                next_scale = now + s.monitor_interval
+                pool.autoscale(now)
+
+
+def _sample(
+    pids: Mapping[str, int | None], procs: dict[int, psutil.Process]
+) -> tuple[SystemLoad, dict[str, tuple[float, int]]]:
+    cpus = os.cpu_count() or 1
+    load = SystemLoad(
+        cpu_percent=psutil.cpu_percent(None),
+        memory_percent=psutil.virtual_memory().percent,
+        avg_load=min(1.0, os.getloadavg()[0] / cpus),
+    )
+    metrics: dict[str, tuple[float, int]] = {}
+    for wid, pid in pids.items():
+        if pid is None or pid == os.getpid():
+            continue
+        try:
+            proc = procs.get(pid) or procs.setdefault(pid, psutil.Process(pid))
+            metrics[wid] = (proc.cpu_percent(None), proc.memory_info().rss)
+        except psutil.Error:
+            procs.pop(pid, None)
+    return load, metrics

@@ -1,0 +1,53 @@
+"""The execution manager's ``custom`` settings (camelCase in config.json)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+def default_max_workers() -> int:
+    """CPUs - 1, at least 1: one core stays for the kernel and the system."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class Settings(BaseModel):
+    """Every knob of the execution manager; see README "Execution manager settings"."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+    node_type: str = Field("local", description="executor plugin for the pool's workers")
+    min_workers: int = Field(1, ge=0, description="workers kept alive even when idle")
+    max_workers: int = Field(
+        default_factory=default_max_workers, ge=1, description="default: CPUs - 1"
+    )
+    run_locally: bool = Field(True, description="run calls in the kernel's process when idle")
+    local_threshold: float = Field(0.3, ge=0, le=1, description="CPU load below which to run locally")
+    local_slots: int = Field(1, ge=1, description="calls run locally at once")
+    scale_up_threshold: float = Field(0.8, ge=0, le=1)
+    scale_down_threshold: float = Field(0.3, ge=0, le=1)
+    memory_limit: float = Field(0.9, gt=0, le=1, description="no scale-up above this memory use")
+    monitor_interval: float = Field(5.0, gt=0, description="seconds between scaling decisions")
+    sample_interval: float = Field(1.0, gt=0, description="seconds between psutil samples")
+    idle_grace: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
+    start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
+    stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
+    executor_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Settings:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"minWorkers ({self.min_workers}) is above maxWorkers ({self.max_workers})"
+            )
+        if self.scale_down_threshold >= self.scale_up_threshold:
+            raise ValueError(
+                f"scaleDownThreshold ({self.scale_down_threshold}) must be below "
+                f"scaleUpThreshold ({self.scale_up_threshold})"
+            )
+        return self

@@ -1,0 +1,41 @@
+"""What ``await em.get_stats()`` returns."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class SystemLoad(BaseModel):
+    cpu_percent: float
+    memory_percent: float
+    avg_load: float  # 1-minute load average / CPUs, capped at 1
+
+
+class WorkerStats(BaseModel):
+    id: str
+    node_type: str
+    state: str
+    pid: int | None
+    address: str | None
+    running: int
+    done: int
+    failed: int
+    cpu_percent: float
+    memory_rss: int
+    pinned: int
+
+
+class Stats(BaseModel):
+    workers: int
+    min_workers: int
+    max_workers: int
+    starting: int
+    system_load: SystemLoad
+    active_tasks: int
+    queued_tasks: int
+    local_tasks: int
+    tasks_done: int
+    tasks_failed: int
+    pinned_instances: int
+    last_scaling: str
+    worker_details: list[WorkerStats]

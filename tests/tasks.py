@@ -1,0 +1,67 @@
+"""Functions the tests run on workers (importable there by reference)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def slow(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def crash(code: int = 1) -> None:
+    os._exit(code)
+
+
+def sigkill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+class CustomError(Exception):
+    pass
+
+
+class UnrebuildableError(Exception):
+    """Cannot be rebuilt from its pickle (its __init__ needs two arguments)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_custom(msg: str) -> None:
+    raise CustomError(msg)
+
+
+def raise_unrebuildable() -> None:
+    raise UnrebuildableError("x", "y")
+
+
+def make_lock() -> Any:
+    return threading.Lock()
+
+
+def crash_unless_marker(marker: str) -> str:
+    """Kills its worker the first time (no marker file yet), succeeds the next."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)
+    return "survived"

@@ -1,0 +1,182 @@
+"""The execution manager on real local worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel import Kernel
+from kernel.errors import (
+    ConfigError,
+    PoolClosedError,
+    RemoteError,
+    SerializationError,
+    ServiceStartError,
+    WorkerCrashedError,
+)
+
+from . import tasks
+from .conftest import EM_LOCAL
+
+pytestmark = pytest.mark.anyio
+
+
+def em_kernel(**custom: object) -> Kernel:
+    return Kernel([], settings={"execution-manager": {**EM_LOCAL, **custom}})
+
+
+async def test_submit_and_map_run_on_worker_processes() -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        assert await em.submit(tasks.inc, 41) == 42
+        pids = set(await asyncio.gather(*(em.submit(tasks.slow, 0.1, os.getpid()) for _ in range(4))))
+        assert pids == {os.getpid()}  # the value round-trips...
+        worker_pids = {await em.submit(tasks.whoami) for _ in range(10)}
+        assert os.getpid() not in worker_pids  # ...but calls ran elsewhere
+        results = [r async for r in em.map(tasks.inc, range(1000))]
+        assert results == list(range(1, 1001))
+        assert [r async for r in em.map(tasks.inc, [])] == []
+        assert [r async for r in em.map(lambda x: x * 2, range(5), chunksize=2)] == [0, 2, 4, 6, 8]
+        stats = await em.get_stats()
+        assert stats.workers == 2 and len(stats.worker_details) == 2
+        assert {w.node_type for w in stats.worker_details} == {"local"}
+        assert all(w.pid and w.pid != os.getpid() for w in stats.worker_details)
+        assert stats.tasks_done >= 16 and stats.queued_tasks == 0
+        assert "WorkerPool workers=2" in repr(em)
+
+
+async def test_exceptions_keep_type_and_remote_traceback() -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        with pytest.raises(tasks.CustomError, match="nope") as info:
+            await em.submit(tasks.raise_custom, "nope")
+        tb = info.value.__cause__
+        assert "raise_custom" in str(tb) and "on worker local-" in str(tb)
+        assert info.value.remote_traceback == str(tb)
+        with pytest.raises(RemoteError, match=r"tests.tasks.UnrebuildableError: x/y") as info2:
+            await em.submit(tasks.raise_unrebuildable)
+        assert info2.value.type_name == "tests.tasks.UnrebuildableError"
+        assert "raise_unrebuildable" in info2.value.remote_traceback
+
+
+async def test_serialisation_errors_name_the_culprit_and_worker_survives() -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        before = await em.submit(tasks.whoami)
+        with pytest.raises(SerializationError, match=r"argument 1 \(<unlocked _thread.lock.*\) of inc: type _thread.lock"):
+            await em.submit(tasks.inc, 1, threading.Lock())
+        with pytest.raises(SerializationError, match=r"keyword argument 'x'.*of inc"):
+            await em.submit(tasks.inc, x=threading.Lock())
+        with pytest.raises(SerializationError, match=r"the result of make_lock: type _thread.lock"):
+            await em.submit(tasks.make_lock)
+        assert await em.submit(tasks.whoami) == before
+
+
+@pytest.mark.parametrize(
+    ("fn", "cause"),
+    [(tasks.crash, "exited with code 1"), (tasks.sigkill_self, "killed by signal SIGKILL"),
+     (tasks.segfault, "killed by signal SIGSEGV")],
+)
+async def test_worker_death_fails_that_call_only_and_pool_goes_on(fn, cause: str) -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        died: list[dict] = []
+        em.subscribe("worker-terminated", lambda _e, payload: died.append(dict(payload)))
+        others = [asyncio.ensure_future(em.submit(tasks.slow, 0.3, i)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(WorkerCrashedError) as info:
+            await em.submit(fn)
+        assert cause in str(info.value) and f"{fn.__name__}()" in str(info.value)
+        assert f"pid {info.value.pid}" in str(info.value) and info.value.worker_id.startswith("local-")
+        t0 = time.perf_counter()
+        assert await em.submit(tasks.inc, 1) == 2
+        assert time.perf_counter() - t0 < 1.0
+        # calls that were not on the dead worker go on; one queued behind it may have died with it
+        outcomes = await asyncio.gather(*others, return_exceptions=True)
+        assert sum(1 for o in outcomes if not isinstance(o, BaseException)) >= 2
+        assert died and died[0]["expected"] is False and cause in died[0]["reason"]
+        for _ in range(100):
+            if (await em.get_stats()).workers == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await em.get_stats()).workers == 2  # replaced
+
+
+async def test_retryable_call_is_retried_after_a_crash(tmp_path: Path) -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        retried: list[dict] = []
+        em.subscribe("task-retried", lambda _e, payload: retried.append(dict(payload)))
+        marker = str(tmp_path / "marker")
+        assert await em.submit(tasks.crash_unless_marker, marker, retries=2) == "survived"
+        assert len(retried) == 1 and "exited with code 9" in retried[0]["reason"]
+        os.remove(marker)
+        with pytest.raises(WorkerCrashedError):
+            await em.submit(tasks.crash_unless_marker, marker)  # at most once by default
+
+
+async def test_calls_after_stop_are_refused() -> None:
+    kernel = em_kernel()
+    await kernel.start()
+    em = kernel.get_service("execution-manager")
+    await kernel.stop()
+    with pytest.raises(PoolClosedError):
+        await em.submit(tasks.inc, 1)
+
+
+@pytest.mark.parametrize(
+    ("custom", "field", "match"),
+    [
+        ({"maxWorkers": -1}, "custom.maxWorkers", "greater than or equal to 1"),
+        ({"minWorkers": 3, "maxWorkers": 2}, "custom", r"minWorkers \(3\) is above maxWorkers \(2\)"),
+        ({"minWorkers": "two"}, "custom.minWorkers", "valid integer"),
+        ({"maxWorkerz": 2}, "custom.maxWorkerz", "unknown field"),
+    ],
+)
+async def test_bad_settings_are_one_clear_error_and_nothing_runs(custom, field, match) -> None:
+    with pytest.raises(ServiceStartError, match=match) as info:
+        await Kernel([], settings={"execution-manager": custom}).start()
+    cause = info.value.__cause__
+    assert isinstance(cause, ConfigError) and field in {f for f, _ in cause.problems}
+    assert "execution_manager/config.json" in str(info.value)
+
+
+async def test_unknown_node_type() -> None:
+    with pytest.raises(ServiceStartError, match=r"nodeType 'martian' is not a known node type \(known: inmemory, local\)"):
+        await Kernel([], settings={"execution-manager": {"nodeType": "martian"}}).start()
+
+
+async def test_runs_locally_when_the_machine_is_idle() -> None:
+    async with Kernel([], settings={"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "runLocally": True, "localThreshold": 1.0}}) as kernel:
+        em = kernel.get_service("execution-manager")
+        assert await em.submit(tasks.whoami) == os.getpid()
+        # the local slot is busy: the next call goes to a worker
+        busy = asyncio.ensure_future(em.submit(tasks.slow, 0.3))
+        await asyncio.sleep(0.05)
+        assert await em.submit(tasks.whoami) != os.getpid()
+        await busy
+
+
+async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
+    custom = {"minWorkers": 1, "maxWorkers": 2, "monitorInterval": 0.2, "sampleInterval": 0.1,
+              "runLocally": False}
+    async with Kernel([], settings={"execution-manager": custom}) as kernel:
+        em = kernel.get_service("execution-manager")
+        events: list[str] = []
+        em.subscribe("*", lambda e, _p: events.append(e))
+        assert (await em.get_stats()).workers == 1
+        pids = set(await asyncio.gather(*(em.submit(tasks.slow, 0.2, None) for _ in range(8))))
+        assert pids == {None}
+        assert "worker-started" in events
+        for _ in range(60):
+            if (await em.get_stats()).workers == 1:
+                break
+            await asyncio.sleep(0.1)
+        stats = await em.get_stats()
+        assert stats.workers == 1 and "scaled-down" in events
+        assert "below" in stats.last_scaling

@@ -1,0 +1,99 @@
+"""Placement and scaling as tables: snapshot in, decision out."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.execution_manager.policy import (
+    LOCAL,
+    START,
+    WAIT,
+    Limits,
+    Placement,
+    ScalePlan,
+    Worker,
+    chunk_size,
+    inflight_limit,
+    pin_target,
+    place,
+    plan_scaling,
+)
+
+L = Limits(min_workers=1, max_workers=3)
+NO_LOCAL = L._replace(run_locally=False)
+W = Worker
+
+
+@pytest.mark.parametrize(
+    ("workers", "limits", "cpu", "local_free", "starting", "queued", "expected"),
+    [
+        # (1) idle machine, local slot free: run locally
+        ([W("a")], L, 10.0, True, 0, 0, LOCAL),
+        ([W("a")], L, 10.0, False, 0, 0, Placement("worker", "a")),
+        ([W("a")], L, 50.0, True, 0, 0, Placement("worker", "a")),
+        ([W("a")], NO_LOCAL, 0.0, True, 0, 0, Placement("worker", "a")),
+        # (2) fewest calls in flight, then least CPU
+        ([W("a", running=1, limit=4), W("b", running=0, limit=4)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
+        ([W("a", cpu_percent=80), W("b", cpu_percent=20)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
+        ([W("a", available=False), W("b", running=1, limit=2)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
+        # (3) all saturated, room to grow: start one
+        ([W("a", running=1)], NO_LOCAL, 90, False, 0, 0, START),
+        ([], NO_LOCAL, 90, False, 0, 0, START),
+        # ... but not more starting than calls waiting
+        ([W("a", running=1)], NO_LOCAL, 90, False, 1, 0, WAIT),
+        ([W("a", running=1)], NO_LOCAL, 90, False, 1, 1, START),
+        # (4) at the maximum: wait
+        ([W("a", running=1), W("b", running=1), W("c", running=1)], NO_LOCAL, 90, False, 0, 5, WAIT),
+    ],
+)
+def test_place(workers, limits, cpu, local_free, starting, queued, expected) -> None:
+    got = place(workers, limits, cpu_percent=cpu, local_free=local_free, total=len(workers),
+                starting=starting, queued=queued)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("workers", "starting", "queued", "memory", "expected"),
+    [
+        ([], 0, 0, 10.0, ScalePlan(1, (), "below minWorkers (0 < 1)")),
+        ([], 1, 0, 10.0, ScalePlan(0, (), "steady")),
+        ([W("a", running=1)], 0, 3, 10.0, ScalePlan(1, (), "load 100% above 80% with 3 queued")),
+        ([W("a", running=1)], 0, 0, 10.0, ScalePlan(0, (), "steady")),
+        ([W("a", running=1)], 0, 3, 95.0, ScalePlan(0, (), "load 100% but memory at 95%: not scaling up")),
+        ([W("a", running=1), W("b", running=1), W("c", running=1)], 0, 9, 10.0, ScalePlan(0, (), "steady")),
+        # idle: retire one idle worker (fewest pins, longest idle), never a busy one
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0), W("c", running=1)], 0, 0, 10.0, ScalePlan(0, (), "steady")),
+        ([*[W(x, idle_since=1.0) for x in "abc"], W("d", running=1)], 0, 0, 10.0,
+         ScalePlan(0, ("a",), "load 25% below 30%")),
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0)], 0, 0, 10.0, ScalePlan(0, ("b",), "load 0% below 30%")),
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0, pinned=2)], 0, 0, 10.0, ScalePlan(0, ("a",), "load 0% below 30%")),
+        ([W("a", idle_since=5.0)], 0, 0, 10.0, ScalePlan(0, (), "steady")),  # at minWorkers
+        ([W("a", idle_since=None), W("b", idle_since=None)], 0, 0, 10.0, ScalePlan(0, (), "steady")),
+    ],
+)
+def test_plan_scaling(workers, starting, queued, memory, expected) -> None:
+    assert plan_scaling(workers, L, starting=starting, queued=queued, memory_percent=memory, now=10.0) == expected
+
+
+def test_idle_grace() -> None:
+    limits = L._replace(idle_grace=3.0)
+    workers = [W("a", idle_since=9.0), W("b", idle_since=5.0)]
+    assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=10.0).retire == ("b",)
+    assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=7.0).retire == ()
+
+
+@pytest.mark.parametrize(("mean", "limit"), [(None, 2), (0.0001, 64), (0.005, 4), (0.02, 1), (3.0, 1)])
+def test_inflight_limit(mean, limit) -> None:
+    assert inflight_limit(mean) == limit
+
+
+@pytest.mark.parametrize(("items", "workers", "size"), [(0, 2, 1), (1, 2, 1), (100, 2, 13), (10**6, 2, 10_000), (7, 0, 2)])
+def test_chunk_size(items, workers, size) -> None:
+    assert chunk_size(items, workers) == size
+
+
+def test_pin_target() -> None:
+    workers = [W("a", pinned=1), W("b", pinned=0, running=3), W("c", pinned=0, running=1), W("d", available=False)]
+    assert pin_target(workers) == "c"
+    assert pin_target(workers, exclude="c") == "b"
+    assert pin_target([W("d", available=False)]) is None
