@@ -1,0 +1,112 @@
+"""The kernel as a user runs it: the CLI, signals, and a kernel killed outright."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import EXAMPLES
+
+KERNEL = [sys.executable, "-m", "kernel.cli"]
+
+
+def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def workers_of(pid: int) -> list[psutil.Process]:
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True) if "plugins.local.worker" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_kernel_run_stops_cleanly_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
+         "--set", "execution-manager.maxWorkers=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(lambda: len(workers_of(proc.pid)) == 2)
+        workers = workers_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "kernel running: execution-manager (running), prime-counter (running), reporter (running)" in err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(entry["event"] == "stopping on signal" and entry["signal"] == "SIGTERM" for entry in lines)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_kernel_run_bad_input_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "config.json").write_text('{"kernelMode": "yes"}')
+    out = subprocess.run([*KERNEL, "run", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"kernel: error: {tmp_path}/svc/config.json: 1 problem")
+    assert "kernelMode" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([*KERNEL, "run", str(EXAMPLES), "--set", "execution-manager.maxWorkers=-1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "custom.maxWorkers" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_runs_and_reports_speedup() -> None:
+    out = subprocess.run([*KERNEL, "demo", "--limit", "200000", "--workers", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "17,984 primes" in out.stdout and "speed-up" in out.stdout
+    assert "await em.get_stats()" in out.stdout and "local-1" in out.stdout
+
+
+def test_no_worker_outlives_a_sigkilled_kernel(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, time
+        from kernel import Kernel
+
+        async def main():
+            settings = {{"execution-manager": {{"minWorkers": 2, "maxWorkers": 2, "runLocally": False}}}}
+            async with Kernel([{str(EXAMPLES)!r}], settings=settings) as kernel:
+                em = kernel.get_service("execution-manager")
+                busy = [asyncio.ensure_future(em.submit(time.sleep, 60)) for _ in range(2)]
+                print("ready", flush=True)
+                await asyncio.sleep(60)
+
+        asyncio.run(main())
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        workers = workers_of(proc.pid)
+        assert len(workers) == 2  # both busy in a 60 s call
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their kernel: {alive}"
+    finally:
+        proc.kill()
+        for w in workers_of(proc.pid):
+            w.kill()
+
+
+@pytest.mark.parametrize("argv", [["run"], ["run", "x", "--set", "nodot=1"]])
+def test_cli_usage_errors(argv: list[str]) -> None:
+    out = subprocess.run([*KERNEL, *argv], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
