@@ -98,7 +98,7 @@ def test_no_worker_outlives_a_sigkilled_kernel(tmp_path: Path) -> None:
         assert len(workers) == 2  # both busy in a 60 s call
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        gone, alive = psutil.wait_procs(workers, timeout=5)
+        _gone, alive = psutil.wait_procs(workers, timeout=5)
         assert not alive, f"workers outlived their kernel: {alive}"
     finally:
         proc.kill()
