@@ -36,18 +36,18 @@ def workers_of(pid: int) -> list[psutil.Process]:
 
 
 def test_kernel_run_stops_cleanly_on_sigterm() -> None:
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
          "--set", "execution-manager.maxWorkers=2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for(lambda: len(workers_of(proc.pid)) == 2)
-        workers = workers_of(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
+    ) as proc:
+        try:
+            wait_for(lambda: len(workers_of(proc.pid)) == 2)
+            workers = workers_of(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
     assert proc.returncode == 0, err
     assert "kernel running: execution-manager (running), prime-counter (running), reporter (running)" in err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
@@ -91,19 +91,21 @@ def test_no_worker_outlives_a_sigkilled_kernel(tmp_path: Path) -> None:
 
         asyncio.run(main())
     """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        workers = workers_of(proc.pid)
-        assert len(workers) == 2  # both busy in a 60 s call
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        _gone, alive = psutil.wait_procs(workers, timeout=5)
-        assert not alive, f"workers outlived their kernel: {alive}"
-    finally:
-        proc.kill()
-        for w in workers_of(proc.pid):
-            w.kill()
+    workers: list[psutil.Process] = []
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            workers = workers_of(proc.pid)
+            assert len(workers) == 2  # both busy in a 60 s call
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            _gone, alive = psutil.wait_procs(workers, timeout=5)
+            assert not alive, f"workers outlived their kernel: {alive}"
+        finally:
+            proc.kill()
+            for w in workers:
+                if w.is_running():
+                    w.kill()
 
 
 @pytest.mark.parametrize("argv", [["run"], ["run", "x", "--set", "nodot=1"]])
