@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import ExecutionError
@@ -55,7 +54,6 @@ class IllegalTransition(ExecutionError):
     """An executor tried a state change the state machine does not allow."""
 
 
-@dataclass(slots=True, eq=False)
 class Call:
     """One attempt at a call, as the pool hands it to an executor.
 
@@ -64,13 +62,22 @@ class Call:
     ``label`` and ``args`` only serve error messages.
     """
 
-    id: int
-    kind: int
-    payload: bytes
-    future: asyncio.Future[Any]
-    label: str = "call"
-    args: tuple[Any, ...] = ()
-    started: float = field(default_factory=time.perf_counter)
+    __slots__ = ("args", "future", "id", "kind", "label", "payload", "started")
+
+    def __init__(
+        self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
+        label: str = "call", args: tuple[Any, ...] = (),
+    ) -> None:
+        self.id = id
+        self.kind = kind
+        self.payload = payload
+        self.future = future
+        self.label = label
+        self.args = args
+        self.started = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Call {self.describe()}>"
 
     def describe(self) -> str:
         shown = ", ".join(_short(a) for a in self.args)
@@ -96,6 +103,7 @@ class ExecutorInfo:
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]
+FinishListener = Callable[["Call", bool], None]
 
 
 class Executor(ABC):
@@ -107,6 +115,8 @@ class Executor(ABC):
     ``FAILED`` and fails every call it held with :class:`WorkerCrashedError`.
     Every state change is reported to ``listeners``, which is how the pool learns of
     deaths; the pool never switches on an executor's type, only on these predicates.
+    ``on_finish(call, ok)`` is called as each call ends (before its future is set), so
+    the owner keeps its books without a callback per future.
     """
 
     node_type: ClassVar[str] = ""
@@ -116,6 +126,7 @@ class Executor(ABC):
         self.options: Mapping[str, Any] = options or {}
         self.state = WorkerState.CREATING
         self.listeners: list[StateListener] = []
+        self.on_finish: FinishListener | None = None
         self.inflight: dict[int, Call] = {}
         self.done = 0
         self.failed = 0
@@ -191,20 +202,25 @@ class Executor(ABC):
     def _finish(self, call: Call, reply: Any) -> None:
         """Resolve ``call`` (helper for implementations; keeps counts and state)."""
         self.inflight.pop(call.id, None)
-        if reply[0]:
+        ok = reply[0]
+        if ok:
             self.done += 1
         else:
             self.failed += 1
-        if not call.future.done():
-            call.future.set_result(reply)
         if not self.inflight and self.state == WorkerState.RUNNING:
             self.set_state(WorkerState.AVAILABLE)
+        if self.on_finish is not None:
+            self.on_finish(call, ok)
+        if not call.future.done():
+            call.future.set_result(reply)
 
     def _fail_all(self, exc_factory: Callable[[Call], BaseException]) -> None:
         calls = list(self.inflight.values())
         self.inflight.clear()
         for call in calls:
             self.failed += 1
+            if self.on_finish is not None:
+                self.on_finish(call, False)
             if not call.future.done():
                 call.future.set_exception(exc_factory(call))
 

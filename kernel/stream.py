@@ -1,7 +1,8 @@
 """A thin asyncio transport over :class:`kernel.protocol.Connection` for byte streams.
 
-Frames written in one turn of the event loop go out in one write, so many calls in
-flight cost one system call, not one each.
+The first frame written in a turn of the event loop goes out at once (latency); the
+ones after it in the same turn go out together at the end of the turn (throughput), so
+many calls in flight cost two system calls a turn, not one each.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ class FrameStream(asyncio.Protocol):
         self._on_event = on_event
         self._on_lost = on_lost
         self._out: list[bytes] = []
+        self._armed = False  # a flush is scheduled for the end of this turn
         self._transport: asyncio.Transport | None = None
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -56,12 +58,17 @@ class FrameStream(asyncio.Protocol):
             self._on_lost(exc)
 
     def write(self, data: bytes) -> None:
-        """Queue ``data``; it is written at the end of this loop turn."""
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(data)
+        """Write ``data`` now if it is the turn's first frame, else at the turn's end."""
+        if self._armed:
+            self._out.append(data)
+            return
+        self._armed = True
+        asyncio.get_running_loop().call_soon(self._flush)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
     def _flush(self) -> None:
+        self._armed = False
         out = self._out
         if not out or self._transport is None or self._transport.is_closing():
             out.clear()

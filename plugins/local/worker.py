@@ -59,7 +59,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     clock = time.perf_counter
     out: list[bytes] = []
     while True:
-        data = recv(1 << 20)
+        data = recv(65536)
         if not data:
             return
         events = conn.receive_data(data)

@@ -110,6 +110,7 @@ class WorkerPool:
             local = self._local_factory("local-0", {"slots": self.settings.local_slots})
             await local.start()
             self.local = WorkerSlot(local, limit=self.settings.local_slots)
+            local.on_finish = partial(self._finished, self.local)
         results = await asyncio.gather(
             *(self._start_worker() for _ in range(self.settings.min_workers))
         )
@@ -175,33 +176,49 @@ class WorkerPool:
         call.started = time.perf_counter()
         slot.executor.submit(call)
         slot.idle_since = None
-        call.future.add_done_callback(partial(self._on_done, slot, call))
 
-    def _on_done(self, slot: WorkerSlot, call: Call, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            slot.executor.cancel(call.id)
+    def _finished(self, slot: WorkerSlot, call: Call, ok: bool) -> None:
+        """An executor ended ``call`` (called synchronously, before its future is set)."""
+        now = time.perf_counter()
+        # Service time: from when the worker could start it, not from dispatch.
+        took = now - max(call.started, slot.last_done)
+        slot.last_done = now
+        slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
+        if slot is not self.local:
+            slot.limit = inflight_limit(slot.mean)
+        if ok:
+            self.done += 1
         else:
-            now = time.perf_counter()
-            # Service time: from when the worker could start it, not from dispatch.
-            took = now - max(call.started, slot.last_done)
-            slot.last_done = now
-            slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
-            slot.limit = inflight_limit(slot.mean) if slot is not self.local else slot.limit
-            if fut.exception() is None and fut.result()[0]:
-                self.done += 1
-            else:
-                self.failed += 1
+            self.failed += 1
         if not slot.executor.inflight:
             slot.idle_since = time.monotonic()
         if self.queue:
-            self._drain()
+            self._drain(slot if slot is not self.local else None)
 
-    def _drain(self) -> None:
+    def cancel(self, call: Call) -> None:
+        """The caller gave up on ``call``: drop it from the queue or its executor."""
+        try:
+            self.queue.remove(call)
+            return
+        except ValueError:
+            pass
+        for slot in (*self._slots, *((self.local,) if self.local else ())):
+            if call.id in slot.executor.inflight:
+                slot.executor.cancel(call.id)
+                if not slot.executor.inflight:
+                    slot.idle_since = time.monotonic()
+                return
+
+    def _drain(self, freed: WorkerSlot | None = None) -> None:
+        """Place queued calls: first on the worker that just freed up, then anywhere."""
         queue = self.queue
         while queue and not self.closed:
             call = queue[0]
             if call.future.done():
                 queue.popleft()
+                continue
+            if freed is not None and freed.available and freed.running < freed.limit:
+                self._dispatch(freed, queue.popleft())
                 continue
             if not self._place(call, len(queue)):
                 return
@@ -235,6 +252,7 @@ class WorkerPool:
             await executor.stop(drain=False)
             return None
         slot = WorkerSlot(executor)
+        executor.on_finish = partial(self._finished, slot)
         self.workers[wid] = slot
         self._slots.append(slot)
         info = executor.info()

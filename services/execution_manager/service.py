@@ -116,8 +116,13 @@ class ExecutionManager(BaseService):
 
     # -- calls ------------------------------------------------------------------------
 
-    async def _outcome(self, fut: asyncio.Future[Reply]) -> Any:
-        ok, data = await fut
+    async def _outcome(self, fut: asyncio.Future[Reply], call: Call | None = None) -> Any:
+        try:
+            ok, data = await fut
+        except asyncio.CancelledError:
+            if call is not None:
+                self._pool.cancel(call)  # it never runs, or its slot is freed
+            raise
         if ok:
             return loads(data)
         raise rebuild(data)
@@ -137,7 +142,7 @@ class ExecutionManager(BaseService):
             call = pool.new_call(p.CALL_FN, payload, label, args)
             pool.submit(call)
             try:
-                return await self._outcome(call.future)
+                return await self._outcome(call.future, call)
             except ExecutionError as exc:
                 if not exc.retryable or attempt >= retries:
                     raise
@@ -188,7 +193,8 @@ class ExecutionManager(BaseService):
         pin = self._pins.get(instance)
         if pin is not None:
             return self._outcome(self._pins.call(pin, method, args, dict(kwargs)))
-        return self._outcome(self._method_call(instance, method, args, dict(kwargs)).future)
+        call = self._method_call(instance, method, args, dict(kwargs))
+        return self._outcome(call.future, call)
 
     # -- instances --------------------------------------------------------------------
 

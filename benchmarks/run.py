@@ -1,0 +1,281 @@
+"""Benchmark: this project's local pool beside ProcessPoolExecutor, loky, pebble and
+multiprocessing.Pool, in one run. Each contender runs in its own child process (one
+process tree), on 2 workers, and the table prints each result with ours / theirs.
+
+    python -m benchmarks.run [--quick] [--only NAME ...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.tasks import burn, crash, echo, inc
+
+WORKERS = 2
+MIB = b"x" * (1 << 20)
+
+
+def calibrate_burn(seconds: float = 0.02) -> int:
+    n = 100_000
+    while True:
+        t = time.perf_counter()
+        burn(n)
+        took = time.perf_counter() - t
+        if took > 0.005:
+            return int(n * seconds / took)
+        n *= 4
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- peers (sync executors) -------------------------------------------------------------
+
+
+def sync_contender(name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    """(make, shutdown) for a concurrent.futures-like peer."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if name == "ppe-fork":
+        return lambda: ProcessPoolExecutor(WORKERS, mp_context=mp.get_context("fork")), lambda ex: ex.shutdown()
+    if name == "ppe-spawn":
+        return lambda: ProcessPoolExecutor(WORKERS, mp_context=mp.get_context("spawn")), lambda ex: ex.shutdown()
+    if name == "loky":
+        import loky
+
+        return lambda: loky.get_reusable_executor(WORKERS, reuse=False), lambda ex: ex.shutdown()
+    if name == "pebble":
+        import pebble
+
+        return (lambda: pebble.ProcessPool(WORKERS, context=mp.get_context("fork")),
+                lambda ex: (ex.close(), ex.join()))
+    if name == "mp-pool":
+        return lambda: mp.get_context("fork").Pool(WORKERS), lambda ex: (ex.close(), ex.join())
+    raise SystemExit(f"unknown contender {name!r}")
+
+
+def submit_fn(name: str, ex: Any) -> Callable[..., Any]:
+    if name == "pebble":
+        return lambda fn, *a: ex.schedule(fn, args=a)
+    if name == "mp-pool":
+        return lambda fn, *a: ex.apply_async(fn, a)
+    return ex.submit
+
+
+def result_of(name: str, fut: Any) -> Any:
+    return fut.get() if name == "mp-pool" else fut.result()
+
+
+def run_sync(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
+    make, shutdown = sync_contender(name)
+    n_tiny, n_map, n_lat, n_cpu, n_mib = (4000, 50_000, 500, 60, 20) if quick else (20_000, 200_000, 2000, 200, 50)
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    ex = make()
+    sub = submit_fn(name, ex)
+    result_of(name, sub(inc, 1))
+    out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
+    for _ in range(200):
+        result_of(name, sub(inc, 1))
+    t = time.perf_counter()
+    futs = [sub(inc, i) for i in range(n_tiny)]
+    for f in futs:
+        result_of(name, f)
+    out["tiny_per_s"] = n_tiny / (time.perf_counter() - t)
+    t = time.perf_counter()
+    if name == "pebble":
+        list(ex.map(inc, range(n_map), chunksize=100).result())
+    elif name == "mp-pool":
+        ex.map(inc, range(n_map), chunksize=100)
+    else:
+        list(ex.map(inc, range(n_map), chunksize=100))
+    out["map_per_s"] = n_map / (time.perf_counter() - t)
+    lat = []
+    for i in range(n_lat):
+        t = time.perf_counter()
+        result_of(name, sub(inc, i))
+        lat.append(time.perf_counter() - t)
+    out["lat_p50_us"], out["lat_p99_us"] = pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6
+    t = time.perf_counter()
+    for f in [sub(burn, burn_n) for _ in range(n_cpu)]:
+        result_of(name, f)
+    out["cpu_wall_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n_mib):
+        assert len(result_of(name, sub(echo, MIB))) == len(MIB)
+    out["mib_per_s"] = n_mib / (time.perf_counter() - t)
+    # a worker dies mid-call, then a normal call
+    t = time.perf_counter()
+    if name == "mp-pool":
+        out["crash"] = "hangs (not run)"  # multiprocessing.Pool never returns the call
+    else:
+        try:
+            result_of(name, sub(crash))
+            out["crash"] = "no error"
+        except Exception as exc:
+            out["crash"] = type(exc).__name__
+        out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    try:
+        if name == "loky":
+            import loky
+
+            ex = loky.get_reusable_executor(WORKERS)
+            sub = submit_fn(name, ex)
+        result_of(name, sub(inc, 1))
+        out["next_call_ms"] = (time.perf_counter() - t) * 1e3
+    except Exception as exc:
+        out["next_call"] = f"fails: {type(exc).__name__}"
+    with contextlib.suppress(Exception):  # a broken pool may not shut down cleanly
+        shutdown(ex)
+    return out
+
+
+# -- ours -------------------------------------------------------------------------------
+
+
+async def run_ours(quick: bool, burn_n: int) -> dict[str, Any]:
+    from kernel import Kernel, logs
+
+    logs.configure("warning")
+    n_tiny, n_map, n_lat, n_cpu, n_mib = (4000, 50_000, 500, 60, 20) if quick else (20_000, 200_000, 2000, 200, 50)
+    out: dict[str, Any] = {}
+    settings = {"execution-manager": {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}}
+    t0 = time.perf_counter()
+    async with Kernel([], settings=settings) as kernel:
+        em = kernel.get_service("execution-manager")
+        await em.submit(inc, 1)
+        out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
+        for _ in range(200):
+            await em.submit(inc, 1)
+        t = time.perf_counter()
+        await asyncio.gather(*(em.submit(inc, i) for i in range(n_tiny)))
+        out["tiny_per_s"] = n_tiny / (time.perf_counter() - t)
+        t = time.perf_counter()
+        _ = [r async for r in em.map(inc, range(n_map), chunksize=100)]
+        out["map_per_s"] = n_map / (time.perf_counter() - t)
+        lat = []
+        for i in range(n_lat):
+            t = time.perf_counter()
+            await em.submit(inc, i)
+            lat.append(time.perf_counter() - t)
+        out["lat_p50_us"], out["lat_p99_us"] = pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6
+        t = time.perf_counter()
+        await asyncio.gather(*(em.submit(burn, burn_n) for _ in range(n_cpu)))
+        out["cpu_wall_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(n_mib):
+            assert len(await em.submit(echo, MIB)) == len(MIB)
+        out["mib_per_s"] = n_mib / (time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            await em.submit(crash)
+            out["crash"] = "no error"
+        except Exception as exc:
+            out["crash"] = type(exc).__name__
+        out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        await em.submit(inc, 1)
+        out["next_call_ms"] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+# -- the table --------------------------------------------------------------------------
+
+CONTENDERS = ["ours", "ppe-fork", "ppe-spawn", "mp-pool", "loky", "pebble"]
+METRICS = [  # key, label, higher is better
+    ("tiny_per_s", "tiny calls, submit+gather (calls/s)", True),
+    ("map_per_s", "map, chunksize 100 (calls/s)", True),
+    ("lat_p50_us", "sequential latency p50 (µs)", False),
+    ("lat_p99_us", "sequential latency p99 (µs)", False),
+    ("cpu_eff", "CPU-bound efficiency, 2 workers", True),
+    ("mib_per_s", "1 MiB in + out (MiB/s one way)", True),
+    ("cold_start_ms", "cold start to first result (ms)", False),
+    ("next_call_ms", "crash, then next call served (ms)", False),
+]
+
+
+def child(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
+    if name == "ours":
+        return asyncio.run(run_ours(quick, burn_n))
+    return run_sync(name, quick, burn_n)
+
+
+def fmt(key: str, v: Any) -> str:
+    if not isinstance(v, float | int):
+        return str(v)
+    if key == "cpu_eff":
+        return f"{v:.0%}"
+    return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--only", nargs="*", default=CONTENDERS, choices=CONTENDERS)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--burn", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.quick, args.burn)))
+        return
+    burn_n = calibrate_burn()
+    n_cpu = 60 if args.quick else 200
+    t = time.perf_counter()
+    for _ in range(n_cpu // 4):
+        burn(burn_n)
+    serial = (time.perf_counter() - t) / (n_cpu // 4) * n_cpu
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.only:
+        cmd = [sys.executable, "-m", "benchmarks.run", "--child", name, "--burn", str(burn_n)]
+        cmd += ["--quick"] if args.quick else []
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            results[name] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        res["cpu_eff"] = serial / (WORKERS * res.pop("cpu_wall_s"))
+        results[name] = res
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{WORKERS} workers; cells: value (ours ÷ theirs, >1 = ours better)")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    ours = results.get("ours", {})
+    for key, label, higher in METRICS:
+        row = [label]
+        for name, res in results.items():
+            missing = res.get("next_call", res.get("error", "-")) if key == "next_call_ms" else res.get("error", "-")
+            v = res.get(key, missing)
+            cell = fmt(key, v)
+            o = ours.get(key)
+            if name != "ours" and isinstance(v, float | int) and isinstance(o, float | int) and v and o:
+                ratio = o / v if higher else v / o
+                cell += f" ({ratio:.2f})"
+            row.append(cell)
+        table.add_row(*row)
+    table.add_row("crashed call raises", *[str(r.get("crash", "-")) for r in results.values()])
+    Console(width=200).print(table)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"serial_cpu_s": serial, "results": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
