@@ -180,3 +180,28 @@ async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
         stats = await em.get_stats()
         assert stats.workers == 1 and "scaled-down" in events
         assert "below" in stats.last_scaling
+
+
+async def test_calls_start_when_made_and_cancelled_queued_calls_never_run(tmp_path: Path) -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        eager = tmp_path / "eager"
+        em.submit(tasks.touch, str(eager))  # never awaited: it runs anyway
+        for _ in range(100):
+            if eager.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert eager.read_text() == "ran\n"
+
+        busy = em.submit(tasks.slow, 0.4, "done")
+        never = tmp_path / "never"
+        queued = em.submit(tasks.touch, str(never))
+        timed_out = em.submit(tasks.touch, str(never))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(timed_out, 0.05)  # wait_for cancels it
+        assert queued.cancel() and queued.cancelled()
+        assert await busy == "done"
+        assert await em.submit(tasks.inc, 1) == 2
+        assert not never.exists()
+        stats = await em.get_stats()
+        assert stats.active_tasks == 0 and stats.queued_tasks == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -23,6 +22,7 @@ from kernel.serialization import dumps_call, loads
 from kernel.service import BaseService
 
 from .events import Callback, EventBus
+from .handles import CallFuture
 from .instances import PinTable
 from .policy import chunk_size
 from .pool import WorkerPool
@@ -116,40 +116,28 @@ class ExecutionManager(BaseService):
 
     # -- calls ------------------------------------------------------------------------
 
-    async def _outcome(self, fut: asyncio.Future[Reply], call: Call | None = None) -> Any:
-        try:
-            ok, data = await fut
-        except asyncio.CancelledError:
-            if call is not None:
-                self._pool.cancel(call)  # it never runs, or its slot is freed
-            raise
+    async def _outcome(self, fut: asyncio.Future[Reply]) -> Any:
+        """The decoded result of an internal call (pinning, release)."""
+        ok, data = await fut
         if ok:
             return loads(data)
         raise rebuild(data)
 
-    async def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` on the pool and return its result.
+    def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> CallFuture:
+        """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
-        ``fn`` is any importable or cloudpickle-able callable. ``retries``: how many
-        times to run it again when its worker dies (:class:`WorkerCrashedError`), with
-        exponential backoff and jitter; calls are not retried by default (at most once).
+        The call is placed at once (like Dask's ``client.submit``); ``fn`` is any
+        importable or cloudpickle-able callable. ``retries``: how many times to run it
+        again when its worker dies (:class:`WorkerCrashedError`), with exponential
+        backoff and jitter; calls are not retried by default (at most once).
         """
         label = _label(fn)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
-        attempt = 0
-        while True:
-            call = pool.new_call(p.CALL_FN, payload, label, args)
-            pool.submit(call)
-            try:
-                return await self._outcome(call.future, call)
-            except ExecutionError as exc:
-                if not exc.retryable or attempt >= retries:
-                    raise
-                attempt += 1
-                delay = min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
-                self.events.emit("task-retried", call=label, attempt=attempt, reason=str(exc))
-                await asyncio.sleep(delay)
+        return CallFuture(
+            pool, rebuild, label=label, retries=retries, events=self.events,
+            make_call=lambda: pool.new_call(p.CALL_FN, payload, label, args),
+        ).start()
 
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *,
             chunksize: int | None = None) -> AsyncIterator[Any]:
@@ -164,16 +152,16 @@ class ExecutionManager(BaseService):
         pool = self._pool
         size = chunksize or chunk_size(len(items), pool.settings.max_workers)
         label = f"map({_label(fn)})"
-        futures: list[asyncio.Future[Reply]] = []
+        futures: list[CallFuture] = []
         try:
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 payload = dumps_call(label, (run_chunk, (fn, chunk), {}), tuple(chunk), {}, fn=fn)
                 call = pool.new_call(p.CALL_FN, payload, label, (f"{len(chunk)} items from #{start}",))
                 pool.submit(call)
-                futures.append(call.future)
+                futures.append(CallFuture(pool, rebuild, label=label).follow(call.future, call))
             for fut in futures:
-                for result in await self._outcome(fut):
+                for result in await fut:
                     yield result
         finally:
             for fut in futures:
@@ -186,15 +174,19 @@ class ExecutionManager(BaseService):
         self._pool.submit(call)
         return call
 
-    def call_method(self, instance: Any, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    def call_method(
+        self, instance: Any, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> CallFuture:
         """Run a ``@distributed`` method (the decorator calls this). Sent at once, so
         calls on one pinned instance run in the order they were made."""
         assert self._pins is not None
+        label = f"{type(instance).__qualname__}.{method}"
+        out = CallFuture(self._pool, rebuild, label=label)
         pin = self._pins.get(instance)
         if pin is not None:
-            return self._outcome(self._pins.call(pin, method, args, dict(kwargs)))
+            return out.follow(self._pins.call(pin, method, args, dict(kwargs)))
         call = self._method_call(instance, method, args, dict(kwargs))
-        return self._outcome(call.future, call)
+        return out.follow(call.future, call)
 
     # -- instances --------------------------------------------------------------------
 
