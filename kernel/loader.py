@@ -1,31 +1,23 @@
 """Finding service folders, ordering them, and importing their entry classes.
 
 A service folder that is part of an importable package (``services/examples/x`` on
-``sys.path``) is imported under its real dotted name. Any other folder is imported as
-``_kernel_services.<name>``, a package whose ``__path__`` is the folder; worker
-processes rebuild the same packages from :func:`service_packages`, so instances and
-classes pickle by reference across processes.
+``sys.path``) is imported under its real dotted name; any other folder under a
+synthetic package name (see :mod:`kernel.packages`).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import inspect
 import re
-import sys
-import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import DependencyError, ManifestError, ServiceLoadError
 from .manifest import MANIFEST_FILE, ServiceSpec, read_manifest
+from .packages import SYNTHETIC_ROOT, install_service_package, plan_package
 from .service import BaseService
-
-SYNTHETIC_ROOT = "_kernel_services"
-_packages: dict[str, str] = {}  # synthetic package name -> folder
 
 
 def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[ServiceSpec]:
@@ -130,79 +122,13 @@ def _find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str]:
     return [*path[path.index(node) :], node]
 
 
-def service_packages() -> dict[str, str]:
-    """Synthetic packages planned so far (name -> folder), for worker processes."""
-    return dict(_packages)
-
-
 def plan_packages(specs: Iterable[ServiceSpec]) -> None:
     """Decide every service's package name before any service starts (nothing is
     imported), so workers started early can import every service later."""
     for spec in specs:
         name = _real_package(spec)
         if name is None:
-            _packages[_synthetic_name(spec)] = str(spec.folder.resolve())
-
-
-class ServicePackageFinder(importlib.abc.MetaPathFinder):
-    """Imports the synthetic service packages on demand (installed in workers)."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname == SYNTHETIC_ROOT:
-            return importlib.machinery.ModuleSpec(fullname, None, is_package=True)
-        folder = _packages.get(fullname)
-        if folder is None:
-            return None
-        init = Path(folder) / "__init__.py"
-        if init.is_file():
-            return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
-        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
-        spec.submodule_search_locations = [folder]
-        return spec
-
-
-def install_finder(packages: Mapping[str, str]) -> None:
-    """In a worker: make the kernel's service packages importable on first use."""
-    _packages.update(packages)
-    if not any(isinstance(f, ServicePackageFinder) for f in sys.meta_path):
-        sys.meta_path.append(ServicePackageFinder())
-
-
-def install_service_package(package: str, folder: str) -> None:
-    """Make ``package`` importable with ``folder`` as its ``__path__``.
-
-    Idempotent for the same folder; a different folder replaces the package and its
-    submodules (a service of that name was loaded from elsewhere).
-    """
-    if SYNTHETIC_ROOT not in sys.modules:
-        root = types.ModuleType(SYNTHETIC_ROOT)
-        root.__path__ = []
-        sys.modules[SYNTHETIC_ROOT] = root
-    if _packages.get(package) == folder and package in sys.modules:
-        return
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-        del sys.modules[name]
-    init = Path(folder) / "__init__.py"
-    spec: importlib.machinery.ModuleSpec | None
-    if init.is_file():
-        spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[folder])
-    else:
-        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
-        spec.submodule_search_locations = [folder]
-    if spec is None:  # pragma: no cover - only for a folder importlib refuses
-        raise ImportError(f"cannot make a package of {folder}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package] = module
-    _packages[package] = folder
-    if spec.loader is not None:
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[package]
-            del _packages[package]
-            raise
+            plan_package(_synthetic_name(spec), str(spec.folder.resolve()))
 
 
 def _real_package(spec: ServiceSpec) -> str | None:

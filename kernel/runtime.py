@@ -6,7 +6,6 @@ method or a pinned instance behaves the same wherever it lands.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import threading
@@ -113,6 +112,8 @@ class Runtime:
     def _await(self, awaitable: Any) -> Any:
         loop = getattr(self._local, "loop", None)
         if loop is None:
+            import asyncio  # only for async methods: keeps worker start-up lean
+
             loop = self._local.loop = asyncio.new_event_loop()
 
         async def wrap() -> Any:

@@ -12,23 +12,27 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import cloudpickle
-
 from .errors import SerializationError
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _pickle_dumps = pickle.dumps
-_cloud_dumps = cloudpickle.dumps
 loads = pickle.loads
+
+
+def _cloud_dumps(obj: Any, protocol: int) -> bytes:
+    import cloudpickle  # only when plain pickle cannot: keeps worker start-up lean
+
+    data: bytes = cloudpickle.dumps(obj, protocol=protocol)
+    return data
 
 
 def dumps(obj: Any) -> bytes:
     try:
         data = _pickle_dumps(obj, protocol=_PROTOCOL)
     except Exception:
-        return _cloud_dumps(obj, protocol=_PROTOCOL)  # type: ignore[no-any-return]
+        return _cloud_dumps(obj, protocol=_PROTOCOL)
     if b"__main__" in data:
-        return _cloud_dumps(obj, protocol=_PROTOCOL)  # type: ignore[no-any-return]
+        return _cloud_dumps(obj, protocol=_PROTOCOL)
     return data
 
 

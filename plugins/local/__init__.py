@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from kernel.executor import ExecutorFactory
 from kernel.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # workers import this package: keep asyncio out of their start-up
+    from kernel.executor import ExecutorFactory
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from typing import Any
 from kernel import protocol as p
 from kernel.errors import PoolClosedError, WorkerCrashedError, WorkerStartError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
-from kernel.loader import service_packages
+from kernel.packages import service_packages
 from kernel.runtime import ErrorInfo
 from kernel.stream import FrameStream
 

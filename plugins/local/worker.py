@@ -20,7 +20,7 @@ import threading
 import time
 
 from kernel import protocol as p
-from kernel.loader import install_finder
+from kernel.packages import install_finder
 from kernel.runtime import Runtime
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
