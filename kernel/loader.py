@@ -24,8 +24,9 @@ def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[
     """Every service folder under ``builtin`` and ``paths``, in a stable order.
 
     A path is either a service folder itself (it holds ``config.json``) or a folder
-    searched recursively for service folders. The same folder reached twice counts once;
-    two folders claiming one name are a :class:`DependencyError`.
+    searched recursively for service folders. The same folder reached twice counts once.
+    A folder from ``paths`` replaces a built-in service of the same name (a customised
+    copy); two folders from ``paths`` claiming one name are a :class:`DependencyError`.
     """
     specs: list[ServiceSpec] = []
     seen: set[Path] = set()
@@ -48,13 +49,13 @@ def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[
     by_name: dict[str, ServiceSpec] = {}
     for spec in specs:
         other = by_name.get(spec.name)
-        if other is not None:
+        if other is not None and not (other.builtin and not spec.builtin):
             raise DependencyError(
                 f"two services are named {spec.name!r}: {other.path} and {spec.path}",
                 [spec.name],
             )
-        by_name[spec.name] = spec
-    return specs
+        by_name[spec.name] = spec  # a user's folder replaces a built-in of that name
+    return [s for s in specs if by_name[s.name] is s]
 
 
 def _service_folders(root: Path) -> list[Path]:

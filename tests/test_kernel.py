@@ -187,3 +187,36 @@ def test_run_from_sync_code(tmp_path: Path) -> None:
         return kernel.get_service("a").name
 
     assert Kernel([tmp_path], builtins=False).run(main) == "a"
+
+
+async def test_plugins_receive_execution_manager_events(tmp_path: Path) -> None:
+    seen: list[tuple[str, dict]] = []
+
+    class Listener:
+        @hookimpl
+        def kernel_event(self, event: str, payload: dict) -> None:
+            seen.append((event, dict(payload)))
+
+    async with Kernel([], plugins=[Listener()], settings={"execution-manager": EM_INMEMORY}) as kernel:
+        em = kernel.get_service("execution-manager")
+        assert await em.submit(abs, -4) == 4
+    started = [p for e, p in seen if e == "worker-started"]
+    assert started and started[0]["node_type"] == "inmemory"
+    assert any(e == "worker-terminated" and p["expected"] for e, p in seen)
+
+
+async def test_a_later_failure_stops_the_pool_and_leaves_no_process(tmp_path: Path) -> None:
+    tree(tmp_path, {"broken": {"custom": {"fail": True}}})
+    rec = Recorder()
+    kernel = Kernel([tmp_path], plugins=[rec], settings={"execution-manager": {"minWorkers": 2, "maxWorkers": 2}})
+    with pytest.raises(ServiceStartError, match="'broken'"):
+        await kernel.start()
+    assert rec.of("stopped") == ["execution-manager"]
+    # the autouse fixture checks that both worker processes are gone
+
+
+async def test_max_workers_null_means_cpus_minus_one() -> None:
+    import os
+
+    async with Kernel([], settings={"execution-manager": {**EM_INMEMORY, "maxWorkers": None}}) as kernel:
+        assert kernel.get_service("execution-manager").settings.max_workers == max(1, (os.cpu_count() or 2) - 1)

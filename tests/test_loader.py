@@ -110,3 +110,12 @@ def test_no_module_at_all(tmp_path: Path) -> None:
     (spec,) = discover([tmp_path])
     with pytest.raises(ServiceLoadError, match=r"no 'entry' in the manifest and no service\.py"):
         load_entry(spec)
+
+
+def test_a_users_folder_replaces_a_builtin_of_the_same_name(tmp_path: Path) -> None:
+    builtin = write_service(tmp_path / "builtin", "em", {"name": "execution-manager"})
+    mine = write_service(tmp_path / "mine", "em", {"name": "execution-manager", "custom": {"x": 1}})
+    write_service(tmp_path / "mine", "other", {})
+    specs = discover([tmp_path / "mine"], builtin=[builtin])
+    assert [(s.name, s.folder, s.builtin) for s in specs] == [
+        ("execution-manager", mine, False), ("other", tmp_path / "mine" / "other", False)]

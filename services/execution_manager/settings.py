@@ -24,7 +24,7 @@ class Settings(BaseModel):
     node_type: str = Field("local", description="executor plugin for the pool's workers")
     min_workers: int = Field(1, ge=0, description="workers kept alive even when idle")
     max_workers: int = Field(
-        default_factory=default_max_workers, ge=1, description="default: CPUs - 1"
+        default_factory=default_max_workers, ge=1, description="null or absent: CPUs - 1"
     )
     run_locally: bool = Field(True, description="run calls in the kernel's process when idle")
     local_threshold: float = Field(0.3, ge=0, le=1, description="CPU load below which to run locally")
@@ -38,6 +38,13 @@ class Settings(BaseModel):
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
     executor_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_max(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("maxWorkers", 0) is None:
+            data = {**data, "maxWorkers": default_max_workers()}
+        return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Settings:
