@@ -195,6 +195,14 @@ class Connection:
             del buf[:pos]
         return events
 
+    def pending(self) -> int:
+        """Bytes still missing from the frame being received (0 between frames)."""
+        buf = self._buf
+        if len(buf) < 4:
+            return 0
+        (size,) = _LEN.unpack_from(buf, 0)
+        return max(0, size + 4 - len(buf))
+
     def _decode(self, frame: bytes | memoryview) -> Event:
         try:
             msg = _unpackb(frame, use_list=True, raw=False)

@@ -73,3 +73,12 @@ def test_protocol_errors(data: bytes, match: str) -> None:
 def test_bad_role() -> None:
     with pytest.raises(ValueError, match="role must be"):
         p.Connection("server")
+
+
+def test_pending_tells_how_much_of_a_frame_is_missing() -> None:
+    conn = p.Connection("worker")
+    frame = p.pack((p.CALL, 1, 0, b"x" * 1000))
+    assert conn.pending() == 0
+    conn.receive_data(frame[:10])
+    assert conn.pending() == len(frame) - 10
+    assert len(conn.receive_data(frame[10:])) == 1 and conn.pending() == 0

@@ -59,7 +59,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     clock = time.perf_counter
     out: list[bytes] = []
     while True:
-        data = recv(65536)
+        data = recv(max(65536, conn.pending()))  # a large frame in one read
         if not data:
             return
         events = conn.receive_data(data)
