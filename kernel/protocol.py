@@ -200,7 +200,7 @@ class Connection:
         buf = self._buf
         if len(buf) < 4:
             return 0
-        (size,) = _LEN.unpack_from(buf, 0)
+        size: int = _LEN.unpack_from(buf, 0)[0]
         return max(0, size + 4 - len(buf))
 
     def _decode(self, frame: bytes | memoryview) -> Event:

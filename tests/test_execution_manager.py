@@ -205,3 +205,19 @@ async def test_calls_start_when_made_and_cancelled_queued_calls_never_run(tmp_pa
         assert not never.exists()
         stats = await em.get_stats()
         assert stats.active_tasks == 0 and stats.queued_tasks == 0
+
+
+async def test_task_events_name_worker_and_call() -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        seen: list[tuple[str, dict]] = []
+        em.subscribe("task-complete", lambda e, p: seen.append((e, dict(p))))
+        em.subscribe("task-error", lambda e, p: seen.append((e, dict(p))))
+        await em.submit(tasks.inc, 1)
+        with pytest.raises(tasks.CustomError):
+            await em.submit(tasks.raise_custom, "x")
+        assert [e for e, _ in seen] == ["task-complete", "task-error"]
+        assert seen[0][1]["call"] == "inc" and seen[0][1]["worker_id"].startswith("local-")
+        assert seen[1][1]["call"] == "raise_custom"
+        with pytest.raises(ValueError, match="unknown event 'task-done'"):
+            em.subscribe("task-done", print)

@@ -12,9 +12,10 @@ import structlog
 log = structlog.get_logger("execution-manager")
 
 EVENTS = frozenset({
+    "task-complete", "task-error",
     "worker-started", "worker-terminated", "worker-error", "worker-retired",
-    "task-complete", "task-error", "task-retried", "scaled-up", "scaled-down",
-    "queue-full", "instance-assigned", "instance-released", "instance-moved",
+    "task-retried", "scaled-up", "scaled-down",
+    "instance-assigned", "instance-released", "instance-moved",
     "instance-lost",
 })
 
@@ -29,8 +30,12 @@ class EventBus:
 
     def __init__(self, hook: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self._subs: dict[str, list[Callback]] = {}
-        self._hook = hook
+        self.hook = hook  # plugins' kernel_event, when any plugin implements it
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def wants(self, event: str) -> bool:
+        """Whether anyone listens to ``event`` (to skip building per-call payloads)."""
+        return self.hook is not None or bool(self._subs.get(event) or self._subs.get("*"))
 
     def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback`` on ``event``; returns a function that unsubscribes."""
@@ -41,9 +46,9 @@ class EventBus:
 
     def emit(self, event: str, **payload: Any) -> None:
         callbacks = self._subs.get(event, []) + self._subs.get("*", [])
-        if self._hook is not None:
+        if self.hook is not None:
             try:
-                self._hook(event, payload)
+                self.hook(event, payload)
             except Exception:
                 log.exception("event hook failed", event_name=event)
         for cb in callbacks:

@@ -57,6 +57,12 @@ def _chain(outer: asyncio.Future[Reply]) -> Callable[[asyncio.Future[Reply]], No
     return copy
 
 
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    """A release nobody awaited still reports its failure (and the future is retrieved)."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("release_worker failed", error=str(fut.exception()))
+
+
 def _state_of(obj: Any) -> dict[str, Any]:
     state = obj.__getstate__() if hasattr(obj, "__getstate__") else None
     return dict(state) if isinstance(state, dict) else dict(vars(obj))
@@ -171,6 +177,7 @@ class PinTable:
         if pin.releasing is None:
             pin.ready = False  # calls made from now on wait for the state to come back
             pin.releasing = asyncio.ensure_future(self._release(pin))
+            pin.releasing.add_done_callback(_log_failure)
         return pin.releasing
 
     async def _release(self, pin: Pin) -> None:

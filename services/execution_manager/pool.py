@@ -190,6 +190,10 @@ class WorkerPool:
             self.done += 1
         else:
             self.failed += 1
+        events = self.events
+        if events.wants("task-complete" if ok else "task-error"):
+            events.emit("task-complete" if ok else "task-error", worker_id=slot.id, call_id=call.id,
+                        call=call.label, seconds=took)
         if not slot.executor.inflight:
             slot.idle_since = time.monotonic()
         if self.queue:

@@ -93,7 +93,7 @@ class ExecutionManager(BaseService):
             raise PluginError(f"custom.nodeType {s.node_type!r} is not a known node type (known: {known})")
         hook = self.kernel.hook.kernel_event
         if hook.get_hookimpls():
-            self.events = EventBus(lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload))
+            self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
         self._pins = PinTable(self.pool, self.events, self._outcome, self._method_call)
         await self.pool.start()
