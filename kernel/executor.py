@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import ExecutionError
+from .serialization import short_repr
 
 
 class WorkerState(enum.StrEnum):
@@ -80,16 +81,8 @@ class Call:
         return f"<Call {self.describe()}>"
 
     def describe(self) -> str:
-        shown = ", ".join(_short(a) for a in self.args)
+        shown = ", ".join(short_repr(a, 40) for a in self.args)
         return f"{self.label}({shown}) [call {self.id}]"
-
-
-def _short(obj: Any, limit: int = 40) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type(obj).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)

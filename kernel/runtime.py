@@ -49,6 +49,7 @@ class Runtime:
         self.worker_id = worker_id
         self.pinned: dict[str, Any] = {}
         self._local = threading.local()
+        self._loops: list[Any] = []  # one per thread that ran an async method
 
     def execute(self, kind: int, payload: bytes) -> Reply:
         token = inline.set(True)
@@ -115,6 +116,7 @@ class Runtime:
             import asyncio  # only for async methods: keeps worker start-up lean
 
             loop = self._local.loop = asyncio.new_event_loop()
+            self._loops.append(loop)
 
         async def wrap() -> Any:
             return await awaitable
@@ -122,6 +124,7 @@ class Runtime:
         return loop.run_until_complete(wrap())
 
     def close(self) -> None:
-        loop = getattr(self._local, "loop", None)
-        if loop is not None:
-            loop.close()
+        """Close the event loops async methods ran on (those not running right now)."""
+        for loop in self._loops:
+            if not loop.is_running():
+                loop.close()

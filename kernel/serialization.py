@@ -36,7 +36,8 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
-def _short(obj: Any, limit: int = 60) -> str:
+def short_repr(obj: Any, limit: int = 60) -> str:
+    """``repr(obj)``, cut to ``limit`` characters (never raises)."""
     try:
         text = repr(obj)
     except Exception:
@@ -75,11 +76,11 @@ def dumps_call(
     except Exception as exc:
         candidates: list[tuple[str, Any]] = []
         if fn is not None:
-            candidates.append((f"the callable {_short(fn)}", fn))
+            candidates.append((f"the callable {short_repr(fn)}", fn))
         if instance is not None:
             candidates.extend(_instance_parts(instance))
-        candidates.extend((f"argument {i} ({_short(a)})", a) for i, a in enumerate(args))
-        candidates.extend((f"keyword argument {k!r} ({_short(v)})", v) for k, v in kwargs.items())
+        candidates.extend((f"argument {i} ({short_repr(a)})", a) for i, a in enumerate(args))
+        candidates.extend((f"keyword argument {k!r} ({short_repr(v)})", v) for k, v in kwargs.items())
         found = _culprit(candidates)
         if found is None:
             raise SerializationError(f"cannot pickle the call {label}: {exc}") from exc

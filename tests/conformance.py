@@ -39,8 +39,12 @@ class Accumulator:
         self.items.append(x)
         return len(self.items)
 
+    async def add_async(self, x: int) -> int:
+        await asyncio.sleep(0)
+        return self.add(x)
 
-Accumulator.__distributed_methods__ = {"add": Accumulator.add}
+
+Accumulator.__distributed_methods__ = {"add": Accumulator.add, "add_async": Accumulator.add_async}
 
 
 def fail(message: str) -> None:
@@ -188,10 +192,21 @@ async def check_cancel_queued(make: Make) -> None:
         await ex.stop()
 
 
+async def check_async_method(make: Make) -> None:
+    ex = await started(make)
+    try:
+        await reply(ex, call(p.PIN, ("k3", Accumulator())))
+        for expected in (1, 2):
+            ok, data = await reply(ex, call(p.CALL_PINNED, ("k3", "add_async", (7,), {})))
+            assert ok and loads(data) == expected
+    finally:
+        await ex.stop()
+
+
 CHECKS: list[Callable[[Make], Awaitable[None]]] = [
     check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
     check_missing_method, check_unpicklable_result_keeps_executor, check_drain_on_stop,
-    check_refuses_after_stop, check_cancel_queued,
+    check_refuses_after_stop, check_cancel_queued, check_async_method,
 ]
 
 

@@ -90,4 +90,5 @@ class InMemoryExecutor(Executor):
         ))
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+        self._runtime.close()
         self.set_state(_S.TERMINATED)

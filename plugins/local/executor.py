@@ -208,8 +208,3 @@ class LocalWorker(Executor):
             await self._kill()
         if self.state != _S.TERMINATED:
             self.set_state(_S.TERMINATED)
-
-    def kill(self) -> None:
-        """Kill the process at once (SIGKILL); its calls fail with WorkerCrashedError."""
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.kill()
