@@ -17,7 +17,7 @@ from kernel.errors import (
     RemoteError,
     SerializationError,
     ServiceStartError,
-    WorkerCrashedError,
+    WorkerCrashedError, WorkerStartError,
 )
 
 from . import tasks
@@ -221,3 +221,33 @@ async def test_task_events_name_worker_and_call() -> None:
         assert seen[1][1]["call"] == "raise_custom"
         with pytest.raises(ValueError, match="unknown event 'task-done'"):
             em.subscribe("task-done", print)
+
+
+async def test_workers_that_cannot_start_fail_kernel_start_clearly() -> None:
+    broken = {"minWorkers": 2, "maxWorkers": 2, "executorOptions": {"python": "/bin/false", "startTimeout": 5}}
+    with pytest.raises(ServiceStartError, match=r"none of the 2 minimum workers \(local\) could start"):
+        await Kernel([], settings={"execution-manager": broken}).start()
+
+
+async def test_calls_fail_instead_of_hanging_when_no_worker_can_start() -> None:
+    broken = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False,
+              "executorOptions": {"python": "/bin/false", "startTimeout": 5}}
+    async with Kernel([], settings={"execution-manager": broken}) as kernel:
+        em = kernel.get_service("execution-manager")
+        with pytest.raises(WorkerStartError, match=r"no worker could be started: worker local-\d+ \(pid \d+\) exited"):
+            async with asyncio.timeout(10):
+                await em.submit(tasks.inc, 1)
+
+
+async def test_queued_calls_fail_with_pool_closed_at_stop() -> None:
+    kernel = em_kernel(minWorkers=1, maxWorkers=1)
+    await kernel.start()
+    em = kernel.get_service("execution-manager")
+    running = em.submit(tasks.slow, 0.3, "finished")
+    queued = [em.submit(tasks.inc, i) for i in range(10)]
+    await asyncio.sleep(0.05)
+    await kernel.stop()
+    assert await running == "finished"  # drained
+    outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(o, PoolClosedError) or o == i + 1 for i, o in enumerate(outcomes))
+    assert any(isinstance(o, PoolClosedError) for o in outcomes)
