@@ -131,9 +131,11 @@ class MethodNotFoundError(ExecutionError, AttributeError):
 
 
 class WorkerCrashedError(ExecutionError):
-    """The worker running the call died before answering.
+    """The worker holding the call died before answering.
 
     Names the worker, its pid, how it ended (exit code or signal) and the call.
+    ``started`` is False for a call the worker had received but not begun: the
+    execution manager runs such calls elsewhere, since they never ran.
     """
 
     retryable = True
@@ -146,11 +148,13 @@ class WorkerCrashedError(ExecutionError):
         pid: int | None = None,
         exitcode: int | None = None,
         call: str = "",
+        started: bool = True,
     ) -> None:
         self.worker_id = worker_id
         self.pid = pid
         self.exitcode = exitcode
         self.call = call
+        self.started = started
         super().__init__(message)
 
 

@@ -207,15 +207,18 @@ class Executor(ABC):
         if not call.future.done():
             call.future.set_result(reply)
 
-    def _fail_all(self, exc_factory: Callable[[Call], BaseException]) -> None:
+    def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException]) -> None:
+        """Fail every call held; ``exc_factory(call, started)``. Calls run one at a time
+        in submission order, so only the oldest can have started."""
         calls = list(self.inflight.values())
         self.inflight.clear()
-        for call in calls:
+        for index, call in enumerate(calls):
+            exc = exc_factory(call, index == 0)
             self.failed += 1
             if self.on_finish is not None:
                 self.on_finish(call, False)
             if not call.future.done():
-                call.future.set_exception(exc_factory(call))
+                call.future.set_exception(exc)
 
 
 ExecutorFactory = Callable[[str, Mapping[str, Any]], Executor]

@@ -69,3 +69,22 @@ async def test_local_worker_that_cannot_start() -> None:
     with pytest.raises(WorkerStartError, match=r"worker broken \(pid \d+\) exited with code \d+ before registering"):
         await ex.start()
     assert ex.state == WorkerState.FAILED
+
+
+async def test_only_the_running_call_counts_as_started_when_a_worker_dies() -> None:
+    ex = LocalWorker("prefetch", {})
+    await ex.start()
+    first = call(p.CALL_FN, (os._exit, (5,), {}), "os._exit")
+    behind = call(p.CALL_FN, (abs, (-1,), {}), "abs")
+    ex.submit(first)
+    ex.submit(behind)
+    errors = []
+    for c in (first, behind):
+        with pytest.raises(WorkerCrashedError) as info:
+            async with asyncio.timeout(10):
+                await c.future
+        errors.append(info.value)
+    assert [e.started for e in errors] == [True, False]
+    assert "exited with code 5 while running os._exit" in str(errors[0])
+    assert "before starting abs()" in str(errors[1])
+    await ex.stop()

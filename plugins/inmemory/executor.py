@@ -82,11 +82,13 @@ class InMemoryExecutor(Executor):
             self.set_state(_S.DRAINING)
         if drain and self.inflight:
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        waiting = {c.id for c in self._waiting}
         self._waiting.clear()
         # Threads cannot be killed: calls still running finish in the background.
-        self._fail_all(lambda c: WorkerCrashedError(
-            f"executor {self.id} was stopped while running {c.describe()}",
-            worker_id=self.id, pid=os.getpid(), call=c.describe(),
+        self._fail_all(lambda c, _first: WorkerCrashedError(
+            f"executor {self.id} was stopped {'before starting' if c.id in waiting else 'while running'} "
+            f"{c.describe()}",
+            worker_id=self.id, pid=os.getpid(), call=c.describe(), started=c.id not in waiting,
         ))
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)

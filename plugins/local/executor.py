@@ -162,16 +162,16 @@ class LocalWorker(Executor):
             reason = f"broke the protocol ({exc})"
         self._exit_reason = reason
         where = f"worker {self.id} (pid {self.pid})"
-        if self._stopping:
-            self._fail_all(lambda c: WorkerCrashedError(
-                f"{where} was stopped while running {c.describe()}",
-                worker_id=self.id, pid=self.pid, exitcode=self.returncode, call=c.describe(),
-            ))
-        else:
-            self._fail_all(lambda c: WorkerCrashedError(
-                f"{where} {reason} while running {c.describe()}",
-                worker_id=self.id, pid=self.pid, exitcode=self.returncode, call=c.describe(),
-            ))
+        how = "was stopped" if self._stopping else reason
+
+        def crashed(c: Call, started: bool) -> WorkerCrashedError:
+            when = "while running" if started else "before starting"
+            return WorkerCrashedError(
+                f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=self.pid,
+                exitcode=self.returncode, call=c.describe(), started=started,
+            )
+
+        self._fail_all(crashed)
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
         assert self._exited is not None

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kernel.errors import ExecutionError, SerializationError
+from kernel.errors import ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
 from kernel.serialization import loads
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .pool import WorkerPool
 
 Reply = tuple[bool, Any]
+MAX_REQUEUES = 10  # a call whose workers keep dying before it starts still ends
 Rebuild = Callable[[Any], BaseException]
 
 
@@ -39,6 +40,7 @@ class CallFuture(asyncio.Future[Any]):
         self._make_call = make_call
         self._retries = retries
         self._attempt = 0
+        self._requeued = 0
         self._events = events
         self._call: Call | None = None
         self._reply: asyncio.Future[Reply] | None = None
@@ -71,6 +73,11 @@ class CallFuture(asyncio.Future[Any]):
             return
         exc = reply.exception()
         if exc is not None:
+            if (isinstance(exc, WorkerCrashedError) and not exc.started and self._make_call is not None
+                    and self._requeued < MAX_REQUEUES and not self._pool.closed):
+                self._requeued += 1  # it never ran: run it elsewhere, at no cost to its retries
+                asyncio.get_running_loop().call_soon(self._retry)
+                return
             if (isinstance(exc, ExecutionError) and exc.retryable and self._attempt < self._retries
                     and self._make_call is not None):
                 self._attempt += 1

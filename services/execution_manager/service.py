@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio.to_thread
@@ -136,7 +137,7 @@ class ExecutionManager(BaseService):
         pool = self._pool
         return CallFuture(
             pool, rebuild, label=label, retries=retries, events=self.events,
-            make_call=lambda: pool.new_call(p.CALL_FN, payload, label, args),
+            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args),
         ).start()
 
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *,
@@ -157,9 +158,11 @@ class ExecutionManager(BaseService):
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 payload = dumps_call(label, (run_chunk, (fn, chunk), {}), tuple(chunk), {}, fn=fn)
-                call = pool.new_call(p.CALL_FN, payload, label, (f"{len(chunk)} items from #{start}",))
-                pool.submit(call)
-                futures.append(CallFuture(pool, rebuild, label=label).follow(call.future, call))
+                what = (f"{len(chunk)} items from #{start}",)
+                futures.append(CallFuture(
+                    pool, rebuild, label=label,
+                    make_call=partial(pool.new_call, p.CALL_FN, payload, label, what),
+                ).start())
             for fut in futures:
                 for result in await fut:
                     yield result
@@ -180,13 +183,15 @@ class ExecutionManager(BaseService):
         """Run a ``@distributed`` method (the decorator calls this). Sent at once, so
         calls on one pinned instance run in the order they were made."""
         assert self._pins is not None
+        pool = self._pool
         label = f"{type(instance).__qualname__}.{method}"
-        out = CallFuture(self._pool, rebuild, label=label)
         pin = self._pins.get(instance)
         if pin is not None:
-            return out.follow(self._pins.call(pin, method, args, dict(kwargs)))
-        call = self._method_call(instance, method, args, dict(kwargs))
-        return out.follow(call.future, call)
+            return CallFuture(pool, rebuild, label=label).follow(self._pins.call(pin, method, args, dict(kwargs)))
+        payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
+        return CallFuture(
+            pool, rebuild, label=label, make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args),
+        ).start()
 
     # -- instances --------------------------------------------------------------------
 
