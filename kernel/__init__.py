@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .decorator import distributed
     from .errors import (
+        CallTimeoutError,
         ConfigError,
         DependencyError,
         ExecutionError,
@@ -43,7 +44,7 @@ _WHERE = {
     **{
         name: "errors"
         for name in (
-            "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
+            "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
             "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
             "PoolClosedError", "RemoteError", "SerializationError", "ServiceAccessError",
             "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError",
@@ -54,6 +55,7 @@ _WHERE = {
 __all__ = [
     "BaseService",
     "Call",
+    "CallTimeoutError",
     "ConfigError",
     "DependencyError",
     "ExecutionError",

@@ -21,6 +21,7 @@ executors translate native errors (OSError, EOF, pickling errors...) into them.
         ├── WorkerCrashedError              the worker died mid-call        [retryable]
         ├── WorkerStartError                a worker could not be started   [retryable]
         ├── InstanceLostError               a pinned instance's worker died
+        ├── CallTimeoutError (TimeoutError) the call ran out of time; it was stopped
         └── PoolClosedError                 the pool is stopping or stopped
 
 ``retryable`` on an ExecutionError says whether running the same call again elsewhere
@@ -168,11 +169,17 @@ class InstanceLostError(ExecutionError):
     """The worker holding a pinned instance died; its state since assignment is lost."""
 
 
+class CallTimeoutError(ExecutionError, TimeoutError):
+    """The call did not finish within its timeout. A queued call never ran; a running
+    one was stopped (its worker ended and replaced)."""
+
+
 class PoolClosedError(ExecutionError):
     """The execution manager is stopping or stopped and takes no new calls."""
 
 
 __all__ = [
+    "CallTimeoutError",
     "ConfigError",
     "DependencyError",
     "ExecutionError",

@@ -163,6 +163,14 @@ class Executor(ABC):
         """Drop a call that has not started; True if it was dropped. A call already
         running is not interrupted."""
 
+    def abort(self, call_id: int) -> bool:
+        """Stop a call by force, running or not; True if it will not run on (or has
+        been stopped). A running call may take its executor with it (a local worker
+        process is ended and replaced); calls held behind it fail with
+        ``WorkerCrashedError(started=False)`` so they can run elsewhere. The default
+        only drops calls that have not started."""
+        return self.cancel(call_id)
+
     @abstractmethod
     def info(self) -> ExecutorInfo:
         """Where it runs (pid or address), its slots and, once ended, why it ended."""

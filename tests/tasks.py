@@ -71,3 +71,9 @@ def touch(path: str) -> str:
     with open(path, "a") as fh:
         fh.write("ran\n")
     return path
+
+
+def stubborn_sleep(seconds: float) -> None:
+    """Ignores SIGTERM, so only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)

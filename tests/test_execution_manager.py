@@ -12,6 +12,7 @@ import pytest
 
 from kernel import Kernel
 from kernel.errors import (
+    CallTimeoutError,
     ConfigError,
     PoolClosedError,
     RemoteError,
@@ -251,3 +252,38 @@ async def test_queued_calls_fail_with_pool_closed_at_stop() -> None:
     outcomes = await asyncio.gather(*queued, return_exceptions=True)
     assert all(isinstance(o, PoolClosedError) or o == i + 1 for i, o in enumerate(outcomes))
     assert any(isinstance(o, PoolClosedError) for o in outcomes)
+
+
+@pytest.mark.parametrize(("fn", "kill_by"), [(tasks.slow, "SIGTERM"), (tasks.stubborn_sleep, "SIGKILL")])
+async def test_timeout_stops_the_running_call_and_replaces_its_worker(fn, kill_by: str) -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1, executorOptions={"killGrace": 0.3}) as kernel:
+        em = kernel.get_service("execution-manager")
+        died: list[dict] = []
+        em.subscribe("worker-terminated", lambda _e, payload: died.append(dict(payload)))
+        held = em.submit(tasks.inc, 41)  # waits behind the stuck call on the one worker
+        t0 = time.perf_counter()
+        with pytest.raises(CallTimeoutError, match=rf"{fn.__name__} did not finish within 0.5 s; worker local-1 running it was stopped") as info:
+            await em.submit(fn, 30, timeout=0.5)
+        assert isinstance(info.value, TimeoutError)
+        assert time.perf_counter() - t0 < 0.5 + 1.0
+        assert await held == 42  # it never started there, so it ran on the replacement
+        for _ in range(100):
+            if died:
+                break
+            await asyncio.sleep(0.02)
+        assert kill_by in died[0]["reason"] and "was aborted" in died[0]["reason"]
+        assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_timeout_of_a_queued_call_means_it_never_runs(tmp_path: Path) -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        busy = [em.submit(tasks.slow, 0.4) for _ in range(3)]  # fills the worker and the queue
+        never = tmp_path / "never"
+        with pytest.raises(CallTimeoutError, match=r"touch did not finish within 0\.1 s; it had not started and never will"):
+            await em.submit(tasks.touch, str(never), timeout=0.1)
+        await asyncio.gather(*busy)
+        await em.submit(tasks.inc, 1)
+        assert not never.exists()
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            em.submit(tasks.inc, 1, timeout=0)

@@ -42,7 +42,8 @@ class LocalWorker(Executor):
     """A worker process on this machine, talking frames over a socket pair.
 
     Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the
-    interpreter to run workers with, default: the kernel's).
+    interpreter to run workers with, default: the kernel's); ``killGrace`` (seconds
+    between SIGTERM and SIGKILL when a running call is aborted, default 1).
     """
 
     node_type = "local"
@@ -57,6 +58,7 @@ class LocalWorker(Executor):
         self._exited: asyncio.Future[None] | None = None
         self._stopping = False
         self._exit_reason: str | None = None
+        self._abort_note: str | None = None
 
     def info(self) -> ExecutorInfo:
         return ExecutorInfo(pid=self.pid, slots=1, exit_reason=self._exit_reason)
@@ -127,6 +129,24 @@ class LocalWorker(Executor):
             self.set_state(_S.AVAILABLE)
         return True
 
+    def abort(self, call_id: int) -> bool:
+        if call_id not in self.inflight:
+            return False
+        if next(iter(self.inflight)) != call_id:
+            return self.cancel(call_id)  # held behind the running call: it never starts
+        if self._proc is None or self._proc.returncode is not None:
+            return False
+        self._abort_note = f"stopped: {self.inflight[call_id].describe()} was aborted"
+        self._proc.terminate()
+        grace = float(self.options.get("killGrace", 1.0))
+        asyncio.get_running_loop().call_later(grace, self._kill_if_alive)
+        return True
+
+    def _kill_if_alive(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()  # it ignored SIGTERM
+
     def _on_event(self, event: p.Event) -> None:
         kind = type(event)
         if kind is p.Result or kind is p.Error:
@@ -160,6 +180,8 @@ class LocalWorker(Executor):
         reason = describe_exit(self.returncode)
         if isinstance(exc, p.ProtocolError):
             reason = f"broke the protocol ({exc})"
+        elif self._abort_note:
+            reason = f"{reason} ({self._abort_note})"
         self._exit_reason = reason
         where = f"worker {self.id} (pid {self.pid})"
         how = "was stopped" if self._stopping else reason

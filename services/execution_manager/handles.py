@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kernel.errors import ExecutionError, SerializationError, WorkerCrashedError
+from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
 from kernel.serialization import loads
 
@@ -32,6 +32,7 @@ class CallFuture(asyncio.Future[Any]):
     def __init__(
         self, pool: WorkerPool, rebuild: Rebuild, *, label: str = "call",
         make_call: Callable[[], Call] | None = None, retries: int = 0, events: EventBus | None = None,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(loop=asyncio.get_running_loop())
         self._pool = pool
@@ -44,6 +45,11 @@ class CallFuture(asyncio.Future[Any]):
         self._events = events
         self._call: Call | None = None
         self._reply: asyncio.Future[Reply] | None = None
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self._timer = self.get_loop().call_later(timeout, self._expire)
+            self.add_done_callback(lambda _f: self._timer.cancel() if self._timer else None)
 
     def start(self) -> CallFuture:
         """Make and place the call (or its next attempt)."""
@@ -69,9 +75,11 @@ class CallFuture(asyncio.Future[Any]):
         return True
 
     def _deliver(self, reply: asyncio.Future[Reply]) -> None:
-        if self.done() or reply.cancelled():
+        if reply.cancelled():
             return
-        exc = reply.exception()
+        exc = reply.exception()  # retrieved even when nobody waits any more (timed out)
+        if self.done():
+            return
         if exc is not None:
             if (isinstance(exc, WorkerCrashedError) and not exc.started and self._make_call is not None
                     and self._requeued < MAX_REQUEUES and not self._pool.closed):
@@ -100,6 +108,15 @@ class CallFuture(asyncio.Future[Any]):
             ))
             return
         self.set_result(value)
+
+    def _expire(self) -> None:
+        """The timeout passed: stop the call wherever it is, and say so."""
+        if self.done():
+            return
+        worker = self._pool.abort(self._call) if self._call is not None else None
+        where = (f"; worker {worker} running it was stopped and is replaced" if worker
+                 else "; it had not started and never will")
+        self.set_exception(CallTimeoutError(f"{self._label} did not finish within {self._timeout:g} s{where}"))
 
     def _retry(self) -> None:
         if self.done():

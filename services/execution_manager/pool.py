@@ -32,6 +32,7 @@ class WorkerSlot:
 
     __slots__ = ("cpu_percent", "executor", "id", "idle_since", "last_done", "limit", "mean",
                  "pins", "retiring", "rss")
+    id: str
 
     def __init__(self, executor: Executor, limit: int | None = None) -> None:
         self.executor = executor
@@ -199,19 +200,32 @@ class WorkerPool:
         if self.queue:
             self._drain(slot if slot is not self.local else None)
 
-    def cancel(self, call: Call) -> None:
-        """The caller gave up on ``call``: drop it from the queue or its executor."""
+    def _unqueue_or_find(self, call: Call) -> WorkerSlot | None:
+        """Drop ``call`` from the queue (None), or the slot whose executor holds it."""
         try:
             self.queue.remove(call)
-            return
+            return None
         except ValueError:
             pass
-        for slot in (*self._slots, *((self.local,) if self.local else ())):
-            if call.id in slot.executor.inflight:
-                slot.executor.cancel(call.id)
-                if not slot.executor.inflight:
-                    slot.idle_since = time.monotonic()
-                return
+        slots = [*self._slots, self.local] if self.local else self._slots
+        return next((s for s in slots if call.id in s.executor.inflight), None)
+
+    def cancel(self, call: Call) -> None:
+        """The caller gave up on ``call``: drop it from the queue or its executor."""
+        slot = self._unqueue_or_find(call)
+        if slot is not None:
+            slot.executor.cancel(call.id)
+            if not slot.executor.inflight:
+                slot.idle_since = time.monotonic()
+
+    def abort(self, call: Call) -> str | None:
+        """Stop ``call`` by force. Returns the id of the worker that was running it,
+        or None if it was still queued (it never runs)."""
+        slot = self._unqueue_or_find(call)
+        if slot is None:
+            return None
+        slot.executor.abort(call.id)
+        return slot.id
 
     def _drain(self, freed: WorkerSlot | None = None) -> None:
         """Place queued calls: first on the worker that just freed up, then anywhere."""

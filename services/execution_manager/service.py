@@ -124,19 +124,26 @@ class ExecutionManager(BaseService):
             return loads(data)
         raise rebuild(data)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, **kwargs: Any) -> CallFuture:
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: float | None = None,
+        **kwargs: Any,
+    ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
         The call is placed at once (like Dask's ``client.submit``); ``fn`` is any
         importable or cloudpickle-able callable. ``retries``: how many times to run it
         again when its worker dies (:class:`WorkerCrashedError`), with exponential
         backoff and jitter; calls are not retried by default (at most once).
+        ``timeout``: seconds for the whole call; past it the call is stopped (its worker
+        ended and replaced, if it was running) and :class:`CallTimeoutError` raised.
         """
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
         label = _label(fn)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
         return CallFuture(
-            pool, rebuild, label=label, retries=retries, events=self.events,
+            pool, rebuild, label=label, retries=retries, events=self.events, timeout=timeout,
             make_call=partial(pool.new_call, p.CALL_FN, payload, label, args),
         ).start()
 
