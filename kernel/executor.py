@@ -60,14 +60,17 @@ class Call:
 
     The executor resolves ``future`` with a reply ``(True, pickled_result)`` or
     ``(False, ErrorInfo)``, or sets an :class:`~kernel.errors.ExecutionError` on it.
-    ``label`` and ``args`` only serve error messages.
+    ``label`` and ``args`` only serve error messages; ``priority`` and ``project`` are
+    the pool's (an executor may ignore them).
     """
 
-    __slots__ = ("args", "future", "id", "kind", "label", "payload", "started")
+    __slots__ = ("args", "future", "id", "kind", "label", "payload", "priority", "project",
+                 "queued_at", "started")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
-        label: str = "call", args: tuple[Any, ...] = (),
+        label: str = "call", args: tuple[Any, ...] = (), priority: int = 5,
+        project: str | None = None,
     ) -> None:
         self.id = id
         self.kind = kind
@@ -75,6 +78,9 @@ class Call:
         self.future = future
         self.label = label
         self.args = args
+        self.priority = priority  # 0..10, higher first
+        self.project = project
+        self.queued_at = 0.0
         self.started = 0.0
 
     def __repr__(self) -> str:
@@ -96,7 +102,7 @@ class ExecutorInfo:
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]
-FinishListener = Callable[["Call", bool], None]
+FinishListener = Callable[["Call", "bool | None"], None]
 
 
 class Executor(ABC):
@@ -109,7 +115,8 @@ class Executor(ABC):
     Every state change is reported to ``listeners``, which is how the pool learns of
     deaths; the pool never switches on an executor's type, only on these predicates.
     ``on_finish(call, ok)`` is called as each call ends (before its future is set), so
-    the owner keeps its books without a callback per future.
+    the owner keeps its books without a callback per future; ``ok`` is None for a call
+    dropped by :meth:`cancel`.
     """
 
     node_type: ClassVar[str] = ""
@@ -214,6 +221,17 @@ class Executor(ABC):
             self.on_finish(call, ok)
         if not call.future.done():
             call.future.set_result(reply)
+
+    def _drop(self, call_id: int) -> Call | None:
+        """Forget a call that will not run (helper for ``cancel``)."""
+        call = self.inflight.pop(call_id, None)
+        if call is None:
+            return None
+        if not self.inflight and self.state == WorkerState.RUNNING:
+            self.set_state(WorkerState.AVAILABLE)
+        if self.on_finish is not None:
+            self.on_finish(call, None)
+        return call
 
     def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException]) -> None:
         """Fail every call held; ``exc_factory(call, started)``. Calls run one at a time

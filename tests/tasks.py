@@ -77,3 +77,10 @@ def stubborn_sleep(seconds: float) -> None:
     """Ignores SIGTERM, so only SIGKILL stops it."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(seconds)
+
+
+def stamp(tag: str, seconds: float = 0.0) -> tuple[str, float, float]:
+    """Runs ``seconds`` and says when (wall clock, comparable across processes)."""
+    start = time.time()
+    time.sleep(seconds)
+    return tag, start, time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import threading
 import time
@@ -287,3 +288,41 @@ async def test_timeout_of_a_queued_call_means_it_never_runs(tmp_path: Path) -> N
         assert not never.exists()
         with pytest.raises(ValueError, match="timeout must be positive"):
             em.submit(tasks.inc, 1, timeout=0)
+
+
+async def test_higher_priority_runs_first() -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1, agingSeconds=0) as kernel:
+        em = kernel.get_service("execution-manager")
+        await em.submit(tasks.slow, 0.05)  # the worker now holds one call at a time
+        blocker = em.submit(tasks.slow, 0.3)
+        await asyncio.sleep(0.05)
+        calls = [em.submit(tasks.stamp, f"low{i}", priority=1) for i in range(3)]
+        calls += [em.submit(tasks.stamp, f"high{i}", priority=9) for i in range(3)]
+        stats = await em.get_stats()
+        assert stats.queued_by_priority == {9: 3, 1: 3}
+        await blocker
+        results = await asyncio.gather(*calls)
+        order = [tag for tag, start, _ in sorted(results, key=lambda r: r[1])]
+        assert order == ["high0", "high1", "high2", "low0", "low1", "low2"]
+        with pytest.raises(ValueError, match="priority must be an int from 0 to 10, not 11"):
+            em.submit(tasks.inc, 1, priority=11)
+
+
+async def test_project_limit_caps_its_calls_and_others_go_past() -> None:
+    async with em_kernel(projectLimits={"batch": 1}) as kernel:
+        em = kernel.get_service("execution-manager")
+        batch = [em.submit(tasks.stamp, f"b{i}", 0.2, project="batch") for i in range(3)]
+        await asyncio.sleep(0.05)
+        stats = await em.get_stats()
+        assert stats.projects["batch"].model_dump() == {"running": 1, "queued": 2, "limit": 1}
+        other = await em.submit(tasks.stamp, "o", 0.0, project="web")
+        spans = sorted((s, e) for _, s, e in await asyncio.gather(*batch))
+        assert all(a_end <= b_start + 0.01 for (_, a_end), (b_start, _) in itertools.pairwise(spans))
+        assert other[2] < spans[-1][0]  # did not wait behind the batch
+        em.set_project_limit("batch", 2)
+        spans = sorted((s, e) for _, s, e in await asyncio.gather(
+            *(em.submit(tasks.stamp, f"c{i}", 0.2, project="batch") for i in range(2))))
+        assert spans[1][0] < spans[0][1]  # two at once now
+        with pytest.raises(ValueError, match="must be an int >= 1 or None"):
+            em.set_project_limit("batch", 0)
+        assert (await em.get_stats()).projects["batch"].running == 0

@@ -14,6 +14,7 @@ from services.execution_manager.policy import (
     Worker,
     chunk_size,
     inflight_limit,
+    pick_next,
     pin_target,
     place,
     plan_scaling,
@@ -97,3 +98,18 @@ def test_pin_target() -> None:
     assert pin_target(workers) == "c"
     assert pin_target(workers, exclude="c") == "b"
     assert pin_target([W("d", available=False)]) is None
+
+
+@pytest.mark.parametrize(
+    ("heads", "now", "aging", "expected"),
+    [
+        ([(5, 0.0)], 0.0, 10, 0),
+        ([(5, 0.0), (9, 1.0)], 1.0, 10, 1),  # higher priority first
+        ([(5, 1.0), (5, 0.0)], 1.0, 10, 1),  # same priority: oldest first
+        ([(0, 0.0), (9, 99.0)], 100.0, 10, 0),  # waited 100 s: aged to 10, above 9
+        ([(0, 0.0), (10, 99.0)], 100.0, 10, 0),  # both at the cap: the older wins
+        ([(0, 0.0), (1, 50.0)], 100.0, 0, 1),  # aging off: strict priority
+    ],
+)
+def test_pick_next(heads, now, aging, expected) -> None:
+    assert pick_next(heads, now, aging) == expected

@@ -69,9 +69,7 @@ class InMemoryExecutor(Executor):
         for call in self._waiting:
             if call.id == call_id:
                 self._waiting.remove(call)
-                self.inflight.pop(call_id, None)
-                if not self.inflight and self.state == _S.RUNNING:
-                    self.set_state(_S.AVAILABLE)
+                self._drop(call_id)
                 return True
         return False
 

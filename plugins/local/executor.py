@@ -121,12 +121,9 @@ class LocalWorker(Executor):
         self._stream.write(p.pack((p.CALL, call.id, call.kind, call.payload)))
 
     def cancel(self, call_id: int) -> bool:
-        call = self.inflight.pop(call_id, None)
-        if call is None or self._stream is None or self._stream.closed:
+        if self._stream is None or self._stream.closed or self._drop(call_id) is None:
             return False
         self._stream.write(p.pack((p.CANCEL, call_id)))
-        if not self.inflight and self.state == _S.RUNNING:
-            self.set_state(_S.AVAILABLE)
         return True
 
     def abort(self, call_id: int) -> bool:

@@ -170,3 +170,22 @@ def chunk_size(items: int, workers: int, *, per_worker: int = 4, cap: int = 10_0
     if items <= 0:
         return 1
     return max(1, min(cap, -(-items // (max(1, workers) * per_worker))))
+
+
+MAX_PRIORITY = 10
+
+
+def pick_next(heads: Sequence[tuple[int, float]], now: float, aging: float) -> int:
+    """Index of the waiting call to run next, from ``(priority, queued_at)`` heads.
+
+    Effective priority is ``priority + waited / aging`` (capped at 10), so every call
+    eventually reaches the top; among equals the oldest goes first (FIFO).
+    """
+    best = 0
+    best_key: tuple[float, float] | None = None
+    for i, (priority, queued_at) in enumerate(heads):
+        effective = min(MAX_PRIORITY, priority + (now - queued_at) / aging) if aging > 0 else priority
+        key = (-effective, queued_at)
+        if best_key is None or key < best_key:
+            best, best_key = i, key
+    return best

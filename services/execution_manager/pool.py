@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -19,6 +18,7 @@ import structlog
 from kernel.errors import PoolClosedError, WorkerStartError
 from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 
+from .backlog import Backlog
 from .events import EventBus
 from .policy import Limits, ScalePlan, inflight_limit, pin_target, place, plan_scaling
 from .settings import Settings
@@ -86,7 +86,9 @@ class WorkerPool:
         self.workers: dict[str, WorkerSlot] = {}
         self._slots: list[WorkerSlot] = []
         self.local: WorkerSlot | None = None
-        self.queue: deque[Call] = deque()
+        self.backlog = Backlog(settings.aging_seconds)
+        self.project_limits: dict[str, int] = dict(settings.project_limits)
+        self.project_running: dict[str, int] = {}
         self.starting = 0
         self.closed = False
         self.done = 0
@@ -102,7 +104,7 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._slots if s.running)
-        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.queue)}>"
+        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.backlog)}>"
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -124,8 +126,7 @@ class WorkerPool:
 
     async def stop(self) -> None:
         self.closed = True
-        while self.queue:
-            call = self.queue.popleft()
+        for call in self.backlog.pop_all():
             if not call.future.done():
                 call.future.set_exception(PoolClosedError(f"the pool stopped before {call.describe()} ran"))
         slots = list(self._slots) + ([self.local] if self.local else [])
@@ -138,15 +139,35 @@ class WorkerPool:
 
     # -- calls ------------------------------------------------------------------------
 
-    def new_call(self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = ()) -> Call:
-        return Call(next(self._ids), kind, payload, asyncio.get_running_loop().create_future(), label, args)
+    def new_call(
+        self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = (), priority: int = 5,
+        project: str | None = None,
+    ) -> Call:
+        loop = asyncio.get_running_loop()
+        return Call(next(self._ids), kind, payload, loop.create_future(), label, args, priority, project)
 
     def submit(self, call: Call) -> None:
         """Place ``call`` now, or queue it until a worker frees up or starts."""
         if self.closed:
             raise PoolClosedError("the execution manager is stopped and takes no calls")
-        if self.queue or not self._place(call, len(self.queue) + 1):
-            self.queue.append(call)
+        if self.backlog or not self.eligible(call.project) or not self._place(call, 1):
+            call.queued_at = time.monotonic()
+            self.backlog.push(call)
+
+    def eligible(self, project: str | None) -> bool:
+        """Whether a call of ``project`` may start now (its limit not reached)."""
+        if project is None:
+            return True
+        limit = self.project_limits.get(project)
+        return limit is None or self.project_running.get(project, 0) < limit
+
+    def set_project_limit(self, project: str, limit: int | None) -> None:
+        if limit is None:
+            self.project_limits.pop(project, None)
+        else:
+            self.project_limits[project] = limit
+        if self.backlog:
+            self._drain()
 
     def send_to(self, worker_id: str, call: Call) -> None:
         """Send ``call`` to one worker, bypassing placement (pinned instances)."""
@@ -177,9 +198,20 @@ class WorkerPool:
         call.started = time.perf_counter()
         slot.executor.submit(call)
         slot.idle_since = None
+        if call.project is not None:
+            self.project_running[call.project] = self.project_running.get(call.project, 0) + 1
 
-    def _finished(self, slot: WorkerSlot, call: Call, ok: bool) -> None:
-        """An executor ended ``call`` (called synchronously, before its future is set)."""
+    def _finished(self, slot: WorkerSlot, call: Call, ok: bool | None) -> None:
+        """An executor ended ``call`` (called synchronously, before its future is set);
+        ``ok`` is None for a call dropped before it ran."""
+        if call.project is not None:
+            self.project_running[call.project] -= 1
+        if ok is None:
+            if not slot.executor.inflight:
+                slot.idle_since = time.monotonic()
+            if self.backlog:
+                self._drain()
+            return
         now = time.perf_counter()
         # Service time: from when the worker could start it, not from dispatch.
         took = now - max(call.started, slot.last_done)
@@ -197,16 +229,13 @@ class WorkerPool:
                         call=call.label, seconds=took)
         if not slot.executor.inflight:
             slot.idle_since = time.monotonic()
-        if self.queue:
+        if self.backlog:
             self._drain(slot if slot is not self.local else None)
 
     def _unqueue_or_find(self, call: Call) -> WorkerSlot | None:
         """Drop ``call`` from the queue (None), or the slot whose executor holds it."""
-        try:
-            self.queue.remove(call)
+        if self.backlog.discard(call):
             return None
-        except ValueError:
-            pass
         slots = [*self._slots, self.local] if self.local else self._slots
         return next((s for s in slots if call.id in s.executor.inflight), None)
 
@@ -215,8 +244,6 @@ class WorkerPool:
         slot = self._unqueue_or_find(call)
         if slot is not None:
             slot.executor.cancel(call.id)
-            if not slot.executor.inflight:
-                slot.idle_since = time.monotonic()
 
     def abort(self, call: Call) -> str | None:
         """Stop ``call`` by force. Returns the id of the worker that was running it,
@@ -228,19 +255,24 @@ class WorkerPool:
         return slot.id
 
     def _drain(self, freed: WorkerSlot | None = None) -> None:
-        """Place queued calls: first on the worker that just freed up, then anywhere."""
-        queue = self.queue
-        while queue and not self.closed:
-            call = queue[0]
+        """Place waiting calls in backlog order: first on the worker that just freed
+        up, then wherever placement says."""
+        backlog = self.backlog
+        now = time.monotonic()
+        while backlog and not self.closed:
+            call = backlog.peek(now, self.eligible)
+            if call is None:
+                return  # every waiting call's project is at its limit
             if call.future.done():
-                queue.popleft()
+                backlog.discard(call)
                 continue
             if freed is not None and freed.available and freed.running < freed.limit:
-                self._dispatch(freed, queue.popleft())
+                backlog.discard(call)
+                self._dispatch(freed, call)
                 continue
-            if not self._place(call, len(queue)):
+            if not self._place(call, len(backlog)):
                 return
-            queue.popleft()
+            backlog.discard(call)
 
     # -- workers ----------------------------------------------------------------------
 
@@ -280,8 +312,7 @@ class WorkerPool:
         return slot
 
     def _fail_queue(self, exc: Exception) -> None:
-        while self.queue:
-            call = self.queue.popleft()
+        for call in self.backlog.pop_all():
             if not call.future.done():
                 call.future.set_exception(exc)
 
@@ -300,7 +331,7 @@ class WorkerPool:
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
                 self.on_worker_lost(slot)
-        if not self.closed and (len(self._slots) + self.starting < self.settings.min_workers or self.queue):
+        if not self.closed and (len(self._slots) + self.starting < self.settings.min_workers or self.backlog):
             self._spawn()
 
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
@@ -339,7 +370,7 @@ class WorkerPool:
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
-            self._slots, self.limits, starting=self.starting, queued=len(self.queue),
+            self._slots, self.limits, starting=self.starting, queued=len(self.backlog),
             memory_percent=self.memory_percent, now=now,
         )
         if plan.start or plan.retire:

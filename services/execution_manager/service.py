@@ -25,13 +25,14 @@ from kernel.service import BaseService
 from .events import Callback, EventBus
 from .handles import CallFuture
 from .instances import PinTable
-from .policy import chunk_size
+from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
 from .settings import Settings
-from .stats import Stats, SystemLoad, WorkerStats
+from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
 
 log = structlog.get_logger("execution-manager")
 Reply = tuple[bool, Any]
+DEFAULT_PRIORITY = 5
 
 
 class RemoteTraceback(Exception):
@@ -125,8 +126,8 @@ class ExecutionManager(BaseService):
         raise rebuild(data)
 
     def submit(
-        self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, timeout: float | None = None,
-        **kwargs: Any,
+        self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
+        project: str | None = None, retries: int = 0, timeout: float | None = None, **kwargs: Any,
     ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
@@ -136,16 +137,28 @@ class ExecutionManager(BaseService):
         backoff and jitter; calls are not retried by default (at most once).
         ``timeout``: seconds for the whole call; past it the call is stopped (its worker
         ended and replaced, if it was running) and :class:`CallTimeoutError` raised.
+        ``priority``: 0-10, higher runs first (FIFO within a priority; waiting calls
+        age upwards so none starves). ``project``: counts against that project's
+        limit (:meth:`set_project_limit`).
         """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, not {timeout!r}")
+        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
         label = _label(fn)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
         return CallFuture(
             pool, rebuild, label=label, retries=retries, events=self.events, timeout=timeout,
-            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args),
+            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project),
         ).start()
+
+    def set_project_limit(self, project: str, limit: int | None) -> None:
+        """At most ``limit`` calls of ``project`` run at once (None: no limit). Calls
+        over the limit wait; other projects' calls go past them."""
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"the limit for project {project!r} must be an int >= 1 or None, not {limit!r}")
+        self._pool.set_project_limit(project, limit)
 
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any], *,
             chunksize: int | None = None) -> AsyncIterator[Any]:
@@ -233,6 +246,7 @@ class ExecutionManager(BaseService):
 
     async def get_stats(self) -> Stats:
         pool = self._pool
+        queued = pool.backlog.by_project()
         details = []
         for slot in pool.slots:
             ex = slot.executor
@@ -247,7 +261,13 @@ class ExecutionManager(BaseService):
             workers=len(details), min_workers=pool.settings.min_workers,
             max_workers=pool.settings.max_workers, starting=pool.starting,
             system_load=self._load, active_tasks=sum(d.running for d in details),
-            queued_tasks=len(pool.queue), local_tasks=pool.local.running if pool.local else 0,
+            queued_tasks=len(pool.backlog), local_tasks=pool.local.running if pool.local else 0,
+            queued_by_priority=pool.backlog.by_priority(),
+            projects={
+                name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),
+                                   limit=pool.project_limits.get(name))
+                for name in sorted({*pool.project_limits, *pool.project_running, *queued})
+            },
             tasks_done=pool.done, tasks_failed=pool.failed,
             pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
             worker_details=details,

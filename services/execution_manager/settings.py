@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -37,6 +37,12 @@ class Settings(BaseModel):
     idle_grace: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
+    aging_seconds: float = Field(
+        10.0, ge=0, description="a waiting call gains one priority level per this many seconds (0: no aging)"
+    )
+    project_limits: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="at most this many calls of each project run at once"
+    )
     executor_options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -25,6 +25,12 @@ class WorkerStats(BaseModel):
     pinned: int
 
 
+class ProjectStats(BaseModel):
+    running: int
+    queued: int
+    limit: int | None
+
+
 class Stats(BaseModel):
     workers: int
     min_workers: int
@@ -33,6 +39,8 @@ class Stats(BaseModel):
     system_load: SystemLoad
     active_tasks: int
     queued_tasks: int
+    queued_by_priority: dict[int, int]  # priority -> calls waiting, highest first
+    projects: dict[str, ProjectStats]
     local_tasks: int
     tasks_done: int
     tasks_failed: int

@@ -1,0 +1,94 @@
+"""Calls waiting for a worker: priorities 0-10 with aging, and per-project limits.
+
+Calls wait in one FIFO per (priority, project). The next call to run is chosen by
+:func:`.policy.pick_next` from the heads of those FIFOs: highest effective priority
+(its priority plus one level per ``aging`` seconds waited), the oldest first among
+equals, skipping projects at their limit, so a busy project never starves the others
+and a low priority never waits forever behind a stream of high ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from kernel.executor import Call
+
+from .policy import pick_next
+
+Key = tuple[int, str | None]
+
+
+class Backlog:
+    """The queue of one pool. ``len()`` is the number of calls waiting."""
+
+    def __init__(self, aging: float) -> None:
+        self.aging = aging
+        self._fifos: dict[Key, deque[Call]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self) -> Iterator[Call]:
+        for fifo in list(self._fifos.values()):
+            yield from list(fifo)
+
+    def push(self, call: Call) -> None:
+        key = (call.priority, call.project)
+        fifo = self._fifos.get(key)
+        if fifo is None:
+            fifo = self._fifos[key] = deque()
+        fifo.append(call)
+        self._count += 1
+
+    def peek(self, now: float, eligible: Callable[[str | None], bool]) -> Call | None:
+        """The call to run next, or None when every waiting call's project is full."""
+        fifos = self._fifos
+        if len(fifos) == 1:  # the common case: one priority, no projects
+            ((key, fifo),) = fifos.items()
+            return fifo[0] if fifo and eligible(key[1]) else None
+        keys = [k for k, fifo in fifos.items() if fifo and eligible(k[1])]
+        if not keys:
+            return None
+        heads = [(k[0], fifos[k][0].queued_at) for k in keys]
+        return fifos[keys[pick_next(heads, now, self.aging)]][0]
+
+    def discard(self, call: Call) -> bool:
+        """Remove ``call``; False if it was not waiting."""
+        key = (call.priority, call.project)
+        fifo = self._fifos.get(key)
+        if fifo is None:
+            return False
+        if fifo and fifo[0] is call:
+            fifo.popleft()
+        else:
+            try:
+                fifo.remove(call)
+            except ValueError:
+                return False
+        self._count -= 1  # an emptied FIFO stays: it is refilled soon, and there are few
+        return True
+
+    def pop_all(self) -> list[Call]:
+        calls = list(self)
+        self._fifos.clear()
+        self._count = 0
+        return calls
+
+    def by_priority(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for (priority, _), fifo in self._fifos.items():
+            if fifo:
+                counts[priority] = counts.get(priority, 0) + len(fifo)
+        return dict(sorted(counts.items(), reverse=True))
+
+    def by_project(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (_, project), fifo in self._fifos.items():
+            if project is not None and fifo:
+                counts[project] = counts.get(project, 0) + len(fifo)
+        return counts
