@@ -84,3 +84,12 @@ def stamp(tag: str, seconds: float = 0.0) -> tuple[str, float, float]:
     start = time.time()
     time.sleep(seconds)
     return tag, start, time.time()
+
+
+_HOARD: list[bytearray] = []
+
+
+def hoard(mib: int) -> int:
+    """Keeps ``mib`` MiB alive in this worker (its RSS grows) and returns the pid."""
+    _HOARD.append(bytearray(mib << 20))
+    return os.getpid()

@@ -326,3 +326,30 @@ async def test_project_limit_caps_its_calls_and_others_go_past() -> None:
         with pytest.raises(ValueError, match="must be an int >= 1 or None"):
             em.set_project_limit("batch", 0)
         assert (await em.get_stats()).projects["batch"].running == 0
+
+
+async def test_max_tasks_per_worker_recycles_without_deadlock() -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1, maxTasksPerWorker=3) as kernel:
+        em = kernel.get_service("execution-manager")
+        recycled: list[dict] = []
+        em.subscribe("worker-recycled", lambda _e, p: recycled.append(dict(p)))
+        async with asyncio.timeout(30):
+            pids = await asyncio.gather(*(em.submit(tasks.whoami) for _ in range(10)))
+        assert len(set(pids)) >= 4  # at most 3 calls on each worker
+        assert all(pids.count(pid) <= 3 for pid in set(pids))
+        assert len(recycled) >= 3 and "maxTasksPerWorker" in recycled[0]["reason"]
+
+
+async def test_soft_memory_limit_replaces_the_worker_between_calls() -> None:
+    settings = {"minWorkers": 1, "maxWorkers": 1, "softMemoryLimit": 150 << 20, "sampleInterval": 0.1}
+    async with em_kernel(**settings) as kernel:
+        em = kernel.get_service("execution-manager")
+        recycled: list[dict] = []
+        em.subscribe("worker-recycled", lambda _e, p: recycled.append(dict(p)))
+        fat = await em.submit(tasks.hoard, 200)
+        for _ in range(100):
+            if recycled:
+                break
+            await asyncio.sleep(0.05)
+        assert recycled and "above softMemoryLimit" in recycled[0]["reason"]
+        assert await em.submit(tasks.whoami) != fat  # every call still succeeds, on a fresh worker

@@ -76,8 +76,8 @@ def test_plan_scaling(workers, starting, queued, memory, expected) -> None:
     assert plan_scaling(workers, L, starting=starting, queued=queued, memory_percent=memory, now=10.0) == expected
 
 
-def test_idle_grace() -> None:
-    limits = L._replace(idle_grace=3.0)
+def test_idle_timeout() -> None:
+    limits = L._replace(idle_timeout=3.0)
     workers = [W("a", idle_since=9.0), W("b", idle_since=5.0)]
     assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=10.0).retire == ("b",)
     assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=7.0).retire == ()

@@ -51,7 +51,7 @@ class Limits(NamedTuple):
     scale_up_threshold: float = 0.8
     scale_down_threshold: float = 0.3
     memory_limit: float = 0.9
-    idle_grace: float = 0.0
+    idle_timeout: float = 0.0
 
 
 class Placement(NamedTuple):
@@ -142,7 +142,7 @@ def plan_scaling(
     Pool load is the share of live workers with calls in flight. Above
     ``scale_up_threshold`` with calls waiting, one worker is added (not when memory use
     is above ``memory_limit``); below ``scale_down_threshold``, one idle worker
-    (idle for ``idle_grace`` s, fewest pinned instances first) retires. Never below
+    (idle for ``idle_timeout`` s, fewest pinned instances first) retires. Never below
     ``min_workers`` or above ``max_workers``; never a busy worker.
     """
     live = [w for w in workers if w.available]
@@ -157,7 +157,7 @@ def plan_scaling(
     if load < limits.scale_down_threshold and count > limits.min_workers and not queued:
         idle = [
             w for w in live
-            if not w.running and w.idle_since is not None and now - w.idle_since >= limits.idle_grace
+            if not w.running and w.idle_since is not None and now - w.idle_since >= limits.idle_timeout
         ]
         if idle:
             victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))

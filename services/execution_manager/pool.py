@@ -77,7 +77,7 @@ class WorkerPool:
         self.limits = Limits(
             settings.min_workers, settings.max_workers, settings.run_locally and local_factory is not None,
             settings.local_threshold, settings.scale_up_threshold, settings.scale_down_threshold,
-            settings.memory_limit, settings.idle_grace,
+            settings.memory_limit, settings.idle_timeout,
         )
         self._factory = factory
         self._local_factory = local_factory
@@ -181,7 +181,7 @@ class WorkerPool:
         decision = place(
             self._slots, self.limits, cpu_percent=self.cpu_percent,
             local_free=local is not None and local.running < local.limit,
-            total=len(self._slots), starting=self.starting, queued=waiting - 1,
+            total=self._live() - self.starting, starting=self.starting, queued=waiting - 1,
         )
         action = decision.action
         if action == "worker":
@@ -218,11 +218,14 @@ class WorkerPool:
         slot.last_done = now
         slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
         if slot is not self.local:
-            slot.limit = inflight_limit(slot.mean)
+            slot.limit = self._cap(slot, inflight_limit(slot.mean))
         if ok:
             self.done += 1
         else:
             self.failed += 1
+        limit = self.settings.max_tasks_per_worker
+        if limit is not None and slot is not self.local and slot.executor.done + slot.executor.failed >= limit:
+            self.recycle(slot, f"ran {limit} calls (maxTasksPerWorker)")
         events = self.events
         if events.wants("task-complete" if ok else "task-error"):
             events.emit("task-complete" if ok else "task-error", worker_id=slot.id, call_id=call.id,
@@ -238,6 +241,13 @@ class WorkerPool:
             return None
         slots = [*self._slots, self.local] if self.local else self._slots
         return next((s for s in slots if call.id in s.executor.inflight), None)
+
+    def _cap(self, slot: WorkerSlot, limit: int) -> int:
+        """``limit``, but never more calls than the worker may still run (maxTasksPerWorker)."""
+        most = self.settings.max_tasks_per_worker
+        if most is None:
+            return limit
+        return max(0, min(limit, most - slot.executor.done - slot.executor.failed))
 
     def cancel(self, call: Call) -> None:
         """The caller gave up on ``call``: drop it from the queue or its executor."""
@@ -302,6 +312,7 @@ class WorkerPool:
             await executor.stop(drain=False)
             return None
         slot = WorkerSlot(executor)
+        slot.limit = self._cap(slot, slot.limit)
         executor.on_finish = partial(self._finished, slot)
         self.workers[wid] = slot
         self._slots.append(slot)
@@ -331,7 +342,7 @@ class WorkerPool:
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
                 self.on_worker_lost(slot)
-        if not self.closed and (len(self._slots) + self.starting < self.settings.min_workers or self.backlog):
+        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
             self._spawn()
 
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
@@ -354,6 +365,30 @@ class WorkerPool:
             await asyncio.sleep(0.02)
         return None
 
+    def recycle(self, slot: WorkerSlot, reason: str) -> None:
+        """Replace ``slot`` between calls: it takes no new call, finishes what it holds
+        and leaves; a replacement starts at once when one is needed."""
+        if slot.retiring or slot.executor.is_closed:
+            return
+        slot.retiring = True
+        log.info("recycling worker", worker_id=slot.id, reason=reason)
+        self.events.emit("worker-recycled", worker_id=slot.id, reason=reason)
+        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
+            self._spawn()
+        task = asyncio.get_running_loop().create_task(self._leave(slot, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _live(self) -> int:
+        """Workers that stay (not leaving) plus those starting."""
+        return sum(1 for s in self._slots if not s.retiring) + self.starting
+
+    async def _leave(self, slot: WorkerSlot, reason: str) -> None:
+        if self.on_retire is not None and slot.pins:
+            await self.on_retire(slot)
+        await slot.executor.stop(drain=True, timeout=self.settings.stop_timeout)
+        self.events.emit("worker-retired", worker_id=slot.id, reason=reason)
+
     async def retire(self, worker_id: str, reason: str = "retired") -> None:
         """Move the worker's pinned instances away, then drain and stop it."""
         slot = self.workers.get(worker_id)
@@ -363,10 +398,7 @@ class WorkerPool:
         if slot.retiring:
             return
         slot.retiring = True
-        if self.on_retire is not None and slot.pins:
-            await self.on_retire(slot)
-        await slot.executor.stop(drain=True, timeout=self.settings.stop_timeout)
-        self.events.emit("worker-retired", worker_id=worker_id, reason=reason)
+        await self._leave(slot, reason)
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(

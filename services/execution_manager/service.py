@@ -286,6 +286,12 @@ class ExecutionManager(BaseService):
             load, metrics = await anyio.to_thread.run_sync(_sample, pids, procs)
             self._load, self._metrics = load, metrics
             pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
+            soft = s.soft_memory_limit
+            if soft is not None:
+                for slot in pool.slots:
+                    rss = metrics.get(slot.id, (0.0, 0))[1]
+                    if rss > soft:
+                        pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
             now = time.monotonic()
             if now >= next_scale:
                 next_scale = now + s.monitor_interval

@@ -34,7 +34,9 @@ class Settings(BaseModel):
     memory_limit: float = Field(0.9, gt=0, le=1, description="no scale-up above this memory use")
     monitor_interval: float = Field(5.0, gt=0, description="seconds between scaling decisions")
     sample_interval: float = Field(1.0, gt=0, description="seconds between psutil samples")
-    idle_grace: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
+    idle_timeout: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
+    max_tasks_per_worker: int | None = Field(None, ge=1, description="replace a worker after this many calls")
+    soft_memory_limit: int | None = Field(None, ge=1, description="replace a worker above this RSS (bytes)")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
     aging_seconds: float = Field(
