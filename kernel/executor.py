@@ -65,7 +65,7 @@ class Call:
     """
 
     __slots__ = ("args", "future", "id", "kind", "label", "payload", "priority", "project",
-                 "queued_at", "started")
+                 "queued_at", "started", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
@@ -82,6 +82,7 @@ class Call:
         self.project = project
         self.queued_at = 0.0
         self.started = 0.0
+        self.worker_id: str | None = None  # set by the pool when it hands the call out
 
     def __repr__(self) -> str:
         return f"<Call {self.describe()}>"

@@ -93,3 +93,19 @@ def hoard(mib: int) -> int:
     """Keeps ``mib`` MiB alive in this worker (its RSS grows) and returns the pid."""
     _HOARD.append(bytearray(mib << 20))
     return os.getpid()
+
+
+def touch_after(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    return touch(path)
+
+
+def flaky(counter: str, failures: int) -> int:
+    """Raises ConnectionError the first ``failures`` times (counted in a file)."""
+    with open(counter, "a+") as fh:
+        fh.seek(0)
+        seen = len(fh.read())
+        fh.write("x")
+    if seen < failures:
+        raise ConnectionError(f"flaky failure {seen + 1}")
+    return seen + 1

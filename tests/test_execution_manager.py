@@ -353,3 +353,54 @@ async def test_soft_memory_limit_replaces_the_worker_between_calls() -> None:
             await asyncio.sleep(0.05)
         assert recycled and "above softMemoryLimit" in recycled[0]["reason"]
         assert await em.submit(tasks.whoami) != fat  # every call still succeeds, on a fresh worker
+
+
+async def test_cancelling_a_running_call_stops_it(tmp_path: Path) -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        died: list[dict] = []
+        em.subscribe("worker-terminated", lambda _e, p: died.append(dict(p)))
+        marker = tmp_path / "finished"
+        running = em.submit(tasks.touch_after, str(marker), 1.0)
+        await asyncio.sleep(0.3)
+        assert running.cancel()
+        await asyncio.sleep(1.2)
+        assert not marker.exists()  # it was stopped, not left to run
+        assert died and "was aborted" in died[0]["reason"]
+        assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_retry_on_named_exceptions_records_attempts(tmp_path: Path) -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        fut = em.submit(tasks.flaky, str(tmp_path / "a"), 2, retries=3, retry_on=(ConnectionError,))
+        assert await fut == 3
+        assert [a.number for a in fut.attempts] == [1, 2]
+        assert all(a.outcome.startswith("ConnectionError: flaky failure") and a.worker_id for a in fut.attempts)
+        with pytest.raises(ConnectionError, match="flaky failure 1"):
+            await em.submit(tasks.flaky, str(tmp_path / "b"), 1, retries=3)  # not named: no retry
+        with pytest.raises(ConnectionError, match="flaky failure 3") as info:
+            await em.submit(tasks.flaky, str(tmp_path / "c"), 5, retries=2, retry_on=(ConnectionError,))
+        assert "attempts:\n  1. on local-" in "\n".join(info.value.__notes__)
+
+
+async def test_a_call_that_keeps_killing_workers_is_given_up() -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        with pytest.raises(WorkerCrashedError, match=r"crash was given up after killing 3 workers \(maxCallDeaths\)"):
+            async with asyncio.timeout(30):
+                await em.submit(tasks.crash, retries=10)
+        assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_queue_deadline_fails_a_call_that_never_started(tmp_path: Path) -> None:
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        await em.submit(tasks.slow, 0.05)  # one call at a time from now on
+        busy = em.submit(tasks.slow, 0.5)
+        never = tmp_path / "never"
+        with pytest.raises(CallTimeoutError, match=r"touch did not start within its deadline of 0\.1 s and never will"):
+            await em.submit(tasks.touch, str(never), deadline=0.1)
+        assert await em.submit(tasks.inc, 1, deadline=5) == 2  # waits behind busy, starts in time
+        await busy
+        assert not never.exists()

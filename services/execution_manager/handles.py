@@ -2,8 +2,12 @@
 
 Like Dask's ``client.submit`` and Ray's ``.remote()``, the call starts when it is made,
 not when it is awaited, so ``asyncio.gather`` over thousands of calls costs no task
-per call. Awaiting gives the result (or raises the call's exception); cancelling it
-drops the call from the queue, or frees its worker's slot when it is running.
+per call. Awaiting gives the result (or raises the call's exception). ``cancel()``
+stops the call wherever it is: a queued call never runs; a running one has its worker
+stopped and replaced.
+
+The future also carries the call's delivery rules (:class:`CallOptions`): retries with
+backoff, a timeout, a queue deadline, and a bound on how many workers it may kill.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
@@ -22,34 +27,67 @@ if TYPE_CHECKING:
     from .pool import WorkerPool
 
 Reply = tuple[bool, Any]
-MAX_REQUEUES = 10  # a call whose workers keep dying before it starts still ends
 Rebuild = Callable[[Any], BaseException]
+MAX_REQUEUES = 10  # a call whose workers keep dying before it starts still ends
+
+
+class CallOptions(NamedTuple):
+    """How one call is delivered. The defaults are at-most-once with no time limits."""
+
+    retries: int = 0  # further attempts after a worker death or a ``retry_on`` error
+    retry_on: tuple[type[BaseException], ...] = ()  # exception types worth another attempt
+    timeout: float | None = None  # seconds for the whole call, all attempts included
+    deadline: float | None = None  # seconds the call may wait before it starts
+    max_deaths: int = 3  # workers it may kill before it is given up for good
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a call: where it ran and how it ended."""
+
+    number: int
+    worker_id: str | None
+    outcome: str
+
+
+NO_OPTIONS = CallOptions()
+
+
+def _cancel_all(timers: list[asyncio.TimerHandle]) -> None:
+    for timer in timers:
+        timer.cancel()
 
 
 class CallFuture(asyncio.Future[Any]):
-    """The result of one call (through its retries). Await it, or ``cancel()`` it."""
+    """The result of one call, through its attempts. Await it, or ``cancel()`` it.
+
+    ``attempts`` records every attempt that ended in error (number, worker, reason).
+    """
 
     def __init__(
         self, pool: WorkerPool, rebuild: Rebuild, *, label: str = "call",
-        make_call: Callable[[], Call] | None = None, retries: int = 0, events: EventBus | None = None,
-        timeout: float | None = None,
+        make_call: Callable[[], Call] | None = None, options: CallOptions = NO_OPTIONS,
+        events: EventBus | None = None,
     ) -> None:
         super().__init__(loop=asyncio.get_running_loop())
         self._pool = pool
         self._rebuild = rebuild
         self._label = label
         self._make_call = make_call
-        self._retries = retries
-        self._attempt = 0
-        self._requeued = 0
+        self._options = options
         self._events = events
         self._call: Call | None = None
         self._reply: asyncio.Future[Reply] | None = None
-        self._timeout = timeout
-        self._timer: asyncio.TimerHandle | None = None
-        if timeout is not None:
-            self._timer = self.get_loop().call_later(timeout, self._expire)
-            self.add_done_callback(lambda _f: self._timer.cancel() if self._timer else None)
+        self._requeued = 0
+        self.attempts: list[Attempt] = []
+        if options.timeout is not None or options.deadline is not None:
+            loop = self.get_loop()
+            timers = [
+                loop.call_later(delay, expire)
+                for delay, expire in ((options.timeout, self._expire), (options.deadline, self._missed_start))
+                if delay is not None
+            ]
+            self.add_done_callback(lambda _f: _cancel_all(timers))
 
     def start(self) -> CallFuture:
         """Make and place the call (or its next attempt)."""
@@ -69,10 +107,12 @@ class CallFuture(asyncio.Future[Any]):
         if not super().cancel(msg):
             return False
         if self._call is not None:
-            self._pool.cancel(self._call)
+            self._pool.abort(self._call)
         elif self._reply is not None:
             self._reply.cancel()
         return True
+
+    # -- outcomes ---------------------------------------------------------------------
 
     def _deliver(self, reply: asyncio.Future[Reply]) -> None:
         if reply.cancelled():
@@ -80,26 +120,15 @@ class CallFuture(asyncio.Future[Any]):
         exc = reply.exception()  # retrieved even when nobody waits any more (timed out)
         if self.done():
             return
-        if exc is not None:
-            if (isinstance(exc, WorkerCrashedError) and not exc.started and self._make_call is not None
-                    and self._requeued < MAX_REQUEUES and not self._pool.closed):
-                self._requeued += 1  # it never ran: run it elsewhere, at no cost to its retries
-                asyncio.get_running_loop().call_soon(self._retry)
+        if exc is None:
+            ok, data = reply.result()
+            if ok:
+                self._succeed(data)
                 return
-            if (isinstance(exc, ExecutionError) and exc.retryable and self._attempt < self._retries
-                    and self._make_call is not None):
-                self._attempt += 1
-                delay = min(5.0, 0.05 * 2**self._attempt) * random.uniform(0.5, 1.5)
-                if self._events is not None:
-                    self._events.emit("task-retried", call=self._label, attempt=self._attempt, reason=str(exc))
-                asyncio.get_running_loop().call_later(delay, self._retry)
-                return
-            self.set_exception(exc)
-            return
-        ok, data = reply.result()
-        if not ok:
-            self.set_exception(self._rebuild(data))
-            return
+            exc = self._rebuild(data)
+        self._failed(exc)
+
+    def _succeed(self, data: bytes) -> None:
         try:
             value = loads(data)
         except Exception as err:
@@ -109,14 +138,39 @@ class CallFuture(asyncio.Future[Any]):
             return
         self.set_result(value)
 
-    def _expire(self) -> None:
-        """The timeout passed: stop the call wherever it is, and say so."""
-        if self.done():
+    def _failed(self, exc: BaseException) -> None:
+        opts = self._options
+        worker = self._call.worker_id if self._call is not None else None
+        crashed = isinstance(exc, WorkerCrashedError)
+        never_ran = isinstance(exc, WorkerCrashedError) and not exc.started
+        if never_ran and self._can_retry() and self._requeued < MAX_REQUEUES:
+            self._requeued += 1  # it never ran: run it elsewhere, at no cost to its retries
+            self.get_loop().call_soon(self._retry)
             return
-        worker = self._pool.abort(self._call) if self._call is not None else None
-        where = (f"; worker {worker} running it was stopped and is replaced" if worker
-                 else "; it had not started and never will")
-        self.set_exception(CallTimeoutError(f"{self._label} did not finish within {self._timeout:g} s{where}"))
+        self.attempts.append(Attempt(len(self.attempts) + 1, worker, f"{type(exc).__name__}: {exc}"))
+        deaths = sum(1 for a in self.attempts if a.outcome.startswith("WorkerCrashedError"))
+        retryable = (crashed or (isinstance(exc, ExecutionError) and exc.retryable)
+                     or isinstance(exc, opts.retry_on))
+        if crashed and deaths >= opts.max_deaths and opts.retries:
+            self.set_exception(WorkerCrashedError(
+                f"{self._label} was given up after killing {deaths} workers (maxCallDeaths); "
+                f"last: {exc}", worker_id=worker or "", call=self._label,
+            ))
+            return
+        if retryable and len(self.attempts) <= opts.retries and self._can_retry():
+            delay = min(5.0, 0.05 * 2 ** len(self.attempts)) * random.uniform(0.5, 1.5)
+            if self._events is not None:
+                self._events.emit("task-retried", call=self._label, attempt=len(self.attempts),
+                                  worker_id=worker, reason=str(exc))
+            self.get_loop().call_later(delay, self._retry)
+            return
+        if len(self.attempts) > 1:
+            exc.add_note("attempts:\n" + "\n".join(
+                f"  {a.number}. on {a.worker_id or '?'}: {a.outcome}" for a in self.attempts))
+        self.set_exception(exc)
+
+    def _can_retry(self) -> bool:
+        return self._make_call is not None and not self._pool.closed
 
     def _retry(self) -> None:
         if self.done():
@@ -125,3 +179,25 @@ class CallFuture(asyncio.Future[Any]):
             self.start()
         except ExecutionError as exc:
             self.set_exception(exc)
+
+    # -- time limits ------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        """The timeout passed: stop the call wherever it is, and say so."""
+        if self.done():
+            return
+        worker = self._pool.abort(self._call) if self._call is not None else None
+        where = (f"; worker {worker} running it was stopped and is replaced" if worker
+                 else "; it had not started and never will")
+        self.set_exception(CallTimeoutError(
+            f"{self._label} did not finish within {self._options.timeout:g} s{where}"
+        ))
+
+    def _missed_start(self) -> None:
+        """The queue deadline passed: a call still waiting fails without ever running."""
+        if self.done() or self._call is None or not self._pool.backlog.discard(self._call):
+            return  # it started (or ended) in time
+        self.set_exception(CallTimeoutError(
+            f"{self._label} did not start within its deadline of {self._options.deadline:g} s "
+            "and never will (all workers were busy)"
+        ))

@@ -196,6 +196,7 @@ class WorkerPool:
 
     def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
         call.started = time.perf_counter()
+        call.worker_id = slot.id
         slot.executor.submit(call)
         slot.idle_since = None
         if call.project is not None:

@@ -23,7 +23,7 @@ from kernel.serialization import dumps_call, loads
 from kernel.service import BaseService
 
 from .events import Callback, EventBus
-from .handles import CallFuture
+from .handles import CallFuture, CallOptions
 from .instances import PinTable
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
@@ -127,7 +127,8 @@ class ExecutionManager(BaseService):
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
-        project: str | None = None, retries: int = 0, timeout: float | None = None, **kwargs: Any,
+        project: str | None = None, retries: int = 0, retry_on: tuple[type[BaseException], ...] = (),
+        timeout: float | None = None, deadline: float | None = None, **kwargs: Any,
     ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
@@ -135,21 +136,29 @@ class ExecutionManager(BaseService):
         importable or cloudpickle-able callable. ``retries``: how many times to run it
         again when its worker dies (:class:`WorkerCrashedError`), with exponential
         backoff and jitter; calls are not retried by default (at most once).
+        ``retry_on``: exception types raised by the call that are worth retrying too.
+        A call that keeps killing workers is given up after ``maxCallDeaths`` (3).
         ``timeout``: seconds for the whole call; past it the call is stopped (its worker
         ended and replaced, if it was running) and :class:`CallTimeoutError` raised.
+        ``deadline``: seconds the call may wait in the queue; one that has not started
+        by then fails with :class:`CallTimeoutError` and never runs.
         ``priority``: 0-10, higher runs first (FIFO within a priority; waiting calls
         age upwards so none starves). ``project``: counts against that project's
         limit (:meth:`set_project_limit`).
         """
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        for name, value in (("timeout", timeout), ("deadline", deadline)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, not {retries!r}")
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
         label = _label(fn)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
         return CallFuture(
-            pool, rebuild, label=label, retries=retries, events=self.events, timeout=timeout,
+            pool, rebuild, label=label, events=self.events,
+            options=CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths),
             make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project),
         ).start()
 

@@ -37,6 +37,7 @@ class Settings(BaseModel):
     idle_timeout: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
     max_tasks_per_worker: int | None = Field(None, ge=1, description="replace a worker after this many calls")
     soft_memory_limit: int | None = Field(None, ge=1, description="replace a worker above this RSS (bytes)")
+    max_call_deaths: int = Field(3, ge=1, description="workers a retried call may kill before it is given up")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
     aging_seconds: float = Field(
