@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .decorator import distributed
+    from .decorator import call_options, distributed, method_options
     from .errors import (
         CallTimeoutError,
         ConfigError,
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Kernel": "kernel", "ServiceState": "kernel", "BaseService": "service",
-    "distributed": "decorator", "hookimpl": "hookspecs",
+    "distributed": "decorator", "method_options": "decorator", "call_options": "decorator",
+    "hookimpl": "hookspecs",
     "Call": "executor", "Executor": "executor", "ExecutorInfo": "executor",
     "WorkerState": "executor",
     **{
@@ -78,8 +79,10 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerStartError",
     "WorkerState",
+    "call_options",
     "distributed",
     "hookimpl",
+    "method_options",
 ]
 
 

@@ -12,24 +12,80 @@ and runs where the execution manager places it:
 
 Inside a running call (on a worker, or in-process), a method called on ``self`` runs
 directly and returns its plain value, as in ordinary Python.
+
+Delivery options (``priority``, ``timeout``, ``retries``, ``deadline``, ``project``)
+come from, last one winning: the manifest's ``priority``, ``@method_options(...)`` on
+the method, and ``with call_options(...):`` around the call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .interfaces import EXECUTION_MANAGER, Dispatcher
 
 T = TypeVar("T", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
 
 # True while the runtime executes a call: methods then run inline.
 inline: contextvars.ContextVar[bool] = contextvars.ContextVar("kernel_inline", default=False)
 
 _SKIP = frozenset({"start", "stop", "get_service"})
+OPTION_NAMES = frozenset({"priority", "timeout", "retries", "deadline", "project"})
+
+# Per-call overrides set by ``with call_options(...)``.
+_overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "kernel_call_options", default=MappingProxyType({})
+)
+
+
+def _checked(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown call options {sorted(unknown)}; known: {sorted(OPTION_NAMES)}")
+    return dict(options)
+
+
+def method_options(**options: Any) -> Callable[[F], F]:
+    """Default delivery options for one ``@distributed`` method::
+
+        @method_options(priority=8, timeout=30, retries=2)
+        def train(self, data): ...
+    """
+    checked = _checked(options)
+
+    def mark(fn: F) -> F:
+        fn.__call_options__ = checked  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@contextlib.contextmanager
+def call_options(**options: Any) -> Iterator[None]:
+    """Override delivery options for the ``@distributed`` calls made inside the block::
+
+        with call_options(priority=9):
+            fut = svc.train(data)
+    """
+    token = _overrides.set({**_overrides.get(), **_checked(options)})
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
+
+
+def options_for(cls: type, method: str, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options a call of ``cls.method`` made here and now runs with."""
+    fn = getattr(cls, "__distributed_methods__", {}).get(method)
+    defaults = getattr(fn, "__call_options__", None) or {}
+    return {**(base or {}), **defaults, **_overrides.get()}
 
 
 def distributed(cls: T) -> T:

@@ -35,6 +35,9 @@ class Manifest(BaseModel):
     kernel_mode: bool = Field(default=False, alias="kernelMode")
     fail_on_error: bool = Field(default=True, alias="failOnError")
     dependencies: list[str] = Field(default_factory=list)
+    priority: int | None = Field(
+        default=None, ge=0, le=10, description="default priority (0-10) of its @distributed calls"
+    )
     custom: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -175,3 +175,53 @@ async def test_without_an_execution_manager_calls_run_here() -> None:
     obj = Local()
     assert await obj.hit() == os.getpid()
     assert obj.hits == 1
+
+
+OPTIONED = """
+import time
+from kernel import BaseService, distributed, method_options
+
+@distributed
+class Jobs(BaseService):
+    def stamp(self, tag):
+        start = time.time()
+        time.sleep(0.02)
+        return tag, start
+
+    @method_options(priority=9)
+    def urgent(self, tag):
+        return self.stamp(tag)
+
+    @method_options(timeout=0.3)
+    def hang(self):
+        time.sleep(30)
+
+    def block(self, seconds):
+        time.sleep(seconds)
+"""
+
+
+async def test_method_options_call_options_and_manifest_priority(tmp_path: Path) -> None:
+    from kernel import call_options
+    from kernel.errors import CallTimeoutError
+
+    write_service(tmp_path, "jobs", {"global": True, "priority": 2}, OPTIONED)
+    settings = {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1, "agingSeconds": 0}}
+    async with Kernel([tmp_path], settings=settings) as kernel:
+        jobs = kernel.get_service("jobs")
+        await jobs.block(0.05)  # the worker now holds one call at a time
+        blocker = jobs.block(0.3)
+        await asyncio.sleep(0.05)
+        calls = [jobs.stamp("manifest-2")]                # the manifest's priority 2
+        calls.append(jobs.urgent("method-9"))             # @method_options(priority=9)
+        with call_options(priority=5):
+            calls.append(jobs.stamp("override-5"))        # the block wins over the manifest
+        with call_options(priority=10):
+            calls.append(jobs.urgent("override-10"))      # ... and over the method
+        await blocker
+        order = [tag for tag, _ in sorted(await asyncio.gather(*calls), key=lambda r: r[1])]
+        assert order == ["override-10", "method-9", "override-5", "manifest-2"]
+        with pytest.raises(CallTimeoutError, match=r"Jobs\.hang did not finish within 0\.3 s"):
+            await jobs.hang()
+        with pytest.raises(TypeError, match=r"unknown call options \['prio'\]"), call_options(prio=1):
+            pass

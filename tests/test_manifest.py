@@ -61,3 +61,9 @@ def test_bad_name_and_duplicate_dependency(tmp_path: Path) -> None:
         read_manifest(folder)
     assert {f for f, _ in info.value.problems} == {"name", "dependencies"}
     assert "listed more than once: a" in str(info.value)
+
+
+def test_priority_must_be_0_to_10(tmp_path: Path) -> None:
+    folder = write_service(tmp_path, "p", {"priority": 11})
+    with pytest.raises(ManifestError, match="priority: Input should be less than or equal to 10"):
+        read_manifest(folder)

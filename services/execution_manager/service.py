@@ -15,6 +15,7 @@ import psutil
 import structlog
 
 from kernel import protocol as p
+from kernel.decorator import options_for
 from kernel.errors import ExecutionError, PluginError, RemoteError
 from kernel.executor import Call
 from kernel.plugins import executor_types
@@ -146,21 +147,28 @@ class ExecutionManager(BaseService):
         age upwards so none starves). ``project``: counts against that project's
         limit (:meth:`set_project_limit`).
         """
-        for name, value in (("timeout", timeout), ("deadline", deadline)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, not {retries!r}")
-        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-            raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
         label = _label(fn)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
         return CallFuture(
             pool, rebuild, label=label, events=self.events,
-            options=CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths),
+            options=self._options(priority, retries, retry_on, timeout, deadline),
             make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project),
         ).start()
+
+    def _options(
+        self, priority: int, retries: int, retry_on: tuple[type[BaseException], ...],
+        timeout: float | None, deadline: float | None,
+    ) -> CallOptions:
+        """Validated delivery options (a ValueError names the one at fault)."""
+        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
+        for name, value in (("timeout", timeout), ("deadline", deadline)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, not {value!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+        return CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths)
 
     def set_project_limit(self, project: str, limit: int | None) -> None:
         """At most ``limit`` calls of ``project`` run at once (None: no limit). Calls
@@ -210,16 +218,27 @@ class ExecutionManager(BaseService):
         self, instance: Any, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> CallFuture:
         """Run a ``@distributed`` method (the decorator calls this). Sent at once, so
-        calls on one pinned instance run in the order they were made."""
+        calls on one pinned instance run in the order they were made.
+
+        Unpinned calls take their delivery options from the manifest's ``priority``,
+        ``@method_options`` and ``with call_options(...)``. A pinned instance's calls run
+        in order on its worker: priorities, deadlines and timeouts do not apply to them.
+        """
         assert self._pins is not None
         pool = self._pool
         label = f"{type(instance).__qualname__}.{method}"
         pin = self._pins.get(instance)
         if pin is not None:
             return CallFuture(pool, rebuild, label=label).follow(self._pins.call(pin, method, args, dict(kwargs)))
+        manifest = instance.__dict__.get("manifest")
+        base = {"priority": manifest.priority} if manifest is not None and manifest.priority is not None else None
+        opts = options_for(type(instance), method, base)
+        priority = opts.get("priority", DEFAULT_PRIORITY)
+        options = self._options(priority, opts.get("retries", 0), (), opts.get("timeout"), opts.get("deadline"))
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
         return CallFuture(
-            pool, rebuild, label=label, make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args),
+            pool, rebuild, label=label, events=self.events, options=options,
+            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project")),
         ).start()
 
     # -- instances --------------------------------------------------------------------
