@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import importlib.metadata
 import signal
@@ -92,6 +93,8 @@ class Kernel:
         self._records: dict[str, ServiceRecord] = {}
         self._started: list[str] = []
         self.running = False
+        # Set on a second SIGINT/SIGTERM while stopping: services stop at once.
+        self.hurry = asyncio.Event()
 
     @classmethod
     def from_paths(cls, paths: Iterable[str | Path], **options: Any) -> Kernel:
@@ -269,14 +272,28 @@ class Kernel:
     # -- running from sync code ---------------------------------------------------
 
     async def serve(self, ready: Callable[[Kernel], Awaitable[None]] | None = None) -> None:
-        """Start, run until SIGINT or SIGTERM, then stop cleanly."""
+        """Start, run until SIGINT or SIGTERM, then stop cleanly; a second signal while
+        stopping stops at once (``hurry``)."""
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with self:
+            await self.start()
+            try:
                 if ready is not None:
                     await ready(self)
                 async for signum in signals:
                     log.info("stopping on signal", signal=signal.Signals(signum).name)
                     break
+            finally:
+                async with anyio.create_task_group() as tg:
+
+                    async def second_signal() -> None:
+                        async for signum in signals:
+                            log.warning("second signal: stopping at once", signal=signal.Signals(signum).name)
+                            self.hurry.set()
+                            return
+
+                    tg.start_soon(second_signal)
+                    await self.stop()
+                    tg.cancel_scope.cancel()
 
     def run(self, main: Callable[[Kernel], Awaitable[T]]) -> T:
         """From sync code: start the kernel, ``await main(kernel)``, stop, return its value."""

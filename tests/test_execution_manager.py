@@ -404,3 +404,30 @@ async def test_queue_deadline_fails_a_call_that_never_started(tmp_path: Path) ->
         assert await em.submit(tasks.inc, 1, deadline=5) == 2  # waits behind busy, starts in time
         await busy
         assert not never.exists()
+
+
+async def test_drain_queue_runs_queued_calls_at_stop_and_refuses_new_ones() -> None:
+    kernel = em_kernel(minWorkers=1, maxWorkers=1, drainQueue=True)
+    await kernel.start()
+    em = kernel.get_service("execution-manager")
+    await em.submit(tasks.slow, 0.05)  # one call at a time from now on
+    queued = [em.submit(tasks.slow, 0.05, i) for i in range(4)]
+    stopping = asyncio.ensure_future(kernel.stop())
+    await asyncio.sleep(0.02)
+    with pytest.raises(PoolClosedError, match="shutting down and takes no new calls"):
+        em.submit(tasks.inc, 1)
+    await stopping
+    assert await asyncio.gather(*queued) == [0, 1, 2, 3]
+
+
+async def test_a_running_call_gets_drain_timeout_then_is_stopped() -> None:
+    kernel = em_kernel(minWorkers=1, maxWorkers=1, drainTimeout=0.3)
+    await kernel.start()
+    em = kernel.get_service("execution-manager")
+    long = em.submit(tasks.slow, 30)
+    await asyncio.sleep(0.1)
+    t0 = time.perf_counter()
+    await kernel.stop()
+    assert time.perf_counter() - t0 < 0.3 + 3.0
+    with pytest.raises(WorkerCrashedError, match="was stopped while running slow"):
+        await long

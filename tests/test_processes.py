@@ -112,3 +112,42 @@ def test_no_worker_outlives_a_sigkilled_kernel(tmp_path: Path) -> None:
 def test_cli_usage_errors(argv: list[str]) -> None:
     out = subprocess.run([*KERNEL, *argv], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+BUSY_SERVICE = """
+import time
+from kernel import BaseService
+
+class Busy(BaseService):
+    async def start(self):
+        em = self.get_service("execution-manager")
+        self.calls = [em.submit(time.sleep, 60) for _ in range(2)]
+"""
+
+
+def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"dependencies": ["execution-manager"]}')
+    (folder / "service.py").write_text(BUSY_SERVICE)
+    cmd = [*KERNEL, "--log-json", "run", str(tmp_path), "--set", "execution-manager.minWorkers=2",
+           "--set", "execution-manager.maxWorkers=2", "--set", "execution-manager.drainTimeout=60",
+           "--set", "execution-manager.runLocally=false"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            wait_for(lambda: len(workers_of(proc.pid)) == 2)
+            workers = workers_of(proc.pid)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert proc.poll() is None  # draining: the calls have 60 s
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+            took = time.monotonic() - t0
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert took < 5, f"second signal took {took:.1f} s to stop the kernel"
+    assert "second signal: stopping at once" in err
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)

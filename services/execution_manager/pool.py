@@ -90,7 +90,8 @@ class WorkerPool:
         self.project_limits: dict[str, int] = dict(settings.project_limits)
         self.project_running: dict[str, int] = {}
         self.starting = 0
-        self.closed = False
+        self.stopping = False  # no new calls
+        self.closed = False  # no more dispatching either
         self.done = 0
         self.failed = 0
         self.cpu_percent = 0.0
@@ -124,18 +125,46 @@ class WorkerPool:
                 f"({self.settings.node_type}) could start; see the log for why"
             )
 
-    async def stop(self) -> None:
-        self.closed = True
-        for call in self.backlog.pop_all():
-            if not call.future.done():
-                call.future.set_exception(PoolClosedError(f"the pool stopped before {call.describe()} ran"))
-        slots = list(self._slots) + ([self.local] if self.local else [])
-        await asyncio.gather(
-            *(s.executor.stop(drain=True, timeout=self.settings.stop_timeout) for s in slots),
-            return_exceptions=True,
-        )
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """Shut down: refuse new calls, run the queue first (``drainQueue``) or cancel
+        it, give running calls ``drainTimeout`` seconds, then stop every worker. When
+        ``hurry`` is set meanwhile (a second signal), running calls are stopped at once."""
+        s = self.settings
+        self.stopping = True
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
+        try:
+            if s.drain_queue and (self.backlog or any(slot.running for slot in self._slots)):
+                await self._until_idle(s.drain_timeout, hurried)
+            self.closed = True
+            for call in self.backlog.pop_all():
+                if not call.future.done():
+                    call.future.set_exception(PoolClosedError(
+                        f"{call.describe()} was cancelled before it ran: the execution manager is shutting down"
+                    ))
+            slots = list(self._slots) + ([self.local] if self.local else [])
+            stopping: asyncio.Future[Any] = asyncio.gather(
+                *(slot.executor.stop(drain=True, timeout=s.drain_timeout) for slot in slots),
+                return_exceptions=True,
+            )
+            if hurried is not None:
+                await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+                if hurried.done() and not stopping.done():
+                    for slot in slots:  # stopping the running call ends its worker at once
+                        for call_id in list(slot.executor.inflight):
+                            slot.executor.abort(call_id)
+            await stopping
+        finally:
+            if hurried is not None:
+                hurried.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.backlog or any(slot.running for slot in self._slots)) and time.monotonic() < deadline:
+            if hurried is not None and hurried.done():
+                return
+            await asyncio.sleep(0.02)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -148,8 +177,8 @@ class WorkerPool:
 
     def submit(self, call: Call) -> None:
         """Place ``call`` now, or queue it until a worker frees up or starts."""
-        if self.closed:
-            raise PoolClosedError("the execution manager is stopped and takes no calls")
+        if self.stopping:
+            raise PoolClosedError("the execution manager is shutting down and takes no new calls")
         if self.backlog or not self.eligible(call.project) or not self._place(call, 1):
             call.queued_at = time.monotonic()
             self.backlog.push(call)
@@ -387,7 +416,7 @@ class WorkerPool:
     async def _leave(self, slot: WorkerSlot, reason: str) -> None:
         if self.on_retire is not None and slot.pins:
             await self.on_retire(slot)
-        await slot.executor.stop(drain=True, timeout=self.settings.stop_timeout)
+        await slot.executor.stop(drain=True, timeout=self.settings.drain_timeout)
         self.events.emit("worker-retired", worker_id=slot.id, reason=reason)
 
     async def retire(self, worker_id: str, reason: str = "retired") -> None:

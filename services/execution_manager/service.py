@@ -109,7 +109,7 @@ class ExecutionManager(BaseService):
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
         if self.pool is not None:
-            await self.pool.stop()
+            await self.pool.stop(hurry=self.kernel.hurry)
 
     @property
     def _pool(self) -> WorkerPool:

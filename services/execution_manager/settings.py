@@ -39,7 +39,8 @@ class Settings(BaseModel):
     soft_memory_limit: int | None = Field(None, ge=1, description="replace a worker above this RSS (bytes)")
     max_call_deaths: int = Field(3, ge=1, description="workers a retried call may kill before it is given up")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
-    stop_timeout: float = Field(10.0, gt=0, description="seconds to drain a worker at stop")
+    drain_timeout: float = Field(10.0, gt=0, description="seconds running calls get to finish at stop")
+    drain_queue: bool = Field(False, description="at stop, run the queued calls first (else cancel them)")
     aging_seconds: float = Field(
         10.0, ge=0, description="a waiting call gains one priority level per this many seconds (0: no aging)"
     )
