@@ -171,10 +171,11 @@ class Executor(ABC):
         """Drop a call that has not started; True if it was dropped. A call already
         running is not interrupted."""
 
-    def abort(self, call_id: int) -> bool:
+    def abort(self, call_id: int, reason: str = "") -> bool:
         """Stop a call by force, running or not; True if it will not run on (or has
         been stopped). A running call may take its executor with it (a local worker
-        process is ended and replaced); calls held behind it fail with
+        process is ended and replaced) and fails with a ``WorkerCrashedError`` that
+        includes ``reason``; calls held behind it fail with
         ``WorkerCrashedError(started=False)`` so they can run elsewhere. The default
         only drops calls that have not started."""
         return self.cancel(call_id)

@@ -109,3 +109,11 @@ def flaky(counter: str, failures: int) -> int:
     if seen < failures:
         raise ConnectionError(f"flaky failure {seen + 1}")
     return seen + 1
+
+
+def leak(step_mib: int, steps: int, pause: float) -> int:
+    """Leaks memory in steps (kept alive), as a runaway call does."""
+    for _ in range(steps):
+        _HOARD.append(bytearray(step_mib << 20))
+        time.sleep(pause)
+    return os.getpid()

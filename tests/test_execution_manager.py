@@ -431,3 +431,19 @@ async def test_a_running_call_gets_drain_timeout_then_is_stopped() -> None:
     assert time.perf_counter() - t0 < 0.3 + 3.0
     with pytest.raises(WorkerCrashedError, match="was stopped while running slow"):
         await long
+
+
+async def test_hard_memory_limit_stops_a_leaking_call_naming_rss_and_limit() -> None:
+    settings = {"minWorkers": 1, "maxWorkers": 1, "hardMemoryLimit": 150 << 20, "sampleInterval": 0.1}
+    async with em_kernel(**settings) as kernel:
+        em = kernel.get_service("execution-manager")
+        with pytest.raises(WorkerCrashedError, match=r"RSS [\d,]+ bytes above hardMemoryLimit 157,286,400") as info:
+            async with asyncio.timeout(20):
+                await em.submit(tasks.leak, 25, 40, 0.05)  # up to 1 GB, 25 MiB at a time
+        assert "while running leak" in str(info.value)
+        assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_soft_memory_limit_must_be_below_hard() -> None:
+    with pytest.raises(ServiceStartError, match=r"softMemoryLimit \(200\) must be below hardMemoryLimit \(100\)"):
+        await Kernel([], settings={"execution-manager": {"softMemoryLimit": 200, "hardMemoryLimit": 100}}).start()

@@ -285,13 +285,13 @@ class WorkerPool:
         if slot is not None:
             slot.executor.cancel(call.id)
 
-    def abort(self, call: Call) -> str | None:
+    def abort(self, call: Call, reason: str = "") -> str | None:
         """Stop ``call`` by force. Returns the id of the worker that was running it,
         or None if it was still queued (it never runs)."""
         slot = self._unqueue_or_find(call)
         if slot is None:
             return None
-        slot.executor.abort(call.id)
+        slot.executor.abort(call.id, reason)
         return slot.id
 
     def _drain(self, freed: WorkerSlot | None = None) -> None:

@@ -301,6 +301,18 @@ class ExecutionManager(BaseService):
             worker_details=details,
         )
 
+    def _enforce_memory(self, pool: WorkerPool, metrics: Mapping[str, tuple[float, int]]) -> None:
+        """Above hardMemoryLimit the running call is stopped (an error names RSS and
+        limit); above softMemoryLimit the worker is replaced between calls."""
+        soft, hard = self.settings.soft_memory_limit, self.settings.hard_memory_limit
+        for slot in pool.slots:
+            rss = metrics.get(slot.id, (0.0, 0))[1]
+            if _over(rss, hard) and slot.executor.inflight:
+                running = next(iter(slot.executor.inflight.values()))
+                pool.abort(running, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
+            elif _over(rss, soft):
+                pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
+
     async def _watch(self) -> None:
         """Sample load (psutil, off the event loop) and run the scaling policy."""
         pool = self._pool
@@ -314,16 +326,15 @@ class ExecutionManager(BaseService):
             load, metrics = await anyio.to_thread.run_sync(_sample, pids, procs)
             self._load, self._metrics = load, metrics
             pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
-            soft = s.soft_memory_limit
-            if soft is not None:
-                for slot in pool.slots:
-                    rss = metrics.get(slot.id, (0.0, 0))[1]
-                    if rss > soft:
-                        pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
+            self._enforce_memory(pool, metrics)
             now = time.monotonic()
             if now >= next_scale:
                 next_scale = now + s.monitor_interval
                 pool.autoscale(now)
+
+
+def _over(rss: int, limit: int | None) -> bool:
+    return limit is not None and rss > limit
 
 
 def _sample(

@@ -37,6 +37,9 @@ class Settings(BaseModel):
     idle_timeout: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
     max_tasks_per_worker: int | None = Field(None, ge=1, description="replace a worker after this many calls")
     soft_memory_limit: int | None = Field(None, ge=1, description="replace a worker above this RSS (bytes)")
+    hard_memory_limit: int | None = Field(
+        None, ge=1, description="stop the running call of a worker above this RSS (bytes)"
+    )
     max_call_deaths: int = Field(3, ge=1, description="workers a retried call may kill before it is given up")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     drain_timeout: float = Field(10.0, gt=0, description="seconds running calls get to finish at stop")
@@ -62,6 +65,9 @@ class Settings(BaseModel):
             raise ValueError(
                 f"minWorkers ({self.min_workers}) is above maxWorkers ({self.max_workers})"
             )
+        soft, hard = self.soft_memory_limit, self.hard_memory_limit
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(f"softMemoryLimit ({soft}) must be below hardMemoryLimit ({hard})")
         if self.scale_down_threshold >= self.scale_up_threshold:
             raise ValueError(
                 f"scaleDownThreshold ({self.scale_down_threshold}) must be below "
