@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         ServiceLoadError,
         ServiceNotFoundError,
         ServiceStartError,
+        SoftTimeoutError,
         WorkerCrashedError,
         WorkerStartError,
     )
@@ -48,7 +49,7 @@ _WHERE = {
             "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
             "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
             "PoolClosedError", "RemoteError", "SerializationError", "ServiceAccessError",
-            "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError",
+            "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError",
             "WorkerCrashedError", "WorkerStartError",
         )
     },
@@ -76,6 +77,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceStartError",
     "ServiceState",
+    "SoftTimeoutError",
     "WorkerCrashedError",
     "WorkerStartError",
     "WorkerState",

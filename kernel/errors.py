@@ -22,6 +22,7 @@ executors translate native errors (OSError, EOF, pickling errors...) into them.
         ├── WorkerStartError                a worker could not be started   [retryable]
         ├── InstanceLostError               a pinned instance's worker died
         ├── CallTimeoutError (TimeoutError) the call ran out of time; it was stopped
+        ├── SoftTimeoutError (TimeoutError) raised inside a call at its soft timeout
         └── PoolClosedError                 the pool is stopping or stopped
 
 ``retryable`` on an ExecutionError says whether running the same call again elsewhere
@@ -174,6 +175,11 @@ class CallTimeoutError(ExecutionError, TimeoutError):
     one was stopped (its worker ended and replaced)."""
 
 
+class SoftTimeoutError(ExecutionError, TimeoutError):
+    """Raised *inside* a running call when its soft timeout passes, so that it can
+    clean up; uncaught, it reaches the caller like any exception of the call."""
+
+
 class PoolClosedError(ExecutionError):
     """The execution manager is stopping or stopped and takes no new calls."""
 
@@ -195,6 +201,7 @@ __all__ = [
     "ServiceLoadError",
     "ServiceNotFoundError",
     "ServiceStartError",
+    "SoftTimeoutError",
     "WorkerCrashedError",
     "WorkerStartError",
 ]

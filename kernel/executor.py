@@ -65,12 +65,12 @@ class Call:
     """
 
     __slots__ = ("args", "future", "id", "kind", "label", "payload", "priority", "project",
-                 "queued_at", "started", "worker_id")
+                 "queued_at", "soft_timeout", "started", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
         label: str = "call", args: tuple[Any, ...] = (), priority: int = 5,
-        project: str | None = None,
+        project: str | None = None, soft_timeout: float = 0.0,
     ) -> None:
         self.id = id
         self.kind = kind
@@ -80,6 +80,7 @@ class Call:
         self.args = args
         self.priority = priority  # 0..10, higher first
         self.project = project
+        self.soft_timeout = soft_timeout  # seconds; raised inside the call where the executor can
         self.queued_at = 0.0
         self.started = 0.0
         self.worker_id: str | None = None  # set by the pool when it hands the call out

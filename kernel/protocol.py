@@ -13,7 +13,8 @@ msgpack, so a peer can be validated before anything is unpickled.
 Conversation::
 
     worker -> kernel   HELLO (protocol version, worker id, pid, python version, info)
-    kernel -> worker   CALL (call id, kind, payload) ... CANCEL, SHUTDOWN, RESPONSE
+    kernel -> worker   CALL (call id, kind, payload, soft timeout) ... CANCEL, SHUTDOWN,
+                       RESPONSE
     worker -> kernel   RESULT | ERROR (call id, ...), HEARTBEAT, PROGRESS, LOG, REQUEST,
                        GOODBYE
 
@@ -59,6 +60,7 @@ class Call(NamedTuple):
     call_id: int
     kind: int
     payload: bytes
+    soft_timeout: float = 0.0  # seconds after which the worker raises inside the call; 0: none
 
 
 class Result(NamedTuple):
@@ -245,8 +247,8 @@ class Connection:
         """The bytes that carry ``event`` to the peer."""
         return self._frame((_CODES[type(event)], *event))
 
-    def send_call(self, call_id: int, kind: int, payload: bytes) -> bytes:
-        return self._frame((CALL, call_id, kind, payload))
+    def send_call(self, call_id: int, kind: int, payload: bytes, soft_timeout: float = 0.0) -> bytes:
+        return self._frame((CALL, call_id, kind, payload, soft_timeout))
 
     def send_result(self, call_id: int, payload: bytes) -> bytes:
         return self._frame((RESULT, call_id, payload))

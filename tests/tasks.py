@@ -117,3 +117,14 @@ def leak(step_mib: int, steps: int, pause: float) -> int:
         _HOARD.append(bytearray(step_mib << 20))
         time.sleep(pause)
     return os.getpid()
+
+
+def sleep_then_clean_up(seconds: float, marker: str) -> str:
+    from kernel.errors import SoftTimeoutError
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeoutError:
+        touch(marker)
+        return "cleaned up"
+    return "finished"

@@ -447,3 +447,26 @@ async def test_hard_memory_limit_stops_a_leaking_call_naming_rss_and_limit() -> 
 async def test_soft_memory_limit_must_be_below_hard() -> None:
     with pytest.raises(ServiceStartError, match=r"softMemoryLimit \(200\) must be below hardMemoryLimit \(100\)"):
         await Kernel([], settings={"execution-manager": {"softMemoryLimit": 200, "hardMemoryLimit": 100}}).start()
+
+
+async def test_soft_timeout_is_raised_inside_the_call(tmp_path: Path) -> None:
+    from kernel.errors import SoftTimeoutError
+
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        pid = await em.submit(tasks.whoami)
+        marker = tmp_path / "cleaned"
+        t0 = time.perf_counter()
+        assert await em.submit(tasks.sleep_then_clean_up, 5, str(marker), soft_timeout=0.2, timeout=3) == "cleaned up"
+        assert time.perf_counter() - t0 < 1.5 and marker.exists()
+        with pytest.raises(SoftTimeoutError, match=r"ran past its soft timeout of 0\.2 s") as info:
+            await em.submit(tasks.slow, 5, soft_timeout=0.2)
+        assert isinstance(info.value, TimeoutError)
+        assert await em.submit(tasks.whoami) == pid  # the worker survived both
+        assert await em.submit(tasks.slow, 0.3, "ok", soft_timeout=5) == "ok"  # never fires later
+        await asyncio.sleep(0.1)
+        assert await em.submit(tasks.whoami) == pid
+        with pytest.raises(ValueError, match=r"soft_timeout \(5 s\) must be below timeout \(1 s\)"):
+            em.submit(tasks.inc, 1, soft_timeout=5, timeout=1)
+        with pytest.raises(ValueError, match="timeout must be positive, not -1"):
+            em.submit(tasks.inc, 1, timeout=-1)

@@ -21,7 +21,7 @@ def test_round_trip_byte_by_byte() -> None:
     assert events == [p.Hello(1, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
     assert kernel.peer is not None and kernel.peer.worker_id == "w-1"
     call = kernel.send_call(3, p.CALL_FN, b"x") + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
-    assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x"), p.Cancel(3), p.Shutdown(True)]
+    assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x", 0.0), p.Cancel(3), p.Shutdown(True)]
 
 
 def test_partial_frame_is_buffered() -> None:
@@ -41,7 +41,7 @@ def test_every_message_type_round_trips() -> None:
         p.Goodbye("bye"),
     ]
     assert kernel.receive_data(b"".join(worker.send(e) for e in to_kernel)) == to_kernel
-    to_worker = [p.Call(1, p.PIN, b"x"), p.Cancel(1), p.Response(9, True, b"ok"), p.Shutdown(False)]
+    to_worker = [p.Call(1, p.PIN, b"x", 2.5), p.Cancel(1), p.Response(9, True, b"ok"), p.Shutdown(False)]
     assert worker.receive_data(b"".join(kernel.send(e) for e in to_worker)) == to_worker
 
 
@@ -77,7 +77,7 @@ def test_bad_role() -> None:
 
 def test_pending_tells_how_much_of_a_frame_is_missing() -> None:
     conn = p.Connection("worker")
-    frame = p.pack((p.CALL, 1, 0, b"x" * 1000))
+    frame = p.pack((p.CALL, 1, 0, b"x" * 1000, 0.0))
     assert conn.pending() == 0
     conn.receive_data(frame[:10])
     assert conn.pending() == len(frame) - 10

@@ -118,7 +118,7 @@ class LocalWorker(Executor):
         self.inflight[call.id] = call
         if self.state == _S.AVAILABLE:
             self.set_state(_S.RUNNING)
-        self._stream.write(p.pack((p.CALL, call.id, call.kind, call.payload)))
+        self._stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
 
     def cancel(self, call_id: int) -> bool:
         if self._stream is None or self._stream.closed or self._drop(call_id) is None:

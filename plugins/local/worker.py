@@ -18,8 +18,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from kernel import protocol as p
+from kernel.errors import SoftTimeoutError
 from kernel.packages import install_finder
 from kernel.runtime import Runtime
 
@@ -50,6 +52,29 @@ def _watch_kernel(sock: socket.socket, kernel_pid: int) -> None:
     threading.Thread(target=run, name="kernel-watchdog", daemon=True).start()
 
 
+class _SoftTimeout:
+    """Raises SoftTimeoutError in the running call when its SIGALRM comes."""
+
+    armed = False
+    seconds = 0.0
+
+    @classmethod
+    def fire(cls, _signum: int, _frame: object) -> None:
+        if cls.armed:  # never outside the call it was set for
+            cls.armed = False
+            raise SoftTimeoutError(f"the call ran past its soft timeout of {cls.seconds:g} s")
+
+    @classmethod
+    def run(cls, execute: Callable[[int, bytes], tuple[bool, object]], ev: p.Call) -> tuple[bool, object]:
+        cls.seconds, cls.armed = ev.soft_timeout, True
+        signal.setitimer(signal.ITIMER_REAL, ev.soft_timeout)
+        try:
+            return execute(ev.kind, ev.payload)
+        finally:
+            cls.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def serve(sock: socket.socket, worker_id: str) -> None:
     conn = p.Connection("worker")
     runtime = Runtime(worker_id)
@@ -69,7 +94,10 @@ def serve(sock: socket.socket, worker_id: str) -> None:
             if type(ev) is p.Call:
                 if ev.call_id in cancelled:
                     continue
-                ok, reply = execute(ev.kind, ev.payload)
+                if ev.soft_timeout:
+                    ok, reply = _SoftTimeout.run(execute, ev)
+                else:
+                    ok, reply = execute(ev.kind, ev.payload)
                 out.append(pack((p.RESULT, ev.call_id, reply) if ok else (p.ERROR, ev.call_id, *reply)))
                 now = clock()
                 if now - flushed > _BATCH_SECONDS:
@@ -89,6 +117,7 @@ def main() -> None:
     boot = json.loads(os.environ.pop(BOOT_ENV))
     # Ctrl-C in a terminal reaches the whole process group; the kernel decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _SoftTimeout.fire)
     sys.path[:] = boot["sys_path"]
     install_finder(boot["packages"])
     sock = socket.socket(fileno=int(sys.argv[1]))

@@ -170,10 +170,11 @@ class WorkerPool:
 
     def new_call(
         self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = (), priority: int = 5,
-        project: str | None = None,
+        project: str | None = None, soft_timeout: float | None = None,
     ) -> Call:
         loop = asyncio.get_running_loop()
-        return Call(next(self._ids), kind, payload, loop.create_future(), label, args, priority, project)
+        return Call(next(self._ids), kind, payload, loop.create_future(), label, args, priority, project,
+                    soft_timeout or 0.0)
 
     def submit(self, call: Call) -> None:
         """Place ``call`` now, or queue it until a worker frees up or starts."""

@@ -129,7 +129,8 @@ class ExecutionManager(BaseService):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
         project: str | None = None, retries: int = 0, retry_on: tuple[type[BaseException], ...] = (),
-        timeout: float | None = None, deadline: float | None = None, **kwargs: Any,
+        timeout: float | None = None, soft_timeout: float | None = None, deadline: float | None = None,
+        **kwargs: Any,
     ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
@@ -141,8 +142,10 @@ class ExecutionManager(BaseService):
         A call that keeps killing workers is given up after ``maxCallDeaths`` (3).
         ``timeout``: seconds for the whole call; past it the call is stopped (its worker
         ended and replaced, if it was running) and :class:`CallTimeoutError` raised.
-        ``deadline``: seconds the call may wait in the queue; one that has not started
-        by then fails with :class:`CallTimeoutError` and never runs.
+        ``soft_timeout``: seconds after which :class:`SoftTimeoutError` is raised *inside*
+        the running call (local workers), so it can clean up; it must be below
+        ``timeout``. ``deadline``: seconds the call may wait in the queue; one that has
+        not started by then fails with :class:`CallTimeoutError` and never runs.
         ``priority``: 0-10, higher runs first (FIFO within a priority; waiting calls
         age upwards so none starves). ``project``: counts against that project's
         limit (:meth:`set_project_limit`).
@@ -152,20 +155,22 @@ class ExecutionManager(BaseService):
         pool = self._pool
         return CallFuture(
             pool, rebuild, label=label, events=self.events,
-            options=self._options(priority, retries, retry_on, timeout, deadline),
-            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project),
+            options=self._options(priority, retries, retry_on, timeout, deadline, soft_timeout),
+            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project, soft_timeout),
         ).start()
 
     def _options(
         self, priority: int, retries: int, retry_on: tuple[type[BaseException], ...],
-        timeout: float | None, deadline: float | None,
+        timeout: float | None, deadline: float | None, soft_timeout: float | None = None,
     ) -> CallOptions:
         """Validated delivery options (a ValueError names the one at fault)."""
         if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
-        for name, value in (("timeout", timeout), ("deadline", deadline)):
+        for name, value in (("timeout", timeout), ("deadline", deadline), ("soft_timeout", soft_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, not {value!r}")
+        if soft_timeout is not None and timeout is not None and soft_timeout >= timeout:
+            raise ValueError(f"soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s)")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         return CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths)
@@ -234,11 +239,12 @@ class ExecutionManager(BaseService):
         base = {"priority": manifest.priority} if manifest is not None and manifest.priority is not None else None
         opts = options_for(type(instance), method, base)
         priority = opts.get("priority", DEFAULT_PRIORITY)
-        options = self._options(priority, opts.get("retries", 0), (), opts.get("timeout"), opts.get("deadline"))
+        soft = opts.get("soft_timeout")
+        options = self._options(priority, opts.get("retries", 0), (), opts.get("timeout"), opts.get("deadline"), soft)
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
         return CallFuture(
             pool, rebuild, label=label, events=self.events, options=options,
-            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project")),
+            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project"), soft),
         ).start()
 
     # -- instances --------------------------------------------------------------------
