@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         MethodNotFoundError,
         PluginError,
         PoolClosedError,
+        QueueFullError,
         RemoteError,
         SerializationError,
         ServiceAccessError,
@@ -48,7 +49,7 @@ _WHERE = {
         for name in (
             "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
             "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
-            "PoolClosedError", "RemoteError", "SerializationError", "ServiceAccessError",
+            "PoolClosedError", "QueueFullError", "RemoteError", "SerializationError", "ServiceAccessError",
             "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError",
             "WorkerCrashedError", "WorkerStartError",
         )
@@ -70,6 +71,7 @@ __all__ = [
     "MethodNotFoundError",
     "PluginError",
     "PoolClosedError",
+    "QueueFullError",
     "RemoteError",
     "SerializationError",
     "ServiceAccessError",

@@ -23,6 +23,7 @@ executors translate native errors (OSError, EOF, pickling errors...) into them.
         ├── InstanceLostError               a pinned instance's worker died
         ├── CallTimeoutError (TimeoutError) the call ran out of time; it was stopped
         ├── SoftTimeoutError (TimeoutError) raised inside a call at its soft timeout
+        ├── QueueFullError                  maxQueue calls already wait (submit(block=False))
         └── PoolClosedError                 the pool is stopping or stopped
 
 ``retryable`` on an ExecutionError says whether running the same call again elsewhere
@@ -180,6 +181,10 @@ class SoftTimeoutError(ExecutionError, TimeoutError):
     clean up; uncaught, it reaches the caller like any exception of the call."""
 
 
+class QueueFullError(ExecutionError):
+    """``maxQueue`` calls already wait and the call asked not to (``block=False``)."""
+
+
 class PoolClosedError(ExecutionError):
     """The execution manager is stopping or stopped and takes no new calls."""
 
@@ -195,6 +200,7 @@ __all__ = [
     "MethodNotFoundError",
     "PluginError",
     "PoolClosedError",
+    "QueueFullError",
     "RemoteError",
     "SerializationError",
     "ServiceAccessError",

@@ -470,3 +470,33 @@ async def test_soft_timeout_is_raised_inside_the_call(tmp_path: Path) -> None:
             em.submit(tasks.inc, 1, soft_timeout=5, timeout=1)
         with pytest.raises(ValueError, match="timeout must be positive, not -1"):
             em.submit(tasks.inc, 1, timeout=-1)
+
+
+async def test_max_queue_back_pressure() -> None:
+    from kernel.errors import QueueFullError
+
+    async with em_kernel(minWorkers=1, maxWorkers=1, maxQueue=4) as kernel:
+        em = kernel.get_service("execution-manager")
+        pool = em.pool
+        full: list[dict] = []
+        em.subscribe("queue-full", lambda _e, p: full.append(dict(p)))
+        await em.submit(tasks.slow, 0.05)  # one call at a time from now on
+        busy = em.submit(tasks.slow, 0.3)
+        await asyncio.sleep(0.05)
+        queued = [em.submit(tasks.inc, i) for i in range(4)]
+        with pytest.raises(QueueFullError, match=r"inc refused: 4 calls already wait \(maxQueue 4\)"):
+            em.submit(tasks.inc, 99, block=False)
+        assert full and full[0]["queued"] == 4
+        held = em.submit(tasks.inc, 100)  # block=True: held until there is room
+        assert (await em.get_stats()).queued_tasks == 5 and len(pool.held) == 1
+        assert await held == 101 and await asyncio.gather(*queued) == [1, 2, 3, 4]
+        await busy
+        # a producer that waits for room keeps the queue (and memory) bounded
+        most = 0
+        futures = []
+        for i in range(60):
+            await em.room()
+            futures.append(em.submit(tasks.slow, 0.005, i))
+            most = max(most, len(pool.backlog) + len(pool.held))
+        assert most <= 4 and not pool.held
+        assert await asyncio.gather(*futures) == list(range(60))

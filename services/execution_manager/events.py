@@ -14,7 +14,7 @@ log = structlog.get_logger("execution-manager")
 EVENTS = frozenset({
     "task-complete", "task-error",
     "worker-started", "worker-terminated", "worker-error", "worker-retired", "worker-recycled",
-    "task-retried", "scaled-up", "scaled-down",
+    "task-retried", "scaled-up", "scaled-down", "queue-full",
     "instance-assigned", "instance-released", "instance-moved",
     "instance-lost",
 })

@@ -195,7 +195,7 @@ class CallFuture(asyncio.Future[Any]):
 
     def _missed_start(self) -> None:
         """The queue deadline passed: a call still waiting fails without ever running."""
-        if self.done() or self._call is None or not self._pool.backlog.discard(self._call):
+        if self.done() or self._call is None or not self._pool.withdraw(self._call):
             return  # it started (or ended) in time
         self.set_exception(CallTimeoutError(
             f"{self._label} did not start within its deadline of {self._options.deadline:g} s "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -87,6 +88,8 @@ class WorkerPool:
         self._slots: list[WorkerSlot] = []
         self.local: WorkerSlot | None = None
         self.backlog = Backlog(settings.aging_seconds)
+        self.held: deque[Call] = deque()  # calls waiting for room in a full backlog (maxQueue)
+        self._room: deque[asyncio.Future[None]] = deque()  # room() waiters
         self.project_limits: dict[str, int] = dict(settings.project_limits)
         self.project_running: dict[str, int] = {}
         self.starting = 0
@@ -136,7 +139,11 @@ class WorkerPool:
             if s.drain_queue and (self.backlog or any(slot.running for slot in self._slots)):
                 await self._until_idle(s.drain_timeout, hurried)
             self.closed = True
-            for call in self.backlog.pop_all():
+            for waiter in self._room:
+                if not waiter.done():
+                    waiter.set_result(None)
+            held, self.held = list(self.held), deque()
+            for call in [*self.backlog.pop_all(), *held]:
                 if not call.future.done():
                     call.future.set_exception(PoolClosedError(
                         f"{call.describe()} was cancelled before it ran: the execution manager is shutting down"
@@ -182,7 +189,37 @@ class WorkerPool:
             raise PoolClosedError("the execution manager is shutting down and takes no new calls")
         if self.backlog or not self.eligible(call.project) or not self._place(call, 1):
             call.queued_at = time.monotonic()
-            self.backlog.push(call)
+            if self.full:
+                self.held.append(call)  # admitted, in order, as room frees
+            else:
+                self.backlog.push(call)
+
+    @property
+    def full(self) -> bool:
+        """Whether ``maxQueue`` calls wait already (or are held waiting for room)."""
+        most = self.settings.max_queue
+        return most is not None and (len(self.backlog) >= most or bool(self.held))
+
+    async def room(self) -> None:
+        """Return once the backlog has room for another call (at once if it has)."""
+        while self.full and not self.stopping:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
+            await waiter
+
+    def _admit(self) -> None:
+        """Room freed: admit held calls, then wake room() waiters."""
+        most = self.settings.max_queue
+        if most is None:
+            return
+        while self.held and len(self.backlog) < most:
+            call = self.held.popleft()
+            if not call.future.done():
+                self.backlog.push(call)
+        while self._room and not self.full:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def eligible(self, project: str | None) -> bool:
         """Whether a call of ``project`` may start now (its limit not reached)."""
@@ -266,9 +303,19 @@ class WorkerPool:
         if self.backlog:
             self._drain(slot if slot is not self.local else None)
 
+    def withdraw(self, call: Call) -> bool:
+        """Take ``call`` out of the queue (or the held calls); False if it is not there."""
+        if self.backlog.discard(call):
+            self._admit()
+            return True
+        if call in self.held:
+            self.held.remove(call)
+            return True
+        return False
+
     def _unqueue_or_find(self, call: Call) -> WorkerSlot | None:
         """Drop ``call`` from the queue (None), or the slot whose executor holds it."""
-        if self.backlog.discard(call):
+        if self.withdraw(call):
             return None
         slots = [*self._slots, self.local] if self.local else self._slots
         return next((s for s in slots if call.id in s.executor.inflight), None)
@@ -303,7 +350,7 @@ class WorkerPool:
         while backlog and not self.closed:
             call = backlog.peek(now, self.eligible)
             if call is None:
-                return  # every waiting call's project is at its limit
+                break  # every waiting call's project is at its limit
             if call.future.done():
                 backlog.discard(call)
                 continue
@@ -312,8 +359,10 @@ class WorkerPool:
                 self._dispatch(freed, call)
                 continue
             if not self._place(call, len(backlog)):
-                return
+                break
             backlog.discard(call)
+        if self.held or self._room:
+            self._admit()
 
     # -- workers ----------------------------------------------------------------------
 

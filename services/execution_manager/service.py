@@ -16,7 +16,7 @@ import structlog
 
 from kernel import protocol as p
 from kernel.decorator import options_for
-from kernel.errors import ExecutionError, PluginError, RemoteError
+from kernel.errors import ExecutionError, PluginError, QueueFullError, RemoteError
 from kernel.executor import Call
 from kernel.plugins import executor_types
 from kernel.runtime import ErrorInfo, run_chunk
@@ -130,7 +130,7 @@ class ExecutionManager(BaseService):
         self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
         project: str | None = None, retries: int = 0, retry_on: tuple[type[BaseException], ...] = (),
         timeout: float | None = None, soft_timeout: float | None = None, deadline: float | None = None,
-        **kwargs: Any,
+        block: bool = True, **kwargs: Any,
     ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
@@ -148,11 +148,20 @@ class ExecutionManager(BaseService):
         not started by then fails with :class:`CallTimeoutError` and never runs.
         ``priority``: 0-10, higher runs first (FIFO within a priority; waiting calls
         age upwards so none starves). ``project``: counts against that project's
-        limit (:meth:`set_project_limit`).
+        limit (:meth:`set_project_limit`). ``block``: when ``maxQueue`` calls already
+        wait, False raises :class:`QueueFullError` at once; True (the default) holds the
+        call until there is room. For flat memory, ``await em.room()`` before submitting.
         """
         label = _label(fn)
-        payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         pool = self._pool
+        if pool.full:
+            self.events.emit("queue-full", queued=len(pool.backlog), held=len(pool.held), call=label)
+            if not block:
+                raise QueueFullError(
+                    f"{label} refused: {len(pool.backlog)} calls already wait (maxQueue "
+                    f"{pool.settings.max_queue}); await em.room() or submit with block=True"
+                )
+        payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         return CallFuture(
             pool, rebuild, label=label, events=self.events,
             options=self._options(priority, retries, retry_on, timeout, deadline, soft_timeout),
@@ -174,6 +183,10 @@ class ExecutionManager(BaseService):
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {retries!r}")
         return CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths)
+
+    async def room(self) -> None:
+        """Wait until the queue has room (``maxQueue``): a producer's back-pressure point."""
+        await self._pool.room()
 
     def set_project_limit(self, project: str, limit: int | None) -> None:
         """At most ``limit`` calls of ``project`` run at once (None: no limit). Calls
@@ -295,7 +308,7 @@ class ExecutionManager(BaseService):
             workers=len(details), min_workers=pool.settings.min_workers,
             max_workers=pool.settings.max_workers, starting=pool.starting,
             system_load=self._load, active_tasks=sum(d.running for d in details),
-            queued_tasks=len(pool.backlog), local_tasks=pool.local.running if pool.local else 0,
+            queued_tasks=len(pool.backlog) + len(pool.held), local_tasks=pool.local.running if pool.local else 0,
             queued_by_priority=pool.backlog.by_priority(),
             projects={
                 name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),

@@ -44,6 +44,7 @@ class Settings(BaseModel):
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
     drain_timeout: float = Field(10.0, gt=0, description="seconds running calls get to finish at stop")
     drain_queue: bool = Field(False, description="at stop, run the queued calls first (else cancel them)")
+    max_queue: int | None = Field(None, ge=1, description="calls that may wait; past it submit waits or fails")
     aging_seconds: float = Field(
         10.0, ge=0, description="a waiting call gains one priority level per this many seconds (0: no aging)"
     )
