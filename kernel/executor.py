@@ -238,7 +238,8 @@ class Executor(ABC):
 
     def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException]) -> None:
         """Fail every call held; ``exc_factory(call, started)``. Calls run one at a time
-        in submission order, so only the oldest can have started."""
+        in submission order, so only the oldest can have started. Call it only once the
+        executor no longer accepts calls (``on_finish`` may place new ones)."""
         calls = list(self.inflight.values())
         self.inflight.clear()
         for index, call in enumerate(calls):

@@ -128,3 +128,11 @@ def sleep_then_clean_up(seconds: float, marker: str) -> str:
         touch(marker)
         return "cleaned up"
     return "finished"
+
+
+def announce_then_wait(path: str, seconds: float) -> None:
+    """Writes its pid to ``path`` (the test's signal that it runs), then waits."""
+    with open(path + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -500,3 +501,37 @@ async def test_max_queue_back_pressure() -> None:
             most = max(most, len(pool.backlog) + len(pool.held))
         assert most <= 4 and not pool.held
         assert await asyncio.gather(*futures) == list(range(60))
+
+
+async def test_sigkill_from_outside_while_the_call_runs(tmp_path: Path) -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        flag = tmp_path / "running"
+        victim = em.submit(tasks.announce_then_wait, str(flag), 30)
+        for _ in range(200):
+            if flag.exists():
+                break
+            await asyncio.sleep(0.01)
+        pid = int(flag.read_text())
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError, match=rf"\(pid {pid}\) killed by signal SIGKILL while running announce_then_wait"):
+            await victim
+        assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_calls_that_kill_workers_concurrently_lose_nothing() -> None:
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        killers = [em.submit(f) for f in (tasks.crash, tasks.sigkill_self, tasks.segfault) * 2]
+        normal = [em.submit(tasks.slow, 0.01, i) for i in range(12)]
+        async with asyncio.timeout(60):
+            killed = await asyncio.gather(*killers, return_exceptions=True)
+            results = await asyncio.gather(*normal)
+        assert all(isinstance(k, WorkerCrashedError) for k in killed)
+        assert results == list(range(12))  # none lost: those held behind a crash ran elsewhere
+        assert await em.submit(tasks.inc, 1) == 2
+        for _ in range(100):
+            if (await em.get_stats()).workers == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await em.get_stats()).workers == 2

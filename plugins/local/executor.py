@@ -113,7 +113,7 @@ class LocalWorker(Executor):
     # -- calls ------------------------------------------------------------------------
 
     def submit(self, call: Call) -> None:
-        if self.state not in (_S.AVAILABLE, _S.RUNNING) or self._stream is None:
+        if self.state not in (_S.AVAILABLE, _S.RUNNING) or self._stream is None or self._stream.closed:
             raise PoolClosedError(f"worker {self.id} is {self.state.value} and takes no calls")
         self.inflight[call.id] = call
         if self.state == _S.AVAILABLE:
@@ -190,9 +190,11 @@ class LocalWorker(Executor):
                 exitcode=self.returncode, call=c.describe(), started=started,
             )
 
-        self._fail_all(crashed)
+        # Leave the accepting states first: failing a call lets the pool place queued
+        # calls, and none may land on this dead worker.
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
+        self._fail_all(crashed)
         assert self._exited is not None
         if not self._exited.done():
             self._exited.set_result(None)
