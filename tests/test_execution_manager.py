@@ -166,22 +166,24 @@ async def test_runs_locally_when_the_machine_is_idle() -> None:
 
 
 async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
-    custom = {"minWorkers": 1, "maxWorkers": 2, "monitorInterval": 0.2, "sampleInterval": 0.1,
+    custom = {"minWorkers": 1, "maxWorkers": 2, "monitorInterval": 0.2, "sampleInterval": 0.1, "scaleCooldown": 0.5,
               "runLocally": False}
     async with Kernel([], settings={"execution-manager": custom}) as kernel:
         em = kernel.get_service("execution-manager")
         events: list[str] = []
-        em.subscribe("*", lambda e, _p: events.append(e))
+        when: dict[str, float] = {}
+        em.subscribe("*", lambda e, _p: (events.append(e), when.setdefault(e, time.monotonic())))
         assert (await em.get_stats()).workers == 1
         pids = set(await asyncio.gather(*(em.submit(tasks.slow, 0.2, None) for _ in range(8))))
         assert pids == {None}
-        assert "worker-started" in events
+        assert "worker-started" in events and "scaled-up" in events
         for _ in range(60):
             if (await em.get_stats()).workers == 1:
                 break
             await asyncio.sleep(0.1)
         stats = await em.get_stats()
         assert stats.workers == 1 and "scaled-down" in events
+        assert when["scaled-down"] - when["scaled-up"] >= 0.5  # not within the cooldown
         assert "below" in stats.last_scaling
 
 

@@ -113,3 +113,21 @@ def test_pin_target() -> None:
 )
 def test_pick_next(heads, now, aging, expected) -> None:
     assert pick_next(heads, now, aging) == expected
+
+
+def test_cooldown_after_a_scale_up_keeps_idle_workers() -> None:
+    limits = L._replace(cooldown=10.0)
+    idle = [W("a", idle_since=0.0), W("b", idle_since=0.0)]
+    kwargs = {"starting": 0, "queued": 0, "memory_percent": 10.0}
+    assert plan_scaling(idle, limits, now=15.0, last_scale_up=8.0, **kwargs).retire == ()
+    assert plan_scaling(idle, limits, now=19.0, last_scale_up=8.0, **kwargs).retire == ("a",)
+    assert plan_scaling(idle, limits, now=15.0, last_scale_up=None, **kwargs).retire == ("a",)
+    # minWorkers is kept whatever the cooldown
+    assert plan_scaling([], limits, now=15.0, last_scale_up=14.0, **kwargs).start == 1
+
+
+def test_no_flapping_between_the_thresholds() -> None:
+    # load 50%: between scaleDownThreshold (30%) and scaleUpThreshold (80%): nothing moves
+    workers = [W("a", running=1), W("b", idle_since=0.0)]
+    plan = plan_scaling(workers, L, starting=0, queued=5, memory_percent=10.0, now=100.0)
+    assert plan == ScalePlan(0, (), "steady")

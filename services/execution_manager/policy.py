@@ -52,6 +52,7 @@ class Limits(NamedTuple):
     scale_down_threshold: float = 0.3
     memory_limit: float = 0.9
     idle_timeout: float = 0.0
+    cooldown: float = 0.0  # seconds after a scale-up during which no worker retires
 
 
 class Placement(NamedTuple):
@@ -136,14 +137,17 @@ def plan_scaling(
     queued: int,
     memory_percent: float,
     now: float,
+    last_scale_up: float | None = None,
 ) -> ScalePlan:
     """What the monitor does this tick: start workers, retire idle ones, or nothing.
 
     Pool load is the share of live workers with calls in flight. Above
     ``scale_up_threshold`` with calls waiting, one worker is added (not when memory use
     is above ``memory_limit``); below ``scale_down_threshold``, one idle worker
-    (idle for ``idle_timeout`` s, fewest pinned instances first) retires. Never below
-    ``min_workers`` or above ``max_workers``; never a busy worker.
+    (idle for ``idle_timeout`` s, fewest pinned instances first) retires, but not within
+    ``cooldown`` s of the last scale-up. The gap between the thresholds and the cooldown
+    keep it from flapping. Never below ``min_workers`` or above ``max_workers``; never a
+    busy worker.
     """
     live = [w for w in workers if w.available]
     count = len(live) + starting
@@ -154,7 +158,8 @@ def plan_scaling(
         if memory_percent >= limits.memory_limit * 100:
             return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up")
         return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued")
-    if load < limits.scale_down_threshold and count > limits.min_workers and not queued:
+    cooling = last_scale_up is not None and now - last_scale_up < limits.cooldown
+    if load < limits.scale_down_threshold and count > limits.min_workers and not queued and not cooling:
         idle = [
             w for w in live
             if not w.running and w.idle_since is not None and now - w.idle_since >= limits.idle_timeout

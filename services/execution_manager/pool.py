@@ -78,8 +78,9 @@ class WorkerPool:
         self.limits = Limits(
             settings.min_workers, settings.max_workers, settings.run_locally and local_factory is not None,
             settings.local_threshold, settings.scale_up_threshold, settings.scale_down_threshold,
-            settings.memory_limit, settings.idle_timeout,
+            settings.memory_limit, settings.idle_timeout, settings.scale_cooldown,
         )
+        self.last_scale_up: float | None = None
         self._factory = factory
         self._local_factory = local_factory
         self.events = events
@@ -259,6 +260,9 @@ class WorkerPool:
             return True
         if action == "start":
             self._spawn()
+            self.last_scale_up = time.monotonic()
+            self.last_scaling = "all workers busy: started one"
+            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
         return False
 
     def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
@@ -483,7 +487,7 @@ class WorkerPool:
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
             self._slots, self.limits, starting=self.starting, queued=len(self.backlog),
-            memory_percent=self.memory_percent, now=now,
+            memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
         )
         if plan.start or plan.retire:
             self.last_scaling = plan.reason
@@ -491,6 +495,7 @@ class WorkerPool:
         for _ in range(plan.start):
             self._spawn()
         if plan.start:
+            self.last_scale_up = now
             self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
         for wid in plan.retire:
             task = asyncio.get_running_loop().create_task(self.retire(wid, plan.reason))

@@ -33,6 +33,7 @@ class Settings(BaseModel):
     scale_down_threshold: float = Field(0.3, ge=0, le=1)
     memory_limit: float = Field(0.9, gt=0, le=1, description="no scale-up above this memory use")
     monitor_interval: float = Field(5.0, gt=0, description="seconds between scaling decisions")
+    scale_cooldown: float = Field(10.0, ge=0, description="seconds after a scale-up before any worker retires")
     sample_interval: float = Field(1.0, gt=0, description="seconds between psutil samples")
     idle_timeout: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
     max_tasks_per_worker: int | None = Field(None, ge=1, description="replace a worker after this many calls")
