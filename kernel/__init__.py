@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         ServiceNotFoundError,
         ServiceStartError,
         SoftTimeoutError,
+        UnsatisfiableError,
         WorkerCrashedError,
         WorkerStartError,
     )
@@ -50,7 +51,7 @@ _WHERE = {
             "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
             "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
             "PoolClosedError", "QueueFullError", "RemoteError", "SerializationError", "ServiceAccessError",
-            "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError",
+            "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError", "UnsatisfiableError",
             "WorkerCrashedError", "WorkerStartError",
         )
     },
@@ -80,6 +81,7 @@ __all__ = [
     "ServiceStartError",
     "ServiceState",
     "SoftTimeoutError",
+    "UnsatisfiableError",
     "WorkerCrashedError",
     "WorkerStartError",
     "WorkerState",

@@ -37,7 +37,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 inline: contextvars.ContextVar[bool] = contextvars.ContextVar("kernel_inline", default=False)
 
 _SKIP = frozenset({"start", "stop", "get_service"})
-OPTION_NAMES = frozenset({"priority", "timeout", "soft_timeout", "retries", "deadline", "project"})
+OPTION_NAMES = frozenset({"priority", "timeout", "soft_timeout", "retries", "deadline", "project", "resources"})
 
 # Per-call overrides set by ``with call_options(...)``.
 _overrides: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(

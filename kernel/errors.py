@@ -24,6 +24,7 @@ executors translate native errors (OSError, EOF, pickling errors...) into them.
         ├── CallTimeoutError (TimeoutError) the call ran out of time; it was stopped
         ├── SoftTimeoutError (TimeoutError) raised inside a call at its soft timeout
         ├── QueueFullError                  maxQueue calls already wait (submit(block=False))
+        ├── UnsatisfiableError (ValueError) no worker could ever offer what a call asks
         └── PoolClosedError                 the pool is stopping or stopped
 
 ``retryable`` on an ExecutionError says whether running the same call again elsewhere
@@ -185,6 +186,10 @@ class QueueFullError(ExecutionError):
     """``maxQueue`` calls already wait and the call asked not to (``block=False``)."""
 
 
+class UnsatisfiableError(ExecutionError, ValueError):
+    """A call asks for resources no worker there is, or could be started, offers."""
+
+
 class PoolClosedError(ExecutionError):
     """The execution manager is stopping or stopped and takes no new calls."""
 
@@ -208,6 +213,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceStartError",
     "SoftTimeoutError",
+    "UnsatisfiableError",
     "WorkerCrashedError",
     "WorkerStartError",
 ]

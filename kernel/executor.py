@@ -18,7 +18,7 @@ import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ExecutionError
@@ -65,12 +65,13 @@ class Call:
     """
 
     __slots__ = ("args", "future", "id", "kind", "label", "payload", "priority", "project",
-                 "queued_at", "soft_timeout", "started", "worker_id")
+                 "queued_at", "resources", "soft_timeout", "started", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
         label: str = "call", args: tuple[Any, ...] = (), priority: int = 5,
         project: str | None = None, soft_timeout: float = 0.0,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         self.id = id
         self.kind = kind
@@ -81,6 +82,7 @@ class Call:
         self.priority = priority  # 0..10, higher first
         self.project = project
         self.soft_timeout = soft_timeout  # seconds; raised inside the call where the executor can
+        self.resources = resources  # what it needs of a worker (None: anything)
         self.queued_at = 0.0
         self.started = 0.0
         self.worker_id: str | None = None  # set by the pool when it hands the call out
@@ -101,6 +103,7 @@ class ExecutorInfo:
     address: str | None = None
     slots: int = 1
     exit_reason: str | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)  # what a call may ask of it
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]
@@ -180,6 +183,12 @@ class Executor(ABC):
         ``WorkerCrashedError(started=False)`` so they can run elsewhere. The default
         only drops calls that have not started."""
         return self.cancel(call_id)
+
+    @classmethod
+    def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float] | None:
+        """The resources a new executor made with ``options`` would offer, or None if
+        it cannot be known before it starts (then no request is refused up front)."""
+        return None
 
     @abstractmethod
     def info(self) -> ExecutorInfo:

@@ -43,7 +43,9 @@ class LocalWorker(Executor):
 
     Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the
     interpreter to run workers with, default: the kernel's); ``killGrace`` (seconds
-    between SIGTERM and SIGKILL when a running call is aborted, default 1).
+    between SIGTERM and SIGKILL when a running call is aborted, default 1); ``labels``
+    (extra resources every worker offers, e.g. ``{"gpu": 1}``). A worker offers one CPU
+    and the machine's memory.
     """
 
     node_type = "local"
@@ -59,9 +61,16 @@ class LocalWorker(Executor):
         self._stopping = False
         self._exit_reason: str | None = None
         self._abort_note: str | None = None
+        self._offer = self.offers(self.options)
+
+    @classmethod
+    def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float]:
+        import psutil  # kernel side only; workers never import this module
+
+        return {"cpu": 1.0, "memory": float(psutil.virtual_memory().total), **options.get("labels", {})}
 
     def info(self) -> ExecutorInfo:
-        return ExecutorInfo(pid=self.pid, slots=1, exit_reason=self._exit_reason)
+        return ExecutorInfo(pid=self.pid, slots=1, exit_reason=self._exit_reason, resources=self._offer)
 
     # -- start ------------------------------------------------------------------------
 

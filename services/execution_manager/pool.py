@@ -16,12 +16,13 @@ from typing import Any
 
 import structlog
 
-from kernel.errors import PoolClosedError, WorkerStartError
+from kernel.errors import PoolClosedError, UnsatisfiableError, WorkerStartError
 from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 
 from .backlog import Backlog
 from .events import EventBus
 from .policy import Limits, ScalePlan, inflight_limit, pin_target, place, plan_scaling
+from .resources import fits, place_with, unsatisfiable
 from .settings import Settings
 
 log = structlog.get_logger("execution-manager")
@@ -32,7 +33,7 @@ class WorkerSlot:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
     __slots__ = ("cpu_percent", "executor", "id", "idle_since", "last_done", "limit", "mean",
-                 "pins", "retiring", "rss")
+                 "pins", "resources", "retiring", "rss")
     id: str
 
     def __init__(self, executor: Executor, limit: int | None = None) -> None:
@@ -46,6 +47,7 @@ class WorkerSlot:
         self.idle_since: float | None = time.monotonic()
         self.pins: set[str] = set()
         self.retiring = False
+        self.resources = executor.info().resources
 
     @property
     def available(self) -> bool:
@@ -89,6 +91,9 @@ class WorkerPool:
         self._slots: list[WorkerSlot] = []
         self.local: WorkerSlot | None = None
         self.backlog = Backlog(settings.aging_seconds)
+        offers = getattr(factory, "offers", None)
+        self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
+        self.placements: deque[dict[str, Any]] = deque(maxlen=20)  # the last resource-aware choices
         self.held: deque[Call] = deque()  # calls waiting for room in a full backlog (maxQueue)
         self._room: deque[asyncio.Future[None]] = deque()  # room() waiters
         self.project_limits: dict[str, int] = dict(settings.project_limits)
@@ -179,10 +184,11 @@ class WorkerPool:
     def new_call(
         self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = (), priority: int = 5,
         project: str | None = None, soft_timeout: float | None = None,
+        resources: Mapping[str, float] | None = None,
     ) -> Call:
         loop = asyncio.get_running_loop()
         return Call(next(self._ids), kind, payload, loop.create_future(), label, args, priority, project,
-                    soft_timeout or 0.0)
+                    soft_timeout or 0.0, resources)
 
     def submit(self, call: Call) -> None:
         """Place ``call`` now, or queue it until a worker frees up or starts."""
@@ -244,7 +250,33 @@ class WorkerPool:
             raise PoolClosedError(f"worker {worker_id} is gone")
         self._dispatch(slot, call)
 
+    def check_resources(self, request: Mapping[str, float], label: str) -> None:
+        """Refuse at once a request no worker could ever satisfy."""
+        offers = [s.resources for s in self._slots]
+        if unsatisfiable(offers, self.new_offer, request):
+            offered = self.new_offer if not offers else offers[0]
+            raise UnsatisfiableError(
+                f"{label} asks for {dict(request)}, which no {self.settings.node_type} worker can "
+                f"ever offer (they offer {dict(offered or {})}; add labels through executorOptions)"
+            )
+
+    def _place_resources(self, call: Call, request: Mapping[str, float], waiting: int) -> bool:
+        room = self._live() < self.limits.max_workers and self.starting < waiting
+        decision, scores = place_with(
+            self._slots, {s.id: s.resources for s in self._slots}, request,
+            can_start=room, new_offer=self.new_offer,
+        )
+        if decision.action == "worker":
+            self.placements.append({"call": call.describe(), "worker": decision.worker_id, "scores": scores})
+            self._dispatch(self.workers[decision.worker_id], call)  # type: ignore[index]
+            return True
+        if decision.action == "start":
+            self._spawn()
+        return False
+
     def _place(self, call: Call, waiting: int) -> bool:
+        if call.resources:
+            return self._place_resources(call, call.resources, waiting)
         local = self.local
         decision = place(
             self._slots, self.limits, cpu_percent=self.cpu_percent,
@@ -358,7 +390,8 @@ class WorkerPool:
             if call.future.done():
                 backlog.discard(call)
                 continue
-            if freed is not None and freed.available and freed.running < freed.limit:
+            if (freed is not None and freed.available and freed.running < freed.limit
+                    and (not call.resources or fits(freed.resources, call.resources))):
                 backlog.discard(call)
                 self._dispatch(freed, call)
                 continue

@@ -130,7 +130,7 @@ class ExecutionManager(BaseService):
         self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
         project: str | None = None, retries: int = 0, retry_on: tuple[type[BaseException], ...] = (),
         timeout: float | None = None, soft_timeout: float | None = None, deadline: float | None = None,
-        block: bool = True, **kwargs: Any,
+        resources: Mapping[str, float] | None = None, block: bool = True, **kwargs: Any,
     ) -> CallFuture:
         """Run ``fn(*args, **kwargs)`` on the pool; await the returned future for its result.
 
@@ -148,12 +148,17 @@ class ExecutionManager(BaseService):
         not started by then fails with :class:`CallTimeoutError` and never runs.
         ``priority``: 0-10, higher runs first (FIFO within a priority; waiting calls
         age upwards so none starves). ``project``: counts against that project's
-        limit (:meth:`set_project_limit`). ``block``: when ``maxQueue`` calls already
+        limit (:meth:`set_project_limit`). ``resources``: what the call needs of a
+        worker (``{"cpu": 1, "memory": 2e9, "gpu": 1}``); a request no worker could
+        ever satisfy raises :class:`UnsatisfiableError` at once. ``block``: when ``maxQueue`` calls already
         wait, False raises :class:`QueueFullError` at once; True (the default) holds the
         call until there is room. For flat memory, ``await em.room()`` before submitting.
         """
         label = _label(fn)
         pool = self._pool
+        if resources:
+            resources = _checked_resources(resources)
+            pool.check_resources(resources, label)
         if pool.full:
             self.events.emit("queue-full", queued=len(pool.backlog), held=len(pool.held), call=label)
             if not block:
@@ -165,7 +170,8 @@ class ExecutionManager(BaseService):
         return CallFuture(
             pool, rebuild, label=label, events=self.events,
             options=self._options(priority, retries, retry_on, timeout, deadline, soft_timeout),
-            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project, soft_timeout),
+            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project, soft_timeout,
+                              resources or None),
         ).start()
 
     def _options(
@@ -253,11 +259,16 @@ class ExecutionManager(BaseService):
         opts = options_for(type(instance), method, base)
         priority = opts.get("priority", DEFAULT_PRIORITY)
         soft = opts.get("soft_timeout")
+        resources = opts.get("resources")
+        if resources:
+            resources = _checked_resources(resources)
+            pool.check_resources(resources, label)
         options = self._options(priority, opts.get("retries", 0), (), opts.get("timeout"), opts.get("deadline"), soft)
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
         return CallFuture(
             pool, rebuild, label=label, events=self.events, options=options,
-            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project"), soft),
+            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project"),
+                              soft, resources or None),
         ).start()
 
     # -- instances --------------------------------------------------------------------
@@ -317,6 +328,7 @@ class ExecutionManager(BaseService):
             },
             tasks_done=pool.done, tasks_failed=pool.failed,
             pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
+            recent_placements=list(pool.placements),
             worker_details=details,
         )
 
@@ -350,6 +362,15 @@ class ExecutionManager(BaseService):
             if now >= next_scale:
                 next_scale = now + s.monitor_interval
                 pool.autoscale(now)
+
+
+def _checked_resources(resources: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, amount in dict(resources).items():
+        if not isinstance(name, str) or not isinstance(amount, int | float) or amount < 0:
+            raise ValueError(f"resources maps names to amounts >= 0; got {name!r}: {amount!r}")
+        out[name] = float(amount)
+    return out
 
 
 def _over(rss: int, limit: int | None) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 
@@ -46,4 +48,5 @@ class Stats(BaseModel):
     tasks_failed: int
     pinned_instances: int
     last_scaling: str
+    recent_placements: list[dict[str, Any]]  # resource-aware choices: call, worker, every candidate's score
     worker_details: list[WorkerStats]
