@@ -21,7 +21,8 @@ from kernel.executor import Call
 from kernel.serialization import dumps, dumps_call
 
 from .events import EventBus
-from .pool import WorkerPool, WorkerSlot
+from .pool import WorkerPool
+from .workers import WorkerSlot
 
 log = structlog.get_logger("execution-manager")
 

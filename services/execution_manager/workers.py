@@ -1,0 +1,233 @@
+"""Workers of the pool: their slots, and their lifecycle (start, replace, recycle,
+retire, autoscale). :class:`WorkerLifecycle` is the base of
+:class:`~.pool.WorkerPool`, which owns the calls and the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
+
+import structlog
+
+from kernel.errors import WorkerStartError
+from kernel.executor import Executor, ExecutorFactory, WorkerState
+
+from .backlog import Backlog
+from .events import EventBus
+from .policy import Limits, ScalePlan, inflight_limit, pin_target, plan_scaling
+from .settings import Settings
+
+log = structlog.get_logger("execution-manager")
+_CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
+
+
+class WorkerSlot:
+    """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
+
+    __slots__ = ("cpu_percent", "executor", "id", "idle_since", "last_done", "limit", "mean",
+                 "pins", "resources", "retiring", "rss")
+    id: str
+
+    def __init__(self, executor: Executor, limit: int | None = None) -> None:
+        self.executor = executor
+        self.id = executor.id
+        self.limit = limit or inflight_limit(None)
+        self.mean: float | None = None
+        self.last_done = 0.0
+        self.cpu_percent = 0.0
+        self.rss = 0
+        self.idle_since: float | None = time.monotonic()
+        self.pins: set[str] = set()
+        self.retiring = False
+        self.resources = executor.info().resources
+
+    @property
+    def available(self) -> bool:
+        return self.executor.is_available and not self.retiring
+
+    @property
+    def running(self) -> int:
+        return len(self.executor.inflight)
+
+    @property
+    def pinned(self) -> int:
+        return len(self.pins)
+
+    def __repr__(self) -> str:
+        return f"<WorkerSlot {self.executor!r} limit={self.limit} pins={len(self.pins)}>"
+
+
+
+class WorkerLifecycle:
+    """Starting, replacing, recycling and retiring the pool's workers."""
+
+    # Shared with WorkerPool, which sets them up.
+    settings: Settings
+    limits: Limits
+    options: Mapping[str, Any]
+    events: EventBus
+    backlog: Backlog
+    workers: dict[str, WorkerSlot]
+    _slots: list[WorkerSlot]
+    _factory: ExecutorFactory
+    _seq: itertools.count[int]
+    _tasks: set[asyncio.Task[Any]]
+    starting: int
+    closed: bool
+    memory_percent: float
+    last_scaling: str
+    last_scale_up: float | None
+    on_worker_lost: Callable[[WorkerSlot], None] | None
+    on_retire: Callable[[WorkerSlot], Awaitable[None]] | None
+
+    def _drain(self, freed: WorkerSlot | None = None) -> None:
+        raise NotImplementedError
+
+    def _finished(self, slot: WorkerSlot, call: Any, ok: bool | None) -> None:
+        raise NotImplementedError
+
+    def _cap(self, slot: WorkerSlot, limit: int) -> int:
+        raise NotImplementedError
+
+    def _spawn(self) -> None:
+        self.starting += 1
+        task = asyncio.get_running_loop().create_task(self._start_worker(counted=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_worker(self, counted: bool = False) -> WorkerSlot | None:
+        if not counted:
+            self.starting += 1
+        wid = f"{self.settings.node_type}-{next(self._seq)}"
+        try:
+            executor = self._factory(wid, self.options)
+            executor.listeners.append(self._on_state)
+            await executor.start()
+        except Exception as exc:
+            self.starting -= 1
+            log.error("worker failed to start", worker_id=wid, error=str(exc))
+            self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
+            if not self._slots and not self.starting:
+                self._fail_queue(WorkerStartError(f"no worker could be started: {exc}"))
+            return None
+        self.starting -= 1
+        if self.closed:
+            await executor.stop(drain=False)
+            return None
+        slot = WorkerSlot(executor)
+        slot.limit = self._cap(slot, slot.limit)
+        executor.on_finish = partial(self._finished, slot)
+        self.workers[wid] = slot
+        self._slots.append(slot)
+        info = executor.info()
+        log.debug("worker started", worker_id=wid, pid=info.pid)
+        self.events.emit("worker-started", worker_id=wid, node_type=self.settings.node_type, pid=info.pid)
+        self._drain()
+        return slot
+
+    def _fail_queue(self, exc: Exception) -> None:
+        for call in self.backlog.pop_all():
+            if not call.future.done():
+                call.future.set_exception(exc)
+
+    def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
+        if new not in _CLOSED:
+            return
+        slot = self.workers.pop(executor.id, None)
+        if slot is None:
+            return
+        self._slots.remove(slot)
+        reason = executor.info().exit_reason or new.value
+        expected = new == WorkerState.TERMINATED
+        self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
+        if new == WorkerState.FAILED:
+            log.warning("worker died", worker_id=executor.id, reason=reason)
+            self.events.emit("worker-error", worker_id=executor.id, reason=reason)
+            if self.on_worker_lost is not None:
+                self.on_worker_lost(slot)
+        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
+            self._spawn()
+
+    async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
+        """A worker to pin an instance on; with ``start``, one is started if there is
+        none and room (waiting up to ``startTimeout``)."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        while not self.closed:
+            wid = pin_target(self._slots, exclude)
+            if wid is not None:
+                return self.workers[wid]
+            if not start:
+                return None
+            others = sum(1 for s in self._slots if s.id != exclude)
+            if others + self.starting < self.settings.max_workers and not self.starting:
+                slot = await self._start_worker()
+                if slot is not None:
+                    return slot
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return None
+
+    def recycle(self, slot: WorkerSlot, reason: str) -> None:
+        """Replace ``slot`` between calls: it takes no new call, finishes what it holds
+        and leaves; a replacement starts at once when one is needed."""
+        if slot.retiring or slot.executor.is_closed:
+            return
+        slot.retiring = True
+        log.info("recycling worker", worker_id=slot.id, reason=reason)
+        self.events.emit("worker-recycled", worker_id=slot.id, reason=reason)
+        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
+            self._spawn()
+        task = asyncio.get_running_loop().create_task(self._leave(slot, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _live(self) -> int:
+        """Workers that stay (not leaving) plus those starting."""
+        return sum(1 for s in self._slots if not s.retiring) + self.starting
+
+    async def _leave(self, slot: WorkerSlot, reason: str) -> None:
+        if self.on_retire is not None and slot.pins:
+            await self.on_retire(slot)
+        await slot.executor.stop(drain=True, timeout=self.settings.drain_timeout)
+        self.events.emit("worker-retired", worker_id=slot.id, reason=reason)
+
+    async def retire(self, worker_id: str, reason: str = "retired") -> None:
+        """Move the worker's pinned instances away, then drain and stop it."""
+        slot = self.workers.get(worker_id)
+        if slot is None:
+            known = ", ".join(self.workers) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        if slot.retiring:
+            return
+        slot.retiring = True
+        await self._leave(slot, reason)
+
+    def autoscale(self, now: float) -> ScalePlan:
+        plan = plan_scaling(
+            self._slots, self.limits, starting=self.starting, queued=len(self.backlog),
+            memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
+        )
+        if plan.start or plan.retire:
+            self.last_scaling = plan.reason
+            log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
+        for _ in range(plan.start):
+            self._spawn()
+        if plan.start:
+            self.last_scale_up = now
+            self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
+        for wid in plan.retire:
+            task = asyncio.get_running_loop().create_task(self.retire(wid, plan.reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
+        return plan
+
+    @property
+    def slots(self) -> list[WorkerSlot]:
+        return list(self._slots)
