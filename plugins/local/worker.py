@@ -75,6 +75,17 @@ class _SoftTimeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _read_ready(sock: socket.socket, conn: p.Connection) -> list[p.Event]:
+    """The events already waiting on the socket, without blocking."""
+    try:
+        data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return []
+    if not data:
+        return []  # the end of the stream is seen by the next blocking read
+    return conn.receive_data(data)
+
+
 def serve(sock: socket.socket, worker_id: str) -> None:
     conn = p.Connection("worker")
     runtime = Runtime(worker_id)
@@ -89,9 +100,19 @@ def serve(sock: socket.socket, worker_id: str) -> None:
             return
         events = conn.receive_data(data)
         cancelled = {ev.call_id for ev in events if type(ev) is p.Cancel}
-        flushed = clock()
-        for ev in events:
+        flushed = read_at = clock()
+        i = 0
+        while i < len(events):
+            ev = events[i]
+            i += 1
             if type(ev) is p.Call:
+                if clock() - read_at > _BATCH_SECONDS:
+                    # It waited behind another call: take in what came meanwhile (cancels).
+                    more = _read_ready(sock, conn)
+                    read_at = clock()
+                    if more:
+                        events.extend(more)
+                        cancelled.update(e.call_id for e in more if type(e) is p.Cancel)
                 if ev.call_id in cancelled:
                     continue
                 if ev.soft_timeout:
