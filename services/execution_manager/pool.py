@@ -329,12 +329,6 @@ class WorkerPool(WorkerLifecycle):
             return limit
         return max(0, min(limit, most - slot.executor.done - slot.executor.failed))
 
-    def cancel(self, call: Call) -> None:
-        """The caller gave up on ``call``: drop it from the queue or its executor."""
-        slot = self._unqueue_or_find(call)
-        if slot is not None:
-            slot.executor.cancel(call.id)
-
     def abort(self, call: Call, reason: str = "") -> str | None:
         """Stop ``call`` by force. Returns the id of the worker that was running it,
         or None if it was still queued (it never runs)."""
