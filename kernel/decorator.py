@@ -119,7 +119,8 @@ def _dispatcher_of(instance: Any) -> Dispatcher | None:
     kernel = instance.__dict__.get("_kernel")
     if kernel is not None:
         found = kernel.find_service(EXECUTION_MANAGER)
-        if isinstance(found, Dispatcher):
+        if isinstance(found, Dispatcher):  # a Protocol check is slow: once per instance
+            instance.__dict__["_em"] = found
             return found
     return None
 

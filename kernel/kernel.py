@@ -92,6 +92,7 @@ class Kernel:
         self._stop_timeout = stop_timeout
         self._records: dict[str, ServiceRecord] = {}
         self._started: list[str] = []
+        self._packages: dict[str, str] = {}
         self.running = False
         # Set on a second SIGINT/SIGTERM while stopping: services stop at once.
         self.hurry = asyncio.Event()
@@ -133,7 +134,7 @@ class Kernel:
             raise KernelError("this kernel has already been started")
         builtin = builtin_service_folders() if self._builtins else []
         specs = order(discover(self.paths, builtin))
-        plan_packages(specs)
+        self._packages = plan_packages(specs)
         unknown = set(self._overrides) - {s.name for s in specs}
         if unknown:
             raise ServiceNotFoundError(
@@ -162,7 +163,7 @@ class Kernel:
             if blocked:
                 rec.state = ServiceState.SKIPPED
                 raise KernelError(f"not started: its dependencies failed ({', '.join(blocked)})")
-            cls = load_entry(spec)
+            cls = load_entry(spec, self._packages.get(spec.name))
             if cls.name and cls.name != spec.name:
                 raise KernelError(
                     f"class {cls.__name__} declares name {cls.name!r} but its manifest "

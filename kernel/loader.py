@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import DependencyError, ManifestError, ServiceLoadError
 from .manifest import MANIFEST_FILE, ServiceSpec, read_manifest
-from .packages import SYNTHETIC_ROOT, install_service_package, plan_package
+from .packages import SYNTHETIC_ROOT, plan_package
 from .service import BaseService
 
 
@@ -123,13 +123,11 @@ def _find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str]:
     return [*path[path.index(node) :], node]
 
 
-def plan_packages(specs: Iterable[ServiceSpec]) -> None:
-    """Decide every service's package name before any service starts (nothing is
-    imported), so workers started early can import every service later."""
-    for spec in specs:
-        name = _real_package(spec)
-        if name is None:
-            plan_package(_synthetic_name(spec), str(spec.folder.resolve()))
+def plan_packages(specs: Iterable[ServiceSpec]) -> dict[str, str]:
+    """Every service's package name (service name -> dotted name), decided before any
+    service starts and importing nothing, so workers started early can import every
+    service later."""
+    return {spec.name: package_of(spec) for spec in specs}
 
 
 def _real_package(spec: ServiceSpec) -> str | None:
@@ -152,31 +150,26 @@ def _real_package(spec: ServiceSpec) -> str | None:
     return None
 
 
-def _synthetic_name(spec: ServiceSpec) -> str:
-    return f"{SYNTHETIC_ROOT}.{re.sub(r'[^0-9A-Za-z_]', '_', spec.name)}"
-
-
-def _package_name(spec: ServiceSpec) -> str:
-    """The dotted name under which ``spec.folder`` is imported (installing it)."""
+def package_of(spec: ServiceSpec) -> str:
+    """The dotted name ``spec.folder`` is imported under: its real one when it is part of
+    an importable package, else a synthetic one (planned here, imported on first use)."""
     real = _real_package(spec)
     if real is not None:
         return real
-    package = _synthetic_name(spec)
-    install_service_package(package, str(spec.folder.resolve()))
+    package = f"{SYNTHETIC_ROOT}.{re.sub(r'[^0-9A-Za-z_]', '_', spec.name)}"
+    plan_package(package, str(spec.folder.resolve()))
     return package
 
 
-def load_entry(spec: ServiceSpec) -> type[BaseService]:
-    """Import ``spec``'s module and return its service class.
+def load_entry(spec: ServiceSpec, package: str | None = None) -> type[BaseService]:
+    """Import ``spec``'s module (in ``package``, from :func:`plan_packages`, or worked
+    out here) and return its service class.
 
     Raises :class:`ServiceLoadError` naming the service and folder when the module
     cannot be imported, the entry does not exist, or it is not a BaseService subclass.
     """
     entry = spec.manifest.entry
-    try:
-        package = _package_name(spec)
-    except Exception as exc:
-        raise ServiceLoadError(spec.name, spec.folder, f"cannot import its package: {exc}") from exc
+    package = package or package_of(spec)
     if entry is None:
         module_part = "service" if (spec.folder / "service.py").is_file() else ""
         attr = None

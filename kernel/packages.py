@@ -22,8 +22,14 @@ _packages: dict[str, str] = {}  # synthetic package name -> folder
 
 
 def plan_package(package: str, folder: str) -> None:
-    """Record where ``package`` lives, importing nothing."""
-    _packages[package] = folder
+    """Make ``package`` importable from ``folder`` on first use (nothing is imported
+    now). A package already planned from another folder is replaced, modules and all
+    (a service of that name was loaded from elsewhere)."""
+    if _packages.get(package) != folder:
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
+        _packages[package] = folder
+    _ensure_finder()
 
 
 def service_packages() -> dict[str, str]:
@@ -58,32 +64,9 @@ class ServicePackageFinder(importlib.abc.MetaPathFinder):
 def install_finder(packages: Mapping[str, str]) -> None:
     """In a worker: make the kernel's service packages importable on first use."""
     _packages.update(packages)
+    _ensure_finder()
+
+
+def _ensure_finder() -> None:
     if not any(isinstance(f, ServicePackageFinder) for f in sys.meta_path):
         sys.meta_path.append(ServicePackageFinder())
-
-
-def install_service_package(package: str, folder: str) -> None:
-    """Import ``package`` now, with ``folder`` as its ``__path__``.
-
-    Idempotent for the same folder; a different folder replaces the package and its
-    submodules (a service of that name was loaded from elsewhere).
-    """
-    if SYNTHETIC_ROOT not in sys.modules:
-        root = types.ModuleType(SYNTHETIC_ROOT)
-        root.__path__ = []
-        sys.modules[SYNTHETIC_ROOT] = root
-    if _packages.get(package) == folder and package in sys.modules:
-        return
-    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-        del sys.modules[name]
-    spec = _package_spec(package, folder)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[package] = module
-    _packages[package] = folder
-    if spec.loader is not None:
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[package]
-            del _packages[package]
-            raise

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
+from kernel.runtime import Reply
 from kernel.serialization import loads
 
 if TYPE_CHECKING:
     from .events import EventBus
     from .pool import WorkerPool
 
-Reply = tuple[bool, Any]
 Rebuild = Callable[[Any], BaseException]
 MAX_REQUEUES = 10  # a call whose workers keep dying before it starts still ends
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -21,14 +21,14 @@ from kernel.executor import Call
 from kernel.serialization import dumps, dumps_call
 
 from .events import EventBus
+from .handles import CallFuture
 from .pool import WorkerPool
 from .workers import WorkerSlot
 
 log = structlog.get_logger("execution-manager")
 
-Reply = tuple[bool, Any]
-Outcome = Callable[["asyncio.Future[Reply]"], Awaitable[Any]]
-MethodCall = Callable[[Any, str, tuple[Any, ...], dict[str, Any]], Call]
+Rebuild = Callable[[Any], BaseException]
+PlaceUnpinned = Callable[[Any, str, tuple[Any, ...], dict[str, Any]], CallFuture]
 
 
 class Pin:
@@ -40,22 +40,25 @@ class Pin:
         self.worker_id = worker_id
         self.ready = False
         self.assigned = asyncio.Event()
-        self.backlog: deque[tuple[str, tuple[Any, ...], dict[str, Any], asyncio.Future[Reply]]] = deque()
+        self.backlog: deque[tuple[str, tuple[Any, ...], dict[str, Any], CallFuture]] = deque()
         self.releasing: asyncio.Future[None] | None = None
 
 
-def _chain(outer: asyncio.Future[Reply]) -> Callable[[asyncio.Future[Reply]], None]:
-    def copy(inner: asyncio.Future[Reply]) -> None:
+def _chain(outer: CallFuture, inner: CallFuture) -> None:
+    """``outer`` settles as ``inner`` does; cancelling ``outer`` cancels ``inner``."""
+
+    def copy(done: asyncio.Future[Any]) -> None:
         if outer.done():
             return
-        if inner.cancelled():
+        if done.cancelled():
             outer.cancel()
-        elif inner.exception() is not None:
-            outer.set_exception(inner.exception())  # type: ignore[arg-type]
+        elif done.exception() is not None:
+            outer.set_exception(done.exception())  # type: ignore[arg-type]
         else:
-            outer.set_result(inner.result())
+            outer.set_result(done.result())
 
-    return copy
+    inner.add_done_callback(copy)
+    outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
 
 def _log_failure(fut: asyncio.Future[None]) -> None:
@@ -72,11 +75,11 @@ def _state_of(obj: Any) -> dict[str, Any]:
 class PinTable:
     """The pinned instances of one execution manager."""
 
-    def __init__(self, pool: WorkerPool, events: EventBus, outcome: Outcome, method_call: MethodCall) -> None:
+    def __init__(self, pool: WorkerPool, events: EventBus, rebuild: Rebuild, place_unpinned: PlaceUnpinned) -> None:
         self.pool = pool
         self.events = events
-        self._outcome = outcome
-        self._method_call = method_call
+        self._rebuild = rebuild
+        self._place_unpinned = place_unpinned  # where a released instance's calls go
         self._by_id: dict[int, Pin] = {}
         self._by_key: dict[str, Pin] = {}
         pool.on_retire = self.move_off
@@ -117,17 +120,20 @@ class PinTable:
         try:
             await self._pin_on(pin, slot, payload)
         except BaseException:
-            self._drop(pin)
-            self._flush(pin)
+            self._home(pin)
             raise
         instance.__dict__["_em"] = manager
         self.events.emit("instance-assigned", worker_id=slot.id, instance=cls.__qualname__)
         return slot.id
 
+    async def _run(self, worker_id: str, kind: int, payload: bytes, label: str) -> Any:
+        """Run an internal call (pin, release) on one worker and return its result."""
+        call = self.pool.new_call(kind, payload, label)
+        self.pool.send_to(worker_id, call)
+        return await CallFuture(self.pool, self._rebuild, label=label).follow(call.future)
+
     async def _pin_on(self, pin: Pin, slot: WorkerSlot, payload: bytes) -> None:
-        call = self.pool.new_call(p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
-        self.pool.send_to(slot.id, call)
-        await self._outcome(call.future)
+        await self._run(slot.id, p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
         pin.worker_id = slot.id
         pin.ready = True
         pin.assigned.set()
@@ -135,13 +141,16 @@ class PinTable:
 
     # -- calls ------------------------------------------------------------------------
 
-    def call(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Reply]:
-        """Send a call to the pinned copy now (or queue it, in order, while it moves)."""
+    def call(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallFuture:
+        """Send a call to the pinned copy now (or queue it, in order, while it moves).
+
+        The future follows the reply alone: cancelling it must not stop the worker
+        that holds the instance's state."""
+        out = CallFuture(self.pool, self._rebuild, label=f"{type(pin.instance).__qualname__}.{method}")
         if pin.ready and not pin.backlog:
-            return self._send(pin, method, args, kwargs).future
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        pin.backlog.append((method, args, kwargs, fut))
-        return fut
+            return out.follow(self._send(pin, method, args, kwargs).future)
+        pin.backlog.append((method, args, kwargs, out))
+        return out
 
     def _send(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         label = f"{type(pin.instance).__qualname__}.{method}"
@@ -154,18 +163,16 @@ class PinTable:
         """Send the backlog where the instance now lives (its worker, or unpinned)."""
         pinned = pin.ready and self._by_id.get(id(pin.instance)) is pin
         while pin.backlog:
-            method, args, kwargs, outer = pin.backlog.popleft()
-            if outer.done():
+            method, args, kwargs, out = pin.backlog.popleft()
+            if out.done():
                 continue
             try:
                 if pinned:
-                    call = self._send(pin, method, args, kwargs)
+                    out.follow(self._send(pin, method, args, kwargs).future)
                 else:
-                    call = self._method_call(pin.instance, method, args, kwargs)
+                    _chain(out, self._place_unpinned(pin.instance, method, args, kwargs))
             except Exception as exc:
-                outer.set_exception(exc)
-                continue
-            call.future.add_done_callback(_chain(outer))
+                out.set_exception(exc)
 
     # -- release, move, loss ----------------------------------------------------------
 
@@ -184,18 +191,16 @@ class PinTable:
     async def _release(self, pin: Pin) -> None:
         await pin.assigned.wait()
         worker = pin.worker_id
+        copy = None
         try:
             copy = await self._unpin(pin)
-            pin.instance.__dict__.update(_state_of(copy))
         finally:
-            self._drop(pin)
-            self._flush(pin)
+            self._home(pin, copy)
         self.events.emit("instance-released", worker_id=worker, instance=type(pin.instance).__qualname__)
 
     async def _unpin(self, pin: Pin) -> Any:
-        call = self.pool.new_call(p.UNPIN, dumps(pin.key), f"release {type(pin.instance).__qualname__}")
-        self.pool.send_to(pin.worker_id, call)
-        copy = await self._outcome(call.future)
+        label = f"release {type(pin.instance).__qualname__}"
+        copy = await self._run(pin.worker_id, p.UNPIN, dumps(pin.key), label)
         if copy is None:
             raise InstanceLostError(f"worker {pin.worker_id} no longer holds the instance")
         return copy
@@ -212,26 +217,21 @@ class PinTable:
                 copy = await self._unpin(pin)
             except Exception as exc:
                 log.error("instance lost while moving", worker_id=slot.id, error=str(exc))
-                self._drop(pin)
-                self._flush(pin)
+                self._home(pin)
                 continue
             slot.pins.discard(key)
             target = await self.pool.wait_for_worker(exclude=slot.id, start=False)
             name = type(pin.instance).__qualname__
             if target is None:
-                pin.instance.__dict__.update(_state_of(copy))
-                self._drop(pin)
-                self._flush(pin)
+                self._home(pin, copy)
                 self.events.emit("instance-released", worker_id=slot.id, instance=name, reason="worker retired")
                 continue
             target.pins.add(key)
             try:
                 await self._pin_on(pin, target, dumps((key, copy)))
             except Exception as exc:
-                pin.instance.__dict__.update(_state_of(copy))
                 log.error("instance could not move; brought home", worker_id=target.id, error=str(exc))
-                self._drop(pin)
-                self._flush(pin)
+                self._home(pin, copy)
                 continue
             self.events.emit("instance-moved", worker_id=target.id, from_worker=slot.id, instance=name)
 
@@ -247,6 +247,14 @@ class PinTable:
             if pin.releasing is None and pin.assigned.is_set():
                 self._flush(pin)
             self.events.emit("instance-lost", worker_id=slot.id, instance=name)
+
+    def _home(self, pin: Pin, copy: Any = None) -> None:
+        """Unpin: the state of ``copy`` (the worker's copy), if any, comes back to the
+        local instance, and calls that waited go to per-call placement."""
+        if copy is not None:
+            pin.instance.__dict__.update(_state_of(copy))
+        self._drop(pin)
+        self._flush(pin)
 
     def _drop(self, pin: Pin) -> None:
         if self._by_id.get(id(pin.instance)) is pin:

@@ -114,12 +114,7 @@ class WorkerPool(WorkerLifecycle):
             for waiter in self._room:
                 if not waiter.done():
                     waiter.set_result(None)
-            held, self.held = list(self.held), deque()
-            for call in [*self.backlog.pop_all(), *held]:
-                if not call.future.done():
-                    call.future.set_exception(PoolClosedError(
-                        f"{call.describe()} was cancelled before it ran: the execution manager is shutting down"
-                    ))
+            self._fail_waiting(PoolClosedError("the execution manager is shutting down"))
             slots = list(self._slots) + ([self.local] if self.local else [])
             stopping: asyncio.Future[Any] = asyncio.gather(
                 *(slot.executor.stop(drain=True, timeout=s.drain_timeout) for slot in slots),
@@ -137,6 +132,15 @@ class WorkerPool(WorkerLifecycle):
                 hurried.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        """Fail every call still waiting (queued or held back by maxQueue) with ``exc``;
+        none of them ran."""
+        held, self.held = list(self.held), deque()
+        for call in [*self.backlog.pop_all(), *held]:
+            if not call.future.done():
+                error = type(exc)(f"{call.describe()} was cancelled before it ran: {exc}")
+                call.future.set_exception(error)
 
     async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
         deadline = time.monotonic() + timeout

@@ -17,7 +17,6 @@ import structlog
 from kernel import protocol as p
 from kernel.decorator import options_for
 from kernel.errors import ExecutionError, PluginError, QueueFullError, RemoteError
-from kernel.executor import Call
 from kernel.plugins import executor_types
 from kernel.runtime import ErrorInfo, run_chunk
 from kernel.serialization import dumps_call, loads
@@ -32,7 +31,6 @@ from .settings import Settings
 from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
 
 log = structlog.get_logger("execution-manager")
-Reply = tuple[bool, Any]
 DEFAULT_PRIORITY = 5
 
 
@@ -98,7 +96,7 @@ class ExecutionManager(BaseService):
         if hook.get_hookimpls():
             self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
-        self._pins = PinTable(self.pool, self.events, self._outcome, self._method_call)
+        self._pins = PinTable(self.pool, self.events, rebuild, self.call_method)
         await self.pool.start()
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
         log.info("execution manager started", node_type=s.node_type, min_workers=s.min_workers,
@@ -118,13 +116,6 @@ class ExecutionManager(BaseService):
         return self.pool
 
     # -- calls ------------------------------------------------------------------------
-
-    async def _outcome(self, fut: asyncio.Future[Reply]) -> Any:
-        """The decoded result of an internal call (pinning, release)."""
-        ok, data = await fut
-        if ok:
-            return loads(data)
-        raise rebuild(data)
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, priority: int = DEFAULT_PRIORITY,
@@ -231,13 +222,6 @@ class ExecutionManager(BaseService):
             for fut in futures:
                 fut.cancel()
 
-    def _method_call(self, instance: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        label = f"{type(instance).__qualname__}.{method}"
-        payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
-        call = self._pool.new_call(p.CALL_METHOD, payload, label, args)
-        self._pool.submit(call)
-        return call
-
     def call_method(
         self, instance: Any, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> CallFuture:
@@ -253,7 +237,7 @@ class ExecutionManager(BaseService):
         label = f"{type(instance).__qualname__}.{method}"
         pin = self._pins.get(instance)
         if pin is not None:
-            return CallFuture(pool, rebuild, label=label).follow(self._pins.call(pin, method, args, dict(kwargs)))
+            return self._pins.call(pin, method, args, dict(kwargs))
         manifest = instance.__dict__.get("manifest")
         base = {"priority": manifest.priority} if manifest is not None and manifest.priority is not None else None
         opts = options_for(type(instance), method, base)

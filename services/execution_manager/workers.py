@@ -94,6 +94,9 @@ class WorkerLifecycle:
     def _cap(self, slot: WorkerSlot, limit: int) -> int:
         raise NotImplementedError
 
+    def _fail_waiting(self, exc: Exception) -> None:
+        raise NotImplementedError
+
     def _spawn(self) -> None:
         self.starting += 1
         task = asyncio.get_running_loop().create_task(self._start_worker(counted=True))
@@ -113,7 +116,7 @@ class WorkerLifecycle:
             log.error("worker failed to start", worker_id=wid, error=str(exc))
             self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
             if not self._slots and not self.starting:
-                self._fail_queue(WorkerStartError(f"no worker could be started: {exc}"))
+                self._fail_waiting(WorkerStartError(f"no worker could be started: {exc}"))
             return None
         self.starting -= 1
         if self.closed:
@@ -129,11 +132,6 @@ class WorkerLifecycle:
         self.events.emit("worker-started", worker_id=wid, node_type=self.settings.node_type, pid=info.pid)
         self._drain()
         return slot
-
-    def _fail_queue(self, exc: Exception) -> None:
-        for call in self.backlog.pop_all():
-            if not call.future.done():
-                call.future.set_exception(exc)
 
     def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
         if new not in _CLOSED:
