@@ -1,4 +1,4 @@
-"""The ``kernel`` command: run a kernel, or the demo."""
+"""The ``kernel`` command: run a kernel, a node agent, or the demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from . import logs
 from .errors import KernelError
 from .kernel import Kernel
+from .nodes import TOKEN_ENV
 
 
 def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -42,6 +44,46 @@ async def _run(args: argparse.Namespace) -> None:
     await kernel.serve(ready)
 
 
+def _labels(pairs: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, amount = pair.partition("=")
+        try:
+            out[name.strip()] = float(amount) if sep else 1.0
+        except ValueError:
+            raise ValueError(f"--label takes NAME=AMOUNT with a number, got {pair!r}") from None
+        if not name.strip() or out[name.strip()] < 0:
+            raise ValueError(f"--label takes NAME=AMOUNT with a name and an amount >= 0, got {pair!r}")
+    return out
+
+
+def _node(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from .nodes import NodeConfig, read_token
+    from .plugins import make_plugin_manager, node_transports
+
+    if args.token is not None:
+        raise ValueError(f"the token is never taken on the command line (ps would show it): "
+                         f"set ${TOKEN_ENV} or use --token-file")
+    if args.slots < 1:
+        raise ValueError(f"--slots must be at least 1, got {args.slots}")
+    url = urlsplit(args.connect)
+    if url.username or url.password or url.query:
+        raise ValueError("--connect takes ws://HOST:PORT (a token never goes in a URL)")
+    transports = node_transports(make_plugin_manager())
+    transport = next((t for t in transports.values() if url.scheme in t.schemes), None)
+    if transport is None or not url.hostname:
+        schemes = sorted(s for t in transports.values() for s in t.schemes)
+        raise ValueError(f"--connect {args.connect!r}: expected SCHEME://HOST:PORT with a scheme among {schemes}")
+    config = NodeConfig(
+        url=args.connect, token=read_token(file=args.token_file), node_id=args.node_id, slots=args.slots,
+        labels=_labels(args.label), node_type=args.node_type, ca_file=args.ca_file,
+        reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout,
+    )
+    return asyncio.run(transport.run_node(config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kernel", description=__doc__)
     parser.add_argument("--log-level", help=f"debug, info, warning, error (or ${logs.LEVEL_ENV})")
@@ -52,6 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("paths", nargs="+", type=Path, help="service folders or folders of them")
     run.add_argument("--set", action="append", default=[], metavar="SERVICE.FIELD=VALUE",
                      help="override a service's custom setting (value parsed as JSON)")
+
+    node = sub.add_parser("node", help="serve a kernel's calls from this machine (dials out to the kernel)",
+                          description="Run a node agent: it connects to a kernel listening for nodes "
+                                      "(custom.nodes of its execution manager) and runs calls in local "
+                                      f"worker processes. The token comes from ${TOKEN_ENV} or --token-file.")
+    node.add_argument("--connect", required=True, metavar="URL", help="the kernel: ws://HOST:PORT or wss://HOST:PORT")
+    node.add_argument("--token-file", metavar="FILE", help=f"file holding the shared token (else ${TOKEN_ENV})")
+    node.add_argument("--token", help=argparse.SUPPRESS)
+    node.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    node.add_argument("--label", action="append", default=[], metavar="NAME=AMOUNT",
+                      help="a resource this node offers calls, e.g. gpu=1 (repeatable)")
+    node.add_argument("--node-id", default=socket.gethostname(), help="unique name (default: the host name)")
+    node.add_argument("--ca-file", metavar="FILE", help="CA certificate to trust for wss:// (default: the system's)")
+    node.add_argument("--node-type", default="local", help="executor that runs the calls (default: local)")
+    node.add_argument("--reconnect-max", type=float, default=30.0, metavar="SECONDS",
+                      help="longest wait between reconnection attempts (default 30)")
+    node.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="on SIGTERM, how long running calls get before the node stops anyway (default 60)")
 
     demo = sub.add_parser("demo", help="count primes over the worker pool and show the speed-up")
     demo.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
@@ -64,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(args.log_level or default_level, json=args.log_json)
         if args.command == "run":
             asyncio.run(_run(args))
+        elif args.command == "node":
+            return _node(args)
         else:
             from .demo import run_demo
 

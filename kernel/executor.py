@@ -104,6 +104,11 @@ class ExecutorInfo:
     slots: int = 1
     exit_reason: str | None = None
     resources: Mapping[str, float] = field(default_factory=dict)  # what a call may ask of it
+    node: str | None = None  # the remote node it runs on (None: this machine)
+    # Remote executors report these (local ones are measured by the manager):
+    cpu_percent: float | None = None  # its process
+    rss: int | None = None  # its process, bytes
+    host_cpu_percent: float | None = None  # the machine it runs on
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]

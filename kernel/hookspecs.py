@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from .executor import ExecutorFactory
     from .kernel import Kernel
+    from .nodes import NodeTransport
 
 PROJECT = "microkernel"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -30,6 +31,17 @@ def kernel_executor_types() -> Mapping[str, ExecutorFactory]:  # type: ignore[em
     given twice is a :class:`~kernel.errors.PluginError`). A factory is called as
     ``factory(worker_id, options)`` and returns an unstarted
     :class:`~kernel.executor.Executor`.
+    """
+
+
+@hookspec
+def kernel_node_transports() -> Mapping[str, NodeTransport]:  # type: ignore[empty-body]  # a spec has no body
+    """Transports remote nodes connect over, as ``{name: transport}`` (for example
+    ``{"websocket": ...}``, serving the ``ws`` and ``wss`` schemes).
+
+    Every implementation is called and the results merged (a name given twice is a
+    :class:`~kernel.errors.PluginError`). The execution manager picks one by name
+    (``custom.nodes.transport``); ``kernel node --connect URL`` by URL scheme.
     """
 
 

@@ -12,6 +12,7 @@ from .errors import PluginError
 
 if TYPE_CHECKING:
     from .executor import ExecutorFactory
+    from .nodes import NodeTransport
 
 PLUGIN_GROUP = "microkernel.plugins"
 
@@ -37,18 +38,24 @@ def make_plugin_manager(
     return pm
 
 
-def executor_types(pm: pluggy.PluginManager) -> dict[str, ExecutorFactory]:
-    """Merge every plugin's ``kernel_executor_types``; a duplicate name is an error."""
-    registry: dict[str, ExecutorFactory] = {}
+def _merged(pm: pluggy.PluginManager, hook: str, what: str) -> dict[str, Any]:
+    registry: dict[str, Any] = {}
     owners: dict[str, str] = {}
-    for impl in pm.hook.kernel_executor_types.get_hookimpls():
-        result = cast("Mapping[str, ExecutorFactory] | None", impl.function())
-        for name, factory in (result or {}).items():
+    for impl in getattr(pm.hook, hook).get_hookimpls():
+        result = cast("Mapping[str, Any] | None", impl.function())
+        for name, value in (result or {}).items():
             if name in registry:
-                raise PluginError(
-                    f"node type {name!r} is provided by both {owners[name]} and "
-                    f"{impl.plugin_name}"
-                )
-            registry[name] = factory
+                raise PluginError(f"{what} {name!r} is provided by both {owners[name]} and {impl.plugin_name}")
+            registry[name] = value
             owners[name] = impl.plugin_name
     return registry
+
+
+def executor_types(pm: pluggy.PluginManager) -> dict[str, ExecutorFactory]:
+    """Merge every plugin's ``kernel_executor_types``; a duplicate name is an error."""
+    return _merged(pm, "kernel_executor_types", "node type")
+
+
+def node_transports(pm: pluggy.PluginManager) -> dict[str, NodeTransport]:
+    """Merge every plugin's ``kernel_node_transports``; a duplicate name is an error."""
+    return _merged(pm, "kernel_node_transports", "node transport")

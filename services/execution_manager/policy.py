@@ -28,6 +28,8 @@ class WorkerView(Protocol):
     def idle_since(self) -> float | None: ...
     @property
     def pinned(self) -> int: ...
+    @property
+    def external(self) -> bool: ...  # a remote node's slot: capacity, but not the autoscaler's
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Worker:
     cpu_percent: float = 0.0
     idle_since: float | None = None
     pinned: int = 0
+    external: bool = False
 
 
 class Limits(NamedTuple):
@@ -147,10 +150,11 @@ def plan_scaling(
     (idle for ``idle_timeout`` s, fewest pinned instances first) retires, but not within
     ``cooldown`` s of the last scale-up. The gap between the thresholds and the cooldown
     keep it from flapping. Never below ``min_workers`` or above ``max_workers``; never a
-    busy worker.
+    busy worker. Remote nodes' slots (``external``) count towards load but are never
+    started, retired or counted against the bounds.
     """
     live = [w for w in workers if w.available]
-    count = len(live) + starting
+    count = sum(1 for w in live if not w.external) + starting
     if count < limits.min_workers:
         return ScalePlan(limits.min_workers - count, (), f"below minWorkers ({count} < {limits.min_workers})")
     load = sum(1 for w in live if w.running) / len(live) if live else (1.0 if queued else 0.0)
@@ -162,7 +166,8 @@ def plan_scaling(
     if load < limits.scale_down_threshold and count > limits.min_workers and not queued and not cooling:
         idle = [
             w for w in live
-            if not w.running and w.idle_since is not None and now - w.idle_since >= limits.idle_timeout
+            if not w.running and not w.external
+            and w.idle_since is not None and now - w.idle_since >= limits.idle_timeout
         ]
         if idle:
             victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))

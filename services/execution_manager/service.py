@@ -17,7 +17,8 @@ import structlog
 from kernel import protocol as p
 from kernel.decorator import options_for
 from kernel.errors import ExecutionError, PluginError, QueueFullError, RemoteError
-from kernel.plugins import executor_types
+from kernel.nodes import NodeListener
+from kernel.plugins import executor_types, node_transports
 from kernel.runtime import ErrorInfo, run_chunk
 from kernel.serialization import dumps_call, loads
 from kernel.service import BaseService
@@ -28,7 +29,7 @@ from .instances import PinTable
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
 from .settings import Settings
-from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
+from .stats import NodeStats, ProjectStats, Stats, SystemLoad, WorkerStats
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
@@ -79,6 +80,8 @@ class ExecutionManager(BaseService):
         self._monitor: asyncio.Task[None] | None = None
         self._load = SystemLoad(cpu_percent=0.0, memory_percent=0.0, avg_load=0.0)
         self._metrics: dict[str, tuple[float, int]] = {}
+        self.listener: NodeListener | None = None
+        self.nodes_address: str | None = None  # where remote nodes connect (custom.nodes)
 
     def __repr__(self) -> str:
         return f"<ExecutionManager {self.pool!r}>"
@@ -98,16 +101,37 @@ class ExecutionManager(BaseService):
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
         self._pins = PinTable(self.pool, self.events, rebuild, self.call_method)
         await self.pool.start()
+        if s.nodes is not None:
+            try:
+                await self._listen(s.nodes)
+            except BaseException:
+                await self.pool.stop()
+                raise
         self._monitor = asyncio.get_running_loop().create_task(self._watch())
         log.info("execution manager started", node_type=s.node_type, min_workers=s.min_workers,
                  max_workers=s.max_workers, run_locally=s.run_locally)
+
+    async def _listen(self, settings: Mapping[str, Any]) -> None:
+        transports = node_transports(self.kernel.pm)
+        name = settings.get("transport", "websocket")
+        transport = transports.get(name)
+        if transport is None:
+            known = ", ".join(sorted(transports)) or "none"
+            raise PluginError(f"custom.nodes.transport {name!r} is not a known node transport (known: {known})")
+        listener = transport.listener(settings)
+        self.nodes_address = await listener.start(self._pool)
+        self.listener = listener
 
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
             await asyncio.gather(self._monitor, return_exceptions=True)
+        if self.listener is not None:
+            self.listener.stop_accepting()
         if self.pool is not None:
             await self.pool.stop(hurry=self.kernel.hurry)
+        if self.listener is not None:
+            await self.listener.stop()
 
     @property
     def _pool(self) -> WorkerPool:
@@ -297,8 +321,9 @@ class ExecutionManager(BaseService):
             details.append(WorkerStats(
                 id=slot.id, node_type=ex.node_type, state=ex.state.value, pid=info.pid,
                 address=info.address, running=slot.running, done=ex.done, failed=ex.failed,
-                cpu_percent=cpu, memory_rss=rss, pinned=slot.pinned,
+                cpu_percent=cpu, memory_rss=rss, pinned=slot.pinned, node=info.node,
             ))
+        listener = self.listener
         return Stats(
             workers=len(details), min_workers=pool.settings.min_workers,
             max_workers=pool.settings.max_workers, starting=pool.starting,
@@ -314,6 +339,9 @@ class ExecutionManager(BaseService):
             pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
             recent_placements=list(pool.placements),
             worker_details=details,
+            nodes=[NodeStats(**vars(node)) for node in listener.nodes()] if listener else [],
+            nodes_address=self.nodes_address,
+            node_refusals=dict(listener.refusals()) if listener else {},
         )
 
     def _enforce_memory(self, pool: WorkerPool, metrics: Mapping[str, tuple[float, int]]) -> None:
@@ -337,10 +365,22 @@ class ExecutionManager(BaseService):
         procs: dict[int, psutil.Process] = {}
         while True:
             await asyncio.sleep(every)
-            pids = {slot.id: slot.executor.info().pid for slot in pool.slots}
+            pids: dict[str, int | None] = {}
+            remote: dict[str, tuple[float, int]] = {}
+            for slot in pool.slots:
+                info = slot.executor.info()
+                if info.node is None:
+                    pids[slot.id] = info.pid
+                else:  # a node's slot: its heartbeats carry the figures
+                    remote[slot.id] = (info.cpu_percent or 0.0, info.rss or 0)
+                    slot.cpu_percent = info.host_cpu_percent or 0.0
             load, metrics = await anyio.to_thread.run_sync(_sample, pids, procs)
+            metrics.update(remote)
             self._load, self._metrics = load, metrics
             pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
+            for slot in pool.slots:
+                if slot.id in pids:  # placement weighs the load of the machine a worker is on
+                    slot.cpu_percent = load.cpu_percent
             self._enforce_memory(pool, metrics)
             now = time.monotonic()
             if now >= next_scale:

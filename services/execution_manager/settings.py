@@ -53,6 +53,9 @@ class Settings(BaseModel):
         default_factory=dict, description="at most this many calls of each project run at once"
     )
     executor_options: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, Any] | None = Field(
+        None, description="listen for remote nodes: the transport's settings (README \"Remote nodes\"); null: off"
+    )
 
     @model_validator(mode="before")
     @classmethod

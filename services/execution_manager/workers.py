@@ -29,13 +29,14 @@ _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 class WorkerSlot:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
-    __slots__ = ("cpu_percent", "executor", "id", "idle_since", "last_done", "limit", "mean",
+    __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "last_done", "limit", "mean",
                  "pins", "resources", "retiring", "rss")
     id: str
 
-    def __init__(self, executor: Executor, limit: int | None = None) -> None:
+    def __init__(self, executor: Executor, limit: int | None = None, *, external: bool = False) -> None:
         self.executor = executor
         self.id = executor.id
+        self.external = external  # brought by a node, not started by the pool: never scaled
         self.limit = limit or inflight_limit(None)
         self.mean: float | None = None
         self.last_done = 0.0
@@ -133,7 +134,28 @@ class WorkerLifecycle:
         self._drain()
         return slot
 
+    def adopt(self, executor: Executor) -> None:
+        """Take in a started executor the pool did not start (a remote node's slot).
+        It is placed on like any worker, but never counted against min/maxWorkers nor
+        retired by the autoscaler; it leaves when its node does."""
+        if self.closed:
+            raise RuntimeError("the pool is stopped")
+        executor.listeners.append(self._on_state)
+        slot = WorkerSlot(executor, external=True)
+        slot.limit = self._cap(slot, slot.limit)
+        executor.on_finish = partial(self._finished, slot)
+        self.workers[executor.id] = slot
+        self._slots.append(slot)
+        info = executor.info()
+        log.info("worker joined", worker_id=executor.id, node=info.node, address=info.address)
+        self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
+                         node=info.node)
+        self._drain()
+
     def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
+        if old == WorkerState.UNHEALTHY and executor.is_available:
+            self._drain()  # back from a lost heartbeat: it takes calls again
+            return
         if new not in _CLOSED:
             return
         slot = self.workers.pop(executor.id, None)
@@ -186,8 +208,8 @@ class WorkerLifecycle:
         task.add_done_callback(self._tasks.discard)
 
     def _live(self) -> int:
-        """Workers that stay (not leaving) plus those starting."""
-        return sum(1 for s in self._slots if not s.retiring) + self.starting
+        """Workers the pool started that stay (not leaving), plus those starting."""
+        return sum(1 for s in self._slots if not s.retiring and not s.external) + self.starting
 
     async def _leave(self, slot: WorkerSlot, reason: str) -> None:
         if self.on_retire is not None and slot.pins:

@@ -1,0 +1,328 @@
+"""The node agent: ``kernel node --connect ws://HOST:PORT``.
+
+It dials out to the kernel (nothing listens on the node), authenticates, and runs
+each slot as an executor of ``--node-type`` (the local worker processes by default,
+found through the plugin registry like the kernel finds them), relaying calls and
+replies, with heartbeats carrying its psutil metrics. When the kernel goes away it
+drops its workers (the kernel has given their calls up) and reconnects with
+exponential backoff and full jitter. SIGTERM drains it: the kernel moves pinned
+instances away and lets running calls finish, then the node leaves (exit 0); a
+second SIGTERM stops it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import platform
+import random
+import signal
+import socket
+import ssl
+from functools import partial
+from typing import Any
+
+import psutil
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from kernel import node_protocol as n
+from kernel.errors import PoolClosedError
+from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
+from kernel.nodes import NodeConfig
+from kernel.packages import plan_package
+
+from .outbox import Outbox
+
+log = structlog.get_logger("node")
+_FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
+_pack = n.NodeLink.pack
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("microkernel-em")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _plan_packages(packages: dict[str, str]) -> None:
+    """Import the kernel's service folders by the same names, where this machine sees them."""
+    for package, folder in packages.items():
+        if os.path.isdir(folder):
+            plan_package(package, folder)
+
+
+class NodeAgent:
+    """Runs one node until drained; see the module docstring."""
+
+    def __init__(self, config: NodeConfig, factory: ExecutorFactory) -> None:
+        self.config = config
+        self.factory = factory
+        self.log = log.bind(node_id=config.node_id)
+        self.execs: dict[int, Executor] = {}
+        self.draining = False
+        self._ws: ClientConnection | None = None
+        self._outbox: Outbox | None = None
+        self._link: n.NodeLink | None = None
+        self._numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_now = asyncio.Event()
+        self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
+        self._procs: dict[int, psutil.Process] = {}
+        self._deadline: asyncio.Task[None] | None = None
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "python": platform.python_version(), "version": package_version(), "cpus": os.cpu_count() or 1,
+            "memory": psutil.virtual_memory().total, "slots": c.slots, "labels": dict(c.labels),
+            "hostname": socket.gethostname(), "pid": os.getpid(), "node_type": c.node_type,
+        }
+
+    # -- the reconnect loop -----------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if self._deadline is not None:
+                self._deadline.cancel()
+            await self._drop_all()
+
+    async def _run(self) -> int:
+        c = self.config
+        attempt = 0
+        context = self._tls()
+        while True:
+            code: int | None = None
+            try:
+                async with connect(
+                    c.url, ssl=context, compression=None, max_size=n.HANDSHAKE_MAX_FRAME, proxy=None,
+                    open_timeout=10, ping_interval=5.0, ping_timeout=10.0, close_timeout=2.0,
+                    max_queue=64, user_agent_header=None,
+                ) as ws:
+                    attempt = 0 if await self._session(ws) else attempt
+                    code = ws.close_code
+            except n.Refused as exc:
+                self.log.error("handshake failed", url=c.url, reason=exc.reason)
+                return 2
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                code = getattr(getattr(exc, "rcvd", None), "code", None)
+                self.log.warning("cannot reach the kernel", url=c.url, error=str(exc) or type(exc).__name__)
+            except InvalidURI as exc:
+                self.log.error("bad kernel URL", url=c.url, error=str(exc))
+                return 2
+            if self.draining and self._deadline is not None:
+                self._deadline.cancel()
+            await self._drop_all()
+            if code in _FATAL:
+                self.log.error("refused by the kernel", reason=_FATAL[code], code=code)
+                return 2
+            if self.draining or self._stop_now.is_set():
+                self.log.info("node stopped", reason="drained" if self.draining else "stopped")
+                return 0
+            delay = random.uniform(c.reconnect_min, min(c.reconnect_max, c.reconnect_min * 2 ** attempt))
+            attempt += 1
+            self.log.info("reconnecting", delay=round(delay, 2), attempt=attempt)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            if self._drained():
+                return 0
+
+    def _drained(self) -> bool:
+        return self.draining  # set by the signal handler meanwhile
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.config.url.startswith("wss:"):
+            return None
+        context = ssl.create_default_context(cafile=self.config.ca_file)
+        return context
+
+    def _on_signal(self) -> None:
+        if self.draining:
+            self.log.warning("second signal: stopping now")
+            self._stop_now.set()
+            if self._ws is not None:
+                self.spawn(self._ws.close(n.CLOSE_GOING_AWAY, "node stopped"))
+            return
+        self.draining = True
+        self._wake.set()
+        self.log.info("draining: running calls finish, then the node leaves")
+        if self._ws is not None and self._link is not None and self._link.is_open:
+            self.send(_pack(n.DRAINING, "SIGTERM"))
+            self._deadline = asyncio.get_running_loop().create_task(self._drain_deadline())
+
+    async def _drain_deadline(self) -> None:
+        await asyncio.sleep(self.config.drain_timeout)
+        self.log.warning("drain timed out", seconds=self.config.drain_timeout)
+        self._stop_now.set()
+        if self._ws is not None:
+            await self._ws.close(n.CLOSE_GOING_AWAY, "node drain timed out")
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _session(self, ws: ClientConnection) -> bool:
+        """Serve one connection; True once it was admitted."""
+        c = self.config
+        link = n.NodeLink("node", c.token, node_id=c.node_id, info=self.info())
+        await ws.send(link.hello())
+        async with asyncio.timeout(10):
+            while not link.is_open:
+                data = await ws.recv()
+                if isinstance(data, str):
+                    raise n.Refused(n.CLOSE_TEXT, "the kernel sent a text frame")
+                link.receive(data)
+                out = link.outgoing()
+                if out:
+                    await ws.send(out)
+        ws.protocol.max_message_size = link.max_frame
+        _plan_packages(link.packages)
+        self._ws, self._link, self._outbox = ws, link, Outbox(ws)
+        writer = asyncio.get_running_loop().create_task(self._outbox.run())
+        self.log.info("joined the kernel", url=c.url, session=link.session, slots=c.slots)
+        for _ in range(c.slots):
+            self.spawn(self._start_slot())
+        beats = asyncio.get_running_loop().create_task(self._heartbeats(link.heartbeat_interval))
+        try:
+            async for data in ws:
+                if isinstance(data, str):
+                    await ws.close(n.CLOSE_TEXT, "text frames are not accepted")
+                    break
+                for msg in link.receive(data):
+                    if msg[0] == n.BYE:
+                        self.log.info("the kernel said goodbye", reason=msg[1])
+                        await ws.close(n.CLOSE_NORMAL, "bye")
+                        return True
+                    self._handle(msg)
+        except n.Refused as exc:
+            self.log.error("the kernel broke the protocol", reason=exc.reason)
+            await ws.close(exc.code, exc.reason)
+        except ConnectionClosed:
+            pass
+        finally:
+            beats.cancel()
+            writer.cancel()
+            self._ws = self._link = self._outbox = None
+        self.log.warning("lost the kernel", code=ws.close_code, reason=ws.close_reason)
+        return True
+
+    def send(self, data: bytes) -> None:
+        if self._outbox is not None:
+            self._outbox.put(data)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def _handle(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind == n.CALL:
+            _, number, call_id, call_kind, payload, soft = msg
+            ex = self.execs.get(number)
+            if ex is None:
+                return  # the slot is gone; its SLOT_DOWN tells the kernel
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(partial(self._reply, call_id))
+            with contextlib.suppress(PoolClosedError):
+                ex.submit(Call(call_id, call_kind, payload, future, soft_timeout=float(soft)))
+        elif kind == n.CANCEL:
+            ex = self.execs.get(msg[1])
+            if ex is not None and ex.cancel(msg[2]):
+                self.send(_pack(n.CANCELLED, msg[2]))
+        elif kind == n.ABORT:
+            ex = self.execs.get(msg[1])
+            if ex is not None:
+                ex.abort(msg[2], str(msg[3]))
+        elif kind == n.STOP_SLOT:
+            ex = self.execs.pop(msg[1], None)
+            if ex is not None:
+                self.spawn(self._stop_slot(msg[1], ex, bool(msg[2])))
+
+    def _reply(self, call_id: int, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the worker died: SLOT_DOWN tells the kernel, which fails the call
+        ok, data = future.result()
+        if ok:
+            self.send(_pack(n.RESULT, call_id, data))
+        else:
+            self.send(_pack(n.ERROR, call_id, *data))
+
+    # -- slots ------------------------------------------------------------------------
+
+    async def _start_slot(self) -> None:
+        number = next(self._numbers)
+        ex = self.factory(f"{self.config.node_id}:{number}", dict(self.config.executor_options))
+        try:
+            await ex.start()
+        except Exception as exc:
+            self.log.error("worker failed to start", slot=number, error=str(exc))
+            await asyncio.sleep(1.0)
+            if self._ws is not None and not self.draining:
+                self.spawn(self._start_slot())
+            return
+        if self._ws is None or self.draining:
+            await ex.stop(drain=False)
+            return
+        ex.listeners.append(partial(self._on_state, number))
+        self.execs[number] = ex
+        self.send(_pack(n.SLOT_UP, number, ex.info().pid or 0))
+
+    def _on_state(self, number: int, ex: Executor, old: WorkerState, new: WorkerState) -> None:
+        if new not in (WorkerState.FAILED, WorkerState.TERMINATED) or self.execs.get(number) is not ex:
+            return
+        del self.execs[number]
+        reason = ex.info().exit_reason or new.value
+        self.log.warning("worker ended", slot=number, reason=reason)
+        self.send(_pack(n.SLOT_DOWN, number, reason, getattr(ex, "returncode", None)))
+        if self._ws is not None and not self.draining:
+            self.spawn(self._start_slot())
+
+    async def _stop_slot(self, number: int, ex: Executor, replace: bool) -> None:
+        await ex.stop(drain=True, timeout=self.config.drain_timeout)
+        self.send(_pack(n.SLOT_DOWN, number, "was stopped", None))
+        if replace and self._ws is not None and not self.draining:
+            await self._start_slot()
+
+    async def _drop_all(self) -> None:
+        """Stop every worker now: the kernel has given their calls up."""
+        execs, self.execs = list(self.execs.values()), {}
+        await asyncio.gather(*(ex.stop(drain=False) for ex in execs), return_exceptions=True)
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks and self._ws is None:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _heartbeats(self, interval: float) -> None:
+        psutil.cpu_percent(None)
+        while True:
+            await asyncio.sleep(interval)
+            pids = {number: ex.info().pid for number, ex in self.execs.items()}
+            cpu, mem, slots = await asyncio.to_thread(self._sample, pids)
+            self.send(_pack(n.HEARTBEAT, cpu, mem, slots))
+
+    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[list[float]]]:
+        slots: list[list[float]] = []
+        for number, pid in pids.items():
+            if not pid or pid == os.getpid():
+                continue
+            try:
+                proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                slots.append([number, proc.cpu_percent(None), proc.memory_info().rss])
+            except psutil.Error:
+                self._procs.pop(pid, None)
+        return psutil.cpu_percent(None), psutil.virtual_memory().percent, slots

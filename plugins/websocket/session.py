@@ -1,0 +1,197 @@
+"""One admitted node's connection on the kernel's side: routes its frames to its
+slots, batches what goes out, tracks its health, and fails its slots when lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from kernel import node_protocol as n
+from kernel.nodes import NodeInfo
+
+from .outbox import Outbox
+from .slot import NodeSlot
+
+if TYPE_CHECKING:
+    from .hub import NodeHub
+
+log = structlog.get_logger("nodes")
+
+
+class Session:
+    """An authenticated node: its slots, the calls it holds, its last heartbeat."""
+
+    def __init__(self, hub: NodeHub, ws: ServerConnection, link: n.NodeLink, address: str) -> None:
+        self.hub = hub
+        self.ws = ws
+        self.link = link
+        self.address = address
+        self.node_id = link.node_id
+        info = link.info
+        self.info = info
+        labels = info.get("labels") or {}
+        self.labels = {str(k): float(v) for k, v in labels.items() if isinstance(v, int | float)}
+        self.offer: dict[str, float] = {"cpu": 1.0, "memory": float(info.get("memory") or 0), **self.labels}
+        self.slots: dict[int, NodeSlot] = {}
+        self.calls: dict[int, NodeSlot] = {}  # call id -> the slot it was sent to
+        self.dropped: set[int] = set()  # cancelled here; the node may still answer them
+        self.last_seen = time.monotonic()
+        self.cpu_percent = 0.0
+        self.memory_percent = 0.0
+        self.state = "available"  # | unhealthy | draining
+        self.closed = False
+        self.outbox = Outbox(ws)
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._close_with: tuple[int, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.node_id} {self.address} {self.state} slots={len(self.slots)}>"
+
+    @property
+    def replace_slots(self) -> bool:
+        """Whether the node should replace a slot the kernel stops (recycling)."""
+        return not self.hub.closing and self.state != "draining"
+
+    def describe(self, now: float) -> NodeInfo:
+        return NodeInfo(
+            id=self.node_id, address=self.address, state=self.state, slots=len(self.slots),
+            running=sum(len(s.inflight) for s in self.slots.values()), cpu_percent=self.cpu_percent,
+            memory_percent=self.memory_percent, heartbeat_age=round(now - self.last_seen, 3),
+            labels=self.labels, python=str(self.info.get("python", "")), version=str(self.info.get("version", "")),
+        )
+
+    # -- out --------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data``; everything queued in one turn goes out as one message."""
+        self.outbox.put(data)
+
+    def forget(self, call_id: int) -> None:
+        """A call was dropped here; an answer the node may still send is discarded."""
+        if self.calls.pop(call_id, None) is not None:
+            self.dropped.add(call_id)
+
+    # -- in ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run until the connection ends or the session is lost; then close it."""
+        loop = asyncio.get_running_loop()
+        writer, reader = loop.create_task(self.outbox.run()), loop.create_task(self._reader())
+        try:
+            await asyncio.wait({writer, reader, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, reader):
+                task.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
+            code = self.ws.close_code
+            self.lose("connection lost" if code is None else
+                      f"connection closed ({code}{': ' + self.ws.close_reason if self.ws.close_reason else ''})")
+            if self._close_with is not None:
+                await self._close(*self._close_with)
+
+    async def _reader(self) -> None:
+        ws, link = self.ws, self.link
+        try:
+            async for data in ws:
+                if isinstance(data, str):
+                    raise n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack")
+                self.last_seen = time.monotonic()
+                if self.state == "unhealthy":
+                    self.set_healthy()
+                for msg in link.receive(data):
+                    await self._handle(msg)
+        except n.Refused as exc:
+            self.hub.refuse_count(exc.code, self.address, exc.reason, self.node_id)
+            self.lose(f"broke the protocol: {exc.reason}", exc.code, exc.reason)
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == n.CLOSE_TOO_BIG:
+                self.hub.refuse_count(n.CLOSE_TOO_BIG, self.address, "message over maxFrame", self.node_id)
+
+    async def _handle(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind == n.RESULT or kind == n.ERROR:
+            call_id = msg[1]
+            slot = self.calls.pop(call_id, None)
+            if slot is not None:
+                slot.on_reply(call_id, msg)
+            elif call_id in self.dropped:
+                self.dropped.discard(call_id)
+            else:
+                raise n.Refused(n.CLOSE_NOT_ASSIGNED,
+                                f"a result for call {call_id!r}, which was not assigned to node {self.node_id}")
+        elif kind == n.HEARTBEAT:
+            self.cpu_percent, self.memory_percent = float(msg[1]), float(msg[2])
+            for number, cpu, rss in msg[3]:
+                slot = self.slots.get(number)
+                if slot is not None:
+                    slot.cpu_percent, slot.rss = float(cpu), int(rss)
+        elif kind == n.CANCELLED:
+            self.dropped.discard(msg[1])
+        elif kind == n.SLOT_UP:
+            if self.state != "draining" and not self.hub.closing and msg[1] not in self.slots:
+                await self.hub.slot_up(self, int(msg[1]), int(msg[2]))
+        elif kind == n.SLOT_DOWN:
+            slot = self.slots.pop(msg[1], None)
+            if slot is not None:
+                slot.went_down(str(msg[2]), msg[3])
+            if self.state == "draining" and not self.slots:
+                self.send(n.NodeLink.pack(n.BYE, "drained"))
+                self.lose("left: drained", n.CLOSE_NORMAL)
+        elif kind == n.DRAINING:
+            log.info("node draining", node_id=self.node_id, reason=msg[1])
+            self.state = "draining"
+            if not self.slots:
+                self.send(n.NodeLink.pack(n.BYE, "drained"))
+                self.lose("left: drained", n.CLOSE_NORMAL)
+            else:
+                self.hub.retire(self, f"node {self.node_id} is draining ({msg[1]})")
+
+    def attach(self, slot: NodeSlot, number: int, pid: int) -> None:
+        slot.session, slot.slot, slot.pid = self, number, pid
+        self.slots[number] = slot
+
+    # -- health and end ---------------------------------------------------------------
+
+    def set_unhealthy(self) -> None:
+        self.state = "unhealthy"
+        for slot in list(self.slots.values()):
+            slot.unhealthy()
+
+    def set_healthy(self) -> None:
+        log.info("node healthy again", node_id=self.node_id, peer=self.address)
+        self.state = "available"
+        for slot in list(self.slots.values()):
+            slot.healthy()
+
+    def lose(self, why: str, code: int | None = None, reason: str = "") -> None:
+        """End the session: every slot fails what it held; close with ``code``."""
+        if self.closed:
+            return
+        self.closed = True
+        if not why.startswith("left"):
+            log.warning("node lost", node_id=self.node_id, peer=self.address, reason=why)
+        else:
+            log.info("node left", node_id=self.node_id, peer=self.address, reason=why)
+        slots, self.slots = list(self.slots.values()), {}
+        for slot in slots:
+            slot.went_down(f"was lost: node {self.node_id} {why}")
+        self.calls.clear()
+        if code is not None:
+            self._close_with = (code, reason or why)
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _close(self, code: int, reason: str) -> None:
+        out = self.outbox.take()
+        try:
+            if out:
+                async with asyncio.timeout(1.0):
+                    await self.ws.send(out)
+            await self.ws.close(code, reason[:120])
+        except (ConnectionClosed, TimeoutError, OSError):
+            pass

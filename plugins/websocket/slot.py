@@ -1,0 +1,189 @@
+"""The kernel's side of one worker slot on a remote node.
+
+A node runs one worker process per slot; the kernel sees each slot as one
+:class:`~kernel.executor.Executor`, so a slot behaves exactly as a local worker does
+(calls in submission order, pinned instances, crashes failing what it held) and the
+pool needs nothing node-specific. The node's connection (:class:`.hub.Session`) carries
+the frames and tells its slots when the node turns unhealthy, returns, or is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kernel import node_protocol as n
+from kernel.errors import PoolClosedError, WorkerCrashedError, WorkerStartError
+from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
+from kernel.runtime import ErrorInfo
+
+if TYPE_CHECKING:
+    from .hub import NodeHub
+    from .session import Session
+
+_S = WorkerState
+
+
+class NodeSlot(Executor):
+    """One worker process of a remote node.
+
+    Made bound to a slot by the hub when a node announces it, or unbound
+    (``NodeHub.slot_executor``), in which case :meth:`start` waits up to
+    ``startTimeout`` seconds for a free slot of any connected node.
+    """
+
+    node_type = "node"
+
+    def __init__(
+        self, worker_id: str, options: Mapping[str, Any] | None = None, *,
+        hub: NodeHub, session: Session | None = None, slot: int = 0, pid: int | None = None,
+    ) -> None:
+        super().__init__(worker_id, options)
+        self.hub = hub
+        self.session = session
+        self.slot = slot
+        self.pid = pid
+        self.cpu_percent = 0.0
+        self.rss = 0
+        self._exit_reason: str | None = None
+        self._stopping = False
+        self._down: asyncio.Future[None] | None = None
+
+    def info(self) -> ExecutorInfo:
+        s = self.session
+        return ExecutorInfo(
+            pid=self.pid, address=s.address if s else None, slots=1, exit_reason=self._exit_reason,
+            resources=s.offer if s else {}, node=s.node_id if s else None,
+            cpu_percent=self.cpu_percent, rss=self.rss, host_cpu_percent=s.cpu_percent if s else None,
+        )
+
+    def _where(self) -> str:
+        s = self.session
+        node = f"node {s.node_id} ({s.address})" if s else "node ?"
+        return f"worker {self.id} (slot {self.slot}, pid {self.pid} on {node})"
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.set_state(_S.REGISTERING)
+        self._down = asyncio.get_running_loop().create_future()
+        if self.session is None:
+            timeout = float(self.options.get("startTimeout", 30.0))
+            try:
+                await self.hub.bind(self, timeout)
+            except TimeoutError:
+                self.set_state(_S.FAILED)
+                raise WorkerStartError(f"worker {self.id}: no node slot became free within {timeout:g} s") from None
+        self.set_state(_S.AVAILABLE)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        s = self.session
+        if self.state not in (_S.AVAILABLE, _S.RUNNING) or s is None or s.closed:
+            raise PoolClosedError(f"worker {self.id} is {self.state.value} and takes no calls")
+        self.inflight[call.id] = call
+        if self.state == _S.AVAILABLE:
+            self.set_state(_S.RUNNING)
+        s.calls[call.id] = self
+        s.send(n.NodeLink.pack(n.CALL, self.slot, call.id, call.kind, call.payload, call.soft_timeout))
+
+    def cancel(self, call_id: int) -> bool:
+        s = self.session
+        if s is None or s.closed or self._drop(call_id) is None:
+            return False
+        s.forget(call_id)
+        s.send(n.NodeLink.pack(n.CANCEL, self.slot, call_id))
+        return True
+
+    def abort(self, call_id: int, reason: str = "") -> bool:
+        if call_id not in self.inflight:
+            return False
+        if next(iter(self.inflight)) != call_id:
+            return self.cancel(call_id)  # held behind the running call: it never starts
+        s = self.session
+        if s is None or s.closed:
+            return False
+        note = reason or self.inflight[call_id].describe() + " was aborted"
+        s.send(n.NodeLink.pack(n.ABORT, self.slot, call_id, note))
+        return True  # the node ends the worker process; SLOT_DOWN follows
+
+    def on_reply(self, call_id: int, msg: list[Any]) -> None:
+        call = self.inflight.get(call_id)
+        if call is None:
+            return  # an attempt already given up: never delivered twice
+        if msg[0] == n.RESULT:
+            self._finish(call, (True, msg[2]))
+            return
+        info = ErrorInfo(*msg[2:])
+        theirs = f"{self.session.node_id}:{self.slot}" if self.session else self.id
+        if theirs != self.id:  # a claimed slot: the node names its worker otherwise
+            info = info._replace(message=info.message.replace(theirs, self.id),
+                                 traceback=info.traceback.replace(theirs, self.id))
+        self._finish(call, (False, info))
+
+    # -- health -----------------------------------------------------------------------
+
+    def unhealthy(self) -> None:
+        if self.state in (_S.AVAILABLE, _S.RUNNING):
+            self.set_state(_S.UNHEALTHY)
+
+    def healthy(self) -> None:
+        if self.state == _S.UNHEALTHY:
+            self.set_state(_S.AVAILABLE)
+            if self.inflight:
+                self.set_state(_S.RUNNING)
+
+    # -- end --------------------------------------------------------------------------
+
+    def went_down(self, reason: str, exitcode: int | None = None) -> None:
+        """The slot's process ended on the node, or the node was lost: fail what it
+        held (only the oldest call can have started) and leave the pool."""
+        if self.is_closed:
+            return
+        how = "was stopped" if self._stopping else reason
+        self._exit_reason = reason
+        where = self._where()
+        pid = self.pid
+
+        def crashed(c: Call, started: bool) -> WorkerCrashedError:
+            when = "while running" if started else "before starting"
+            return WorkerCrashedError(
+                f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=pid,
+                exitcode=exitcode, call=c.describe(), started=started,
+            )
+
+        if self.session is not None:
+            for call_id in self.inflight:
+                self.session.calls.pop(call_id, None)
+        self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
+        self._fail_all(crashed)
+        if self._down is not None and not self._down.done():
+            self._down.set_result(None)
+
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        if self.state == _S.TERMINATED:
+            return
+        self._stopping = True
+        if self.state in (_S.AVAILABLE, _S.RUNNING, _S.UNHEALTHY):
+            self.set_state(_S.DRAINING)
+        s = self.session
+        if s is None or self._down is None:
+            self.set_state(_S.TERMINATED)
+            return
+        if drain and self.inflight and not s.closed:
+            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        if not s.closed and not self.is_closed:
+            s.send(n.NodeLink.pack(n.STOP_SLOT, self.slot, s.replace_slots))
+            try:
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(self._down)
+            except TimeoutError:
+                pass
+        self.went_down("was stopped")
+        self._terminated()
+
+    def _terminated(self) -> None:
+        if self.state != _S.TERMINATED:
+            self.set_state(_S.TERMINATED)

@@ -1,0 +1,39 @@
+"""The websocket node transport: ``ws://`` and ``wss://``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from kernel.errors import ConfigError, PluginError
+from kernel.nodes import NodeConfig, NodeListener, NodeTransport, read_token
+from kernel.plugins import executor_types, make_plugin_manager
+
+from .settings import HubSettings
+
+
+class WebsocketTransport(NodeTransport):
+    schemes = ("ws", "wss")
+
+    def listener(self, settings: Mapping[str, Any]) -> NodeListener:
+        from .hub import NodeHub
+
+        try:
+            hub_settings = HubSettings.model_validate(dict(settings))
+        except ValidationError as exc:
+            problems = [(".".join(["custom", "nodes", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]
+            raise ConfigError("execution-manager/config.json", problems) from None
+        token = read_token(hub_settings.token_env, hub_settings.token_file)
+        return NodeHub(hub_settings, token)
+
+    async def run_node(self, config: NodeConfig) -> int:
+        from .agent import NodeAgent
+
+        registry = executor_types(make_plugin_manager())
+        factory = registry.get(config.node_type)
+        if factory is None:
+            known = ", ".join(sorted(registry)) or "none"
+            raise PluginError(f"--node-type {config.node_type!r} is not a known node type (known: {known})")
+        return await NodeAgent(config, factory).run()

@@ -1,0 +1,93 @@
+"""Remote nodes: real node agents (``kernel node``) dialling a real websocket hub."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import pytest
+
+from kernel import Kernel
+from kernel.errors import WorkerCrashedError
+from plugins.websocket.hub import NodeHub
+
+from . import tasks
+from .conformance import CHECKS
+from .nodes import TOKEN, running_hub, start_node, stop_node, until
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def node_hub() -> AsyncIterator[NodeHub]:
+    """A hub with one two-slot node attached; slots are claimed by ``slot_executor``."""
+    async with running_hub() as hub:
+        proc = await start_node(hub.address, slots=2)
+        try:
+            yield hub
+        finally:
+            assert await stop_node(proc) == 0
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+async def test_conformance(node_hub: NodeHub, check) -> None:
+    await check(lambda wid: node_hub.slot_executor(wid, {"startTimeout": 20}))
+
+
+def nodes_kernel(**custom: object) -> Kernel:
+    em = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False, "nodes": {"port": 0}, **custom}
+    return Kernel([], settings={"execution-manager": em})
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROKERNEL_NODE_TOKEN", TOKEN)
+
+
+async def test_calls_spread_to_a_node_and_stats_list_it(token_env: None) -> None:
+    async with nodes_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        proc = await start_node(em.nodes_address, slots=2, node_id="alpha", args=["--label", "gpu=1"])
+        try:
+            await until(lambda: len(em.pool.slots) == 2, what="the node's two slots")
+            stats = await em.get_stats()
+            [node] = stats.nodes
+            assert node.id == "alpha" and node.slots == 2 and node.state == "available"
+            assert node.labels == {"gpu": 1.0} and node.heartbeat_age < 5
+            assert {w.node for w in stats.worker_details} == {"alpha"}
+            assert {w.node_type for w in stats.worker_details} == {"node"}
+            pids = set(await asyncio.gather(*(em.submit(tasks.slow, 0.2, None) for _ in range(4))))
+            worker_pids = {await em.submit(tasks.whoami) for _ in range(6)}
+            assert worker_pids <= {w.pid for w in stats.worker_details} and os.getpid() not in worker_pids
+            assert pids == {None}
+            assert await em.submit(tasks.inc, 1, resources={"gpu": 1}) == 2
+            results = [r async for r in em.map(tasks.inc, range(500))]
+            assert results == list(range(1, 501))
+            with pytest.raises(tasks.CustomError, match="nope"):
+                await em.submit(tasks.raise_custom, "nope")
+        finally:
+            assert await stop_node(proc) == 0
+        await until(lambda: not any(s.executor.info().node for s in em.pool.slots), what="the node to leave")
+        assert (await em.get_stats()).nodes == []
+
+
+async def test_node_killed_mid_call_fails_its_calls_naming_the_node_or_retries_them(token_env: None) -> None:
+    async with nodes_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        proc = await start_node(em.nodes_address, slots=2, node_id="doomed")
+        await until(lambda: len(em.pool.slots) == 2, what="the node's slots")
+        plain = em.submit(tasks.slow, 30, "plain")
+        retried = em.submit(tasks.slow, 0.5, "retried", retries=1)
+        await until(lambda: all(s.running == 1 for s in em.pool.slots), what="a call on each slot")
+        os.killpg(proc.pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError, match=r"on node doomed \(127.0.0.1:\d+\)\) was lost: node doomed") as info:
+            async with asyncio.timeout(15):
+                await plain
+        assert info.value.worker_id.startswith("doomed:") and "slow(30, 'plain')" in str(info.value)
+        async with asyncio.timeout(30):
+            assert await retried == "retried"  # on a local worker started for it
+        stats = await em.get_stats()
+        assert stats.nodes == [] and [w.node_type for w in stats.worker_details] == ["local"]
+        await proc.wait()
