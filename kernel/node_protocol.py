@@ -167,6 +167,7 @@ class NodeLink:
         assert self.role == "kernel" and self.state == "ready"
         self.state = "open"
         self.session = session
+        self.max_frame = max_frame
         mine = proof(self._token, b"kernel", self._their_nonce, self._nonce, self.node_id)
         return self.pack(WELCOME, session, mine, heartbeat_interval, max_frame, packages or {})
 
@@ -180,16 +181,18 @@ class NodeLink:
         unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=max(limit, 1))
         unpacker.feed(data)
         messages: list[Message] = []
+        end = 0
         try:
             for msg in unpacker:
                 messages.append(self._check(msg))
+                end = unpacker.tell()
         except Refused:
             raise
         except msgpack.StackError:
             raise Refused(CLOSE_PROTOCOL, "msgpack nested too deep") from None
         except Exception as exc:
             raise Refused(CLOSE_PROTOCOL, f"not a msgpack message: {type(exc).__name__}: {exc}") from None
-        if unpacker.tell() != len(data):
+        if end != len(data):
             raise Refused(CLOSE_PROTOCOL, "a message was cut short")
         if not self.is_open:
             return self._handshake(messages)

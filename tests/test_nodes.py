@@ -26,6 +26,7 @@ async def node_hub() -> AsyncIterator[NodeHub]:
     async with running_hub() as hub:
         proc = await start_node(hub.address, slots=2)
         try:
+            await until(lambda: "n1" in hub.sessions, what="the node to join")
             yield hub
         finally:
             assert await stop_node(proc) == 0

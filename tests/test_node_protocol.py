@@ -1,0 +1,115 @@
+"""The node protocol without sockets: handshake, authentication and checks, by bytes."""
+
+from __future__ import annotations
+
+import itertools
+
+import msgpack
+import pytest
+
+from kernel import node_protocol as n
+
+TOKEN = b"token"
+
+
+def nonces():
+    counter = itertools.count()
+    return lambda size: bytes([next(counter) % 256]) * size
+
+
+def pair(node_token: bytes = TOKEN) -> tuple[n.NodeLink, n.NodeLink]:
+    kernel = n.NodeLink("kernel", TOKEN, nonce=nonces())
+    node = n.NodeLink("node", node_token, node_id="n1", info={"slots": 2})
+    return kernel, node
+
+
+def handshake(kernel: n.NodeLink, node: n.NodeLink) -> list[list]:
+    got = kernel.receive(node.hello())
+    assert got == [] and kernel.state == "auth"
+    assert node.receive(kernel.outgoing()) == []
+    admitted = kernel.receive(node.outgoing())
+    return admitted
+
+
+def test_handshake_admits_a_node_holding_the_token_and_proves_the_kernel() -> None:
+    kernel, node = pair()
+    [hello] = handshake(kernel, node)
+    assert hello[0] == n.NODE_HELLO and hello[2] == "n1" and kernel.info == {"slots": 2}
+    assert kernel.state == "ready" and not kernel.is_open
+    node.receive(kernel.welcome("s1", 1.5, 1 << 20, {"_kernel_services.x": "/srv/x"}))
+    assert node.is_open and kernel.is_open
+    assert node.session == "s1" and node.heartbeat_interval == 1.5 and node.max_frame == 1 << 20
+    assert node.packages == {"_kernel_services.x": "/srv/x"}
+
+
+def test_a_wrong_token_is_refused_with_4001() -> None:
+    kernel, node = pair(b"not the token")
+    with pytest.raises(n.Refused) as info:
+        handshake(kernel, node)
+    assert info.value.code == n.CLOSE_AUTH and "wrong or missing token" in info.value.reason
+
+
+def test_an_auth_replayed_from_another_session_is_refused() -> None:
+    kernel, node = pair()
+    handshake(kernel, node)
+    recorded_hello = node.hello()
+    node2 = n.NodeLink("node", TOKEN, node_id="n1")
+    recorded_auth = None
+    k1 = n.NodeLink("kernel", TOKEN)
+    k1.receive(node2.hello())
+    node2.receive(k1.outgoing())
+    recorded_auth = node2.outgoing()
+    # An eavesdropper replays both frames to a new connection: the kernel's nonce differs.
+    k2 = n.NodeLink("kernel", TOKEN)
+    k2.receive(recorded_hello)
+    with pytest.raises(n.Refused) as info:
+        k2.receive(recorded_auth)
+    assert info.value.code == n.CLOSE_AUTH
+
+
+def test_a_kernel_without_the_token_is_not_trusted_by_the_node() -> None:
+    impostor = n.NodeLink("kernel", b"guess")
+    node = n.NodeLink("node", TOKEN, node_id="n1")
+    impostor.receive(node.hello())
+    node.receive(impostor.outgoing())
+    impostor.state = "ready"  # pretend it accepted the node's proof
+    with pytest.raises(n.Refused, match="failed to prove"):
+        node.receive(impostor.welcome("s", 1.0, 1 << 20))
+    assert not node.is_open
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "match"),
+    [
+        (b"\xc1garbage", n.CLOSE_PROTOCOL, "not a msgpack message"),
+        (b"\x91" * 5000 + b"\xc0", n.CLOSE_PROTOCOL, "nested too deep"),
+        (msgpack.packb([99, 1]), n.CLOSE_PROTOCOL, "unknown message type 99"),
+        (msgpack.packb({"a": 1}), n.CLOSE_PROTOCOL, "msgpack array starting with its type"),
+        (msgpack.packb([n.NODE_HELLO, 7, "n1", b"x" * 32, {}]), n.CLOSE_VERSION, "protocol version 7"),
+        (msgpack.packb([n.NODE_HELLO, 1, "", b"x" * 32, {}]), n.CLOSE_PROTOCOL, "node id"),
+        (msgpack.packb([n.AUTH, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
+        (msgpack.packb([n.RESULT, 1, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
+        (b"\x00" * (n.HANDSHAKE_MAX_FRAME + 1), n.CLOSE_TOO_BIG, "exceeds the limit"),
+        (msgpack.packb([n.NODE_HELLO, 1, "n1"]), n.CLOSE_PROTOCOL, "NODE_HELLO has 4 fields, got 2"),
+        (msgpack.packb([n.NODE_HELLO, 1, "n1", b"x" * 32, {}])[:-1], n.CLOSE_PROTOCOL, "cut short"),
+    ],
+)
+def test_bad_first_frames_are_refused_with_their_close_code(data: bytes, code: int, match: str) -> None:
+    kernel = n.NodeLink("kernel", TOKEN)
+    with pytest.raises(n.Refused, match=match) as info:
+        kernel.receive(data)
+    assert info.value.code == code
+
+
+def test_after_the_handshake_messages_are_checked_by_direction_and_batched() -> None:
+    kernel, node = pair()
+    handshake(kernel, node)
+    node.receive(kernel.welcome("s", 1.0, 1 << 20))
+    batch = n.NodeLink.pack(n.RESULT, 5, b"r") + n.NodeLink.pack(n.HEARTBEAT, 3.0, 40.0, [[1, 2.0, 100]])
+    assert kernel.receive(batch) == [[n.RESULT, 5, b"r"], [n.HEARTBEAT, 3.0, 40.0, [[1, 2.0, 100]]]]
+    with pytest.raises(n.Refused, match="CALL is not a message a kernel receives"):
+        kernel.receive(n.NodeLink.pack(n.CALL, 1, 2, 0, b"", 0.0))
+    assert node.receive(n.NodeLink.pack(n.CALL, 1, 2, 0, b"p", 0.0)) == [[n.CALL, 1, 2, 0, b"p", 0.0]]
+    with pytest.raises(n.Refused) as info:
+        kernel.receive(b"\x00" * ((1 << 20) + 1))
+    assert info.value.code == n.CLOSE_TOO_BIG
