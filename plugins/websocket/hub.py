@@ -239,12 +239,13 @@ class NodeHub(NodeListener):
                                    service_packages()))
         log.info("node joined", node_id=node_id, peer=peer, slots=link.info.get("slots"),
                  python=link.info.get("python"))
-        try:
-            await session.serve()
-        finally:
-            if self.sessions.get(node_id) is session:
-                del self.sessions[node_id]
-            self._free = deque(f for f in self._free if f[0] is not session)
+        await session.serve()
+
+    def forget(self, session: Session) -> None:
+        """A session ended: its node id is free again, its slots are gone."""
+        if self.sessions.get(session.node_id) is session:
+            del self.sessions[session.node_id]
+        self._free = deque(f for f in self._free if f[0] is not session)
 
     def _stopping(self) -> bool:
         return self.closing  # may have been set while the handshake ran

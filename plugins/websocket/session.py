@@ -173,6 +173,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.hub.forget(self)
         if not why.startswith("left"):
             log.warning("node lost", node_id=self.node_id, peer=self.address, reason=why)
         else:
