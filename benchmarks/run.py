@@ -1,6 +1,8 @@
 """Benchmark: this project's local pool beside ProcessPoolExecutor, loky, pebble and
 multiprocessing.Pool, in one run. Each contender runs in its own child process (one
 process tree), on 2 workers, and the table prints each result with ours / theirs.
+``ours-node`` runs the same calls on a remote node (``kernel node``, 2 slots) that
+dials the kernel over loopback websockets, with no local worker.
 
     python -m benchmarks.run [--quick] [--only NAME ...] [--json FILE]
 """
@@ -159,56 +161,80 @@ def run_sync(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
 # -- ours -------------------------------------------------------------------------------
 
 
-async def run_ours(quick: bool, burn_n: int) -> dict[str, Any]:
+async def run_ours(quick: bool, burn_n: int, node: bool = False) -> dict[str, Any]:
+    import os
+
     from kernel import Kernel, logs
 
     logs.configure("warning")
     n_tiny, n_map, n_lat, n_cpu, n_mib = (4000, 50_000, 500, 60, 20) if quick else (20_000, 200_000, 2000, 200, 50)
     out: dict[str, Any] = {}
-    settings = {"execution-manager": {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}}
+    em_settings: dict[str, Any] = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}
+    if node:
+        os.environ.setdefault("MICROKERNEL_NODE_TOKEN", "benchmark-token")
+        em_settings.update(minWorkers=0, maxWorkers=0, nodes={"port": 0})
     t0 = time.perf_counter()
-    async with Kernel([], settings=settings) as kernel:
+    async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
         em = kernel.get_service("execution-manager")
-        await em.submit(inc, 1)
-        out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
-        for _ in range(200):
-            await em.submit(inc, 1)
-        t = time.perf_counter()
-        await asyncio.gather(*(em.submit(inc, i) for i in range(n_tiny)))
-        out["tiny_per_s"] = n_tiny / (time.perf_counter() - t)
-        t = time.perf_counter()
-        _ = [r async for r in em.map(inc, range(n_map), chunksize=100)]
-        out["map_per_s"] = n_map / (time.perf_counter() - t)
-        lat = []
-        for i in range(n_lat):
-            t = time.perf_counter()
-            await em.submit(inc, i)
-            lat.append(time.perf_counter() - t)
-        out["lat_p50_us"], out["lat_p99_us"] = pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6
-        out["cpu_serial_s"] = serial_time(burn_n, n_cpu)
-        t = time.perf_counter()
-        await asyncio.gather(*(em.submit(burn, burn_n) for _ in range(n_cpu)))
-        out["cpu_wall_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for _ in range(n_mib):
-            assert len(await em.submit(echo, MIB)) == len(MIB)
-        out["mib_per_s"] = n_mib / (time.perf_counter() - t)
-        t = time.perf_counter()
+        agent = None
+        if node:
+            joined = asyncio.Event()
+            em.subscribe("worker-started", lambda _e, _p: len(em.pool.slots) >= WORKERS and joined.set())
+            agent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "kernel.cli", "--log-level", "warning", "node", "--connect", em.nodes_address,
+                "--slots", str(WORKERS), "--node-id", "bench", stdout=subprocess.DEVNULL,
+            )
+            await asyncio.wait_for(joined.wait(), 60)
         try:
-            await em.submit(crash)
-            out["crash"] = "no error"
-        except Exception as exc:
-            out["crash"] = type(exc).__name__
-        out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
-        await em.submit(inc, 1)
-        out["next_call_ms"] = (time.perf_counter() - t) * 1e3
+            await _measure(em, out, t0, n_tiny, n_map, n_lat, n_cpu, n_mib, burn_n)
+        finally:
+            if agent is not None:
+                agent.terminate()
+                await agent.wait()
     return out
+
+
+async def _measure(em: Any, out: dict[str, Any], t0: float, n_tiny: int, n_map: int, n_lat: int, n_cpu: int,
+                   n_mib: int, burn_n: int) -> None:
+    await em.submit(inc, 1)
+    out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
+    for _ in range(200):
+        await em.submit(inc, 1)
+    t = time.perf_counter()
+    await asyncio.gather(*(em.submit(inc, i) for i in range(n_tiny)))
+    out["tiny_per_s"] = n_tiny / (time.perf_counter() - t)
+    t = time.perf_counter()
+    _ = [r async for r in em.map(inc, range(n_map), chunksize=100)]
+    out["map_per_s"] = n_map / (time.perf_counter() - t)
+    lat = []
+    for i in range(n_lat):
+        t = time.perf_counter()
+        await em.submit(inc, i)
+        lat.append(time.perf_counter() - t)
+    out["lat_p50_us"], out["lat_p99_us"] = pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6
+    out["cpu_serial_s"] = serial_time(burn_n, n_cpu)
+    t = time.perf_counter()
+    await asyncio.gather(*(em.submit(burn, burn_n) for _ in range(n_cpu)))
+    out["cpu_wall_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n_mib):
+        assert len(await em.submit(echo, MIB)) == len(MIB)
+    out["mib_per_s"] = n_mib / (time.perf_counter() - t)
+    t = time.perf_counter()
+    try:
+        await em.submit(crash)
+        out["crash"] = "no error"
+    except Exception as exc:
+        out["crash"] = type(exc).__name__
+    out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    await em.submit(inc, 1)
+    out["next_call_ms"] = (time.perf_counter() - t) * 1e3
 
 
 # -- the table --------------------------------------------------------------------------
 
-CONTENDERS = ["ours", "ppe-fork", "ppe-spawn", "mp-pool", "loky", "pebble"]
+CONTENDERS = ["ours", "ours-node", "ppe-fork", "ppe-spawn", "mp-pool", "loky", "pebble"]
 METRICS = [  # key, label, higher is better
     ("tiny_per_s", "tiny calls, submit+gather (calls/s)", True),
     ("map_per_s", "map, chunksize 100 (calls/s)", True),
@@ -222,8 +248,8 @@ METRICS = [  # key, label, higher is better
 
 
 def child(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
-    if name == "ours":
-        return asyncio.run(run_ours(quick, burn_n))
+    if name in ("ours", "ours-node"):
+        return asyncio.run(run_ours(quick, burn_n, node=name == "ours-node"))
     return run_sync(name, quick, burn_n)
 
 
@@ -275,7 +301,7 @@ def main() -> None:
             v = res.get(key, missing)
             cell = fmt(key, v)
             o = ours.get(key)
-            if name != "ours" and isinstance(v, float | int) and isinstance(o, float | int) and v and o:
+            if not name.startswith("ours") and isinstance(v, float | int) and isinstance(o, float | int) and v and o:
                 ratio = o / v if higher else v / o
                 cell += f" ({ratio:.2f})"
             row.append(cell)

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,21 @@ def _node(args: argparse.Namespace) -> int:
         labels=_labels(args.label), node_type=args.node_type, ca_file=args.ca_file,
         reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout,
     )
-    return asyncio.run(transport.run_node(config))
+    return _run_loop(transport.run_node(config), args.loop)
+
+
+def _run_loop(coro: Coroutine[Any, Any, int], loop: str) -> int:
+    """Run ``coro`` on uvloop (``auto``: when installed) or asyncio's loop."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                coro.close()
+                raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--node-type", default="local", help="executor that runs the calls (default: local)")
     node.add_argument("--reconnect-max", type=float, default=30.0, metavar="SECONDS",
                       help="longest wait between reconnection attempts (default 30)")
+    node.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
+                      help="event loop: uvloop when installed (auto), or asyncio's own")
     node.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                       help="on SIGTERM, how long running calls get before the node stops anyway (default 60)")
 

@@ -192,6 +192,13 @@ class Kernel:
         self.hook.kernel_service_started(kernel=self, name=spec.name, service=instance)
         log.debug("service started", service=spec.name)
 
+    def manifest_path(self, name: str) -> Path:
+        """The config.json a loaded service came from."""
+        rec = self._records.get(name)
+        if rec is None:
+            raise ServiceNotFoundError(name, self._records)
+        return rec.spec.path
+
     def _settings_for(self, spec: ServiceSpec, cls: type[BaseService]) -> Any:
         custom = {**spec.manifest.custom, **self._overrides.get(spec.name, {})}
         model = cls.settings_model

@@ -107,8 +107,12 @@ class NodeTransport(ABC):
     schemes: tuple[str, ...] = ()
 
     @abstractmethod
-    def listener(self, settings: Mapping[str, Any]) -> NodeListener:
-        """The kernel's end, from ``custom.nodes`` (validated here)."""
+    def listener(self, settings: Mapping[str, Any], source: str | os.PathLike[str] = "custom.nodes") -> NodeListener:
+        """The kernel's end, from ``custom.nodes`` (validated here).
+
+        :raises ConfigError: invalid settings, naming ``source`` (the manifest they
+            came from) and each field; or no token could be read.
+        """
 
     @abstractmethod
     async def run_node(self, config: NodeConfig) -> int:

@@ -134,7 +134,10 @@ async def test_calls_after_stop_are_refused() -> None:
 @pytest.mark.parametrize(
     ("custom", "field", "match"),
     [
-        ({"maxWorkers": -1}, "custom.maxWorkers", "greater than or equal to 1"),
+        ({"maxWorkers": -1}, "custom.maxWorkers", "greater than or equal to 0"),
+        ({"minWorkers": 0, "maxWorkers": 0}, "custom", "maxWorkers 0 leaves no worker at all"),
+        ({"nodes": {"port": 70000}}, "custom.nodes.port", "less than or equal to 65535"),
+        ({"nodes": {"heartbeatTimeout": 0.5}}, "custom.nodes", r"heartbeatTimeout \(0.5\) must be above"),
         ({"minWorkers": 3, "maxWorkers": 2}, "custom", r"minWorkers \(3\) is above maxWorkers \(2\)"),
         ({"minWorkers": "two"}, "custom.minWorkers", "valid integer"),
         ({"maxWorkerz": 2}, "custom.maxWorkerz", "unknown field"),

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kernel import Kernel
-from kernel.errors import WorkerCrashedError
+from kernel.errors import ServiceStartError, WorkerCrashedError
 from plugins.websocket.hub import NodeHub
 
 from . import tasks
@@ -92,3 +92,24 @@ async def test_node_killed_mid_call_fails_its_calls_naming_the_node_or_retries_t
         stats = await em.get_stats()
         assert stats.nodes == [] and [w.node_type for w in stats.worker_details] == ["local"]
         await proc.wait()
+
+
+async def test_listening_for_nodes_needs_a_token_a_known_transport_and_a_free_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.delenv("MICROKERNEL_NODE_TOKEN", raising=False)
+    with pytest.raises(ServiceStartError, match=r"no node token: set \$MICROKERNEL_NODE_TOKEN or give a token file"):
+        await nodes_kernel().start()
+    token = tmp_path / "token"
+    token.write_text("from-a-file\n")
+    token.chmod(0o644)
+    with pytest.raises(ServiceStartError, match="token file: is readable by others; chmod 600 it"):
+        await nodes_kernel(nodes={"port": 0, "tokenFile": str(token)}).start()
+    with pytest.raises(ServiceStartError, match=r"'carrier-pigeon' is not a known node transport \(known: websocket\)"):
+        await nodes_kernel(nodes={"transport": "carrier-pigeon"}).start()
+    token.chmod(0o600)
+    async with nodes_kernel(nodes={"port": 0, "tokenFile": str(token)}) as kernel:
+        taken = kernel.get_service("execution-manager").nodes_address.rsplit(":", 1)[1]
+        with pytest.raises(ServiceStartError, match=rf"cannot listen for nodes on 127.0.0.1:{taken}: .*in use; "
+                                                    r"change custom.nodes.port"):
+            await nodes_kernel(nodes={"port": int(taken), "tokenFile": str(token)}).start()

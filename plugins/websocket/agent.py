@@ -22,11 +22,11 @@ import signal
 import socket
 import ssl
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kernel import node_protocol as n
@@ -35,7 +35,7 @@ from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 from kernel.nodes import NodeConfig
 from kernel.packages import plan_package
 
-from .outbox import Outbox
+from .outbox import FastClientConnection, Outbox
 
 log = structlog.get_logger("node")
 _FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
@@ -67,8 +67,9 @@ class NodeAgent:
         self.log = log.bind(node_id=config.node_id)
         self.execs: dict[int, Executor] = {}
         self.draining = False
-        self._ws: ClientConnection | None = None
+        self._ws: FastClientConnection | None = None
         self._outbox: Outbox | None = None
+        self._bye = False
         self._link: n.NodeLink | None = None
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -110,9 +111,9 @@ class NodeAgent:
                 async with connect(
                     c.url, ssl=context, compression=None, max_size=n.HANDSHAKE_MAX_FRAME, proxy=None,
                     open_timeout=10, ping_interval=5.0, ping_timeout=10.0, close_timeout=2.0,
-                    max_queue=64, user_agent_header=None,
+                    max_queue=64, user_agent_header=None, create_connection=FastClientConnection,
                 ) as ws:
-                    attempt = 0 if await self._session(ws) else attempt
+                    attempt = 0 if await self._session(cast(FastClientConnection, ws)) else attempt
                     code = ws.close_code
             except n.Refused as exc:
                 self.log.error("handshake failed", url=c.url, reason=exc.reason)
@@ -174,7 +175,7 @@ class NodeAgent:
 
     # -- one connection ---------------------------------------------------------------
 
-    async def _session(self, ws: ClientConnection) -> bool:
+    async def _session(self, ws: FastClientConnection) -> bool:
         """Serve one connection; True once it was admitted."""
         c = self.config
         link = n.NodeLink("node", c.token, node_id=c.node_id, info=self.info())
@@ -191,33 +192,46 @@ class NodeAgent:
         ws.protocol.max_message_size = link.max_frame
         _plan_packages(link.packages)
         self._ws, self._link, self._outbox = ws, link, Outbox(ws)
-        writer = asyncio.get_running_loop().create_task(self._outbox.run())
+        self._bye = False
+        ws.on_message = self._on_data
         self.log.info("joined the kernel", url=c.url, session=link.session, slots=c.slots)
         for _ in range(c.slots):
             self.spawn(self._start_slot())
         beats = asyncio.get_running_loop().create_task(self._heartbeats(link.heartbeat_interval))
         try:
-            async for data in ws:
+            async for data in ws:  # what the direct path leaves: text, fragments, the end
                 if isinstance(data, str):
                     await ws.close(n.CLOSE_TEXT, "text frames are not accepted")
                     break
-                for msg in link.receive(data):
-                    if msg[0] == n.BYE:
-                        self.log.info("the kernel said goodbye", reason=msg[1])
-                        await ws.close(n.CLOSE_NORMAL, "bye")
-                        return True
-                    self._handle(msg)
-        except n.Refused as exc:
-            self.log.error("the kernel broke the protocol", reason=exc.reason)
-            await ws.close(exc.code, exc.reason)
+                self._on_data(data)
         except ConnectionClosed:
             pass
         finally:
+            ws.on_message = None
             beats.cancel()
-            writer.cancel()
             self._ws = self._link = self._outbox = None
-        self.log.warning("lost the kernel", code=ws.close_code, reason=ws.close_reason)
+        if not self._bye:
+            self.log.warning("lost the kernel", code=ws.close_code, reason=ws.close_reason)
         return True
+
+    def _on_data(self, data: bytes) -> None:
+        ws, link = self._ws, self._link
+        if ws is None or link is None:
+            return
+        try:
+            for msg in link.receive(data):
+                if msg[0] == n.BYE:
+                    self.log.info("the kernel said goodbye", reason=msg[1])
+                    self._bye = True
+                    self.spawn(ws.close(n.CLOSE_NORMAL, "bye"))
+                    return
+                self._handle(msg)
+        except n.Refused as exc:
+            self.log.error("the kernel broke the protocol", reason=exc.reason)
+            self.spawn(ws.close(exc.code, exc.reason))
+        except (TypeError, ValueError) as exc:
+            self.log.error("the kernel broke the protocol", reason=str(exc))
+            self.spawn(ws.close(n.CLOSE_PROTOCOL, f"bad message: {exc}"[:120]))
 
     def send(self, data: bytes) -> None:
         if self._outbox is not None:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -28,6 +28,7 @@ from kernel.errors import ConfigError, PluginError
 from kernel.nodes import NodeHost, NodeInfo, NodeListener
 from kernel.packages import service_packages
 
+from .outbox import FastServerConnection
 from .session import Session
 from .settings import HubSettings
 from .slot import NodeSlot
@@ -41,7 +42,7 @@ _REASONS = {
 }
 
 
-def peer_of(ws: ServerConnection) -> str:
+def peer_of(ws: FastServerConnection) -> str:
     addr = ws.remote_address
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
 
@@ -78,6 +79,7 @@ class NodeHub(NodeListener):
                 self._connection, s.host, s.port, ssl=context, compression=None,
                 max_size=n.HANDSHAKE_MAX_FRAME, ping_interval=None, open_timeout=s.auth_timeout,
                 close_timeout=2.0, max_queue=64, logger=None, server_header=None,
+                create_connection=FastServerConnection,
             )
         except OSError as exc:
             raise PluginError(
@@ -150,7 +152,7 @@ class NodeHub(NodeListener):
             if not waiter.done():
                 waiter.cancel()
 
-    async def slot_up(self, session: Session, number: int, pid: int) -> None:
+    def slot_up(self, session: Session, number: int, pid: int) -> None:
         """A node announced a slot: bind a waiting claim, adopt it, or keep it free."""
         while self._claims:
             slot, waiter = self._claims.popleft()
@@ -163,8 +165,12 @@ class NodeHub(NodeListener):
             return
         slot = NodeSlot(f"{session.node_id}:{number}", {}, hub=self)
         session.attach(slot, number, pid)
+        self.spawn(self._adopt(slot))
+
+    async def _adopt(self, slot: NodeSlot) -> None:
         await slot.start()
-        self.host.adopt(slot)
+        if self.host is not None and not slot.is_closed:
+            self.host.adopt(slot)
 
     def retire(self, session: Session, reason: str) -> None:
         """The node is draining: retire its slots through the pool (pins move first)."""
@@ -185,7 +191,8 @@ class NodeHub(NodeListener):
         self._refused[_REASONS.get(code, str(code))] += 1
         log.warning("node connection refused", peer=peer, node_id=node_id or None, code=code, reason=reason)
 
-    async def _connection(self, ws: ServerConnection) -> None:
+    async def _connection(self, conn: ServerConnection) -> None:
+        ws = cast(FastServerConnection, conn)  # serve() makes them (create_connection)
         peer = peer_of(ws)
         if self.closing:
             await ws.close(n.CLOSE_GOING_AWAY, "the kernel is shutting down")

@@ -1,41 +1,78 @@
-"""Batching sends: frames queued during one turn of the event loop go out as one
-websocket message (the node protocol allows several msgpack messages per message)."""
+"""The hot path over websockets' own connections.
+
+websockets is sans-I/O underneath (``connection.protocol``); its asyncio layer hands
+each received message to a task through ``recv()`` and sends through a coroutine.
+For a stream of small call frames that costs two task wake-ups per message each way,
+so admitted connections take a shorter path: a whole binary frame goes straight from
+``process_event`` to ``on_message`` (synchronously, as the bytes arrive), and sends are
+written synchronously, the first of a turn at once and the rest of the turn batched
+into one message (the node protocol allows several msgpack messages per message).
+Anything else (text, fragments, control frames) takes websockets' normal path.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
+from typing import Any
 
-from websockets.asyncio.connection import Connection
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+
+class _FastPath:
+    on_message: Callable[[bytes], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        handler = self.on_message
+        if handler is not None and isinstance(event, Frame) and event.opcode is Opcode.BINARY and event.fin:
+            handler(bytes(event.data))
+            return
+        super().process_event(event)  # type: ignore[misc]
+
+
+class FastServerConnection(_FastPath, ServerConnection):
+    """A server connection with the direct receive path (see the module docstring)."""
+
+
+class FastClientConnection(_FastPath, ClientConnection):
+    """A client connection with the direct receive path (see the module docstring)."""
 
 
 class Outbox:
-    """Queue bytes with :meth:`put` (never blocks); :meth:`run` sends them."""
+    """Queue bytes with :meth:`put` (never blocks): the turn's first goes out at once,
+    the rest of the turn together at its end."""
 
-    def __init__(self, ws: Connection) -> None:
+    def __init__(self, ws: FastServerConnection | FastClientConnection) -> None:
         self.ws = ws
         self._out: list[bytes] = []
-        self._wake = asyncio.Event()
+        self._armed = False
 
     def put(self, data: bytes) -> None:
-        self._out.append(data)
-        self._wake.set()
+        if self._armed:
+            self._out.append(data)
+            return
+        self._armed = True
+        asyncio.get_running_loop().call_soon(self.flush)
+        self._write(data)
+
+    def flush(self) -> None:
+        self._armed = False
+        if self._out:
+            self._write(self.take())
 
     def take(self) -> bytes:
-        """Everything queued and not yet sent."""
-        data = b"".join(self._out)
-        self._out.clear()
+        """Everything queued and not yet written."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return data
 
-    async def run(self) -> None:
-        """Send until cancelled or the connection closes."""
-        out, ws, wake = self._out, self.ws, self._wake
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await wake.wait()
-                wake.clear()
-                while out:
-                    data = out[0] if len(out) == 1 else b"".join(out)
-                    out.clear()
-                    await ws.send(data)
+    def _write(self, data: bytes) -> None:
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return  # closing: what was not sent is failed by the session's end
+        ws.protocol.send_binary(data)
+        ws.send_data()

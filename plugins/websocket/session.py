@@ -4,17 +4,17 @@ slots, batches what goes out, tracks its health, and fails its slots when lost."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from kernel import node_protocol as n
 from kernel.nodes import NodeInfo
 
-from .outbox import Outbox
+from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ log = structlog.get_logger("nodes")
 class Session:
     """An authenticated node: its slots, the calls it holds, its last heartbeat."""
 
-    def __init__(self, hub: NodeHub, ws: ServerConnection, link: n.NodeLink, address: str) -> None:
+    def __init__(self, hub: NodeHub, ws: FastServerConnection, link: n.NodeLink, address: str) -> None:
         self.hub = hub
         self.ws = ws
         self.link = link
@@ -80,14 +80,14 @@ class Session:
 
     async def serve(self) -> None:
         """Run until the connection ends or the session is lost; then close it."""
-        loop = asyncio.get_running_loop()
-        writer, reader = loop.create_task(self.outbox.run()), loop.create_task(self._reader())
+        self.ws.on_message = self._on_data
+        reader = asyncio.get_running_loop().create_task(self._reader())
         try:
-            await asyncio.wait({writer, reader, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, self._lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (writer, reader):
-                task.cancel()
-            await asyncio.gather(writer, reader, return_exceptions=True)
+            self.ws.on_message = None
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             code = self.ws.close_code
             self.lose("connection lost" if code is None else
                       f"connection closed ({code}{': ' + self.ws.close_reason if self.ws.close_reason else ''})")
@@ -95,24 +95,36 @@ class Session:
                 await self._close(*self._close_with)
 
     async def _reader(self) -> None:
-        ws, link = self.ws, self.link
+        """What the direct path leaves: text and fragmented messages, and the end."""
         try:
-            async for data in ws:
+            async for data in self.ws:
                 if isinstance(data, str):
-                    raise n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack")
-                self.last_seen = time.monotonic()
-                if self.state == "unhealthy":
-                    self.set_healthy()
-                for msg in link.receive(data):
-                    await self._handle(msg)
-        except n.Refused as exc:
-            self.hub.refuse_count(exc.code, self.address, exc.reason, self.node_id)
-            self.lose(f"broke the protocol: {exc.reason}", exc.code, exc.reason)
+                    self._refused(n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack"))
+                    return
+                self._on_data(data)
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == n.CLOSE_TOO_BIG:
                 self.hub.refuse_count(n.CLOSE_TOO_BIG, self.address, "message over maxFrame", self.node_id)
 
-    async def _handle(self, msg: list[Any]) -> None:
+    def _on_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_seen = time.monotonic()
+        if self.state == "unhealthy":
+            self.set_healthy()
+        try:
+            for msg in self.link.receive(data):
+                self._handle(msg)
+        except n.Refused as exc:
+            self._refused(exc)
+        except (TypeError, ValueError) as exc:  # well-formed msgpack, wrong field types
+            self._refused(n.Refused(n.CLOSE_PROTOCOL, f"bad message: {exc}"))
+
+    def _refused(self, exc: n.Refused) -> None:
+        self.hub.refuse_count(exc.code, self.address, exc.reason, self.node_id)
+        self.lose(f"broke the protocol: {exc.reason}", exc.code, exc.reason)
+
+    def _handle(self, msg: list[Any]) -> None:
         kind = msg[0]
         if kind == n.RESULT or kind == n.ERROR:
             call_id = msg[1]
@@ -134,22 +146,24 @@ class Session:
             self.dropped.discard(msg[1])
         elif kind == n.SLOT_UP:
             if self.state != "draining" and not self.hub.closing and msg[1] not in self.slots:
-                await self.hub.slot_up(self, int(msg[1]), int(msg[2]))
+                self.hub.slot_up(self, int(msg[1]), int(msg[2]))
         elif kind == n.SLOT_DOWN:
             slot = self.slots.pop(msg[1], None)
             if slot is not None:
                 slot.went_down(str(msg[2]), msg[3])
             if self.state == "draining" and not self.slots:
-                self.send(n.NodeLink.pack(n.BYE, "drained"))
-                self.lose("left: drained", n.CLOSE_NORMAL)
+                self._leave()
         elif kind == n.DRAINING:
             log.info("node draining", node_id=self.node_id, reason=msg[1])
             self.state = "draining"
             if not self.slots:
-                self.send(n.NodeLink.pack(n.BYE, "drained"))
-                self.lose("left: drained", n.CLOSE_NORMAL)
+                self._leave()
             else:
                 self.hub.retire(self, f"node {self.node_id} is draining ({msg[1]})")
+
+    def _leave(self) -> None:
+        self.send(n.NodeLink.pack(n.BYE, "drained"))
+        self.lose("left: drained", n.CLOSE_NORMAL)
 
     def attach(self, slot: NodeSlot, number: int, pid: int) -> None:
         slot.session, slot.slot, slot.pid = self, number, pid
@@ -188,11 +202,6 @@ class Session:
             self._lost.set_result(None)
 
     async def _close(self, code: int, reason: str) -> None:
-        out = self.outbox.take()
-        try:
-            if out:
-                async with asyncio.timeout(1.0):
-                    await self.ws.send(out)
+        self.outbox.flush()
+        with contextlib.suppress(ConnectionClosed, TimeoutError, OSError):
             await self.ws.close(code, reason[:120])
-        except (ConnectionClosed, TimeoutError, OSError):
-            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,14 +18,14 @@ from .settings import HubSettings
 class WebsocketTransport(NodeTransport):
     schemes = ("ws", "wss")
 
-    def listener(self, settings: Mapping[str, Any]) -> NodeListener:
+    def listener(self, settings: Mapping[str, Any], source: str | os.PathLike[str] = "custom.nodes") -> NodeListener:
         from .hub import NodeHub
 
         try:
             hub_settings = HubSettings.model_validate(dict(settings))
         except ValidationError as exc:
             problems = [(".".join(["custom", "nodes", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]
-            raise ConfigError("execution-manager/config.json", problems) from None
+            raise ConfigError(os.fspath(source), problems) from None
         token = read_token(hub_settings.token_env, hub_settings.token_file)
         return NodeHub(hub_settings, token)
 

@@ -118,7 +118,7 @@ class ExecutionManager(BaseService):
         if transport is None:
             known = ", ".join(sorted(transports)) or "none"
             raise PluginError(f"custom.nodes.transport {name!r} is not a known node transport (known: {known})")
-        listener = transport.listener(settings)
+        listener = transport.listener(settings, self.kernel.manifest_path(self.name))
         self.nodes_address = await listener.start(self._pool)
         self.listener = listener
 
@@ -227,7 +227,7 @@ class ExecutionManager(BaseService):
 
     async def _map(self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> AsyncIterator[Any]:
         pool = self._pool
-        size = chunksize or chunk_size(len(items), pool.settings.max_workers)
+        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.slots)))
         label = f"map({_label(fn)})"
         futures: list[CallFuture] = []
         try:

@@ -24,7 +24,8 @@ class Settings(BaseModel):
     node_type: str = Field("local", description="executor plugin for the pool's workers")
     min_workers: int = Field(1, ge=0, description="workers kept alive even when idle")
     max_workers: int = Field(
-        default_factory=default_max_workers, ge=1, description="null or absent: CPUs - 1"
+        default_factory=default_max_workers, ge=0,
+        description="null or absent: CPUs - 1; 0: no local workers, only remote nodes (custom.nodes)",
     )
     run_locally: bool = Field(True, description="run calls in the kernel's process when idle")
     local_threshold: float = Field(0.3, ge=0, le=1, description="CPU load below which to run locally")
@@ -70,6 +71,8 @@ class Settings(BaseModel):
             raise ValueError(
                 f"minWorkers ({self.min_workers}) is above maxWorkers ({self.max_workers})"
             )
+        if self.max_workers == 0 and self.nodes is None:
+            raise ValueError("maxWorkers 0 leaves no worker at all: raise it, or let remote nodes in (custom.nodes)")
         soft, hard = self.soft_memory_limit, self.hard_memory_limit
         if soft is not None and hard is not None and soft >= hard:
             raise ValueError(f"softMemoryLimit ({soft}) must be below hardMemoryLimit ({hard})")
