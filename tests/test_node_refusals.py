@@ -107,6 +107,14 @@ async def unassigned_result(url: str) -> tuple[int | None, str]:
         return await raw.closed_with()
 
 
+async def other_python(url: str) -> tuple[int | None, str]:
+    async with RawNode.connect(url) as raw:
+        raw.link.info["python"] = "3.99.0"
+        with contextlib.suppress(Exception):
+            await raw.handshake()
+        return await raw.closed_with()
+
+
 async def duplicate_id(url: str) -> tuple[int | None, str]:
     async with RawNode.connect(url, node_id="n1") as raw:
         with contextlib.suppress(Exception):
@@ -127,6 +135,7 @@ ATTACKS: list[tuple[Attack, int, str, str]] = [
     (deeply_nested, n.CLOSE_PROTOCOL, "protocol", "nested too deep"),
     (unknown_type, n.CLOSE_PROTOCOL, "protocol", "unknown message type 77"),
     (unassigned_result, n.CLOSE_NOT_ASSIGNED, "not-assigned", "call 123456, which was not assigned to node raw"),
+    (other_python, n.CLOSE_VERSION, "version", "node runs Python 3.99.0"),
     (duplicate_id, n.CLOSE_DUPLICATE, "duplicate-id", "node id 'n1' is already connected"),
 ]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +17,7 @@ from plugins.websocket.hub import NodeHub
 
 from . import tasks
 from .conformance import CHECKS
-from .nodes import TOKEN, running_hub, start_node, stop_node, until
+from .nodes import ROOT, TOKEN, running_hub, start_node, stop_node, until
 
 pytestmark = pytest.mark.anyio
 
@@ -113,3 +115,22 @@ async def test_listening_for_nodes_needs_a_token_a_known_transport_and_a_free_po
         with pytest.raises(ServiceStartError, match=rf"cannot listen for nodes on 127.0.0.1:{taken}: .*in use; "
                                                     r"change custom.nodes.port"):
             await nodes_kernel(nodes={"port": int(taken), "tokenFile": str(token)}).start()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "code", "message"),
+    [
+        (["--connect", "ws://127.0.0.1:1"], {}, 1, "no node token: set $MICROKERNEL_NODE_TOKEN"),
+        (["--connect", "ws://127.0.0.1:1", "--token", "abc"], {}, 2, "never taken on the command line"),
+        (["--connect", "http://h:1"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "a scheme among ['ws', 'wss']"),
+        (["--connect", "ws://u:secret@h:1"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "a token never goes in a URL"),
+        (["--connect", "ws://h:1", "--slots", "0"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "--slots must be at least 1"),
+        (["--connect", "ws://h:1", "--label", "gpu=lots"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "NAME=AMOUNT"),
+    ],
+)
+def test_kernel_node_refuses_bad_arguments_clearly(argv: list[str], env: dict[str, str], code: int, message: str) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "MICROKERNEL_NODE_TOKEN"}
+    proc = subprocess.run([sys.executable, "-m", "kernel.cli", "node", *argv], env={**base, **env},
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == code
+    assert message in proc.stderr and "secret" not in proc.stderr and "Traceback" not in proc.stderr

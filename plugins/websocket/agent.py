@@ -133,7 +133,7 @@ class NodeAgent:
             if self.draining or self._stop_now.is_set():
                 self.log.info("node stopped", reason="drained" if self.draining else "stopped")
                 return 0
-            delay = random.uniform(c.reconnect_min, min(c.reconnect_max, c.reconnect_min * 2 ** attempt))
+            delay = max(0.05, random.uniform(0, min(c.reconnect_max, c.reconnect_min * 2 ** attempt)))  # full jitter
             attempt += 1
             self.log.info("reconnecting", delay=round(delay, 2), attempt=attempt)
             self._wake.clear()

@@ -39,7 +39,7 @@ class Session:
         self.offer: dict[str, float] = {"cpu": 1.0, "memory": float(info.get("memory") or 0), **self.labels}
         self.slots: dict[int, NodeSlot] = {}
         self.calls: dict[int, NodeSlot] = {}  # call id -> the slot it was sent to
-        self.dropped: set[int] = set()  # cancelled here; the node may still answer them
+        self.dropped: dict[int, int] = {}  # call id -> slot: cancelled here; the node may still answer
         self.last_seen = time.monotonic()
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
@@ -73,8 +73,9 @@ class Session:
 
     def forget(self, call_id: int) -> None:
         """A call was dropped here; an answer the node may still send is discarded."""
-        if self.calls.pop(call_id, None) is not None:
-            self.dropped.add(call_id)
+        slot = self.calls.pop(call_id, None)
+        if slot is not None:
+            self.dropped[call_id] = slot.slot
 
     # -- in ---------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Session:
             if slot is not None:
                 slot.on_reply(call_id, msg)
             elif call_id in self.dropped:
-                self.dropped.discard(call_id)
+                del self.dropped[call_id]
             else:
                 raise n.Refused(n.CLOSE_NOT_ASSIGNED,
                                 f"a result for call {call_id!r}, which was not assigned to node {self.node_id}")
@@ -143,7 +144,7 @@ class Session:
                 if slot is not None:
                     slot.cpu_percent, slot.rss = float(cpu), int(rss)
         elif kind == n.CANCELLED:
-            self.dropped.discard(msg[1])
+            self.dropped.pop(msg[1], None)
         elif kind == n.SLOT_UP:
             if self.state != "draining" and not self.hub.closing and msg[1] not in self.slots:
                 self.hub.slot_up(self, int(msg[1]), int(msg[2]))
@@ -151,6 +152,7 @@ class Session:
             slot = self.slots.pop(msg[1], None)
             if slot is not None:
                 slot.went_down(str(msg[2]), msg[3])
+            self.dropped = {c: n for c, n in self.dropped.items() if n != msg[1]}  # it answers no more
             if self.state == "draining" and not self.slots:
                 self._leave()
         elif kind == n.DRAINING:
