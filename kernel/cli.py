@@ -94,7 +94,8 @@ def _run_loop(coro: Coroutine[Any, Any, int], loop: str) -> int:
                 coro.close()
                 raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
         else:
-            return uvloop.run(coro)
+            code: int = uvloop.run(coro)
+            return code
     return asyncio.run(coro)
 
 
