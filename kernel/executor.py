@@ -185,8 +185,20 @@ class Executor(ABC):
         been stopped). A running call may take its executor with it (a local worker
         process is ended and replaced) and fails with a ``WorkerCrashedError`` that
         includes ``reason``; calls held behind it fail with
-        ``WorkerCrashedError(started=False)`` so they can run elsewhere. The default
-        only drops calls that have not started."""
+        ``WorkerCrashedError(started=False)`` so they can run elsewhere.
+
+        Calls run in submission order, so a call held behind the running one is
+        simply cancelled; the running one goes to :meth:`_stop_running`."""
+        if call_id not in self.inflight:
+            return False
+        if next(iter(self.inflight)) != call_id:
+            return self.cancel(call_id)  # held behind the running call: it never starts
+        return self._stop_running(call_id, reason or f"{self.inflight[call_id].describe()} was aborted")
+
+    def _stop_running(self, call_id: int, note: str) -> bool:
+        """Stop the running call ``call_id`` by force (``note`` says why); True if it
+        will be stopped. The default cannot stop a running call: it only tries
+        :meth:`cancel`."""
         return self.cancel(call_id)
 
     @classmethod

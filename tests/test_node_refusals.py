@@ -54,11 +54,18 @@ async def no_token(url: str) -> tuple[int | None, str]:
     return await send_raw(url, hello(), n.NodeLink.pack(n.AUTH, b""))
 
 
-async def wrong_token(url: str) -> tuple[int | None, str]:
-    async with RawNode.connect(url, token="not-the-token") as raw:
+async def handshake_as(url: str, python: str | None = None, **kwargs: str) -> tuple[int | None, str]:
+    """Try the whole handshake as ``RawNode(**kwargs)``; how the kernel closed."""
+    async with RawNode.connect(url, **kwargs) as raw:
+        if python is not None:
+            raw.link.info["python"] = python
         with contextlib.suppress(Exception):
             await raw.handshake()
         return await raw.closed_with()
+
+
+async def wrong_token(url: str) -> tuple[int | None, str]:
+    return await handshake_as(url, token="not-the-token")
 
 
 async def replayed_token(url: str) -> tuple[int | None, str]:
@@ -108,18 +115,11 @@ async def unassigned_result(url: str) -> tuple[int | None, str]:
 
 
 async def other_python(url: str) -> tuple[int | None, str]:
-    async with RawNode.connect(url) as raw:
-        raw.link.info["python"] = "3.99.0"
-        with contextlib.suppress(Exception):
-            await raw.handshake()
-        return await raw.closed_with()
+    return await handshake_as(url, python="3.99.0")
 
 
 async def duplicate_id(url: str) -> tuple[int | None, str]:
-    async with RawNode.connect(url, node_id="n1") as raw:
-        with contextlib.suppress(Exception):
-            await raw.handshake()
-        return await raw.closed_with()
+    return await handshake_as(url, node_id="n1")
 
 
 Attack = Callable[[str], Awaitable[tuple[int | None, str]]]

@@ -135,14 +135,10 @@ class LocalWorker(Executor):
         self._stream.write(p.pack((p.CANCEL, call_id)))
         return True
 
-    def abort(self, call_id: int, reason: str = "") -> bool:
-        if call_id not in self.inflight:
-            return False
-        if next(iter(self.inflight)) != call_id:
-            return self.cancel(call_id)  # held behind the running call: it never starts
+    def _stop_running(self, call_id: int, note: str) -> bool:
         if self._proc is None or self._proc.returncode is not None:
             return False
-        self._abort_note = f"stopped: {reason or self.inflight[call_id].describe() + ' was aborted'}"
+        self._abort_note = f"stopped: {note}"
         self._proc.terminate()
         grace = float(self.options.get("killGrace", 1.0))
         asyncio.get_running_loop().call_later(grace, self._kill_if_alive)

@@ -35,7 +35,7 @@ from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 from kernel.nodes import NodeConfig
 from kernel.packages import plan_package
 
-from .outbox import FastClientConnection, Outbox
+from .outbox import FastClientConnection, Outbox, handshake
 
 log = structlog.get_logger("node")
 _FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
@@ -181,14 +181,7 @@ class NodeAgent:
         link = n.NodeLink("node", c.token, node_id=c.node_id, info=self.info())
         await ws.send(link.hello())
         async with asyncio.timeout(10):
-            while not link.is_open:
-                data = await ws.recv()
-                if isinstance(data, str):
-                    raise n.Refused(n.CLOSE_TEXT, "the kernel sent a text frame")
-                link.receive(data)
-                out = link.outgoing()
-                if out:
-                    await ws.send(out)
+            await handshake(ws, link, lambda: link.is_open)
         ws.protocol.max_message_size = link.max_frame
         _plan_packages(link.packages)
         self._ws, self._link, self._outbox = ws, link, Outbox(ws)

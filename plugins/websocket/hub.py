@@ -28,7 +28,7 @@ from kernel.errors import ConfigError, PluginError
 from kernel.nodes import NodeHost, NodeInfo, NodeListener
 from kernel.packages import service_packages
 
-from .outbox import FastServerConnection
+from .outbox import FastServerConnection, handshake
 from .session import Session
 from .settings import HubSettings
 from .slot import NodeSlot
@@ -200,14 +200,7 @@ class NodeHub(NodeListener):
         link = n.NodeLink("kernel", self._token, max_frame=self.settings.max_frame)
         try:
             async with asyncio.timeout(self.settings.auth_timeout):
-                while link.state != "ready":
-                    data = await ws.recv()
-                    if isinstance(data, str):
-                        raise n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack")
-                    link.receive(data)
-                    out = link.outgoing()
-                    if out:
-                        await ws.send(out)
+                await handshake(ws, link, lambda: link.state == "ready")
         except TimeoutError:
             reason = f"no authentication within {self.settings.auth_timeout:g} s"
             self.refuse_count(n.CLOSE_AUTH_TIMEOUT, peer, reason, link.node_id)

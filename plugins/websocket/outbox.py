@@ -7,7 +7,8 @@ so admitted connections take a shorter path: a whole binary frame goes straight 
 ``process_event`` to ``on_message`` (synchronously, as the bytes arrive), and sends are
 written synchronously, the first of a turn at once and the rest of the turn batched
 into one message (the node protocol allows several msgpack messages per message).
-Anything else (text, fragments, control frames) takes websockets' normal path.
+Anything else (text, fragments, control frames) takes websockets' normal path, and
+so does the handshake (:func:`handshake`), which both ends share.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+from kernel import node_protocol as n
 
 
 class _FastPath:
@@ -76,3 +79,18 @@ class Outbox:
             return  # closing: what was not sent is failed by the session's end
         ws.protocol.send_binary(data)
         ws.send_data()
+
+
+async def handshake(ws: ServerConnection | ClientConnection, link: n.NodeLink, done: Callable[[], bool]) -> None:
+    """Trade handshake messages through ``link`` until ``done()``.
+
+    :raises Refused: the peer broke the handshake (a text frame included).
+    """
+    while not done():
+        data = await ws.recv()
+        if isinstance(data, str):
+            raise n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack")
+        link.receive(data)
+        out = link.outgoing()
+        if out:
+            await ws.send(out)

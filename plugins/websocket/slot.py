@@ -97,15 +97,10 @@ class NodeSlot(Executor):
         s.send(n.NodeLink.pack(n.CANCEL, self.slot, call_id))
         return True
 
-    def abort(self, call_id: int, reason: str = "") -> bool:
-        if call_id not in self.inflight:
-            return False
-        if next(iter(self.inflight)) != call_id:
-            return self.cancel(call_id)  # held behind the running call: it never starts
+    def _stop_running(self, call_id: int, note: str) -> bool:
         s = self.session
         if s is None or s.closed:
             return False
-        note = reason or self.inflight[call_id].describe() + " was aborted"
         s.send(n.NodeLink.pack(n.ABORT, self.slot, call_id, note))
         return True  # the node ends the worker process; SLOT_DOWN follows
 
