@@ -143,3 +143,13 @@ def read_token(env: str = TOKEN_ENV, file: str | os.PathLike[str] | None = None)
     if not value:
         raise ConfigError(f"${env}", [("token", f"no node token: set ${env} or give a token file")])
     return value.encode()
+
+
+def package_version() -> str:
+    """This project's installed version, which nodes and the kernel compare."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("microkernel-em")
+    except PackageNotFoundError:
+        return "0+unknown"

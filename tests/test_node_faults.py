@@ -147,6 +147,24 @@ async def test_sigterm_drains_a_node_its_call_finishes_and_its_pinned_instance_c
         assert await svc.incr(1) == 7 and await svc.pid() != node_pid
 
 
+async def test_an_instance_pinned_on_a_node_brings_its_state_back_on_release(tmp_path: Path) -> None:
+    write_service(tmp_path, "counter", {"global": True}, COUNTER)
+    async with kernel_for_nodes([tmp_path]) as kernel:
+        em = kernel.get_service("execution-manager")
+        svc = kernel.get_service("counter")
+        svc.n = 10
+        proc = await start_node(em.nodes_address, slots=1, node_id="keeper")
+        try:
+            await until(lambda: len(node_slots(em)) == 1, what="the node's slot")
+            assert (await em.assign_optimal_worker(svc)) == "keeper:1"  # state went to the node
+            assert await asyncio.gather(*(svc.incr(1) for _ in range(20))) == list(range(11, 31))
+            assert svc.n == 10  # the kernel's copy is stale while pinned
+            await em.release_worker(svc)
+            assert svc.n == 30 and len(svc.log) == 20 and em.worker_of(svc) is None
+        finally:
+            assert await stop_node(proc) == 0
+
+
 async def test_a_node_reconnects_with_backoff_when_the_kernel_restarts() -> None:
     async with kernel_for_nodes() as kernel:
         em = kernel.get_service("execution-manager")

@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from kernel import node_protocol as n
 from kernel.errors import PoolClosedError
 from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
-from kernel.nodes import NodeConfig
+from kernel.nodes import NodeConfig, package_version
 from kernel.packages import plan_package
 
 from .outbox import FastClientConnection, Outbox, handshake
@@ -40,15 +40,6 @@ from .outbox import FastClientConnection, Outbox, handshake
 log = structlog.get_logger("node")
 _FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
 _pack = n.NodeLink.pack
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("microkernel-em")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def _plan_packages(packages: dict[str, str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import platform
 import ssl
 import time
@@ -25,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kernel import node_protocol as n
 from kernel.errors import ConfigError, PluginError
-from kernel.nodes import NodeHost, NodeInfo, NodeListener
+from kernel.nodes import NodeHost, NodeInfo, NodeListener, package_version
 from kernel.packages import service_packages
 
 from .outbox import FastServerConnection, handshake
@@ -61,7 +60,6 @@ class NodeHub(NodeListener):
         self._refused: collections.Counter[str] = collections.Counter()
         self._free: deque[tuple[Session, int, int]] = deque()  # slots no executor claimed yet
         self._claims: deque[tuple[NodeSlot, asyncio.Future[None]]] = deque()
-        self._seq = itertools.count(1)
         self._monitor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -229,6 +227,10 @@ class NodeHub(NodeListener):
             self.refuse_count(n.CLOSE_VERSION, peer, reason, node_id)
             await ws.close(n.CLOSE_VERSION, reason[:120])
             return
+        theirs, ours = str(link.info.get("version", "")), package_version()
+        if theirs != ours:  # not refused: a rolling upgrade passes through this
+            log.warning("node runs another package version", node_id=node_id, peer=peer, node_version=theirs,
+                        kernel_version=ours)
         if self._stopping():
             await ws.close(n.CLOSE_GOING_AWAY, "the kernel is shutting down")
             return
