@@ -40,10 +40,12 @@ async def _run(args: argparse.Namespace) -> None:
     async def ready(k: Kernel) -> None:
         states = ", ".join(f"{n} ({s.value})" for n, s in k.service_states().items())
         print(f"kernel running: {states}. Ctrl-C or SIGTERM stops it.", file=sys.stderr)
-        for name in k.service_states():
-            address = getattr(k.get_service(name), "nodes_address", None)
-            if address:
-                print(f"nodes connect with: kernel node --connect {address}", file=sys.stderr)
+        try:
+            address = getattr(k.get_service("execution-manager"), "nodes_address", None)
+        except KernelError:  # replaced by a service of the user's, or not visible
+            address = None
+        if address:
+            print(f"nodes connect with: kernel node --connect {address}", file=sys.stderr)
 
     await kernel.serve(ready)
 

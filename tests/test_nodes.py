@@ -134,3 +134,34 @@ def test_kernel_node_refuses_bad_arguments_clearly(argv: list[str], env: dict[st
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode == code
     assert message in proc.stderr and "secret" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kernel_run_and_kernel_node_from_the_command_line(tmp_path) -> None:
+    env = {**os.environ, "MICROKERNEL_NODE_TOKEN": TOKEN}
+    kernel_cmd = [sys.executable, "-m", "kernel.cli", "--log-json", "run", str(tmp_path),
+                  "--set", 'execution-manager.nodes={"port": 0}', "--set", "execution-manager.minWorkers=0"]
+    with subprocess.Popen(kernel_cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                          cwd=ROOT) as kernel:
+        try:
+            assert kernel.stderr is not None
+            lines = []
+            for line in kernel.stderr:
+                lines.append(line)
+                if line.startswith("nodes connect with: kernel node --connect ws://127.0.0.1:"):
+                    break
+            else:
+                raise AssertionError("".join(lines))
+            url = line.split("--connect ")[1].strip()
+            node_cmd = [sys.executable, "-m", "kernel.cli", "node", "--connect", url, "--slots", "1",
+                        "--node-id", "cli-node"]
+            with subprocess.Popen(node_cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True) as node:
+                for line in kernel.stderr:
+                    if '"worker joined"' in line and '"cli-node:1"' in line:
+                        break
+                node.send_signal(signal.SIGTERM)
+                _, err = node.communicate(timeout=20)
+            assert node.returncode == 0 and "the kernel said goodbye" in err
+            kernel.send_signal(signal.SIGTERM)
+            assert kernel.wait(timeout=20) == 0
+        finally:
+            kernel.kill()
