@@ -49,6 +49,21 @@ def _plan_packages(packages: dict[str, str]) -> None:
             plan_package(package, folder)
 
 
+class _Reply(asyncio.Future[Any]):
+    """A call's future that sends the reply the moment the executor sets it, in the
+    same turn of the loop (a done-callback would wait for the next). An error set on
+    it is a crash, which SLOT_DOWN reports; it is not sent."""
+
+    def __init__(self, call_id: int, agent: NodeAgent) -> None:
+        super().__init__()
+        self.call_id = call_id
+        self.agent = agent
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        self.agent.reply(self.call_id, *result)
+
+
 class NodeAgent:
     """Runs one node until drained; see the module docstring."""
 
@@ -235,8 +250,7 @@ class NodeAgent:
             ex = self.execs.get(number)
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
-            future = asyncio.get_running_loop().create_future()
-            future.add_done_callback(partial(self._reply, call_id))
+            future = _Reply(call_id, self)
             with contextlib.suppress(PoolClosedError):
                 ex.submit(Call(call_id, call_kind, payload, future, soft_timeout=float(soft)))
         elif kind == n.CANCEL:
@@ -252,10 +266,7 @@ class NodeAgent:
             if ex is not None:
                 self.spawn(self._stop_slot(msg[1], ex, bool(msg[2])))
 
-    def _reply(self, call_id: int, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # the worker died: SLOT_DOWN tells the kernel, which fails the call
-        ok, data = future.result()
+    def reply(self, call_id: int, ok: bool, data: Any) -> None:
         if ok:
             self.send(_pack(n.RESULT, call_id, data))
         else:
