@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import ExecutionError
+from .errors import ExecutionError, WorkerCrashedError
 from .serialization import short_repr
 
 
@@ -261,6 +261,27 @@ class Executor(ABC):
         if self.on_finish is not None:
             self.on_finish(call, None)
         return call
+
+    def _begin_stop(self) -> bool:
+        """Start :meth:`stop`: False if already ``TERMINATED``; else take no new calls."""
+        if self.state == WorkerState.TERMINATED:
+            return False
+        if self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING, WorkerState.UNHEALTHY):
+            self.set_state(WorkerState.DRAINING)
+        return True
+
+    def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None) -> None:
+        """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while
+        running / before starting {call}"), the first as started."""
+
+        def crashed(c: Call, started: bool) -> WorkerCrashedError:
+            when = "while running" if started else "before starting"
+            return WorkerCrashedError(
+                f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=pid,
+                exitcode=exitcode, call=c.describe(), started=started,
+            )
+
+        self._fail_all(crashed)
 
     def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException]) -> None:
         """Fail every call held; ``exc_factory(call, started)``. Calls run one at a time

@@ -74,10 +74,8 @@ class InMemoryExecutor(Executor):
         return False
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
-        if self.state == _S.TERMINATED:
+        if not self._begin_stop():
             return
-        if self.state in (_S.AVAILABLE, _S.RUNNING, _S.UNHEALTHY):
-            self.set_state(_S.DRAINING)
         if drain and self.inflight:
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
         waiting = {c.id for c in self._waiting}

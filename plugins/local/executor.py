@@ -188,18 +188,11 @@ class LocalWorker(Executor):
         where = f"worker {self.id} (pid {self.pid})"
         how = "was stopped" if self._stopping else reason
 
-        def crashed(c: Call, started: bool) -> WorkerCrashedError:
-            when = "while running" if started else "before starting"
-            return WorkerCrashedError(
-                f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=self.pid,
-                exitcode=self.returncode, call=c.describe(), started=started,
-            )
-
         # Leave the accepting states first: failing a call lets the pool place queued
         # calls, and none may land on this dead worker.
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
-        self._fail_all(crashed)
+        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode)
         assert self._exited is not None
         if not self._exited.done():
             self._exited.set_result(None)
@@ -214,11 +207,9 @@ class LocalWorker(Executor):
             await self._exited
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
-        if self.state == _S.TERMINATED:
+        if not self._begin_stop():
             return
         self._stopping = True
-        if self.state in (_S.AVAILABLE, _S.RUNNING, _S.UNHEALTHY):
-            self.set_state(_S.DRAINING)
         if self._stream is None or self._proc is None:
             self.set_state(_S.TERMINATED)
             return

@@ -10,11 +10,12 @@ the frames and tells its slots when the node turns unhealthy, returns, or is los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import node_protocol as n
-from kernel.errors import PoolClosedError, WorkerCrashedError, WorkerStartError
+from kernel.errors import PoolClosedError, WorkerStartError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.runtime import ErrorInfo
 
@@ -139,30 +140,18 @@ class NodeSlot(Executor):
             return
         how = "was stopped" if self._stopping else reason
         self._exit_reason = reason
-        where = self._where()
-        pid = self.pid
-
-        def crashed(c: Call, started: bool) -> WorkerCrashedError:
-            when = "while running" if started else "before starting"
-            return WorkerCrashedError(
-                f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=pid,
-                exitcode=exitcode, call=c.describe(), started=started,
-            )
-
         if self.session is not None:
             for call_id in self.inflight:
                 self.session.calls.pop(call_id, None)
         self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
-        self._fail_all(crashed)
+        self._crash_all(self._where(), how, pid=self.pid, exitcode=exitcode)
         if self._down is not None and not self._down.done():
             self._down.set_result(None)
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
-        if self.state == _S.TERMINATED:
+        if not self._begin_stop():
             return
         self._stopping = True
-        if self.state in (_S.AVAILABLE, _S.RUNNING, _S.UNHEALTHY):
-            self.set_state(_S.DRAINING)
         s = self.session
         if s is None or self._down is None:
             self.set_state(_S.TERMINATED)
@@ -171,11 +160,9 @@ class NodeSlot(Executor):
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
         if not s.closed and not self.is_closed:
             s.send(n.NodeLink.pack(n.STOP_SLOT, self.slot, s.replace_slots))
-            try:
+            with contextlib.suppress(TimeoutError):  # the node is gone or slow: stop regardless
                 async with asyncio.timeout(5.0):
                     await asyncio.shield(self._down)
-            except TimeoutError:
-                pass
         self.went_down("was stopped")
         self._terminated()
 

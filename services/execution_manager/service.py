@@ -29,7 +29,7 @@ from .instances import PinTable
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
 from .settings import Settings
-from .stats import NodeStats, ProjectStats, Stats, SystemLoad, WorkerStats
+from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
@@ -339,7 +339,7 @@ class ExecutionManager(BaseService):
             pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
             recent_placements=list(pool.placements),
             worker_details=details,
-            nodes=[NodeStats(**vars(node)) for node in listener.nodes()] if listener else [],
+            nodes=listener.nodes() if listener else [],
             nodes_address=self.nodes_address,
             node_refusals=dict(listener.refusals()) if listener else {},
         )
@@ -367,10 +367,12 @@ class ExecutionManager(BaseService):
             await asyncio.sleep(every)
             pids: dict[str, int | None] = {}
             remote: dict[str, tuple[float, int]] = {}
+            local = []
             for slot in pool.slots:
                 info = slot.executor.info()
                 if info.node is None:
                     pids[slot.id] = info.pid
+                    local.append(slot)
                 else:  # a node's slot: its heartbeats carry the figures
                     remote[slot.id] = (info.cpu_percent or 0.0, info.rss or 0)
                     slot.cpu_percent = info.host_cpu_percent or 0.0
@@ -378,9 +380,8 @@ class ExecutionManager(BaseService):
             metrics.update(remote)
             self._load, self._metrics = load, metrics
             pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
-            for slot in pool.slots:
-                if slot.id in pids:  # placement weighs the load of the machine a worker is on
-                    slot.cpu_percent = load.cpu_percent
+            for slot in local:  # placement weighs the load of the machine a worker is on
+                slot.cpu_percent = load.cpu_percent
             self._enforce_memory(pool, metrics)
             now = time.monotonic()
             if now >= next_scale:

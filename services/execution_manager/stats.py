@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kernel.nodes import NodeInfo
+
 
 class SystemLoad(BaseModel):
     cpu_percent: float
@@ -26,20 +28,6 @@ class WorkerStats(BaseModel):
     memory_rss: int
     pinned: int
     node: str | None = None  # the remote node it runs on
-
-
-class NodeStats(BaseModel):
-    id: str
-    address: str
-    state: str
-    slots: int
-    running: int
-    cpu_percent: float
-    memory_percent: float
-    heartbeat_age: float  # seconds since the node was last heard from
-    labels: dict[str, float]
-    python: str
-    version: str
 
 
 class ProjectStats(BaseModel):
@@ -65,6 +53,6 @@ class Stats(BaseModel):
     last_scaling: str
     recent_placements: list[dict[str, Any]]  # resource-aware choices: call, worker, every candidate's score
     worker_details: list[WorkerStats]
-    nodes: list[NodeStats] = []
+    nodes: list[NodeInfo] = []  # each remote node: address, state, slots, load, heartbeat age
     nodes_address: str | None = None  # where nodes connect, when listening
     node_refusals: dict[str, int] = {}  # refused node connections by reason

@@ -123,14 +123,23 @@ class WorkerLifecycle:
         if self.closed:
             await executor.stop(drain=False)
             return None
-        slot = WorkerSlot(executor)
+        return self._enroll(executor, external=False)
+
+    def _enroll(self, executor: Executor, *, external: bool) -> WorkerSlot:
+        """Make a started executor one of the pool's workers and place waiting calls."""
+        slot = WorkerSlot(executor, external=external)
         slot.limit = self._cap(slot, slot.limit)
         executor.on_finish = partial(self._finished, slot)
-        self.workers[wid] = slot
+        self.workers[executor.id] = slot
         self._slots.append(slot)
         info = executor.info()
-        log.debug("worker started", worker_id=wid, pid=info.pid)
-        self.events.emit("worker-started", worker_id=wid, node_type=self.settings.node_type, pid=info.pid)
+        where = {"node": info.node} if external else {}
+        if external:
+            log.info("worker joined", worker_id=executor.id, address=info.address, **where)
+        else:
+            log.debug("worker started", worker_id=executor.id, pid=info.pid)
+        self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
+                         **where)
         self._drain()
         return slot
 
@@ -141,16 +150,7 @@ class WorkerLifecycle:
         if self.closed:
             raise RuntimeError("the pool is stopped")
         executor.listeners.append(self._on_state)
-        slot = WorkerSlot(executor, external=True)
-        slot.limit = self._cap(slot, slot.limit)
-        executor.on_finish = partial(self._finished, slot)
-        self.workers[executor.id] = slot
-        self._slots.append(slot)
-        info = executor.info()
-        log.info("worker joined", worker_id=executor.id, node=info.node, address=info.address)
-        self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
-                         node=info.node)
-        self._drain()
+        self._enroll(executor, external=True)
 
     def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
         if old == WorkerState.UNHEALTHY and executor.is_available:
