@@ -13,6 +13,39 @@ from collections.abc import Callable
 from .protocol import Connection, Event, ProtocolError
 
 
+class TurnBatcher:
+    """Writes the first chunk of a turn of the event loop at once (latency) and the rest
+    of the turn together at its end (throughput), through ``write``."""
+
+    __slots__ = ("_armed", "_out", "_write")
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._out: list[bytes] = []
+        self._armed = False  # a flush is scheduled for the end of this turn
+
+    def put(self, data: bytes) -> None:
+        if self._armed:
+            self._out.append(data)
+            return
+        self._armed = True
+        asyncio.get_running_loop().call_soon(self.flush)
+        self._write(data)
+
+    def flush(self) -> None:
+        """Write what waits now (also run at the end of each turn)."""
+        self._armed = False
+        if self._out:
+            self._write(self.take())
+
+    def take(self) -> bytes:
+        """Everything waiting, removed from the batch."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+
 class FrameStream(asyncio.Protocol):
     """Feeds received bytes to ``conn`` and hands each event to ``on_event``.
 
@@ -29,8 +62,7 @@ class FrameStream(asyncio.Protocol):
         self.conn = conn
         self._on_event = on_event
         self._on_lost = on_lost
-        self._out: list[bytes] = []
-        self._armed = False  # a flush is scheduled for the end of this turn
+        self._batch = TurnBatcher(self._write_now)
         self._transport: asyncio.Transport | None = None
         self._lost = False
 
@@ -59,26 +91,14 @@ class FrameStream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         """Write ``data`` now if it is the turn's first frame, else at the turn's end."""
-        if self._armed:
-            self._out.append(data)
-            return
-        self._armed = True
-        asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.put(data)
+
+    def _write_now(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _flush(self) -> None:
-        self._armed = False
-        out = self._out
-        if not out or self._transport is None or self._transport.is_closing():
-            out.clear()
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._transport.write(data)
-
     def close(self) -> None:
-        self._flush()
+        self._batch.flush()
         if self._transport is not None:
             self._transport.close()
 

@@ -13,8 +13,8 @@ so does the handshake (:func:`handshake`), which both ends share.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -23,6 +23,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from kernel import node_protocol as n
+from kernel.stream import TurnBatcher
 
 
 class _FastPath:
@@ -44,41 +45,19 @@ class FastClientConnection(_FastPath, ClientConnection):
     """A client connection with the direct receive path (see the module docstring)."""
 
 
-class Outbox:
+class Outbox(TurnBatcher):
     """Queue bytes with :meth:`put` (never blocks): the turn's first goes out at once,
-    the rest of the turn together at its end."""
+    the rest of the turn together at its end, as one websocket message."""
 
     def __init__(self, ws: FastServerConnection | FastClientConnection) -> None:
-        self.ws = ws
-        self._out: list[bytes] = []
-        self._armed = False
+        super().__init__(partial(_send_now, ws))
 
-    def put(self, data: bytes) -> None:
-        if self._armed:
-            self._out.append(data)
-            return
-        self._armed = True
-        asyncio.get_running_loop().call_soon(self.flush)
-        self._write(data)
 
-    def flush(self) -> None:
-        self._armed = False
-        if self._out:
-            self._write(self.take())
-
-    def take(self) -> bytes:
-        """Everything queued and not yet written."""
-        out = self._out
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
-
-    def _write(self, data: bytes) -> None:
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN:
-            return  # closing: what was not sent is failed by the session's end
-        ws.protocol.send_binary(data)
-        ws.send_data()
+def _send_now(ws: FastServerConnection | FastClientConnection, data: bytes) -> None:
+    if ws.protocol.state is not State.OPEN:
+        return  # closing: what was not sent is failed by the session's end
+    ws.protocol.send_binary(data)
+    ws.send_data()
 
 
 async def handshake(ws: ServerConnection | ClientConnection, link: n.NodeLink, done: Callable[[], bool]) -> None:
