@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         PoolClosedError,
         QueueFullError,
         RemoteError,
+        RequestError,
         SerializationError,
         ServiceAccessError,
         ServiceLoadError,
@@ -50,7 +51,8 @@ _WHERE = {
         for name in (
             "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
             "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
-            "PoolClosedError", "QueueFullError", "RemoteError", "SerializationError", "ServiceAccessError",
+            "PoolClosedError", "QueueFullError", "RemoteError", "RequestError", "SerializationError",
+            "ServiceAccessError",
             "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError", "UnsatisfiableError",
             "WorkerCrashedError", "WorkerStartError",
         )
@@ -74,6 +76,7 @@ __all__ = [
     "PoolClosedError",
     "QueueFullError",
     "RemoteError",
+    "RequestError",
     "SerializationError",
     "ServiceAccessError",
     "ServiceLoadError",

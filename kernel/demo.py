@@ -6,6 +6,7 @@ The example services are found by path and loaded by the kernel, like any user's
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import itertools
 import time
@@ -47,14 +48,25 @@ async def run_demo(limit: int, workers: int, parts: int) -> dict[str, Any]:
         console.print(f"one process:  {serial:,} primes in {serial_s:.2f} s")
 
         spans = _spans(limit, parts)
-        columns = (TextColumn("pool"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (TextColumn("pool"), BarColumn(), MofNCompleteColumn(), TextColumn("numbers tested"),
+                   TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task("pool", total=len(spans))
+            # The bar is fed by the workers' own progress reports (kernel.task.progress).
+            bar = progress.add_task("pool", total=limit)
+            tested = [0.0] * len(spans)
+
+            def advance(i: int, size: int, update: Any) -> None:
+                tested[i] = update.fraction * size
+                progress.update(bar, completed=sum(tested))
+
             t0 = time.perf_counter()
-            total = 0
-            for fut in asyncio.as_completed([counter.count_range(a, b) for a, b in spans]):
-                total += await fut
-                progress.advance(bar)
+            handles = []
+            for i, (a, b) in enumerate(spans):
+                handle = counter.count_range(a, b)
+                handle.on_progress(functools.partial(advance, i, b - a))
+                handles.append(handle)
+            counts = await asyncio.gather(*handles)
+            total = sum(counts)
             pool_s = time.perf_counter() - t0
         if total != serial:
             raise RuntimeError(f"the pool counted {total} primes, one process {serial}")

@@ -130,6 +130,12 @@ class RemoteError(ExecutionError):
         super().__init__(f"{type_name}: {message}")
 
 
+class RequestError(ExecutionError):
+    """A request from a running call to the kernel (:mod:`kernel.task`) could not be
+    served: an unknown route or service, a call outside a task, or no kernel to ask.
+    Raised inside the call; the worker carries on."""
+
+
 class MethodNotFoundError(ExecutionError, AttributeError):
     """The worker's copy of a service has no such method."""
 

@@ -19,10 +19,13 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from .errors import ExecutionError, WorkerCrashedError
-from .serialization import short_repr
+import structlog
+
+from .errors import ExecutionError, RequestError, WorkerCrashedError
+from .protocol import LOG, PROGRESS, REQUEST
+from .serialization import dumps, short_repr
 
 
 class WorkerState(enum.StrEnum):
@@ -37,6 +40,7 @@ class WorkerState(enum.StrEnum):
 
 
 _S = WorkerState
+_log = structlog.get_logger("executor")
 TRANSITIONS: Mapping[WorkerState, frozenset[WorkerState]] = {
     _S.CREATING: frozenset({_S.REGISTERING, _S.FAILED, _S.TERMINATED}),
     _S.REGISTERING: frozenset({_S.AVAILABLE, _S.FAILED, _S.TERMINATED}),
@@ -64,8 +68,8 @@ class Call:
     the pool's (an executor may ignore them).
     """
 
-    __slots__ = ("args", "future", "id", "kind", "label", "payload", "priority", "project",
-                 "queued_at", "resources", "soft_timeout", "started", "worker_id")
+    __slots__ = ("args", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
+                 "project", "queued_at", "resources", "soft_timeout", "started", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
@@ -86,6 +90,8 @@ class Call:
         self.queued_at = 0.0
         self.started = 0.0
         self.worker_id: str | None = None  # set by the pool when it hands the call out
+        self.progress: tuple[float, str] | None = None  # the latest the call reported
+        self.on_progress: Callable[[float, str], None] | None = None  # the caller's, if it listens
 
     def __repr__(self) -> str:
         return f"<Call {self.describe()}>"
@@ -109,6 +115,21 @@ class ExecutorInfo:
     cpu_percent: float | None = None  # its process
     rss: int | None = None  # its process, bytes
     host_cpu_percent: float | None = None  # the machine it runs on
+
+
+class CallHost(Protocol):
+    """What an executor hands a running call's traffic to (:mod:`kernel.task`): the
+    execution manager in the kernel, the agent on a remote node."""
+
+    def progress(self, call: Call, fraction: float, message: str) -> None:
+        """``call`` reports progress."""
+
+    def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        """``call`` logs a line."""
+
+    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+        """``call`` asks the kernel; return ``(True, pickled answer)`` or ``(False,
+        pickled exception)`` (never raise)."""
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]
@@ -137,6 +158,7 @@ class Executor(ABC):
         self.state = WorkerState.CREATING
         self.listeners: list[StateListener] = []
         self.on_finish: FinishListener | None = None
+        self.host: CallHost | None = None  # where running calls' progress, logs and requests go
         self.inflight: dict[int, Call] = {}
         self.done = 0
         self.failed = 0
@@ -251,6 +273,33 @@ class Executor(ABC):
         if not call.future.done():
             call.future.set_result(reply)
 
+    def _call_traffic(self, kind: int, call_id: int, fields: tuple[Any, ...],
+                      respond: Callable[[int, bool, bytes], None]) -> None:
+        """Hand a running call's PROGRESS, LOG or REQUEST (kind and fields as in
+        :mod:`kernel.protocol`) to :attr:`host` (helper for implementations). A request
+        is answered through ``respond(request_id, ok, payload)``, also when there is
+        no host or the call is gone, so the asking call never waits forever."""
+        call = self.inflight.get(call_id)
+        host = self.host
+        if kind == REQUEST:
+            request_id, route, payload = fields
+            if call is None or host is None:
+                why = "its call is no longer running" if call is None else f"executor {self.id} has no kernel"
+                respond(request_id, False, dumps(RequestError(f"request {route!r} refused: {why}")))
+                return
+            task = asyncio.get_running_loop().create_task(host.request(call, str(route), payload))
+            task.add_done_callback(lambda t: respond(request_id, *_answer(t, route)))
+            return
+        if call is None or host is None:
+            return  # late: the call was given up
+        try:
+            if kind == PROGRESS:
+                host.progress(call, float(fields[0]), str(fields[1]))
+            elif kind == LOG:
+                host.log(call, str(fields[0]), str(fields[1]), fields[2] if isinstance(fields[2], dict) else {})
+        except Exception:  # a listener's bug must not take the worker's connection down
+            _log.exception("handling a call's progress or log failed", worker_id=self.id, call=call.describe())
+
     def _drop(self, call_id: int) -> Call | None:
         """Forget a call that will not run (helper for ``cancel``)."""
         call = self.inflight.pop(call_id, None)
@@ -296,6 +345,15 @@ class Executor(ABC):
                 self.on_finish(call, False)
             if not call.future.done():
                 call.future.set_exception(exc)
+
+
+def _answer(task: asyncio.Task[tuple[bool, bytes]], route: str) -> tuple[bool, bytes]:
+    if task.cancelled():
+        return False, dumps(RequestError(f"request {route!r} was cancelled: the kernel is stopping"))
+    exc = task.exception()
+    if exc is not None:
+        return False, dumps(RequestError(f"request {route!r} failed in the kernel: {type(exc).__name__}: {exc}"))
+    return task.result()
 
 
 ExecutorFactory = Callable[[str, Mapping[str, Any]], Executor]

@@ -25,10 +25,12 @@ session, and the WELCOME proves to the node that the kernel holds the token too
 After it::
 
     kernel -> node    CALL (slot, call id, kind, payload, soft timeout), CANCEL (slot, call id),
-                      ABORT (slot, call id, reason), STOP_SLOT (slot, replace), BYE (reason)
+                      ABORT (slot, call id, reason), STOP_SLOT (slot, replace), BYE (reason),
+                      RESPONSE (request id, ok, payload)
     node   -> kernel  SLOT_UP (slot, pid), SLOT_DOWN (slot, reason, exit code),
                       RESULT / ERROR (as on pipes), CANCELLED (call id),
-                      HEARTBEAT (cpu %, memory %, [[slot, cpu %, rss], ...]), DRAINING (reason)
+                      HEARTBEAT (cpu %, memory %, [[slot, cpu %, rss], ...]), DRAINING (reason),
+                      PROGRESS / LOG / REQUEST (from a running call, as on pipes)
 
 Close codes (websocket close frames) a refused or broken connection gets:
 
@@ -59,6 +61,10 @@ from typing import Any
 import msgpack
 
 from .protocol import ERROR as ERROR
+from .protocol import LOG as LOG
+from .protocol import PROGRESS as PROGRESS
+from .protocol import REQUEST as REQUEST
+from .protocol import RESPONSE as RESPONSE
 from .protocol import RESULT as RESULT
 from .protocol import ProtocolError
 
@@ -66,7 +72,7 @@ NODE_PROTOCOL_VERSION = 1
 HANDSHAKE_MAX_FRAME = 16 * 1024  # what an unauthenticated peer may send in one message
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
-# Message types (RESULT = 2 and ERROR = 3 are shared with the pipe protocol).
+# Message types (RESULT, ERROR, PROGRESS, LOG, REQUEST and RESPONSE are the pipe protocol's).
 NODE_HELLO, CHALLENGE, AUTH, WELCOME = 20, 21, 22, 23
 CALL, CANCEL, ABORT, STOP_SLOT, BYE = 24, 25, 26, 27, 28
 SLOT_UP, SLOT_DOWN, CANCELLED, HEARTBEAT, DRAINING = 30, 31, 32, 33, 34
@@ -82,9 +88,11 @@ _SHAPES: dict[int, tuple[str, int]] = {
     CALL: ("CALL", 5), CANCEL: ("CANCEL", 2), ABORT: ("ABORT", 3), STOP_SLOT: ("STOP_SLOT", 2), BYE: ("BYE", 1),
     SLOT_UP: ("SLOT_UP", 2), SLOT_DOWN: ("SLOT_DOWN", 3), RESULT: ("RESULT", 2), ERROR: ("ERROR", 5),
     CANCELLED: ("CANCELLED", 1), HEARTBEAT: ("HEARTBEAT", 3), DRAINING: ("DRAINING", 1),
+    PROGRESS: ("PROGRESS", 3), LOG: ("LOG", 4), REQUEST: ("REQUEST", 4), RESPONSE: ("RESPONSE", 3),
 }
-KERNEL_RECEIVES = frozenset({RESULT, ERROR, SLOT_UP, SLOT_DOWN, CANCELLED, HEARTBEAT, DRAINING})
-NODE_RECEIVES = frozenset({CALL, CANCEL, ABORT, STOP_SLOT, BYE})
+KERNEL_RECEIVES = frozenset({RESULT, ERROR, SLOT_UP, SLOT_DOWN, CANCELLED, HEARTBEAT, DRAINING, PROGRESS, LOG,
+                             REQUEST})
+NODE_RECEIVES = frozenset({CALL, CANCEL, ABORT, STOP_SLOT, BYE, RESPONSE})
 _NONCE = 32
 
 

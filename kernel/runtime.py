@@ -12,6 +12,7 @@ import threading
 from typing import Any, NamedTuple
 
 from . import protocol as p
+from . import task
 from .decorator import inline, original_method
 from .errors import InstanceLostError, MethodNotFoundError, SerializationError
 from .serialization import dumps_exception, dumps_result, format_exception, loads, type_name
@@ -45,14 +46,16 @@ Reply = tuple[bool, Any]
 class Runtime:
     """Executes calls; holds the instances pinned to this executor."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, channel: task.TaskChannel | None = None) -> None:
         self.worker_id = worker_id
+        self.channel = channel  # how calls report progress, log and ask the kernel
         self.pinned: dict[str, Any] = {}
         self._local = threading.local()
         self._loops: list[Any] = []  # one per thread that ran an async method
 
-    def execute(self, kind: int, payload: bytes) -> Reply:
+    def execute(self, kind: int, payload: bytes, call_id: int = 0) -> Reply:
         token = inline.set(True)
+        current = task.enter(self.channel, call_id, self.worker_id)
         try:
             label = "call"
             try:
@@ -90,6 +93,7 @@ class Runtime:
         except Exception as exc:
             return False, ErrorInfo.of(exc, f"worker {self.worker_id}, pid {os.getpid()}")
         finally:
+            task.leave(current)
             inline.reset(token)
 
     def _pinned(self, key: str) -> Any:

@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kernel import protocol as p
-from kernel.errors import PoolClosedError
+from kernel import task
+from kernel.errors import PoolClosedError, RequestError
 from kernel.executor import Call, Executor, WorkerState
 from kernel.serialization import dumps, loads
+from kernel.task import PROGRESS_INTERVAL
 
 Make = Callable[[str], Executor]
 _ids = itertools.count(1)
@@ -203,10 +205,76 @@ async def check_async_method(make: Make) -> None:
         await ex.stop()
 
 
+def chatty(n: int) -> str:
+    """Reports progress, logs, and asks the kernel, as user code does (kernel.task)."""
+    for i in range(n):
+        task.progress((i + 1) / n, f"step {i + 1}")
+        time.sleep(PROGRESS_INTERVAL)
+    task.log("chatty done", level="warning", steps=n)
+    try:
+        task.request("missing")
+    except RequestError as exc:
+        refused = str(exc)
+    return f"{task.request('echo', n, tag='x')}|{refused}"
+
+
+async def chatty_async(n: int) -> Any:
+    task.progress(0.5, "half")
+    return await task.arequest("echo", n)
+
+
+class Recorder:
+    """A real :class:`kernel.executor.CallHost`: records progress and logs, serves the
+    ``echo`` route, refuses others (as the execution manager would)."""
+
+    def __init__(self) -> None:
+        self.progress_seen: list[tuple[int, float, str]] = []
+        self.logs: list[tuple[int, str, str, dict[str, Any]]] = []
+
+    def progress(self, call: Call, fraction: float, message: str) -> None:
+        self.progress_seen.append((call.id, fraction, message))
+
+    def log(self, call: Call, level: str, message: str, fields: Any) -> None:
+        self.logs.append((call.id, level, message, dict(fields)))
+
+    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+        args, kwargs = loads(payload)
+        if route != "echo":
+            return False, dumps(RequestError(f"unknown route {route!r}"))
+        await asyncio.sleep(0)
+        return True, dumps((args, kwargs))
+
+
+async def check_call_traffic(make: Make) -> None:
+    """A running call's progress, logs and requests reach the executor's host; the
+    request blocks neither the executor nor the call queued behind it."""
+    ex = make(f"check-{next(_ids)}")
+    host = ex.host = Recorder()
+    await ex.start()
+    try:
+        first = call(p.CALL_FN, (chatty, (3,), {}))
+        behind = call(p.CALL_FN, (chatty_async, (4,), {}))
+        ex.submit(first)
+        ok, data = await reply(ex, behind, timeout=20)
+        assert ok, data
+        assert loads(data) == ((4,), {})
+        ok, data = await first.future
+        assert ok, data
+        echoed, refused = loads(data).split("|")
+        assert echoed == "((3,), {'tag': 'x'})" and "unknown route 'missing'" in refused
+        assert [(c, f) for c, f, _ in host.progress_seen] == [
+            (first.id, 1 / 3), (first.id, 2 / 3), (first.id, 1.0), (behind.id, 0.5)
+        ], host.progress_seen
+        assert host.logs == [(first.id, "warning", "chatty done", {"steps": 3})]
+        assert ex.is_idle and ex.failed == 0
+    finally:
+        await ex.stop()
+
+
 CHECKS: list[Callable[[Make], Awaitable[None]]] = [
     check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
     check_missing_method, check_unpicklable_result_keeps_executor, check_drain_on_stop,
-    check_refuses_after_stop, check_cancel_queued, check_async_method,
+    check_refuses_after_stop, check_cancel_queued, check_async_method, check_call_traffic,
 ]
 
 

@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from kernel.errors import PoolClosedError, WorkerCrashedError
+from kernel import protocol as p
+from kernel.errors import PoolClosedError, RequestError, WorkerCrashedError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.runtime import Reply, Runtime
 
 _S = WorkerState
+
+
+def _ignore(_rid: int, _ok: bool, _payload: bytes) -> None:
+    pass
+
+
+class _Bridge:
+    """The :class:`kernel.task.TaskChannel` of calls on this process's threads: their
+    traffic goes to the executor on the event loop's thread."""
+
+    def __init__(self, executor: InMemoryExecutor) -> None:
+        self.executor = executor
+
+    def _on_loop(self, kind: int, call_id: int, fields: tuple[Any, ...],
+                 respond: Callable[[int, bool, bytes], None] = _ignore) -> None:
+        loop = self.executor.loop
+        if loop is None or loop.is_closed():
+            raise RequestError(f"executor {self.executor.id} is not running")
+        loop.call_soon_threadsafe(self.executor._call_traffic, kind, call_id, fields, respond)
+
+    def progress(self, call_id: int, fraction: float, message: str) -> None:
+        with contextlib.suppress(RequestError, RuntimeError):
+            self._on_loop(p.PROGRESS, call_id, (fraction, message))
+
+    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        with contextlib.suppress(RequestError, RuntimeError):
+            self._on_loop(p.LOG, call_id, (level, message, dict(fields)))
+
+    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+        if asyncio._get_running_loop() is self.executor.loop:
+            raise RequestError("task.request on the kernel's event loop thread would deadlock it")
+        answer: Future[tuple[bool, bytes]] = Future()
+        try:
+            self._on_loop(p.REQUEST, call_id, (0, route, payload), lambda _r, ok, data: answer.set_result((ok, data)))
+        except RuntimeError as exc:  # the loop closed meanwhile
+            raise RequestError(f"executor {self.executor.id} is not running") from exc
+        return answer.result()
 
 
 class InMemoryExecutor(Executor):
@@ -29,15 +68,17 @@ class InMemoryExecutor(Executor):
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(worker_id, options)
         self.slots = int(self.options.get("slots", 1))
-        self._runtime = Runtime(worker_id)
+        self._runtime = Runtime(worker_id, _Bridge(self))
         self._threads: ThreadPoolExecutor | None = None
         self._waiting: deque[Call] = deque()
         self._running = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def info(self) -> ExecutorInfo:
         return ExecutorInfo(pid=os.getpid(), slots=self.slots)
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.set_state(_S.REGISTERING)
         self._threads = ThreadPoolExecutor(self.slots, thread_name_prefix=self.id)
         self.set_state(_S.AVAILABLE)
@@ -56,7 +97,7 @@ class InMemoryExecutor(Executor):
         while self._running < self.slots and self._waiting and self._threads is not None:
             call = self._waiting.popleft()
             self._running += 1
-            fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload)
+            fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id)
             fut.add_done_callback(partial(self._done, call))
 
     def _done(self, call: Call, fut: asyncio.Future[Reply]) -> None:

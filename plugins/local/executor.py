@@ -23,6 +23,7 @@ from kernel.stream import FrameStream
 from .worker import BOOT_ENV
 
 _S = WorkerState
+_CODES = {p.Progress: p.PROGRESS, p.Log: p.LOG}
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -159,8 +160,17 @@ class LocalWorker(Executor):
                 self._finish(call, (True, event.payload))  # type: ignore[union-attr]
             else:
                 self._finish(call, (False, ErrorInfo(*event[1:])))
+        elif kind is p.Progress or kind is p.Log:
+            self._call_traffic(_CODES[kind], event[0], event[1:], self._respond)  # type: ignore[index]
+        elif kind is p.Request:
+            rid, call_id, route, payload = event  # type: ignore[misc]
+            self._call_traffic(p.REQUEST, call_id, (rid, route, payload), self._respond)
         elif kind is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)  # type: ignore[arg-type]
+
+    def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
+        if self._stream is not None and not self._stream.closed:
+            self._stream.write(p.pack((p.RESPONSE, request_id, ok, payload)))
 
     # -- end --------------------------------------------------------------------------
 

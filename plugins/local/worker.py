@@ -5,10 +5,15 @@ thread, write the replies. Replies of short calls are batched (up to about a
 millisecond) so that a stream of tiny calls costs few system calls. A watchdog thread
 exits the process as soon as the kernel's end of the socket closes, even while a
 long call runs, so no worker outlives its kernel, however the kernel ended.
+
+A running call reaches the kernel through :mod:`kernel.task`: progress and log frames
+go out at once; a request blocks only that call, reading the socket for its answer
+and keeping any calls or cancels that arrive meanwhile for the main loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -18,10 +23,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kernel import protocol as p
-from kernel.errors import SoftTimeoutError
+from kernel.errors import RequestError, SoftTimeoutError
 from kernel.packages import install_finder
 from kernel.runtime import Runtime
 
@@ -65,40 +71,95 @@ class _SoftTimeout:
             raise SoftTimeoutError(f"the call ran past its soft timeout of {cls.seconds:g} s")
 
     @classmethod
-    def run(cls, execute: Callable[[int, bytes], tuple[bool, object]], ev: p.Call) -> tuple[bool, object]:
+    def run(cls, execute: Callable[[int, bytes, int], tuple[bool, object]], ev: p.Call) -> tuple[bool, object]:
         cls.seconds, cls.armed = ev.soft_timeout, True
         signal.setitimer(signal.ITIMER_REAL, ev.soft_timeout)
         try:
-            return execute(ev.kind, ev.payload)
+            return execute(ev.kind, ev.payload, ev.call_id)
         finally:
             cls.armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _read_ready(sock: socket.socket, conn: p.Connection) -> list[p.Event]:
-    """The events already waiting on the socket, without blocking."""
-    try:
-        data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return []
-    if not data:
-        return []  # the end of the stream is seen by the next blocking read
-    return conn.receive_data(data)
+class _Link:
+    """The worker's end of the socket: sends from any thread of a call, and the reads a
+    call's request makes while the main loop is busy running it (``kernel.task``)."""
+
+    def __init__(self, sock: socket.socket, conn: p.Connection) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.out: list[bytes] = []  # replies waiting for the batch to be written
+        self.backlog: list[p.Event] = []  # events a request read that the main loop must see
+        self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._answers: dict[int, p.Response] = {}
+        self._ids = itertools.count(1)
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.send(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def read_ready(self) -> list[p.Event]:
+        """The events already waiting on the socket, without blocking."""
+        with self._read_lock:
+            try:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return []
+            if not data:
+                return []  # the end of the stream is seen by the next blocking read
+            return self.conn.receive_data(data)
+
+    # -- kernel.task.TaskChannel ------------------------------------------------------
+
+    def progress(self, call_id: int, fraction: float, message: str) -> None:
+        self.send(p.pack((p.PROGRESS, call_id, fraction, message)))
+
+    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.send(p.pack((p.LOG, call_id, level, message, dict(fields))))
+
+    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+        rid = next(self._ids)
+        self.flush()  # earlier calls' results must not wait for this answer
+        self.send(p.pack((p.REQUEST, rid, call_id, route, payload)))
+        with self._read_lock:
+            while rid not in self._answers:
+                data = self.sock.recv(max(65536, self.conn.pending()))
+                if not data:
+                    raise RequestError(f"the kernel went away before answering request {route!r}")
+                for ev in self.conn.receive_data(data):
+                    if type(ev) is p.Response:
+                        self._answers[ev.request_id] = ev
+                    else:
+                        self.backlog.append(ev)  # calls, cancels: the main loop's
+        answer = self._answers.pop(rid)
+        return answer.ok, answer.payload
 
 
 def serve(sock: socket.socket, worker_id: str) -> None:
     conn = p.Connection("worker")
-    runtime = Runtime(worker_id)
+    link = _Link(sock, conn)
+    runtime = Runtime(worker_id, link)
     hello = p.Hello(p.PROTOCOL_VERSION, worker_id, os.getpid(), platform.python_version(), {})
     sock.sendall(conn.send(hello))
-    recv, sendall, pack, execute = sock.recv, sock.sendall, p.pack, runtime.execute
+    recv, pack, execute = sock.recv, p.pack, runtime.execute
     clock = time.perf_counter
-    out: list[bytes] = []
+    out, backlog = link.out, link.backlog
     while True:
-        data = recv(max(65536, conn.pending()))  # a large frame in one read
-        if not data:
-            return
-        events = conn.receive_data(data)
+        if backlog:
+            events = list(backlog)
+            backlog.clear()
+        else:
+            data = recv(max(65536, conn.pending()))  # a large frame in one read
+            if not data:
+                return
+            events = conn.receive_data(data)
         cancelled = {ev.call_id for ev in events if type(ev) is p.Cancel}
         flushed = read_at = clock()
         i = 0
@@ -106,9 +167,11 @@ def serve(sock: socket.socket, worker_id: str) -> None:
             ev = events[i]
             i += 1
             if type(ev) is p.Call:
-                if clock() - read_at > _BATCH_SECONDS:
-                    # It waited behind another call: take in what came meanwhile (cancels).
-                    more = _read_ready(sock, conn)
+                if backlog or clock() - read_at > _BATCH_SECONDS:
+                    # It waited behind another call: take in what came meanwhile (cancels),
+                    # including what that call's requests read.
+                    more = backlog + link.read_ready()
+                    backlog.clear()
                     read_at = clock()
                     if more:
                         events.extend(more)
@@ -118,20 +181,16 @@ def serve(sock: socket.socket, worker_id: str) -> None:
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)
                 else:
-                    ok, reply = execute(ev.kind, ev.payload)
+                    ok, reply = execute(ev.kind, ev.payload, ev.call_id)
                 out.append(pack((p.RESULT, ev.call_id, reply) if ok else (p.ERROR, ev.call_id, *reply)))
                 now = clock()
                 if now - flushed > _BATCH_SECONDS:
-                    sendall(b"".join(out))
-                    out.clear()
+                    link.flush()
                     flushed = now
             elif type(ev) is p.Shutdown:
-                if out:
-                    sendall(b"".join(out))
+                link.flush()
                 return
-        if out:
-            sendall(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        link.flush()
 
 
 def main() -> None:

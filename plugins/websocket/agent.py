@@ -21,6 +21,7 @@ import random
 import signal
 import socket
 import ssl
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -30,10 +31,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kernel import node_protocol as n
-from kernel.errors import PoolClosedError
+from kernel.errors import PoolClosedError, RequestError
 from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 from kernel.nodes import NodeConfig, package_version
 from kernel.packages import plan_package
+from kernel.serialization import dumps
 
 from .outbox import FastClientConnection, Outbox, handshake
 
@@ -63,6 +65,10 @@ class _Reply(asyncio.Future[Any]):
         super().set_result(result)
         self.agent.reply(self.call_id, *result)
 
+    def set_exception(self, exception: Any) -> None:
+        super().set_exception(exception)
+        self.exception()  # reported by SLOT_DOWN, not here: retrieved so asyncio does not warn
+
 
 class NodeAgent:
     """Runs one node until drained; see the module docstring."""
@@ -70,7 +76,7 @@ class NodeAgent:
     def __init__(self, config: NodeConfig, factory: ExecutorFactory) -> None:
         self.config = config
         self.factory = factory
-        self.log = log.bind(node_id=config.node_id)
+        self.logger = log.bind(node_id=config.node_id)
         self.execs: dict[int, Executor] = {}
         self.draining = False
         self._ws: FastClientConnection | None = None
@@ -78,6 +84,8 @@ class NodeAgent:
         self._bye = False
         self._link: n.NodeLink | None = None
         self._numbers = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_now = asyncio.Event()
         self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
@@ -122,26 +130,26 @@ class NodeAgent:
                     attempt = 0 if await self._session(cast(FastClientConnection, ws)) else attempt
                     code = ws.close_code
             except n.Refused as exc:
-                self.log.error("handshake failed", url=c.url, reason=exc.reason)
+                self.logger.error("handshake failed", url=c.url, reason=exc.reason)
                 return 2
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
-                self.log.warning("cannot reach the kernel", url=c.url, error=str(exc) or type(exc).__name__)
+                self.logger.warning("cannot reach the kernel", url=c.url, error=str(exc) or type(exc).__name__)
             except InvalidURI as exc:
-                self.log.error("bad kernel URL", url=c.url, error=str(exc))
+                self.logger.error("bad kernel URL", url=c.url, error=str(exc))
                 return 2
             if self.draining and self._deadline is not None:
                 self._deadline.cancel()
             await self._drop_all()
             if code in _FATAL:
-                self.log.error("refused by the kernel", reason=_FATAL[code], code=code)
+                self.logger.error("refused by the kernel", reason=_FATAL[code], code=code)
                 return 2
             if self.draining or self._stop_now.is_set():
-                self.log.info("node stopped", reason="drained" if self.draining else "stopped")
+                self.logger.info("node stopped", reason="drained" if self.draining else "stopped")
                 return 0
             delay = max(0.05, random.uniform(0, min(c.reconnect_max, c.reconnect_min * 2 ** attempt)))  # full jitter
             attempt += 1
-            self.log.info("reconnecting", delay=round(delay, 2), attempt=attempt)
+            self.logger.info("reconnecting", delay=round(delay, 2), attempt=attempt)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -160,21 +168,21 @@ class NodeAgent:
 
     def _on_signal(self) -> None:
         if self.draining:
-            self.log.warning("second signal: stopping now")
+            self.logger.warning("second signal: stopping now")
             self._stop_now.set()
             if self._ws is not None:
                 self.spawn(self._ws.close(n.CLOSE_GOING_AWAY, "node stopped"))
             return
         self.draining = True
         self._wake.set()
-        self.log.info("draining: running calls finish, then the node leaves")
+        self.logger.info("draining: running calls finish, then the node leaves")
         if self._ws is not None and self._link is not None and self._link.is_open:
             self.send(_pack(n.DRAINING, "SIGTERM"))
             self._deadline = asyncio.get_running_loop().create_task(self._drain_deadline())
 
     async def _drain_deadline(self) -> None:
         await asyncio.sleep(self.config.drain_timeout)
-        self.log.warning("drain timed out", seconds=self.config.drain_timeout)
+        self.logger.warning("drain timed out", seconds=self.config.drain_timeout)
         self._stop_now.set()
         if self._ws is not None:
             await self._ws.close(n.CLOSE_GOING_AWAY, "node drain timed out")
@@ -193,7 +201,7 @@ class NodeAgent:
         self._ws, self._link, self._outbox = ws, link, Outbox(ws)
         self._bye = False
         ws.on_message = self._on_data
-        self.log.info("joined the kernel", url=c.url, session=link.session, slots=c.slots)
+        self.logger.info("joined the kernel", url=c.url, session=link.session, slots=c.slots)
         for _ in range(c.slots):
             self.spawn(self._start_slot())
         beats = asyncio.get_running_loop().create_task(self._heartbeats(link.heartbeat_interval))
@@ -209,8 +217,9 @@ class NodeAgent:
             ws.on_message = None
             beats.cancel()
             self._ws = self._link = self._outbox = None
+            self._fail_requests()
         if not self._bye:
-            self.log.warning("lost the kernel", code=ws.close_code, reason=ws.close_reason)
+            self.logger.warning("lost the kernel", code=ws.close_code, reason=ws.close_reason)
         return True
 
     def _on_data(self, data: bytes) -> None:
@@ -220,16 +229,16 @@ class NodeAgent:
         try:
             for msg in link.receive(data):
                 if msg[0] == n.BYE:
-                    self.log.info("the kernel said goodbye", reason=msg[1])
+                    self.logger.info("the kernel said goodbye", reason=msg[1])
                     self._bye = True
                     self.spawn(ws.close(n.CLOSE_NORMAL, "bye"))
                     return
                 self._handle(msg)
         except n.Refused as exc:
-            self.log.error("the kernel broke the protocol", reason=exc.reason)
+            self.logger.error("the kernel broke the protocol", reason=exc.reason)
             self.spawn(ws.close(exc.code, exc.reason))
         except (TypeError, ValueError) as exc:
-            self.log.error("the kernel broke the protocol", reason=str(exc))
+            self.logger.error("the kernel broke the protocol", reason=str(exc))
             self.spawn(ws.close(n.CLOSE_PROTOCOL, f"bad message: {exc}"[:120]))
 
     def send(self, data: bytes) -> None:
@@ -261,10 +270,37 @@ class NodeAgent:
             ex = self.execs.get(msg[1])
             if ex is not None:
                 ex.abort(msg[2], str(msg[3]))
+        elif kind == n.RESPONSE:
+            answer = self._requests.pop(msg[1], None)
+            if answer is not None and not answer.done():
+                answer.set_result((bool(msg[2]), msg[3]))
         elif kind == n.STOP_SLOT:
             ex = self.execs.pop(msg[1], None)
             if ex is not None:
                 self.spawn(self._stop_slot(msg[1], ex, bool(msg[2])))
+
+    # -- kernel.executor.CallHost: a running call's traffic goes to the kernel -----------
+
+    def progress(self, call: Call, fraction: float, message: str) -> None:
+        self.send(_pack(n.PROGRESS, call.id, fraction, message))
+
+    def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.send(_pack(n.LOG, call.id, level, message, dict(fields)))
+
+    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+        if self._outbox is None:
+            return False, dumps(RequestError(f"request {route!r}: node {self.config.node_id} lost the kernel"))
+        request_id = next(self._request_ids)
+        answer: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = answer
+        self.send(_pack(n.REQUEST, request_id, call.id, route, payload))
+        return await answer
+
+    def _fail_requests(self) -> None:
+        requests, self._requests = self._requests, {}
+        for answer in requests.values():
+            if not answer.done():
+                answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
     def reply(self, call_id: int, ok: bool, data: Any) -> None:
         if ok:
@@ -280,7 +316,7 @@ class NodeAgent:
         try:
             await ex.start()
         except Exception as exc:
-            self.log.error("worker failed to start", slot=number, error=str(exc))
+            self.logger.error("worker failed to start", slot=number, error=str(exc))
             await asyncio.sleep(1.0)
             if self._ws is not None and not self.draining:
                 self.spawn(self._start_slot())
@@ -289,6 +325,7 @@ class NodeAgent:
             await ex.stop(drain=False)
             return
         ex.listeners.append(partial(self._on_state, number))
+        ex.host = self
         self.execs[number] = ex
         self.send(_pack(n.SLOT_UP, number, ex.info().pid or 0))
 
@@ -297,7 +334,7 @@ class NodeAgent:
             return
         del self.execs[number]
         reason = ex.info().exit_reason or new.value
-        self.log.warning("worker ended", slot=number, reason=reason)
+        self.logger.warning("worker ended", slot=number, reason=reason)
         self.send(_pack(n.SLOT_DOWN, number, reason, getattr(ex, "returncode", None)))
         if self._ws is not None and not self.draining:
             self.spawn(self._start_slot())

@@ -12,7 +12,9 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from kernel import node_protocol as n
+from kernel.errors import RequestError
 from kernel.nodes import NodeInfo
+from kernel.serialization import dumps
 
 from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot
@@ -143,6 +145,18 @@ class Session:
                 slot = self.slots.get(number)
                 if slot is not None:
                     slot.cpu_percent, slot.rss = float(cpu), int(rss)
+        elif kind == n.PROGRESS or kind == n.LOG:
+            slot = self.calls.get(msg[1])
+            if slot is not None:  # else late: the call was given up here
+                slot._call_traffic(kind, msg[1], tuple(msg[2:]), self._respond)
+        elif kind == n.REQUEST:
+            _, request_id, call_id, route, payload = msg
+            slot = self.calls.get(call_id)
+            if slot is None:  # a call given up here (or never assigned): the asker still gets an answer
+                self._respond(request_id, False, dumps(RequestError(
+                    f"request {route!r} refused: call {call_id!r} is not running on node {self.node_id}")))
+                return
+            slot._call_traffic(kind, call_id, (request_id, route, payload), self._respond)
         elif kind == n.CANCELLED:
             self.dropped.pop(msg[1], None)
         elif kind == n.SLOT_UP:
@@ -162,6 +176,10 @@ class Session:
                 self._leave()
             else:
                 self.hub.retire(self, f"node {self.node_id} is draining ({msg[1]})")
+
+    def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
+        if not self.closed:
+            self.send(n.NodeLink.pack(n.RESPONSE, request_id, ok, payload))
 
     def _leave(self) -> None:
         self.send(n.NodeLink.pack(n.BYE, "drained"))

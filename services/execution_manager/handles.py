@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import structlog
 
 from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
@@ -27,8 +29,16 @@ if TYPE_CHECKING:
     from .events import EventBus
     from .pool import WorkerPool
 
+log = structlog.get_logger("execution-manager")
 Rebuild = Callable[[Any], BaseException]
 MAX_REQUEUES = 10  # a call whose workers keep dying before it starts still ends
+
+
+class Progress(NamedTuple):
+    """How far a running call says it is (``kernel.task.progress``)."""
+
+    fraction: float  # 0..1
+    message: str
 
 
 class CallOptions(NamedTuple):
@@ -62,6 +72,9 @@ class CallFuture(asyncio.Future[Any]):
     """The result of one call, through its attempts. Await it, or ``cancel()`` it.
 
     ``attempts`` records every attempt that ended in error (number, worker, reason).
+    Progress the call reports (``kernel.task.progress``) is in :attr:`progress`, goes
+    to callbacks given to :meth:`on_progress`, and comes out of
+    ``async for update in handle.progress_updates()``.
     """
 
     def __init__(
@@ -80,6 +93,9 @@ class CallFuture(asyncio.Future[Any]):
         self._reply: asyncio.Future[Reply] | None = None
         self._requeued = 0
         self.attempts: list[Attempt] = []
+        self._progress: Progress | None = None
+        self._progress_callbacks: list[Callable[[Progress], None]] = []
+        self._progress_queues: list[asyncio.Queue[Progress | None]] = []
         if options.timeout is not None or options.deadline is not None:
             loop = self.get_loop()
             timers = [
@@ -100,8 +116,51 @@ class CallFuture(asyncio.Future[Any]):
         """Resolve from ``reply`` (a future the executor resolves)."""
         self._call = call
         self._reply = reply
+        if call is not None:
+            call.on_progress = self._on_progress
         reply.add_done_callback(self._deliver)
         return self
+
+    # -- progress ---------------------------------------------------------------------
+
+    @property
+    def progress(self) -> Progress | None:
+        """The latest progress the call reported, or None."""
+        return self._progress
+
+    def on_progress(self, callback: Callable[[Progress], None]) -> Callable[[], None]:
+        """Call ``callback(progress)`` on each report (on the event loop); returns a
+        function that stops it. A report already in is given at once."""
+        self._progress_callbacks.append(callback)
+        if self._progress is not None:
+            callback(self._progress)
+        return lambda: self._progress_callbacks.remove(callback) if callback in self._progress_callbacks else None
+
+    async def progress_updates(self) -> AsyncIterator[Progress]:
+        """Each progress report as it arrives (the latest one first, if any), until the
+        call ends; its outcome is then had by awaiting the handle."""
+        queue: asyncio.Queue[Progress | None] = asyncio.Queue()
+        self._progress_queues.append(queue)
+        self.add_done_callback(lambda _f: queue.put_nowait(None))
+        try:
+            if self._progress is not None:
+                yield self._progress
+            while (update := await queue.get()) is not None:
+                yield update
+        finally:
+            self._progress_queues.remove(queue)
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        if self.done():
+            return
+        update = self._progress = Progress(fraction, message)
+        for callback in list(self._progress_callbacks):
+            try:
+                callback(update)
+            except Exception:  # a caller's callback must not break the pool's event path
+                log.exception("progress callback failed", call=self._label)
+        for queue in self._progress_queues:
+            queue.put_nowait(update)
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):

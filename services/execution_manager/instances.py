@@ -58,6 +58,7 @@ def _chain(outer: CallFuture, inner: CallFuture) -> None:
             outer.set_result(done.result())
 
     inner.add_done_callback(copy)
+    inner.on_progress(lambda update: outer._on_progress(*update))
     outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
 
@@ -148,7 +149,8 @@ class PinTable:
         that holds the instance's state."""
         out = CallFuture(self.pool, self._rebuild, label=f"{type(pin.instance).__qualname__}.{method}")
         if pin.ready and not pin.backlog:
-            return out.follow(self._send(pin, method, args, kwargs).future)
+            call = self._send(pin, method, args, kwargs)
+            return out.follow(call.future, call)
         pin.backlog.append((method, args, kwargs, out))
         return out
 
@@ -168,7 +170,8 @@ class PinTable:
                 continue
             try:
                 if pinned:
-                    out.follow(self._send(pin, method, args, kwargs).future)
+                    call = self._send(pin, method, args, kwargs)
+                    out.follow(call.future, call)
                 else:
                     _chain(out, self._place_unpinned(pin.instance, method, args, kwargs))
             except Exception as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from kernel.errors import PoolClosedError, UnsatisfiableError, WorkerStartError
-from kernel.executor import Call, ExecutorFactory, WorkerState
+from kernel.executor import Call, CallHost, ExecutorFactory, WorkerState
 
 from .backlog import Backlog
 from .events import EventBus
@@ -77,6 +77,7 @@ class WorkerPool(WorkerLifecycle):
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.host: CallHost | None = None  # where running calls' progress, logs and requests go
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._slots if s.running)
@@ -87,6 +88,7 @@ class WorkerPool(WorkerLifecycle):
     async def start(self) -> None:
         if self._local_factory is not None and self.limits.run_locally:
             local = self._local_factory("local-0", {"slots": self.settings.local_slots})
+            local.host = self.host
             await local.start()
             self.local = WorkerSlot(local, limit=self.settings.local_slots)
             local.on_finish = partial(self._finished, self.local)

@@ -30,6 +30,7 @@ from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
 from .settings import Settings
 from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
+from .traffic import CallTraffic, Route
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
@@ -81,6 +82,7 @@ class ExecutionManager(BaseService):
         self._load = SystemLoad(cpu_percent=0.0, memory_percent=0.0, avg_load=0.0)
         self._metrics: dict[str, tuple[float, int]] = {}
         self.listener: NodeListener | None = None
+        self.traffic: CallTraffic | None = None
         self.nodes_address: str | None = None  # where remote nodes connect (custom.nodes)
 
     def __repr__(self) -> str:
@@ -99,6 +101,7 @@ class ExecutionManager(BaseService):
         if hook.get_hookimpls():
             self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
+        self.pool.host = self.traffic = CallTraffic(self.kernel, self.get_stats)
         self._pins = PinTable(self.pool, self.events, rebuild, self.call_method)
         await self.pool.start()
         if s.nodes is not None:
@@ -303,6 +306,16 @@ class ExecutionManager(BaseService):
     async def retire_worker(self, worker_id: str) -> None:
         """Drain and stop one worker, moving its pinned instances elsewhere first."""
         await self._pool.retire(worker_id, "retired on request")
+
+    def add_route(self, name: str, handler: Route) -> None:
+        """Let running calls ask ``task.request(name, *args, **kwargs)``: the kernel runs
+        ``handler(call, *args, **kwargs)`` (sync or async) and sends back its answer, or
+        raises its exception inside the call."""
+        if self.traffic is None:
+            raise ExecutionError("the execution manager is not started")
+        if name in self.traffic.routes:
+            raise ValueError(f"route {name!r} is already served")
+        self.traffic.routes[name] = handler
 
     def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(event, payload)`` on each ``event`` (``"*"``: all)."""

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from kernel.errors import WorkerStartError
-from kernel.executor import Executor, ExecutorFactory, WorkerState
+from kernel.executor import CallHost, Executor, ExecutorFactory, WorkerState
 
 from .backlog import Backlog
 from .events import EventBus
@@ -85,6 +85,7 @@ class WorkerLifecycle:
     last_scale_up: float | None
     on_worker_lost: Callable[[WorkerSlot], None] | None
     on_retire: Callable[[WorkerSlot], Awaitable[None]] | None
+    host: CallHost | None
 
     def _drain(self, freed: WorkerSlot | None = None) -> None:
         raise NotImplementedError
@@ -130,6 +131,7 @@ class WorkerLifecycle:
         slot = WorkerSlot(executor, external=external)
         slot.limit = self._cap(slot, slot.limit)
         executor.on_finish = partial(self._finished, slot)
+        executor.host = self.host
         self.workers[executor.id] = slot
         self._slots.append(slot)
         info = executor.info()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from kernel import BaseService, distributed
+from kernel import BaseService, distributed, task
 
 
 def is_prime(n: int) -> bool:
@@ -27,9 +27,15 @@ class PrimeCounter(BaseService):
         return self.count_range(0, limit)
 
     def count_range(self, start: int, stop: int) -> int:
-        """Primes in ``[start, stop)``; adds the span to ``self.counted``."""
+        """Primes in ``[start, stop)``; adds the span to ``self.counted``. Reports its
+        progress to the caller as it goes (``kernel.task``)."""
         self.counted += max(0, stop - start)
-        return sum(1 for n in range(start, stop) if is_prime(n))
+        found = 0
+        for low in range(start, stop, 10_000):
+            high = min(low + 10_000, stop)
+            found += sum(1 for n in range(low, high) if is_prime(n))
+            task.progress((high - start) / (stop - start), f"at {high:,}")
+        return found
 
     async def count_range_async(self, start: int, stop: int) -> int:
         """The same, as an async method (awaitable on the caller's side either way)."""
