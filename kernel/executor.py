@@ -69,7 +69,7 @@ class Call:
     """
 
     __slots__ = ("args", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
-                 "project", "queued_at", "resources", "soft_timeout", "started", "worker_id")
+                 "project", "queued_at", "resources", "soft_timeout", "started", "timeout", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
@@ -89,6 +89,7 @@ class Call:
         self.resources = resources  # what it needs of a worker (None: anything)
         self.queued_at = 0.0
         self.started = 0.0
+        self.timeout: float | None = None  # the caller's limit for the whole call (shown, not enforced here)
         self.worker_id: str | None = None  # set by the pool when it hands the call out
         self.progress: tuple[float, str] | None = None  # the latest the call reported
         self.on_progress: Callable[[float, str], None] | None = None  # the caller's, if it listens

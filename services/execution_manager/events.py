@@ -12,7 +12,7 @@ import structlog
 log = structlog.get_logger("execution-manager")
 
 EVENTS = frozenset({
-    "task-complete", "task-error",
+    "task-complete", "task-error", "task-failed",
     "worker-started", "worker-terminated", "worker-error", "worker-retired", "worker-recycled",
     "task-retried", "scaled-up", "scaled-down", "queue-full",
     "instance-assigned", "instance-released", "instance-moved",

@@ -23,7 +23,7 @@ import structlog
 from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
 from kernel.executor import Call
 from kernel.runtime import Reply
-from kernel.serialization import loads
+from kernel.serialization import format_exception, loads, type_name
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -109,6 +109,7 @@ class CallFuture(asyncio.Future[Any]):
         """Make and place the call (or its next attempt)."""
         assert self._make_call is not None
         call = self._make_call()
+        call.timeout = self._options.timeout
         self._pool.submit(call)
         return self.follow(call.future, call)
 
@@ -226,6 +227,10 @@ class CallFuture(asyncio.Future[Any]):
         if len(self.attempts) > 1:
             exc.add_note("attempts:\n" + "\n".join(
                 f"  {a.number}. on {a.worker_id or '?'}: {a.outcome}" for a in self.attempts))
+        if self._events is not None and self._events.wants("task-failed"):
+            self._events.emit("task-failed", call=self._label, worker_id=worker, attempts=len(self.attempts),
+                              error=f"{type_name(exc)}: {exc}",
+                              traceback=getattr(exc, "remote_traceback", None) or format_exception(exc))
         self.set_exception(exc)
 
     def _can_retry(self) -> bool:

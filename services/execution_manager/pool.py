@@ -22,6 +22,7 @@ from kernel.executor import Call, CallHost, ExecutorFactory, WorkerState
 
 from .backlog import Backlog
 from .events import EventBus
+from .history import Timings
 from .policy import Limits, inflight_limit, place
 from .resources import fits, place_with, unsatisfiable
 from .settings import Settings
@@ -78,6 +79,7 @@ class WorkerPool(WorkerLifecycle):
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
+        self.timings: Timings | None = None  # call durations and queue waits, when someone reads them
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._slots if s.running)
@@ -271,6 +273,8 @@ class WorkerPool(WorkerLifecycle):
 
     def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
         call.started = time.perf_counter()
+        if self.timings is not None:
+            self.timings.wait.observe(time.monotonic() - call.queued_at if call.queued_at else 0.0)
         call.worker_id = slot.id
         slot.executor.submit(call)
         slot.idle_since = None
@@ -293,6 +297,8 @@ class WorkerPool(WorkerLifecycle):
         took = now - max(call.started, slot.last_done)
         slot.last_done = now
         slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
+        if self.timings is not None:
+            self.timings.duration.observe(took)
         if slot is not self.local:
             slot.limit = self._cap(slot, inflight_limit(slot.mean))
         if ok:

@@ -239,7 +239,7 @@ class ExecutionManager(BaseService):
                 payload = dumps_call(label, (run_chunk, (fn, chunk), {}), tuple(chunk), {}, fn=fn)
                 what = (f"{len(chunk)} items from #{start}",)
                 futures.append(CallFuture(
-                    pool, rebuild, label=label,
+                    pool, rebuild, label=label, events=self.events,
                     make_call=partial(pool.new_call, p.CALL_FN, payload, label, what),
                 ).start())
             for fut in futures:

@@ -14,6 +14,18 @@ def default_max_workers() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+class HttpSettings(BaseModel):
+    """``custom.http``: the dashboard, JSON API and ``/metrics`` (README "Seeing it work")."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to serve on; 0.0.0.0 exposes it to the network")
+    port: int = Field(8790, ge=0, le=65535, description="0: any free port")
+    admin_token_env: str = Field("MICROKERNEL_ADMIN_TOKEN", description="environment variable with the admin token")
+    admin_token_file: str | None = Field(None, description="file with the admin token (chmod 600); wins over the env")
+    push_interval: float = Field(1.0, gt=0, description="seconds between live updates to open dashboards")
+
+
 class Settings(BaseModel):
     """Every knob of the execution manager; see README "Execution manager settings"."""
 
@@ -56,6 +68,9 @@ class Settings(BaseModel):
     executor_options: dict[str, Any] = Field(default_factory=dict)
     nodes: dict[str, Any] | None = Field(
         None, description="listen for remote nodes: the transport's settings (README \"Remote nodes\"); null: off"
+    )
+    http: HttpSettings | None = Field(
+        None, description="serve the dashboard, JSON API and /metrics (kernel run turns it on); null: off"
     )
 
     @model_validator(mode="before")

@@ -230,6 +230,36 @@ class WorkerLifecycle:
         slot.retiring = True
         await self._leave(slot, reason)
 
+    def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
+        """Change minWorkers / maxWorkers while running (None: keep). Starts workers up
+        to the new minimum now and retires those above the new maximum (idle first,
+        draining). Returns the decision, also shown as the autoscaler's last one.
+
+        :raises ValueError: naming the bound at fault.
+        """
+        lo = self.settings.min_workers if min_workers is None else min_workers
+        hi = self.settings.max_workers if max_workers is None else max_workers
+        for name, value in (("minWorkers", lo), ("maxWorkers", hi)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+        if lo > hi:
+            raise ValueError(f"minWorkers ({lo}) is above maxWorkers ({hi})")
+        if hi == 0 and self.settings.nodes is None:
+            raise ValueError("maxWorkers 0 leaves no worker at all: nodes are not enabled (custom.nodes)")
+        self.settings = self.settings.model_copy(update={"min_workers": lo, "max_workers": hi})
+        self.limits = self.limits._replace(min_workers=lo, max_workers=hi)
+        reason = self.last_scaling = f"bounds set to {lo}..{hi} on request"
+        log.info("scaling bounds changed", min_workers=lo, max_workers=hi)
+        while self._live() < lo:
+            self._spawn()
+        staying = sorted((s for s in self._slots if not s.retiring and not s.external), key=lambda s: s.running)
+        for slot in staying[: max(0, self._live() - hi)]:
+            slot.retiring = True
+            task = asyncio.get_running_loop().create_task(self._leave(slot, reason))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return reason
+
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
             self._slots, self.limits, starting=self.starting, queued=len(self.backlog),

@@ -1,0 +1,110 @@
+"""What the pool did lately, for the dashboard, the JSON API and ``/metrics``.
+
+:class:`History` listens to the execution manager's events (worker starts and exits,
+retries, final failures with their tracebacks, scaling). :class:`Timings` counts call
+durations and queue waits into fixed buckets: two ``bisect`` calls and two increments
+per call, cheaper on the hot path than a locked metrics object, and exported as
+Prometheus histograms at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from typing import Any
+
+from .events import EventBus
+
+# Seconds; Prometheus' default buckets reach down to 5 ms, calls here are often faster.
+BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+          10.0, 30.0, 60.0, 300.0)
+
+
+class Buckets:
+    """A cumulative-at-export histogram: counts per bucket and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BOUNDS) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BOUNDS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(upper bound, count at or below it)`` pairs, ending with ``+Inf``."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, BOUNDS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+class Timings:
+    """Call durations (service time on the worker) and queue waits."""
+
+    __slots__ = ("duration", "wait")
+
+    def __init__(self) -> None:
+        self.duration = Buckets()
+        self.wait = Buckets()
+
+
+def exit_kind(reason: str, expected: bool) -> str:
+    """A worker exit reason as a bounded label: stopped, killed, exited, lost, failed."""
+    if expected:
+        return "stopped"
+    for needle, kind in (("killed by signal", "killed"), ("exited with code", "exited"), ("lost", "lost")):
+        if needle in reason:
+            return kind
+    return "failed"
+
+
+class History:
+    """The recent past of one pool (see the module docstring)."""
+
+    def __init__(self, events: EventBus, keep: int = 20) -> None:
+        self.failures: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.exits: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.scaling: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.last_exit: dict[str, str] = {}  # worker id -> why it ended
+        self.starts: Counter[str] = Counter()  # by executor kind
+        self.exit_counts: Counter[tuple[str, str]] = Counter()  # (kind, exit kind)
+        self.retried = 0
+        self.timings = Timings()
+        self._kinds: dict[str, str] = {}
+        self._rate: deque[tuple[float, int]] = deque(maxlen=16)
+        for name in ("worker-started", "worker-terminated", "task-retried", "task-failed", "scaled-up",
+                     "scaled-down"):
+            events.subscribe(name, self._on_event)
+
+    def _on_event(self, event: str, payload: Mapping[str, Any]) -> None:
+        now = time.time()
+        if event == "worker-started":
+            kind = str(payload.get("node_type", "?"))
+            self._kinds[payload["worker_id"]] = kind
+            self.starts[kind] += 1
+        elif event == "worker-terminated":
+            wid, reason = payload["worker_id"], str(payload.get("reason", ""))
+            kind = self._kinds.pop(wid, "?")
+            self.exit_counts[(kind, exit_kind(reason, bool(payload.get("expected"))))] += 1
+            self.last_exit[wid] = reason
+            self.exits.appendleft({"worker_id": wid, "kind": kind, "reason": reason, "at": now})
+        elif event == "task-retried":
+            self.retried += 1
+        elif event == "task-failed":
+            self.failures.appendleft({**payload, "at": now})
+        else:
+            self.scaling.appendleft({"event": event, **payload, "at": now})
+
+    def rate(self, done: int) -> float:
+        """Calls finished per second over the last samples (call about once a second)."""
+        now = time.monotonic()
+        if not self._rate or now - self._rate[-1][0] >= 0.5:  # many readers: sample at most twice a second
+            self._rate.append((now, done))
+        first_t, first_done = self._rate[0]
+        return 0.0 if now - first_t <= 0 else (done - first_done) / (now - first_t)
