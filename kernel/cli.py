@@ -16,6 +16,7 @@ from . import logs
 from .errors import KernelError
 from .kernel import Kernel
 from .nodes import TOKEN_ENV
+from .status import DEFAULT_URL, show_status
 
 
 def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -35,17 +36,22 @@ def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    kernel = Kernel(args.paths, settings=_settings(args.set))
+    defaults: dict[str, dict[str, Any]] = {} if args.no_http else {"execution-manager": {"http": {}}}
+    kernel = Kernel(args.paths, settings=_settings(args.set), defaults=defaults)
 
     async def ready(k: Kernel) -> None:
         states = ", ".join(f"{n} ({s.value})" for n, s in k.service_states().items())
         print(f"kernel running: {states}. Ctrl-C or SIGTERM stops it.", file=sys.stderr)
         try:
-            address = getattr(k.get_service("execution-manager"), "nodes_address", None)
+            em = k.get_service("execution-manager")
         except KernelError:  # replaced by a service of the user's, or not visible
-            address = None
+            em = None
+        address = getattr(em, "nodes_address", None)
         if address:
             print(f"nodes connect with: kernel node --connect {address}", file=sys.stderr)
+        dashboard = getattr(em, "http_address", None)
+        if dashboard:
+            print(f"dashboard: {dashboard}/ (kernel status --url {dashboard})", file=sys.stderr)
 
     await kernel.serve(ready)
 
@@ -115,6 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("paths", nargs="+", type=Path, help="service folders or folders of them")
     run.add_argument("--set", action="append", default=[], metavar="SERVICE.FIELD=VALUE",
                      help="override a service's custom setting (value parsed as JSON)")
+    run.add_argument("--no-http", action="store_true",
+                     help="no dashboard, JSON API or /metrics (else on, as custom.http of the execution manager)")
+
+    status = sub.add_parser("status", help="show a running kernel's workers, nodes, load and queue",
+                            description="Ask a running kernel's HTTP API (custom.http) for its status.")
+    status.add_argument("--url", default=DEFAULT_URL, help=f"the kernel's dashboard address (default {DEFAULT_URL})")
+    status.add_argument("--json", action="store_true", help="print the raw status document (for scripts)")
+    status.add_argument("--watch", nargs="?", type=float, const=1.0, default=None, metavar="SECONDS",
+                        help="redraw every SECONDS (default 1) until Ctrl-C")
 
     node = sub.add_parser("node", help="serve a kernel's calls from this machine (dials out to the kernel)",
                           description="Run a node agent: it connects to a kernel listening for nodes "
@@ -149,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_run(args))
         elif args.command == "node":
             return _node(args)
+        elif args.command == "status":
+            return show_status(args.url, as_json=args.json, watch=args.watch)
         else:
             from .demo import run_demo
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import importlib.metadata
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,9 @@ class Kernel:
     :param plugins: plugin objects or modules to register besides the installed ones.
     :param settings: per-service overrides of the manifests' ``custom`` objects, as
         ``{"execution-manager": {"maxWorkers": 2}}``.
+    :param defaults: per-service values used where a manifest's ``custom`` says nothing
+        (``kernel run`` turns the dashboard on this way; a manifest can still say
+        ``"http": null``).
     :param builtins: load the services that ship with the kernel (the execution manager).
     :param stop_timeout: seconds each service's ``stop()`` may take before it is abandoned.
     """
@@ -79,6 +84,7 @@ class Kernel:
         *,
         plugins: Iterable[Any] = (),
         settings: Mapping[str, Mapping[str, Any]] | None = None,
+        defaults: Mapping[str, Mapping[str, Any]] | None = None,
         builtins: bool = True,
         stop_timeout: float = 30.0,
     ) -> None:
@@ -87,7 +93,9 @@ class Kernel:
         self.paths = [Path(p) for p in paths]
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins)
         self.hook = self.pm.hook
+        self.id = f"{socket.gethostname()}-{os.getpid()}"  # in every log line its services write
         self._overrides = {k: dict(v) for k, v in (settings or {}).items()}
+        self._defaults = {k: dict(v) for k, v in (defaults or {}).items()}
         self._builtins = builtins
         self._stop_timeout = stop_timeout
         self._records: dict[str, ServiceRecord] = {}
@@ -177,7 +185,8 @@ class Kernel:
             rec.instance = instance
             self.hook.kernel_service_loaded(kernel=self, name=spec.name, service=instance)
             rec.state = ServiceState.STARTING
-            await instance.start()
+            with structlog.contextvars.bound_contextvars(kernel_id=self.id, service=spec.name):
+                await instance.start()  # tasks it starts log with both ids
         except Exception as exc:
             if rec.state != ServiceState.SKIPPED:
                 rec.state = ServiceState.FAILED
@@ -200,7 +209,7 @@ class Kernel:
         return rec.spec.path
 
     def _settings_for(self, spec: ServiceSpec, cls: type[BaseService]) -> Any:
-        custom = {**spec.manifest.custom, **self._overrides.get(spec.name, {})}
+        custom = {**self._defaults.get(spec.name, {}), **spec.manifest.custom, **self._overrides.get(spec.name, {})}
         model = cls.settings_model
         if model is None:
             return custom
@@ -223,7 +232,8 @@ class Kernel:
             rec = self._records[name]
             assert rec.instance is not None
             try:
-                with anyio.fail_after(self._stop_timeout):
+                with anyio.fail_after(self._stop_timeout), \
+                        structlog.contextvars.bound_contextvars(kernel_id=self.id, service=name):
                     await rec.instance.stop()
             except Exception as exc:
                 log.error("service failed to stop", service=name, error=repr(exc))

@@ -136,3 +136,12 @@ def announce_then_wait(path: str, seconds: float) -> None:
         fh.write(str(os.getpid()))
     os.replace(path + ".tmp", path)
     time.sleep(seconds)
+
+
+def report_then_wait(fraction: float, seconds: float) -> float:
+    """Reports progress ``fraction`` (the dashboard shows it), then works ``seconds``."""
+    from kernel import task
+
+    task.progress(fraction, "halfway there")
+    time.sleep(seconds)
+    return fraction

@@ -139,7 +139,8 @@ def test_kernel_node_refuses_bad_arguments_clearly(argv: list[str], env: dict[st
 def test_kernel_run_and_kernel_node_from_the_command_line(tmp_path) -> None:
     env = {**os.environ, "MICROKERNEL_NODE_TOKEN": TOKEN}
     kernel_cmd = [sys.executable, "-m", "kernel.cli", "--log-json", "run", str(tmp_path),
-                  "--set", 'execution-manager.nodes={"port": 0}', "--set", "execution-manager.minWorkers=0"]
+                  "--set", 'execution-manager.nodes={"port": 0}', "--set", "execution-manager.minWorkers=0",
+                  "--no-http"]
     with subprocess.Popen(kernel_cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
                           cwd=ROOT) as kernel:
         try:

@@ -38,7 +38,7 @@ def workers_of(pid: int) -> list[psutil.Process]:
 def test_kernel_run_stops_cleanly_on_sigterm() -> None:
     with subprocess.Popen(
         [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
-         "--set", "execution-manager.maxWorkers=2"],
+         "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
@@ -50,6 +50,7 @@ def test_kernel_run_stops_cleanly_on_sigterm() -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert "kernel running: execution-manager (running), prime-counter (running), reporter (running)" in err
+    assert "dashboard: http://127.0.0.1:" in err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(entry["event"] == "stopping on signal" and entry["signal"] == "SIGTERM" for entry in lines)
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
@@ -132,7 +133,7 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     (folder / "service.py").write_text(BUSY_SERVICE)
     cmd = [*KERNEL, "--log-json", "run", str(tmp_path), "--set", "execution-manager.minWorkers=2",
            "--set", "execution-manager.maxWorkers=2", "--set", "execution-manager.drainTimeout=60",
-           "--set", "execution-manager.runLocally=false"]
+           "--set", "execution-manager.runLocally=false", "--no-http"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             wait_for(lambda: len(workers_of(proc.pid)) == 2)
@@ -151,3 +152,38 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     assert took < 5, f"second signal took {took:.1f} s to stop the kernel"
     assert "second signal: stopping at once" in err
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_kernel_status_against_a_running_kernel() -> None:
+    cmd = [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
+           "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}']
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            url = ""
+            for line in proc.stderr:
+                if line.startswith("dashboard: "):
+                    url = line.split()[1].rstrip("/")
+                    break
+            assert url.startswith("http://127.0.0.1:"), "no dashboard line"
+            wait_for(lambda: len(workers_of(proc.pid)) == 2)
+            out = subprocess.run([*KERNEL, "status", "--url", url, "--json"], capture_output=True, text=True,
+                                 timeout=30)
+            assert out.returncode == 0, out.stderr
+            status = json.loads(out.stdout)
+            assert {w["id"] for w in status["workers"]} >= {"local-1", "local-2"}
+            assert [s["name"] for s in status["services"]] == ["execution-manager", "prime-counter", "reporter"]
+            out = subprocess.run([*KERNEL, "status", "--url", url], capture_output=True, text=True, timeout=30,
+                                 env={**os.environ, "COLUMNS": "200"})
+            assert out.returncode == 0, out.stderr
+            assert "local-1" in out.stdout and "workers 2 (min 2, max 2)" in out.stdout and "idle" in out.stdout
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+    out = subprocess.run([*KERNEL, "status", "--url", url], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and out.stderr.startswith(f"kernel: error: no kernel answers at {url}")
+    assert "Traceback" not in out.stderr
+    out = subprocess.run([*KERNEL, "status", "--url", "localhost:8790"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--url takes http://HOST:PORT" in out.stderr

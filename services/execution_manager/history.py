@@ -78,8 +78,8 @@ class History:
         self.timings = Timings()
         self._kinds: dict[str, str] = {}
         self._rate: deque[tuple[float, int]] = deque(maxlen=16)
-        for name in ("worker-started", "worker-terminated", "task-retried", "task-failed", "scaled-up",
-                     "scaled-down"):
+        for name in ("worker-started", "worker-terminated", "worker-retired", "task-retried", "task-failed",
+                     "scaled-up", "scaled-down"):
             events.subscribe(name, self._on_event)
 
     def _on_event(self, event: str, payload: Mapping[str, Any]) -> None:
@@ -94,6 +94,12 @@ class History:
             self.exit_counts[(kind, exit_kind(reason, bool(payload.get("expected"))))] += 1
             self.last_exit[wid] = reason
             self.exits.appendleft({"worker_id": wid, "kind": kind, "reason": reason, "at": now})
+        elif event == "worker-retired":  # arrives after it ended: say why it was asked to leave
+            wid = payload["worker_id"]
+            for entry in self.exits:
+                if entry["worker_id"] == wid:
+                    entry["reason"] = self.last_exit[wid] = f"{payload.get('reason')} ({entry['reason']})"
+                    break
         elif event == "task-retried":
             self.retried += 1
         elif event == "task-failed":

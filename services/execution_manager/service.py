@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import anyio.to_thread
-import psutil
 import structlog
 
 from kernel import protocol as p
@@ -25,12 +21,17 @@ from kernel.service import BaseService
 
 from .events import Callback, EventBus
 from .handles import CallFuture, CallOptions
+from .history import History
 from .instances import PinTable
+from .monitor import Monitor
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
-from .settings import Settings
-from .stats import ProjectStats, Stats, SystemLoad, WorkerStats
+from .settings import HttpSettings, Settings
+from .stats import Stats
 from .traffic import CallTraffic, Route
+
+if TYPE_CHECKING:
+    from .web import WebServer
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
@@ -78,12 +79,14 @@ class ExecutionManager(BaseService):
         self.pool: WorkerPool | None = None
         self._pins: PinTable | None = None
         self.events = EventBus()
-        self._monitor: asyncio.Task[None] | None = None
-        self._load = SystemLoad(cpu_percent=0.0, memory_percent=0.0, avg_load=0.0)
-        self._metrics: dict[str, tuple[float, int]] = {}
+        self.monitor: Monitor | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.listener: NodeListener | None = None
         self.traffic: CallTraffic | None = None
         self.nodes_address: str | None = None  # where remote nodes connect (custom.nodes)
+        self.history: History | None = None  # exits, failures, scaling, timings (with custom.http)
+        self.web: WebServer | None = None
+        self.http_address: str | None = None  # the dashboard (custom.http)
 
     def __repr__(self) -> str:
         return f"<ExecutionManager {self.pool!r}>"
@@ -103,6 +106,9 @@ class ExecutionManager(BaseService):
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
         self.pool.host = self.traffic = CallTraffic(self.kernel, self.get_stats)
         self._pins = PinTable(self.pool, self.events, rebuild, self.call_method)
+        if s.http is not None:  # before the first worker starts, so it is counted
+            self.history = History(self.events)
+            self.pool.timings = self.history.timings
         await self.pool.start()
         if s.nodes is not None:
             try:
@@ -110,7 +116,14 @@ class ExecutionManager(BaseService):
             except BaseException:
                 await self.pool.stop()
                 raise
-        self._monitor = asyncio.get_running_loop().create_task(self._watch())
+        self.monitor = Monitor(self.pool)
+        if s.http is not None:
+            try:
+                await self._serve_http(s.http)
+            except BaseException:
+                await self.stop()
+                raise
+        self._watch = asyncio.get_running_loop().create_task(self.monitor.run())
         log.info("execution manager started", node_type=s.node_type, min_workers=s.min_workers,
                  max_workers=s.max_workers, run_locally=s.run_locally)
 
@@ -125,10 +138,19 @@ class ExecutionManager(BaseService):
         self.nodes_address = await listener.start(self._pool)
         self.listener = listener
 
+    async def _serve_http(self, settings: HttpSettings) -> None:
+        from .web import WebServer  # aiohttp only when the dashboard is on
+
+        assert self.history is not None
+        self.web = WebServer(self, settings, self.history)
+        self.http_address = await self.web.start()
+
     async def stop(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        if self.web is not None:
+            await self.web.stop()
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         if self.listener is not None:
             self.listener.stop_accepting()
         if self.pool is not None:
@@ -324,82 +346,10 @@ class ExecutionManager(BaseService):
     # -- monitoring -------------------------------------------------------------------
 
     async def get_stats(self) -> Stats:
-        pool = self._pool
-        queued = pool.backlog.by_project()
-        details = []
-        for slot in pool.slots:
-            ex = slot.executor
-            info = ex.info()
-            cpu, rss = self._metrics.get(slot.id, (0.0, 0))
-            details.append(WorkerStats(
-                id=slot.id, node_type=ex.node_type, state=ex.state.value, pid=info.pid,
-                address=info.address, running=slot.running, done=ex.done, failed=ex.failed,
-                cpu_percent=cpu, memory_rss=rss, pinned=slot.pinned, node=info.node,
-            ))
-        listener = self.listener
-        return Stats(
-            workers=len(details), min_workers=pool.settings.min_workers,
-            max_workers=pool.settings.max_workers, starting=pool.starting,
-            system_load=self._load, active_tasks=sum(d.running for d in details),
-            queued_tasks=len(pool.backlog) + len(pool.held), local_tasks=pool.local.running if pool.local else 0,
-            queued_by_priority=pool.backlog.by_priority(),
-            projects={
-                name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),
-                                   limit=pool.project_limits.get(name))
-                for name in sorted({*pool.project_limits, *pool.project_running, *queued})
-            },
-            tasks_done=pool.done, tasks_failed=pool.failed,
-            pinned_instances=len(self._pins or ()), last_scaling=pool.last_scaling,
-            recent_placements=list(pool.placements),
-            worker_details=details,
-            nodes=listener.nodes() if listener else [],
-            nodes_address=self.nodes_address,
-            node_refusals=dict(listener.refusals()) if listener else {},
-        )
-
-    def _enforce_memory(self, pool: WorkerPool, metrics: Mapping[str, tuple[float, int]]) -> None:
-        """Above hardMemoryLimit the running call is stopped (an error names RSS and
-        limit); above softMemoryLimit the worker is replaced between calls."""
-        soft, hard = self.settings.soft_memory_limit, self.settings.hard_memory_limit
-        for slot in pool.slots:
-            rss = metrics.get(slot.id, (0.0, 0))[1]
-            if _over(rss, hard) and slot.executor.inflight:
-                running = next(iter(slot.executor.inflight.values()))
-                pool.abort(running, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
-            elif _over(rss, soft):
-                pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
-
-    async def _watch(self) -> None:
-        """Sample load (psutil, off the event loop) and run the scaling policy."""
-        pool = self._pool
-        s = self.settings
-        every = min(s.sample_interval, s.monitor_interval)
-        next_scale = time.monotonic() + s.monitor_interval
-        procs: dict[int, psutil.Process] = {}
-        while True:
-            await asyncio.sleep(every)
-            pids: dict[str, int | None] = {}
-            remote: dict[str, tuple[float, int]] = {}
-            local = []
-            for slot in pool.slots:
-                info = slot.executor.info()
-                if info.node is None:
-                    pids[slot.id] = info.pid
-                    local.append(slot)
-                else:  # a node's slot: its heartbeats carry the figures
-                    remote[slot.id] = (info.cpu_percent or 0.0, info.rss or 0)
-                    slot.cpu_percent = info.host_cpu_percent or 0.0
-            load, metrics = await anyio.to_thread.run_sync(_sample, pids, procs)
-            metrics.update(remote)
-            self._load, self._metrics = load, metrics
-            pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
-            for slot in local:  # placement weighs the load of the machine a worker is on
-                slot.cpu_percent = load.cpu_percent
-            self._enforce_memory(pool, metrics)
-            now = time.monotonic()
-            if now >= next_scale:
-                next_scale = now + s.monitor_interval
-                pool.autoscale(now)
+        """The pool now: workers and nodes, load, queue, projects, counters."""
+        if self.monitor is None:
+            raise ExecutionError("the execution manager is not started")
+        return self.monitor.stats(self.listener, self.nodes_address, len(self._pins or ()))
 
 
 def _checked_resources(resources: Mapping[str, float]) -> dict[str, float]:
@@ -409,28 +359,3 @@ def _checked_resources(resources: Mapping[str, float]) -> dict[str, float]:
             raise ValueError(f"resources maps names to amounts >= 0; got {name!r}: {amount!r}")
         out[name] = float(amount)
     return out
-
-
-def _over(rss: int, limit: int | None) -> bool:
-    return limit is not None and rss > limit
-
-
-def _sample(
-    pids: Mapping[str, int | None], procs: dict[int, psutil.Process]
-) -> tuple[SystemLoad, dict[str, tuple[float, int]]]:
-    cpus = os.cpu_count() or 1
-    load = SystemLoad(
-        cpu_percent=psutil.cpu_percent(None),
-        memory_percent=psutil.virtual_memory().percent,
-        avg_load=min(1.0, os.getloadavg()[0] / cpus),
-    )
-    metrics: dict[str, tuple[float, int]] = {}
-    for wid, pid in pids.items():
-        if pid is None or pid == os.getpid():
-            continue
-        try:
-            proc = procs.get(pid) or procs.setdefault(pid, psutil.Process(pid))
-            metrics[wid] = (proc.cpu_percent(None), proc.memory_info().rss)
-        except psutil.Error:
-            procs.pop(pid, None)
-    return load, metrics

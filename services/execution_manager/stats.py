@@ -15,6 +15,14 @@ class SystemLoad(BaseModel):
     avg_load: float  # 1-minute load average / CPUs, capped at 1
 
 
+class RunningCall(BaseModel):
+    call: str  # its label, e.g. "PrimeCounter.count_range"
+    elapsed: float  # seconds since it started on the worker
+    timeout: float | None  # the caller's limit for the whole call
+    progress: float | None  # the latest fraction it reported (kernel.task.progress)
+    message: str | None
+
+
 class WorkerStats(BaseModel):
     id: str
     node_type: str
@@ -28,6 +36,9 @@ class WorkerStats(BaseModel):
     memory_rss: int
     pinned: int
     node: str | None = None  # the remote node it runs on
+    host: str | None = None  # the machine it runs on
+    heartbeat_age: float | None = None  # node slots: seconds since the node was last heard
+    calls: list[RunningCall] = []  # what it runs now
 
 
 class ProjectStats(BaseModel):
@@ -56,3 +67,5 @@ class Stats(BaseModel):
     nodes: list[NodeInfo] = []  # each remote node: address, state, slots, load, heartbeat age
     nodes_address: str | None = None  # where nodes connect, when listening
     node_refusals: dict[str, int] = {}  # refused node connections by reason
+    soft_memory_limit: int | None = None  # bytes of RSS (softMemoryLimit)
+    hard_memory_limit: int | None = None

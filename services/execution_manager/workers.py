@@ -213,14 +213,18 @@ class WorkerLifecycle:
         """Workers the pool started that stay (not leaving), plus those starting."""
         return sum(1 for s in self._slots if not s.retiring and not s.external) + self.starting
 
-    async def _leave(self, slot: WorkerSlot, reason: str) -> None:
+    async def _leave(self, slot: WorkerSlot, reason: str, drain: bool = True) -> None:
         if self.on_retire is not None and slot.pins:
             await self.on_retire(slot)
-        await slot.executor.stop(drain=True, timeout=self.settings.drain_timeout)
+        await slot.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
         self.events.emit("worker-retired", worker_id=slot.id, reason=reason)
 
-    async def retire(self, worker_id: str, reason: str = "retired") -> None:
-        """Move the worker's pinned instances away, then drain and stop it."""
+    async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
+        """Move the worker's pinned instances away, then drain and stop it (without
+        ``drain``: stop it now; what it runs fails with WorkerCrashedError, or is retried).
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
         slot = self.workers.get(worker_id)
         if slot is None:
             known = ", ".join(self.workers) or "none"
@@ -228,7 +232,8 @@ class WorkerLifecycle:
         if slot.retiring:
             return
         slot.retiring = True
-        await self._leave(slot, reason)
+        log.info("retiring worker", worker_id=worker_id, reason=reason, drain=drain)
+        await self._leave(slot, reason, drain)
 
     def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
         """Change minWorkers / maxWorkers while running (None: keep). Starts workers up

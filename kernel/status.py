@@ -1,0 +1,131 @@
+"""``kernel status``: a running kernel's workers, nodes, load and queue, from its HTTP
+API (``custom.http`` of the execution manager), as rich tables, JSON or a live view."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .errors import KernelError
+
+DEFAULT_URL = "http://127.0.0.1:8790"
+STATE_STYLE = {"available": "green", "running": "green", "draining": "yellow", "unhealthy": "yellow",
+               "registering": "yellow", "failed": "red", "terminated": "red"}
+
+
+def fetch(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """GET ``url/api/status``.
+
+    :raises KernelError: nothing answers there, or the answer is not a status document.
+    """
+    target = url.rstrip("/") + "/api/status"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            data = json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise KernelError(f"{target} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise KernelError(f"no kernel answers at {url} ({reason}); is `kernel run` going? "
+                          "It prints its dashboard address when it starts") from None
+    except json.JSONDecodeError:
+        raise KernelError(f"{target} did not answer with JSON: is that a kernel's dashboard?") from None
+    if not isinstance(data, dict) or "pool" not in data:
+        raise KernelError(f"{target} did not answer with a kernel status document")
+    return data
+
+
+def _size(n: float | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _secs(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
+def render(status: dict[str, Any]) -> Group:
+    """The status as rich renderables: a header line, workers, nodes, last decision."""
+    p = status["pool"]
+    load = p["load"]
+    queue = " ".join(f"p{k}:{v}" for k, v in p["queued_by_priority"].items()) or "empty"
+    starting = f", +{p['starting']} starting" if p["starting"] else ""
+    header = Text.assemble(
+        ("workers ", "bold"), f"{p['workers']} (min {p['min_workers']}, max {p['max_workers']}"
+        f"{starting})   ",
+        ("load ", "bold"), f"CPU {load['cpu_percent']:.0f}%  memory {load['memory_percent']:.0f}%   ",
+        ("calls ", "bold"), f"running {p['running']}  queued {p['queued']} ({queue})  done {p['done']}  "
+        f"failed {p['failed']}  retried {p['retried']}  {p['rate']:.1f}/s",
+    )
+    workers = Table(title="workers", title_justify="left", expand=False)
+    for col in ("id", "kind", "host", "pid", "state", "call", "elapsed", "done", "failed", "CPU", "RSS", "heartbeat"):
+        workers.add_column(col, justify="right" if col in ("pid", "done", "failed", "CPU", "RSS") else "left")
+    for w in status["workers"]:
+        call = w["calls"][0] if w["calls"] else None
+        progress = f" {call['progress']:.0%}" if call and call.get("progress") is not None else ""
+        workers.add_row(
+            w["id"], w["node_type"], w["host"] or "-", str(w["pid"] or "-"),
+            Text(w["state"], style=STATE_STYLE.get(w["state"], "")), (call["call"] + progress) if call else "idle",
+            f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}" if call else "",
+            str(w["done"]), str(w["failed"]), f"{w['cpu_percent']:.0f}%", _size(w["memory_rss"]),
+            _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",
+        )
+    parts: list[Any] = [header, workers]
+    if status["nodes"]:
+        nodes = Table(title="nodes", title_justify="left")
+        for col in ("id", "address", "state", "slots", "running", "CPU", "memory", "heartbeat"):
+            nodes.add_column(col)
+        for n in status["nodes"]:
+            nodes.add_row(n["id"], n["address"], Text(n["state"], style=STATE_STYLE.get(n["state"], "")),
+                          str(n["slots"]), str(n["running"]), f"{n['cpu_percent']:.0f}%",
+                          f"{n['memory_percent']:.0f}%", _secs(n["heartbeat_age"]))
+        parts.append(nodes)
+    if status["scaling"]["last"]:
+        parts.append(Text(f"autoscaler: {status['scaling']['last']}", style="dim"))
+    if status["failures"]:
+        last = status["failures"][0]
+        parts.append(Text(f"last failure: {last['call']} on {last.get('worker_id') or '?'}: {last['error']}",
+                          style="red"))
+    return Group(*parts)
+
+
+def show_status(url: str, *, as_json: bool = False, watch: float | None = None) -> int:
+    """Print the status once, or redraw it every ``watch`` seconds until Ctrl-C."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--url takes http://HOST:PORT, got {url!r}")
+    if watch is not None and watch <= 0:
+        raise ValueError(f"--watch takes a positive number of seconds, got {watch:g}")
+    console = Console()
+    if watch is None:
+        status = fetch(url)
+        if as_json:
+            print(json.dumps(status, indent=2))
+        else:
+            console.print(render(status))
+        return 0
+    try:
+        if as_json:  # one document per line, for scripts that follow the pool
+            while True:
+                print(json.dumps(fetch(url)), flush=True)
+                time.sleep(watch)
+        with Live(render(fetch(url)), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(watch)
+                live.update(render(fetch(url)), refresh=True)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,106 @@
+"""The control endpoints behind the admin token: drain or stop a worker, scale, set a
+project's limit. Each checks its input and answers with what it did, or a 4xx whose
+message names the field or worker at fault; nothing changes on a bad request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..service import ExecutionManager
+
+log = structlog.get_logger("http")
+_background: set[asyncio.Task[Any]] = set()
+
+
+class BadRequest(Exception):
+    """A request the kernel will not act on; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """The request's JSON object, holding only ``fields`` (name -> accepted types)."""
+    try:
+        data = await request.json()
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"the body must be a JSON object with {', '.join(fields)}, not {type(data).__name__}")
+    for name, value in data.items():
+        if name not in fields:
+            raise BadRequest(f"unknown field {name!r} (expected {', '.join(fields)})")
+        if isinstance(value, bool) or not isinstance(value, fields[name]):
+            kind = "an integer or null" if isinstance(fields[name], tuple) else "an integer"
+            raise BadRequest(f"field {name!r} must be {kind}, not {json.dumps(value)}")
+    return data
+
+
+def _worker(em: ExecutionManager, request: web.Request) -> str:
+    worker_id = request.match_info["worker_id"]
+    workers = em.pool.workers if em.pool else {}
+    if worker_id not in workers:
+        raise BadRequest(f"no worker {worker_id!r} (workers: {', '.join(sorted(workers)) or 'none'})", status=404)
+    return worker_id
+
+
+def _later(coro: Any, what: str, worker_id: str) -> None:
+    async def run() -> None:
+        try:
+            await coro
+        except Exception as exc:
+            log.warning(f"{what} failed", worker_id=worker_id, error=str(exc))
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def drain(em: ExecutionManager, request: web.Request) -> web.Response:
+    """Stop giving the worker calls, move its pinned instances, let it finish, stop it."""
+    worker_id = _worker(em, request)
+    assert em.pool is not None
+    log.info("worker drain requested", worker_id=worker_id, peer=request.remote)
+    _later(em.pool.retire(worker_id, "drained on request"), "drain", worker_id)
+    return web.json_response({"worker": worker_id, "action": "drain"}, status=202)
+
+
+async def stop(em: ExecutionManager, request: web.Request) -> web.Response:
+    """Stop the worker now: what it runs fails with WorkerCrashedError (or is retried)."""
+    worker_id = _worker(em, request)
+    assert em.pool is not None
+    log.info("worker stop requested", worker_id=worker_id, peer=request.remote)
+    _later(em.pool.retire(worker_id, "stopped on request", drain=False), "stop", worker_id)
+    return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
+
+
+async def scale(em: ExecutionManager, request: web.Request) -> web.Response:
+    """``{"minWorkers": n, "maxWorkers": m}`` (either may be left out)."""
+    data = await body(request, {"minWorkers": int, "maxWorkers": int})
+    if not data:
+        raise BadRequest("give minWorkers, maxWorkers or both")
+    assert em.pool is not None
+    decision = em.pool.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+    log.info("scaling bounds set", peer=request.remote, **data)
+    s = em.pool.settings
+    return web.json_response({"min_workers": s.min_workers, "max_workers": s.max_workers, "decision": decision})
+
+
+async def project_limit(em: ExecutionManager, request: web.Request) -> web.Response:
+    """``{"limit": n}`` or ``{"limit": null}`` to lift it."""
+    project = request.match_info["project"]
+    data = await body(request, {"limit": (int, type(None))})
+    if "limit" not in data:
+        raise BadRequest("give the field 'limit' (an integer >= 1, or null for no limit)")
+    em.set_project_limit(project, data["limit"])
+    log.info("project limit set", project=project, limit=data["limit"], peer=request.remote)
+    return web.json_response({"project": project, "limit": data["limit"]})
