@@ -196,3 +196,34 @@ async def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
     assert isinstance(err.value.__cause__, ConfigError)
     message = str(err.value)
     assert "custom.http.port" in message and f"127.0.0.1:{port} is already in use" in message
+
+
+async def test_a_real_node_shows_in_status_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .nodes import TOKEN as NODE_TOKEN
+    from .nodes import start_node, stop_node
+
+    monkeypatch.setenv("MICROKERNEL_NODE_TOKEN", NODE_TOKEN)
+    async with kernel_with_http(tmp_path, minWorkers=0, maxWorkers=1, nodes={"port": 0}) as kernel, \
+            aiohttp.ClientSession() as http:
+        em = kernel.get_service("execution-manager")
+        url = em.http_address
+        proc = await start_node(em.nodes_address, slots=2, node_id="alpha")
+        try:
+            async def node_slots() -> Any:
+                workers = await get(http, f"{url}/api/workers")
+                found = [w for w in workers if w["node"] == "alpha" and w["heartbeat_age"] is not None]
+                return found if len(found) == 2 else None
+
+            slots = await until(node_slots)
+            assert {w["node_type"] for w in slots} == {"node"}
+            assert all(w["host"] == "127.0.0.1" for w in slots)
+            [node] = await get(http, f"{url}/api/nodes")
+            assert node["id"] == "alpha" and node["slots"] == 2 and node["state"] == "available"
+            assert (await get(http, f"{url}/api/status"))["nodes_address"] == em.nodes_address
+            assert await em.submit(tasks.inc, 41) == 42
+            async with http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            assert 'microkernel_node_connections{state="available"} 1.0' in text
+            assert 'microkernel_workers{kind="node",state="available"} 2.0' in text
+        finally:
+            assert await stop_node(proc) == 0
