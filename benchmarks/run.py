@@ -2,7 +2,11 @@
 multiprocessing.Pool, in one run. Each contender runs in its own child process (one
 process tree), on 2 workers, and the table prints each result with ours / theirs.
 ``ours-node`` runs the same calls on a remote node (``kernel node``, 2 slots) that
-dials the kernel over loopback websockets, with no local worker.
+dials the kernel over loopback websockets, with no local worker. ``ours-dask`` runs
+them through the dask transport on a Dask LocalCluster (2 worker processes, 1 thread
+each), and ``dask`` on the same kind of cluster with ``Client.submit`` directly; the
+``dask`` column's ratio is ours-dask ÷ dask (our overhead on top of Dask). Dask's
+columns make fewer calls (it manages about a thousand tasks a second here).
 
     python -m benchmarks.run [--quick] [--only NAME ...] [--json FILE]
 """
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.tasks import burn, crash, echo, inc
+from benchmarks.tasks import burn, crash, echo, inc, inc_all
 
 WORKERS = 2
 MIB = b"x" * (1 << 20)
@@ -161,23 +165,85 @@ def run_sync(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
 # -- ours -------------------------------------------------------------------------------
 
 
-async def run_ours(quick: bool, burn_n: int, node: bool = False) -> dict[str, Any]:
+def sizes(quick: bool, dask: bool = False) -> tuple[int, int, int, int, int]:
+    """Calls for: tiny, map items, latency samples, CPU burns, MiB echoes."""
+    if dask:
+        return (1000, 20_000, 200, 60, 20) if quick else (3000, 50_000, 500, 200, 50)
+    return (4000, 50_000, 500, 60, 20) if quick else (20_000, 200_000, 2000, 200, 50)
+
+
+def run_dask(quick: bool, burn_n: int) -> dict[str, Any]:
+    """Raw Dask: Client.submit on a LocalCluster like the one ours-dask uses."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    n_tiny, n_map, n_lat, n_cpu, n_mib = sizes(quick, dask=True)
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.submit(inc, 1, pure=False).result()
+        out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
+        for _ in range(200):
+            client.submit(inc, 1, pure=False).result()
+        t = time.perf_counter()
+        client.gather([client.submit(inc, i, pure=False) for i in range(n_tiny)])
+        out["tiny_per_s"] = n_tiny / (time.perf_counter() - t)
+        t = time.perf_counter()
+        chunks = [list(range(i, min(i + 100, n_map))) for i in range(0, n_map, 100)]  # as chunksize=100 does
+        client.gather(client.map(inc_all, chunks, pure=False))
+        out["map_per_s"] = n_map / (time.perf_counter() - t)
+        lat = []
+        for i in range(n_lat):
+            t = time.perf_counter()
+            client.submit(inc, i, pure=False).result()
+            lat.append(time.perf_counter() - t)
+        out["lat_p50_us"], out["lat_p99_us"] = pct(lat, 0.5) * 1e6, pct(lat, 0.99) * 1e6
+        out["cpu_serial_s"] = serial_time(burn_n, n_cpu)
+        t = time.perf_counter()
+        client.gather([client.submit(burn, burn_n, pure=False) for _ in range(n_cpu)])
+        out["cpu_wall_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(n_mib):
+            assert len(client.submit(echo, MIB, pure=False).result()) == len(MIB)
+        out["mib_per_s"] = n_mib / (time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            client.submit(crash, pure=False).result(timeout=120)
+            out["crash"] = "no error"
+        except Exception as exc:
+            out["crash"] = type(exc).__name__
+        out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        client.submit(inc, 1, pure=False).result(timeout=120)
+        out["next_call_ms"] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+async def run_ours(quick: bool, burn_n: int, node: str | None = None) -> dict[str, Any]:
     import os
 
     from kernel import Kernel, logs
 
     logs.configure("warning")
-    n_tiny, n_map, n_lat, n_cpu, n_mib = (4000, 50_000, 500, 60, 20) if quick else (20_000, 200_000, 2000, 200, 50)
+    n_tiny, n_map, n_lat, n_cpu, n_mib = sizes(quick, dask=node == "dask")
     out: dict[str, Any] = {}
     em_settings: dict[str, Any] = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}
-    if node:
+    if node == "websocket":
         os.environ.setdefault("MICROKERNEL_NODE_TOKEN", "benchmark-token")
         em_settings.update(minWorkers=0, maxWorkers=0, nodes={"port": 0})
+    elif node == "dask":
+        import logging
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        em_settings.update(minWorkers=0, maxWorkers=0, nodes={"transport": "dask", "local": {"workers": WORKERS}})
     t0 = time.perf_counter()
     async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
         em = kernel.get_service("execution-manager")
         agent = None
-        if node:
+        if node == "websocket":
             joined = asyncio.Event()
             em.subscribe("worker-started", lambda _e, _p: len(em.pool.slots) >= WORKERS and joined.set())
             agent = await asyncio.create_subprocess_exec(
@@ -228,13 +294,13 @@ async def _measure(em: Any, out: dict[str, Any], t0: float, n_tiny: int, n_map: 
         out["crash"] = type(exc).__name__
     out["crash_error_ms"] = (time.perf_counter() - t) * 1e3
     t = time.perf_counter()
-    await em.submit(inc, 1)
+    await em.submit(inc, 1, retries=3)  # on Dask the worker is replaced, not the call's executor
     out["next_call_ms"] = (time.perf_counter() - t) * 1e3
 
 
 # -- the table --------------------------------------------------------------------------
 
-CONTENDERS = ["ours", "ours-node", "ppe-fork", "ppe-spawn", "mp-pool", "loky", "pebble"]
+CONTENDERS = ["ours", "ours-node", "ppe-fork", "ppe-spawn", "mp-pool", "loky", "pebble", "ours-dask", "dask"]
 METRICS = [  # key, label, higher is better
     ("tiny_per_s", "tiny calls, submit+gather (calls/s)", True),
     ("map_per_s", "map, chunksize 100 (calls/s)", True),
@@ -248,8 +314,10 @@ METRICS = [  # key, label, higher is better
 
 
 def child(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
-    if name in ("ours", "ours-node"):
-        return asyncio.run(run_ours(quick, burn_n, node=name == "ours-node"))
+    if name.startswith("ours"):
+        return asyncio.run(run_ours(quick, burn_n, node={"ours-node": "websocket", "ours-dask": "dask"}.get(name)))
+    if name == "dask":
+        return run_dask(quick, burn_n)
     return run_sync(name, quick, burn_n)
 
 
@@ -293,14 +361,13 @@ def main() -> None:
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
-    ours = results.get("ours", {})
     for key, label, higher in METRICS:
         row = [label]
         for name, res in results.items():
             missing = res.get("next_call", res.get("error", "-")) if key == "next_call_ms" else res.get("error", "-")
             v = res.get(key, missing)
             cell = fmt(key, v)
-            o = ours.get(key)
+            o = results.get("ours-dask" if name == "dask" else "ours", {}).get(key)
             if not name.startswith("ours") and isinstance(v, float | int) and isinstance(o, float | int) and v and o:
                 ratio = o / v if higher else v / o
                 cell += f" ({ratio:.2f})"

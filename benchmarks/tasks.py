@@ -22,3 +22,7 @@ def echo(data: bytes) -> bytes:
 
 def crash() -> None:
     os._exit(1)
+
+
+def inc_all(xs: list[int]) -> list[int]:
+    return [x + 1 for x in xs]

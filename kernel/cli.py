@@ -47,7 +47,7 @@ async def _run(args: argparse.Namespace) -> None:
         except KernelError:  # replaced by a service of the user's, or not visible
             em = None
         address = getattr(em, "nodes_address", None)
-        if address:
+        if address and address.startswith(("ws://", "wss://")):
             print(f"nodes connect with: kernel node --connect {address}", file=sys.stderr)
         dashboard = getattr(em, "http_address", None)
         if dashboard:

@@ -152,6 +152,12 @@ class Executor(ABC):
     """
 
     node_type: ClassVar[str] = ""
+    #: Seconds each call spends in transit rather than working (a remote engine's
+    #: scheduling round trip). The pool subtracts it from measured call times when it
+    #: decides how many calls to hand the executor at once, so an engine with a slow
+    #: round trip is still given enough calls to overlap it. Kept up to date by the
+    #: executor; 0 for executors whose transit is negligible.
+    overhead: float = 0.0
 
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
         self.id = worker_id

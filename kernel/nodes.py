@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .executor import Executor
 
 TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"
@@ -114,10 +114,14 @@ class NodeTransport(ABC):
             came from) and each field; or no token could be read.
         """
 
-    @abstractmethod
     async def run_node(self, config: NodeConfig) -> int:
         """Run a node agent until it is drained (SIGTERM) or refused for good;
-        return the process exit code."""
+        return the process exit code. Transports whose nodes are someone else's
+        processes (a Dask cluster's workers) have no agent and keep this default.
+
+        :raises PluginError: this transport has no node agent.
+        """
+        raise PluginError(f"the {type(self).__name__} transport has no `kernel node` agent")
 
 
 def read_token(env: str = TOKEN_ENV, file: str | os.PathLike[str] | None = None) -> bytes:

@@ -107,7 +107,7 @@ async def test_listening_for_nodes_needs_a_token_a_known_transport_and_a_free_po
     token.chmod(0o644)
     with pytest.raises(ServiceStartError, match="token file: is readable by others; chmod 600 it"):
         await nodes_kernel(nodes={"port": 0, "tokenFile": str(token)}).start()
-    with pytest.raises(ServiceStartError, match=r"'carrier-pigeon' is not a known node transport \(known: websocket\)"):
+    with pytest.raises(ServiceStartError, match=r"'carrier-pigeon' is not a known node transport \(known: dask, websocket\)"):
         await nodes_kernel(nodes={"transport": "carrier-pigeon"}).start()
     token.chmod(0o600)
     async with nodes_kernel(nodes={"port": 0, "tokenFile": str(token)}) as kernel:

@@ -131,3 +131,14 @@ def test_no_flapping_between_the_thresholds() -> None:
     workers = [W("a", running=1), W("b", idle_since=0.0)]
     plan = plan_scaling(workers, L, starting=0, queued=5, memory_percent=10.0, now=100.0)
     assert plan == ScalePlan(0, (), "steady")
+
+
+@pytest.mark.parametrize(("mean", "overhead", "limit"), [
+    (0.0105, 0.010, 64),  # a tiny call behind a 10 ms round trip: pipeline deeply
+    (0.015, 0.010, 4),
+    (0.030, 0.010, 2),    # real work: one running, one in transit
+    (3.0, 0.010, 2),
+    (None, 0.010, 2),
+])
+def test_inflight_limit_takes_transit_off(mean, overhead, limit) -> None:
+    assert inflight_limit(mean, overhead) == limit

@@ -114,16 +114,16 @@ def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str
     return best.id if best else None
 
 
-def inflight_limit(mean_seconds: float | None) -> int:
+def inflight_limit(mean_seconds: float | None, overhead: float = 0.0) -> int:
     """Calls a worker may hold at once: many when calls are tiny, so it never waits for
-    the next one; one when they are long, so a queue never forms behind a busy worker."""
+    the next one; one when they are long, so a queue never forms behind a busy worker.
+    ``overhead`` (the executor's transit time per call) is not work: it is taken off
+    the mean, and an executor that has any always gets a second call to overlap it."""
     if mean_seconds is None:
         return 2
-    if mean_seconds < 0.001:
-        return 64
-    if mean_seconds < 0.01:
-        return 4
-    return 1
+    work = max(0.0, mean_seconds - overhead)
+    limit = 64 if work < 0.001 else 4 if work < 0.01 else 1
+    return max(limit, 2) if overhead > 0 else limit
 
 
 class ScalePlan(NamedTuple):

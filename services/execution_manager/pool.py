@@ -300,7 +300,7 @@ class WorkerPool(WorkerLifecycle):
         if self.timings is not None:
             self.timings.duration.observe(took)
         if slot is not self.local:
-            slot.limit = self._cap(slot, inflight_limit(slot.mean))
+            slot.limit = self._cap(slot, inflight_limit(slot.mean, slot.executor.overhead))
         if ok:
             self.done += 1
         else:

@@ -1,0 +1,238 @@
+"""The kernel's end of a Dask cluster: a :class:`~kernel.nodes.NodeListener` that
+connects to the scheduler (or starts a ``LocalCluster``), adopts one
+:class:`.executor.DaskWorker` per Dask worker into the pool, and follows the cluster:
+workers that join are adopted, workers that leave fail (or retry) what they held, and
+a scheduler that goes away fails every worker until it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from kernel.errors import PluginError
+from kernel.nodes import NodeHost, NodeInfo, NodeListener
+from kernel.packages import service_packages
+
+from . import remote
+from .executor import DaskWorker
+from .settings import DaskSettings
+from .versions import check_version
+
+log = structlog.get_logger("dask")
+
+
+class DaskCluster(NodeListener):
+    """See the module docstring."""
+
+    def __init__(self, settings: DaskSettings) -> None:
+        self.settings = settings
+        self.client: Any = None
+        self.cluster: Any = None  # the LocalCluster we started, if any
+        self.address = settings.scheduler or ""
+        self.workers: dict[str, DaskWorker] = {}  # Dask address -> its executor
+        self._by_id: dict[str, DaskWorker] = {}  # every executor whose calls' traffic arrives here
+        self._info: dict[str, Mapping[str, Any]] = {}
+        self._host: NodeHost | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._seq = 0
+        self._scheduler_lost = False
+
+    async def start(self, host: NodeHost) -> str:
+        check_version()
+        s = self.settings
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                if s.local is not None:
+                    await self._start_local()
+                else:
+                    await self._connect()
+        except (TimeoutError, OSError) as exc:
+            await self._close()
+            raise PluginError(
+                f"cannot reach the Dask scheduler at {self.address or 'a new LocalCluster'} within "
+                f"{s.connect_timeout:g} s ({type(exc).__name__}: {exc}); check custom.nodes.scheduler"
+            ) from None
+        self._host = host
+        try:
+            await self._look()
+        except BaseException:
+            await self._close()
+            raise
+        self._watch = asyncio.get_running_loop().create_task(self._follow())
+        log.info("dask cluster attached", scheduler=self.address, workers=len(self.workers))
+        return self.address
+
+    async def _start_local(self) -> None:
+        from distributed import Client, LocalCluster
+
+        local = self.settings.local
+        assert local is not None
+        self.cluster = await LocalCluster(
+            n_workers=local.workers, threads_per_worker=local.threads_per_worker, processes=local.processes,
+            memory_limit=local.memory_limit, asynchronous=True, dashboard_address=":0" if local.dashboard else None,
+        )
+        if local.adapt_minimum is not None:
+            self.cluster.adapt(minimum=local.adapt_minimum, maximum=local.adapt_maximum)
+        self.address = self.cluster.scheduler_address
+        self.client = await Client(self.cluster, asynchronous=True)
+        await self._prepare()
+
+    async def _connect(self) -> None:
+        """Connect a client to ``scheduler`` (also after Dask's own client gave up)."""
+        from distributed import Client, Security
+
+        s = self.settings
+        security = None
+        if s.security is not None:
+            sec = s.security
+            security = Security(tls_ca_file=sec.tls_ca_file, tls_client_cert=sec.tls_client_cert,
+                                tls_client_key=sec.tls_client_key, require_encryption=sec.require_encryption)
+        # Kept before it connects, so a failed attempt is closed, not left to __del__.
+        self.client = Client(self.address, asynchronous=True, security=security, timeout=s.connect_timeout)
+        await self.client
+        await self._prepare()
+
+    async def _prepare(self) -> None:
+        self.client.subscribe_topic(remote.TOPIC, self._on_event)
+        await self.client.register_plugin(remote.ServicePackages(service_packages()))
+
+    # -- following the cluster ----------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self._look()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("looking at the Dask cluster failed", scheduler=self.address, error=str(exc))
+
+    async def _look(self) -> None:
+        try:
+            async with asyncio.timeout(max(2.0, self.settings.poll_interval * 4)):
+                if self.client.status in ("closing", "closed") and self.cluster is None:
+                    with contextlib.suppress(Exception):  # Dask's client gave up reconnecting
+                        await self.client.close()
+                    await self._connect()
+                identity = await self.client.scheduler.identity()
+        except (TimeoutError, OSError) as exc:
+            if not self._scheduler_lost:
+                self._scheduler_lost = True
+                log.warning("the Dask scheduler is unreachable", scheduler=self.address, error=str(exc))
+            for address in list(self.workers):
+                self._remove(address, f"the scheduler at {self.address} is unreachable")
+            return
+        if self._scheduler_lost:
+            self._scheduler_lost = False
+            log.info("the Dask scheduler is back", scheduler=self.address)
+        seen: Mapping[str, Mapping[str, Any]] = identity.get("workers", {})
+        for address in [a for a in self.workers if a not in seen]:
+            self._remove(address, "it left the Dask cluster")
+        for address, info in seen.items():
+            self._info[address] = info
+            ex = self.workers.get(address)
+            if ex is None and self._accepting:
+                await self._adopt(address, info)
+            elif ex is not None:
+                metrics = info.get("metrics", {})
+                ex.rss = int(metrics.get("memory") or 0)
+                ex.cpu_percent = float(metrics.get("cpu") or 0.0)
+
+    async def _adopt(self, address: str, info: Mapping[str, Any]) -> None:
+        assert self._host is not None
+        self._seq += 1
+        ex = DaskWorker(f"dask-{_short(info.get('name'), address)}.{self._seq}", self.client, address,
+                        slots=int(info.get("nthreads", 1)),
+                        memory_limit=int(info.get("memory_limit") or 0) or None)
+        await ex.start()
+        self.workers[address] = ex
+        self._by_id[ex.id] = ex
+        self._host.adopt(ex)
+        log.info("dask worker adopted", worker_id=ex.id, address=address, threads=ex.slots)
+
+    def _remove(self, address: str, reason: str) -> None:
+        ex = self.workers.pop(address, None)
+        self._info.pop(address, None)
+        if ex is not None:
+            self._by_id.pop(ex.id, None)
+        if ex is not None and not ex.is_closed:
+            log.warning("dask worker lost", worker_id=ex.id, address=address, reason=reason)
+            ex.lost(reason)
+
+    def _on_event(self, event: Any) -> None:
+        _, message = event if isinstance(event, tuple) else (None, event)
+        if not isinstance(message, Mapping):
+            return
+        ex = self._by_id.get(str(message.get("executor")))
+        if ex is not None:
+            ex.traffic(message)
+
+    def slot_executor(self, worker_id: str, address: str | None = None) -> DaskWorker:
+        """An executor on one Dask worker (the first, by default) that the pool did not
+        adopt: for the conformance suite and for tools."""
+        address = address or next(iter(self.workers))
+        known = self.workers[address]
+        ex = DaskWorker(worker_id, self.client, address, slots=known.slots, memory_limit=known.memory_limit)
+        self._by_id[worker_id] = ex
+        return ex
+
+    # -- NodeListener -------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def stop(self) -> None:
+        self._accepting = False
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await self._close()
+
+    async def _close(self) -> None:
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(remote.TOPIC)
+            with contextlib.suppress(Exception):
+                await client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                await cluster.close()
+
+    def nodes(self) -> list[NodeInfo]:
+        now = time.time()
+        out = []
+        for address, ex in self.workers.items():
+            info = self._info.get(address, {})
+            limit = ex.memory_limit or 0
+            out.append(NodeInfo(
+                id=ex.id, address=address, state="unhealthy" if self._scheduler_lost else "available",
+                slots=ex.slots, running=len(ex.inflight), cpu_percent=ex.cpu_percent,
+                memory_percent=100.0 * ex.rss / limit if limit else 0.0,
+                heartbeat_age=max(0.0, now - float(info.get("last_seen", now))),
+                labels={}, python="", version="dask",
+            ))
+        return out
+
+    def refusals(self) -> Mapping[str, int]:
+        return {}
+
+
+def _short(name: Any, address: str) -> str:
+    """A worker's name fit for ids and URLs: its Dask name when that is plain (``0``,
+    ``gpu-a``), else its host and port (``10.0.0.5-40123``)."""
+    text = str(name) if name is not None else ""
+    if not text or not re.fullmatch(r"[\w.-]+", text):
+        text = re.sub(r"[^\w.]+", "-", address.partition("://")[2] or address).strip("-")
+    return text

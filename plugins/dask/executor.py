@@ -1,0 +1,236 @@
+"""The kernel's side of one Dask worker: calls become Dask tasks restricted to it.
+
+One :class:`DaskWorker` per worker of the cluster, adopted into the pool as a remote
+node's slots are. It hands Dask the calls the pool gives it (up to ``PIPELINE`` per thread)
+(so the scheduler's round trips overlap) and holds the rest itself; Dask starts a
+worker's tasks in submission order. Calls on pinned instances go one at a time, so
+they never overlap and run in call order. Dask's own errors (a cancelled future,
+``KilledWorker``, a lost scheduler) are translated here into
+:class:`WorkerCrashedError` naming the Dask worker.
+
+The gap (README "From one machine to a cluster"): Dask cannot interrupt a task running
+on a thread, and the client cannot tell a task queued on the worker from one running.
+So :meth:`DaskWorker.cancel` of a call already handed to Dask cancels its future and
+reports it dropped: its result, if it was running, is discarded, but its side effects
+may happen. :meth:`abort` likewise fails the call at once and lets the thread finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from kernel import protocol as p
+from kernel.errors import PoolClosedError, WorkerCrashedError
+from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
+
+from . import remote
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+_S = WorkerState
+_PINNED = frozenset({p.PIN, p.CALL_PINNED, p.UNPIN})
+PIPELINE = 64  # calls per thread handed to Dask at most (the pool usually hands over fewer)
+log = structlog.get_logger("dask")
+
+
+class DaskWorker(Executor):
+    """One Dask worker (``address``) of the cluster ``client`` is connected to."""
+
+    node_type = "dask"
+
+    def __init__(self, worker_id: str, client: Client, address: str, *, slots: int = 1,
+                 memory_limit: int | None = None, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(worker_id, options)
+        self.client = client
+        self.address = address
+        self.slots = max(1, slots)
+        self.memory_limit = memory_limit
+        self.rss = 0
+        self.cpu_percent = 0.0
+        self._held: deque[Call] = deque()
+        self._sent: dict[int, Future] = {}
+        self._pinned_sent = 0
+        self._exit_reason: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def info(self) -> ExecutorInfo:
+        offer: dict[str, float] = {"cpu": float(self.slots)}
+        if self.memory_limit:
+            offer["memory"] = float(self.memory_limit)
+        return ExecutorInfo(address=self.address, slots=self.slots, exit_reason=self._exit_reason, resources=offer,
+                            node=self.address, cpu_percent=self.cpu_percent, rss=self.rss,
+                            host_cpu_percent=self.cpu_percent)
+
+    async def start(self) -> None:
+        self.set_state(_S.REGISTERING)
+        self.set_state(_S.AVAILABLE)
+
+    # -- calls ------------------------------------------------------------------------
+
+    def submit(self, call: Call) -> None:
+        if self.state not in (_S.AVAILABLE, _S.RUNNING):
+            raise PoolClosedError(f"executor {self.id} (Dask worker {self.address}) is {self.state.value} "
+                                  "and takes no calls")
+        self.inflight[call.id] = call
+        if self.state == _S.AVAILABLE:
+            self.set_state(_S.RUNNING)
+        self._held.append(call)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._held and len(self._sent) < self.slots * PIPELINE:
+            call = self._held[0]
+            pinned = call.kind in _PINNED
+            if pinned and self._pinned_sent:
+                return  # calls on pinned instances run one after another, in order
+            self._held.popleft()
+            future = self.client.submit(
+                remote.run, self.id, call.kind, call.payload, call.id, key=f"{call.label}-{self.id}-{call.id}",
+                workers=[self.address], allow_other_workers=False, pure=False,
+            )
+            self._sent[call.id] = future
+            self._pinned_sent += pinned
+            self._spawn(self._await(call, future, pinned, time.perf_counter()))
+
+    async def _await(self, call: Call, future: Future, pinned: bool, sent: float) -> None:
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            if self._sent.pop(call.id, None) is not None and call.id in self.inflight:
+                self._crash(call, "cancelled its Dask task")
+                self._pump()
+            return
+        except Exception as exc:  # KilledWorker, CommClosedError, a lost scheduler...
+            reply = None
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._pinned_sent -= pinned
+        if self._sent.pop(call.id, None) is None or call.id not in self.inflight:
+            return  # given up meanwhile (worker lost, aborted): a late answer is dropped
+        if reply is None:
+            self._crash(call, f"failed in Dask ({why})")
+        else:
+            trip = time.perf_counter() - sent  # the fastest round trip seen (slowly forgotten) is transit
+            self.overhead = trip if not self.overhead else min(self.overhead * 1.01, trip)
+            self._finish(call, tuple(reply))
+        self._pump()
+
+    def _crash(self, call: Call, how: str) -> None:
+        self.inflight.pop(call.id, None)
+        self.failed += 1
+        if not self.inflight and self.state == _S.RUNNING:
+            self.set_state(_S.AVAILABLE)
+        if self.on_finish is not None:
+            self.on_finish(call, False)
+        if not call.future.done():
+            call.future.set_exception(WorkerCrashedError(
+                f"Dask worker {self.address} ({self.id}) {how} while running {call.describe()}",
+                worker_id=self.id, call=call.describe(), started=True,
+            ))
+
+    def cancel(self, call_id: int) -> bool:
+        for call in self._held:
+            if call.id == call_id:
+                self._held.remove(call)
+                self._drop(call_id)
+                return True
+        future = self._sent.pop(call_id, None)
+        if future is None:
+            return False
+        self._spawn(self._cancel(future))  # queued at Dask, or running: see the module docstring
+        self._drop(call_id)
+        self._pump()
+        return True
+
+    def abort(self, call_id: int, reason: str = "") -> bool:
+        if call_id in self._sent:
+            call = self.inflight[call_id]
+            return self._stop_running(call_id, reason or f"{call.describe()} was aborted")
+        return self.cancel(call_id)
+
+    def _stop_running(self, call_id: int, note: str) -> bool:
+        """Cancel the call's Dask future and fail the call now. Dask cannot interrupt a
+        task already running on a thread: the worker finishes it and drops the result."""
+        future = self._sent.pop(call_id, None)
+        call = self.inflight.get(call_id)
+        if future is None or call is None:
+            return self.cancel(call_id)
+        self._spawn(self._cancel(future))
+        self._crash(call, f"was told to stop ({note})")
+        self._pump()
+        return True
+
+    async def _cancel(self, future: Future) -> None:
+        try:
+            await self.client.cancel([future], force=True)
+        except Exception as exc:  # the scheduler may be gone: it forgets the task anyway
+            log.debug("cancelling a Dask future failed", worker_id=self.id, error=str(exc))
+
+    # -- the worker going away ----------------------------------------------------------
+
+    def lost(self, reason: str) -> None:
+        """The Dask worker left the cluster: fail what it held, naming it."""
+        if self.is_closed:
+            return
+        self._exit_reason = reason
+        self.set_state(_S.FAILED)
+        self._held.clear()
+        for future in self._sent.values():
+            future.release()
+        self._sent.clear()
+        self._crash_all(f"Dask worker {self.address} ({self.id})", f"was lost ({reason})", pid=None, exitcode=None)
+
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        if not self._begin_stop():
+            return
+        if drain and self.inflight:
+            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        held = {c.id for c in self._held}
+        self._held.clear()
+        for future in self._sent.values():
+            future.release()
+        self._sent.clear()
+        self._fail_all(lambda c, _first: WorkerCrashedError(
+            f"executor {self.id} (Dask worker {self.address}) was stopped "
+            f"{'before starting' if c.id in held else 'while running'} {c.describe()}",
+            worker_id=self.id, call=c.describe(), started=c.id not in held,
+        ))
+        if self.state != _S.FAILED:
+            try:  # free the instances still pinned in its runtime on the Dask worker
+                async with asyncio.timeout(min(timeout, 5.0)):
+                    await self.client.submit(remote.forget, self.id, workers=[self.address],
+                                             allow_other_workers=False, pure=False)
+            except Exception as exc:
+                log.debug("could not clear the runtime on the Dask worker", worker_id=self.id, error=str(exc))
+        self._exit_reason = self._exit_reason or "stopped"
+        self.set_state(_S.TERMINATED)
+
+    def traffic(self, message: Mapping[str, Any]) -> None:
+        """A running call's progress, log or request, as the Dask worker sent it."""
+        kind = {"progress": p.PROGRESS, "log": p.LOG, "request": p.REQUEST}.get(str(message.get("kind")))
+        if kind is None:
+            return
+        self._call_traffic(kind, int(message.get("call", 0)), tuple(message.get("fields", ())), self._answer)
+
+    def _answer(self, variable: Any, ok: bool, payload: bytes) -> None:
+        from distributed import Variable
+
+        async def send() -> None:
+            try:
+                await Variable(str(variable), client=self.client).set((ok, payload))
+            except Exception as exc:
+                log.warning("could not answer a call's request", worker_id=self.id, error=str(exc))
+
+        self._spawn(send())

@@ -1,0 +1,64 @@
+"""The Dask plugin's settings: the execution manager's ``custom.nodes`` with
+``"transport": "dask"`` (README "From one machine to a cluster")."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+_CONFIG = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class LocalClusterSettings(BaseModel):
+    """Start a Dask ``LocalCluster`` in the kernel (demos, tests, one big machine)."""
+
+    model_config = _CONFIG
+
+    workers: int = Field(2, ge=1, description="Dask worker processes to start")
+    threads_per_worker: int = Field(1, ge=1, description="threads in each")
+    processes: bool = Field(True, description="worker processes (False: threads of the kernel's process)")
+    memory_limit: str | int = Field("auto", description="per worker, as Dask takes it ('4GiB', bytes, 'auto')")
+    adapt_minimum: int | None = Field(None, ge=0, description="let Dask scale between adaptMinimum and ...")
+    adapt_maximum: int | None = Field(None, ge=1, description="... adaptMaximum workers with the load")
+    dashboard: bool = Field(False, description="serve Dask's own dashboard too (on any free port)")
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalClusterSettings:
+        if (self.adapt_minimum is None) != (self.adapt_maximum is None):
+            raise ValueError("adaptMinimum and adaptMaximum go together")
+        low, high = self.adapt_minimum, self.adapt_maximum
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"adaptMinimum ({self.adapt_minimum}) is above adaptMaximum ({self.adapt_maximum})")
+        return self
+
+
+class SecuritySettings(BaseModel):
+    """Passed to ``distributed.Security`` for ``tls://`` schedulers."""
+
+    model_config = _CONFIG
+
+    tls_ca_file: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    require_encryption: bool = False
+
+
+class DaskSettings(BaseModel):
+    """Either ``scheduler`` (an existing cluster) or ``local`` (start one)."""
+
+    model_config = _CONFIG
+
+    transport: str = Field("dask", description="the node transport plugin")
+    scheduler: str | None = Field(None, description="tcp://HOST:PORT or tls://HOST:PORT of a running scheduler")
+    local: LocalClusterSettings | None = Field(None, description="start a LocalCluster instead")
+    security: SecuritySettings | None = Field(None, description="TLS settings for the scheduler (Dask's Security)")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to reach the scheduler before giving up")
+    poll_interval: float = Field(0.5, gt=0, description="seconds between looks at the cluster's workers")
+
+    @model_validator(mode="after")
+    def _check(self) -> DaskSettings:
+        if (self.scheduler is None) == (self.local is None):
+            raise ValueError("give exactly one of scheduler (an existing cluster) or local (start one)")
+        if self.scheduler is not None and not self.scheduler.startswith(("tcp://", "tls://", "inproc://")):
+            raise ValueError(f"scheduler {self.scheduler!r} must start with tcp:// or tls://")
+        return self
