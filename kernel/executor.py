@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from .errors import ExecutionError, RequestError, WorkerCrashedError
+from .errors import ExecutionError, PoolClosedError, RequestError, WorkerCrashedError
 from .protocol import LOG, PROGRESS, REQUEST
 from .serialization import dumps, short_repr
 
@@ -264,6 +264,28 @@ class Executor(ABC):
         self.state = new
         for listener in list(self.listeners):
             listener(self, old, new)
+
+    def _accept(self, call: Call, *, connected: bool = True, where: str = "") -> None:
+        """Take ``call`` in (helper for ``submit``): it counts as held from now on.
+
+        :raises PoolClosedError: not accepting calls, or not ``connected``.
+        """
+        if self.state not in ACCEPTING or not connected:
+            raise PoolClosedError(f"worker {self.id}{where} is {self.state.value} and takes no calls")
+        self.inflight[call.id] = call
+        if self.state == WorkerState.AVAILABLE:
+            self.set_state(WorkerState.RUNNING)
+
+    def _fail(self, call: Call, exc: BaseException) -> None:
+        """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
+        self.inflight.pop(call.id, None)
+        self.failed += 1
+        if not self.inflight and self.state == WorkerState.RUNNING:
+            self.set_state(WorkerState.AVAILABLE)
+        if self.on_finish is not None:
+            self.on_finish(call, False)
+        if not call.future.done():
+            call.future.set_exception(exc)
 
     def _finish(self, call: Call, reply: Any) -> None:
         """Resolve ``call`` (helper for implementations; keeps counts and state)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kernel import protocol as p
-from kernel.errors import PoolClosedError, WorkerCrashedError
+from kernel.errors import WorkerCrashedError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 
 from . import remote
@@ -55,7 +55,7 @@ class DaskWorker(Executor):
         self.rss = 0
         self.cpu_percent = 0.0
         self._held: deque[Call] = deque()
-        self._sent: dict[int, Future] = {}
+        self._sent: dict[int, Future[Any]] = {}
         self._pinned_sent = 0
         self._exit_reason: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -80,12 +80,7 @@ class DaskWorker(Executor):
     # -- calls ------------------------------------------------------------------------
 
     def submit(self, call: Call) -> None:
-        if self.state not in (_S.AVAILABLE, _S.RUNNING):
-            raise PoolClosedError(f"executor {self.id} (Dask worker {self.address}) is {self.state.value} "
-                                  "and takes no calls")
-        self.inflight[call.id] = call
-        if self.state == _S.AVAILABLE:
-            self.set_state(_S.RUNNING)
+        self._accept(call, where=f" (Dask worker {self.address})")
         self._held.append(call)
         self._pump()
 
@@ -104,7 +99,7 @@ class DaskWorker(Executor):
             self._pinned_sent += pinned
             self._spawn(self._await(call, future, pinned, time.perf_counter()))
 
-    async def _await(self, call: Call, future: Future, pinned: bool, sent: float) -> None:
+    async def _await(self, call: Call, future: Future[Any], pinned: bool, sent: float) -> None:
         try:
             reply = await future
         except asyncio.CancelledError:
@@ -128,17 +123,10 @@ class DaskWorker(Executor):
         self._pump()
 
     def _crash(self, call: Call, how: str) -> None:
-        self.inflight.pop(call.id, None)
-        self.failed += 1
-        if not self.inflight and self.state == _S.RUNNING:
-            self.set_state(_S.AVAILABLE)
-        if self.on_finish is not None:
-            self.on_finish(call, False)
-        if not call.future.done():
-            call.future.set_exception(WorkerCrashedError(
-                f"Dask worker {self.address} ({self.id}) {how} while running {call.describe()}",
-                worker_id=self.id, call=call.describe(), started=True,
-            ))
+        self._fail(call, WorkerCrashedError(
+            f"Dask worker {self.address} ({self.id}) {how} while running {call.describe()}",
+            worker_id=self.id, call=call.describe(), started=True,
+        ))
 
     def cancel(self, call_id: int) -> bool:
         for call in self._held:
@@ -172,7 +160,7 @@ class DaskWorker(Executor):
         self._pump()
         return True
 
-    async def _cancel(self, future: Future) -> None:
+    async def _cancel(self, future: Future[Any]) -> None:
         try:
             await self.client.cancel([future], force=True)
         except Exception as exc:  # the scheduler may be gone: it forgets the task anyway

@@ -12,11 +12,15 @@ def check_version(version: str | None = None) -> str:
     """Return distributed's version; raise :class:`PluginError` naming the extra when it
     is not installed, or the supported versions when it is one we do not support."""
     if version is None:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
         try:
-            import distributed
-        except ImportError:
+            import distributed  # noqa: F401  (an installed but broken package fails here)
+
+            version = installed("distributed")
+        except (ImportError, PackageNotFoundError):
             raise PluginError(f"the dask transport needs Dask's distributed package: {EXTRA}") from None
-        version = str(distributed.__version__)
     try:
         parts = tuple(int(x) for x in version.split(".")[:2])
     except ValueError:

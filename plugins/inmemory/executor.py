@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from kernel import protocol as p
-from kernel.errors import PoolClosedError, RequestError, WorkerCrashedError
+from kernel.errors import RequestError, WorkerCrashedError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.runtime import Reply, Runtime
 
@@ -84,11 +84,7 @@ class InMemoryExecutor(Executor):
         self.set_state(_S.AVAILABLE)
 
     def submit(self, call: Call) -> None:
-        if self.state not in (_S.AVAILABLE, _S.RUNNING):
-            raise PoolClosedError(f"executor {self.id} is {self.state.value} and takes no calls")
-        self.inflight[call.id] = call
-        if self.state == _S.AVAILABLE:
-            self.set_state(_S.RUNNING)
+        self._accept(call)
         self._waiting.append(call)
         self._pump()
 

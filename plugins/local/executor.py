@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kernel import protocol as p
-from kernel.errors import PoolClosedError, WorkerCrashedError, WorkerStartError
+from kernel.errors import WorkerCrashedError, WorkerStartError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.packages import service_packages
 from kernel.runtime import ErrorInfo
@@ -123,12 +123,10 @@ class LocalWorker(Executor):
     # -- calls ------------------------------------------------------------------------
 
     def submit(self, call: Call) -> None:
-        if self.state not in (_S.AVAILABLE, _S.RUNNING) or self._stream is None or self._stream.closed:
-            raise PoolClosedError(f"worker {self.id} is {self.state.value} and takes no calls")
-        self.inflight[call.id] = call
-        if self.state == _S.AVAILABLE:
-            self.set_state(_S.RUNNING)
-        self._stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
+        stream = self._stream
+        self._accept(call, connected=stream is not None and not stream.closed)
+        assert stream is not None
+        stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
 
     def cancel(self, call_id: int) -> bool:
         if self._stream is None or self._stream.closed or self._drop(call_id) is None:

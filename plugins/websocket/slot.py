@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel import node_protocol as n
-from kernel.errors import PoolClosedError, WorkerStartError
+from kernel.errors import WorkerStartError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.runtime import ErrorInfo
 
@@ -82,11 +82,8 @@ class NodeSlot(Executor):
 
     def submit(self, call: Call) -> None:
         s = self.session
-        if self.state not in (_S.AVAILABLE, _S.RUNNING) or s is None or s.closed:
-            raise PoolClosedError(f"worker {self.id} is {self.state.value} and takes no calls")
-        self.inflight[call.id] = call
-        if self.state == _S.AVAILABLE:
-            self.set_state(_S.RUNNING)
+        self._accept(call, connected=s is not None and not s.closed)
+        assert s is not None
         s.calls[call.id] = self
         s.send(n.NodeLink.pack(n.CALL, self.slot, call.id, call.kind, call.payload, call.soft_timeout))
 
