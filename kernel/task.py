@@ -29,6 +29,9 @@ for the duration of each call.
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
@@ -158,6 +161,40 @@ async def arequest(route: str, *args: Any, **kwargs: Any) -> Any:
 async def acall_service(service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
     """:func:`call_service` for async code."""
     return await arequest("service", service, method, *args, **kwargs)
+
+
+class LogForwarder(logging.Handler):
+    """A ``logging`` handler for worker processes: a record made inside a call goes to
+    the kernel's log (as :func:`log` does, with the logger's name); one made outside a
+    call is written to stderr as usual."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = _current.get()
+        if ctx is None or ctx.channel is None:
+            sys.stderr.write(self.format(record) + "\n")
+            return
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exception"] = logging.Formatter().formatException(record.exc_info)
+            level = record.levelname.lower()
+            ctx.channel.log(ctx.call_id, level if level in LEVELS else "info", record.getMessage(), fields)
+        except Exception:
+            self.handleError(record)
+
+
+def forward_logging(level: str | None = None) -> None:
+    """Send this process's ``logging`` records made inside calls to the kernel (worker
+    processes call it once at start). ``level`` defaults to ``$KERNEL_LOG_LEVEL``, else
+    ``info``. Idempotent."""
+    root = logging.getLogger()
+    if any(isinstance(h, LogForwarder) for h in root.handlers):
+        return
+    handler = LogForwarder()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    name = (level or os.environ.get("KERNEL_LOG_LEVEL") or "info").upper()
+    root.setLevel(name if isinstance(logging.getLevelName(name), int) else logging.INFO)
 
 
 def _plain(value: Any) -> Any:

@@ -145,3 +145,15 @@ def report_then_wait(fraction: float, seconds: float) -> float:
     task.progress(fraction, "halfway there")
     time.sleep(seconds)
     return fraction
+
+
+def log_with_logging(n: int) -> int:
+    """Logs through the standard library, as most libraries do."""
+    import logging
+
+    logging.getLogger("etl.rows").warning("row %d is bad", n)
+    try:
+        raise KeyError("date")
+    except KeyError:
+        logging.getLogger("etl").exception("parse failed")
+    return n

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install '.[dask]')")
 
@@ -97,6 +98,14 @@ async def test_submit_map_and_errors_run_on_dask_workers() -> None:
         handle = em.submit(tasks.report_then_wait, 0.5, 0.3)
         updates = [u async for u in handle.progress_updates()]
         assert await handle == 0.5 and [u.fraction for u in updates] == [0.5]
+        with capture_logs() as logs:
+            assert await em.submit(tasks.log_with_logging, 3) == 3
+            deadline = time.monotonic() + 10
+            while not any(e["event"] == "row 3 is bad" for e in logs):
+                assert time.monotonic() < deadline, "the Dask worker's log line never arrived"
+                await asyncio.sleep(0.05)
+        line = next(e for e in logs if e["event"] == "row 3 is bad")
+        assert line["worker_id"].startswith("dask-") and line["logger"] == "etl.rows"
 
 
 async def test_a_dask_worker_killed_mid_call_gives_our_crash_error_or_retry(tmp_path: Any) -> None:

@@ -181,3 +181,19 @@ async def test_progress_logs_and_requests_cross_a_node(tmp_path: Path, monkeypat
             assert not [e for e in logs if e.get("log_level") == "error"]
         finally:
             await stop_node(node)
+
+
+async def test_standard_logging_inside_a_call_lands_in_the_kernels_log() -> None:
+    from . import tasks
+
+    async with Kernel([], settings={"execution-manager": EM_LOCAL}) as kernel:
+        em = kernel.get_service("execution-manager")
+        with capture_logs() as logs:
+            assert await em.submit(tasks.log_with_logging, 7) == 7
+            await until(lambda: any(e["event"] == "parse failed" for e in logs), what="the forwarded lines")
+        warning = next(e for e in logs if e["event"] == "row 7 is bad")
+        assert warning["logger"] == "etl.rows" and warning["log_level"] == "warning"
+        assert warning["worker_id"].startswith("local-") and isinstance(warning["task_id"], int)
+        assert warning["call"] == "log_with_logging"
+        error = next(e for e in logs if e["event"] == "parse failed")
+        assert error["log_level"] == "error" and "KeyError: 'date'" in error["exception"]

@@ -20,6 +20,7 @@ from distributed import WorkerPlugin
 
 from kernel.errors import RequestError
 from kernel.runtime import Reply, Runtime
+from kernel.task import forward_logging
 
 TOPIC = "microkernel-call-traffic"
 REQUEST_TIMEOUT = 300.0  # seconds a call waits for the kernel's answer
@@ -72,6 +73,7 @@ def runtime(executor_id: str) -> Runtime:
     with _lock:
         rt = _runtimes.get(executor_id)
         if rt is None:
+            forward_logging()
             rt = _runtimes[executor_id] = Runtime(executor_id, DaskChannel(executor_id))
         return rt
 

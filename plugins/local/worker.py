@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kernel import protocol as p
+from kernel import task
 from kernel.errors import RequestError, SoftTimeoutError
 from kernel.packages import install_finder
 from kernel.runtime import Runtime
@@ -200,6 +201,7 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _SoftTimeout.fire)
     sys.path[:] = boot["sys_path"]
     install_finder(boot["packages"])
+    task.forward_logging()  # logging inside calls lands in the kernel's log, with their ids
     sock = socket.socket(fileno=int(sys.argv[1]))
     _watch_kernel(sock, boot["kernel_pid"])
     try:
