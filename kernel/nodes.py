@@ -34,6 +34,10 @@ class NodeHost(Protocol):
     async def retire(self, worker_id: str, reason: str = "retired") -> None:
         """Move its pinned instances away, let its calls finish, then stop it."""
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a worker (a listener that can grow its cluster reads it)."""
+
 
 @dataclass(frozen=True)
 class NodeInfo:

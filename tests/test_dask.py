@@ -180,6 +180,7 @@ async def test_unreachable_scheduler_is_a_clear_error_in_bounded_time() -> None:
     ({}, "give exactly one of scheduler"),
     ({"scheduler": "http://x:1"}, "must start with tcp:// or tls://"),
     ({"local": {"workers": 0}}, "custom.nodes.local.workers"),
+    ({"local": {"workers": 3, "maxWorkers": 2}}, "workers (3) is above maxWorkers (2)"),
     ({"scheduler": "tcp://x:1", "colour": 1}, "custom.nodes.colour"),
 ])
 async def test_bad_settings_name_the_field(nodes: dict[str, Any], message: str) -> None:
@@ -290,3 +291,30 @@ async def test_the_scheduler_going_away_fails_calls_and_the_plugin_reconnects_wh
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+async def test_the_kernels_autoscaler_grows_and_shrinks_a_local_dask_cluster() -> None:
+    nodes = {"transport": "dask", "pollInterval": 0.2,
+             "local": {"workers": 1, "minWorkers": 1, "maxWorkers": 2, "idleTimeout": 1.0}}
+    async with dask_kernel(**nodes) as kernel:
+        em = kernel.get_service("execution-manager")
+        seen: set[int] = set()
+
+        async def count() -> int:
+            n = len((await em.get_stats()).worker_details)
+            seen.add(n)
+            return n
+
+        assert await count() == 1
+        handles = [em.submit(tasks.slow, 1.0, i) for i in range(8)]
+        deadline = time.monotonic() + 30
+        while await count() < 2:
+            assert time.monotonic() < deadline, "the cluster never grew"
+            await asyncio.sleep(0.1)
+        assert await asyncio.gather(*handles) == list(range(8))
+        while await count() > 1:
+            assert time.monotonic() < deadline + 20, "the cluster never shrank"
+            await asyncio.sleep(0.1)
+        assert max(seen) == 2  # never above maxWorkers
+        assert "idle" in em.listener.last_decision
+        assert await em.submit(tasks.inc, 1) == 2

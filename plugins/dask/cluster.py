@@ -22,6 +22,7 @@ from kernel.packages import service_packages
 
 from . import remote
 from .executor import DaskWorker
+from .scaling import WorkerView, plan
 from .settings import DaskSettings
 from .versions import check_version
 
@@ -44,6 +45,8 @@ class DaskCluster(NodeListener):
         self._accepting = True
         self._seq = 0
         self._scheduler_lost = False
+        self._idle: dict[str, float | None] = {}  # Dask address -> when it became idle
+        self.last_decision = ""
 
     async def start(self, host: NodeHost) -> str:
         check_version()
@@ -79,8 +82,6 @@ class DaskCluster(NodeListener):
             n_workers=local.workers, threads_per_worker=local.threads_per_worker, processes=local.processes,
             memory_limit=local.memory_limit, asynchronous=True, dashboard_address=":0" if local.dashboard else None,
         )
-        if local.adapt_minimum is not None:
-            self.cluster.adapt(minimum=local.adapt_minimum, maximum=local.adapt_maximum)
         self.address = self.cluster.scheduler_address
         self.client = await Client(self.cluster, asynchronous=True)
         await self._prepare()
@@ -107,10 +108,14 @@ class DaskCluster(NodeListener):
     # -- following the cluster ----------------------------------------------------------
 
     async def _follow(self) -> None:
+        local = self.settings.local
+        scales = local is not None and local.bounds[0] != local.bounds[1]
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             try:
                 await self._look()
+                if scales:
+                    await self._autoscale()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -146,6 +151,39 @@ class DaskCluster(NodeListener):
                 metrics = info.get("metrics", {})
                 ex.rss = int(metrics.get("memory") or 0)
                 ex.cpu_percent = float(metrics.get("cpu") or 0.0)
+
+    async def _autoscale(self) -> None:
+        """Grow or shrink the LocalCluster we started (``local.minWorkers`` ..
+        ``maxWorkers``); an idle worker is drained out of the pool before it is closed."""
+        local, cluster, host = self.settings.local, self.cluster, self._host
+        if local is None or cluster is None or host is None or not self._accepting:
+            return
+        now = time.monotonic()
+        names = {address: self._info.get(address, {}).get("name", address) for address in self.workers}
+        views = []
+        for address, ex in self.workers.items():
+            if ex.is_closed:  # being scaled down
+                continue
+            if ex.inflight:
+                self._idle[address] = None
+            elif self._idle.get(address) is None:
+                self._idle[address] = now
+            views.append(WorkerView(str(names[address]), len(ex.inflight), ex.slots, self._idle[address]))
+        starting = max(0, len(cluster.worker_spec) - len(self.workers))
+        low, high = local.bounds
+        decision = plan(views, host.waiting, starting, low, high, now, local.idle_timeout)
+        if not decision.reason:
+            return
+        self.last_decision = decision.reason
+        log.info("scaling the dask cluster", target=decision.target, retire=list(decision.retire),
+                 reason=decision.reason)
+        for name in decision.retire:
+            address = next(a for a, n in names.items() if str(n) == name)
+            self._idle.pop(address, None)
+            await host.retire(self.workers[address].id, f"dask cluster scaled down: {decision.reason}")
+            await cluster.scale_down([names[address]])
+        if decision.target > len(self.workers) + starting:
+            cluster.scale(decision.target)
 
     async def _adopt(self, address: str, info: Mapping[str, Any]) -> None:
         assert self._host is not None

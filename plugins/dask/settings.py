@@ -18,18 +18,27 @@ class LocalClusterSettings(BaseModel):
     threads_per_worker: int = Field(1, ge=1, description="threads in each")
     processes: bool = Field(True, description="worker processes (False: threads of the kernel's process)")
     memory_limit: str | int = Field("auto", description="per worker, as Dask takes it ('4GiB', bytes, 'auto')")
-    adapt_minimum: int | None = Field(None, ge=0, description="let Dask scale between adaptMinimum and ...")
-    adapt_maximum: int | None = Field(None, ge=1, description="... adaptMaximum workers with the load")
+    min_workers: int | None = Field(None, ge=0, description="the kernel's autoscaler keeps at least this many")
+    max_workers: int | None = Field(None, ge=1, description="... and grows the cluster up to this many")
+    idle_timeout: float = Field(10.0, gt=0, description="seconds a worker is idle before it may be closed")
     dashboard: bool = Field(False, description="serve Dask's own dashboard too (on any free port)")
 
     @model_validator(mode="after")
     def _check(self) -> LocalClusterSettings:
-        if (self.adapt_minimum is None) != (self.adapt_maximum is None):
-            raise ValueError("adaptMinimum and adaptMaximum go together")
-        low, high = self.adapt_minimum, self.adapt_maximum
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"adaptMinimum ({self.adapt_minimum}) is above adaptMaximum ({self.adapt_maximum})")
+        if self.max_workers is not None and self.workers > self.max_workers:
+            raise ValueError(f"workers ({self.workers}) is above maxWorkers ({self.max_workers})")
+        if self.min_workers is not None and self.workers < self.min_workers:
+            raise ValueError(f"workers ({self.workers}) is below minWorkers ({self.min_workers})")
+        low, high = self.bounds
+        if low > high:
+            raise ValueError(f"minWorkers ({low}) is above maxWorkers ({high})")
         return self
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(min, max) workers; both default to ``workers`` (a fixed size)."""
+        low = self.workers if self.min_workers is None else self.min_workers
+        return low, self.workers if self.max_workers is None else self.max_workers
 
 
 class SecuritySettings(BaseModel):

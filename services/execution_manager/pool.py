@@ -176,6 +176,11 @@ class WorkerPool(WorkerLifecycle):
                 self.backlog.push(call)
 
     @property
+    def waiting(self) -> int:
+        """Calls waiting for a worker: queued, or held back by maxQueue."""
+        return len(self.backlog) + len(self.held)
+
+    @property
     def full(self) -> bool:
         """Whether ``maxQueue`` calls wait already (or are held waiting for room)."""
         most = self.settings.max_queue
