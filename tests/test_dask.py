@@ -163,6 +163,18 @@ async def test_an_assigned_instance_lives_on_a_dask_worker_and_comes_back(tmp_pa
         assert svc.n == 140 and len(svc.log) == 31 and em.worker_of(svc) is None
 
 
+async def test_a_per_call_timeout_stops_the_call_as_on_a_local_worker() -> None:
+    from kernel.errors import CallTimeoutError
+
+    async with dask_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        t0 = time.monotonic()
+        with pytest.raises(CallTimeoutError, match=r"did not finish within 0\.5 s"):
+            await em.submit(tasks.slow, 3.0, timeout=0.5)
+        assert time.monotonic() - t0 < 2.5
+        assert await asyncio.wait_for(em.submit(tasks.inc, 1), 10) == 2
+
+
 async def test_unreachable_scheduler_is_a_clear_error_in_bounded_time() -> None:
     kernel = Kernel([], settings={"execution-manager": {
         "minWorkers": 1, "maxWorkers": 1, "nodes": {"transport": "dask", "scheduler": "tcp://127.0.0.1:9",
