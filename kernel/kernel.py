@@ -76,6 +76,9 @@ class Kernel:
         ``"http": null``).
     :param builtins: load the services that ship with the kernel (the execution manager).
     :param stop_timeout: seconds each service's ``stop()`` may take before it is abandoned.
+    :param log_level: ``debug`` ... ``critical`` for the process's structlog set-up (else
+        ``$KERNEL_LOG_LEVEL``, else ``info``; an application that configured structlog
+        itself keeps its set-up unless this is given).
     """
 
     def __init__(
@@ -87,9 +90,12 @@ class Kernel:
         defaults: Mapping[str, Mapping[str, Any]] | None = None,
         builtins: bool = True,
         stop_timeout: float = 30.0,
+        log_level: str | None = None,
     ) -> None:
-        if not structlog.is_configured():
-            logs.configure()  # the application has not: info level, on stderr
+        if log_level is not None:
+            logs.configure(log_level)
+        elif not structlog.is_configured():
+            logs.configure()  # the application has not: $KERNEL_LOG_LEVEL or info, on stderr
         self.paths = [Path(p) for p in paths]
         self.pm: pluggy.PluginManager = make_plugin_manager(plugins)
         self.hook = self.pm.hook

@@ -21,6 +21,7 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
     numeric = logging.getLevelName(name)
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {name!r} (from --log-level or ${LEVEL_ENV})")
+    os.environ[LEVEL_ENV] = name.lower()  # worker processes started from here log at the same level
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()

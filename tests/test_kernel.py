@@ -220,3 +220,25 @@ async def test_max_workers_null_means_cpus_minus_one() -> None:
 
     async with Kernel([], settings={"execution-manager": {**EM_INMEMORY, "maxWorkers": None}}) as kernel:
         assert kernel.get_service("execution-manager").settings.max_workers == max(1, (os.cpu_count() or 2) - 1)
+
+
+def test_log_level_from_config_or_environment() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import structlog; from kernel import Kernel; Kernel([]{arg}); log = structlog.get_logger(); "
+            "log.info('info-line'); log.warning('warning-line')")
+
+    def run(arg: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code.format(arg=arg)], capture_output=True, text=True,
+                              timeout=30, env={**os.environ, **env})
+
+    out = run(", log_level='warning'", {"KERNEL_LOG_LEVEL": "debug"})
+    assert "warning-line" in out.stderr and "info-line" not in out.stderr  # the argument wins
+    out = run("", {"KERNEL_LOG_LEVEL": "warning"})
+    assert "warning-line" in out.stderr and "info-line" not in out.stderr
+    out = run("", {"KERNEL_LOG_LEVEL": ""})
+    assert "info-line" in out.stderr
+    out = run(", log_level='loud'", {})
+    assert out.returncode == 1 and "unknown log level 'LOUD'" in out.stderr
