@@ -182,8 +182,9 @@ def run_dask(quick: bool, burn_n: int) -> dict[str, Any]:
     n_tiny, n_map, n_lat, n_cpu, n_mib = sizes(quick, dask=True)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    cluster_options = {"n_workers": WORKERS, "threads_per_worker": 1, "processes": True,
+                       "dashboard_address": "127.0.0.1:0"}
+    with LocalCluster(**cluster_options) as cluster, Client(cluster) as client:
         client.submit(inc, 1, pure=False).result()
         out["cold_start_ms"] = (time.perf_counter() - t0) * 1e3
         for _ in range(200):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,6 +66,20 @@ async def cluster() -> AsyncIterator[DaskCluster]:
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 async def test_conformance(cluster: DaskCluster, check: Any) -> None:
     await check(cluster.slot_executor)
+
+
+def scheduler_cmd(port: int) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+            "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+
+
+def worker_cmd(address: str) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
+            "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+
+
+def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def started(marker: str) -> int:
@@ -175,17 +191,36 @@ async def test_a_per_call_timeout_stops_the_call_as_on_a_local_worker() -> None:
         assert await asyncio.wait_for(em.submit(tasks.inc, 1), 10) == 2
 
 
-async def test_unreachable_scheduler_is_a_clear_error_in_bounded_time() -> None:
+async def test_an_unreachable_scheduler_is_named_the_kernel_keeps_its_workers_and_attaches_later() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
     kernel = Kernel([], settings={"execution-manager": {
-        "minWorkers": 1, "maxWorkers": 1, "nodes": {"transport": "dask", "scheduler": "tcp://127.0.0.1:9",
-                                                    "connectTimeout": 2}}})
+        "minWorkers": 1, "maxWorkers": 1, "runLocally": False,
+        "nodes": {"transport": "dask", "scheduler": address, "connectTimeout": 1, "pollInterval": 0.2}}})
     t0 = time.monotonic()
-    with pytest.raises(ServiceStartError) as err:
+    with capture_logs() as logs:
         async with kernel:
-            pass
-    assert time.monotonic() - t0 < 15
-    assert isinstance(err.value.__cause__, PluginError)
-    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9 within 2 s" in str(err.value)
+            assert time.monotonic() - t0 < 10
+            [error] = [e for e in logs if e["event"].startswith("cannot reach the Dask scheduler")]
+            assert error["scheduler"] == address and error["setting"] == "custom.nodes.scheduler"
+            assert f"cannot reach the Dask scheduler at {address} within 1 s" in error["error"]
+            em = kernel.get_service("execution-manager")
+            assert await em.submit(tasks.inc, 1) == 2  # the local worker serves meanwhile
+            procs = [spawn(scheduler_cmd(port)), spawn(worker_cmd(address))]
+            try:
+                deadline = time.monotonic() + 30
+                while not any(w.node_type == "dask" for w in (await em.get_stats()).worker_details):
+                    assert time.monotonic() < deadline, "the Dask worker was never adopted"
+                    await asyncio.sleep(0.1)
+                assert em.listener.last_error is None
+            finally:
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
 
 
 @pytest.mark.parametrize(("nodes", "message"), [
@@ -217,7 +252,7 @@ async def test_an_existing_scheduler_by_address_and_unpicklable_arguments() -> N
     from kernel.errors import SerializationError
 
     async with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, asynchronous=True,
-                            dashboard_address=None) as existing:
+                            dashboard_address="127.0.0.1:0") as existing:
         em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
                        "nodes": {"transport": "dask", "scheduler": existing.scheduler_address}}
         async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
@@ -248,21 +283,15 @@ async def test_without_dask_installed_the_kernel_says_which_extra(monkeypatch: p
 
 async def test_the_scheduler_going_away_fails_calls_and_the_plugin_reconnects_when_it_returns() -> None:
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
-    scheduler_cmd = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                     "--port", str(port), "--no-dashboard"]
-    worker_cmd = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
-                  "--no-nanny", "--no-dashboard"]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(cmd: list[str]) -> subprocess.Popen[bytes]:
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(spawn(cmd))
         return procs[-1]
 
     async def workers(em: Any) -> list[str]:
@@ -275,8 +304,8 @@ async def test_the_scheduler_going_away_fails_calls_and_the_plugin_reconnects_wh
             await asyncio.sleep(0.1)
         return found
 
-    scheduler = start(scheduler_cmd)
-    start(worker_cmd)
+    scheduler = start(scheduler_cmd(port))
+    start(worker_cmd(address))
     try:
         em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
                        "nodes": {"transport": "dask", "scheduler": address, "connectTimeout": 20}}
@@ -294,8 +323,8 @@ async def test_the_scheduler_going_away_fails_calls_and_the_plugin_reconnects_wh
             for proc in procs[1:]:  # as a deployment would: workers come back with their scheduler
                 proc.kill()
                 proc.wait()
-            start(scheduler_cmd)
-            start(worker_cmd)
+            start(scheduler_cmd(port))
+            start(worker_cmd(address))
             [again] = await until_workers(em, other_than=(first,))
             assert await workers(em) == [again]  # the lost one is gone
             assert await asyncio.wait_for(em.submit(tasks.inc, 41), 20) == 42

@@ -47,31 +47,67 @@ class DaskCluster(NodeListener):
         self._scheduler_lost = False
         self._idle: dict[str, float | None] = {}  # Dask address -> when it became idle
         self.last_decision = ""
+        self.last_error: str | None = None  # why the scheduler cannot be reached, while it cannot
+        self._next_try = 0.0
 
     async def start(self, host: NodeHost) -> str:
+        """Attach to the cluster. A scheduler that cannot be reached within
+        ``connectTimeout`` is logged as an error naming it, and the kernel goes on with
+        its other workers while this keeps trying; a LocalCluster that cannot start
+        raises :class:`PluginError`."""
         check_version()
         s = self.settings
-        try:
-            async with asyncio.timeout(s.connect_timeout):
-                if s.local is not None:
-                    await self._start_local()
-                else:
-                    await self._connect()
-        except (TimeoutError, OSError) as exc:
-            await self._close()
-            raise PluginError(
-                f"cannot reach the Dask scheduler at {self.address or 'a new LocalCluster'} within "
-                f"{s.connect_timeout:g} s ({type(exc).__name__}: {exc}); check custom.nodes.scheduler"
-            ) from None
         self._host = host
+        if s.local is not None:
+            try:
+                async with asyncio.timeout(s.connect_timeout):
+                    await self._start_local()
+            except (TimeoutError, OSError) as exc:
+                await self._close()
+                raise PluginError(f"the Dask LocalCluster did not start within {s.connect_timeout:g} s "
+                                  f"({type(exc).__name__}: {exc})") from None
+        elif not await self._reconnect():
+            self._scheduler_lost = True
+            log.error("cannot reach the Dask scheduler; going on without its workers and trying again",
+                      scheduler=self.address, setting="custom.nodes.scheduler", error=self.last_error)
         try:
-            await self._look()
+            if self.client is not None:
+                await self._look()
         except BaseException:
             await self._close()
             raise
         self._watch = asyncio.get_running_loop().create_task(self._follow())
         log.info("dask cluster attached", scheduler=self.address, workers=len(self.workers))
         return self.address
+
+    async def _reconnect(self) -> bool:
+        """One attempt to connect to ``scheduler`` (spaced out by ``connectTimeout``)."""
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        s = self.settings
+        self._next_try = now + min(30.0, max(1.0, s.connect_timeout))
+        await self._drop_client()
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                await self._connect()
+        except (TimeoutError, OSError) as exc:
+            await self._drop_client()
+            self.last_error = (f"cannot reach the Dask scheduler at {self.address} within {s.connect_timeout:g} s "
+                               f"({type(exc).__name__}: {exc or 'timed out'}); check custom.nodes.scheduler")
+            return False
+        if self.last_error is not None:
+            log.info("connected to the Dask scheduler", scheduler=self.address)
+        self.last_error = None
+        return True
+
+    async def _drop_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(remote.TOPIC)
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def _start_local(self) -> None:
         from distributed import Client, LocalCluster
@@ -80,7 +116,8 @@ class DaskCluster(NodeListener):
         assert local is not None
         self.cluster = await LocalCluster(
             n_workers=local.workers, threads_per_worker=local.threads_per_worker, processes=local.processes,
-            memory_limit=local.memory_limit, asynchronous=True, dashboard_address=":0" if local.dashboard else None,
+            memory_limit=local.memory_limit, asynchronous=True,
+            dashboard_address="127.0.0.1:0",  # its scheduler serves HTTP even without bokeh: any free local port
         )
         self.address = self.cluster.scheduler_address
         self.client = await Client(self.cluster, asynchronous=True)
@@ -123,11 +160,11 @@ class DaskCluster(NodeListener):
 
     async def _look(self) -> None:
         try:
+            gone = self.client is None or self.client.status in ("closing", "closed")
+            if self.cluster is None and gone and not await self._reconnect():
+                # never connected, or Dask's own client gave up reconnecting; tried again above
+                raise OSError(self.last_error)
             async with asyncio.timeout(max(2.0, self.settings.poll_interval * 4)):
-                if self.client.status in ("closing", "closed") and self.cluster is None:
-                    with contextlib.suppress(Exception):  # Dask's client gave up reconnecting
-                        await self.client.close()
-                    await self._connect()
                 identity = await self.client.scheduler.identity()
         except (TimeoutError, OSError) as exc:
             if not self._scheduler_lost:
@@ -237,13 +274,8 @@ class DaskCluster(NodeListener):
         await self._close()
 
     async def _close(self) -> None:
-        client, cluster = self.client, self.cluster
-        self.client = self.cluster = None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.unsubscribe_topic(remote.TOPIC)
-            with contextlib.suppress(Exception):
-                await client.close()
+        await self._drop_client()
+        cluster, self.cluster = self.cluster, None
         if cluster is not None:
             with contextlib.suppress(Exception):
                 await cluster.close()

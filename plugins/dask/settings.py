@@ -21,7 +21,6 @@ class LocalClusterSettings(BaseModel):
     min_workers: int | None = Field(None, ge=0, description="the kernel's autoscaler keeps at least this many")
     max_workers: int | None = Field(None, ge=1, description="... and grows the cluster up to this many")
     idle_timeout: float = Field(10.0, gt=0, description="seconds a worker is idle before it may be closed")
-    dashboard: bool = Field(False, description="serve Dask's own dashboard too (on any free port)")
 
     @model_validator(mode="after")
     def _check(self) -> LocalClusterSettings:
