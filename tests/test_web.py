@@ -156,6 +156,15 @@ async def test_control_bad_input_gets_a_4xx_naming_what_is_wrong(running: Any) -
     assert em.pool.project_limits == {"etl": 3}
 
 
+async def test_requests_for_another_host_are_refused(running: Any) -> None:
+    em, http, url = running
+    async with http.get(f"{url}/api/status", headers={"Host": "attacker.example"}) as r:
+        assert r.status == 403 and "loopback address only" in (await r.json())["error"]
+    async with http.get(f"{url}/api/status", headers={"Host": f"localhost:{url.rsplit(':', 1)[1]}"}) as r:
+        assert r.status == 200
+    assert em.web.refusals["host"] == 1
+
+
 async def test_live_feed_pushes_a_new_worker_and_refuses_foreign_origins(running: Any) -> None:
     _, http, url = running
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

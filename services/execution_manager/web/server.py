@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CHANGES = ("worker-started", "worker-terminated", "worker-recycled", "scaled-up", "scaled-down", "task-failed")
 
 
@@ -66,7 +67,7 @@ class WebServer:
         self._feeds: set[web.WebSocketResponse] = set()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[self._check_host])
         r = app.router
         r.add_get("/", self.page)
         r.add_get("/healthz", self.healthz)
@@ -81,6 +82,17 @@ class WebServer:
         r.add_post("/api/scale", self.admin(control.scale))
         r.add_put("/api/projects/{project}/limit", self.admin(control.project_limit))
         return app
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Served on a loopback address, answer only requests addressed to one: a page
+        elsewhere cannot reach it through a DNS name rebound to 127.0.0.1."""
+        if self.settings.host in LOOPBACK:
+            name = urlsplit(f"http://{request.host}").hostname or ""
+            if name not in LOOPBACK:
+                self._refuse(request, "host", host=request.host)
+                return error(403, f"this kernel answers on a loopback address only, not to Host {request.host!r}")
+        return await handler(request)
 
     # -- lifecycle --------------------------------------------------------------------
 
