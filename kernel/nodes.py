@@ -86,6 +86,11 @@ class NodeListener(ABC):
     def refusals(self) -> Mapping[str, int]:
         """How many connections were refused, by reason (``auth``, ``protocol``...)."""
 
+    def problem(self) -> str | None:
+        """What keeps it from serving now, for status views (a cluster it cannot
+        reach...), or None."""
+        return None
+
 
 @dataclass(frozen=True)
 class NodeConfig:

@@ -95,6 +95,8 @@ def render(status: dict[str, Any]) -> Group:
                           str(n["slots"]), str(n["running"]), f"{n['cpu_percent']:.0f}%",
                           f"{n['memory_percent']:.0f}%", _secs(n["heartbeat_age"]))
         parts.append(nodes)
+    if status.get("nodes_problem"):
+        parts.append(Text(f"nodes: {status['nodes_problem']}", style="red"))
     if status["scaling"]["last"]:
         parts.append(Text(f"autoscaler: {status['scaling']['last']}", style="dim"))
     if status["failures"]:

@@ -298,6 +298,9 @@ class DaskCluster(NodeListener):
     def refusals(self) -> Mapping[str, int]:
         return {}
 
+    def problem(self) -> str | None:
+        return self.last_error
+
 
 def _short(name: Any, address: str) -> str:
     """A worker's name fit for ids and URLs: its Dask name when that is plain (``0``,

@@ -83,6 +83,7 @@ class Monitor:
             worker_details=details,
             nodes=nodes, nodes_address=nodes_address,
             node_refusals=dict(listener.refusals()) if listener else {},
+            nodes_problem=listener.problem() if listener else None,
             soft_memory_limit=s.soft_memory_limit, hard_memory_limit=s.hard_memory_limit,
         )
 

@@ -67,5 +67,6 @@ class Stats(BaseModel):
     nodes: list[NodeInfo] = []  # each remote node: address, state, slots, load, heartbeat age
     nodes_address: str | None = None  # where nodes connect, when listening
     node_refusals: dict[str, int] = {}  # refused node connections by reason
+    nodes_problem: str | None = None  # what keeps the node listener from serving now
     soft_memory_limit: int | None = None  # bytes of RSS (softMemoryLimit)
     hard_memory_limit: int | None = None

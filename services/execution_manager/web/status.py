@@ -53,6 +53,7 @@ async def snapshot(em: ExecutionManager, history: History) -> dict[str, Any]:
         "nodes": data["nodes"],
         "nodes_address": stats.nodes_address,
         "node_refusals": stats.node_refusals,
+        "nodes_problem": stats.nodes_problem,
         "services": services(em),
         "projects": data["projects"],
         "failures": list(history.failures),
