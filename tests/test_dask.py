@@ -360,3 +360,27 @@ async def test_the_kernels_autoscaler_grows_and_shrinks_a_local_dask_cluster() -
         assert max(seen) == 2  # never above maxWorkers
         assert "idle" in em.listener.last_decision
         assert await em.submit(tasks.inc, 1) == 2
+
+
+async def test_a_tls_scheduler_with_dasks_security_settings_passed_through(tmp_path: Path) -> None:
+    import trustme
+    from distributed import LocalCluster, Security
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert.pem"))
+    ca_file, cert = str(tmp_path / "ca.pem"), str(tmp_path / "cert.pem")
+    security = Security(tls_ca_file=ca_file, tls_scheduler_cert=cert, tls_worker_cert=cert, tls_client_cert=cert,
+                        require_encryption=True)
+    async with LocalCluster(n_workers=1, threads_per_worker=1, protocol="tls", security=security, host="127.0.0.1",
+                            asynchronous=True, dashboard_address="127.0.0.1:0") as existing:
+        address = existing.scheduler_address
+        assert address.startswith("tls://")
+        nodes = {"transport": "dask", "scheduler": address, "connectTimeout": 5,
+                 "security": {"tlsCaFile": ca_file, "tlsClientCert": cert, "requireEncryption": True}}
+        em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False, "nodes": nodes}
+        async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
+            em = kernel.get_service("execution-manager")
+            assert await em.submit(tasks.inc, 1) == 2
+            [worker] = (await em.get_stats()).worker_details
+            assert worker.address.startswith("tls://")
