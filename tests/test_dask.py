@@ -384,3 +384,15 @@ async def test_a_tls_scheduler_with_dasks_security_settings_passed_through(tmp_p
             assert await em.submit(tasks.inc, 1) == 2
             [worker] = (await em.get_stats()).worker_details
             assert worker.address.startswith("tls://")
+
+
+async def test_a_drained_dask_worker_stays_out_of_the_pool() -> None:
+    async with dask_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        first, second = sorted(w.id for w in (await em.get_stats()).worker_details)
+        await em.retire_worker(first)
+        await asyncio.sleep(1.0)  # a few looks at the cluster: it must not be adopted again
+        stats = await em.get_stats()
+        assert [w.id for w in stats.worker_details] == [second]
+        assert {n.id: n.state for n in stats.nodes} == {first: "out of the pool", second: "available"}
+        assert await em.submit(tasks.inc, 1) == 2

@@ -287,7 +287,8 @@ class DaskCluster(NodeListener):
             info = self._info.get(address, {})
             limit = ex.memory_limit or 0
             out.append(NodeInfo(
-                id=ex.id, address=address, state="unhealthy" if self._scheduler_lost else "available",
+                id=ex.id, address=address,
+                state="unhealthy" if self._scheduler_lost else "out of the pool" if ex.is_closed else "available",
                 slots=ex.slots, running=len(ex.inflight), cpu_percent=ex.cpu_percent,
                 memory_percent=100.0 * ex.rss / limit if limit else 0.0,
                 heartbeat_age=max(0.0, now - float(info.get("last_seen", now))),
