@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -276,21 +277,8 @@ class Executor(ABC):
         if self.state == WorkerState.AVAILABLE:
             self.set_state(WorkerState.RUNNING)
 
-    def _fail(self, call: Call, exc: BaseException) -> None:
-        """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
+    def _settle(self, call: Call, ok: bool) -> None:
         self.inflight.pop(call.id, None)
-        self.failed += 1
-        if not self.inflight and self.state == WorkerState.RUNNING:
-            self.set_state(WorkerState.AVAILABLE)
-        if self.on_finish is not None:
-            self.on_finish(call, False)
-        if not call.future.done():
-            call.future.set_exception(exc)
-
-    def _finish(self, call: Call, reply: Any) -> None:
-        """Resolve ``call`` (helper for implementations; keeps counts and state)."""
-        self.inflight.pop(call.id, None)
-        ok = reply[0]
         if ok:
             self.done += 1
         else:
@@ -299,8 +287,27 @@ class Executor(ABC):
             self.set_state(WorkerState.AVAILABLE)
         if self.on_finish is not None:
             self.on_finish(call, ok)
+
+    def _fail(self, call: Call, exc: BaseException) -> None:
+        """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
+        self._settle(call, False)
+        if not call.future.done():
+            call.future.set_exception(exc)
+
+    def _finish(self, call: Call, reply: Any) -> None:
+        """Resolve ``call`` (helper for implementations; keeps counts and state)."""
+        self._settle(call, reply[0])
         if not call.future.done():
             call.future.set_result(reply)
+
+    def _cancel_from(self, queue: deque[Call], call_id: int) -> bool:
+        """Drop a call still waiting in ``queue`` (helper for ``cancel``)."""
+        for call in queue:
+            if call.id == call_id:
+                queue.remove(call)
+                self._drop(call_id)
+                return True
+        return False
 
     def _call_traffic(self, kind: int, call_id: int, fields: tuple[Any, ...],
                       respond: Callable[[int, bool, bytes], None]) -> None:
@@ -347,6 +354,21 @@ class Executor(ABC):
         if self.state in (WorkerState.AVAILABLE, WorkerState.RUNNING, WorkerState.UNHEALTHY):
             self.set_state(WorkerState.DRAINING)
         return True
+
+    async def _let_finish(self, drain: bool, timeout: float) -> None:
+        """With ``drain``, wait up to ``timeout`` seconds for the calls in flight
+        (helper for ``stop``)."""
+        if drain and self.inflight:
+            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+
+    def _fail_stopped(self, never_started: set[int], *, where: str = "", pid: int | None = None) -> None:
+        """Fail every call still held because the executor was stopped (helper for
+        ``stop``); ``never_started``: the ids of those that had not begun."""
+        self._fail_all(lambda c, _first: WorkerCrashedError(
+            f"executor {self.id}{where} was stopped "
+            f"{'before starting' if c.id in never_started else 'while running'} {c.describe()}",
+            worker_id=self.id, pid=pid, call=c.describe(), started=c.id not in never_started,
+        ))
 
     def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None) -> None:
         """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while

@@ -129,11 +129,8 @@ class DaskWorker(Executor):
         ))
 
     def cancel(self, call_id: int) -> bool:
-        for call in self._held:
-            if call.id == call_id:
-                self._held.remove(call)
-                self._drop(call_id)
-                return True
+        if self._cancel_from(self._held, call_id):
+            return True
         future = self._sent.pop(call_id, None)
         if future is None:
             return False
@@ -175,26 +172,22 @@ class DaskWorker(Executor):
         self._exit_reason = reason
         self.set_state(_S.FAILED)
         self._held.clear()
+        self._release_sent()
+        self._crash_all(f"Dask worker {self.address} ({self.id})", f"was lost ({reason})", pid=None, exitcode=None)
+
+    def _release_sent(self) -> None:
         for future in self._sent.values():
             future.release()
         self._sent.clear()
-        self._crash_all(f"Dask worker {self.address} ({self.id})", f"was lost ({reason})", pid=None, exitcode=None)
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
         if not self._begin_stop():
             return
-        if drain and self.inflight:
-            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        await self._let_finish(drain, timeout)
         held = {c.id for c in self._held}
         self._held.clear()
-        for future in self._sent.values():
-            future.release()
-        self._sent.clear()
-        self._fail_all(lambda c, _first: WorkerCrashedError(
-            f"executor {self.id} (Dask worker {self.address}) was stopped "
-            f"{'before starting' if c.id in held else 'while running'} {c.describe()}",
-            worker_id=self.id, call=c.describe(), started=c.id not in held,
-        ))
+        self._release_sent()
+        self._fail_stopped(held, where=f" (Dask worker {self.address})")
         if self.state != _S.FAILED:
             try:  # free the instances still pinned in its runtime on the Dask worker
                 async with asyncio.timeout(min(timeout, 5.0)):

@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from kernel import protocol as p
-from kernel.errors import RequestError, WorkerCrashedError
+from kernel.errors import RequestError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.runtime import Reply, Runtime
 
@@ -103,26 +103,16 @@ class InMemoryExecutor(Executor):
         self._pump()
 
     def cancel(self, call_id: int) -> bool:
-        for call in self._waiting:
-            if call.id == call_id:
-                self._waiting.remove(call)
-                self._drop(call_id)
-                return True
-        return False
+        return self._cancel_from(self._waiting, call_id)
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
         if not self._begin_stop():
             return
-        if drain and self.inflight:
-            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        await self._let_finish(drain, timeout)
         waiting = {c.id for c in self._waiting}
         self._waiting.clear()
         # Threads cannot be killed: calls still running finish in the background.
-        self._fail_all(lambda c, _first: WorkerCrashedError(
-            f"executor {self.id} was stopped {'before starting' if c.id in waiting else 'while running'} "
-            f"{c.describe()}",
-            worker_id=self.id, pid=os.getpid(), call=c.describe(), started=c.id not in waiting,
-        ))
+        self._fail_stopped(waiting, pid=os.getpid())
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         self._runtime.close()
