@@ -177,6 +177,14 @@ def test_kernel_status_against_a_running_kernel() -> None:
                                  env={**os.environ, "COLUMNS": "200"})
             assert out.returncode == 0, out.stderr
             assert "local-1" in out.stdout and "workers 2 (min 2, max 2)" in out.stdout and "idle" in out.stdout
+            with subprocess.Popen([*KERNEL, "status", "--url", url, "--json", "--watch", "0.2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as watch:
+                time.sleep(1.5)
+                watch.send_signal(signal.SIGINT)
+                followed, _ = watch.communicate(timeout=10)
+            assert watch.returncode == 0
+            documents = [json.loads(line) for line in followed.splitlines()]
+            assert len(documents) >= 3 and all("workers" in d for d in documents)
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=20)
         finally:
