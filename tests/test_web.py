@@ -105,6 +105,12 @@ async def test_failures_keep_their_traceback_and_metrics_count_calls(running: An
     assert float(samples['microkernel_workers{kind="local",state="available"}']) == 2
     assert float(samples['microkernel_worker_starts_total{kind="local"}']) == 2
     assert "# TYPE microkernel_call_duration_seconds histogram" in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}  # parses as Prometheus would
+    assert families["microkernel_calls"] == "counter" and families["microkernel_queue_depth"] == "gauge"
+    assert families["microkernel_queue_wait_seconds"] == "histogram"
+    assert all(name.startswith("microkernel_") for name in families)
     assert "task_id" not in text and "call_id" not in text
 
 
