@@ -1,4 +1,8 @@
-"""structlog set-up: a console renderer on a terminal, JSON lines otherwise."""
+"""structlog set-up: a console renderer on a terminal, JSON lines otherwise.
+
+structlog is imported by :func:`configure` only: worker processes read the level with
+:func:`resolve_level` and do not load it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,19 @@ import logging
 import os
 import sys
 
-import structlog
-
 LEVEL_ENV = "KERNEL_LOG_LEVEL"
+
+
+def resolve_level(level: str | None = None) -> tuple[str, int]:
+    """``level``, else ``$KERNEL_LOG_LEVEL``, else ``info``, as (NAME, number).
+
+    :raises ValueError: not a level name.
+    """
+    name = (level or os.environ.get(LEVEL_ENV) or "info").upper()
+    numeric = logging.getLevelName(name)
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {name!r} (from --log-level or ${LEVEL_ENV})")
+    return name, numeric
 
 
 def configure(level: str | None = None, *, json: bool | None = None) -> None:
@@ -17,10 +31,9 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
     ``level`` defaults to ``$KERNEL_LOG_LEVEL`` or ``info``; ``json`` defaults to
     "stderr is not a terminal".
     """
-    name = (level or os.environ.get(LEVEL_ENV) or "info").upper()
-    numeric = logging.getLevelName(name)
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {name!r} (from --log-level or ${LEVEL_ENV})")
+    import structlog
+
+    name, numeric = resolve_level(level)
     os.environ[LEVEL_ENV] = name.lower()  # worker processes started from here log at the same level
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.types.Processor = (

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 from .errors import RequestError
+from .logs import resolve_level
 
 PROGRESS_INTERVAL = 0.05  # seconds between progress reports of one call that are sent
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -193,8 +193,10 @@ def forward_logging(level: str | None = None) -> None:
     handler = LogForwarder()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    name = (level or os.environ.get("KERNEL_LOG_LEVEL") or "info").upper()
-    root.setLevel(name if isinstance(logging.getLevelName(name), int) else logging.INFO)
+    try:
+        root.setLevel(resolve_level(level)[1])
+    except ValueError:
+        root.setLevel(logging.INFO)
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kernel import protocol as p
+from kernel.background import Background
 from kernel.errors import WorkerCrashedError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 
@@ -58,12 +59,7 @@ class DaskWorker(Executor):
         self._sent: dict[int, Future[Any]] = {}
         self._pinned_sent = 0
         self._exit_reason: str | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background = Background(f"dask executor {worker_id}")
 
     def info(self) -> ExecutorInfo:
         offer: dict[str, float] = {"cpu": float(self.slots)}
@@ -97,7 +93,7 @@ class DaskWorker(Executor):
             )
             self._sent[call.id] = future
             self._pinned_sent += pinned
-            self._spawn(self._await(call, future, pinned, time.perf_counter()))
+            self._background.spawn(self._await(call, future, pinned, time.perf_counter()))
 
     async def _await(self, call: Call, future: Future[Any], pinned: bool, sent: float) -> None:
         try:
@@ -134,7 +130,7 @@ class DaskWorker(Executor):
         future = self._sent.pop(call_id, None)
         if future is None:
             return False
-        self._spawn(self._cancel(future))  # queued at Dask, or running: see the module docstring
+        self._background.spawn(self._cancel(future))  # queued at Dask, or running: see the module docstring
         self._drop(call_id)
         self._pump()
         return True
@@ -152,7 +148,7 @@ class DaskWorker(Executor):
         call = self.inflight.get(call_id)
         if future is None or call is None:
             return self.cancel(call_id)
-        self._spawn(self._cancel(future))
+        self._background.spawn(self._cancel(future))
         self._crash(call, f"was told to stop ({note})")
         self._pump()
         return True
@@ -214,4 +210,4 @@ class DaskWorker(Executor):
             except Exception as exc:
                 log.warning("could not answer a call's request", worker_id=self.id, error=str(exc))
 
-        self._spawn(send())
+        self._background.spawn(send())

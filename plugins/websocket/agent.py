@@ -31,6 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from kernel import node_protocol as n
+from kernel.background import Background
 from kernel.errors import PoolClosedError, RequestError
 from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
 from kernel.nodes import NodeConfig, package_version
@@ -86,7 +87,7 @@ class NodeAgent:
         self._numbers = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background("node agent")
         self._stop_now = asyncio.Event()
         self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
         self._procs: dict[int, psutil.Process] = {}
@@ -246,9 +247,7 @@ class NodeAgent:
             self._outbox.put(data)
 
     def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(coro)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -349,9 +348,8 @@ class NodeAgent:
         """Stop every worker now: the kernel has given their calls up."""
         execs, self.execs = list(self.execs.values()), {}
         await asyncio.gather(*(ex.stop(drain=False) for ex in execs), return_exceptions=True)
-        tasks = [t for t in self._tasks if not t.done()]
-        if tasks and self._ws is None:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ws is None:
+            await self._background.join()
 
     async def _heartbeats(self, interval: float) -> None:
         psutil.cpu_percent(None)

@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kernel import node_protocol as n
+from kernel.background import Background
 from kernel.errors import ConfigError, PluginError
 from kernel.nodes import NodeHost, NodeInfo, NodeListener, package_version
 from kernel.packages import service_packages
@@ -61,7 +62,7 @@ class NodeHub(NodeListener):
         self._free: deque[tuple[Session, int, int]] = deque()  # slots no executor claimed yet
         self._claims: deque[tuple[NodeSlot, asyncio.Future[None]]] = deque()
         self._monitor: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background("node hub")
 
     def __repr__(self) -> str:
         return f"<NodeHub {self.address or 'stopped'} nodes={len(self.sessions)}>"
@@ -119,8 +120,7 @@ class NodeHub(NodeListener):
                 waiter.cancel()
         if self._server is not None:
             await self._server.wait_closed()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.join()
 
     def nodes(self) -> list[NodeInfo]:
         now = time.monotonic()
@@ -179,9 +179,7 @@ class NodeHub(NodeListener):
                 self.spawn(slot.stop(drain=True))
 
     def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(coro)
 
     # -- connections ------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
+
+from kernel.background import Background
 
 log = structlog.get_logger("execution-manager")
 
@@ -31,7 +32,7 @@ class EventBus:
     def __init__(self, hook: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self._subs: dict[str, list[Callback]] = {}
         self.hook = hook  # plugins' kernel_event, when any plugin implements it
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._async = Background("event subscribers")
 
     def wants(self, event: str) -> bool:
         """Whether anyone listens to ``event`` (to skip building per-call payloads)."""
@@ -55,8 +56,6 @@ class EventBus:
             try:
                 result = cb(event, payload)
                 if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._async.spawn(result)
             except Exception:
                 log.exception("event subscriber failed", event_name=event)

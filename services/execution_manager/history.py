@@ -71,7 +71,6 @@ class History:
         self.failures: deque[dict[str, Any]] = deque(maxlen=keep)
         self.exits: deque[dict[str, Any]] = deque(maxlen=keep)
         self.scaling: deque[dict[str, Any]] = deque(maxlen=keep)
-        self.last_exit: dict[str, str] = {}  # worker id -> why it ended
         self.starts: Counter[str] = Counter()  # by executor kind
         self.exit_counts: Counter[tuple[str, str]] = Counter()  # (kind, exit kind)
         self.retried = 0
@@ -92,13 +91,12 @@ class History:
             wid, reason = payload["worker_id"], str(payload.get("reason", ""))
             kind = self._kinds.pop(wid, "?")
             self.exit_counts[(kind, exit_kind(reason, bool(payload.get("expected"))))] += 1
-            self.last_exit[wid] = reason
             self.exits.appendleft({"worker_id": wid, "kind": kind, "reason": reason, "at": now})
         elif event == "worker-retired":  # arrives after it ended: say why it was asked to leave
             wid = payload["worker_id"]
             for entry in self.exits:
                 if entry["worker_id"] == wid:
-                    entry["reason"] = self.last_exit[wid] = f"{payload.get('reason')} ({entry['reason']})"
+                    entry["reason"] = f"{payload.get('reason')} ({entry['reason']})"
                     break
         elif event == "task-retried":
             self.retried += 1
@@ -106,6 +104,10 @@ class History:
             self.failures.appendleft({**payload, "at": now})
         else:
             self.scaling.appendleft({"event": event, **payload, "at": now})
+
+    def last_exit(self, worker_id: str) -> str | None:
+        """Why the latest worker with this id ended (node slots reuse ids), if it did lately."""
+        return next((e["reason"] for e in self.exits if e["worker_id"] == worker_id), None)
 
     def rate(self, done: int) -> float:
         """Calls finished per second over the last samples (call about once a second)."""

@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import anyio.to_thread
 import psutil
@@ -70,7 +70,7 @@ class Monitor:
         return Stats(
             workers=len(details), min_workers=s.min_workers, max_workers=s.max_workers, starting=pool.starting,
             system_load=self.load, active_tasks=sum(d.running for d in details),
-            queued_tasks=len(pool.backlog) + len(pool.held), local_tasks=pool.local.running if pool.local else 0,
+            queued_tasks=pool.waiting, local_tasks=pool.local.running if pool.local else 0,
             queued_by_priority=pool.backlog.by_priority(),
             projects={
                 name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),
@@ -100,9 +100,9 @@ class Monitor:
             elif _over(rss, soft):
                 pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
 
-    async def run(self, tick: Callable[[], None] | None = None) -> None:
+    async def run(self) -> None:
         """Sample every ``sampleInterval`` and autoscale every ``monitorInterval``, until
-        cancelled; ``tick`` runs after each sample (live views)."""
+        cancelled."""
         pool = self.pool
         s = pool.settings
         every = min(s.sample_interval, s.monitor_interval)
@@ -131,8 +131,6 @@ class Monitor:
             if now >= next_scale:
                 next_scale = now + s.monitor_interval
                 pool.autoscale(now)
-            if tick is not None:
-                tick()
 
 
 def _over(rss: int, limit: int | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from kernel.background import Background
 from kernel.errors import PoolClosedError, UnsatisfiableError, WorkerStartError
 from kernel.executor import Call, CallHost, ExecutorFactory, WorkerState
 
@@ -77,7 +78,7 @@ class WorkerPool(WorkerLifecycle):
         self.on_retire: Callable[[WorkerSlot], Awaitable[None]] | None = None
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
         self.timings: Timings | None = None  # call durations and queue waits, when someone reads them
 
@@ -134,8 +135,7 @@ class WorkerPool(WorkerLifecycle):
         finally:
             if hurried is not None:
                 hurried.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.background.join()
 
     def _fail_waiting(self, exc: Exception) -> None:
         """Fail every call still waiting (queued or held back by maxQueue) with ``exc``;

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from kernel.background import Background
 from kernel.errors import WorkerStartError
 from kernel.executor import CallHost, Executor, ExecutorFactory, WorkerState
 
@@ -77,7 +78,7 @@ class WorkerLifecycle:
     _slots: list[WorkerSlot]
     _factory: ExecutorFactory
     _seq: itertools.count[int]
-    _tasks: set[asyncio.Task[Any]]
+    background: Background
     starting: int
     closed: bool
     memory_percent: float
@@ -101,9 +102,7 @@ class WorkerLifecycle:
 
     def _spawn(self) -> None:
         self.starting += 1
-        task = asyncio.get_running_loop().create_task(self._start_worker(counted=True))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.background.spawn(self._start_worker(counted=True))
 
     async def _start_worker(self, counted: bool = False) -> WorkerSlot | None:
         if not counted:
@@ -205,9 +204,7 @@ class WorkerLifecycle:
         self.events.emit("worker-recycled", worker_id=slot.id, reason=reason)
         if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
             self._spawn()
-        task = asyncio.get_running_loop().create_task(self._leave(slot, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.background.spawn(self._leave(slot, reason))
 
     def _live(self) -> int:
         """Workers the pool started that stay (not leaving), plus those starting."""
@@ -260,9 +257,7 @@ class WorkerLifecycle:
         staying = sorted((s for s in self._slots if not s.retiring and not s.external), key=lambda s: s.running)
         for slot in staying[: max(0, self._live() - hi)]:
             slot.retiring = True
-            task = asyncio.get_running_loop().create_task(self._leave(slot, reason))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.background.spawn(self._leave(slot, reason))
         return reason
 
     def autoscale(self, now: float) -> ScalePlan:
@@ -279,9 +274,7 @@ class WorkerLifecycle:
             self.last_scale_up = now
             self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
         for wid in plan.retire:
-            task = asyncio.get_running_loop().create_task(self.retire(wid, plan.reason))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.background.spawn(self.retire(wid, plan.reason))
             self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
         return plan
 

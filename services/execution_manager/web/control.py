@@ -5,7 +5,6 @@ message names the field or worker at fault; nothing changes on a bad request.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
     from ..service import ExecutionManager
 
 log = structlog.get_logger("http")
-_background: set[asyncio.Task[Any]] = set()
 
 
 class BadRequest(Exception):
@@ -54,23 +52,12 @@ def _worker(em: ExecutionManager, request: web.Request) -> str:
     return worker_id
 
 
-def _later(coro: Any, what: str, worker_id: str) -> None:
-    async def run() -> None:
-        try:
-            await coro
-        except Exception as exc:
-            log.warning(f"{what} failed", worker_id=worker_id, error=str(exc))
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 async def drain(em: ExecutionManager, request: web.Request) -> web.Response:
     """Stop giving the worker calls, move its pinned instances, let it finish, stop it."""
     worker_id = _worker(em, request)
     assert em.pool is not None
     log.info("worker drain requested", worker_id=worker_id, peer=request.remote)
-    _later(em.pool.retire(worker_id, "drained on request"), "drain", worker_id)
+    em.pool.background.spawn(em.pool.retire(worker_id, "drained on request"))
     return web.json_response({"worker": worker_id, "action": "drain"}, status=202)
 
 
@@ -79,7 +66,7 @@ async def stop(em: ExecutionManager, request: web.Request) -> web.Response:
     worker_id = _worker(em, request)
     assert em.pool is not None
     log.info("worker stop requested", worker_id=worker_id, peer=request.remote)
-    _later(em.pool.retire(worker_id, "stopped on request", drain=False), "stop", worker_id)
+    em.pool.background.spawn(em.pool.retire(worker_id, "stopped on request", drain=False))
     return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
 
 

@@ -35,7 +35,7 @@ async def snapshot(em: ExecutionManager, history: History) -> dict[str, Any]:
     data = stats.model_dump(mode="json")
     workers = data.pop("worker_details")
     for w in workers:
-        w["last_exit"] = history.last_exit.get(w["id"])
+        w["last_exit"] = history.last_exit(w["id"])
     now = time.time()
     return {
         "kernel": {"pid": os.getpid(), "version": package_version(), "started": STARTED, "now": now},
