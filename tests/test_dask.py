@@ -124,6 +124,25 @@ async def test_submit_map_and_errors_run_on_dask_workers() -> None:
         assert line["worker_id"].startswith("dask-") and line["logger"] == "etl.rows"
 
 
+async def test_finished_calls_results_are_let_go_of_in_bulk_and_none_stay_in_the_cluster() -> None:
+    """Results are held on the Dask workers a moment (SpentFutures), then all released."""
+    async with dask_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        scheduler = em.listener.cluster.scheduler
+        spent = em.listener._spent
+        assert await asyncio.gather(*(em.submit(tasks.inc, i) for i in range(40))) == list(range(1, 41))
+        assert len(spent) == 40 and len(scheduler.tasks) >= 40  # held together, not one by one
+        deadline = time.monotonic() + 10
+        while scheduler.tasks or em.listener.client.futures:
+            assert time.monotonic() < deadline, f"{len(scheduler.tasks)} finished tasks never released"
+            await asyncio.sleep(0.05)
+        assert len(spent) == 0
+        # results past MAX_BYTES are let go of at once, not after LINGER
+        spent.MAX_BYTES = 1 << 20
+        assert len(await em.submit(tasks.slow, 0.0, b"x" * (1 << 20))) == 1 << 20
+        assert len(spent) == 0
+
+
 async def test_a_dask_worker_killed_mid_call_gives_our_crash_error_or_retry(tmp_path: Any) -> None:
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")

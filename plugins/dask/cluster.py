@@ -21,7 +21,7 @@ from kernel.nodes import NodeHost, NodeInfo, NodeListener
 from kernel.packages import service_packages
 
 from . import remote
-from .executor import DaskWorker
+from .executor import DaskWorker, SpentFutures
 from .scaling import WorkerView, plan
 from .settings import DaskSettings
 from .versions import check_version
@@ -35,6 +35,7 @@ class DaskCluster(NodeListener):
     def __init__(self, settings: DaskSettings) -> None:
         self.settings = settings
         self.client: Any = None
+        self._spent = SpentFutures()  # shared by its workers: see SpentFutures
         self.cluster: Any = None  # the LocalCluster we started, if any
         self.address = settings.scheduler or ""
         self.workers: dict[str, DaskWorker] = {}  # Dask address -> its executor
@@ -103,6 +104,7 @@ class DaskCluster(NodeListener):
 
     async def _drop_client(self) -> None:
         client, self.client = self.client, None
+        self._spent.release()
         if client is not None:
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(remote.TOPIC)
@@ -226,7 +228,7 @@ class DaskCluster(NodeListener):
         assert self._host is not None
         self._seq += 1
         ex = DaskWorker(f"dask-{_short(info.get('name'), address)}.{self._seq}", self.client, address,
-                        slots=int(info.get("nthreads", 1)),
+                        slots=int(info.get("nthreads", 1)), spent=self._spent,
                         memory_limit=int(info.get("memory_limit") or 0) or None)
         await ex.start()
         self.workers[address] = ex
@@ -256,7 +258,8 @@ class DaskCluster(NodeListener):
         adopt: for the conformance suite and for tools."""
         address = address or next(iter(self.workers))
         known = self.workers[address]
-        ex = DaskWorker(worker_id, self.client, address, slots=known.slots, memory_limit=known.memory_limit)
+        ex = DaskWorker(worker_id, self.client, address, slots=known.slots, memory_limit=known.memory_limit,
+                        spent=self._spent)
         self._by_id[worker_id] = ex
         return ex
 
