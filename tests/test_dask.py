@@ -124,13 +124,19 @@ async def test_submit_map_and_errors_run_on_dask_workers() -> None:
         assert line["worker_id"].startswith("dask-") and line["logger"] == "etl.rows"
 
 
-async def test_finished_calls_results_are_let_go_of_in_bulk_and_none_stay_in_the_cluster() -> None:
-    """Results are held on the Dask workers a moment (SpentFutures), then all released."""
+async def test_results_are_fetched_and_let_go_of_in_bulk_and_none_stay_in_the_cluster() -> None:
+    """Finished calls' results are gathered many at a time (collect.Results), held on
+    the Dask workers a moment (SpentFutures), then all released."""
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")
         scheduler = em.listener.cluster.scheduler
-        spent = em.listener._spent
+        spent, client = em.listener._spent, em.listener.client
+        gathers = []
+        gather = client.gather
+        client.gather = lambda futures, *a, **kw: gathers.append(len(futures)) or gather(futures, *a, **kw)
         assert await asyncio.gather(*(em.submit(tasks.inc, i) for i in range(40))) == list(range(1, 41))
+        assert sum(gathers) == 40 and len(gathers) < 40, gathers  # fetched many at a time (collect.Results)
+        del client.gather
         assert len(spent) == 40 and len(scheduler.tasks) >= 40  # held together, not one by one
         deadline = time.monotonic() + 10
         while scheduler.tasks or em.listener.client.futures:

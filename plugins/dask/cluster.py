@@ -21,6 +21,7 @@ from kernel.nodes import NodeHost, NodeInfo, NodeListener
 from kernel.packages import service_packages
 
 from . import remote
+from .collect import Results
 from .executor import DaskWorker, SpentFutures
 from .scaling import WorkerView, plan
 from .settings import DaskSettings
@@ -36,6 +37,7 @@ class DaskCluster(NodeListener):
         self.settings = settings
         self.client: Any = None
         self._spent = SpentFutures()  # shared by its workers: see SpentFutures
+        self._results: Results | None = None  # the client's, shared by its workers: see Results
         self.cluster: Any = None  # the LocalCluster we started, if any
         self.address = settings.scheduler or ""
         self.workers: dict[str, DaskWorker] = {}  # Dask address -> its executor
@@ -105,6 +107,9 @@ class DaskCluster(NodeListener):
     async def _drop_client(self) -> None:
         client, self.client = self.client, None
         self._spent.release()
+        results, self._results = self._results, None
+        if results is not None:
+            await results.close()
         if client is not None:
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(remote.TOPIC)
@@ -141,6 +146,7 @@ class DaskCluster(NodeListener):
         await self._prepare()
 
     async def _prepare(self) -> None:
+        self._results = Results(self.client)
         self.client.subscribe_topic(remote.TOPIC, self._on_event)
         await self.client.register_plugin(remote.ServicePackages(service_packages()))
 
@@ -228,7 +234,7 @@ class DaskCluster(NodeListener):
         assert self._host is not None
         self._seq += 1
         ex = DaskWorker(f"dask-{_short(info.get('name'), address)}.{self._seq}", self.client, address,
-                        slots=int(info.get("nthreads", 1)), spent=self._spent,
+                        slots=int(info.get("nthreads", 1)), spent=self._spent, results=self._results,
                         memory_limit=int(info.get("memory_limit") or 0) or None)
         await ex.start()
         self.workers[address] = ex
@@ -259,7 +265,7 @@ class DaskCluster(NodeListener):
         address = address or next(iter(self.workers))
         known = self.workers[address]
         ex = DaskWorker(worker_id, self.client, address, slots=known.slots, memory_limit=known.memory_limit,
-                        spent=self._spent)
+                        spent=self._spent, results=self._results)
         self._by_id[worker_id] = ex
         return ex
 

@@ -21,6 +21,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,6 +32,7 @@ from kernel.errors import WorkerCrashedError
 from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 
 from . import remote
+from .collect import CANCELLED, Results
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -90,9 +92,10 @@ class DaskWorker(Executor):
 
     def __init__(self, worker_id: str, client: Client, address: str, *, slots: int = 1,
                  memory_limit: int | None = None, options: Mapping[str, Any] | None = None,
-                 spent: SpentFutures | None = None) -> None:
+                 spent: SpentFutures | None = None, results: Results | None = None) -> None:
         super().__init__(worker_id, options)
         self.spent = spent if spent is not None else SpentFutures()
+        self.results = results if results is not None else Results(client)
         self.client = client
         self.address = address
         self.slots = max(1, slots)
@@ -137,24 +140,15 @@ class DaskWorker(Executor):
             )
             self._sent[call.id] = future
             self._pinned_sent += pinned
-            self._background.spawn(self._await(call, future, pinned, time.perf_counter()))
+            self.results.watch(future, partial(self._done, call, future, pinned, time.perf_counter()))
 
-    async def _await(self, call: Call, future: Future[Any], pinned: bool, sent: float) -> None:
-        try:
-            reply = await future
-        except asyncio.CancelledError:
-            if self._sent.pop(call.id, None) is not None and call.id in self.inflight:
-                self._crash(call, "cancelled its Dask task")
-                self._pump()
-            return
-        except Exception as exc:  # KilledWorker, CommClosedError, a lost scheduler...
-            reply = None
-            why = f"{type(exc).__name__}: {exc}"
-        finally:
-            self._pinned_sent -= pinned
+    def _done(self, call: Call, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
+        self._pinned_sent -= pinned
         if self._sent.pop(call.id, None) is None or call.id not in self.inflight:
-            return  # given up meanwhile (worker lost, aborted): a late answer is dropped
-        if reply is None:
+            pass  # given up meanwhile (worker lost, aborted): a late answer is dropped
+        elif why == CANCELLED:
+            self._crash(call, "cancelled its Dask task")
+        elif why is not None:
             self._crash(call, f"failed in Dask ({why})")
         else:
             trip = time.perf_counter() - sent  # the fastest round trip seen (slowly forgotten) is transit
