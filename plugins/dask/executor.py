@@ -151,11 +151,13 @@ class DaskWorker(Executor):
         elif why is not None:
             self._crash(call, f"failed in Dask ({why})")
         else:
-            trip = time.perf_counter() - sent  # the fastest round trip seen (slowly forgotten) is transit
-            self.overhead = trip if not self.overhead else min(self.overhead * 1.01, trip)
-            data = reply[1]
+            ok, data, ran = reply
+            # Dask's part of the round trip; the least seen (slowly forgotten) is transit, the
+            # rest waiting at the worker behind calls handed over earlier.
+            transit = max(0.0, time.perf_counter() - sent - ran)
+            self.overhead = transit if not self.overhead else min(self.overhead * 1.01, transit)
             self.spent.hold(future, len(data) if isinstance(data, bytes | bytearray) else 0)
-            self._finish(call, tuple(reply))
+            self._finish(call, (ok, data))
         self._pump()
 
     def _crash(self, call: Call, how: str) -> None:
