@@ -254,6 +254,8 @@ async def run_ours(quick: bool, burn_n: int, node: str | None = None) -> dict[st
             await asyncio.wait_for(joined.wait(), 60)
         try:
             await _measure(em, out, t0, n_tiny, n_map, n_lat, n_cpu, n_mib, burn_n)
+            if node == "dask":
+                out["same_cluster"] = await _beside_dask(em, rounds=3 if quick else 6)
         finally:
             if agent is not None:
                 agent.terminate()
@@ -297,6 +299,29 @@ async def _measure(em: Any, out: dict[str, Any], t0: float, n_tiny: int, n_map: 
     t = time.perf_counter()
     await em.submit(inc, 1, retries=3)  # on Dask the worker is replaced, not the call's executor
     out["next_call_ms"] = (time.perf_counter() - t) * 1e3
+
+
+async def _beside_dask(em: Any, rounds: int) -> dict[str, float]:
+    """Our Dask executor and raw ``Client.submit`` on the same cluster and client, in
+    alternating rounds: our overhead on top of Dask, with the machine's drift shared."""
+    client = em.listener.client
+    tiny: dict[str, list[float]] = {"ours": [], "dask": []}
+    lat: dict[str, list[float]] = {"ours": [], "dask": []}
+    for _ in range(rounds):
+        for who in ("ours", "dask"):
+            t = time.perf_counter()
+            if who == "ours":
+                await asyncio.gather(*(em.submit(inc, i) for i in range(300)))
+            else:
+                await client.gather([client.submit(inc, i, pure=False) for i in range(300)])
+            tiny[who].append(300 / (time.perf_counter() - t))
+            for i in range(40):
+                t = time.perf_counter()
+                await (em.submit(inc, i) if who == "ours" else client.submit(inc, i, pure=False))
+                lat[who].append(time.perf_counter() - t)
+    return {f"{who}_{key}": value for who in ("ours", "dask") for key, value in (
+        ("tiny_per_s", pct(tiny[who], 0.5)), ("lat_p50_us", pct(lat[who], 0.5) * 1e6),
+        ("lat_p99_us", pct(lat[who], 0.99) * 1e6))}
 
 
 # -- the table --------------------------------------------------------------------------
@@ -375,7 +400,18 @@ def main() -> None:
             row.append(cell)
         table.add_row(*row)
     table.add_row("crashed call raises", *[str(r.get("crash", "-")) for r in results.values()])
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    same = results.get("ours-dask", {}).get("same_cluster")
+    if same:
+        beside = Table(title="ours-dask beside raw Client.submit on the same cluster, alternating rounds")
+        for column in ("metric", "ours-dask", "dask", "ours ÷ dask (>1 = ours better)"):
+            beside.add_column(column, justify="left" if column == "metric" else "right")
+        for key, label, higher in METRICS[:4]:
+            if f"ours_{key}" in same:
+                o, d = same[f"ours_{key}"], same[f"dask_{key}"]
+                beside.add_row(label, fmt(key, o), fmt(key, d), f"{(o / d if higher else d / o):.2f}")
+        console.print(beside)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"workers": WORKERS, "results": results}, fh, indent=2)
