@@ -70,7 +70,7 @@ class Call:
     """
 
     __slots__ = ("args", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
-                 "project", "queued_at", "resources", "soft_timeout", "started", "timeout", "worker_id")
+                 "project", "queued_at", "ran", "resources", "soft_timeout", "started", "timeout", "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
@@ -94,6 +94,7 @@ class Call:
         self.worker_id: str | None = None  # set by the pool when it hands the call out
         self.progress: tuple[float, str] | None = None  # the latest the call reported
         self.on_progress: Callable[[float, str], None] | None = None  # the caller's, if it listens
+        self.ran: float | None = None  # seconds it ran, where the executor knows (see Executor.overhead)
 
     def __repr__(self) -> str:
         return f"<Call {self.describe()}>"
@@ -154,10 +155,10 @@ class Executor(ABC):
 
     node_type: ClassVar[str] = ""
     #: Seconds each call spends in transit rather than working (a remote engine's
-    #: scheduling round trip). The pool subtracts it from measured call times when it
-    #: decides how many calls to hand the executor at once, so an engine with a slow
-    #: round trip is still given enough calls to overlap it. Kept up to date by the
-    #: executor; 0 for executors whose transit is negligible.
+    #: scheduling round trip). The pool hands the executor enough calls at once to
+    #: overlap it. Kept up to date by the executor; 0 for executors whose transit is
+    #: negligible. An executor that sets it also sets ``Call.ran`` (the seconds each
+    #: call ran) before finishing it, as the pool's own timing would include transit.
     overhead: float = 0.0
 
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:

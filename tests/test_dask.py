@@ -149,6 +149,15 @@ async def test_results_are_fetched_and_let_go_of_in_bulk_and_none_stay_in_the_cl
         assert len(spent) == 0
 
 
+async def test_a_multi_threaded_dask_worker_runs_a_call_per_thread_once_the_pool_knows_the_calls() -> None:
+    async with dask_kernel(local={"workers": 1, "threadsPerWorker": 4}) as kernel:
+        em = kernel.get_service("execution-manager")
+        for _ in range(2):  # the second round runs with the limit learnt from the first
+            spans = await asyncio.gather(*(em.submit(tasks.stamp, str(i), 0.4) for i in range(8)))
+            most = max(sum(1 for _, start, end in spans if start <= t < end) for _, t, _ in spans)
+            assert most == 4, spans  # 4 threads busy at once, never 2 (the limit of one thread)
+
+
 async def test_a_dask_worker_killed_mid_call_gives_our_crash_error_or_retry(tmp_path: Any) -> None:
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")

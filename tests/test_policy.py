@@ -133,12 +133,24 @@ def test_no_flapping_between_the_thresholds() -> None:
     assert plan == ScalePlan(0, (), "steady")
 
 
-@pytest.mark.parametrize(("mean", "overhead", "limit"), [
-    (0.0105, 0.010, 64),  # a tiny call behind a 10 ms round trip: pipeline deeply
-    (0.015, 0.010, 4),
-    (0.030, 0.010, 2),    # real work: one running, one in transit
+@pytest.mark.parametrize(("work", "overhead", "limit"), [
+    (0.0005, 0.010, 64),  # a tiny call behind a 10 ms round trip: pipeline deeply
+    (0.0, 0.010, 64),
+    (0.002, 0.010, 6),    # enough in flight to cover the round trip
+    (0.005, 0.010, 4),
+    (0.020, 0.010, 2),    # real work: one running, one in transit
     (3.0, 0.010, 2),
     (None, 0.010, 2),
 ])
-def test_inflight_limit_takes_transit_off(mean, overhead, limit) -> None:
-    assert inflight_limit(mean, overhead) == limit
+def test_inflight_limit_covers_transit(work, overhead, limit) -> None:
+    assert inflight_limit(work, overhead) == limit
+
+
+@pytest.mark.parametrize(("work", "overhead", "width", "limit"), [
+    (0.5, 0.0, 4, 4),      # one long call per thread of a 4-thread worker
+    (0.5, 0.010, 4, 8),    # and one more each in transit
+    (None, 0.0, 4, 8),
+    (0.0001, 0.0, 2, 128),
+])
+def test_inflight_limit_scales_with_the_workers_width(work, overhead, width, limit) -> None:
+    assert inflight_limit(work, overhead, width) == limit

@@ -157,6 +157,7 @@ class DaskWorker(Executor):
             transit = max(0.0, time.perf_counter() - sent - ran)
             self.overhead = transit if not self.overhead else min(self.overhead * 1.01, transit)
             self.spent.hold(future, len(data) if isinstance(data, bytes | bytearray) else 0)
+            call.ran = ran
             self._finish(call, (ok, data))
         self._pump()
 

@@ -6,6 +6,7 @@ do, and the tests are tables.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -114,16 +115,18 @@ def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str
     return best.id if best else None
 
 
-def inflight_limit(mean_seconds: float | None, overhead: float = 0.0) -> int:
+def inflight_limit(work_seconds: float | None, overhead: float = 0.0, width: int = 1) -> int:
     """Calls a worker may hold at once: many when calls are tiny, so it never waits for
-    the next one; one when they are long, so a queue never forms behind a busy worker.
-    ``overhead`` (the executor's transit time per call) is not work: it is taken off
-    the mean, and an executor that has any always gets a second call to overlap it."""
-    if mean_seconds is None:
-        return 2
-    work = max(0.0, mean_seconds - overhead)
-    limit = 64 if work < 0.001 else 4 if work < 0.01 else 1
-    return max(limit, 2) if overhead > 0 else limit
+    the next one; one per thread when they are long, so a queue never forms behind a
+    busy worker. ``overhead`` (the executor's transit time per call) is covered with
+    enough calls in flight to overlap it; ``width`` is how many calls the worker runs
+    side by side (a Dask worker's threads)."""
+    if work_seconds is None:
+        return 2 * width
+    limit = 64 if work_seconds < 0.001 else 4 if work_seconds < 0.01 else 1
+    if overhead > 0:
+        limit = max(limit, 64 if work_seconds <= 0 else min(64, 1 + math.ceil(overhead / work_seconds)))
+    return limit * width
 
 
 class ScalePlan(NamedTuple):

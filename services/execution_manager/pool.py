@@ -298,14 +298,15 @@ class WorkerPool(WorkerLifecycle):
                 self._drain()
             return
         now = time.perf_counter()
-        # Service time: from when the worker could start it, not from dispatch.
-        took = now - max(call.started, slot.last_done)
+        # Service time: as the executor measured it, or from when the worker could start
+        # it (not from dispatch).
+        took = call.ran if call.ran is not None else now - max(call.started, slot.last_done)
         slot.last_done = now
         slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
         if self.timings is not None:
             self.timings.duration.observe(took)
         if slot is not self.local:
-            slot.limit = self._cap(slot, inflight_limit(slot.mean, slot.executor.overhead))
+            slot.limit = self._cap(slot, inflight_limit(slot.mean, slot.executor.overhead, slot.width))
         if ok:
             self.done += 1
         else:

@@ -31,14 +31,15 @@ class WorkerSlot:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
     __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "last_done", "limit", "mean",
-                 "pins", "resources", "retiring", "rss")
+                 "pins", "resources", "retiring", "rss", "width")
     id: str
 
     def __init__(self, executor: Executor, limit: int | None = None, *, external: bool = False) -> None:
         self.executor = executor
         self.id = executor.id
         self.external = external  # brought by a node, not started by the pool: never scaled
-        self.limit = limit or inflight_limit(None)
+        self.width = max(1, executor.info().slots)  # calls it runs side by side (a Dask worker's threads)
+        self.limit = limit or inflight_limit(None, width=self.width)
         self.mean: float | None = None
         self.last_done = 0.0
         self.cpu_percent = 0.0
