@@ -6,7 +6,10 @@ node's slots are. It hands Dask the calls the pool gives it (up to ``PIPELINE`` 
 worker's tasks in submission order. Calls on pinned instances go one at a time, so
 they never overlap and run in call order. Dask's own errors (a cancelled future,
 ``KilledWorker``, a lost scheduler) are translated here into
-:class:`WorkerCrashedError` naming the Dask worker.
+:class:`WorkerCrashedError` naming the Dask worker. Results come back through the
+client's :class:`~.collect.Results` (many per gather) and finished futures are let go
+of in bulk (:class:`SpentFutures`). Each task reports how long its call ran, so the
+pool tells the work from Dask's transit (:attr:`overhead`).
 
 The gap (README "From one machine to a cluster"): Dask cannot interrupt a task running
 on a thread, and the client cannot tell a task queued on the worker from one running.
