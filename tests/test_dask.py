@@ -131,6 +131,7 @@ async def test_results_are_fetched_and_let_go_of_in_bulk_and_none_stay_in_the_cl
         em = kernel.get_service("execution-manager")
         scheduler = em.listener.cluster.scheduler
         spent, client = em.listener._spent, em.listener.client
+        spent.LINGER = 3.0  # long enough that a slow machine still sees them all held
         gathers = []
         gather = client.gather
         client.gather = lambda futures, *a, **kw: gathers.append(len(futures)) or gather(futures, *a, **kw)
