@@ -242,3 +242,18 @@ def test_log_level_from_config_or_environment() -> None:
     assert "info-line" in out.stderr
     out = run(", log_level='loud'", {})
     assert out.returncode == 1 and "unknown log level 'LOUD'" in out.stderr
+
+
+async def test_a_running_kernel_keeps_its_setup_out_of_the_collectors_way() -> None:
+    """What exists once kernels have started is frozen (gc.freeze) while any runs, and
+    thawed when the last one stops, so nothing it leaves behind stays uncollectable."""
+    import gc
+
+    settings = {"execution-manager": EM_INMEMORY}
+    assert gc.get_freeze_count() == 0
+    async with Kernel([], settings=settings) as first:
+        assert gc.get_freeze_count() > 1000  # the modules, classes and services set up so far
+        async with Kernel([], settings=settings):
+            pass
+        assert gc.get_freeze_count() > 1000 and first.running  # still frozen: one kernel runs
+    assert gc.get_freeze_count() == 0

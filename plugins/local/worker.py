@@ -13,6 +13,7 @@ and keeping any calls or cancels that arrive meanwhile for the main loop.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -204,6 +205,7 @@ def main() -> None:
     task.forward_logging()  # logging inside calls lands in the kernel's log, with their ids
     sock = socket.socket(fileno=int(sys.argv[1]))
     _watch_kernel(sock, boot["kernel_pid"])
+    gc.freeze()  # what booting made stays out of each collection's walk (as in the kernel)
     try:
         serve(sock, boot["worker_id"])
     except (ConnectionError, p.ProtocolError):

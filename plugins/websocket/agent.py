@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import platform
@@ -104,6 +105,7 @@ class NodeAgent:
     # -- the reconnect loop -----------------------------------------------------------
 
     async def run(self) -> int:
+        gc.freeze()  # what starting made stays out of each collection's walk (as in the kernel)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
