@@ -130,7 +130,7 @@ async def test_results_are_fetched_and_let_go_of_in_bulk_and_none_stay_in_the_cl
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")
         scheduler = em.listener.cluster.scheduler
-        spent, client = em.listener._spent, em.listener.client
+        spent, client = em.listener._results.spent, em.listener.client
         spent.LINGER = 3.0  # long enough that a slow machine still sees them all held
         gathers = []
         gather = client.gather

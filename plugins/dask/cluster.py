@@ -22,7 +22,7 @@ from kernel.packages import service_packages
 
 from . import remote
 from .collect import Results
-from .executor import DaskWorker, SpentFutures
+from .executor import DaskWorker
 from .scaling import WorkerView, plan
 from .settings import DaskSettings
 from .versions import check_version
@@ -36,7 +36,6 @@ class DaskCluster(NodeListener):
     def __init__(self, settings: DaskSettings) -> None:
         self.settings = settings
         self.client: Any = None
-        self._spent = SpentFutures()  # shared by its workers: see SpentFutures
         self._results: Results | None = None  # the client's, shared by its workers: see Results
         self.cluster: Any = None  # the LocalCluster we started, if any
         self.address = settings.scheduler or ""
@@ -106,7 +105,6 @@ class DaskCluster(NodeListener):
 
     async def _drop_client(self) -> None:
         client, self.client = self.client, None
-        self._spent.release()
         results, self._results = self._results, None
         if results is not None:
             await results.close()
@@ -144,6 +142,11 @@ class DaskCluster(NodeListener):
         self.client = Client(self.address, asynchronous=True, security=security, timeout=s.connect_timeout)
         await self.client
         await self._prepare()
+
+    def _live_results(self) -> Results:
+        """The connected client's :class:`Results` (executors are made only while connected)."""
+        assert self._results is not None, "no Dask client"
+        return self._results
 
     async def _prepare(self) -> None:
         self._results = Results(self.client)
@@ -234,7 +237,7 @@ class DaskCluster(NodeListener):
         assert self._host is not None
         self._seq += 1
         ex = DaskWorker(f"dask-{_short(info.get('name'), address)}.{self._seq}", self.client, address,
-                        slots=int(info.get("nthreads", 1)), spent=self._spent, results=self._results,
+                        slots=int(info.get("nthreads", 1)), results=self._live_results(),
                         memory_limit=int(info.get("memory_limit") or 0) or None)
         await ex.start()
         self.workers[address] = ex
@@ -264,8 +267,8 @@ class DaskCluster(NodeListener):
         adopt: for the conformance suite and for tools."""
         address = address or next(iter(self.workers))
         known = self.workers[address]
-        ex = DaskWorker(worker_id, self.client, address, slots=known.slots, memory_limit=known.memory_limit,
-                        spent=self._spent, results=self._results)
+        ex = DaskWorker(worker_id, self.client, address, slots=known.slots, results=self._live_results(),
+                        memory_limit=known.memory_limit)
         self._by_id[worker_id] = ex
         return ex
 

@@ -7,8 +7,8 @@ worker's tasks in submission order. Calls on pinned instances go one at a time, 
 they never overlap and run in call order. Dask's own errors (a cancelled future,
 ``KilledWorker``, a lost scheduler) are translated here into
 :class:`WorkerCrashedError` naming the Dask worker. Results come back through the
-client's :class:`~.collect.Results` (many per gather) and finished futures are let go
-of in bulk (:class:`SpentFutures`). Each task reports how long its call ran, so the
+client's :class:`~.collect.Results` (many per gather), which also lets go of finished
+futures in bulk. Each task reports how long its call ran, so the
 pool tells the work from Dask's transit (:attr:`overhead`).
 
 The gap (README "From one machine to a cluster"): Dask cannot interrupt a task running
@@ -46,59 +46,16 @@ PIPELINE = 64  # calls per thread handed to Dask at most (the pool usually hands
 log = structlog.get_logger("dask")
 
 
-class SpentFutures:
-    """Dask futures whose results are in, let go of in bulk rather than one by one.
-
-    Dropping a future makes the client send ``client-releases-keys`` to the
-    scheduler, which tells the worker to free the key. Sent after each call, those
-    messages share the batches (and the batching delays of the client's, the
-    scheduler's and the worker's streams) with the next call's submission, and
-    sequential calls measured 2-3 ms slower at p50 than plain ``Client.submit``
-    (about 13 ms against 11 here). Held here and released together ``LINGER``
-    seconds after the first (or once ``MAX_BYTES`` of results are held on the
-    workers), they cost one batch now and then; the calls measured level with plain
-    Dask. Results held meanwhile stay in the workers' memory, which ``MAX_BYTES``
-    bounds.
-    """
-
-    LINGER = 0.5
-    MAX_BYTES = 64 << 20
-
-    def __init__(self) -> None:
-        self._held: list[Future[Any]] = []
-        self._bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def hold(self, future: Future[Any], nbytes: int) -> None:
-        self._held.append(future)
-        self._bytes += nbytes
-        if self._bytes >= self.MAX_BYTES:
-            self.release()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.LINGER, self.release)
-
-    def release(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._held.clear()  # each future released as it is dropped
-        self._bytes = 0
-
-
 class DaskWorker(Executor):
     """One Dask worker (``address``) of the cluster ``client`` is connected to."""
 
     node_type = "dask"
 
     def __init__(self, worker_id: str, client: Client, address: str, *, slots: int = 1,
-                 memory_limit: int | None = None, options: Mapping[str, Any] | None = None,
-                 spent: SpentFutures | None = None, results: Results | None = None) -> None:
+                 results: Results, memory_limit: int | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
         super().__init__(worker_id, options)
-        self.spent = spent if spent is not None else SpentFutures()
-        self.results = results if results is not None else Results(client)
+        self.results = results  # the client's, shared by the cluster's executors
         self.client = client
         self.address = address
         self.slots = max(1, slots)
@@ -143,9 +100,9 @@ class DaskWorker(Executor):
             )
             self._sent[call.id] = future
             self._pinned_sent += pinned
-            self.results.watch(future, partial(self._done, call, future, pinned, time.perf_counter()))
+            self.results.watch(future, partial(self._done, call, pinned, time.perf_counter()))
 
-    def _done(self, call: Call, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
+    def _done(self, call: Call, pinned: bool, sent: float, reply: Any, why: str | None) -> None:
         self._pinned_sent -= pinned
         if self._sent.pop(call.id, None) is None or call.id not in self.inflight:
             pass  # given up meanwhile (worker lost, aborted): a late answer is dropped
@@ -159,7 +116,6 @@ class DaskWorker(Executor):
             # rest waiting at the worker behind calls handed over earlier.
             transit = max(0.0, time.perf_counter() - sent - ran)
             self.overhead = transit if not self.overhead else min(self.overhead * 1.01, transit)
-            self.spent.hold(future, len(data) if isinstance(data, bytes | bytearray) else 0)
             call.ran = ran
             self._finish(call, (ok, data))
         self._pump()

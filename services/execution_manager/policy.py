@@ -124,8 +124,8 @@ def inflight_limit(work_seconds: float | None, overhead: float = 0.0, width: int
     if work_seconds is None:
         return 2 * width
     limit = 64 if work_seconds < 0.001 else 4 if work_seconds < 0.01 else 1
-    if overhead > 0:
-        limit = max(limit, 64 if work_seconds <= 0 else min(64, 1 + math.ceil(overhead / work_seconds)))
+    if overhead > 0 and work_seconds > 0:  # (no work at all is already 64)
+        limit = max(limit, min(64, 1 + math.ceil(overhead / work_seconds)))
     return limit * width
 
 
