@@ -3,12 +3,12 @@
 websockets is sans-I/O underneath (``connection.protocol``); its asyncio layer hands
 each received message to a task through ``recv()`` and sends through a coroutine.
 For a stream of small call frames that costs two task wake-ups per message each way,
-so admitted connections take a shorter path: a whole binary frame goes straight from
-``process_event`` to ``on_message`` (synchronously, as the bytes arrive), and sends are
-written synchronously, the first of a turn at once and the rest of the turn batched
-into one message (the node protocol allows several msgpack messages per message).
-Anything else (text, fragments, control frames) takes websockets' normal path, and
-so does the handshake (:func:`handshake`), which both ends share.
+so admitted connections take a shorter path: a whole binary frame, found in the bytes
+as they arrive (:mod:`.framing`), goes straight to ``on_message``, and sends are built
+and written synchronously, the first of a turn at once and the rest of the turn
+batched into one message (the node protocol allows several msgpack messages per
+message). Anything else (text, fragments, control frames, closing) takes websockets'
+normal path, and so does the handshake (:func:`handshake`), which both ends share.
 """
 
 from __future__ import annotations
@@ -20,14 +20,30 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import SERVER, State
 
 from kernel import node_protocol as n
 from kernel.stream import TurnBatcher
 
+from .framing import FrameSplitter, binary_frame
+
 
 class _FastPath:
     on_message: Callable[[bytes], None] | None = None
+    _splitter: FrameSplitter | None = None
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol  # type: ignore[attr-defined]
+        splitter = self._splitter
+        if splitter is None:
+            splitter = self._splitter = FrameSplitter(masked=protocol.side is SERVER)
+        for payload, raw in splitter.feed(data, protocol.max_message_size):
+            handler = self.on_message
+            if (payload is not None and handler is not None and protocol.state is State.OPEN
+                    and protocol.current_size is None):  # not inside a fragmented message
+                handler(payload)
+            else:
+                super().data_received(bytes(raw))  # type: ignore[misc]
 
     def process_event(self, event: Any) -> None:
         handler = self.on_message
@@ -54,10 +70,10 @@ class Outbox(TurnBatcher):
 
 
 def _send_now(ws: FastServerConnection | FastClientConnection, data: bytes) -> None:
-    if ws.protocol.state is not State.OPEN:
+    protocol = ws.protocol
+    if protocol.state is not State.OPEN:
         return  # closing: what was not sent is failed by the session's end
-    ws.protocol.send_binary(data)
-    ws.send_data()
+    ws.transport.write(binary_frame(data, mask=protocol.side is not SERVER))
 
 
 async def handshake(ws: ServerConnection | ClientConnection, link: n.NodeLink, done: Callable[[], bool]) -> None:
