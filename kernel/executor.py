@@ -60,6 +60,48 @@ class IllegalTransition(ExecutionError):
     """An executor tried a state change the state machine does not allow."""
 
 
+class ReplyFuture(asyncio.Future[Any]):
+    """A call's future that hands a reply to its one follower (:meth:`follow_now`) in
+    the turn of the event loop in which the executor sets it: a done-callback would run
+    a turn later, and the caller's task takes a turn more to wake. Errors and
+    cancellation reach the follower a turn later, as with a done-callback, because they
+    are set by code (an abort, a timeout) that may itself be the follower's caller."""
+
+    _follower: Callable[[ReplyFuture], None] | None = None
+
+    def follow_now(self, follower: Callable[[ReplyFuture], None]) -> None:
+        """Hand this future to ``follower`` once it is done (see the class docstring)."""
+        if self.done():
+            self.get_loop().call_soon(follower, self)
+        else:
+            self._follower = follower
+
+    def set_result(self, result: Any, /) -> None:
+        super().set_result(result)
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            try:
+                follower(self)
+            except Exception as exc:  # reported as the loop reports a failing done-callback
+                self.get_loop().call_exception_handler(
+                    {"message": "a call's follower failed", "exception": exc, "future": self})
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        self._later()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._later()
+        return cancelled
+
+    def _later(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            self.get_loop().call_soon(follower, self)
+
+
 class Call:
     """One attempt at a call, as the pool hands it to an executor.
 

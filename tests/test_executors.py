@@ -10,7 +10,7 @@ import pytest
 
 from kernel import protocol as p
 from kernel.errors import WorkerCrashedError, WorkerStartError
-from kernel.executor import WorkerState
+from kernel.executor import ReplyFuture, WorkerState
 from kernel.plugins import executor_types, make_plugin_manager
 from plugins.inmemory.executor import InMemoryExecutor
 from plugins.local.executor import LocalWorker
@@ -88,3 +88,34 @@ async def test_only_the_running_call_counts_as_started_when_a_worker_dies() -> N
     assert "exited with code 5 while running os._exit" in str(errors[0])
     assert "before starting abs()" in str(errors[1])
     await ex.stop()
+
+
+async def test_a_reply_future_hands_a_reply_over_in_the_same_turn_and_errors_a_turn_later() -> None:
+    seen: list[object] = []
+    future = ReplyFuture()
+    future.follow_now(lambda f: seen.append(f.result()))
+    future.set_result((True, b"x"))
+    assert seen == [(True, b"x")]  # before the loop ran anything: no turn lost per call
+
+    failing = ReplyFuture()
+    failing.follow_now(lambda f: seen.append(type(f.exception()).__name__))
+    failing.set_exception(WorkerCrashedError("gone"))  # e.g. from an abort the follower's owner made
+    cancelled = ReplyFuture()
+    cancelled.follow_now(lambda f: seen.append("cancelled" if f.cancelled() else "?"))
+    cancelled.cancel()
+    done_before = ReplyFuture()
+    done_before.set_result((True, b"y"))
+    done_before.follow_now(lambda f: seen.append(f.result()))
+    assert len(seen) == 1  # none of these yet: a turn later, as done-callbacks
+    await asyncio.sleep(0)
+    assert seen[1:] == ["WorkerCrashedError", "cancelled", (True, b"y")]
+
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        broken = ReplyFuture()
+        broken.follow_now(lambda f: 1 / 0)
+        broken.set_result((True, b"z"))  # the follower's error is reported, not raised into the executor
+        assert isinstance(errors[0]["exception"], ZeroDivisionError) and broken.result() == (True, b"z")
+    finally:
+        asyncio.get_running_loop().set_exception_handler(None)

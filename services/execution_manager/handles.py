@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import structlog
 
 from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
-from kernel.executor import Call
+from kernel.executor import Call, ReplyFuture
 from kernel.runtime import Reply
 from kernel.serialization import format_exception, loads, type_name
 
@@ -119,7 +119,10 @@ class CallFuture(asyncio.Future[Any]):
         self._reply = reply
         if call is not None:
             call.on_progress = self._on_progress
-        reply.add_done_callback(self._deliver)
+        if isinstance(reply, ReplyFuture):
+            reply.follow_now(self._deliver)
+        else:
+            reply.add_done_callback(self._deliver)
         return self
 
     # -- progress ---------------------------------------------------------------------

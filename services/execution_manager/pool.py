@@ -19,7 +19,7 @@ import structlog
 
 from kernel.background import Background
 from kernel.errors import PoolClosedError, UnsatisfiableError, WorkerStartError
-from kernel.executor import Call, CallHost, ExecutorFactory, WorkerState
+from kernel.executor import Call, CallHost, ExecutorFactory, ReplyFuture, WorkerState
 
 from .backlog import Backlog
 from .events import EventBus
@@ -160,8 +160,7 @@ class WorkerPool(WorkerLifecycle):
         project: str | None = None, soft_timeout: float | None = None,
         resources: Mapping[str, float] | None = None,
     ) -> Call:
-        loop = asyncio.get_running_loop()
-        return Call(next(self._ids), kind, payload, loop.create_future(), label, args, priority, project,
+        return Call(next(self._ids), kind, payload, ReplyFuture(), label, args, priority, project,
                     soft_timeout or 0.0, resources)
 
     def submit(self, call: Call) -> None:
