@@ -186,6 +186,17 @@ class NodeLink:
         limit = self.max_frame if self.is_open else HANDSHAKE_MAX_FRAME
         if len(data) > limit:
             raise Refused(CLOSE_TOO_BIG, f"a message of {len(data)} bytes exceeds the limit of {limit}")
+        try:
+            messages = [self._check(msgpack.unpackb(data, raw=False, use_list=True))]  # one: the usual case
+        except Refused:
+            raise
+        except Exception:  # several batched in one turn, or bad bytes, which this path names
+            messages = self._receive_many(data, limit)
+        if not self.is_open:
+            return self._handshake(messages)
+        return messages
+
+    def _receive_many(self, data: bytes, limit: int) -> list[Message]:
         unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=max(limit, 1))
         unpacker.feed(data)
         messages: list[Message] = []
@@ -202,8 +213,6 @@ class NodeLink:
             raise Refused(CLOSE_PROTOCOL, f"not a msgpack message: {type(exc).__name__}: {exc}") from None
         if end != len(data):
             raise Refused(CLOSE_PROTOCOL, "a message was cut short")
-        if not self.is_open:
-            return self._handshake(messages)
         return messages
 
     def _check(self, msg: Any) -> Message:
