@@ -309,13 +309,21 @@ class Executor(ABC):
         for listener in list(self.listeners):
             listener(self, old, new)
 
-    def _accept(self, call: Call, *, connected: bool = True, where: str = "") -> None:
-        """Take ``call`` in (helper for ``submit``): it counts as held from now on.
+    def _check_accepting(self, *, connected: bool = True, where: str = "") -> None:
+        """Helper for ``submit``, so that it can send a call before :meth:`_accept`'s
+        bookkeeping (the worker starts on it meanwhile).
 
         :raises PoolClosedError: not accepting calls, or not ``connected``.
         """
         if self.state not in ACCEPTING or not connected:
             raise PoolClosedError(f"worker {self.id}{where} is {self.state.value} and takes no calls")
+
+    def _accept(self, call: Call, *, connected: bool = True, where: str = "") -> None:
+        """Take ``call`` in (helper for ``submit``): it counts as held from now on.
+
+        :raises PoolClosedError: not accepting calls, or not ``connected``.
+        """
+        self._check_accepting(connected=connected, where=where)
         self.inflight[call.id] = call
         if self.state == WorkerState.AVAILABLE:
             self.set_state(WorkerState.RUNNING)

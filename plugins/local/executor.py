@@ -124,9 +124,10 @@ class LocalWorker(Executor):
 
     def submit(self, call: Call) -> None:
         stream = self._stream
-        self._accept(call, connected=stream is not None and not stream.closed)
+        self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
         stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
+        self._accept(call)  # after the write: the worker starts while this runs
 
     def cancel(self, call_id: int) -> bool:
         if self._stream is None or self._stream.closed or self._drop(call_id) is None:

@@ -82,10 +82,11 @@ class NodeSlot(Executor):
 
     def submit(self, call: Call) -> None:
         s = self.session
-        self._accept(call, connected=s is not None and not s.closed)
+        self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None
-        s.calls[call.id] = self
         s.send(n.NodeLink.pack(n.CALL, self.slot, call.id, call.kind, call.payload, call.soft_timeout))
+        s.calls[call.id] = self  # after the send: the node starts while this runs
+        self._accept(call)
 
     def cancel(self, call_id: int) -> bool:
         s = self.session
