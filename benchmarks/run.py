@@ -8,7 +8,11 @@ each), and ``dask`` on the same kind of cluster with ``Client.submit`` directly;
 ``dask`` column's ratio is ours-dask ÷ dask (our overhead on top of Dask). Dask's
 columns make fewer calls (it manages about a thousand tasks a second here).
 
-    python -m benchmarks.run [--quick] [--only NAME ...] [--json FILE]
+    python -m benchmarks.run [--quick] [--only NAME ...] [--loop asyncio|uvloop] [--json FILE]
+
+``--loop`` is the event loop our kernel runs on (a program embedding the kernel picks
+its own; ``kernel run`` takes uvloop when installed). The node agent always takes
+uvloop when installed, as ``kernel node`` does.
 """
 
 from __future__ import annotations
@@ -339,9 +343,14 @@ METRICS = [  # key, label, higher is better
 ]
 
 
-def child(name: str, quick: bool, burn_n: int) -> dict[str, Any]:
+def child(name: str, quick: bool, burn_n: int, loop: str = "asyncio") -> dict[str, Any]:
     if name.startswith("ours"):
-        return asyncio.run(run_ours(quick, burn_n, node={"ours-node": "websocket", "ours-dask": "dask"}.get(name)))
+        run = run_ours(quick, burn_n, node={"ours-node": "websocket", "ours-dask": "dask"}.get(name))
+        if loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(run)  # type: ignore[no-any-return]
+        return asyncio.run(run)
     if name == "dask":
         return run_dask(quick, burn_n)
     return run_sync(name, quick, burn_n)
@@ -359,17 +368,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--only", nargs="*", default=CONTENDERS, choices=CONTENDERS)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                        help="the event loop our kernel runs on (default asyncio)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--burn", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.quick, args.burn)))
+        print(json.dumps(child(args.child, args.quick, args.burn, args.loop)))
         return
     burn_n = calibrate_burn()
     results: dict[str, dict[str, Any]] = {}
     for name in args.only:
-        cmd = [sys.executable, "-m", "benchmarks.run", "--child", name, "--burn", str(burn_n)]
+        cmd = [sys.executable, "-m", "benchmarks.run", "--child", name, "--burn", str(burn_n), "--loop", args.loop]
         cmd += ["--quick"] if args.quick else []
         print(f"running {name} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -383,7 +394,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{WORKERS} workers; cells: value (ours ÷ theirs, >1 = ours better)")
+    table = Table(title=f"{WORKERS} workers, our kernel on {args.loop}; cells: value (ours ÷ theirs, >1 = ours better)")
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
@@ -414,7 +425,7 @@ def main() -> None:
         console.print(beside)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"workers": WORKERS, "results": results}, fh, indent=2)
+            json.dump({"workers": WORKERS, "loop": args.loop, "results": results}, fh, indent=2)
 
 
 if __name__ == "__main__":

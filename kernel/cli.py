@@ -10,13 +10,16 @@ import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import logs
 from .errors import KernelError
 from .kernel import Kernel
 from .nodes import TOKEN_ENV
 from .status import DEFAULT_URL, show_status
+
+_T = TypeVar("_T")
+_LOOP_HELP = "event loop: uvloop when installed (auto; pip install 'microkernel-em[fast]'), or asyncio's own"
 
 
 def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -96,7 +99,7 @@ def _node(args: argparse.Namespace) -> int:
     return _run_loop(transport.run_node(config), args.loop)
 
 
-def _run_loop(coro: Coroutine[Any, Any, int], loop: str) -> int:
+def _run_loop(coro: Coroutine[Any, Any, _T], loop: str) -> _T:
     """Run ``coro`` on uvloop (``auto``: when installed) or asyncio's loop."""
     if loop != "asyncio":
         try:
@@ -106,8 +109,8 @@ def _run_loop(coro: Coroutine[Any, Any, int], loop: str) -> int:
                 coro.close()
                 raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
         else:
-            code: int = uvloop.run(coro)
-            return code
+            result: _T = uvloop.run(coro)
+            return result
     return asyncio.run(coro)
 
 
@@ -123,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="override a service's custom setting (value parsed as JSON)")
     run.add_argument("--no-http", action="store_true",
                      help="no dashboard, JSON API or /metrics (else on, as custom.http of the execution manager)")
+    run.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
 
     status = sub.add_parser("status", help="show a running kernel's workers, nodes, load and queue",
                             description="Ask a running kernel's HTTP API (custom.http) for its status.")
@@ -146,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--node-type", default="local", help="executor that runs the calls (default: local)")
     node.add_argument("--reconnect-max", type=float, default=30.0, metavar="SECONDS",
                       help="longest wait between reconnection attempts (default 30)")
-    node.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
-                      help="event loop: uvloop when installed (auto), or asyncio's own")
+    node.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
     node.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                       help="on SIGTERM, how long running calls get before the node stops anyway (default 60)")
 
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_level = "warning" if args.command == "demo" else None
         logs.configure(args.log_level or default_level, json=args.log_json)
         if args.command == "run":
-            asyncio.run(_run(args))
+            _run_loop(_run(args), args.loop)
         elif args.command == "node":
             return _node(args)
         elif args.command == "status":
