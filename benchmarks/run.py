@@ -8,6 +8,11 @@ each), and ``dask`` on the same kind of cluster with ``Client.submit`` directly;
 ``dask`` column's ratio is ours-dask ÷ dask (our overhead on top of Dask). Dask's
 columns make fewer calls (it manages about a thousand tasks a second here).
 
+Two more tables come from alternating rounds inside one process: ours-node beside a
+local pool of a second kernel (what the node's hop costs), and ours-dask beside raw
+``Client.submit`` on the same cluster (our overhead on top of Dask). The rounds share
+the machine's drift, so their ratios are the steadiest figures here.
+
     python -m benchmarks.run [--quick] [--only NAME ...] [--loop asyncio|uvloop] [--json FILE]
 
 ``--loop`` is the event loop our kernel runs on (a program embedding the kernel picks
@@ -260,6 +265,8 @@ async def run_ours(quick: bool, burn_n: int, node: str | None = None) -> dict[st
             await _measure(em, out, t0, n_tiny, n_map, n_lat, n_cpu, n_mib, burn_n)
             if node == "dask":
                 out["same_cluster"] = await _beside_dask(em, rounds=3 if quick else 6)
+            elif node == "websocket":
+                out["beside_local"] = await _beside_local(em, rounds=4 if quick else 10)
         finally:
             if agent is not None:
                 agent.terminate()
@@ -309,22 +316,41 @@ async def _beside_dask(em: Any, rounds: int) -> dict[str, float]:
     """Our Dask executor and raw ``Client.submit`` on the same cluster and client, in
     alternating rounds: our overhead on top of Dask, with the machine's drift shared."""
     client = em.listener.client
-    tiny: dict[str, list[float]] = {"ours": [], "dask": []}
-    lat: dict[str, list[float]] = {"ours": [], "dask": []}
-    for _ in range(rounds):
-        for who in ("ours", "dask"):
+    return await _alternating({"ours": lambda i: em.submit(inc, i),
+                               "dask": lambda i: client.submit(inc, i, pure=False)}, rounds, tiny=300, seq=40)
+
+
+async def _beside_local(em: Any, rounds: int) -> dict[str, float]:
+    """The node (``em``'s only executor) and a local pool of the same size in a second
+    kernel of this process, in alternating rounds: what the node's hop costs."""
+    from kernel import Kernel
+
+    local = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}
+    async with Kernel([], settings={"execution-manager": local}) as kernel:
+        em_local = kernel.get_service("execution-manager")
+        for _ in range(200):
+            await em_local.submit(inc, 1)
+        return await _alternating({"node": lambda i: em.submit(inc, i),
+                                   "local": lambda i: em_local.submit(inc, i)}, rounds, tiny=2000, seq=250)
+
+
+async def _alternating(submit: dict[str, Callable[[int], Any]], rounds: int, tiny: int, seq: int) -> dict[str, float]:
+    """Tiny-call throughput and sequential latency of each way to submit, in rounds that
+    alternate (and swap order) so that the machine's drift is shared."""
+    rates: dict[str, list[float]] = {who: [] for who in submit}
+    lat: dict[str, list[float]] = {who: [] for who in submit}
+    for r in range(rounds):
+        for who in (list(submit) if r % 2 == 0 else list(reversed(submit))):
+            fn = submit[who]
             t = time.perf_counter()
-            if who == "ours":
-                await asyncio.gather(*(em.submit(inc, i) for i in range(300)))
-            else:
-                await client.gather([client.submit(inc, i, pure=False) for i in range(300)])
-            tiny[who].append(300 / (time.perf_counter() - t))
-            for i in range(40):
+            await asyncio.gather(*(fn(i) for i in range(tiny)))
+            rates[who].append(tiny / (time.perf_counter() - t))
+            for i in range(seq):
                 t = time.perf_counter()
-                await (em.submit(inc, i) if who == "ours" else client.submit(inc, i, pure=False))
+                await fn(i)
                 lat[who].append(time.perf_counter() - t)
-    return {f"{who}_{key}": value for who in ("ours", "dask") for key, value in (
-        ("tiny_per_s", pct(tiny[who], 0.5)), ("lat_p50_us", pct(lat[who], 0.5) * 1e6),
+    return {f"{who}_{key}": value for who in submit for key, value in (
+        ("tiny_per_s", pct(rates[who], 0.5)), ("lat_p50_us", pct(lat[who], 0.5) * 1e6),
         ("lat_p99_us", pct(lat[who], 0.99) * 1e6))}
 
 
@@ -362,6 +388,23 @@ def fmt(key: str, v: Any) -> str:
     if key == "cpu_eff":
         return f"{v:.0%}"
     return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _print_pair(console: Any, pair: dict[str, float] | None, who: tuple[str, str], title: str) -> None:
+    """A second table: two ways measured in alternating rounds of one process."""
+    if not pair:
+        return
+    from rich.table import Table
+
+    a, b = who
+    table = Table(title=title)
+    for column in ("metric", a, b, f"{a} ÷ {b} (>1 = {a} better)"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, label, higher in METRICS[:4]:
+        if f"{a}_{key}" in pair:
+            x, y = pair[f"{a}_{key}"], pair[f"{b}_{key}"]
+            table.add_row(label, fmt(key, x), fmt(key, y), f"{(x / y if higher else y / x):.2f}")
+    console.print(table)
 
 
 def main() -> None:
@@ -413,16 +456,10 @@ def main() -> None:
     table.add_row("crashed call raises", *[str(r.get("crash", "-")) for r in results.values()])
     console = Console(width=200)
     console.print(table)
-    same = results.get("ours-dask", {}).get("same_cluster")
-    if same:
-        beside = Table(title="ours-dask beside raw Client.submit on the same cluster, alternating rounds")
-        for column in ("metric", "ours-dask", "dask", "ours ÷ dask (>1 = ours better)"):
-            beside.add_column(column, justify="left" if column == "metric" else "right")
-        for key, label, higher in METRICS[:4]:
-            if f"ours_{key}" in same:
-                o, d = same[f"ours_{key}"], same[f"dask_{key}"]
-                beside.add_row(label, fmt(key, o), fmt(key, d), f"{(o / d if higher else d / o):.2f}")
-        console.print(beside)
+    _print_pair(console, results.get("ours-node", {}).get("beside_local"), ("node", "local"),
+                "ours-node beside a local pool in the same process, alternating rounds")
+    _print_pair(console, results.get("ours-dask", {}).get("same_cluster"), ("ours", "dask"),
+                "ours-dask beside raw Client.submit on the same cluster, alternating rounds")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"workers": WORKERS, "loop": args.loop, "results": results}, fh, indent=2)
