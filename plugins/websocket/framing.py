@@ -30,7 +30,7 @@ _MASK_BIT = 0x80
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 
-Piece = tuple[bytes | None, memoryview | bytes]
+Piece = tuple[bytes | None, memoryview | bytes | bytearray]
 """(payload, raw): the payload of a whole binary frame (then raw is that frame's bytes,
 for websockets should the caller not take it), or None and bytes for websockets."""
 
@@ -50,7 +50,7 @@ class FrameSplitter:
         self._buf = bytearray()  # the start of a frame not yet whole
         self._need = 0  # how many bytes that frame (or its header) takes, at least
 
-    def feed(self, data: bytes, max_size: int | None) -> list[Piece]:
+    def feed(self, data: bytes | bytearray, max_size: int | None) -> list[Piece]:
         """The pieces that ``data`` completes, in stream order; ``max_size`` is the
         largest payload taken (None: no limit). A frame over it goes to websockets
         (which refuses it), and so does everything after."""
@@ -65,8 +65,7 @@ class FrameSplitter:
             self._buf += data
             if len(self._buf) < self._need:
                 return pieces  # a large frame still arriving: not parsed again for each read
-            data = bytes(self._buf)
-            self._buf.clear()
+            data, self._buf = self._buf, bytearray()  # handed over, not copied: never resized again
         view = memoryview(data)
         size = len(data)
         i = 0
@@ -107,7 +106,7 @@ class FrameSplitter:
             self._need = need
         return pieces
 
-    def _upgrade(self, data: bytes, pieces: list[Piece]) -> bytes:
+    def _upgrade(self, data: bytes | bytearray, pieces: list[Piece]) -> bytes | bytearray:
         """Pass the HTTP head through; return what follows it (frames)."""
         seen = self._tail + data
         at = seen.find(_HTTP_END)
