@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
 from websockets.protocol import SERVER, State
 
 from kernel import node_protocol as n
@@ -44,13 +42,6 @@ class _FastPath:
                 handler(payload)
             else:
                 super().data_received(bytes(raw))  # type: ignore[misc]
-
-    def process_event(self, event: Any) -> None:
-        handler = self.on_message
-        if handler is not None and isinstance(event, Frame) and event.opcode is Opcode.BINARY and event.fin:
-            handler(bytes(event.data))
-            return
-        super().process_event(event)  # type: ignore[misc]
 
 
 class FastServerConnection(_FastPath, ServerConnection):
