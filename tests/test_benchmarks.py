@@ -1,0 +1,31 @@
+"""The benchmark still runs end to end (its figures are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(240)
+def test_the_quick_benchmark_runs_ours_and_a_node_and_prints_both_tables(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "ours", "ours-node", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=220,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "our kernel on asyncio" in proc.stdout and "ours-node beside a local pool" in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    for name in ("ours", "ours-node"):
+        res = results[name]
+        assert "error" not in res, res
+        assert res["tiny_per_s"] > 0 and 0 < res["lat_p50_us"] <= res["lat_p99_us"]
+        assert res["crash"] == "WorkerCrashedError" and res["next_call_ms"] > 0
+    pair = results["ours-node"]["beside_local"]
+    assert pair["node_lat_p50_us"] > 0 and pair["local_lat_p50_us"] > 0
