@@ -317,7 +317,7 @@ async def _beside_dask(em: Any, rounds: int) -> dict[str, float]:
     alternating rounds: our overhead on top of Dask, with the machine's drift shared."""
     client = em.listener.client
     return await _alternating({"ours": lambda i: em.submit(inc, i),
-                               "dask": lambda i: client.submit(inc, i, pure=False)}, rounds, tiny=300, seq=40)
+                               "dask": lambda i: client.submit(inc, i, pure=False)}, rounds, tiny=300, seq=100)
 
 
 async def _beside_local(em: Any, rounds: int) -> dict[str, float]:
