@@ -371,12 +371,9 @@ METRICS = [  # key, label, higher is better
 
 def child(name: str, quick: bool, burn_n: int, loop: str = "asyncio") -> dict[str, Any]:
     if name.startswith("ours"):
-        run = run_ours(quick, burn_n, node={"ours-node": "websocket", "ours-dask": "dask"}.get(name))
-        if loop == "uvloop":
-            import uvloop
+        from kernel.cli import run_loop
 
-            return uvloop.run(run)  # type: ignore[no-any-return]
-        return asyncio.run(run)
+        return run_loop(run_ours(quick, burn_n, node={"ours-node": "websocket", "ours-dask": "dask"}.get(name)), loop)
     if name == "dask":
         return run_dask(quick, burn_n)
     return run_sync(name, quick, burn_n)

@@ -96,10 +96,10 @@ def _node(args: argparse.Namespace) -> int:
         labels=_labels(args.label), node_type=args.node_type, ca_file=args.ca_file,
         reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout,
     )
-    return _run_loop(transport.run_node(config), args.loop)
+    return run_loop(transport.run_node(config), args.loop)
 
 
-def _run_loop(coro: Coroutine[Any, Any, _T], loop: str) -> _T:
+def run_loop(coro: Coroutine[Any, Any, _T], loop: str) -> _T:
     """Run ``coro`` on uvloop (``auto``: when installed) or asyncio's loop."""
     if loop != "asyncio":
         try:
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_level = "warning" if args.command == "demo" else None
         logs.configure(args.log_level or default_level, json=args.log_json)
         if args.command == "run":
-            _run_loop(_run(args), args.loop)
+            run_loop(_run(args), args.loop)
         elif args.command == "node":
             return _node(args)
         elif args.command == "status":

@@ -310,7 +310,7 @@ class Executor(ABC):
             listener(self, old, new)
 
     def _check_accepting(self, *, connected: bool = True, where: str = "") -> None:
-        """Helper for ``submit``, so that it can send a call before :meth:`_accept`'s
+        """Helper for ``submit``, so that it can send a call before :meth:`_hold`'s
         bookkeeping (the worker starts on it meanwhile).
 
         :raises PoolClosedError: not accepting calls, or not ``connected``.
@@ -324,6 +324,10 @@ class Executor(ABC):
         :raises PoolClosedError: not accepting calls, or not ``connected``.
         """
         self._check_accepting(connected=connected, where=where)
+        self._hold(call)
+
+    def _hold(self, call: Call) -> None:
+        """Count ``call`` as held (after :meth:`_check_accepting`)."""
         self.inflight[call.id] = call
         if self.state == WorkerState.AVAILABLE:
             self.set_state(WorkerState.RUNNING)

@@ -41,8 +41,9 @@ _MAIN = b"__main__"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _FRAME = 0x95  # pickle protocol 4+: FRAME, 8-byte length, then that many bytes of opcodes
-# Data that pickle writes outside frames when it is large: opcode -> size of its length field.
-_LARGE = {0x42: 4, 0x58: 4, 0x8E: 8, 0x8D: 8, 0x96: 8}  # BINBYTES BINUNICODE BINBYTES8 BINUNICODE8 BYTEARRAY8
+# Data that pickle writes outside frames when it is large, opcode -> its length field:
+# BINBYTES, BINUNICODE (4-byte length); BINBYTES8, BINUNICODE8, BYTEARRAY8 (8-byte).
+_LARGE = {0x42: _U32, 0x58: _U32, 0x8E: _U64, 0x8D: _U64, 0x96: _U64}
 
 
 def mentions_main(data: bytes) -> bool:
@@ -64,10 +65,8 @@ def mentions_main(data: bytes) -> bool:
             pos = start + _U64.unpack_from(data, pos + 1)[0]
             if data.find(_MAIN, start, pos) >= 0:
                 return True
-        elif op in _LARGE and pos + 1 + _LARGE[op] <= end:
-            width = _LARGE[op]
-            size = (_U32 if width == 4 else _U64).unpack_from(data, pos + 1)[0]
-            pos += 1 + width + size
+        elif (field := _LARGE.get(op)) is not None and pos + 1 + field.size <= end:
+            pos += 1 + field.size + field.unpack_from(data, pos + 1)[0]
         else:
             return data.find(_MAIN, pos) >= 0
     return pos != end and _MAIN in data  # a length this misread: search it all

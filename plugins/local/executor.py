@@ -127,7 +127,7 @@ class LocalWorker(Executor):
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
         stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
-        self._accept(call)  # after the write: the worker starts while this runs
+        self._hold(call)  # after the write: the worker starts while this runs
 
     def cancel(self, call_id: int) -> bool:
         if self._stream is None or self._stream.closed or self._drop(call_id) is None:

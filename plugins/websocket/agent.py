@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from kernel import node_protocol as n
 from kernel.background import Background
 from kernel.errors import PoolClosedError, RequestError
-from kernel.executor import Call, Executor, ExecutorFactory, WorkerState
+from kernel.executor import Call, Executor, ExecutorFactory, ReplyFuture, WorkerState
 from kernel.nodes import NodeConfig, package_version
 from kernel.packages import plan_package
 from kernel.serialization import dumps
@@ -51,25 +51,6 @@ def _plan_packages(packages: dict[str, str]) -> None:
     for package, folder in packages.items():
         if os.path.isdir(folder):
             plan_package(package, folder)
-
-
-class _Reply(asyncio.Future[Any]):
-    """A call's future that sends the reply the moment the executor sets it, in the
-    same turn of the loop (a done-callback would wait for the next). An error set on
-    it is a crash, which SLOT_DOWN reports; it is not sent."""
-
-    def __init__(self, call_id: int, agent: NodeAgent) -> None:
-        super().__init__()
-        self.call_id = call_id
-        self.agent = agent
-
-    def set_result(self, result: Any) -> None:
-        super().set_result(result)
-        self.agent.reply(self.call_id, *result)
-
-    def set_exception(self, exception: Any) -> None:
-        super().set_exception(exception)
-        self.exception()  # reported by SLOT_DOWN, not here: retrieved so asyncio does not warn
 
 
 class NodeAgent:
@@ -260,7 +241,8 @@ class NodeAgent:
             ex = self.execs.get(number)
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
-            future = _Reply(call_id, self)
+            future = ReplyFuture()
+            future.follow_now(partial(self._replied, call_id))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
                 ex.submit(Call(call_id, call_kind, payload, future, soft_timeout=float(soft)))
         elif kind == n.CANCEL:
@@ -303,7 +285,10 @@ class NodeAgent:
             if not answer.done():
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
-    def reply(self, call_id: int, ok: bool, data: Any) -> None:
+    def _replied(self, call_id: int, future: ReplyFuture) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # a crash, which SLOT_DOWN reports (the exception is retrieved so asyncio does not warn)
+        ok, data = future.result()
         if ok:
             self.send(_pack(n.RESULT, call_id, data))
         else:

@@ -86,7 +86,7 @@ class NodeSlot(Executor):
         assert s is not None
         s.send(n.NodeLink.pack(n.CALL, self.slot, call.id, call.kind, call.payload, call.soft_timeout))
         s.calls[call.id] = self  # after the send: the node starts while this runs
-        self._accept(call)
+        self._hold(call)
 
     def cancel(self, call_id: int) -> bool:
         s = self.session
