@@ -21,9 +21,9 @@ from .kernel import Kernel
 
 
 def examples_folder() -> Path:
-    spec = importlib.util.find_spec("services")
+    spec = importlib.util.find_spec("microkernel.services")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'services' package is not installed; pip install the project")
+        raise RuntimeError("the 'microkernel.services' package is not installed; pip install the project")
     return Path(next(iter(spec.submodule_search_locations))) / "examples"
 
 

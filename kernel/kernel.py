@@ -28,7 +28,7 @@ from .errors import (
     ServiceNotFoundError,
     ServiceStartError,
 )
-from .loader import discover, load_entry, order, plan_packages
+from .loader import add_package_root, discover, load_entry, order, plan_packages
 from .manifest import ServiceSpec, format_validation_error
 from .plugins import make_plugin_manager
 from .service import BaseService
@@ -56,10 +56,12 @@ class ServiceRecord:
 
 
 def builtin_service_folders() -> list[Path]:
-    """Folders of the services that ship with the kernel (entry-point group)."""
+    """Folders of the services that ship with the kernel (entry-point group); each is
+    imported under its entry point's name."""
     folders = []
     for ep in importlib.metadata.entry_points(group=SERVICE_GROUP):
         module = ep.load()
+        add_package_root(module.__name__)
         folders.append(Path(module.__file__).parent)
     return folders
 

@@ -130,6 +130,25 @@ def plan_packages(specs: Iterable[ServiceSpec]) -> dict[str, str]:
     return {spec.name: package_of(spec) for spec in specs}
 
 
+_roots: dict[Path, str] = {}  # a package's folder -> its dotted name, where they differ
+
+
+def add_package_root(package: str) -> None:
+    """Know the folder of the installed package ``package`` and of each parent package.
+
+    An installation may map a folder under another name (the built-in ``services/``
+    folder is ``microkernel.services``), which walking up the folders cannot tell;
+    service folders inside a known package are imported under its name.
+    """
+    while package:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return
+        for location in spec.submodule_search_locations:
+            _roots[Path(location).resolve()] = package
+        package = package.rpartition(".")[0]
+
+
 def _real_package(spec: ServiceSpec) -> str | None:
     """The folder's dotted name when it is part of a package importable from sys.path."""
     folder = spec.folder.resolve()
@@ -137,9 +156,13 @@ def _real_package(spec: ServiceSpec) -> str | None:
         return None
     parts = [folder.name]
     top = folder.parent
-    while (top / "__init__.py").is_file():
+    while top not in _roots and (top / "__init__.py").is_file():
         parts.insert(0, top.name)
         top = top.parent
+    if folder in _roots:
+        parts = [_roots[folder]]
+    elif top in _roots:
+        parts.insert(0, _roots[top])
     dotted = ".".join(parts)
     try:
         found = importlib.util.find_spec(dotted)

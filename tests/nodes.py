@@ -16,8 +16,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from kernel import node_protocol as n
-from plugins.websocket.hub import NodeHub
-from plugins.websocket.settings import HubSettings
+from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.settings import HubSettings
 
 TOKEN = "s3cret-test-token"
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from kernel.executor import Call
-from services.execution_manager.backlog import Backlog
+from microkernel.services.execution_manager.backlog import Backlog
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,9 @@ pytest.importorskip("distributed", reason="the dask extra is not installed (pip 
 from kernel import Kernel
 from kernel.errors import ConfigError, PluginError, ServiceStartError, WorkerCrashedError
 from kernel.executor import Executor
-from plugins.dask.cluster import DaskCluster
-from plugins.dask.settings import DaskSettings, LocalClusterSettings
-from plugins.dask.versions import check_version
+from microkernel.plugins.dask.cluster import DaskCluster
+from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
+from microkernel.plugins.dask.versions import check_version
 
 from . import tasks
 from .conformance import CHECKS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from plugins.dask.scaling import WorkerView as W
-from plugins.dask.scaling import plan
+from microkernel.plugins.dask.scaling import WorkerView as W
+from microkernel.plugins.dask.scaling import plan
 
 
 @pytest.mark.parametrize(("workers", "waiting", "starting", "target", "retire"), [

@@ -153,7 +153,7 @@ async def test_examples_and_instances_made_by_hand() -> None:
         em = kernel.get_service("execution-manager")
         reporter = kernel.get_service("reporter")
         assert await reporter.prime_density(10_000, parts=4) == "1229 primes below 10,000 (12.29%)"
-        from services.examples.prime_counter.service import PrimeCounter
+        from microkernel.services.examples.prime_counter.service import PrimeCounter
 
         mine = PrimeCounter()  # not made by the kernel: assignment binds it
         await em.assign_optimal_worker(mine)

@@ -12,8 +12,8 @@ from kernel import protocol as p
 from kernel.errors import WorkerCrashedError, WorkerStartError
 from kernel.executor import ReplyFuture, WorkerState
 from kernel.plugins import executor_types, make_plugin_manager
-from plugins.inmemory.executor import InMemoryExecutor
-from plugins.local.executor import LocalWorker
+from microkernel.plugins.inmemory.executor import InMemoryExecutor
+from microkernel.plugins.local.executor import LocalWorker
 
 from .conformance import CHECKS, call, check_executor
 

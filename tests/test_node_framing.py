@@ -13,7 +13,7 @@ from websockets.server import ServerProtocol
 from kernel import node_protocol as n
 from kernel import protocol as p
 from kernel.serialization import dumps, loads
-from plugins.websocket.framing import FrameSplitter, binary_frame
+from microkernel.plugins.websocket.framing import FrameSplitter, binary_frame
 
 from .conformance import call, reply
 from .nodes import RawNode, running_hub, until

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from kernel import node_protocol as n
 from kernel import protocol as p
 from kernel.serialization import loads
-from plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.hub import NodeHub
 
 from .conformance import call, reply
 from .nodes import TOKEN, RawNode, running_hub, start_node, stop_node, until

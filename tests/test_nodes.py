@@ -13,7 +13,7 @@ import pytest
 
 from kernel import Kernel
 from kernel.errors import ServiceStartError, WorkerCrashedError
-from plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.hub import NodeHub
 
 from . import tasks
 from .conformance import CHECKS

@@ -6,8 +6,8 @@ import pytest
 
 from kernel import Kernel
 from kernel.errors import UnsatisfiableError
-from services.execution_manager.policy import START, WAIT, Placement, Worker
-from services.execution_manager.resources import fits, place_with, score, unsatisfiable
+from microkernel.services.execution_manager.policy import START, WAIT, Placement, Worker
+from microkernel.services.execution_manager.resources import fits, place_with, score, unsatisfiable
 
 from . import tasks
 from .conftest import EM_LOCAL

@@ -23,7 +23,6 @@ from kernel.stream import FrameStream
 from .worker import BOOT_ENV
 
 _S = WorkerState
-_CODES = {p.Progress: p.PROGRESS, p.Log: p.LOG}
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -89,7 +88,8 @@ class LocalWorker(Executor):
         env = {**os.environ, BOOT_ENV: json.dumps(boot)}
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self.options.get("python", sys.executable), "-m", "plugins.local.worker", str(theirs.fileno()),
+                self.options.get("python", sys.executable), "-m", "microkernel.plugins.local.worker",
+                str(theirs.fileno()),
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env,
             )
         except OSError as exc:
@@ -150,22 +150,23 @@ class LocalWorker(Executor):
                 self._proc.kill()  # it ignored SIGTERM
 
     def _on_event(self, event: p.Event) -> None:
-        kind = type(event)
-        if kind is p.Result or kind is p.Error:
-            call = self.inflight.get(event.call_id)  # type: ignore[union-attr]
+        if type(event) is p.Result or type(event) is p.Error:
+            call = self.inflight.get(event.call_id)
             if call is None:
                 return  # an attempt already given up (or cancelled): never delivered twice
-            if kind is p.Result:
-                self._finish(call, (True, event.payload))  # type: ignore[union-attr]
+            if type(event) is p.Result:
+                self._finish(call, (True, event.payload))
             else:
                 self._finish(call, (False, ErrorInfo(*event[1:])))
-        elif kind is p.Progress or kind is p.Log:
-            self._call_traffic(_CODES[kind], event[0], event[1:], self._respond)  # type: ignore[index]
-        elif kind is p.Request:
-            rid, call_id, route, payload = event  # type: ignore[misc]
+        elif type(event) is p.Progress:
+            self._call_traffic(p.PROGRESS, event.call_id, event[1:], self._respond)
+        elif type(event) is p.Log:
+            self._call_traffic(p.LOG, event.call_id, event[1:], self._respond)
+        elif type(event) is p.Request:
+            rid, call_id, route, payload = event
             self._call_traffic(p.REQUEST, call_id, (rid, route, payload), self._respond)
-        elif kind is p.Hello and self._hello is not None and not self._hello.done():
-            self._hello.set_result(event)  # type: ignore[arg-type]
+        elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
+            self._hello.set_result(event)
 
     def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
         if self._stream is not None and not self._stream.closed:

@@ -31,7 +31,7 @@ from kernel import protocol as p
 from kernel import task
 from kernel.errors import RequestError, SoftTimeoutError
 from kernel.packages import install_finder
-from kernel.runtime import Runtime
+from kernel.runtime import Reply, Runtime
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
 _BATCH_SECONDS = 0.001
@@ -73,7 +73,7 @@ class _SoftTimeout:
             raise SoftTimeoutError(f"the call ran past its soft timeout of {cls.seconds:g} s")
 
     @classmethod
-    def run(cls, execute: Callable[[int, bytes, int], tuple[bool, object]], ev: p.Call) -> tuple[bool, object]:
+    def run(cls, execute: Callable[[int, bytes, int], Reply], ev: p.Call) -> Reply:
         cls.seconds, cls.armed = ev.soft_timeout, True
         signal.setitimer(signal.ITIMER_REAL, ev.soft_timeout)
         try:
