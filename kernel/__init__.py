@@ -1,7 +1,10 @@
-"""A plugin-based microkernel for Python services with a distributed execution manager.
+"""A plugin-based microkernel for Python services.
 
-Public names are loaded on first use, so worker processes that only need the wire
-protocol and the runtime start fast.
+The kernel discovers, validates, orders, starts and stops services (folders with a
+``config.json``) and hands them out by name. The execution manager that runs heavy work
+on a pool ships beside it as a service (``microkernel.services.execution_manager``);
+this package imports nothing of it. Public names are loaded on first use, so worker
+processes that only need ``kernel.task`` start fast.
 """
 
 from __future__ import annotations
@@ -10,92 +13,62 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from . import task
     from .decorator import call_options, distributed, method_options
     from .errors import (
-        CallTimeoutError,
         ConfigError,
         DependencyError,
         ExecutionError,
-        InstanceLostError,
         KernelError,
         ManifestError,
-        MethodNotFoundError,
         PluginError,
-        PoolClosedError,
-        QueueFullError,
-        RemoteError,
         RequestError,
-        SerializationError,
         ServiceAccessError,
         ServiceLoadError,
         ServiceNotFoundError,
         ServiceStartError,
-        SoftTimeoutError,
-        UnsatisfiableError,
-        WorkerCrashedError,
-        WorkerStartError,
     )
-    from .executor import Call, Executor, ExecutorInfo, WorkerState
     from .hookspecs import hookimpl
-    from .kernel import Kernel, ServiceState
+    from .interfaces import ServiceState
+    from .kernel import Kernel
     from .service import BaseService
 
+_ERRORS = (
+    "ConfigError", "DependencyError", "ExecutionError", "KernelError", "ManifestError", "PluginError",
+    "RequestError", "ServiceAccessError", "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError",
+)
 _WHERE = {
-    "Kernel": "kernel", "ServiceState": "kernel", "BaseService": "service",
+    "Kernel": "kernel", "ServiceState": "interfaces", "BaseService": "service",
     "distributed": "decorator", "method_options": "decorator", "call_options": "decorator",
     "hookimpl": "hookspecs",
-    "Call": "executor", "Executor": "executor", "ExecutorInfo": "executor",
-    "WorkerState": "executor",
-    **{
-        name: "errors"
-        for name in (
-            "CallTimeoutError", "ConfigError", "DependencyError", "ExecutionError", "InstanceLostError",
-            "KernelError", "ManifestError", "MethodNotFoundError", "PluginError",
-            "PoolClosedError", "QueueFullError", "RemoteError", "RequestError", "SerializationError",
-            "ServiceAccessError",
-            "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError", "SoftTimeoutError", "UnsatisfiableError",
-            "WorkerCrashedError", "WorkerStartError",
-        )
-    },
+    **dict.fromkeys(_ERRORS, "errors"),
 }
 __all__ = [
     "BaseService",
-    "Call",
-    "CallTimeoutError",
     "ConfigError",
     "DependencyError",
     "ExecutionError",
-    "Executor",
-    "ExecutorInfo",
-    "InstanceLostError",
     "Kernel",
     "KernelError",
     "ManifestError",
-    "MethodNotFoundError",
     "PluginError",
-    "PoolClosedError",
-    "QueueFullError",
-    "RemoteError",
     "RequestError",
-    "SerializationError",
     "ServiceAccessError",
     "ServiceLoadError",
     "ServiceNotFoundError",
     "ServiceStartError",
     "ServiceState",
-    "SoftTimeoutError",
-    "UnsatisfiableError",
-    "WorkerCrashedError",
-    "WorkerStartError",
-    "WorkerState",
     "call_options",
     "distributed",
     "hookimpl",
     "method_options",
+    "task",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "task":  # the module, imported on first use like the rest
+        return importlib.import_module(".task", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'kernel' has no attribute {name!r}")

@@ -1,25 +1,41 @@
-"""The ``kernel`` command: run a kernel, a node agent, or the demo."""
+"""The ``kernel`` command: ``kernel run`` here, and the subcommands plugins add
+(``kernel_cli_commands``: the execution manager's ``status`` and ``node``, the
+examples' ``demo``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
-import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import logs
-from .errors import KernelError
+from .commands import Command
+from .errors import KernelError, PluginError
 from .kernel import Kernel
-from .nodes import TOKEN_ENV
-from .status import DEFAULT_URL, show_status
+from .plugins import make_plugin_manager, merged_registry
 
 _T = TypeVar("_T")
 _LOOP_HELP = "event loop: uvloop when installed (auto; pip install 'microkernel-em[fast]'), or asyncio's own"
+OWN_COMMANDS = ("run",)
+
+
+def add_loop_argument(parser: argparse.ArgumentParser) -> None:
+    """``--loop auto|asyncio|uvloop``, for commands that run an event loop (:func:`run_loop`)."""
+    parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
+
+
+def plugin_commands() -> dict[str, Command]:
+    """Every installed plugin's subcommands; one named like another's, or like the
+    kernel's own, is a :class:`PluginError`."""
+    commands: dict[str, Command] = merged_registry(make_plugin_manager(), "kernel_cli_commands", "command")
+    taken = sorted(set(commands) & set(OWN_COMMANDS))
+    if taken:
+        raise PluginError(f"plugins may not replace the kernel's own command(s) {taken}")
+    return commands
 
 
 def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -59,46 +75,6 @@ async def _run(args: argparse.Namespace) -> None:
     await kernel.serve(ready)
 
 
-def _labels(pairs: Sequence[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for pair in pairs:
-        name, sep, amount = pair.partition("=")
-        try:
-            out[name.strip()] = float(amount) if sep else 1.0
-        except ValueError:
-            raise ValueError(f"--label takes NAME=AMOUNT with a number, got {pair!r}") from None
-        if not name.strip() or out[name.strip()] < 0:
-            raise ValueError(f"--label takes NAME=AMOUNT with a name and an amount >= 0, got {pair!r}")
-    return out
-
-
-def _node(args: argparse.Namespace) -> int:
-    from urllib.parse import urlsplit
-
-    from .nodes import NodeConfig, read_token
-    from .plugins import make_plugin_manager, node_transports
-
-    if args.token is not None:
-        raise ValueError(f"the token is never taken on the command line (ps would show it): "
-                         f"set ${TOKEN_ENV} or use --token-file")
-    if args.slots < 1:
-        raise ValueError(f"--slots must be at least 1, got {args.slots}")
-    url = urlsplit(args.connect)
-    if url.username or url.password or url.query:
-        raise ValueError("--connect takes ws://HOST:PORT (a token never goes in a URL)")
-    transports = node_transports(make_plugin_manager())
-    transport = next((t for t in transports.values() if url.scheme in t.schemes), None)
-    if transport is None or not url.hostname:
-        schemes = sorted(s for t in transports.values() for s in t.schemes)
-        raise ValueError(f"--connect {args.connect!r}: expected SCHEME://HOST:PORT with a scheme among {schemes}")
-    config = NodeConfig(
-        url=args.connect, token=read_token(file=args.token_file), node_id=args.node_id, slots=args.slots,
-        labels=_labels(args.label), node_type=args.node_type, ca_file=args.ca_file,
-        reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout,
-    )
-    return run_loop(transport.run_node(config), args.loop)
-
-
 def run_loop(coro: Coroutine[Any, Any, _T], loop: str) -> _T:
     """Run ``coro`` on uvloop (``auto``: when installed) or asyncio's loop."""
     if loop != "asyncio":
@@ -115,7 +91,13 @@ def run_loop(coro: Coroutine[Any, Any, _T], loop: str) -> _T:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kernel", description=__doc__)
+    try:
+        commands = plugin_commands()
+    except KernelError as exc:
+        print(f"kernel: error: {exc}", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog="kernel", description="Run a kernel and its services; the other "
+                                     "commands come from the installed plugins.")
     parser.add_argument("--log-level", help=f"debug, info, warning, error (or ${logs.LEVEL_ENV})")
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON log lines")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,53 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="override a service's custom setting (value parsed as JSON)")
     run.add_argument("--no-http", action="store_true",
                      help="no dashboard, JSON API or /metrics (else on, as custom.http of the execution manager)")
-    run.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
-
-    status = sub.add_parser("status", help="show a running kernel's workers, nodes, load and queue",
-                            description="Ask a running kernel's HTTP API (custom.http) for its status.")
-    status.add_argument("--url", default=DEFAULT_URL, help=f"the kernel's dashboard address (default {DEFAULT_URL})")
-    status.add_argument("--json", action="store_true", help="print the raw status document (for scripts)")
-    status.add_argument("--watch", nargs="?", type=float, const=1.0, default=None, metavar="SECONDS",
-                        help="redraw every SECONDS (default 1) until Ctrl-C")
-
-    node = sub.add_parser("node", help="serve a kernel's calls from this machine (dials out to the kernel)",
-                          description="Run a node agent: it connects to a kernel listening for nodes "
-                                      "(custom.nodes of its execution manager) and runs calls in local "
-                                      f"worker processes. The token comes from ${TOKEN_ENV} or --token-file.")
-    node.add_argument("--connect", required=True, metavar="URL", help="the kernel: ws://HOST:PORT or wss://HOST:PORT")
-    node.add_argument("--token-file", metavar="FILE", help=f"file holding the shared token (else ${TOKEN_ENV})")
-    node.add_argument("--token", help=argparse.SUPPRESS)
-    node.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
-    node.add_argument("--label", action="append", default=[], metavar="NAME=AMOUNT",
-                      help="a resource this node offers calls, e.g. gpu=1 (repeatable)")
-    node.add_argument("--node-id", default=socket.gethostname(), help="unique name (default: the host name)")
-    node.add_argument("--ca-file", metavar="FILE", help="CA certificate to trust for wss:// (default: the system's)")
-    node.add_argument("--node-type", default="local", help="executor that runs the calls (default: local)")
-    node.add_argument("--reconnect-max", type=float, default=30.0, metavar="SECONDS",
-                      help="longest wait between reconnection attempts (default 30)")
-    node.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
-    node.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
-                      help="on SIGTERM, how long running calls get before the node stops anyway (default 60)")
-
-    demo = sub.add_parser("demo", help="count primes over the worker pool and show the speed-up")
-    demo.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
-    demo.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="pool size")
-    demo.add_argument("--parts", type=int, default=0, help="calls to split into (default 8/worker)")
+    add_loop_argument(run)
+    for name, command in commands.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.description or command.help))
 
     args = parser.parse_args(argv)
+    chosen = commands.get(args.command)
     try:
-        default_level = "warning" if args.command == "demo" else None
-        logs.configure(args.log_level or default_level, json=args.log_json)
-        if args.command == "run":
+        logs.configure(args.log_level or (chosen.log_level if chosen else None), json=args.log_json)
+        if chosen is None:
             run_loop(_run(args), args.loop)
-        elif args.command == "node":
-            return _node(args)
-        elif args.command == "status":
-            return show_status(args.url, as_json=args.json, watch=args.watch)
-        else:
-            from .demo import run_demo
-
-            asyncio.run(run_demo(args.limit, args.workers, args.parts or 8 * args.workers))
+            return 0
+        return chosen.run(args) or 0
     except KernelError as exc:
         print(f"kernel: error: {exc}", file=sys.stderr)
         return 1
@@ -181,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Every hook the kernel and its execution manager call, with its contract.
+"""Every hook the kernel calls, with its contract.
 
 Hooks are synchronous (pluggy has none that are async): they are notifications and
 factories. Async work lives on the objects factories return. Implement them with
 ``kernel.hookimpl`` in a module registered through the ``microkernel.plugins``
-entry-point group, or pass the module to ``Kernel(plugins=[...])``.
+entry-point group, or pass the module to ``Kernel(plugins=[...])``. A service that
+hosts hooks of its own keeps their specs beside it (the execution manager's node
+types: ``microkernel.services.execution_manager.hookspecs``) and adds them with
+``kernel.plugins.add_hookspecs``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .executor import ExecutorFactory
-    from .kernel import Kernel
-    from .nodes import NodeTransport
+    from .commands import Command
+    from .interfaces import ServiceHost
 
 PROJECT = "microkernel"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -24,59 +26,48 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def kernel_executor_types() -> Mapping[str, ExecutorFactory]:  # type: ignore[empty-body]  # a spec has no body
-    """Node types this plugin provides, as ``{name: factory}``.
+def kernel_cli_commands() -> Mapping[str, Command]:  # type: ignore[empty-body]  # a spec has no body
+    """Subcommands this plugin adds to the ``kernel`` command, as ``{name: Command}``.
 
-    Every implementation is called; the results are merged into one registry (a name
-    given twice is a :class:`~kernel.errors.PluginError`). A factory is called as
-    ``factory(worker_id, options)`` and returns an unstarted
-    :class:`~kernel.executor.Executor`.
+    Every implementation is called and the results merged (a name given twice, or one
+    of the kernel's own such as ``run``, is a :class:`~kernel.errors.PluginError`).
+    Import what a command needs inside its ``run``: every ``kernel`` invocation calls
+    this hook.
     """
 
 
 @hookspec
-def kernel_node_transports() -> Mapping[str, NodeTransport]:  # type: ignore[empty-body]  # a spec has no body
-    """Transports remote nodes connect over, as ``{name: transport}`` (for example
-    ``{"websocket": ...}``, serving the ``ws`` and ``wss`` schemes).
-
-    Every implementation is called and the results merged (a name given twice is a
-    :class:`~kernel.errors.PluginError`). The execution manager picks one by name
-    (``custom.nodes.transport``); ``kernel node --connect URL`` by URL scheme.
-    """
-
-
-@hookspec
-def kernel_service_loaded(kernel: Kernel, name: str, service: Any) -> None:
+def kernel_service_loaded(kernel: ServiceHost, name: str, service: Any) -> None:
     """A service's class was imported and instantiated (not yet started)."""
 
 
 @hookspec
-def kernel_service_started(kernel: Kernel, name: str, service: Any) -> None:
+def kernel_service_started(kernel: ServiceHost, name: str, service: Any) -> None:
     """A service's ``start()`` returned."""
 
 
 @hookspec
-def kernel_service_failed(kernel: Kernel, name: str, error: BaseException) -> None:
+def kernel_service_failed(kernel: ServiceHost, name: str, error: BaseException) -> None:
     """A service failed to import or start, or was skipped because a dependency failed."""
 
 
 @hookspec
-def kernel_service_stopped(kernel: Kernel, name: str) -> None:
+def kernel_service_stopped(kernel: ServiceHost, name: str) -> None:
     """A service's ``stop()`` returned (or raised; the error is logged)."""
 
 
 @hookspec
-def kernel_started(kernel: Kernel) -> None:
+def kernel_started(kernel: ServiceHost) -> None:
     """Every service that could start has started."""
 
 
 @hookspec
-def kernel_stopping(kernel: Kernel) -> None:
+def kernel_stopping(kernel: ServiceHost) -> None:
     """The kernel is about to stop its services (in reverse start order)."""
 
 
 @hookspec
-def kernel_event(kernel: Kernel, event: str, payload: Mapping[str, Any]) -> None:
+def kernel_event(kernel: ServiceHost, event: str, payload: Mapping[str, Any]) -> None:
     """An execution-manager event (``worker-started``, ``task-error``...).
 
     ``payload`` carries the ids and reason. Called on the event loop: return quickly.

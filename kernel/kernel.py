@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import gc
 import importlib.metadata
 import os
@@ -28,6 +27,7 @@ from .errors import (
     ServiceNotFoundError,
     ServiceStartError,
 )
+from .interfaces import ServiceState
 from .loader import add_package_root, discover, load_entry, order, plan_packages
 from .manifest import ServiceSpec, format_validation_error
 from .plugins import make_plugin_manager
@@ -36,15 +36,6 @@ from .service import BaseService
 log = structlog.get_logger("kernel")
 T = TypeVar("T")
 SERVICE_GROUP = "microkernel.services"
-
-
-class ServiceState(enum.StrEnum):
-    PENDING = "pending"
-    STARTING = "starting"
-    RUNNING = "running"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # a dependency failed
-    STOPPED = "stopped"
 
 
 @dataclass
@@ -314,6 +305,7 @@ class Kernel:
         return {name: rec.state for name, rec in self._records.items()}
 
     def service_error(self, name: str) -> BaseException | None:
+        """Why a service failed or was skipped, if it did."""
         rec = self._records.get(name)
         return rec.error if rec else None
 

@@ -1,18 +1,15 @@
-"""The kernel's pluggy plugin manager and the node-type registry it fills."""
+"""The kernel's pluggy plugin manager, and registries merged from factory hooks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from types import ModuleType
+from typing import Any, cast
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-
-if TYPE_CHECKING:
-    from .executor import ExecutorFactory
-    from .nodes import NodeTransport
 
 PLUGIN_GROUP = "microkernel.plugins"
 
@@ -38,7 +35,22 @@ def make_plugin_manager(
     return pm
 
 
-def _merged(pm: pluggy.PluginManager, hook: str, what: str) -> dict[str, Any]:
+def add_hookspecs(pm: pluggy.PluginManager, module: ModuleType) -> None:
+    """Add a host's hookspecs (a service's own) to ``pm`` unless they are there; the
+    plugins registered before are checked against them then."""
+    for name in vars(module):
+        caller = vars(pm.hook).get(name)
+        if caller is not None and caller.spec is not None and caller.spec.namespace is module:
+            return
+    try:
+        pm.add_hookspecs(module)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin!r} is invalid: {exc}") from exc
+
+
+def merged_registry(pm: pluggy.PluginManager, hook: str, what: str) -> dict[str, Any]:
+    """Merge every implementation's ``{name: value}`` result of a factory hook; a name
+    given by two plugins is a :class:`PluginError` naming both."""
     registry: dict[str, Any] = {}
     owners: dict[str, str] = {}
     for impl in getattr(pm.hook, hook).get_hookimpls():
@@ -49,13 +61,3 @@ def _merged(pm: pluggy.PluginManager, hook: str, what: str) -> dict[str, Any]:
             registry[name] = value
             owners[name] = impl.plugin_name
     return registry
-
-
-def executor_types(pm: pluggy.PluginManager) -> dict[str, ExecutorFactory]:
-    """Merge every plugin's ``kernel_executor_types``; a duplicate name is an error."""
-    return _merged(pm, "kernel_executor_types", "node type")
-
-
-def node_transports(pm: pluggy.PluginManager) -> dict[str, NodeTransport]:
-    """Merge every plugin's ``kernel_node_transports``; a duplicate name is an error."""
-    return _merged(pm, "kernel_node_transports", "node transport")

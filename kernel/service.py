@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from .kernel import Kernel
+    from .interfaces import ServiceHost
     from .manifest import Manifest
 
 # Attributes that tie an instance to this process; never shipped to a worker.
@@ -30,7 +30,7 @@ class BaseService:
     settings_model: ClassVar[type[BaseModel] | None] = None
     settings: Any = None
 
-    _kernel: Kernel | None = None
+    _kernel: ServiceHost | None = None
     manifest: Manifest | None = None
 
     async def start(self) -> None:
@@ -40,7 +40,7 @@ class BaseService:
         """Called once at shutdown, before the services it depends on stop."""
 
     @property
-    def kernel(self) -> Kernel:
+    def kernel(self) -> ServiceHost:
         """The kernel that started this service."""
         if self._kernel is None:
             raise RuntimeError(f"service {self.name or type(self).__name__!r} is not bound to a kernel")

@@ -22,8 +22,8 @@ code, ``await task.acall_service(...)`` and ``await task.arequest(...)`` do the 
 without blocking the call's event loop. Outside a call, :func:`progress` and :func:`log`
 do nothing and the requests raise :class:`~kernel.errors.RequestError`.
 
-Each executor supplies a :class:`TaskChannel`; :class:`~kernel.runtime.Runtime` sets it
-for the duration of each call.
+The execution manager's runtime sets a :class:`TaskChannel` for the duration of each
+call; this module imports nothing of it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class TaskChannel(Protocol):
-    """How the calls of one executor talk to the kernel. Implementations may be called
-    from any thread of the call."""
+    """How the calls of one executor talk to the kernel (the execution manager's
+    runtime sets it for each call). Implementations may be called from any thread of
+    the call."""
 
     def progress(self, call_id: int, fraction: float, message: str) -> None:
         """Report progress (never blocks; may be dropped if the kernel is gone)."""
@@ -52,11 +53,11 @@ class TaskChannel(Protocol):
     def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
         """Send a log line to the kernel's log (never blocks on the kernel)."""
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
-        """Ask the kernel and wait for its answer: ``(True, pickled result)`` or
-        ``(False, pickled exception)``.
+    def request(self, call_id: int, route: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        """Ask the kernel and wait for its answer: the route's result, or the error it
+        met raised here.
 
-        :raises RequestError: the kernel cannot be reached.
+        :raises RequestError: the kernel cannot be reached, or knows no such route.
         """
 
 
@@ -133,16 +134,10 @@ def request(route: str, *args: Any, **kwargs: Any) -> Any:
 
     :raises RequestError: unknown route or service, or called outside a call.
     """
-    from .serialization import dumps, loads
-
     ctx = _current.get()
     if ctx is None or ctx.channel is None:
         raise RequestError(f"task.request({route!r}) works only inside a call run by the execution manager")
-    ok, data = ctx.channel.request(ctx.call_id, route, dumps((args, kwargs)))
-    value = loads(data)
-    if ok:
-        return value
-    raise value
+    return ctx.channel.request(ctx.call_id, route, args, kwargs)
 
 
 def call_service(service: str, method: str, /, *args: Any, **kwargs: Any) -> Any:

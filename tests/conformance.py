@@ -18,12 +18,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kernel import protocol as p
 from kernel import task
-from kernel.errors import PoolClosedError, RequestError
-from kernel.executor import Call, Executor, WorkerState
-from kernel.serialization import dumps, loads
+from kernel.errors import RequestError
 from kernel.task import PROGRESS_INTERVAL
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.errors import PoolClosedError
+from microkernel.services.execution_manager.executor import Call, Executor, WorkerState
+from microkernel.services.execution_manager.serialization import dumps, loads
 
 Make = Callable[[str], Executor]
 _ids = itertools.count(1)
@@ -128,7 +129,7 @@ async def check_pinned_state_in_order(make: Make) -> None:
         ok, data = await reply(ex, call(p.UNPIN, "k1"))
         assert ok and loads(data).items == list(range(20))
         ok, info = await reply(ex, call(p.CALL_PINNED, ("k1", "add", (1,), {})))
-        assert not ok and info.type_name == "kernel.errors.InstanceLostError"
+        assert not ok and info.type_name == "microkernel.services.execution_manager.errors.InstanceLostError"
     finally:
         await ex.stop()
 
@@ -138,7 +139,7 @@ async def check_missing_method(make: Make) -> None:
     try:
         await reply(ex, call(p.PIN, ("k2", Accumulator())))
         ok, info = await reply(ex, call(p.CALL_PINNED, ("k2", "nope", (), {})))
-        assert not ok and info.type_name == "kernel.errors.MethodNotFoundError"
+        assert not ok and info.type_name == "microkernel.services.execution_manager.errors.MethodNotFoundError"
         assert "has no method 'nope'" in info.message and ex.id in info.message
     finally:
         await ex.stop()
@@ -148,7 +149,7 @@ async def check_unpicklable_result_keeps_executor(make: Make) -> None:
     ex = await started(make)
     try:
         ok, info = await reply(ex, call(p.CALL_FN, (unpicklable_result, (), {}), "unpicklable_result"))
-        assert not ok and info.type_name == "kernel.errors.SerializationError"
+        assert not ok and info.type_name == "microkernel.services.execution_manager.errors.SerializationError"
         assert "result of unpicklable_result" in info.message and "_thread.lock" in info.message
         ok, data = await reply(ex, call(p.CALL_FN, (abs, (-3,), {})))
         assert ok and loads(data) == 3

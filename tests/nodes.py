@@ -15,9 +15,9 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from kernel import node_protocol as n
 from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.plugins.websocket.settings import HubSettings
+from microkernel.services.execution_manager import node_protocol as n
 
 TOKEN = "s3cret-test-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ async def start_node(
     netns: str | None = None,
 ) -> asyncio.subprocess.Process:
     """``kernel node --connect URL`` in its own process (optionally in a network namespace)."""
-    cmd = [sys.executable, "-m", "kernel.cli", "node", "--connect", url, "--slots", str(slots),
+    cmd = [sys.executable, "-m", "kernel", "node", "--connect", url, "--slots", str(slots),
            "--node-id", node_id, "--reconnect-max", "1", *args]
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]

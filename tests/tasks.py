@@ -120,7 +120,7 @@ def leak(step_mib: int, steps: int, pause: float) -> int:
 
 
 def sleep_then_clean_up(seconds: float, marker: str) -> str:
-    from kernel.errors import SoftTimeoutError
+    from microkernel.services.execution_manager.errors import SoftTimeoutError
 
     try:
         time.sleep(seconds)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from kernel.executor import Call
 from microkernel.services.execution_manager.backlog import Backlog
+from microkernel.services.execution_manager.executor import Call
 
 pytestmark = pytest.mark.anyio
 

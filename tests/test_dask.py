@@ -19,11 +19,12 @@ from structlog.testing import capture_logs
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install '.[dask]')")
 
 from kernel import Kernel
-from kernel.errors import ConfigError, PluginError, ServiceStartError, WorkerCrashedError
-from kernel.executor import Executor
+from kernel.errors import ConfigError, PluginError, ServiceStartError
 from microkernel.plugins.dask.cluster import DaskCluster
 from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
+from microkernel.services.execution_manager.errors import WorkerCrashedError
+from microkernel.services.execution_manager.executor import Executor
 
 from . import tasks
 from .conformance import CHECKS
@@ -215,7 +216,7 @@ async def test_an_assigned_instance_lives_on_a_dask_worker_and_comes_back(tmp_pa
 
 
 async def test_a_per_call_timeout_stops_the_call_as_on_a_local_worker() -> None:
-    from kernel.errors import CallTimeoutError
+    from microkernel.services.execution_manager.errors import CallTimeoutError
 
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")
@@ -285,7 +286,7 @@ async def test_an_existing_scheduler_by_address_and_unpicklable_arguments() -> N
 
     from distributed import LocalCluster
 
-    from kernel.errors import SerializationError
+    from microkernel.services.execution_manager.errors import SerializationError
 
     async with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, asynchronous=True,
                             dashboard_address="127.0.0.1:0") as existing:

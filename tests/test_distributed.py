@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kernel import BaseService, Kernel, distributed
-from kernel.errors import MethodNotFoundError, WorkerCrashedError
+from microkernel.services.execution_manager.errors import MethodNotFoundError, WorkerCrashedError
 
 from .conftest import EM_LOCAL, EXAMPLES, write_service
 
@@ -203,7 +203,7 @@ class Jobs(BaseService):
 
 async def test_method_options_call_options_and_manifest_priority(tmp_path: Path) -> None:
     from kernel import call_options
-    from kernel.errors import CallTimeoutError
+    from microkernel.services.execution_manager.errors import CallTimeoutError
 
     write_service(tmp_path, "jobs", {"global": True, "priority": 2}, OPTIONED)
     settings = {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1, "agingSeconds": 0}}

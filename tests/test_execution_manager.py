@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 from kernel import Kernel
-from kernel.errors import (
+from kernel.errors import ConfigError, ServiceStartError
+from microkernel.services.execution_manager.errors import (
     CallTimeoutError,
-    ConfigError,
     PoolClosedError,
     RemoteError,
     SerializationError,
-    ServiceStartError,
     WorkerCrashedError,
     WorkerStartError,
 )
@@ -455,7 +454,7 @@ async def test_soft_memory_limit_must_be_below_hard() -> None:
 
 
 async def test_soft_timeout_is_raised_inside_the_call(tmp_path: Path) -> None:
-    from kernel.errors import SoftTimeoutError
+    from microkernel.services.execution_manager.errors import SoftTimeoutError
 
     async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
         em = kernel.get_service("execution-manager")
@@ -478,7 +477,7 @@ async def test_soft_timeout_is_raised_inside_the_call(tmp_path: Path) -> None:
 
 
 async def test_max_queue_back_pressure() -> None:
-    from kernel.errors import QueueFullError
+    from microkernel.services.execution_manager.errors import QueueFullError
 
     async with em_kernel(minWorkers=1, maxWorkers=1, maxQueue=4) as kernel:
         em = kernel.get_service("execution-manager")

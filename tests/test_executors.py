@@ -8,12 +8,13 @@ import signal
 
 import pytest
 
-from kernel import protocol as p
-from kernel.errors import WorkerCrashedError, WorkerStartError
-from kernel.executor import ReplyFuture, WorkerState
-from kernel.plugins import executor_types, make_plugin_manager
+from kernel.plugins import make_plugin_manager
 from microkernel.plugins.inmemory.executor import InMemoryExecutor
 from microkernel.plugins.local.executor import LocalWorker
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
+from microkernel.services.execution_manager.executor import ReplyFuture, WorkerState
+from microkernel.services.execution_manager.hookspecs import executor_types
 
 from .conformance import CHECKS, call, check_executor
 

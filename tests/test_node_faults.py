@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kernel import Kernel
-from kernel.errors import WorkerCrashedError
+from microkernel.services.execution_manager.errors import WorkerCrashedError
 
 from . import tasks
 from .conftest import write_service

@@ -10,10 +10,10 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from kernel import node_protocol as n
-from kernel import protocol as p
-from kernel.serialization import dumps, loads
 from microkernel.plugins.websocket.framing import FrameSplitter, binary_frame
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.serialization import dumps, loads
 
 from .conformance import call, reply
 from .nodes import RawNode, running_hub, until

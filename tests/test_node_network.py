@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from kernel import Kernel
-from kernel.errors import WorkerCrashedError
+from microkernel.services.execution_manager.errors import WorkerCrashedError
 
 from . import tasks
 from .nodes import TOKEN, start_node, stop_node, until

@@ -7,7 +7,7 @@ import itertools
 import msgpack
 import pytest
 
-from kernel import node_protocol as n
+from microkernel.services.execution_manager import node_protocol as n
 
 TOKEN = b"token"
 

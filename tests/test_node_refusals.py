@@ -14,10 +14,10 @@ import pytest
 import structlog.testing
 from websockets.asyncio.client import connect
 
-from kernel import node_protocol as n
-from kernel import protocol as p
-from kernel.serialization import loads
 from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.serialization import loads
 
 from .conformance import call, reply
 from .nodes import TOKEN, RawNode, running_hub, start_node, stop_node, until

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kernel import Kernel
-from kernel.errors import ServiceStartError, WorkerCrashedError
+from kernel.errors import ServiceStartError
 from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.services.execution_manager.errors import WorkerCrashedError
 
 from . import tasks
 from .conformance import CHECKS
@@ -130,7 +131,7 @@ async def test_listening_for_nodes_needs_a_token_a_known_transport_and_a_free_po
 )
 def test_kernel_node_refuses_bad_arguments_clearly(argv: list[str], env: dict[str, str], code: int, message: str) -> None:
     base = {k: v for k, v in os.environ.items() if k != "MICROKERNEL_NODE_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "kernel.cli", "node", *argv], env={**base, **env},
+    proc = subprocess.run([sys.executable, "-m", "kernel", "node", *argv], env={**base, **env},
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode == code
     assert message in proc.stderr and "secret" not in proc.stderr and "Traceback" not in proc.stderr
@@ -138,7 +139,7 @@ def test_kernel_node_refuses_bad_arguments_clearly(argv: list[str], env: dict[st
 
 def test_kernel_run_and_kernel_node_from_the_command_line(tmp_path) -> None:
     env = {**os.environ, "MICROKERNEL_NODE_TOKEN": TOKEN}
-    kernel_cmd = [sys.executable, "-m", "kernel.cli", "--log-json", "run", str(tmp_path),
+    kernel_cmd = [sys.executable, "-m", "kernel", "--log-json", "run", str(tmp_path),
                   "--set", 'execution-manager.nodes={"port": 0}', "--set", "execution-manager.minWorkers=0",
                   "--no-http"]
     with subprocess.Popen(kernel_cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
@@ -153,7 +154,7 @@ def test_kernel_run_and_kernel_node_from_the_command_line(tmp_path) -> None:
             else:
                 raise AssertionError("".join(lines))
             url = line.split("--connect ")[1].strip()
-            node_cmd = [sys.executable, "-m", "kernel.cli", "node", "--connect", url, "--slots", "1",
+            node_cmd = [sys.executable, "-m", "kernel", "node", "--connect", url, "--slots", "1",
                         "--node-id", "cli-node"]
             with subprocess.Popen(node_cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True) as node:
                 for line in kernel.stderr:

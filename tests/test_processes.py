@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import EXAMPLES
 
-KERNEL = [sys.executable, "-m", "kernel.cli"]
+KERNEL = [sys.executable, "-m", "kernel"]
 
 
 def wait_for(predicate, timeout: float = 15.0) -> None:

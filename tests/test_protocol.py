@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from kernel import protocol as p
+from microkernel.services.execution_manager import protocol as p
 
 
 def hello(version: int = p.PROTOCOL_VERSION) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kernel import Kernel
-from kernel.errors import UnsatisfiableError
+from microkernel.services.execution_manager.errors import UnsatisfiableError
 from microkernel.services.execution_manager.policy import START, WAIT, Placement, Worker
 from microkernel.services.execution_manager.resources import fits, place_with, score, unsatisfiable
 

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from kernel.errors import PluginError
-from kernel.nodes import NodeHost, NodeInfo, NodeListener
 from kernel.packages import service_packages
+from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener
 
 from . import remote
 from .collect import Results

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dask.sizeof import sizeof
 
-from kernel.background import Background
+from microkernel.services.execution_manager.background import Background
 
 if TYPE_CHECKING:
     from distributed import Client, Future

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from kernel import protocol as p
-from kernel.background import Background
-from kernel.errors import WorkerCrashedError
-from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.background import Background
+from microkernel.services.execution_manager.errors import WorkerCrashedError
+from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
 
 from . import remote
 from .collect import CANCELLED, Results

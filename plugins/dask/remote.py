@@ -20,8 +20,8 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from kernel.errors import RequestError
-from kernel.runtime import Runtime
 from kernel.task import forward_logging
+from microkernel.services.execution_manager.runtime import Runtime
 
 TOPIC = "microkernel-call-traffic"
 REQUEST_TIMEOUT = 300.0  # seconds a call waits for the kernel's answer
@@ -30,7 +30,7 @@ _lock = threading.Lock()
 
 
 class DaskChannel:
-    """A :class:`kernel.task.TaskChannel` over Dask worker events."""
+    """A :class:`~microkernel.services.execution_manager.runtime.CallChannel` over Dask worker events."""
 
     def __init__(self, executor_id: str) -> None:
         from distributed import get_worker

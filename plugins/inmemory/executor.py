@@ -11,10 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from kernel import protocol as p
 from kernel.errors import RequestError
-from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
-from kernel.runtime import Reply, Runtime
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 _S = WorkerState
 
@@ -24,8 +24,9 @@ def _ignore(_rid: int, _ok: bool, _payload: bytes) -> None:
 
 
 class _Bridge:
-    """The :class:`kernel.task.TaskChannel` of calls on this process's threads: their
-    traffic goes to the executor on the event loop's thread."""
+    """The :class:`~microkernel.services.execution_manager.runtime.CallChannel` of calls
+    on this process's threads: their traffic goes to the executor on the event loop's
+    thread."""
 
     def __init__(self, executor: InMemoryExecutor) -> None:
         self.executor = executor

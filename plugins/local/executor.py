@@ -13,12 +13,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from kernel import protocol as p
-from kernel.errors import WorkerCrashedError, WorkerStartError
-from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
 from kernel.packages import service_packages
-from kernel.runtime import ErrorInfo
-from kernel.stream import FrameStream
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
+from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.runtime import ErrorInfo
+from microkernel.services.execution_manager.stream import FrameStream
 
 from .worker import BOOT_ENV
 

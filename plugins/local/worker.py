@@ -27,11 +27,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kernel import protocol as p
 from kernel import task
-from kernel.errors import RequestError, SoftTimeoutError
+from kernel.errors import RequestError
 from kernel.packages import install_finder
-from kernel.runtime import Reply, Runtime
+from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.errors import SoftTimeoutError
+from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
 _BATCH_SECONDS = 0.001
@@ -118,7 +119,7 @@ class _Link:
                 return []  # the end of the stream is seen by the next blocking read
             return self.conn.receive_data(data)
 
-    # -- kernel.task.TaskChannel ------------------------------------------------------
+    # -- runtime.CallChannel ---------------------------------------------------------
 
     def progress(self, call_id: int, fraction: float, message: str) -> None:
         self.send(p.pack((p.PROGRESS, call_id, fraction, message)))

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from kernel.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from kernel.nodes import NodeTransport
+    from microkernel.services.execution_manager.nodes import NodeTransport
 
 
 @hookimpl
-def kernel_node_transports() -> Mapping[str, NodeTransport]:
+def em_node_transports() -> Mapping[str, NodeTransport]:
     from .transport import WebsocketTransport
 
     return {"websocket": WebsocketTransport()}

@@ -31,13 +31,20 @@ import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from kernel import node_protocol as n
-from kernel.background import Background
-from kernel.errors import PoolClosedError, RequestError
-from kernel.executor import Call, Executor, ExecutorFactory, ReplyFuture, WorkerState
-from kernel.nodes import NodeConfig, package_version
+from kernel.errors import RequestError
 from kernel.packages import plan_package
-from kernel.serialization import dumps
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager.background import Background
+from microkernel.services.execution_manager.errors import PoolClosedError
+from microkernel.services.execution_manager.executor import (
+    Call,
+    Executor,
+    ExecutorFactory,
+    ReplyFuture,
+    WorkerState,
+)
+from microkernel.services.execution_manager.nodes import NodeConfig, package_version
+from microkernel.services.execution_manager.serialization import dumps
 
 from .outbox import FastClientConnection, Outbox, handshake
 

@@ -22,11 +22,11 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from kernel import node_protocol as n
-from kernel.background import Background
 from kernel.errors import ConfigError, PluginError
-from kernel.nodes import NodeHost, NodeInfo, NodeListener, package_version
 from kernel.packages import service_packages
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager.background import Background
+from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener, package_version
 
 from .outbox import FastServerConnection, handshake
 from .session import Session

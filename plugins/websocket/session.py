@@ -6,29 +6,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 from websockets.exceptions import ConnectionClosed
 
-from kernel import node_protocol as n
 from kernel.errors import RequestError
-from kernel.nodes import NodeInfo
-from kernel.serialization import dumps
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager.nodes import NodeInfo
+from microkernel.services.execution_manager.serialization import dumps
 
 from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot
 
-if TYPE_CHECKING:
-    from .hub import NodeHub
-
 log = structlog.get_logger("nodes")
+
+
+class SessionHub(Protocol):
+    """What a node's connection needs of the hub (``hub.NodeHub``) that accepted it."""
+
+    closing: bool  # the hub is stopping: slots are not replaced, no new ones taken
+
+    def slot_up(self, session: Session, number: int, pid: int) -> None:
+        """The node announced slot ``number`` (its worker process ``pid``)."""
+        ...
+
+    def retire(self, session: Session, reason: str) -> None:
+        """Take the node's slots out of the pool (the node drains)."""
+        ...
+
+    def forget(self, session: Session) -> None:
+        """The connection is gone for good."""
+        ...
+
+    def refuse_count(self, code: int, peer: str, reason: str, node_id: str = "") -> None:
+        """Count (and log) a connection or message refused with close ``code``."""
+        ...
 
 
 class Session:
     """An authenticated node: its slots, the calls it holds, its last heartbeat."""
 
-    def __init__(self, hub: NodeHub, ws: FastServerConnection, link: n.NodeLink, address: str) -> None:
+    def __init__(self, hub: SessionHub, ws: FastServerConnection, link: n.NodeLink, address: str) -> None:
         self.hub = hub
         self.ws = ws
         self.link = link

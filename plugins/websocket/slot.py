@@ -1,9 +1,9 @@
 """The kernel's side of one worker slot on a remote node.
 
 A node runs one worker process per slot; the kernel sees each slot as one
-:class:`~kernel.executor.Executor`, so a slot behaves exactly as a local worker does
+:class:`~microkernel.services.execution_manager.executor.Executor`, so a slot behaves exactly as a local worker does
 (calls in submission order, pinned instances, crashes failing what it held) and the
-pool needs nothing node-specific. The node's connection (:class:`.hub.Session`) carries
+pool needs nothing node-specific. The node's connection (``session.Session``) carries
 the frames and tells its slots when the node turns unhealthy, returns, or is lost.
 """
 
@@ -12,18 +12,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from kernel import node_protocol as n
-from kernel.errors import WorkerStartError
-from kernel.executor import Call, Executor, ExecutorInfo, WorkerState
-from kernel.runtime import ErrorInfo
-
-if TYPE_CHECKING:
-    from .hub import NodeHub
-    from .session import Session
+from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager.errors import WorkerStartError
+from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.runtime import ErrorInfo
 
 _S = WorkerState
+
+
+class SlotHub(Protocol):
+    """What a slot needs of the hub (``hub.NodeHub``): a free slot to run on."""
+
+    async def bind(self, slot: NodeSlot, timeout: float) -> None:
+        """Attach ``slot`` to a free slot of a connected node, within ``timeout`` s.
+
+        :raises WorkerStartError: none came free in time.
+        """
+        ...
+
+
+class NodeConnection(Protocol):
+    """What a slot needs of its node's connection (``session.Session``)."""
+
+    node_id: str
+    address: str
+    offer: dict[str, float]
+    cpu_percent: float
+    closed: bool
+    calls: dict[int, NodeSlot]  # call id -> the slot it was sent to
+
+    @property
+    def replace_slots(self) -> bool: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def forget(self, call_id: int) -> None: ...
 
 
 class NodeSlot(Executor):
@@ -38,7 +63,7 @@ class NodeSlot(Executor):
 
     def __init__(
         self, worker_id: str, options: Mapping[str, Any] | None = None, *,
-        hub: NodeHub, session: Session | None = None, slot: int = 0, pid: int | None = None,
+        hub: SlotHub, session: NodeConnection | None = None, slot: int = 0, pid: int | None = None,
     ) -> None:
         super().__init__(worker_id, options)
         self.hub = hub

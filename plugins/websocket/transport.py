@@ -9,8 +9,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel.errors import ConfigError, PluginError
-from kernel.nodes import NodeConfig, NodeListener, NodeTransport, read_token
-from kernel.plugins import executor_types, make_plugin_manager
+from kernel.plugins import make_plugin_manager
+from microkernel.services.execution_manager.hookspecs import executor_types
+from microkernel.services.execution_manager.nodes import NodeConfig, NodeListener, NodeTransport, read_token
 
 from .settings import HubSettings
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from kernel.executor import Call
-
+from .executor import Call
 from .policy import pick_next
 
 Key = tuple[int, str | None]

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from kernel.background import Background
+from .background import Background
 
 log = structlog.get_logger("execution-manager")
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
-from kernel.errors import CallTimeoutError, ExecutionError, SerializationError, WorkerCrashedError
-from kernel.executor import Call, ReplyFuture
-from kernel.runtime import Reply
-from kernel.serialization import format_exception, loads, type_name
+from kernel.errors import ExecutionError
+
+from .errors import CallTimeoutError, SerializationError, WorkerCrashedError
+from .executor import Call, ReplyFuture
+from .runtime import Reply
+from .serialization import format_exception, loads, type_name
 
 if TYPE_CHECKING:
     from .events import EventBus

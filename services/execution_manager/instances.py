@@ -15,14 +15,13 @@ from typing import Any
 
 import structlog
 
-from kernel import protocol as p
-from kernel.errors import InstanceLostError, WorkerStartError
-from kernel.executor import Call
-from kernel.serialization import dumps, dumps_call
-
+from . import protocol as p
+from .errors import InstanceLostError, WorkerStartError
 from .events import EventBus
+from .executor import Call
 from .handles import CallFuture
 from .pool import WorkerPool
+from .serialization import dumps, dumps_call
 from .workers import WorkerSlot
 
 log = structlog.get_logger("execution-manager")

@@ -17,9 +17,8 @@ from collections.abc import Mapping
 import anyio.to_thread
 import psutil
 
-from kernel.executor import Executor
-from kernel.nodes import NodeListener
-
+from .executor import Executor
+from .nodes import NodeListener
 from .pool import WorkerPool
 from .stats import ProjectStats, RunningCall, Stats, SystemLoad, WorkerStats
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import structlog
 
-from kernel.background import Background
-from kernel.errors import PoolClosedError, UnsatisfiableError, WorkerStartError
-from kernel.executor import Call, CallHost, ExecutorFactory, ReplyFuture, WorkerState
-
+from .background import Background
 from .backlog import Backlog
+from .errors import PoolClosedError, UnsatisfiableError, WorkerStartError
 from .events import EventBus
+from .executor import Call, CallHost, ExecutorFactory, ReplyFuture, WorkerState
 from .history import Timings
 from .policy import Limits, inflight_limit, place
 from .resources import fits, place_with, unsatisfiable

@@ -10,22 +10,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from kernel import protocol as p
 from kernel.decorator import options_for
-from kernel.errors import ExecutionError, PluginError, QueueFullError, RemoteError
-from kernel.nodes import NodeListener
-from kernel.plugins import executor_types, node_transports
-from kernel.runtime import ErrorInfo, run_chunk
-from kernel.serialization import dumps_call, loads
+from kernel.errors import ExecutionError, PluginError
 from kernel.service import BaseService
 
+from . import protocol as p
+from .errors import QueueFullError, RemoteError
 from .events import Callback, EventBus
 from .handles import CallFuture, CallOptions
 from .history import History
+from .hookspecs import executor_types, node_transports
 from .instances import PinTable
 from .monitor import Monitor
+from .nodes import NodeListener
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
+from .runtime import ErrorInfo, run_chunk
+from .serialization import dumps_call, loads
 from .settings import HttpSettings, Settings
 from .stats import Stats
 from .traffic import CallTraffic, Route

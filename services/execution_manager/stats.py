@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kernel.nodes import NodeInfo
+from .nodes import NodeInfo
 
 
 class SystemLoad(BaseModel):

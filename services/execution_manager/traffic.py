@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from kernel.errors import KernelError, RequestError
-from kernel.executor import Call
-from kernel.serialization import dumps, dumps_exception, loads, type_name
+
+from .executor import Call
+from .serialization import dumps, dumps_exception, loads, type_name
 
 if TYPE_CHECKING:
-    from kernel.kernel import Kernel
+    from kernel.interfaces import ServiceHost
 
 log = structlog.get_logger("worker")
 Route = Callable[..., Any]  # (call, *args, **kwargs) -> answer, or an awaitable of it
@@ -31,7 +32,7 @@ _LEVELS = {name: logging.getLevelName(name.upper()) for name in ("debug", "info"
 class CallTraffic:
     """Serves running calls' progress, logs and requests (see the module docstring)."""
 
-    def __init__(self, kernel: Kernel, stats: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, kernel: ServiceHost, stats: Callable[[], Awaitable[Any]]) -> None:
         self.kernel = kernel
         self.routes: dict[str, Route] = {"service": self._service, "stats": self._stats}
         self._get_stats = stats

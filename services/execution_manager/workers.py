@@ -14,12 +14,11 @@ from typing import Any
 
 import structlog
 
-from kernel.background import Background
-from kernel.errors import WorkerStartError
-from kernel.executor import CallHost, Executor, ExecutorFactory, WorkerState
-
+from .background import Background
 from .backlog import Backlog
+from .errors import WorkerStartError
 from .events import EventBus
+from .executor import CallHost, Executor, ExecutorFactory, WorkerState
 from .policy import Limits, ScalePlan, inflight_limit, pin_target, plan_scaling
 from .settings import Settings
 

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ..service import ExecutionManager
+    from .manager import Manager
 
 log = structlog.get_logger("http")
 
@@ -44,7 +44,7 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]])
     return data
 
 
-def _worker(em: ExecutionManager, request: web.Request) -> str:
+def _worker(em: Manager, request: web.Request) -> str:
     worker_id = request.match_info["worker_id"]
     workers = em.pool.workers if em.pool else {}
     if worker_id not in workers:
@@ -52,7 +52,7 @@ def _worker(em: ExecutionManager, request: web.Request) -> str:
     return worker_id
 
 
-async def drain(em: ExecutionManager, request: web.Request) -> web.Response:
+async def drain(em: Manager, request: web.Request) -> web.Response:
     """Stop giving the worker calls, move its pinned instances, let it finish, stop it."""
     worker_id = _worker(em, request)
     assert em.pool is not None
@@ -61,7 +61,7 @@ async def drain(em: ExecutionManager, request: web.Request) -> web.Response:
     return web.json_response({"worker": worker_id, "action": "drain"}, status=202)
 
 
-async def stop(em: ExecutionManager, request: web.Request) -> web.Response:
+async def stop(em: Manager, request: web.Request) -> web.Response:
     """Stop the worker now: what it runs fails with WorkerCrashedError (or is retried)."""
     worker_id = _worker(em, request)
     assert em.pool is not None
@@ -70,7 +70,7 @@ async def stop(em: ExecutionManager, request: web.Request) -> web.Response:
     return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
 
 
-async def scale(em: ExecutionManager, request: web.Request) -> web.Response:
+async def scale(em: Manager, request: web.Request) -> web.Response:
     """``{"minWorkers": n, "maxWorkers": m}`` (either may be left out)."""
     data = await body(request, {"minWorkers": int, "maxWorkers": int})
     if not data:
@@ -82,7 +82,7 @@ async def scale(em: ExecutionManager, request: web.Request) -> web.Response:
     return web.json_response({"min_workers": s.min_workers, "max_workers": s.max_workers, "decision": decision})
 
 
-async def project_limit(em: ExecutionManager, request: web.Request) -> web.Response:
+async def project_limit(em: Manager, request: web.Request) -> web.Response:
     """``{"limit": n}`` or ``{"limit": null}`` to lift it."""
     project = request.match_info["project"]
     data = await body(request, {"limit": (int, type(None))})

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..history import Buckets, History
-    from ..service import ExecutionManager
+    from .manager import Manager
 
 PREFIX = "microkernel_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,7 +33,7 @@ def _histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
 class PoolCollector(Collector):
     """Collects one execution manager's figures (see the module docstring)."""
 
-    def __init__(self, em: ExecutionManager, history: History) -> None:
+    def __init__(self, em: Manager, history: History) -> None:
         self.em = em
         self.history = history
 
@@ -93,7 +93,7 @@ class PoolCollector(Collector):
                                 value=load.memory_percent / 100)
 
 
-def registry_for(em: ExecutionManager, history: History) -> CollectorRegistry:
+def registry_for(em: Manager, history: History) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PoolCollector(em, history))
     return registry

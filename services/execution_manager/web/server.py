@@ -24,16 +24,16 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from kernel.errors import ConfigError, KernelError
-from kernel.nodes import read_token
 
 from ..history import History
+from ..nodes import read_token
 from ..settings import HttpSettings
 from . import control
 from .metrics import CONTENT_TYPE, registry_for, render
 from .status import services, snapshot
 
 if TYPE_CHECKING:
-    from ..service import ExecutionManager
+    from .manager import Manager
 
 log = structlog.get_logger("http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,7 +53,7 @@ def _dumps(data: Any) -> str:
 class WebServer:
     """Serves one execution manager over HTTP (see the module docstring)."""
 
-    def __init__(self, em: ExecutionManager, settings: HttpSettings, history: History) -> None:
+    def __init__(self, em: Manager, settings: HttpSettings, history: History) -> None:
         self.em = em
         self.settings = settings
         self.history = history
@@ -204,7 +204,7 @@ class WebServer:
 
     # -- control ----------------------------------------------------------------------
 
-    def admin(self, action: Callable[[ExecutionManager, web.Request], Awaitable[web.Response]]) -> Handler:
+    def admin(self, action: Callable[[Manager, web.Request], Awaitable[web.Response]]) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             refused = self._check_token(request)
             if refused is not None:

@@ -9,16 +9,16 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from kernel.nodes import package_version
+from ..nodes import package_version
 
 if TYPE_CHECKING:
     from ..history import History
-    from ..service import ExecutionManager
+    from .manager import Manager
 
 STARTED = time.time()
 
 
-def services(em: ExecutionManager) -> list[dict[str, Any]]:
+def services(em: Manager) -> list[dict[str, Any]]:
     """Every service the kernel knows, in start order, with its state and error."""
     kernel = em.kernel
     out = []
@@ -29,7 +29,7 @@ def services(em: ExecutionManager) -> list[dict[str, Any]]:
     return out
 
 
-async def snapshot(em: ExecutionManager, history: History) -> dict[str, Any]:
+async def snapshot(em: Manager, history: History) -> dict[str, Any]:
     """The whole status document (see the README's "Seeing it work" for its fields)."""
     stats = await em.get_stats()
     data = stats.model_dump(mode="json")

@@ -14,9 +14,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .errors import KernelError
+from kernel.errors import KernelError
 
-DEFAULT_URL = "http://127.0.0.1:8790"
 STATE_STYLE = {"available": "green", "running": "green", "draining": "yellow", "unhealthy": "yellow",
                "registering": "yellow", "failed": "red", "terminated": "red"}
 

@@ -1,7 +1,7 @@
 """The seam for remote nodes: a transport plugin listens for nodes on the kernel's
 side and runs the node agent on theirs.
 
-A transport (registered through ``kernel_node_transports``) makes a
+A transport (registered through ``em_node_transports``) makes a
 :class:`NodeListener` from the execution manager's ``custom.nodes`` settings. The
 listener admits nodes and hands each of their worker slots, as a started
 :class:`~kernel.executor.Executor`, to its :class:`NodeHost` (the execution
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError, PluginError
+from kernel.errors import ConfigError, PluginError
+
 from .executor import Executor
 
 TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"

@@ -2,11 +2,11 @@
 
 A local worker process, an in-process thread, a remote node: the execution manager
 sees only :class:`Executor`. Node types are registered by plugins through the
-``kernel_executor_types`` hook; each plugin's tests run the one conformance suite
+``em_executor_types`` hook; each plugin's tests run the one conformance suite
 (``tests/conformance.py``), which is what makes them interchangeable.
 
 Errors an executor reports on a call (set on ``call.future``), all from
-:mod:`kernel.errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
+:mod:`.errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
 call in flight; :class:`PoolClosedError` when the call reaches it after stop. Errors
 raised by the call itself are not exceptions here: they come back as a
 ``(False, ErrorInfo)`` reply for the manager to rebuild.
@@ -24,7 +24,9 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from .errors import ExecutionError, PoolClosedError, RequestError, WorkerCrashedError
+from kernel.errors import ExecutionError, RequestError
+
+from .errors import PoolClosedError, WorkerCrashedError
 from .protocol import LOG, PROGRESS, REQUEST
 from .serialization import dumps, short_repr
 

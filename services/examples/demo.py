@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import itertools
 import time
 from pathlib import Path
@@ -17,14 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .kernel import Kernel
+from kernel import Kernel
 
 
 def examples_folder() -> Path:
-    spec = importlib.util.find_spec("microkernel.services")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'microkernel.services' package is not installed; pip install the project")
-    return Path(next(iter(spec.submodule_search_locations))) / "examples"
+    """The folder of the example services (this package's)."""
+    return Path(__file__).resolve().parent
 
 
 def _spans(limit: int, parts: int) -> list[tuple[int, int]]:

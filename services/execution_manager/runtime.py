@@ -9,13 +9,51 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol
+
+from kernel import task
+from kernel.decorator import inline, original_method
 
 from . import protocol as p
-from . import task
-from .decorator import inline, original_method
 from .errors import InstanceLostError, MethodNotFoundError, SerializationError
-from .serialization import dumps_exception, dumps_result, format_exception, loads, type_name
+from .serialization import dumps, dumps_exception, dumps_result, format_exception, loads, type_name
+
+
+class CallChannel(Protocol):
+    """How an executor's calls reach the kernel, on the wire's terms (requests travel
+    pickled). Implementations may be called from any thread of the call."""
+
+    def progress(self, call_id: int, fraction: float, message: str) -> None:
+        """Report progress (never blocks; may be dropped if the kernel is gone)."""
+
+    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        """Send a log line to the kernel's log (never blocks on the kernel)."""
+
+    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+        """Ask the kernel and wait for its answer: ``(True, pickled result)`` or
+        ``(False, pickled exception)``.
+
+        :raises RequestError: the kernel cannot be reached.
+        """
+
+
+class _TaskChannel:
+    """:class:`kernel.task.TaskChannel` over an executor's :class:`CallChannel`."""
+
+    __slots__ = ("log", "progress", "wire")
+
+    def __init__(self, wire: CallChannel) -> None:
+        self.wire = wire
+        self.progress = wire.progress
+        self.log = wire.log
+
+    def request(self, call_id: int, route: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        ok, data = self.wire.request(call_id, route, dumps((args, kwargs)))
+        value = loads(data)
+        if ok:
+            return value
+        raise value
 
 
 class ErrorInfo(NamedTuple):
@@ -46,9 +84,10 @@ Reply = tuple[bool, Any]
 class Runtime:
     """Executes calls; holds the instances pinned to this executor."""
 
-    def __init__(self, worker_id: str, channel: task.TaskChannel | None = None) -> None:
+    def __init__(self, worker_id: str, channel: CallChannel | None = None) -> None:
         self.worker_id = worker_id
-        self.channel = channel  # how calls report progress, log and ask the kernel
+        # how calls report progress, log and ask the kernel
+        self.channel = None if channel is None else _TaskChannel(channel)
         self.pinned: dict[str, Any] = {}
         self._local = threading.local()
         self._loops: list[Any] = []  # one per thread that ran an async method
