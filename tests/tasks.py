@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -24,6 +25,16 @@ def slow(seconds: float, value: Any = None) -> Any:
 
 def crash(code: int = 1) -> None:
     os._exit(code)
+
+
+def break_protocol() -> None:
+    """Write a frame of an unknown message type on the worker's own socket (its fd is
+    the worker's first argument), as a broken or hostile worker would."""
+    import msgpack
+
+    body = msgpack.packb([42, 1])
+    os.write(int(sys.argv[1]), len(body).to_bytes(4, "big") + body)
+    time.sleep(1)
 
 
 def sigkill_self() -> None:

@@ -83,7 +83,8 @@ async def test_serialisation_errors_name_the_culprit_and_worker_survives() -> No
 @pytest.mark.parametrize(
     ("fn", "cause"),
     [(tasks.crash, "exited with code 1"), (tasks.sigkill_self, "killed by signal SIGKILL"),
-     (tasks.segfault, "killed by signal SIGSEGV")],
+     (tasks.segfault, "killed by signal SIGSEGV"),
+     (tasks.break_protocol, "broke the protocol (unknown message type 42)")],
 )
 async def test_worker_death_fails_that_call_only_and_pool_goes_on(fn, cause: str) -> None:
     async with em_kernel() as kernel:

@@ -8,19 +8,25 @@ import pytest
 from microkernel.services.execution_manager import protocol as p
 
 
+def raw(msg: object) -> bytes:
+    """A frame holding any msgpack value, valid or not."""
+    body = msgpack.packb(msg)
+    return len(body).to_bytes(4, "big") + body
+
+
 def hello(version: int = p.PROTOCOL_VERSION) -> bytes:
-    return p.pack((p.HELLO, version, "w-1", 123, "3.11.7", {}))
+    return raw((p.HELLO, version, "w-1", 123, "3.11.7", {}))
 
 
 def test_round_trip_byte_by_byte() -> None:
     kernel, worker = p.Connection("kernel"), p.Connection("worker")
-    data = hello() + p.pack((p.RESULT, 7, b"payload"))
+    data = hello() + p.frame(p.Result(7, b"payload"))
     events = []
     for i in range(len(data)):
         events += kernel.receive_data(data[i : i + 1])
     assert events == [p.Hello(1, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
     assert kernel.peer is not None and kernel.peer.worker_id == "w-1"
-    call = kernel.send_call(3, p.CALL_FN, b"x") + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
+    call = kernel.send(p.Call(3, p.CALL_FN, b"x")) + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
     assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x", 0.0), p.Cancel(3), p.Shutdown(True)]
 
 
@@ -55,13 +61,14 @@ def test_unframed_mode_one_message_per_frame() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (p.pack((p.RESULT, 1, b"x")), "expected HELLO first, got Result"),
+        (raw((p.RESULT, 1, b"x")), "expected HELLO first, got Result"),
         (hello(version=99), "protocol version 99; this kernel speaks 1"),
         (b"\x00\x00\x00\x02\xc1\xc1", "undecodable frame"),
-        (p.pack((42, 1)), "unknown message type 42"),
-        (p.pack((p.CALL, 1, 0, b"")), "Call is not a message a kernel receives"),
-        (p.pack((p.HELLO, 1, "w")), "Hello has 5 fields, got 2"),
-        (p.pack({"not": "array"}), "msgpack array starting with its type"),
+        (raw((42, 1)), "unknown message type 42"),
+        (raw((p.CALL, 1, 0, b"")), "Call is not a message a kernel receives"),
+        (raw((p.HELLO, 1, "w")), "Hello has 5 fields, got 2"),
+        (raw((p.HELLO, "1", "w", 1, "3.11", {})), "Hello: Expected `int`, got `str`"),
+        (raw({"not": "array"}), "msgpack array starting with its type"),
         (b"\xff\xff\xff\xff", "exceeds the limit"),
     ],
 )
@@ -77,7 +84,7 @@ def test_bad_role() -> None:
 
 def test_pending_tells_how_much_of_a_frame_is_missing() -> None:
     conn = p.Connection("worker")
-    frame = p.pack((p.CALL, 1, 0, b"x" * 1000, 0.0))
+    frame = p.frame(p.Call(1, 0, b"x" * 1000, 0.0))
     assert conn.pending() == 0
     conn.receive_data(frame[:10])
     assert conn.pending() == len(frame) - 10

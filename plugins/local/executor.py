@@ -101,7 +101,7 @@ class LocalWorker(Executor):
         self.pid = self._proc.pid
         self._hello = loop.create_future()
         self._exited = loop.create_future()
-        conn = p.Connection("kernel")
+        conn = p.Connection("kernel", peer=f"worker {self.id} (pid {self.pid})")
         _, stream = await loop.connect_accepted_socket(
             lambda: FrameStream(conn, self._on_event, self._on_lost), ours
         )
@@ -126,13 +126,13 @@ class LocalWorker(Executor):
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        stream.write(p.pack((p.CALL, call.id, call.kind, call.payload, call.soft_timeout)))
+        stream.write(p.frame(p.Call(call.id, call.kind, call.payload, call.soft_timeout)))
         self._hold(call)  # after the write: the worker starts while this runs
 
     def cancel(self, call_id: int) -> bool:
         if self._stream is None or self._stream.closed or self._drop(call_id) is None:
             return False
-        self._stream.write(p.pack((p.CANCEL, call_id)))
+        self._stream.write(p.frame(p.Cancel(call_id)))
         return True
 
     def _stop_running(self, call_id: int, note: str) -> bool:
@@ -150,27 +150,26 @@ class LocalWorker(Executor):
                 self._proc.kill()  # it ignored SIGTERM
 
     def _on_event(self, event: p.Event) -> None:
-        if type(event) is p.Result or type(event) is p.Error:
+        if type(event) is p.Result:
             call = self.inflight.get(event.call_id)
-            if call is None:
-                return  # an attempt already given up (or cancelled): never delivered twice
-            if type(event) is p.Result:
+            if call is not None:  # else an attempt already given up (or cancelled): never delivered twice
                 self._finish(call, (True, event.payload))
-            else:
-                self._finish(call, (False, ErrorInfo(*event[1:])))
+        elif type(event) is p.Error:
+            call = self.inflight.get(event.call_id)
+            if call is not None:
+                self._finish(call, (False, ErrorInfo(event.type_name, event.message, event.traceback, event.exception)))
         elif type(event) is p.Progress:
-            self._call_traffic(p.PROGRESS, event.call_id, event[1:], self._respond)
+            self._call_traffic(p.PROGRESS, event.call_id, (event.fraction, event.message), self._respond)
         elif type(event) is p.Log:
-            self._call_traffic(p.LOG, event.call_id, event[1:], self._respond)
+            self._call_traffic(p.LOG, event.call_id, (event.level, event.message, event.fields), self._respond)
         elif type(event) is p.Request:
-            rid, call_id, route, payload = event
-            self._call_traffic(p.REQUEST, call_id, (rid, route, payload), self._respond)
+            self._call_traffic(p.REQUEST, event.call_id, (event.request_id, event.route, event.payload), self._respond)
         elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)
 
     def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
         if self._stream is not None and not self._stream.closed:
-            self._stream.write(p.pack((p.RESPONSE, request_id, ok, payload)))
+            self._stream.write(p.frame(p.Response(request_id, ok, payload)))
 
     # -- end --------------------------------------------------------------------------
 
@@ -191,7 +190,7 @@ class LocalWorker(Executor):
             self.returncode = await self._proc.wait()
         reason = describe_exit(self.returncode)
         if isinstance(exc, p.ProtocolError):
-            reason = f"broke the protocol ({exc})"
+            reason = f"broke the protocol ({exc.detail})"
         elif self._abort_note:
             reason = f"{reason} ({self._abort_note})"
         self._exit_reason = reason
@@ -226,7 +225,7 @@ class LocalWorker(Executor):
         if drain and self.inflight:
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
         if not self._stream.closed:
-            self._stream.write(p.pack((p.SHUTDOWN, False)))
+            self._stream.write(p.frame(p.Shutdown(False)))
         assert self._exited is not None
         try:
             async with asyncio.timeout(2.0):

@@ -122,15 +122,15 @@ class _Link:
     # -- runtime.CallChannel ---------------------------------------------------------
 
     def progress(self, call_id: int, fraction: float, message: str) -> None:
-        self.send(p.pack((p.PROGRESS, call_id, fraction, message)))
+        self.send(p.frame(p.Progress(call_id, fraction, message)))
 
     def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(p.pack((p.LOG, call_id, level, message, dict(fields))))
+        self.send(p.frame(p.Log(call_id, level, message, dict(fields))))
 
     def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         rid = next(self._ids)
         self.flush()  # earlier calls' results must not wait for this answer
-        self.send(p.pack((p.REQUEST, rid, call_id, route, payload)))
+        self.send(p.frame(p.Request(rid, call_id, route, payload)))
         with self._read_lock:
             while rid not in self._answers:
                 data = self.sock.recv(max(65536, self.conn.pending()))
@@ -151,7 +151,8 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     runtime = Runtime(worker_id, link)
     hello = p.Hello(p.PROTOCOL_VERSION, worker_id, os.getpid(), platform.python_version(), {})
     sock.sendall(conn.send(hello))
-    recv, pack, execute = sock.recv, p.pack, runtime.execute
+    recv, frame, execute = sock.recv, p.frame, runtime.execute
+    Result, Error = p.Result, p.Error
     clock = time.perf_counter
     out, backlog = link.out, link.backlog
     while True:
@@ -185,7 +186,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
                     ok, reply = _SoftTimeout.run(execute, ev)
                 else:
                     ok, reply = execute(ev.kind, ev.payload, ev.call_id)
-                out.append(pack((p.RESULT, ev.call_id, reply) if ok else (p.ERROR, ev.call_id, *reply)))
+                out.append(frame(Result(ev.call_id, reply) if ok else Error(ev.call_id, *reply)))
                 now = clock()
                 if now - flushed > _BATCH_SECONDS:
                     link.flush()

@@ -1,14 +1,17 @@
 """The wire protocol between the kernel and its workers, sans I/O.
 
-Bytes in, events out; calls in, bytes out. This module does no I/O and imports no
-event loop: the pipe transport of local workers and (later) the websocket transport of
-remote nodes drive the same :class:`Connection`.
+Bytes in, events out; messages in, bytes out. This module does no I/O and imports no
+event loop: the pipe transport of local workers drives the same :class:`Connection`
+as tests do.
 
-Framing: each message is a msgpack array ``[type, *fields]``. On byte streams (pipes,
-sockets) it is prefixed by its length as a 4-byte big-endian integer; on message
-transports (one websocket binary message each) the prefix is left out. Payloads of
-Python objects are pickled bytes inside the envelope; the envelope itself is plain
-msgpack, so a peer can be validated before anything is unpickled.
+Each message is a typed value (a msgspec ``Struct``) whose encoding is a msgpack array
+``[type, *fields]``; ``type`` is the message's code in the one code table below. On
+byte streams (pipes, sockets) a frame is prefixed by its length as a 4-byte big-endian
+integer; on message transports (one websocket binary message each) the prefix is left
+out. Payloads of Python objects are pickled bytes inside the envelope; the envelope is
+plain msgpack and is decoded into the message's declared field types (an ``int`` is an
+int, a payload is bytes) before anything is unpickled, so a peer that sends garbage
+gets a :class:`ProtocolError` naming it, never a failure deep inside the kernel.
 
 Conversation::
 
@@ -25,14 +28,14 @@ kernel gave up is recognised and dropped.
 from __future__ import annotations
 
 import struct
-from typing import Any, NamedTuple
+from typing import Any, Union
 
-import msgpack
+import msgspec
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 512 * 1024 * 1024  # pipes between trusted local processes
 
-# Message types.
+# The code table: every message type of the protocol.
 HELLO, CALL, RESULT, ERROR, CANCEL, HEARTBEAT = 0, 1, 2, 3, 4, 5
 PROGRESS, LOG, REQUEST, RESPONSE, SHUTDOWN, GOODBYE = 6, 7, 8, 9, 10, 11
 
@@ -45,10 +48,20 @@ UNPIN = 4  # payload: pickle(key); the result is the instance, state and all
 
 
 class ProtocolError(Exception):
-    """The peer broke the protocol: bad framing, unknown message, wrong version."""
+    """The peer broke the protocol: bad framing, unknown message, wrong fields or
+    version. ``peer`` names it (a worker id or an address) when the connection knows."""
+
+    def __init__(self, message: str, peer: str = "") -> None:
+        self.peer = peer
+        self.detail = message  # what is wrong, without the peer's name
+        super().__init__(f"{peer}: {message}" if peer else message)
 
 
-class Hello(NamedTuple):
+class _Message(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
+    """Base of every message: encoded as ``[code, *fields]``."""
+
+
+class Hello(_Message, tag=HELLO):
     version: int
     worker_id: str
     pid: int
@@ -56,19 +69,19 @@ class Hello(NamedTuple):
     info: dict[str, Any]
 
 
-class Call(NamedTuple):
+class Call(_Message, tag=CALL):
     call_id: int
     kind: int
     payload: bytes
     soft_timeout: float = 0.0  # seconds after which the worker raises inside the call; 0: none
 
 
-class Result(NamedTuple):
+class Result(_Message, tag=RESULT):
     call_id: int
     payload: bytes
 
 
-class Error(NamedTuple):
+class Error(_Message, tag=ERROR):
     call_id: int
     type_name: str
     message: str
@@ -76,47 +89,47 @@ class Error(NamedTuple):
     exception: bytes | None  # the pickled exception, when it pickles
 
 
-class Cancel(NamedTuple):
+class Cancel(_Message, tag=CANCEL):
     call_id: int
 
 
-class Heartbeat(NamedTuple):
+class Heartbeat(_Message, tag=HEARTBEAT):
     cpu_percent: float
     rss: int
     running: int
 
 
-class Progress(NamedTuple):
+class Progress(_Message, tag=PROGRESS):
     call_id: int
     fraction: float
     message: str
 
 
-class Log(NamedTuple):
+class Log(_Message, tag=LOG):
     call_id: int
     level: str
     message: str
     fields: dict[str, Any]
 
 
-class Request(NamedTuple):
+class Request(_Message, tag=REQUEST):
     request_id: int
     call_id: int
     route: str
     payload: bytes
 
 
-class Response(NamedTuple):
+class Response(_Message, tag=RESPONSE):
     request_id: int
     ok: bool
     payload: bytes
 
 
-class Shutdown(NamedTuple):
+class Shutdown(_Message, tag=SHUTDOWN):
     drain: bool
 
 
-class Goodbye(NamedTuple):
+class Goodbye(_Message, tag=GOODBYE):
     reason: str
 
 
@@ -124,58 +137,74 @@ Event = (
     Hello | Call | Result | Error | Cancel | Heartbeat | Progress | Log | Request | Response
     | Shutdown | Goodbye
 )
-
-_TYPES: dict[int, type[Any]] = {
-    HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel,
-    HEARTBEAT: Heartbeat, PROGRESS: Progress, LOG: Log, REQUEST: Request,
-    RESPONSE: Response, SHUTDOWN: Shutdown, GOODBYE: Goodbye,
+KERNEL_RECEIVES = (Hello, Result, Error, Heartbeat, Progress, Log, Request, Goodbye)
+WORKER_RECEIVES = (Call, Cancel, Shutdown, Response)
+TYPES: dict[int, type[Event]] = {
+    HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
+    PROGRESS: Progress, LOG: Log, REQUEST: Request, RESPONSE: Response, SHUTDOWN: Shutdown, GOODBYE: Goodbye,
 }
-_CODES = {cls: code for code, cls in _TYPES.items()}
-KERNEL_RECEIVES = frozenset({HELLO, RESULT, ERROR, HEARTBEAT, PROGRESS, LOG, REQUEST, GOODBYE})
-WORKER_RECEIVES = frozenset({CALL, CANCEL, SHUTDOWN, RESPONSE})
 
 _LEN = struct.Struct(">I")
-_packb = msgpack.packb
-_unpackb = msgpack.unpackb
+_encode = msgspec.msgpack.Encoder().encode
+_DECODERS = {  # each side decodes only what it receives
+    role: msgspec.msgpack.Decoder(Union[accepted])  # noqa: UP007  # a Union built from a tuple at run time
+    for role, accepted in (("kernel", KERNEL_RECEIVES), ("worker", WORKER_RECEIVES))
+}
 
 
-def pack(msg: tuple[Any, ...]) -> bytes:
-    """One length-prefixed frame for ``msg`` (a ``(type, *fields)`` tuple)."""
-    body: bytes = _packb(msg, use_bin_type=True)
+def encode(msg: Event) -> bytes:
+    """``msg``'s msgpack bytes, unframed (one websocket message carries them as they are)."""
+    return _encode(msg)
+
+
+def frame(msg: Event) -> bytes:
+    """One length-prefixed frame for ``msg``, for byte streams."""
+    body = _encode(msg)
     return _LEN.pack(len(body)) + body
+
+
+def fields(msg: Event) -> tuple[Any, ...]:
+    """``msg``'s fields in wire order."""
+    return msgspec.structs.astuple(msg)
 
 
 class Connection:
     """One end of a kernel-worker conversation, without I/O.
 
     Feed received bytes to :meth:`receive_data` and act on the events it returns;
-    write the bytes the ``send_*`` methods return. ``role`` is ``"kernel"`` or
-    ``"worker"``: each side accepts only the messages meant for it, and the kernel
-    side accepts nothing before a HELLO of the right version.
+    write the bytes :meth:`send` returns. ``role`` is ``"kernel"`` or ``"worker"``:
+    each side accepts only the messages meant for it, and the kernel side accepts
+    nothing before a HELLO of the right version. ``peer`` names the other end in
+    errors (it becomes the worker id a HELLO announces).
     """
 
     def __init__(
-        self, role: str, *, max_frame: int = DEFAULT_MAX_FRAME, framed: bool = True
+        self, role: str, *, max_frame: int = DEFAULT_MAX_FRAME, framed: bool = True, peer: str = ""
     ) -> None:
         if role not in ("kernel", "worker"):
             raise ValueError(f"role must be 'kernel' or 'worker', not {role!r}")
         self.role = role
         self.max_frame = max_frame
         self.framed = framed
-        self._accepts = KERNEL_RECEIVES if role == "kernel" else WORKER_RECEIVES
+        self.peer_name = peer
+        self._decode = _DECODERS[role].decode
         self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
         self._buf = bytearray()
+
+    def _error(self, message: str) -> ProtocolError:
+        return ProtocolError(message, self.peer_name)
 
     # -- receiving ------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Events decoded from ``data`` plus what earlier calls left buffered.
 
-        Raises :class:`ProtocolError` on a frame over ``max_frame``, undecodable
-        bytes, an unknown or misdirected message, or a missing or mismatched HELLO.
+        :raises ProtocolError: a frame over ``max_frame``, undecodable bytes, an unknown
+            or misdirected message, a field of the wrong type, or a missing or
+            mismatched HELLO. The connection is then unusable: drop the peer.
         """
         if not self.framed:
-            return [self._decode(data)]
+            return [self._event(data)]
         buf = self._buf
         buf += data
         events: list[Event] = []
@@ -186,10 +215,10 @@ class Connection:
             while end - pos >= 4:
                 (size,) = _LEN.unpack_from(buf, pos)
                 if size > self.max_frame:
-                    raise ProtocolError(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+                    raise self._error(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
                 if end - pos - 4 < size:
                     break
-                events.append(self._decode(view[pos + 4 : pos + 4 + size]))
+                events.append(self._event(view[pos + 4 : pos + 4 + size]))
                 pos += 4 + size
         finally:
             view.release()
@@ -205,50 +234,45 @@ class Connection:
         size: int = _LEN.unpack_from(buf, 0)[0]
         return max(0, size + 4 - len(buf))
 
-    def _decode(self, frame: bytes | memoryview) -> Event:
+    def _event(self, frame: bytes | memoryview) -> Event:
         try:
-            msg = _unpackb(frame, use_list=True, raw=False)
-        except Exception as exc:
-            raise ProtocolError(f"undecodable frame: {exc}") from None
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], int):
-            raise ProtocolError("a message is a msgpack array starting with its type")
-        code = msg[0]
-        cls = _TYPES.get(code)
-        if cls is None:
-            raise ProtocolError(f"unknown message type {code}")
-        if code not in self._accepts:
-            raise ProtocolError(f"{cls.__name__} is not a message a {self.role} receives")
-        try:
-            event: Event = cls._make(msg[1:])
-        except TypeError:
-            raise ProtocolError(
-                f"{cls.__name__} has {len(cls._fields)} fields, got {len(msg) - 1}"
-            ) from None
+            event: Event = self._decode(frame)
+        except msgspec.ValidationError as exc:  # (a DecodeError too: first)
+            raise self._error(self._why(frame, exc)) from None
+        except msgspec.DecodeError as exc:
+            raise self._error(f"undecodable frame: {exc}") from None
         if self.peer is None:
-            if not isinstance(event, Hello):
-                raise ProtocolError(f"expected HELLO first, got {cls.__name__}")
+            if type(event) is not Hello:
+                raise self._error(f"expected HELLO first, got {type(event).__name__}")
             if event.version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"worker speaks protocol version {event.version}; this kernel speaks "
-                    f"{PROTOCOL_VERSION}"
+                raise self._error(
+                    f"worker speaks protocol version {event.version}; this kernel speaks {PROTOCOL_VERSION}"
                 )
             self.peer = event
+            self.peer_name = self.peer_name or event.worker_id
         return event
+
+    def _why(self, frame: bytes | memoryview, exc: msgspec.ValidationError) -> str:
+        """What is wrong with a frame that decodes as msgpack but not as a message."""
+        try:
+            msg = msgspec.msgpack.decode(frame)
+        except msgspec.DecodeError as undecodable:
+            return f"undecodable frame: {undecodable}"
+        if not isinstance(msg, list) or not msg or type(msg[0]) is not int:
+            return "a message is a msgpack array starting with its type"
+        cls = TYPES.get(msg[0])
+        if cls is None:
+            return f"unknown message type {msg[0]}"
+        name = cls.__name__
+        if cls not in (KERNEL_RECEIVES if self.role == "kernel" else WORKER_RECEIVES):
+            return f"{name} is not a message a {self.role} receives"
+        required = sum(1 for f in msgspec.structs.fields(cls) if f.required)
+        if not required <= len(msg) - 1 <= len(cls.__struct_fields__):
+            return f"{name} has {len(cls.__struct_fields__)} fields, got {len(msg) - 1}"
+        return f"{name}: {exc}"
 
     # -- sending --------------------------------------------------------------------
 
-    def _frame(self, msg: tuple[Any, ...]) -> bytes:
-        if self.framed:
-            return pack(msg)
-        data: bytes = _packb(msg, use_bin_type=True)
-        return data
-
     def send(self, event: Event) -> bytes:
         """The bytes that carry ``event`` to the peer."""
-        return self._frame((_CODES[type(event)], *event))
-
-    def send_call(self, call_id: int, kind: int, payload: bytes, soft_timeout: float = 0.0) -> bytes:
-        return self._frame((CALL, call_id, kind, payload, soft_timeout))
-
-    def send_result(self, call_id: int, payload: bytes) -> bytes:
-        return self._frame((RESULT, call_id, payload))
+        return frame(event) if self.framed else _encode(event)
