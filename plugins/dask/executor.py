@@ -72,7 +72,7 @@ class DaskWorker(Executor):
         offer: dict[str, float] = {"cpu": float(self.slots)}
         if self.memory_limit:
             offer["memory"] = float(self.memory_limit)
-        return ExecutorInfo(address=self.address, slots=self.slots, exit_reason=self._exit_reason, resources=offer,
+        return ExecutorInfo(address=self.address, width=self.slots, exit_reason=self._exit_reason, resources=offer,
                             node=self.address, cpu_percent=self.cpu_percent, rss=self.rss,
                             host_cpu_percent=self.cpu_percent)
 

@@ -58,7 +58,7 @@ class _Bridge:
 
 
 class InMemoryExecutor(Executor):
-    """Runs calls on ``slots`` threads (default 1) of this process.
+    """Runs calls on ``threads`` threads (default 1) of this process.
 
     Arguments, instances and results are pickled exactly as for a worker process,
     so code that works here works on a worker. Sync code runs off the event loop.
@@ -68,7 +68,7 @@ class InMemoryExecutor(Executor):
 
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(worker_id, options)
-        self.slots = int(self.options.get("slots", 1))
+        self.threads = int(self.options.get("threads", 1))
         self._runtime = Runtime(worker_id, _Bridge(self))
         self._threads: ThreadPoolExecutor | None = None
         self._waiting: deque[Call] = deque()
@@ -76,12 +76,12 @@ class InMemoryExecutor(Executor):
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def info(self) -> ExecutorInfo:
-        return ExecutorInfo(pid=os.getpid(), slots=self.slots)
+        return ExecutorInfo(pid=os.getpid(), width=self.threads)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.set_state(_S.REGISTERING)
-        self._threads = ThreadPoolExecutor(self.slots, thread_name_prefix=self.id)
+        self._threads = ThreadPoolExecutor(self.threads, thread_name_prefix=self.id)
         self.set_state(_S.AVAILABLE)
 
     def submit(self, call: Call) -> None:
@@ -91,7 +91,7 @@ class InMemoryExecutor(Executor):
 
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._running < self.slots and self._waiting and self._threads is not None:
+        while self._running < self.threads and self._waiting and self._threads is not None:
             call = self._waiting.popleft()
             self._running += 1
             fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id)

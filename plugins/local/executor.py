@@ -70,7 +70,7 @@ class LocalWorker(Executor):
         return {"cpu": 1.0, "memory": float(psutil.virtual_memory().total), **options.get("labels", {})}
 
     def info(self) -> ExecutorInfo:
-        return ExecutorInfo(pid=self.pid, slots=1, exit_reason=self._exit_reason, resources=self._offer)
+        return ExecutorInfo(pid=self.pid, width=1, exit_reason=self._exit_reason, resources=self._offer)
 
     # -- start ------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class NodeSlot(Executor):
     def info(self) -> ExecutorInfo:
         s = self.session
         return ExecutorInfo(
-            pid=self.pid, address=s.address if s else None, slots=1, exit_reason=self._exit_reason,
+            pid=self.pid, address=s.address if s else None, width=1, exit_reason=self._exit_reason,
             resources=s.offer if s else {}, node=s.node_id if s else None,
             cpu_percent=self.cpu_percent, rss=self.rss, host_cpu_percent=s.cpu_percent if s else None,
         )

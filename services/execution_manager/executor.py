@@ -154,7 +154,7 @@ class ExecutorInfo:
 
     pid: int | None = None
     address: str | None = None
-    slots: int = 1
+    width: int = 1  # calls it runs side by side (a multi-threaded worker's threads)
     exit_reason: str | None = None
     resources: Mapping[str, float] = field(default_factory=dict)  # what a call may ask of it
     node: str | None = None  # the remote node it runs on (None: this machine)
@@ -284,7 +284,7 @@ class Executor(ABC):
 
     @abstractmethod
     def info(self) -> ExecutorInfo:
-        """Where it runs (pid or address), its slots and, once ended, why it ended."""
+        """Where it runs (pid or address), its width and, once ended, why it ended."""
 
     # -- predicates and state ---------------------------------------------------------
 

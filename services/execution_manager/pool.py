@@ -89,7 +89,7 @@ class WorkerPool(WorkerLifecycle):
 
     async def start(self) -> None:
         if self._local_factory is not None and self.limits.run_locally:
-            local = self._local_factory("local-0", {"slots": self.settings.local_slots})
+            local = self._local_factory("local-0", {"threads": self.settings.local_slots})
             local.host = self.host
             await local.start()
             self.local = WorkerSlot(local, limit=self.settings.local_slots)

@@ -37,7 +37,7 @@ class WorkerSlot:
         self.executor = executor
         self.id = executor.id
         self.external = external  # brought by a node, not started by the pool: never scaled
-        self.width = max(1, executor.info().slots)  # calls it runs side by side (a Dask worker's threads)
+        self.width = max(1, executor.info().width)
         self.limit = limit or inflight_limit(None, width=self.width)
         self.mean: float | None = None
         self.last_done = 0.0
