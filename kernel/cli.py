@@ -61,16 +61,9 @@ async def _run(args: argparse.Namespace) -> None:
     async def ready(k: Kernel) -> None:
         states = ", ".join(f"{n} ({s.value})" for n, s in k.service_states().items())
         print(f"kernel running: {states}. Ctrl-C or SIGTERM stops it.", file=sys.stderr)
-        try:
-            em = k.get_service("execution-manager")
-        except KernelError:  # replaced by a service of the user's, or not visible
-            em = None
-        address = getattr(em, "nodes_address", None)
-        if address and address.startswith(("ws://", "wss://")):
-            print(f"nodes connect with: kernel node --connect {address}", file=sys.stderr)
-        dashboard = getattr(em, "http_address", None)
-        if dashboard:
-            print(f"dashboard: {dashboard}/ (kernel status --url {dashboard})", file=sys.stderr)
+        for lines in k.hook.kernel_cli_serving(kernel=k):
+            for line in lines or ():
+                print(line, file=sys.stderr)
 
     await kernel.serve(ready)
 

@@ -11,7 +11,7 @@ types: ``microkernel.services.execution_manager.hookspecs``) and adds them with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -34,6 +34,12 @@ def kernel_cli_commands() -> Mapping[str, Command]:  # type: ignore[empty-body] 
     Import what a command needs inside its ``run``: every ``kernel`` invocation calls
     this hook.
     """
+
+
+@hookspec
+def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
+    """Lines ``kernel run`` prints once every service has started: where to reach what
+    this plugin's services serve (a dashboard, the address nodes connect to)."""
 
 
 @hookspec

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from kernel import hookimpl
 from kernel.cli import add_loop_argument, run_loop
 from kernel.commands import Command
+from kernel.interfaces import EXECUTION_MANAGER, ServiceHost
 
 from .nodes import TOKEN_ENV
 
@@ -36,6 +37,19 @@ def kernel_cli_commands() -> Mapping[str, Command]:
             arguments=_node_arguments, run=_node,
         ),
     }
+
+
+@hookimpl
+def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
+    em = kernel.find_service(EXECUTION_MANAGER)  # None when a service of the user's replaced it
+    lines = []
+    address = getattr(em, "nodes_address", None)
+    if address and address.startswith(("ws://", "wss://")):
+        lines.append(f"nodes connect with: kernel node --connect {address}")
+    dashboard = getattr(em, "http_address", None)
+    if dashboard:
+        lines.append(f"dashboard: {dashboard}/ (kernel status --url {dashboard})")
+    return lines
 
 
 def _status_arguments(status: argparse.ArgumentParser) -> None:
