@@ -122,14 +122,14 @@ async def test_after_admission_a_frame_over_max_frame_is_refused_and_the_hub_ser
         async with RawNode.connect(hub.address, node_id="next") as raw:
             await raw.handshake()
             await until(lambda: "next" in hub.sessions, what="the next node to join")  # the hub serves on
-            await raw.ws.send(n.NodeLink.pack(n.SLOT_UP, 1, 4242))
+            await raw.ws.send(p.encode(p.SlotUp(1, 4242)))
             ex = hub.slot_executor("w", {"startTimeout": 5})
             await ex.start()
             replied = asyncio.ensure_future(reply(ex, call(p.CALL_FN, (pow, (2, 5), {}))))
             msg = raw.link.receive(await raw.ws.recv())  # type: ignore[arg-type]
-            [[kind, slot, call_id, *_]] = msg
-            assert kind == n.CALL and slot == 1
-            await raw.ws.send(n.NodeLink.pack(n.RESULT, call_id, dumps(32)))
+            [sent] = msg
+            assert type(sent) is p.SlotCall and sent.slot == 1
+            await raw.ws.send(p.encode(p.Result(sent.call_id, dumps(32))))
             ok, data = await asyncio.wait_for(replied, 5)
             assert ok and loads(data) == 32
             await ex.stop(drain=False)
@@ -142,7 +142,7 @@ async def test_after_admission_a_binary_frame_inside_a_fragmented_message_is_a_p
             await raw.handshake()
             await until(lambda: "frag" in hub.sessions, what="the node to join")
             raw.ws.transport.write(library_frame(Opcode.BINARY, b"\x90", fin=False)
-                                   + binary_frame(n.NodeLink.pack(n.HEARTBEAT, 1.0, 2.0, []), mask=True))
+                                   + binary_frame(p.encode(p.NodeHeartbeat(1.0, 2.0, [])), mask=True))
             code, reason = await raw.closed_with()
         assert code == 1002 and "continuation" in reason  # websockets' own refusal, not our fast path's
         await until(lambda: "frag" not in hub.sessions, what="the session to end")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import msgpack
 import pytest
 
 from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
 
 TOKEN = b"token"
 
@@ -34,7 +36,7 @@ def handshake(kernel: n.NodeLink, node: n.NodeLink) -> list[list]:
 def test_handshake_admits_a_node_holding_the_token_and_proves_the_kernel() -> None:
     kernel, node = pair()
     [hello] = handshake(kernel, node)
-    assert hello[0] == n.NODE_HELLO and hello[2] == "n1" and kernel.info == {"slots": 2}
+    assert type(hello) is p.NodeHello and hello.node_id == "n1" and kernel.info == {"slots": 2}
     assert kernel.state == "ready" and not kernel.is_open
     node.receive(kernel.welcome("s1", 1.5, 1 << 20, {"_kernel_services.x": "/srv/x"}))
     assert node.is_open and kernel.is_open
@@ -85,13 +87,13 @@ def test_a_kernel_without_the_token_is_not_trusted_by_the_node() -> None:
         (b"\x91" * 5000 + b"\xc0", n.CLOSE_PROTOCOL, "nested too deep"),
         (msgpack.packb([99, 1]), n.CLOSE_PROTOCOL, "unknown message type 99"),
         (msgpack.packb({"a": 1}), n.CLOSE_PROTOCOL, "msgpack array starting with its type"),
-        (msgpack.packb([n.NODE_HELLO, 7, "n1", b"x" * 32, {}]), n.CLOSE_VERSION, "protocol version 7"),
-        (msgpack.packb([n.NODE_HELLO, 1, "", b"x" * 32, {}]), n.CLOSE_PROTOCOL, "node id"),
-        (msgpack.packb([n.AUTH, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
-        (msgpack.packb([n.RESULT, 1, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
+        (msgpack.packb([p.NODE_HELLO, 7, "n1", b"x" * 32, {}]), n.CLOSE_VERSION, "protocol version 7"),
+        (msgpack.packb([p.NODE_HELLO, 1, "", b"x" * 32, {}]), n.CLOSE_PROTOCOL, "node id"),
+        (msgpack.packb([p.AUTH, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
+        (msgpack.packb([p.RESULT, 1, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
         (b"\x00" * (n.HANDSHAKE_MAX_FRAME + 1), n.CLOSE_TOO_BIG, "exceeds the limit"),
-        (msgpack.packb([n.NODE_HELLO, 1, "n1"]), n.CLOSE_PROTOCOL, "NODE_HELLO has 4 fields, got 2"),
-        (msgpack.packb([n.NODE_HELLO, 1, "n1", b"x" * 32, {}])[:-1], n.CLOSE_PROTOCOL, "cut short"),
+        (msgpack.packb([p.NODE_HELLO, 1, "n1"]), n.CLOSE_PROTOCOL, "NodeHello has 4 fields, got 2"),
+        (msgpack.packb([p.NODE_HELLO, 1, "n1", b"x" * 32, {}])[:-1], n.CLOSE_PROTOCOL, "cut short"),
     ],
 )
 def test_bad_first_frames_are_refused_with_their_close_code(data: bytes, code: int, match: str) -> None:
@@ -105,11 +107,19 @@ def test_after_the_handshake_messages_are_checked_by_direction_and_batched() -> 
     kernel, node = pair()
     handshake(kernel, node)
     node.receive(kernel.welcome("s", 1.0, 1 << 20))
-    batch = n.NodeLink.pack(n.RESULT, 5, b"r") + n.NodeLink.pack(n.HEARTBEAT, 3.0, 40.0, [[1, 2.0, 100]])
-    assert kernel.receive(batch) == [[n.RESULT, 5, b"r"], [n.HEARTBEAT, 3.0, 40.0, [[1, 2.0, 100]]]]
-    with pytest.raises(n.Refused, match="CALL is not a message a kernel receives"):
-        kernel.receive(n.NodeLink.pack(n.CALL, 1, 2, 0, b"", 0.0))
-    assert node.receive(n.NodeLink.pack(n.CALL, 1, 2, 0, b"p", 0.0)) == [[n.CALL, 1, 2, 0, b"p", 0.0]]
+    batch = p.encode(p.Result(5, b"r")) + p.encode(p.NodeHeartbeat(3.0, 40.0, [(1, 2.0, 100)]))
+    assert kernel.receive(batch) == [p.Result(5, b"r"), p.NodeHeartbeat(3.0, 40.0, [(1, 2.0, 100)])]
+    assert kernel.receive(p.encode(p.Result(6, b"s"))) == [p.Result(6, b"s")]  # one alone: the fast path
+    with pytest.raises(n.Refused, match="SlotCall is not a message a kernel receives"):
+        kernel.receive(p.encode(p.SlotCall(1, 2, 0, b"", 0.0)))
+    assert node.receive(p.encode(p.SlotCall(1, 2, 0, b"p", 0.0))) == [p.SlotCall(1, 2, 0, b"p", 0.0)]
+    for bad, why in [([p.RESULT, "5", b"r"], "Result: Expected `int`, got `str`"),
+                     ([p.NODE_HEARTBEAT, 1.0, 2.0, [[1, 2.0]]], "NodeHeartbeat: Expected `array` of length 3"),
+                     ([p.RESULT, 5, b"r", 1], "Result has 2 fields, got 3")]:
+        for data in (msgpack.packb(bad), p.encode(p.Result(1, b"")) + msgpack.packb(bad)):  # alone, and batched
+            with pytest.raises(n.Refused, match=re.escape(why)) as refused:
+                kernel.receive(data)
+            assert refused.value.code == n.CLOSE_PROTOCOL
     with pytest.raises(n.Refused) as info:
         kernel.receive(b"\x00" * ((1 << 20) + 1))
     assert info.value.code == n.CLOSE_TOO_BIG

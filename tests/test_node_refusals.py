@@ -38,7 +38,7 @@ async def hub() -> AsyncIterator[NodeHub]:
 
 
 def hello(version: int = n.NODE_PROTOCOL_VERSION, node_id: str = "raw") -> bytes:
-    return n.NodeLink.pack(n.NODE_HELLO, version, node_id, b"\x01" * 32, {"python": PY})
+    return p.encode(p.NodeHello(version, node_id, b"\x01" * 32, {"python": PY}))
 
 
 async def send_raw(url: str, *frames: bytes | str) -> tuple[int | None, str]:
@@ -51,7 +51,7 @@ async def send_raw(url: str, *frames: bytes | str) -> tuple[int | None, str]:
 
 
 async def no_token(url: str) -> tuple[int | None, str]:
-    return await send_raw(url, hello(), n.NodeLink.pack(n.AUTH, b""))
+    return await send_raw(url, hello(), p.encode(p.Auth(b"")))
 
 
 async def handshake_as(url: str, python: str | None = None, **kwargs: str) -> tuple[int | None, str]:
@@ -110,7 +110,7 @@ async def unknown_type(url: str) -> tuple[int | None, str]:
 async def unassigned_result(url: str) -> tuple[int | None, str]:
     async with RawNode.connect(url) as raw:
         await raw.handshake()
-        await raw.ws.send(n.NodeLink.pack(n.RESULT, 123456, b"forged"))
+        await raw.ws.send(p.encode(p.Result(123456, b"forged")))
         return await raw.closed_with()
 
 

@@ -20,7 +20,7 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), 
                     st.text(max_size=20), st.binary(max_size=40))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5),
                       inner, max_size=3), max_leaves=10)
-codes = st.one_of(st.sampled_from(sorted(p.TYPES)), st.integers(-5, 60))
+codes = st.one_of(st.sampled_from(sorted(p.TYPES)), st.integers(-5, 60))  # both conversations' codes
 messages = st.builds(lambda code, rest: [code, *rest], codes, st.lists(values, max_size=7))
 
 
@@ -28,7 +28,7 @@ def frame_of(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def well_typed(event: p.Event) -> None:
+def well_typed(event: p.Message) -> None:
     """Every field holds its declared type (what the kernel relies on afterwards)."""
     msgspec.convert(msgspec.to_builtins(event), type(event), strict=True)
 
@@ -114,6 +114,9 @@ def test_node_link_checks_message_shaped_input(batch: list[list[object]], admitt
     data = b"".join(msgpack.packb(m) for m in batch)
     for link in (kernel, node):
         try:
-            link.receive(data)
+            received = link.receive(data)
         except n.Refused as exc:
             assert exc.code in (n.CLOSE_PROTOCOL, n.CLOSE_TOO_BIG, n.CLOSE_AUTH, n.CLOSE_VERSION)
+        else:
+            for msg in received:
+                well_typed(msg)

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from kernel.errors import RequestError
 from kernel.packages import plan_package
 from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import PoolClosedError
 from microkernel.services.execution_manager.executor import (
@@ -50,7 +51,6 @@ from .outbox import FastClientConnection, Outbox, handshake
 
 log = structlog.get_logger("node")
 _FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
-_pack = n.NodeLink.pack
 
 
 def _plan_packages(packages: dict[str, str]) -> None:
@@ -168,7 +168,7 @@ class NodeAgent:
         self._wake.set()
         self.logger.info("draining: running calls finish, then the node leaves")
         if self._ws is not None and self._link is not None and self._link.is_open:
-            self.send(_pack(n.DRAINING, "SIGTERM"))
+            self.send(p.encode(p.Draining("SIGTERM")))
             self._deadline = asyncio.get_running_loop().create_task(self._drain_deadline())
 
     async def _drain_deadline(self) -> None:
@@ -219,8 +219,8 @@ class NodeAgent:
             return
         try:
             for msg in link.receive(data):
-                if msg[0] == n.BYE:
-                    self.logger.info("the kernel said goodbye", reason=msg[1])
+                if type(msg) is p.Bye:
+                    self.logger.info("the kernel said goodbye", reason=msg.reason)
                     self._bye = True
                     self.spawn(ws.close(n.CLOSE_NORMAL, "bye"))
                     return
@@ -228,9 +228,6 @@ class NodeAgent:
         except n.Refused as exc:
             self.logger.error("the kernel broke the protocol", reason=exc.reason)
             self.spawn(ws.close(exc.code, exc.reason))
-        except (TypeError, ValueError) as exc:
-            self.logger.error("the kernel broke the protocol", reason=str(exc))
-            self.spawn(ws.close(n.CLOSE_PROTOCOL, f"bad message: {exc}"[:120]))
 
     def send(self, data: bytes) -> None:
         if self._outbox is not None:
@@ -241,41 +238,40 @@ class NodeAgent:
 
     # -- calls ------------------------------------------------------------------------
 
-    def _handle(self, msg: list[Any]) -> None:
-        kind = msg[0]
-        if kind == n.CALL:
-            _, number, call_id, call_kind, payload, soft = msg
-            ex = self.execs.get(number)
+    def _handle(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is p.SlotCall:
+            ex = self.execs.get(msg.slot)
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
             future = ReplyFuture()
-            future.follow_now(partial(self._replied, call_id))  # sent in the turn the worker answers
+            future.follow_now(partial(self._replied, msg.call_id))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
-                ex.submit(Call(call_id, call_kind, payload, future, soft_timeout=float(soft)))
-        elif kind == n.CANCEL:
-            ex = self.execs.get(msg[1])
-            if ex is not None and ex.cancel(msg[2]):
-                self.send(_pack(n.CANCELLED, msg[2]))
-        elif kind == n.ABORT:
-            ex = self.execs.get(msg[1])
+                ex.submit(Call(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
+        elif kind is p.SlotCancel:
+            ex = self.execs.get(msg.slot)
+            if ex is not None and ex.cancel(msg.call_id):
+                self.send(p.encode(p.Cancelled(msg.call_id)))
+        elif kind is p.Abort:
+            ex = self.execs.get(msg.slot)
             if ex is not None:
-                ex.abort(msg[2], str(msg[3]))
-        elif kind == n.RESPONSE:
-            answer = self._requests.pop(msg[1], None)
+                ex.abort(msg.call_id, msg.reason)
+        elif kind is p.Response:
+            answer = self._requests.pop(msg.request_id, None)
             if answer is not None and not answer.done():
-                answer.set_result((bool(msg[2]), msg[3]))
-        elif kind == n.STOP_SLOT:
-            ex = self.execs.pop(msg[1], None)
+                answer.set_result((msg.ok, msg.payload))
+        elif kind is p.StopSlot:
+            ex = self.execs.pop(msg.slot, None)
             if ex is not None:
-                self.spawn(self._stop_slot(msg[1], ex, bool(msg[2])))
+                self.spawn(self._stop_slot(msg.slot, ex, msg.replace))
 
     # -- kernel.executor.CallHost: a running call's traffic goes to the kernel -----------
 
     def progress(self, call: Call, fraction: float, message: str) -> None:
-        self.send(_pack(n.PROGRESS, call.id, fraction, message))
+        self.send(p.encode(p.Progress(call.id, fraction, message)))
 
     def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(_pack(n.LOG, call.id, level, message, dict(fields)))
+        self.send(p.encode(p.Log(call.id, level, message, dict(fields))))
 
     async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
         if self._outbox is None:
@@ -283,7 +279,7 @@ class NodeAgent:
         request_id = next(self._request_ids)
         answer: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = answer
-        self.send(_pack(n.REQUEST, request_id, call.id, route, payload))
+        self.send(p.encode(p.Request(request_id, call.id, route, payload)))
         return await answer
 
     def _fail_requests(self) -> None:
@@ -297,9 +293,9 @@ class NodeAgent:
             return  # a crash, which SLOT_DOWN reports (the exception is retrieved so asyncio does not warn)
         ok, data = future.result()
         if ok:
-            self.send(_pack(n.RESULT, call_id, data))
+            self.send(p.encode(p.Result(call_id, data)))
         else:
-            self.send(_pack(n.ERROR, call_id, *data))
+            self.send(p.encode(p.Error(call_id, *data)))
 
     # -- slots ------------------------------------------------------------------------
 
@@ -320,7 +316,7 @@ class NodeAgent:
         ex.listeners.append(partial(self._on_state, number))
         ex.host = self
         self.execs[number] = ex
-        self.send(_pack(n.SLOT_UP, number, ex.info().pid or 0))
+        self.send(p.encode(p.SlotUp(number, ex.info().pid or 0)))
 
     def _on_state(self, number: int, ex: Executor, old: WorkerState, new: WorkerState) -> None:
         if new not in (WorkerState.FAILED, WorkerState.TERMINATED) or self.execs.get(number) is not ex:
@@ -328,13 +324,13 @@ class NodeAgent:
         del self.execs[number]
         reason = ex.info().exit_reason or new.value
         self.logger.warning("worker ended", slot=number, reason=reason)
-        self.send(_pack(n.SLOT_DOWN, number, reason, getattr(ex, "returncode", None)))
+        self.send(p.encode(p.SlotDown(number, reason, getattr(ex, "returncode", None))))
         if self._ws is not None and not self.draining:
             self.spawn(self._start_slot())
 
     async def _stop_slot(self, number: int, ex: Executor, replace: bool) -> None:
         await ex.stop(drain=True, timeout=self.config.drain_timeout)
-        self.send(_pack(n.SLOT_DOWN, number, "was stopped", None))
+        self.send(p.encode(p.SlotDown(number, "was stopped", None)))
         if replace and self._ws is not None and not self.draining:
             await self._start_slot()
 
@@ -351,16 +347,16 @@ class NodeAgent:
             await asyncio.sleep(interval)
             pids = {number: ex.info().pid for number, ex in self.execs.items()}
             cpu, mem, slots = await asyncio.to_thread(self._sample, pids)
-            self.send(_pack(n.HEARTBEAT, cpu, mem, slots))
+            self.send(p.encode(p.NodeHeartbeat(cpu, mem, slots)))
 
-    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[list[float]]]:
-        slots: list[list[float]] = []
+    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[tuple[int, float, int]]]:
+        slots: list[tuple[int, float, int]] = []
         for number, pid in pids.items():
             if not pid or pid == os.getpid():
                 continue
             try:
                 proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
-                slots.append([number, proc.cpu_percent(None), proc.memory_info().rss])
+                slots.append((number, proc.cpu_percent(None), proc.memory_info().rss))
             except psutil.Error:
                 self._procs.pop(pid, None)
         return psutil.cpu_percent(None), psutil.virtual_memory().percent, slots

@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from kernel.errors import ConfigError, PluginError
 from kernel.packages import service_packages
 from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener, package_version
 
@@ -113,7 +114,7 @@ class NodeHub(NodeListener):
         if self._monitor is not None:
             self._monitor.cancel()
         for session in list(self.sessions.values()):
-            session.send(n.NodeLink.pack(n.BYE, "the kernel is shutting down"))
+            session.send(p.encode(p.Bye("the kernel is shutting down")))
             session.lose("left: the kernel is shutting down", n.CLOSE_GOING_AWAY)
         for _slot, waiter in self._claims:
             if not waiter.done():

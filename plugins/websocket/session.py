@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kernel.errors import RequestError
 from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.nodes import NodeInfo
 from microkernel.services.execution_manager.serialization import dumps
 
@@ -139,69 +140,70 @@ class Session:
                 self._handle(msg)
         except n.Refused as exc:
             self._refused(exc)
-        except (TypeError, ValueError) as exc:  # well-formed msgpack, wrong field types
-            self._refused(n.Refused(n.CLOSE_PROTOCOL, f"bad message: {exc}"))
 
     def _refused(self, exc: n.Refused) -> None:
         self.hub.refuse_count(exc.code, self.address, exc.reason, self.node_id)
         self.lose(f"broke the protocol: {exc.reason}", exc.code, exc.reason)
 
-    def _handle(self, msg: list[Any]) -> None:
-        kind = msg[0]
-        if kind == n.RESULT or kind == n.ERROR:
-            call_id = msg[1]
+    def _handle(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is p.Result or kind is p.Error:
+            call_id = msg.call_id
             slot = self.calls.pop(call_id, None)
             if slot is not None:
-                slot.on_reply(call_id, msg)
+                slot.on_reply(msg)
             elif call_id in self.dropped:
                 del self.dropped[call_id]
             else:
                 raise n.Refused(n.CLOSE_NOT_ASSIGNED,
                                 f"a result for call {call_id!r}, which was not assigned to node {self.node_id}")
-        elif kind == n.HEARTBEAT:
-            self.cpu_percent, self.memory_percent = float(msg[1]), float(msg[2])
-            for number, cpu, rss in msg[3]:
+        elif kind is p.NodeHeartbeat:
+            self.cpu_percent, self.memory_percent = msg.cpu_percent, msg.memory_percent
+            for number, cpu, rss in msg.slots:
                 slot = self.slots.get(number)
                 if slot is not None:
-                    slot.cpu_percent, slot.rss = float(cpu), int(rss)
-        elif kind == n.PROGRESS or kind == n.LOG:
-            slot = self.calls.get(msg[1])
+                    slot.cpu_percent, slot.rss = cpu, rss
+        elif kind is p.Progress:
+            slot = self.calls.get(msg.call_id)
             if slot is not None:  # else late: the call was given up here
-                slot._call_traffic(kind, msg[1], tuple(msg[2:]), self._respond)
-        elif kind == n.REQUEST:
-            _, request_id, call_id, route, payload = msg
-            slot = self.calls.get(call_id)
-            if slot is None:  # a call given up here (or never assigned): the asker still gets an answer
-                self._respond(request_id, False, dumps(RequestError(
-                    f"request {route!r} refused: call {call_id!r} is not running on node {self.node_id}")))
-                return
-            slot._call_traffic(kind, call_id, (request_id, route, payload), self._respond)
-        elif kind == n.CANCELLED:
-            self.dropped.pop(msg[1], None)
-        elif kind == n.SLOT_UP:
-            if self.state != "draining" and not self.hub.closing and msg[1] not in self.slots:
-                self.hub.slot_up(self, int(msg[1]), int(msg[2]))
-        elif kind == n.SLOT_DOWN:
-            slot = self.slots.pop(msg[1], None)
+                slot._call_traffic(p.PROGRESS, msg.call_id, (msg.fraction, msg.message), self._respond)
+        elif kind is p.Log:
+            slot = self.calls.get(msg.call_id)
             if slot is not None:
-                slot.went_down(str(msg[2]), msg[3])
-            self.dropped = {c: n for c, n in self.dropped.items() if n != msg[1]}  # it answers no more
+                slot._call_traffic(p.LOG, msg.call_id, (msg.level, msg.message, msg.fields), self._respond)
+        elif kind is p.Request:
+            slot = self.calls.get(msg.call_id)
+            if slot is None:  # a call given up here (or never assigned): the asker still gets an answer
+                self._respond(msg.request_id, False, dumps(RequestError(
+                    f"request {msg.route!r} refused: call {msg.call_id!r} is not running on node {self.node_id}")))
+                return
+            slot._call_traffic(p.REQUEST, msg.call_id, (msg.request_id, msg.route, msg.payload), self._respond)
+        elif kind is p.Cancelled:
+            self.dropped.pop(msg.call_id, None)
+        elif kind is p.SlotUp:
+            if self.state != "draining" and not self.hub.closing and msg.slot not in self.slots:
+                self.hub.slot_up(self, msg.slot, msg.pid)
+        elif kind is p.SlotDown:
+            slot = self.slots.pop(msg.slot, None)
+            if slot is not None:
+                slot.went_down(msg.reason, msg.exitcode)
+            self.dropped = {c: s for c, s in self.dropped.items() if s != msg.slot}  # it answers no more
             if self.state == "draining" and not self.slots:
                 self._leave()
-        elif kind == n.DRAINING:
-            log.info("node draining", node_id=self.node_id, reason=msg[1])
+        elif kind is p.Draining:
+            log.info("node draining", node_id=self.node_id, reason=msg.reason)
             self.state = "draining"
             if not self.slots:
                 self._leave()
             else:
-                self.hub.retire(self, f"node {self.node_id} is draining ({msg[1]})")
+                self.hub.retire(self, f"node {self.node_id} is draining ({msg.reason})")
 
     def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
         if not self.closed:
-            self.send(n.NodeLink.pack(n.RESPONSE, request_id, ok, payload))
+            self.send(p.encode(p.Response(request_id, ok, payload)))
 
     def _leave(self) -> None:
-        self.send(n.NodeLink.pack(n.BYE, "drained"))
+        self.send(p.encode(p.Bye("drained")))
         self.lose("left: drained", n.CLOSE_NORMAL)
 
     def attach(self, slot: NodeSlot, number: int, pid: int) -> None:

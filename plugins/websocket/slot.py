@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.errors import WorkerStartError
 from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import ErrorInfo
@@ -109,7 +109,7 @@ class NodeSlot(Executor):
         s = self.session
         self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None
-        s.send(n.NodeLink.pack(n.CALL, self.slot, call.id, call.kind, call.payload, call.soft_timeout))
+        s.send(p.encode(p.SlotCall(self.slot, call.id, call.kind, call.payload, call.soft_timeout)))
         s.calls[call.id] = self  # after the send: the node starts while this runs
         self._hold(call)
 
@@ -118,24 +118,24 @@ class NodeSlot(Executor):
         if s is None or s.closed or self._drop(call_id) is None:
             return False
         s.forget(call_id)
-        s.send(n.NodeLink.pack(n.CANCEL, self.slot, call_id))
+        s.send(p.encode(p.SlotCancel(self.slot, call_id)))
         return True
 
     def _stop_running(self, call_id: int, note: str) -> bool:
         s = self.session
         if s is None or s.closed:
             return False
-        s.send(n.NodeLink.pack(n.ABORT, self.slot, call_id, note))
+        s.send(p.encode(p.Abort(self.slot, call_id, note)))
         return True  # the node ends the worker process; SLOT_DOWN follows
 
-    def on_reply(self, call_id: int, msg: list[Any]) -> None:
-        call = self.inflight.get(call_id)
+    def on_reply(self, msg: p.Result | p.Error) -> None:
+        call = self.inflight.get(msg.call_id)
         if call is None:
             return  # an attempt already given up: never delivered twice
-        if msg[0] == n.RESULT:
-            self._finish(call, (True, msg[2]))
+        if isinstance(msg, p.Result):
+            self._finish(call, (True, msg.payload))
             return
-        info = ErrorInfo(*msg[2:])
+        info = ErrorInfo(msg.type_name, msg.message, msg.traceback, msg.exception)
         theirs = f"{self.session.node_id}:{self.slot}" if self.session else self.id
         if theirs != self.id:  # a claimed slot: the node names its worker otherwise
             info = info._replace(message=info.message.replace(theirs, self.id),
@@ -182,7 +182,7 @@ class NodeSlot(Executor):
         if drain and self.inflight and not s.closed:
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
         if not s.closed and not self.is_closed:
-            s.send(n.NodeLink.pack(n.STOP_SLOT, self.slot, s.replace_slots))
+            s.send(p.encode(p.StopSlot(self.slot, s.replace_slots)))
             with contextlib.suppress(TimeoutError):  # the node is gone or slow: stop regardless
                 async with asyncio.timeout(5.0):
                     await asyncio.shield(self._down)

@@ -1,10 +1,13 @@
 """The kernel-node conversation, sans I/O: handshake, mutual HMAC authentication, and
 the messages that drive a remote node's worker slots.
 
-Bytes in, events out; messages in, bytes out. Each transport message (one websocket
-binary message) carries one or more msgpack arrays ``[type, *fields]`` back to back,
-so many calls in flight cost one transport message, not one each. No I/O, no event
-loop: tests feed bytes.
+Bytes in, messages out; messages in, bytes out. The messages are the typed values of
+the one code table in :mod:`.protocol` (the call traffic, RESULT to RESPONSE, is the
+pipe's own). Each transport message (one websocket binary message) carries one or
+more of them back to back, so many calls in flight cost one transport message, not
+one each; each is decoded into its declared field types, for the messages this side
+accepts in this state only, before anything is unpickled. No I/O, no event loop:
+tests feed bytes.
 
 Handshake (the node dials out; nothing is unpickled before it completes)::
 
@@ -24,12 +27,12 @@ session, and the WELCOME proves to the node that the kernel holds the token too
 
 After it::
 
-    kernel -> node    CALL (slot, call id, kind, payload, soft timeout), CANCEL (slot, call id),
-                      ABORT (slot, call id, reason), STOP_SLOT (slot, replace), BYE (reason),
-                      RESPONSE (request id, ok, payload)
+    kernel -> node    SLOT_CALL (slot, call id, kind, payload, soft timeout),
+                      SLOT_CANCEL (slot, call id), ABORT (slot, call id, reason),
+                      STOP_SLOT (slot, replace), BYE (reason), RESPONSE (request id, ok, payload)
     node   -> kernel  SLOT_UP (slot, pid), SLOT_DOWN (slot, reason, exit code),
                       RESULT / ERROR (as on pipes), CANCELLED (call id),
-                      HEARTBEAT (cpu %, memory %, [[slot, cpu %, rss], ...]), DRAINING (reason),
+                      NODE_HEARTBEAT (cpu %, memory %, [[slot, cpu %, rss], ...]), DRAINING (reason),
                       PROGRESS / LOG / REQUEST (from a running call, as on pipes)
 
 Close codes (websocket close frames) a refused or broken connection gets:
@@ -59,40 +62,29 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import msgspec
 
-from .protocol import ERROR as ERROR
-from .protocol import LOG as LOG
-from .protocol import PROGRESS as PROGRESS
-from .protocol import REQUEST as REQUEST
-from .protocol import RESPONSE as RESPONSE
-from .protocol import RESULT as RESULT
+from . import protocol as p
 from .protocol import ProtocolError
 
 NODE_PROTOCOL_VERSION = 1
 HANDSHAKE_MAX_FRAME = 16 * 1024  # what an unauthenticated peer may send in one message
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
-# Message types (RESULT, ERROR, PROGRESS, LOG, REQUEST and RESPONSE are the pipe protocol's).
-NODE_HELLO, CHALLENGE, AUTH, WELCOME = 20, 21, 22, 23
-CALL, CANCEL, ABORT, STOP_SLOT, BYE = 24, 25, 26, 27, 28
-SLOT_UP, SLOT_DOWN, CANCELLED, HEARTBEAT, DRAINING = 30, 31, 32, 33, 34
-
 # Close codes (see the module docstring).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TEXT, CLOSE_TOO_BIG = 1000, 1001, 1003, 1009
 CLOSE_PROTOCOL, CLOSE_AUTH, CLOSE_AUTH_TIMEOUT, CLOSE_VERSION = 4000, 4001, 4002, 4003
 CLOSE_DUPLICATE, CLOSE_NOT_ASSIGNED, CLOSE_HEARTBEAT = 4004, 4005, 4006
 
-# message type -> (name, number of fields)
-_SHAPES: dict[int, tuple[str, int]] = {
-    NODE_HELLO: ("NODE_HELLO", 4), CHALLENGE: ("CHALLENGE", 1), AUTH: ("AUTH", 1), WELCOME: ("WELCOME", 5),
-    CALL: ("CALL", 5), CANCEL: ("CANCEL", 2), ABORT: ("ABORT", 3), STOP_SLOT: ("STOP_SLOT", 2), BYE: ("BYE", 1),
-    SLOT_UP: ("SLOT_UP", 2), SLOT_DOWN: ("SLOT_DOWN", 3), RESULT: ("RESULT", 2), ERROR: ("ERROR", 5),
-    CANCELLED: ("CANCELLED", 1), HEARTBEAT: ("HEARTBEAT", 3), DRAINING: ("DRAINING", 1),
-    PROGRESS: ("PROGRESS", 3), LOG: ("LOG", 4), REQUEST: ("REQUEST", 4), RESPONSE: ("RESPONSE", 3),
-}
-KERNEL_RECEIVES = frozenset({RESULT, ERROR, SLOT_UP, SLOT_DOWN, CANCELLED, HEARTBEAT, DRAINING, PROGRESS, LOG,
-                             REQUEST})
-NODE_RECEIVES = frozenset({CALL, CANCEL, ABORT, STOP_SLOT, BYE, RESPONSE})
+# What each side accepts, during the handshake and once the connection is open.
+KERNEL_RECEIVES = (p.Result, p.Error, p.SlotUp, p.SlotDown, p.Cancelled, p.NodeHeartbeat, p.Draining, p.Progress,
+                   p.Log, p.Request)
+NODE_RECEIVES = (p.SlotCall, p.SlotCancel, p.Abort, p.StopSlot, p.Bye, p.Response)
+# During the handshake every message of the node conversation decodes, so that the
+# handshake can say what it expected instead (nothing is unpickled either way).
+_HANDSHAKE: tuple[type[p.Message], ...] = tuple(
+    dict.fromkeys((p.NodeHello, p.Challenge, p.Auth, p.Welcome, *KERNEL_RECEIVES, *NODE_RECEIVES))
+)
 _NONCE = 32
 
 
@@ -110,17 +102,15 @@ def proof(token: bytes, side: bytes, first: bytes, second: bytes, node_id: str) 
     return hmac.new(token, b"\0".join((side, first, second, node_id.encode())), hashlib.sha256).digest()
 
 
-Message = list[Any]  # [type, *fields], shape-checked
-
-
 class NodeLink:
     """One end of a kernel-node connection, without I/O.
 
     ``role`` is ``"kernel"`` or ``"node"``. Feed each received transport message to
     :meth:`receive`; it returns the messages for the caller to act on (handshake
     messages are handled here and not returned, except the node's hello, which the
-    kernel returns once authenticated as ``[NODE_HELLO, ...]``), and raises
-    :class:`Refused` with the close code to use. Send what :meth:`outgoing` returns.
+    kernel returns once authenticated), and raises :class:`Refused` with the close
+    code to use. Send what :meth:`outgoing` returns, and messages made with
+    :func:`~.protocol.encode`.
     """
 
     def __init__(
@@ -142,13 +132,20 @@ class NodeLink:
         self._token = token
         self._nonce = nonce(_NONCE)
         self._their_nonce = b""
-        self._hello: Message | None = None
+        self._hello: p.NodeHello | None = None
         self._out: list[bytes] = []
-        self._accepts = KERNEL_RECEIVES if role == "kernel" else NODE_RECEIVES
+        self._open_types = KERNEL_RECEIVES if role == "kernel" else NODE_RECEIVES
+        self._types: tuple[type[p.Message], ...] = _HANDSHAKE
+        self._decoder = p.decoder(self._types)
 
     @property
     def is_open(self) -> bool:
         return self.state == "open"
+
+    def _opened(self) -> None:
+        self.state = "open"
+        self._types = tuple(self._open_types)
+        self._decoder = p.decoder(self._types)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -157,53 +154,50 @@ class NodeLink:
         out, self._out = self._out, []
         return b"".join(out)
 
-    @staticmethod
-    def pack(*msg: Any) -> bytes:
-        """One message's bytes; several may be concatenated into one transport message."""
-        data: bytes = msgpack.packb(msg, use_bin_type=True)
-        return data
-
     def hello(self) -> bytes:
         """The node's first message."""
         assert self.role == "node"
-        return self.pack(NODE_HELLO, NODE_PROTOCOL_VERSION, self.node_id, self._nonce, self.info)
+        return p.encode(p.NodeHello(NODE_PROTOCOL_VERSION, self.node_id, self._nonce, self.info))
 
     def welcome(
         self, session: str, heartbeat_interval: float, max_frame: int, packages: dict[str, str] | None = None
     ) -> bytes:
         """Kernel: admit an authenticated node (after checking, e.g., that its id is free)."""
         assert self.role == "kernel" and self.state == "ready"
-        self.state = "open"
+        self._opened()
         self.session = session
         self.max_frame = max_frame
         mine = proof(self._token, b"kernel", self._their_nonce, self._nonce, self.node_id)
-        return self.pack(WELCOME, session, mine, heartbeat_interval, max_frame, packages or {})
+        return p.encode(p.Welcome(session, mine, heartbeat_interval, max_frame, packages or {}))
 
     # -- receiving --------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Message]:
-        """The messages in one transport message, checked for this role and state."""
+    def receive(self, data: bytes) -> list[Any]:
+        """The messages in one transport message, decoded and checked for this role and
+        state (typed values of :mod:`.protocol`)."""
         limit = self.max_frame if self.is_open else HANDSHAKE_MAX_FRAME
         if len(data) > limit:
             raise Refused(CLOSE_TOO_BIG, f"a message of {len(data)} bytes exceeds the limit of {limit}")
         try:
-            messages = [self._check(msgpack.unpackb(data, raw=False, use_list=True))]  # one: the usual case
-        except Refused:
-            raise
-        except Exception:  # several batched in one turn, or bad bytes, which this path names
+            messages = [self._decoder.decode(data)]  # one: the usual case
+        except msgspec.DecodeError:  # several batched in one turn, or bad input, which this path names
             messages = self._receive_many(data, limit)
         if not self.is_open:
             return self._handshake(messages)
         return messages
 
-    def _receive_many(self, data: bytes, limit: int) -> list[Message]:
+    def _receive_many(self, data: bytes, limit: int) -> list[Any]:
         unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=max(limit, 1))
         unpacker.feed(data)
-        messages: list[Message] = []
+        messages: list[Any] = []
         end = 0
+        union = self._decoder.type
         try:
-            for msg in unpacker:
-                messages.append(self._check(msg))
+            for raw in unpacker:
+                try:
+                    messages.append(msgspec.convert(raw, union))
+                except msgspec.ValidationError as exc:
+                    raise Refused(CLOSE_PROTOCOL, p.explain(raw, exc, self._types, self.role)) from None
                 end = unpacker.tell()
         except Refused:
             raise
@@ -215,20 +209,7 @@ class NodeLink:
             raise Refused(CLOSE_PROTOCOL, "a message was cut short")
         return messages
 
-    def _check(self, msg: Any) -> Message:
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], int):
-            raise Refused(CLOSE_PROTOCOL, "a message is a msgpack array starting with its type")
-        shape = _SHAPES.get(msg[0])
-        if shape is None:
-            raise Refused(CLOSE_PROTOCOL, f"unknown message type {msg[0]}")
-        name, fields = shape
-        if len(msg) - 1 != fields:
-            raise Refused(CLOSE_PROTOCOL, f"{name} has {fields} fields, got {len(msg) - 1}")
-        if self.is_open and msg[0] not in self._accepts:
-            raise Refused(CLOSE_PROTOCOL, f"{name} is not a message a {self.role} receives")
-        return msg
-
-    def _handshake(self, messages: list[Message]) -> list[Message]:
+    def _handshake(self, messages: list[Any]) -> list[Any]:
         if len(messages) != 1:
             raise Refused(CLOSE_PROTOCOL, f"expected one handshake message, got {len(messages)}")
         msg = messages[0]
@@ -236,53 +217,49 @@ class NodeLink:
             return self._kernel_handshake(msg)
         return self._node_handshake(msg)
 
-    def _kernel_handshake(self, msg: Message) -> list[Message]:
+    def _kernel_handshake(self, msg: Any) -> list[Any]:
         if self.state == "hello":
-            if msg[0] != NODE_HELLO:
-                raise Refused(CLOSE_PROTOCOL, f"expected NODE_HELLO first, got {_SHAPES[msg[0]][0]}")
-            _, version, node_id, nonce, info = msg
-            if version != NODE_PROTOCOL_VERSION:
-                raise Refused(CLOSE_VERSION, f"node speaks protocol version {version!r}; this kernel speaks "
+            if type(msg) is not p.NodeHello:
+                raise Refused(CLOSE_PROTOCOL, f"expected NODE_HELLO first, got {type(msg).__name__}")
+            if msg.version != NODE_PROTOCOL_VERSION:
+                raise Refused(CLOSE_VERSION, f"node speaks protocol version {msg.version!r}; this kernel speaks "
                                              f"{NODE_PROTOCOL_VERSION}")
-            if not isinstance(node_id, str) or not 0 < len(node_id) <= 128 or not node_id.isprintable():
+            if not 0 < len(msg.node_id) <= 128 or not msg.node_id.isprintable():
                 raise Refused(CLOSE_PROTOCOL, "NODE_HELLO: the node id must be 1-128 printable characters")
-            if not isinstance(nonce, bytes) or len(nonce) < 16 or not isinstance(info, dict):
-                raise Refused(CLOSE_PROTOCOL, "NODE_HELLO: bad nonce or info")
-            self.node_id, self._their_nonce, self.info, self._hello = node_id, nonce, info, msg
+            if len(msg.nonce) < 16:
+                raise Refused(CLOSE_PROTOCOL, "NODE_HELLO: bad nonce")
+            self.node_id, self._their_nonce, self.info, self._hello = msg.node_id, msg.nonce, msg.info, msg
             self.state = "auth"
-            self._out.append(self.pack(CHALLENGE, self._nonce))
+            self._out.append(p.encode(p.Challenge(self._nonce)))
             return []
         if self.state == "auth":
-            if msg[0] != AUTH:
-                raise Refused(CLOSE_AUTH, f"expected AUTH, got {_SHAPES[msg[0]][0]}")
+            if type(msg) is not p.Auth:
+                raise Refused(CLOSE_AUTH, f"expected AUTH, got {type(msg).__name__}")
             expected = proof(self._token, b"node", self._nonce, self._their_nonce, self.node_id)
-            mac = msg[1]
-            if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
+            if not hmac.compare_digest(msg.proof, expected):
                 raise Refused(CLOSE_AUTH, "authentication failed: wrong or missing token")
             self.state = "ready"
             assert self._hello is not None
             return [self._hello]
-        raise Refused(CLOSE_PROTOCOL, f"{_SHAPES[msg[0]][0]} before the node was admitted")
+        raise Refused(CLOSE_PROTOCOL, f"{type(msg).__name__} before the node was admitted")
 
-    def _node_handshake(self, msg: Message) -> list[Message]:
+    def _node_handshake(self, msg: Any) -> list[Any]:
         if self.state == "hello":
-            if msg[0] != CHALLENGE or not isinstance(msg[1], bytes) or len(msg[1]) < 16:
+            if type(msg) is not p.Challenge or len(msg.nonce) < 16:
                 raise Refused(CLOSE_PROTOCOL, "expected CHALLENGE from the kernel")
-            self._their_nonce = msg[1]
+            self._their_nonce = msg.nonce
             self.state = "welcome"
-            self._out.append(self.pack(AUTH, proof(self._token, b"node", msg[1], self._nonce, self.node_id)))
+            self._out.append(p.encode(p.Auth(proof(self._token, b"node", msg.nonce, self._nonce, self.node_id))))
             return []
         if self.state == "welcome":
-            if msg[0] != WELCOME:
-                raise Refused(CLOSE_PROTOCOL, f"expected WELCOME, got {_SHAPES[msg[0]][0]}")
-            _, session, mac, interval, max_frame, packages = msg
+            if type(msg) is not p.Welcome:
+                raise Refused(CLOSE_PROTOCOL, f"expected WELCOME, got {type(msg).__name__}")
             expected = proof(self._token, b"kernel", self._nonce, self._their_nonce, self.node_id)
-            if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
+            if not hmac.compare_digest(msg.proof, expected):
                 raise Refused(CLOSE_AUTH, "the kernel failed to prove it holds the token")
-            self.session, self.heartbeat_interval = str(session), float(interval)
-            self.max_frame = int(max_frame)
-            if isinstance(packages, dict):
-                self.packages = {str(k): str(v) for k, v in packages.items()}
-            self.state = "open"
+            self.session, self.heartbeat_interval = msg.session, msg.heartbeat_interval
+            self.max_frame = msg.max_frame
+            self.packages = dict(msg.packages)
+            self._opened()
             return []
         raise Refused(CLOSE_PROTOCOL, "handshake message after the handshake")

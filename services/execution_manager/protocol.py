@@ -35,9 +35,14 @@ import msgspec
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 512 * 1024 * 1024  # pipes between trusted local processes
 
-# The code table: every message type of the protocol.
+# The code table: every message type, of both conversations. A worker's pipe uses 0-11;
+# a node's connection (``node_protocol``) uses 20-34 and the call traffic of the pipe's
+# (RESULT, ERROR, PROGRESS, LOG, REQUEST, RESPONSE), which travels unchanged.
 HELLO, CALL, RESULT, ERROR, CANCEL, HEARTBEAT = 0, 1, 2, 3, 4, 5
 PROGRESS, LOG, REQUEST, RESPONSE, SHUTDOWN, GOODBYE = 6, 7, 8, 9, 10, 11
+NODE_HELLO, CHALLENGE, AUTH, WELCOME = 20, 21, 22, 23
+SLOT_CALL, SLOT_CANCEL, ABORT, STOP_SLOT, BYE = 24, 25, 26, 27, 28
+SLOT_UP, SLOT_DOWN, CANCELLED, NODE_HEARTBEAT, DRAINING = 30, 31, 32, 33, 34
 
 # Kinds of CALL.
 CALL_FN = 0  # payload: pickle((fn, args, kwargs))
@@ -61,7 +66,7 @@ class _Message(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=
     """Base of every message: encoded as ``[code, *fields]``."""
 
 
-class Hello(_Message, tag=HELLO):
+class Hello(_Message, tag=HELLO, forbid_unknown_fields=False):  # a later version may add fields
     version: int
     worker_id: str
     pid: int
@@ -133,39 +138,150 @@ class Goodbye(_Message, tag=GOODBYE):
     reason: str
 
 
+# -- a node's connection (see node_protocol for the conversation) ------------------
+
+
+class NodeHello(_Message, tag=NODE_HELLO, forbid_unknown_fields=False):  # a later version may add fields
+    version: int
+    node_id: str
+    nonce: bytes
+    info: dict[str, Any]
+
+
+class Challenge(_Message, tag=CHALLENGE):
+    nonce: bytes
+
+
+class Auth(_Message, tag=AUTH):
+    proof: bytes
+
+
+class Welcome(_Message, tag=WELCOME):
+    session: str
+    proof: bytes
+    heartbeat_interval: float
+    max_frame: int
+    packages: dict[str, str]  # synthetic service package -> folder
+
+
+class SlotCall(_Message, tag=SLOT_CALL):
+    slot: int
+    call_id: int
+    kind: int
+    payload: bytes
+    soft_timeout: float = 0.0
+
+
+class SlotCancel(_Message, tag=SLOT_CANCEL):
+    slot: int
+    call_id: int
+
+
+class Abort(_Message, tag=ABORT):
+    slot: int
+    call_id: int
+    reason: str
+
+
+class StopSlot(_Message, tag=STOP_SLOT):
+    slot: int
+    replace: bool  # start another worker process in its place (recycling)
+
+
+class Bye(_Message, tag=BYE):
+    reason: str
+
+
+class SlotUp(_Message, tag=SLOT_UP):
+    slot: int
+    pid: int
+
+
+class SlotDown(_Message, tag=SLOT_DOWN):
+    slot: int
+    reason: str
+    exitcode: int | None
+
+
+class Cancelled(_Message, tag=CANCELLED):
+    call_id: int
+
+
+class NodeHeartbeat(_Message, tag=NODE_HEARTBEAT):
+    cpu_percent: float
+    memory_percent: float
+    slots: list[tuple[int, float, int]]  # (slot, cpu percent, rss bytes) of each worker process
+
+
+class Draining(_Message, tag=DRAINING):
+    reason: str
+
+
 Event = (
     Hello | Call | Result | Error | Cancel | Heartbeat | Progress | Log | Request | Response
     | Shutdown | Goodbye
 )
+NodeEvent = (
+    NodeHello | Challenge | Auth | Welcome | SlotCall | SlotCancel | Abort | StopSlot | Bye | SlotUp | SlotDown
+    | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response
+)
+Message = Event | NodeEvent
 KERNEL_RECEIVES = (Hello, Result, Error, Heartbeat, Progress, Log, Request, Goodbye)
 WORKER_RECEIVES = (Call, Cancel, Shutdown, Response)
-TYPES: dict[int, type[Event]] = {
+TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
     PROGRESS: Progress, LOG: Log, REQUEST: Request, RESPONSE: Response, SHUTDOWN: Shutdown, GOODBYE: Goodbye,
+    NODE_HELLO: NodeHello, CHALLENGE: Challenge, AUTH: Auth, WELCOME: Welcome, SLOT_CALL: SlotCall,
+    SLOT_CANCEL: SlotCancel, ABORT: Abort, STOP_SLOT: StopSlot, BYE: Bye, SLOT_UP: SlotUp, SLOT_DOWN: SlotDown,
+    CANCELLED: Cancelled, NODE_HEARTBEAT: NodeHeartbeat, DRAINING: Draining,
 }
 
 _LEN = struct.Struct(">I")
 _encode = msgspec.msgpack.Encoder().encode
-_DECODERS = {  # each side decodes only what it receives
-    role: msgspec.msgpack.Decoder(Union[accepted])  # noqa: UP007  # a Union built from a tuple at run time
-    for role, accepted in (("kernel", KERNEL_RECEIVES), ("worker", WORKER_RECEIVES))
-}
 
 
-def encode(msg: Event) -> bytes:
+def encode(msg: Message) -> bytes:
     """``msg``'s msgpack bytes, unframed (one websocket message carries them as they are)."""
     return _encode(msg)
 
 
-def frame(msg: Event) -> bytes:
+def frame(msg: Message) -> bytes:
     """One length-prefixed frame for ``msg``, for byte streams."""
     body = _encode(msg)
     return _LEN.pack(len(body)) + body
 
 
-def fields(msg: Event) -> tuple[Any, ...]:
+def fields(msg: Message) -> tuple[Any, ...]:
     """``msg``'s fields in wire order."""
     return msgspec.structs.astuple(msg)
+
+
+def decoder(types: tuple[type[Message], ...]) -> msgspec.msgpack.Decoder[Any]:
+    """A decoder of exactly these message types (what one side receives in one state)."""
+    return msgspec.msgpack.Decoder(Union[types])  # noqa: UP007  # a Union built from a tuple at run time
+
+
+def explain(data: bytes | memoryview | object, exc: msgspec.ValidationError, accepted: tuple[type[Message], ...],
+            receiver: str) -> str:
+    """What is wrong with a message that is msgpack but not one ``receiver`` accepts
+    (``data``: its bytes, or the value already unpacked)."""
+    if isinstance(data, bytes | memoryview):
+        try:
+            data = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError as undecodable:
+            return f"undecodable frame: {undecodable}"
+    if not isinstance(data, list) or not data or type(data[0]) is not int:
+        return "a message is a msgpack array starting with its type"
+    cls = TYPES.get(data[0])
+    if cls is None:
+        return f"unknown message type {data[0]}"
+    name = cls.__name__
+    if cls not in accepted:
+        return f"{name} is not a message a {receiver} receives"
+    required = sum(1 for f in msgspec.structs.fields(cls) if f.required)
+    if not required <= len(data) - 1 <= len(cls.__struct_fields__):
+        return f"{name} has {len(cls.__struct_fields__)} fields, got {len(data) - 1}"
+    return f"{name}: {exc}"
 
 
 class Connection:
@@ -187,7 +303,7 @@ class Connection:
         self.max_frame = max_frame
         self.framed = framed
         self.peer_name = peer
-        self._decode = _DECODERS[role].decode
+        self._decode = decoder(KERNEL_RECEIVES if role == "kernel" else WORKER_RECEIVES).decode
         self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
         self._buf = bytearray()
 
@@ -253,23 +369,7 @@ class Connection:
         return event
 
     def _why(self, frame: bytes | memoryview, exc: msgspec.ValidationError) -> str:
-        """What is wrong with a frame that decodes as msgpack but not as a message."""
-        try:
-            msg = msgspec.msgpack.decode(frame)
-        except msgspec.DecodeError as undecodable:
-            return f"undecodable frame: {undecodable}"
-        if not isinstance(msg, list) or not msg or type(msg[0]) is not int:
-            return "a message is a msgpack array starting with its type"
-        cls = TYPES.get(msg[0])
-        if cls is None:
-            return f"unknown message type {msg[0]}"
-        name = cls.__name__
-        if cls not in (KERNEL_RECEIVES if self.role == "kernel" else WORKER_RECEIVES):
-            return f"{name} is not a message a {self.role} receives"
-        required = sum(1 for f in msgspec.structs.fields(cls) if f.required)
-        if not required <= len(msg) - 1 <= len(cls.__struct_fields__):
-            return f"{name} has {len(cls.__struct_fields__)} fields, got {len(msg) - 1}"
-        return f"{name}: {exc}"
+        return explain(frame, exc, KERNEL_RECEIVES if self.role == "kernel" else WORKER_RECEIVES, self.role)
 
     # -- sending --------------------------------------------------------------------
 
