@@ -502,7 +502,7 @@ async def test_max_queue_back_pressure() -> None:
         for i in range(60):
             await em.room()
             futures.append(em.submit(tasks.slow, 0.005, i))
-            most = max(most, len(pool.backlog) + len(pool.held))
+            most = max(most, len(pool.queue) + len(pool.held))
         assert most <= 4 and not pool.held
         assert await asyncio.gather(*futures) == list(range(60))
 

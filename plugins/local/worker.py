@@ -92,7 +92,7 @@ class _Link:
         self.sock = sock
         self.conn = conn
         self.out: list[bytes] = []  # replies waiting for the batch to be written
-        self.backlog: list[p.Event] = []  # events a request read that the main loop must see
+        self.unseen: list[p.Event] = []  # events a request read that the main loop must see
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._answers: dict[int, p.Response] = {}
@@ -140,7 +140,7 @@ class _Link:
                     if type(ev) is p.Response:
                         self._answers[ev.request_id] = ev
                     else:
-                        self.backlog.append(ev)  # calls, cancels: the main loop's
+                        self.unseen.append(ev)  # calls, cancels: the main loop's
         answer = self._answers.pop(rid)
         return answer.ok, answer.payload
 
@@ -154,11 +154,11 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     recv, frame, execute = sock.recv, p.frame, runtime.execute
     Result, Error = p.Result, p.Error
     clock = time.perf_counter
-    out, backlog = link.out, link.backlog
+    out, unseen = link.out, link.unseen
     while True:
-        if backlog:
-            events = list(backlog)
-            backlog.clear()
+        if unseen:
+            events = list(unseen)
+            unseen.clear()
         else:
             data = recv(max(65536, conn.pending()))  # a large frame in one read
             if not data:
@@ -171,11 +171,11 @@ def serve(sock: socket.socket, worker_id: str) -> None:
             ev = events[i]
             i += 1
             if type(ev) is p.Call:
-                if backlog or clock() - read_at > _BATCH_SECONDS:
+                if unseen or clock() - read_at > _BATCH_SECONDS:
                     # It waited behind another call: take in what came meanwhile (cancels),
                     # including what that call's requests read.
-                    more = backlog + link.read_ready()
-                    backlog.clear()
+                    more = unseen + link.read_ready()
+                    unseen.clear()
                     read_at = clock()
                     if more:
                         events.extend(more)

@@ -1,7 +1,7 @@
 """Instances pinned to a worker: they live there, state and all, until released.
 
 Calls on a pinned instance go straight to its worker in call order. While it moves
-(its worker retires) or comes back (release), new calls wait in a backlog, in order,
+(its worker retires) or comes back (release), new calls wait for it, in order,
 and go wherever the instance ends up.
 """
 
@@ -31,7 +31,7 @@ PlaceUnpinned = Callable[[Any, str, tuple[Any, ...], dict[str, Any]], CallFuture
 
 
 class Pin:
-    __slots__ = ("assigned", "backlog", "instance", "key", "ready", "releasing", "worker_id")
+    __slots__ = ("assigned", "instance", "key", "ready", "releasing", "waiting", "worker_id")
 
     def __init__(self, key: str, instance: Any, worker_id: str) -> None:
         self.key = key
@@ -39,7 +39,7 @@ class Pin:
         self.worker_id = worker_id
         self.ready = False
         self.assigned = asyncio.Event()
-        self.backlog: deque[tuple[str, tuple[Any, ...], dict[str, Any], CallFuture]] = deque()
+        self.waiting: deque[tuple[str, tuple[Any, ...], dict[str, Any], CallFuture]] = deque()
         self.releasing: asyncio.Future[None] | None = None
 
 
@@ -147,10 +147,10 @@ class PinTable:
         The future follows the reply alone: cancelling it must not stop the worker
         that holds the instance's state."""
         out = CallFuture(self.pool, self._rebuild, label=f"{type(pin.instance).__qualname__}.{method}")
-        if pin.ready and not pin.backlog:
+        if pin.ready and not pin.waiting:
             call = self._send(pin, method, args, kwargs)
             return out.follow(call.future, call)
-        pin.backlog.append((method, args, kwargs, out))
+        pin.waiting.append((method, args, kwargs, out))
         return out
 
     def _send(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
@@ -161,10 +161,10 @@ class PinTable:
         return call
 
     def _flush(self, pin: Pin) -> None:
-        """Send the backlog where the instance now lives (its worker, or unpinned)."""
+        """Send the calls that waited where the instance now lives (its worker, or unpinned)."""
         pinned = pin.ready and self._by_id.get(id(pin.instance)) is pin
-        while pin.backlog:
-            method, args, kwargs, out = pin.backlog.popleft()
+        while pin.waiting:
+            method, args, kwargs, out = pin.waiting.popleft()
             if out.done():
                 continue
             try:

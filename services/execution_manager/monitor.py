@@ -49,7 +49,7 @@ class Monitor:
     def stats(self, listener: NodeListener | None, nodes_address: str | None, pinned: int) -> Stats:
         pool = self.pool
         s = pool.settings
-        queued = pool.backlog.by_project()
+        queued = pool.queue.by_project()
         nodes = listener.nodes() if listener else []
         beats = {n.id: n for n in nodes}
         now = time.perf_counter()
@@ -70,7 +70,7 @@ class Monitor:
             workers=len(details), min_workers=s.min_workers, max_workers=s.max_workers, starting=pool.starting,
             system_load=self.load, active_tasks=sum(d.running for d in details),
             queued_tasks=pool.waiting, local_tasks=pool.local.running if pool.local else 0,
-            queued_by_priority=pool.backlog.by_priority(),
+            queued_by_priority=pool.queue.by_priority(),
             projects={
                 name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),
                                    limit=pool.project_limits.get(name))

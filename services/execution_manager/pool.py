@@ -18,12 +18,12 @@ from typing import Any
 import structlog
 
 from .background import Background
-from .backlog import Backlog
 from .errors import PoolClosedError, UnsatisfiableError, WorkerStartError
 from .events import EventBus
 from .executor import Call, CallHost, ExecutorFactory, ReplyFuture, WorkerState
 from .history import Timings
 from .policy import Limits, inflight_limit, place
+from .queue import CallQueue
 from .resources import fits, place_with, unsatisfiable
 from .settings import Settings
 from .workers import WorkerLifecycle, WorkerSlot
@@ -57,11 +57,11 @@ class WorkerPool(WorkerLifecycle):
         self.workers: dict[str, WorkerSlot] = {}
         self._slots: list[WorkerSlot] = []
         self.local: WorkerSlot | None = None
-        self.backlog = Backlog(settings.aging_seconds)
+        self.queue = CallQueue(settings.aging_seconds)
         offers = getattr(factory, "offers", None)
         self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
         self.placements: deque[dict[str, Any]] = deque(maxlen=20)  # the last resource-aware choices
-        self.held: deque[Call] = deque()  # calls waiting for room in a full backlog (maxQueue)
+        self.held: deque[Call] = deque()  # calls waiting for room in a full queue (maxQueue)
         self._room: deque[asyncio.Future[None]] = deque()  # room() waiters
         self.project_limits: dict[str, int] = dict(settings.project_limits)
         self.project_running: dict[str, int] = {}
@@ -83,7 +83,7 @@ class WorkerPool(WorkerLifecycle):
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._slots if s.running)
-        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.backlog)}>"
+        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.queue)}>"
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ class WorkerPool(WorkerLifecycle):
         self.stopping = True
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
         try:
-            if s.drain_queue and (self.backlog or any(slot.running for slot in self._slots)):
+            if s.drain_queue and (self.queue or any(slot.running for slot in self._slots)):
                 await self._until_idle(s.drain_timeout, hurried)
             self.closed = True
             for waiter in self._room:
@@ -140,14 +140,14 @@ class WorkerPool(WorkerLifecycle):
         """Fail every call still waiting (queued or held back by maxQueue) with ``exc``;
         none of them ran."""
         held, self.held = list(self.held), deque()
-        for call in [*self.backlog.pop_all(), *held]:
+        for call in [*self.queue.pop_all(), *held]:
             if not call.future.done():
                 error = type(exc)(f"{call.describe()} was cancelled before it ran: {exc}")
                 call.future.set_exception(error)
 
     async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
         deadline = time.monotonic() + timeout
-        while (self.backlog or any(slot.running for slot in self._slots)) and time.monotonic() < deadline:
+        while (self.queue or any(slot.running for slot in self._slots)) and time.monotonic() < deadline:
             if hurried is not None and hurried.done():
                 return
             await asyncio.sleep(0.02)
@@ -166,26 +166,26 @@ class WorkerPool(WorkerLifecycle):
         """Place ``call`` now, or queue it until a worker frees up or starts."""
         if self.stopping:
             raise PoolClosedError("the execution manager is shutting down and takes no new calls")
-        if self.backlog or not self.eligible(call.project) or not self._place(call, 1):
+        if self.queue or not self.eligible(call.project) or not self._place(call, 1):
             call.queued_at = time.monotonic()
             if self.full:
                 self.held.append(call)  # admitted, in order, as room frees
             else:
-                self.backlog.push(call)
+                self.queue.push(call)
 
     @property
     def waiting(self) -> int:
         """Calls waiting for a worker: queued, or held back by maxQueue."""
-        return len(self.backlog) + len(self.held)
+        return len(self.queue) + len(self.held)
 
     @property
     def full(self) -> bool:
         """Whether ``maxQueue`` calls wait already (or are held waiting for room)."""
         most = self.settings.max_queue
-        return most is not None and (len(self.backlog) >= most or bool(self.held))
+        return most is not None and (len(self.queue) >= most or bool(self.held))
 
     async def room(self) -> None:
-        """Return once the backlog has room for another call (at once if it has)."""
+        """Return once the queue has room for another call (at once if it has)."""
         while self.full and not self.stopping:
             waiter = asyncio.get_running_loop().create_future()
             self._room.append(waiter)
@@ -196,10 +196,10 @@ class WorkerPool(WorkerLifecycle):
         most = self.settings.max_queue
         if most is None:
             return
-        while self.held and len(self.backlog) < most:
+        while self.held and len(self.queue) < most:
             call = self.held.popleft()
             if not call.future.done():
-                self.backlog.push(call)
+                self.queue.push(call)
         while self._room and not self.full:
             waiter = self._room.popleft()
             if not waiter.done():
@@ -217,7 +217,7 @@ class WorkerPool(WorkerLifecycle):
             self.project_limits.pop(project, None)
         else:
             self.project_limits[project] = limit
-        if self.backlog:
+        if self.queue:
             self._drain()
 
     def send_to(self, worker_id: str, call: Call) -> None:
@@ -292,7 +292,7 @@ class WorkerPool(WorkerLifecycle):
         if ok is None:
             if not slot.executor.inflight:
                 slot.idle_since = time.monotonic()
-            if self.backlog:
+            if self.queue:
                 self._drain()
             return
         now = time.perf_counter()
@@ -318,12 +318,12 @@ class WorkerPool(WorkerLifecycle):
                         call=call.label, seconds=took)
         if not slot.executor.inflight:
             slot.idle_since = time.monotonic()
-        if self.backlog:
+        if self.queue:
             self._drain(slot if slot is not self.local else None)
 
     def withdraw(self, call: Call) -> bool:
         """Take ``call`` out of the queue (or the held calls); False if it is not there."""
-        if self.backlog.discard(call):
+        if self.queue.discard(call):
             self._admit()
             return True
         if call in self.held:
@@ -355,24 +355,24 @@ class WorkerPool(WorkerLifecycle):
         return slot.id
 
     def _drain(self, freed: WorkerSlot | None = None) -> None:
-        """Place waiting calls in backlog order: first on the worker that just freed
+        """Place waiting calls in queue order: first on the worker that just freed
         up, then wherever placement says."""
-        backlog = self.backlog
+        queue = self.queue
         now = time.monotonic()
-        while backlog and not self.closed:
-            call = backlog.peek(now, self.eligible)
+        while queue and not self.closed:
+            call = queue.peek(now, self.eligible)
             if call is None:
                 break  # every waiting call's project is at its limit
             if call.future.done():
-                backlog.discard(call)
+                queue.discard(call)
                 continue
             if (freed is not None and freed.available and freed.running < freed.limit
                     and (not call.resources or fits(freed.resources, call.resources))):
-                backlog.discard(call)
+                queue.discard(call)
                 self._dispatch(freed, call)
                 continue
-            if not self._place(call, len(backlog)):
+            if not self._place(call, len(queue)):
                 break
-            backlog.discard(call)
+            queue.discard(call)
         if self.held or self._room:
             self._admit()

@@ -201,10 +201,10 @@ class ExecutionManager(BaseService):
             resources = _checked_resources(resources)
             pool.check_resources(resources, label)
         if pool.full:
-            self.events.emit("queue-full", queued=len(pool.backlog), held=len(pool.held), call=label)
+            self.events.emit("queue-full", queued=len(pool.queue), held=len(pool.held), call=label)
             if not block:
                 raise QueueFullError(
-                    f"{label} refused: {len(pool.backlog)} calls already wait (maxQueue "
+                    f"{label} refused: {len(pool.queue)} calls already wait (maxQueue "
                     f"{pool.settings.max_queue}); await em.room() or submit with block=True"
                 )
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)

@@ -15,11 +15,11 @@ from typing import Any
 import structlog
 
 from .background import Background
-from .backlog import Backlog
 from .errors import WorkerStartError
 from .events import EventBus
 from .executor import CallHost, Executor, ExecutorFactory, WorkerState
 from .policy import Limits, ScalePlan, inflight_limit, pin_target, plan_scaling
+from .queue import CallQueue
 from .settings import Settings
 
 log = structlog.get_logger("execution-manager")
@@ -73,7 +73,7 @@ class WorkerLifecycle:
     limits: Limits
     options: Mapping[str, Any]
     events: EventBus
-    backlog: Backlog
+    queue: CallQueue
     workers: dict[str, WorkerSlot]
     _slots: list[WorkerSlot]
     _factory: ExecutorFactory
@@ -171,7 +171,7 @@ class WorkerLifecycle:
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
                 self.on_worker_lost(slot)
-        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
+        if not self.closed and (self._live() < self.settings.min_workers or self.queue):
             self._spawn()
 
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
@@ -202,7 +202,7 @@ class WorkerLifecycle:
         slot.retiring = True
         log.info("recycling worker", worker_id=slot.id, reason=reason)
         self.events.emit("worker-recycled", worker_id=slot.id, reason=reason)
-        if not self.closed and (self._live() < self.settings.min_workers or self.backlog):
+        if not self.closed and (self._live() < self.settings.min_workers or self.queue):
             self._spawn()
         self.background.spawn(self._leave(slot, reason))
 
@@ -262,7 +262,7 @@ class WorkerLifecycle:
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
-            self._slots, self.limits, starting=self.starting, queued=len(self.backlog),
+            self._slots, self.limits, starting=self.starting, queued=len(self.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
         )
         if plan.start or plan.retire:

@@ -71,7 +71,7 @@ class PoolCollector(Collector):
         yield GaugeMetricFamily(PREFIX + "calls_running", "Calls running now",
                                 value=sum(s.running for s in pool.slots))
         queue = GaugeMetricFamily(PREFIX + "queue_depth", "Calls waiting for a worker", labels=["priority"])
-        for priority, n in pool.backlog.by_priority().items():
+        for priority, n in pool.queue.by_priority().items():
             queue.add_metric([str(priority)], n)
         yield queue
         yield _histogram("call_duration_seconds", "Time calls ran on a worker", h.timings.duration)

@@ -18,7 +18,7 @@ from .policy import pick_next
 Key = tuple[int, str | None]
 
 
-class Backlog:
+class CallQueue:
     """The queue of one pool. ``len()`` is the number of calls waiting."""
 
     def __init__(self, aging: float) -> None:

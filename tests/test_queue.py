@@ -1,4 +1,4 @@
-"""The backlog without processes: order, aging and project limits."""
+"""The call queue without processes: order, aging and project limits."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from microkernel.services.execution_manager.backlog import Backlog
 from microkernel.services.execution_manager.executor import Call
+from microkernel.services.execution_manager.queue import CallQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -18,16 +18,16 @@ def make(i: int, priority: int = 5, project: str | None = None, at: float = 0.0)
     return call
 
 
-def drain(backlog: Backlog, now: float = 0.0, eligible=lambda _p: True) -> list[int]:
+def drain(queue: CallQueue, now: float = 0.0, eligible=lambda _p: True) -> list[int]:
     order = []
-    while (call := backlog.peek(now, eligible)) is not None:
-        backlog.discard(call)
+    while (call := queue.peek(now, eligible)) is not None:
+        queue.discard(call)
         order.append(call.id)
     return order
 
 
 async def test_priority_then_fifo() -> None:
-    b = Backlog(aging=0)
+    b = CallQueue(aging=0)
     for i, prio in enumerate([5, 1, 9, 5, 9, 1]):
         b.push(make(i, prio, at=float(i)))
     assert len(b) == 6 and b.by_priority() == {9: 2, 5: 2, 1: 2}
@@ -36,7 +36,7 @@ async def test_priority_then_fifo() -> None:
 
 
 async def test_aging_lets_an_old_low_priority_call_through() -> None:
-    b = Backlog(aging=1.0)
+    b = CallQueue(aging=1.0)
     b.push(make(1, priority=0, at=0.0))
     for i in range(2, 6):
         b.push(make(i, priority=8, at=9.5))
@@ -44,7 +44,7 @@ async def test_aging_lets_an_old_low_priority_call_through() -> None:
 
 
 async def test_a_project_at_its_limit_is_skipped_not_blocking() -> None:
-    b = Backlog(aging=0)
+    b = CallQueue(aging=0)
     b.push(make(1, project="busy", at=0.0))
     b.push(make(2, project="busy", at=1.0))
     b.push(make(3, project="free", at=2.0))
@@ -55,7 +55,7 @@ async def test_a_project_at_its_limit_is_skipped_not_blocking() -> None:
 
 
 async def test_discard_anywhere_and_pop_all() -> None:
-    b = Backlog(aging=0)
+    b = CallQueue(aging=0)
     calls = [make(i, at=float(i)) for i in range(4)]
     for c in calls:
         b.push(c)
