@@ -57,7 +57,7 @@ class WorkerPool(WorkerLifecycle):
         self.workers: dict[str, WorkerSlot] = {}
         self._slots: list[WorkerSlot] = []
         self.local: WorkerSlot | None = None
-        self.queue = CallQueue(settings.aging_seconds)
+        self.queue: CallQueue[Call] = CallQueue(settings.aging_seconds)
         offers = getattr(factory, "offers", None)
         self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
         self.placements: deque[dict[str, Any]] = deque(maxlen=20)  # the last resource-aware choices

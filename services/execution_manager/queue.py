@@ -11,15 +11,29 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
 
-from .executor import Call
 from .policy import pick_next
 
 Key = tuple[int, str | None]
 
 
-class CallQueue:
-    """The queue of one pool. ``len()`` is the number of calls waiting."""
+class Queued(Protocol):
+    """What the queue reads of a waiting call."""
+
+    @property
+    def priority(self) -> int: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def queued_at(self) -> float: ...
+
+
+Call = TypeVar("Call", bound=Queued)
+
+
+class CallQueue(Generic[Call]):
+    """The calls waiting for a worker. ``len()`` is how many."""
 
     def __init__(self, aging: float) -> None:
         self.aging = aging

@@ -17,7 +17,7 @@ import structlog
 from .background import Background
 from .errors import WorkerStartError
 from .events import EventBus
-from .executor import CallHost, Executor, ExecutorFactory, WorkerState
+from .executor import Call, CallHost, Executor, ExecutorFactory, WorkerState
 from .policy import Limits, ScalePlan, inflight_limit, pin_target, plan_scaling
 from .queue import CallQueue
 from .settings import Settings
@@ -73,7 +73,7 @@ class WorkerLifecycle:
     limits: Limits
     options: Mapping[str, Any]
     events: EventBus
-    queue: CallQueue
+    queue: CallQueue[Call]
     workers: dict[str, WorkerSlot]
     _slots: list[WorkerSlot]
     _factory: ExecutorFactory

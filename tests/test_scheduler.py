@@ -1,0 +1,213 @@
+"""The scheduler as tables: stimuli in, instructions out, no processes, no clock.
+
+Each promise of the kernel-held queue, with every worker busy and call durations
+unknown (nothing here knows how long a call takes: calls end when the test says so).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from microkernel.services.execution_manager.scheduler import Scheduler, backoff
+from microkernel.services.execution_manager.stimuli import (
+    Abort,
+    Answered,
+    CallSpec,
+    Cancelled,
+    Lost,
+    Resolve,
+    RetryAt,
+    Send,
+    StopWorker,
+    Submitted,
+    Tick,
+    WorkerDraining,
+    WorkerGone,
+    WorkerUnhealthy,
+    WorkerUp,
+)
+
+
+def pool(*workers: str | tuple[str, int], **options: object) -> Scheduler:
+    s = Scheduler(**options)  # type: ignore[arg-type]
+    for w in workers:
+        wid, width = (w, 1) if isinstance(w, str) else w
+        assert s.handle(WorkerUp(0.0, wid, width)) == []
+    return s
+
+
+def sends(out: list) -> list[tuple[int, str]]:
+    return [(i.task_id, i.worker_id) for i in out if isinstance(i, Send)]
+
+
+def submit(s: Scheduler, task_id: int, now: float = 0.0, **options: object) -> list:
+    return s.handle(Submitted(now, CallSpec(task_id, **options)))  # type: ignore[arg-type]
+
+
+def test_with_every_worker_busy_calls_start_by_priority_then_in_order() -> None:
+    s = pool("w1", "w2")
+    assert sends(submit(s, 1) + submit(s, 2)) == [(1, "w1"), (2, "w2")]  # both workers busy now
+    rng = random.Random(7)
+    priorities = {100 + i: rng.randint(0, 10) for i in range(30)}
+    for task_id, priority in priorities.items():
+        assert submit(s, task_id, now=1.0, priority=priority) == []  # nothing is sent ahead
+    assert s.queued == 30
+    started = []
+    running = {"w1": 1, "w2": 2}
+    for step in range(30):
+        worker = "w1" if step % 2 == 0 else "w2"
+        out = s.handle(Answered(2.0 + step, running[worker], 1))
+        [(task_id, where)] = sends(out)
+        assert where == worker
+        running[worker] = task_id
+        started.append(task_id)
+    expected = sorted(priorities, key=lambda t: (-priorities[t], t))  # higher first, then FIFO
+    assert started == expected
+    assert s.queued == 0
+
+
+def test_an_idle_worker_takes_the_short_calls_while_a_long_one_runs() -> None:
+    s = pool("w1", "w2")
+    assert sends(submit(s, 1, label="long")) == [(1, "w1")]
+    shorts = list(range(10, 20))
+    out = []
+    for task_id in shorts:
+        out += submit(s, task_id)
+    assert sends(out) == [(10, "w2")]
+    for i, task_id in enumerate(shorts):  # each short call ends; the next goes to the free worker
+        out = s.handle(Answered(1.0 + i, task_id, 1))
+        assert out[0] == Resolve(task_id, "answered", 1)
+        if task_id != shorts[-1]:
+            assert sends(out) == [(task_id + 1, "w2")]
+    assert s.handle(Answered(20.0, 1, 1)) == [Resolve(1, "answered", 1)]  # the long one ends last
+
+
+def test_a_cancelled_call_that_has_not_started_never_starts() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    assert submit(s, 2) == []
+    assert s.handle(Cancelled(1.0, 2)) == [Resolve(2, "cancelled", 0)]
+    assert s.handle(Answered(2.0, 1, 1)) == [Resolve(1, "answered", 1)]  # no Send of call 2
+    assert s.queued == 0 and not s.calls
+
+
+def test_cancelling_a_running_call_stops_it_and_its_worker_takes_nothing_until_it_ended() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    submit(s, 2)
+    assert s.handle(Cancelled(1.0, 1)) == [Abort(1, 1, "w1", "cancelled"), Resolve(1, "cancelled", 1)]
+    assert s.handle(Tick(2.0)) == []  # w1 is still being stopped: call 2 waits
+    out = s.handle(WorkerGone(3.0, "w1", "was stopped"))
+    assert out == []  # the cancelled call was resolved already; call 2 had not started
+    assert sends(s.handle(WorkerUp(4.0, "w2"))) == [(2, "w2")]
+
+
+def test_the_timeout_counts_from_the_start_and_the_deadline_only_while_queued() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    assert submit(s, 2, now=0.0, timeout=2.0, deadline=10.0) == []
+    assert sends(s.handle(Answered(5.0, 1, 1))) == [(2, "w1")]  # waited 5 s: the timeout had not begun
+    assert s.next_wakeup() == 7.0
+    assert s.handle(Tick(6.9)) == []
+    out = s.handle(Tick(7.0))
+    assert out == [Abort(2, 1, "w1", "timeout"), Resolve(2, "timeout", 1, "ran past its timeout of 2 s", "w1")]
+    assert s.handle(Tick(20.0)) == []  # its deadline no longer applies: it had started
+
+
+def test_a_call_past_its_queue_deadline_never_runs() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    submit(s, 2, deadline=1.5)
+    assert s.next_wakeup() == 1.5
+    assert s.handle(Tick(1.5)) == [Resolve(2, "expired", 0, "waited past its deadline of 1.5 s")]
+    assert s.handle(Answered(2.0, 1, 1)) == [Resolve(1, "answered", 1)]
+
+
+def test_a_draining_or_unhealthy_worker_gets_no_new_call() -> None:
+    s = pool("w1", "w2")
+    submit(s, 1)
+    submit(s, 2)
+    s.handle(WorkerDraining(1.0, "w1"))
+    s.handle(WorkerUnhealthy(1.0, "w2"))
+    assert submit(s, 3, now=1.0) == []
+    assert s.handle(Answered(2.0, 1, 1)) == [Resolve(1, "answered", 1), StopWorker("w1", "drained")]
+    assert s.handle(Answered(2.0, 2, 1)) == [Resolve(2, "answered", 1)]  # w2 is unhealthy: 3 waits
+    assert sends(s.handle(WorkerUnhealthy(3.0, "w2", healthy=True))) == [(3, "w2")]
+
+
+def test_at_most_once_a_lost_attempt_runs_again_only_when_retries_allow() -> None:
+    s = pool("w1", "w2")
+    submit(s, 1)
+    out = s.handle(Lost(1.0, 1, 1, "w1 exited with code 1"))
+    assert out == [Resolve(1, "lost", 1, "w1 exited with code 1", "w1")]
+    submit(s, 2, now=2.0, retries=2)
+    assert s.handle(Lost(3.0, 2, 1, "killed by SIGKILL")) == [RetryAt(2, 3.0 + backoff(1), 1, "killed by SIGKILL")]
+    assert s.queued == 1 and s.next_wakeup() == 3.0 + backoff(1)
+    assert s.handle(Tick(3.05)) == []  # backing off
+    out = s.handle(Tick(3.0 + backoff(1)))
+    assert sends(out) == [(2, "w1")]
+    assert s.handle(Answered(4.0, 2, 1)) == []  # a late answer from the first attempt: dropped
+    assert s.handle(Answered(4.0, 2, 2)) == [Resolve(2, "answered", 2)]
+
+
+def test_a_call_that_keeps_killing_workers_is_given_up() -> None:
+    s = pool("w1", max_deaths=3)
+    submit(s, 1, retries=10)
+    now = 0.0
+    for attempt in (1, 2):
+        s.handle(WorkerGone(now, "w1", "segfault"))
+        now += backoff(attempt)
+        assert sends(s.handle(WorkerUp(now, "w1")) + s.handle(Tick(now))) == [(1, "w1")]
+    out = s.handle(WorkerGone(now, "w1", "segfault"))
+    assert out == [Resolve(1, "lost", 3, "segfault; given up after 3 workers died running it", "w1")]
+
+
+def test_a_lost_worker_fails_exactly_the_calls_it_had_started() -> None:
+    s = pool(("fat", 3), "thin")
+    out = []
+    for task_id in (1, 2, 3, 4, 5):
+        out += submit(s, task_id)
+    assert sends(out) == [(1, "fat"), (2, "thin"), (3, "fat"), (4, "fat")]  # the fewest running first
+    running_on_fat = [1, 3, 4]
+    assert s.queued == 1
+    out = s.handle(WorkerGone(1.0, "fat", "killed by signal SIGKILL"))
+    resolved = [i for i in out if isinstance(i, Resolve)]
+    assert [r.task_id for r in resolved] == running_on_fat  # each error names its own call
+    assert all(r.outcome == "lost" and r.worker_id == "fat" for r in resolved)
+    assert s.queued == 1  # the call that had not started is still queued
+
+
+def test_project_limits_hold_and_other_projects_go_past() -> None:
+    s = pool(("w", 4), project_limits={"ml": 1})
+    out = submit(s, 1, project="ml") + submit(s, 2, project="ml") + submit(s, 3, project="etl")
+    assert sends(out) == [(1, "w"), (3, "w")]
+    assert sends(s.handle(Answered(1.0, 1, 1))) == [(2, "w")]
+
+
+def test_a_call_goes_only_where_its_resources_fit() -> None:
+    s = pool("cpu")
+    s.handle(WorkerUp(0.0, "gpu", 1, {"gpu": 1.0}))
+    assert sends(submit(s, 1, resources={"gpu": 1.0})) == [(1, "gpu")]
+    assert sends(submit(s, 2, resources={"gpu": 1.0})) == []  # the gpu worker is busy: it waits
+    assert sends(submit(s, 3)) == []  # strict order: nothing passes the waiting call
+    assert sends(s.handle(Answered(1.0, 1, 1))) == [(2, "gpu"), (3, "cpu")]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"priority": 11}, "priority must be 0-10, not 11"), ({"priority": -1}, "priority must be 0-10"),
+     ({"timeout": 0}, "timeout must be a number of seconds above 0, not 0"),
+     ({"deadline": -1.0}, "deadline must be"), ({"retries": -2}, "retries must be 0 or more")],
+)
+def test_bad_options_name_the_field(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CallSpec(1, label="train", **options)
+
+
+def test_repr_and_counts() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    submit(s, 2)
+    assert repr(s) == "<Scheduler calls=2 queued=1 running=1 workers=1>"
