@@ -8,6 +8,7 @@ commands share one environment.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,9 +56,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the project's wheel; returns its bin folder."""
     tmp = tmp_path_factory.mktemp("install")
     dist = tmp / "dist"
+    # Built from a clean copy: setuptools builds in the source tree, and its build/ folder
+    # keeps modules since deleted, which would slip into the wheel (and litter the checkout).
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
+        ".pytest_cache"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist),
-         str(ROOT)], capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(source)],
+        capture_output=True, text=True, timeout=240,
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = dist.glob("*.whl")
@@ -65,6 +72,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         top = {name.split("/")[0] for name in zf.namelist() if ".dist-info" not in name.split("/")[0]}
     assert top == {"kernel", "microkernel"}, top
     assert not top & FORBIDDEN_TOP_LEVEL
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n.rsplit("/", 1)[1] for n in zf.namelist() if n.startswith("microkernel/services/execution_manager/")
+                   and n.count("/") == 3 and n.endswith(".py")}
+    assert shipped == {p.name for p in (ROOT / "services" / "execution_manager").glob("*.py")}
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
