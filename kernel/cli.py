@@ -28,10 +28,10 @@ def add_loop_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help=_LOOP_HELP)
 
 
-def plugin_commands() -> dict[str, Command]:
-    """Every installed plugin's subcommands; one named like another's, or like the
-    kernel's own, is a :class:`PluginError`."""
-    commands: dict[str, Command] = merged_registry(make_plugin_manager(), "kernel_cli_commands", "command")
+def plugin_commands(plugins: Sequence[object] = ()) -> dict[str, Command]:
+    """Every installed plugin's subcommands (and those of ``plugins``); one named like
+    another's, or like the kernel's own, is a :class:`PluginError`."""
+    commands: dict[str, Command] = merged_registry(make_plugin_manager(plugins), "kernel_cli_commands", "command")
     taken = sorted(set(commands) & set(OWN_COMMANDS))
     if taken:
         raise PluginError(f"plugins may not replace the kernel's own command(s) {taken}")
