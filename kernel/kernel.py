@@ -207,9 +207,16 @@ class Kernel:
             with structlog.contextvars.bound_contextvars(kernel_id=self.id, service=spec.name):
                 await instance.start()  # tasks it starts log with both ids
         except Exception as exc:
-            if rec.state != ServiceState.SKIPPED:
-                rec.state = ServiceState.FAILED
             rec.error = exc
+            if blocked:
+                # Not its own failure: a dependency that was allowed to fail did (one that
+                # was not has stopped start-up already). So it is skipped, whatever its own
+                # failOnError says, and start-up goes on.
+                self.hook.kernel_service_failed(kernel=self, name=spec.name, error=exc)
+                log.error("service skipped: its dependencies failed", service=spec.name,
+                          failed_dependencies=blocked)
+                return
+            rec.state = ServiceState.FAILED
             self.hook.kernel_service_failed(kernel=self, name=spec.name, error=exc)
             if spec.manifest.fail_on_error:
                 raise ServiceStartError(spec.name, exc) from exc

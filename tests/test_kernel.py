@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from kernel import Kernel, ServiceState, hookimpl
 from kernel.errors import (
@@ -93,15 +94,23 @@ async def test_soft_failure_skips_dependents_and_the_rest_runs(tmp_path: Path) -
     tree(tmp_path, {
         "flaky": {"failOnError": False, "custom": {"fail": True}},
         "needs_flaky": {"failOnError": False, "dependencies": ["flaky"]},
+        "strict_needs_flaky": {"dependencies": ["flaky"]},  # failOnError true: skipped all the same
+        "needs_strict": {"dependencies": ["strict_needs_flaky"]},
         "fine": {},
     })
-    async with Kernel([tmp_path], builtins=False) as kernel:
-        states = kernel.service_states()
-        assert states == {"flaky": "failed", "needs_flaky": "skipped", "fine": "running"}
-        assert "dependencies failed (flaky)" in str(kernel.service_error("needs_flaky"))
-        kernel.get_service("fine")
-        with pytest.raises(ServiceNotFoundError, match="service 'flaky' is failed: start failed on purpose"):
-            kernel.get_service("flaky")
+    with structlog.testing.capture_logs() as logs:
+        async with Kernel([tmp_path], builtins=False) as kernel:
+            states = kernel.service_states()
+            assert states == {"flaky": "failed", "needs_flaky": "skipped", "strict_needs_flaky": "skipped",
+                              "needs_strict": "skipped", "fine": "running"}
+            assert "dependencies failed (flaky)" in str(kernel.service_error("needs_flaky"))
+            assert "dependencies failed (strict_needs_flaky)" in str(kernel.service_error("needs_strict"))
+            kernel.get_service("fine")
+            with pytest.raises(ServiceNotFoundError, match="service 'flaky' is failed: start failed on purpose"):
+                kernel.get_service("flaky")
+    skipped = [e for e in logs if e["event"] == "service skipped: its dependencies failed"]
+    assert [(e["service"], e["failed_dependencies"]) for e in skipped] == [
+        ("needs_flaky", ["flaky"]), ("strict_needs_flaky", ["flaky"]), ("needs_strict", ["strict_needs_flaky"])]
 
 
 async def test_visibility(tmp_path: Path) -> None:
