@@ -9,8 +9,9 @@ processes that only need ``kernel.task`` start fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_names
 
 if TYPE_CHECKING:
     from . import task
@@ -66,15 +67,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "task":  # the module, imported on first use like the rest
-        return importlib.import_module(".task", __name__)
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kernel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _WHERE, ("task",))
 
 
 def __dir__() -> list[str]:
