@@ -22,7 +22,7 @@ from .executor import Call
 from .handles import CallFuture
 from .pool import WorkerPool
 from .serialization import dumps, dumps_call
-from .workers import WorkerSlot
+from .workers import PoolWorker
 
 log = structlog.get_logger("execution-manager")
 
@@ -111,20 +111,20 @@ class PinTable:
         label = f"assign {cls.__qualname__}"
         key = uuid.uuid4().hex
         payload = dumps_call(label, (key, instance), (), {}, instance=instance)
-        slot = await self.pool.wait_for_worker()
-        if slot is None:
+        worker = await self.pool.wait_for_worker()
+        if worker is None:
             raise WorkerStartError(f"no worker is available to assign {cls.__qualname__} to")
-        pin = Pin(key, instance, slot.id)
+        pin = Pin(key, instance, worker.id)
         self._by_id[id(instance)] = self._by_key[key] = pin
-        slot.pins.add(key)
+        worker.pins.add(key)
         try:
-            await self._pin_on(pin, slot, payload)
+            await self._pin_on(pin, worker, payload)
         except BaseException:
             self._home(pin)
             raise
         instance.__dict__["_em"] = manager
-        self.events.emit("instance-assigned", worker_id=slot.id, instance=cls.__qualname__)
-        return slot.id
+        self.events.emit("instance-assigned", worker_id=worker.id, instance=cls.__qualname__)
+        return worker.id
 
     async def _run(self, worker_id: str, kind: int, payload: bytes, label: str) -> Any:
         """Run an internal call (pin, release) on one worker and return its result."""
@@ -132,9 +132,9 @@ class PinTable:
         self.pool.send_to(worker_id, call)
         return await CallFuture(self.pool, self._rebuild, label=label).follow(call.future)
 
-    async def _pin_on(self, pin: Pin, slot: WorkerSlot, payload: bytes) -> None:
-        await self._run(slot.id, p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
-        pin.worker_id = slot.id
+    async def _pin_on(self, pin: Pin, worker: PoolWorker, payload: bytes) -> None:
+        await self._run(worker.id, p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
+        pin.worker_id = worker.id
         pin.ready = True
         pin.assigned.set()
         self._flush(pin)
@@ -192,13 +192,13 @@ class PinTable:
 
     async def _release(self, pin: Pin) -> None:
         await pin.assigned.wait()
-        worker = pin.worker_id
+        worker_id = pin.worker_id
         copy = None
         try:
             copy = await self._unpin(pin)
         finally:
             self._home(pin, copy)
-        self.events.emit("instance-released", worker_id=worker, instance=type(pin.instance).__qualname__)
+        self.events.emit("instance-released", worker_id=worker_id, instance=type(pin.instance).__qualname__)
 
     async def _unpin(self, pin: Pin) -> Any:
         label = f"release {type(pin.instance).__qualname__}"
@@ -207,9 +207,9 @@ class PinTable:
             raise InstanceLostError(f"worker {pin.worker_id} no longer holds the instance")
         return copy
 
-    async def move_off(self, slot: WorkerSlot) -> None:
+    async def move_off(self, worker: PoolWorker) -> None:
         """The worker retires: move each instance it holds to another worker (or home)."""
-        for key in list(slot.pins):
+        for key in list(worker.pins):
             pin = self._by_key.get(key)
             if pin is None:
                 continue
@@ -218,15 +218,15 @@ class PinTable:
             try:
                 copy = await self._unpin(pin)
             except Exception as exc:
-                log.error("instance lost while moving", worker_id=slot.id, error=str(exc))
+                log.error("instance lost while moving", worker_id=worker.id, error=str(exc))
                 self._home(pin)
                 continue
-            slot.pins.discard(key)
-            target = await self.pool.wait_for_worker(exclude=slot.id, start=False)
+            worker.pins.discard(key)
+            target = await self.pool.wait_for_worker(exclude=worker.id, start=False)
             name = type(pin.instance).__qualname__
             if target is None:
                 self._home(pin, copy)
-                self.events.emit("instance-released", worker_id=slot.id, instance=name, reason="worker retired")
+                self.events.emit("instance-released", worker_id=worker.id, instance=name, reason="worker retired")
                 continue
             target.pins.add(key)
             try:
@@ -235,20 +235,20 @@ class PinTable:
                 log.error("instance could not move; brought home", worker_id=target.id, error=str(exc))
                 self._home(pin, copy)
                 continue
-            self.events.emit("instance-moved", worker_id=target.id, from_worker=slot.id, instance=name)
+            self.events.emit("instance-moved", worker_id=target.id, from_worker=worker.id, instance=name)
 
-    def lost(self, slot: WorkerSlot) -> None:
+    def lost(self, worker: PoolWorker) -> None:
         """The worker died: its instances are unpinned; their state since assignment is gone."""
-        for key in list(slot.pins):
+        for key in list(worker.pins):
             pin = self._by_key.get(key)
             if pin is None:
                 continue
             name = type(pin.instance).__qualname__
-            log.warning("pinned instance lost with its worker", worker_id=slot.id, instance=name)
+            log.warning("pinned instance lost with its worker", worker_id=worker.id, instance=name)
             self._drop(pin)
             if pin.releasing is None and pin.assigned.is_set():
                 self._flush(pin)
-            self.events.emit("instance-lost", worker_id=slot.id, instance=name)
+            self.events.emit("instance-lost", worker_id=worker.id, instance=name)
 
     def _home(self, pin: Pin, copy: Any = None) -> None:
         """Unpin: the state of ``copy`` (the worker's copy), if any, comes back to the
@@ -262,8 +262,8 @@ class PinTable:
         if self._by_id.get(id(pin.instance)) is pin:
             del self._by_id[id(pin.instance)]
         self._by_key.pop(pin.key, None)
-        slot = self.pool.workers.get(pin.worker_id)
-        if slot is not None:
-            slot.pins.discard(pin.key)
+        worker = self.pool.workers.get(pin.worker_id)
+        if worker is not None:
+            worker.pins.discard(pin.key)
         pin.ready = False
         pin.assigned.set()

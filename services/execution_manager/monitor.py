@@ -54,15 +54,15 @@ class Monitor:
         beats = {n.id: n for n in nodes}
         now = time.perf_counter()
         details = []
-        for slot in pool.slots:
-            ex = slot.executor
+        for worker in pool.members:
+            ex = worker.executor
             info = ex.info()
-            cpu, rss = self.metrics.get(slot.id, (0.0, 0))
+            cpu, rss = self.metrics.get(worker.id, (0.0, 0))
             node = beats.get(info.node) if info.node else None
             details.append(WorkerStats(
-                id=slot.id, node_type=ex.node_type, state="draining" if slot.retiring and ex.is_available
-                else ex.state.value, pid=info.pid, address=info.address, running=slot.running, done=ex.done,
-                failed=ex.failed, cpu_percent=cpu, memory_rss=rss, pinned=slot.pinned, node=info.node,
+                id=worker.id, node_type=ex.node_type, state="draining" if worker.retiring and ex.is_available
+                else ex.state.value, pid=info.pid, address=info.address, running=worker.running, done=ex.done,
+                failed=ex.failed, cpu_percent=cpu, memory_rss=rss, pinned=worker.pinned, node=info.node,
                 host=(node.address.rpartition(":")[0] or node.address) if node else info.node or HOST,
                 heartbeat_age=node.heartbeat_age if node else None, calls=running_calls(ex, now),
             ))
@@ -91,13 +91,13 @@ class Monitor:
         limit); above softMemoryLimit the worker is replaced between calls."""
         pool = self.pool
         soft, hard = pool.settings.soft_memory_limit, pool.settings.hard_memory_limit
-        for slot in pool.slots:
-            rss = metrics.get(slot.id, (0.0, 0))[1]
-            if _over(rss, hard) and slot.executor.inflight:
-                running = next(iter(slot.executor.inflight.values()))
+        for worker in pool.members:
+            rss = metrics.get(worker.id, (0.0, 0))[1]
+            if _over(rss, hard) and worker.executor.inflight:
+                running = next(iter(worker.executor.inflight.values()))
                 pool.abort(running, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
             elif _over(rss, soft):
-                pool.recycle(slot, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
+                pool.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
 
     async def run(self) -> None:
         """Sample every ``sampleInterval`` and autoscale every ``monitorInterval``, until
@@ -111,20 +111,20 @@ class Monitor:
             pids: dict[str, int | None] = {}
             remote: dict[str, tuple[float, int]] = {}
             local = []
-            for slot in pool.slots:
-                info = slot.executor.info()
+            for worker in pool.members:
+                info = worker.executor.info()
                 if info.node is None:
-                    pids[slot.id] = info.pid
-                    local.append(slot)
+                    pids[worker.id] = info.pid
+                    local.append(worker)
                 else:  # a node's slot: its heartbeats carry the figures
-                    remote[slot.id] = (info.cpu_percent or 0.0, info.rss or 0)
-                    slot.cpu_percent = info.host_cpu_percent or 0.0
+                    remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
+                    worker.cpu_percent = info.host_cpu_percent or 0.0
             load, metrics = await anyio.to_thread.run_sync(_sample, pids, self._procs)
             metrics.update(remote)
             self.load, self.metrics = load, metrics
             pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
-            for slot in local:  # placement weighs the load of the machine a worker is on
-                slot.cpu_percent = load.cpu_percent
+            for worker in local:  # placement weighs the load of the machine a worker is on
+                worker.cpu_percent = load.cpu_percent
             self.enforce_memory(metrics)
             now = time.monotonic()
             if now >= next_scale:

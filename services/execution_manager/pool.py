@@ -26,14 +26,14 @@ from .policy import Limits, inflight_limit, place
 from .queue import CallQueue
 from .resources import fits, place_with, unsatisfiable
 from .settings import Settings
-from .workers import WorkerLifecycle, WorkerSlot
+from .workers import PoolWorker, WorkerLifecycle
 
 log = structlog.get_logger("execution-manager")
 _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 
 
 class WorkerPool(WorkerLifecycle):
-    """Executors of one node type, plus an optional in-process slot for idle times."""
+    """Executors of one node type, plus an optional in-process worker for idle times."""
 
     def __init__(
         self,
@@ -54,9 +54,9 @@ class WorkerPool(WorkerLifecycle):
         self._local_factory = local_factory
         self.events = events
         self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
-        self.workers: dict[str, WorkerSlot] = {}
-        self._slots: list[WorkerSlot] = []
-        self.local: WorkerSlot | None = None
+        self.workers: dict[str, PoolWorker] = {}
+        self._members: list[PoolWorker] = []
+        self.local: PoolWorker | None = None
         self.queue: CallQueue[Call] = CallQueue(settings.aging_seconds)
         offers = getattr(factory, "offers", None)
         self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
@@ -73,8 +73,8 @@ class WorkerPool(WorkerLifecycle):
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
         self.last_scaling = "none yet"
-        self.on_worker_lost: Callable[[WorkerSlot], None] | None = None
-        self.on_retire: Callable[[WorkerSlot], Awaitable[None]] | None = None
+        self.on_worker_lost: Callable[[PoolWorker], None] | None = None
+        self.on_retire: Callable[[PoolWorker], Awaitable[None]] | None = None
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
         self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
@@ -82,8 +82,8 @@ class WorkerPool(WorkerLifecycle):
         self.timings: Timings | None = None  # call durations and queue waits, when someone reads them
 
     def __repr__(self) -> str:
-        busy = sum(1 for s in self._slots if s.running)
-        return f"<WorkerPool workers={len(self._slots)} busy={busy} queued={len(self.queue)}>"
+        busy = sum(1 for s in self._members if s.running)
+        return f"<WorkerPool workers={len(self._members)} busy={busy} queued={len(self.queue)}>"
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ class WorkerPool(WorkerLifecycle):
             local = self._local_factory("local-0", {"threads": self.settings.local_slots})
             local.host = self.host
             await local.start()
-            self.local = WorkerSlot(local, limit=self.settings.local_slots)
+            self.local = PoolWorker(local, limit=self.settings.local_slots)
             local.on_finish = partial(self._finished, self.local)
         results = await asyncio.gather(
             *(self._start_worker() for _ in range(self.settings.min_workers))
@@ -112,24 +112,24 @@ class WorkerPool(WorkerLifecycle):
         self.stopping = True
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
         try:
-            if s.drain_queue and (self.queue or any(slot.running for slot in self._slots)):
+            if s.drain_queue and (self.queue or any(worker.running for worker in self._members)):
                 await self._until_idle(s.drain_timeout, hurried)
             self.closed = True
             for waiter in self._room:
                 if not waiter.done():
                     waiter.set_result(None)
             self._fail_waiting(PoolClosedError("the execution manager is shutting down"))
-            slots = list(self._slots) + ([self.local] if self.local else [])
+            members = list(self._members) + ([self.local] if self.local else [])
             stopping: asyncio.Future[Any] = asyncio.gather(
-                *(slot.executor.stop(drain=True, timeout=s.drain_timeout) for slot in slots),
+                *(worker.executor.stop(drain=True, timeout=s.drain_timeout) for worker in members),
                 return_exceptions=True,
             )
             if hurried is not None:
                 await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
                 if hurried.done() and not stopping.done():
-                    for slot in slots:  # stopping the running call ends its worker at once
-                        for call_id in list(slot.executor.inflight):
-                            slot.executor.abort(call_id)
+                    for worker in members:  # stopping the running call ends its worker at once
+                        for call_id in list(worker.executor.inflight):
+                            worker.executor.abort(call_id)
             await stopping
         finally:
             if hurried is not None:
@@ -147,7 +147,7 @@ class WorkerPool(WorkerLifecycle):
 
     async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
         deadline = time.monotonic() + timeout
-        while (self.queue or any(slot.running for slot in self._slots)) and time.monotonic() < deadline:
+        while (self.queue or any(worker.running for worker in self._members)) and time.monotonic() < deadline:
             if hurried is not None and hurried.done():
                 return
             await asyncio.sleep(0.02)
@@ -222,14 +222,14 @@ class WorkerPool(WorkerLifecycle):
 
     def send_to(self, worker_id: str, call: Call) -> None:
         """Send ``call`` to one worker, bypassing placement (pinned instances)."""
-        slot = self.workers.get(worker_id)
-        if slot is None or slot.executor.is_closed:
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.executor.is_closed:
             raise PoolClosedError(f"worker {worker_id} is gone")
-        self._dispatch(slot, call)
+        self._dispatch(worker, call)
 
     def check_resources(self, request: Mapping[str, float], label: str) -> None:
         """Refuse at once a request no worker could ever satisfy."""
-        offers = [s.resources for s in self._slots]
+        offers = [s.resources for s in self._members]
         if unsatisfiable(offers, self.new_offer, request):
             offered = self.new_offer if not offers else offers[0]
             raise UnsatisfiableError(
@@ -240,7 +240,7 @@ class WorkerPool(WorkerLifecycle):
     def _place_resources(self, call: Call, request: Mapping[str, float], waiting: int) -> bool:
         room = self._live() < self.limits.max_workers and self.starting < waiting
         decision, scores = place_with(
-            self._slots, {s.id: s.resources for s in self._slots}, request,
+            self._members, {s.id: s.resources for s in self._members}, request,
             can_start=room, new_offer=self.new_offer,
         )
         if decision.action == "worker":
@@ -256,7 +256,7 @@ class WorkerPool(WorkerLifecycle):
             return self._place_resources(call, call.resources, waiting)
         local = self.local
         decision = place(
-            self._slots, self.limits, cpu_percent=self.cpu_percent,
+            self._members, self.limits, cpu_percent=self.cpu_percent,
             local_free=local is not None and local.running < local.limit,
             total=self._live() - self.starting, starting=self.starting, queued=waiting - 1,
         )
@@ -274,52 +274,52 @@ class WorkerPool(WorkerLifecycle):
             self.events.emit("scaled-up", count=1, reason=self.last_scaling)
         return False
 
-    def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
+    def _dispatch(self, worker: PoolWorker, call: Call) -> None:
         call.started = time.perf_counter()
         if self.timings is not None:
             self.timings.wait.observe(time.monotonic() - call.queued_at if call.queued_at else 0.0)
-        call.worker_id = slot.id
-        slot.executor.submit(call)
-        slot.idle_since = None
+        call.worker_id = worker.id
+        worker.executor.submit(call)
+        worker.idle_since = None
         if call.project is not None:
             self.project_running[call.project] = self.project_running.get(call.project, 0) + 1
 
-    def _finished(self, slot: WorkerSlot, call: Call, ok: bool | None) -> None:
+    def _finished(self, worker: PoolWorker, call: Call, ok: bool | None) -> None:
         """An executor ended ``call`` (called synchronously, before its future is set);
         ``ok`` is None for a call dropped before it ran."""
         if call.project is not None:
             self.project_running[call.project] -= 1
         if ok is None:
-            if not slot.executor.inflight:
-                slot.idle_since = time.monotonic()
+            if not worker.executor.inflight:
+                worker.idle_since = time.monotonic()
             if self.queue:
                 self._drain()
             return
         now = time.perf_counter()
         # Service time: as the executor measured it, or from when the worker could start
         # it (not from dispatch).
-        took = call.ran if call.ran is not None else now - max(call.started, slot.last_done)
-        slot.last_done = now
-        slot.mean = took if slot.mean is None else slot.mean * 0.8 + took * 0.2
+        took = call.ran if call.ran is not None else now - max(call.started, worker.last_done)
+        worker.last_done = now
+        worker.mean = took if worker.mean is None else worker.mean * 0.8 + took * 0.2
         if self.timings is not None:
             self.timings.duration.observe(took)
-        if slot is not self.local:
-            slot.limit = self._cap(slot, inflight_limit(slot.mean, slot.executor.overhead, slot.width))
+        if worker is not self.local:
+            worker.limit = self._cap(worker, inflight_limit(worker.mean, worker.executor.overhead, worker.width))
         if ok:
             self.done += 1
         else:
             self.failed += 1
         limit = self.settings.max_tasks_per_worker
-        if limit is not None and slot is not self.local and slot.executor.done + slot.executor.failed >= limit:
-            self.recycle(slot, f"ran {limit} calls (maxTasksPerWorker)")
+        if limit is not None and worker is not self.local and worker.executor.done + worker.executor.failed >= limit:
+            self.recycle(worker, f"ran {limit} calls (maxTasksPerWorker)")
         events = self.events
         if events.wants("task-complete" if ok else "task-error"):
-            events.emit("task-complete" if ok else "task-error", worker_id=slot.id, call_id=call.id,
+            events.emit("task-complete" if ok else "task-error", worker_id=worker.id, call_id=call.id,
                         call=call.label, seconds=took)
-        if not slot.executor.inflight:
-            slot.idle_since = time.monotonic()
+        if not worker.executor.inflight:
+            worker.idle_since = time.monotonic()
         if self.queue:
-            self._drain(slot if slot is not self.local else None)
+            self._drain(worker if worker is not self.local else None)
 
     def withdraw(self, call: Call) -> bool:
         """Take ``call`` out of the queue (or the held calls); False if it is not there."""
@@ -331,30 +331,30 @@ class WorkerPool(WorkerLifecycle):
             return True
         return False
 
-    def _unqueue_or_find(self, call: Call) -> WorkerSlot | None:
-        """Drop ``call`` from the queue (None), or the slot whose executor holds it."""
+    def _unqueue_or_find(self, call: Call) -> PoolWorker | None:
+        """Drop ``call`` from the queue (None), or the worker whose executor holds it."""
         if self.withdraw(call):
             return None
-        slots = [*self._slots, self.local] if self.local else self._slots
-        return next((s for s in slots if call.id in s.executor.inflight), None)
+        members = [*self._members, self.local] if self.local else self._members
+        return next((s for s in members if call.id in s.executor.inflight), None)
 
-    def _cap(self, slot: WorkerSlot, limit: int) -> int:
+    def _cap(self, worker: PoolWorker, limit: int) -> int:
         """``limit``, but never more calls than the worker may still run (maxTasksPerWorker)."""
         most = self.settings.max_tasks_per_worker
         if most is None:
             return limit
-        return max(0, min(limit, most - slot.executor.done - slot.executor.failed))
+        return max(0, min(limit, most - worker.executor.done - worker.executor.failed))
 
     def abort(self, call: Call, reason: str = "") -> str | None:
         """Stop ``call`` by force. Returns the id of the worker that was running it,
         or None if it was still queued (it never runs)."""
-        slot = self._unqueue_or_find(call)
-        if slot is None:
+        worker = self._unqueue_or_find(call)
+        if worker is None:
             return None
-        slot.executor.abort(call.id, reason)
-        return slot.id
+        worker.executor.abort(call.id, reason)
+        return worker.id
 
-    def _drain(self, freed: WorkerSlot | None = None) -> None:
+    def _drain(self, freed: PoolWorker | None = None) -> None:
         """Place waiting calls in queue order: first on the worker that just freed
         up, then wherever placement says."""
         queue = self.queue

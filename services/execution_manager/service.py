@@ -253,7 +253,7 @@ class ExecutionManager(BaseService):
 
     async def _map(self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> AsyncIterator[Any]:
         pool = self._pool
-        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.slots)))
+        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.members)))
         label = f"map({_label(fn)})"
         futures: list[CallFuture] = []
         try:

@@ -1,4 +1,4 @@
-"""Workers of the pool: their slots, and their lifecycle (start, replace, recycle,
+"""Workers of the pool (:class:`PoolWorker`) and their lifecycle (start, replace, recycle,
 retire, autoscale). :class:`WorkerLifecycle` is the base of
 :class:`~.pool.WorkerPool`, which owns the calls and the queue.
 """
@@ -26,7 +26,7 @@ log = structlog.get_logger("execution-manager")
 _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 
 
-class WorkerSlot:
+class PoolWorker:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
     __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "last_done", "limit", "mean",
@@ -61,7 +61,7 @@ class WorkerSlot:
         return len(self.pins)
 
     def __repr__(self) -> str:
-        return f"<WorkerSlot {self.executor!r} limit={self.limit} pins={len(self.pins)}>"
+        return f"<PoolWorker {self.executor!r} limit={self.limit} pins={len(self.pins)}>"
 
 
 
@@ -74,8 +74,8 @@ class WorkerLifecycle:
     options: Mapping[str, Any]
     events: EventBus
     queue: CallQueue[Call]
-    workers: dict[str, WorkerSlot]
-    _slots: list[WorkerSlot]
+    workers: dict[str, PoolWorker]
+    _members: list[PoolWorker]
     _factory: ExecutorFactory
     _seq: itertools.count[int]
     background: Background
@@ -84,17 +84,17 @@ class WorkerLifecycle:
     memory_percent: float
     last_scaling: str
     last_scale_up: float | None
-    on_worker_lost: Callable[[WorkerSlot], None] | None
-    on_retire: Callable[[WorkerSlot], Awaitable[None]] | None
+    on_worker_lost: Callable[[PoolWorker], None] | None
+    on_retire: Callable[[PoolWorker], Awaitable[None]] | None
     host: CallHost | None
 
-    def _drain(self, freed: WorkerSlot | None = None) -> None:
+    def _drain(self, freed: PoolWorker | None = None) -> None:
         raise NotImplementedError
 
-    def _finished(self, slot: WorkerSlot, call: Any, ok: bool | None) -> None:
+    def _finished(self, worker: PoolWorker, call: Any, ok: bool | None) -> None:
         raise NotImplementedError
 
-    def _cap(self, slot: WorkerSlot, limit: int) -> int:
+    def _cap(self, worker: PoolWorker, limit: int) -> int:
         raise NotImplementedError
 
     def _fail_waiting(self, exc: Exception) -> None:
@@ -104,7 +104,7 @@ class WorkerLifecycle:
         self.starting += 1
         self.background.spawn(self._start_worker(counted=True))
 
-    async def _start_worker(self, counted: bool = False) -> WorkerSlot | None:
+    async def _start_worker(self, counted: bool = False) -> PoolWorker | None:
         if not counted:
             self.starting += 1
         wid = f"{self.settings.node_type}-{next(self._seq)}"
@@ -116,7 +116,7 @@ class WorkerLifecycle:
             self.starting -= 1
             log.error("worker failed to start", worker_id=wid, error=str(exc))
             self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
-            if not self._slots and not self.starting:
+            if not self._members and not self.starting:
                 self._fail_waiting(WorkerStartError(f"no worker could be started: {exc}"))
             return None
         self.starting -= 1
@@ -125,14 +125,14 @@ class WorkerLifecycle:
             return None
         return self._enroll(executor, external=False)
 
-    def _enroll(self, executor: Executor, *, external: bool) -> WorkerSlot:
+    def _enroll(self, executor: Executor, *, external: bool) -> PoolWorker:
         """Make a started executor one of the pool's workers and place waiting calls."""
-        slot = WorkerSlot(executor, external=external)
-        slot.limit = self._cap(slot, slot.limit)
-        executor.on_finish = partial(self._finished, slot)
+        worker = PoolWorker(executor, external=external)
+        worker.limit = self._cap(worker, worker.limit)
+        executor.on_finish = partial(self._finished, worker)
         executor.host = self.host
-        self.workers[executor.id] = slot
-        self._slots.append(slot)
+        self.workers[executor.id] = worker
+        self._members.append(worker)
         info = executor.info()
         where = {"node": info.node} if external else {}
         if external:
@@ -142,7 +142,7 @@ class WorkerLifecycle:
         self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
                          **where)
         self._drain()
-        return slot
+        return worker
 
     def adopt(self, executor: Executor) -> None:
         """Take in a started executor the pool did not start (a remote node's slot).
@@ -159,10 +159,10 @@ class WorkerLifecycle:
             return
         if new not in _CLOSED:
             return
-        slot = self.workers.pop(executor.id, None)
-        if slot is None:
+        worker = self.workers.pop(executor.id, None)
+        if worker is None:
             return
-        self._slots.remove(slot)
+        self._members.remove(worker)
         reason = executor.info().exit_reason or new.value
         expected = new == WorkerState.TERMINATED
         self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
@@ -170,51 +170,51 @@ class WorkerLifecycle:
             log.warning("worker died", worker_id=executor.id, reason=reason)
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
-                self.on_worker_lost(slot)
+                self.on_worker_lost(worker)
         if not self.closed and (self._live() < self.settings.min_workers or self.queue):
             self._spawn()
 
-    async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> WorkerSlot | None:
+    async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> PoolWorker | None:
         """A worker to pin an instance on; with ``start``, one is started if there is
         none and room (waiting up to ``startTimeout``)."""
         deadline = time.monotonic() + self.settings.start_timeout
         while not self.closed:
-            wid = pin_target(self._slots, exclude)
+            wid = pin_target(self._members, exclude)
             if wid is not None:
                 return self.workers[wid]
             if not start:
                 return None
-            others = sum(1 for s in self._slots if s.id != exclude)
+            others = sum(1 for s in self._members if s.id != exclude)
             if others + self.starting < self.settings.max_workers and not self.starting:
-                slot = await self._start_worker()
-                if slot is not None:
-                    return slot
+                worker = await self._start_worker()
+                if worker is not None:
+                    return worker
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.02)
         return None
 
-    def recycle(self, slot: WorkerSlot, reason: str) -> None:
-        """Replace ``slot`` between calls: it takes no new call, finishes what it holds
+    def recycle(self, worker: PoolWorker, reason: str) -> None:
+        """Replace ``worker`` between calls: it takes no new call, finishes what it holds
         and leaves; a replacement starts at once when one is needed."""
-        if slot.retiring or slot.executor.is_closed:
+        if worker.retiring or worker.executor.is_closed:
             return
-        slot.retiring = True
-        log.info("recycling worker", worker_id=slot.id, reason=reason)
-        self.events.emit("worker-recycled", worker_id=slot.id, reason=reason)
+        worker.retiring = True
+        log.info("recycling worker", worker_id=worker.id, reason=reason)
+        self.events.emit("worker-recycled", worker_id=worker.id, reason=reason)
         if not self.closed and (self._live() < self.settings.min_workers or self.queue):
             self._spawn()
-        self.background.spawn(self._leave(slot, reason))
+        self.background.spawn(self._leave(worker, reason))
 
     def _live(self) -> int:
         """Workers the pool started that stay (not leaving), plus those starting."""
-        return sum(1 for s in self._slots if not s.retiring and not s.external) + self.starting
+        return sum(1 for s in self._members if not s.retiring and not s.external) + self.starting
 
-    async def _leave(self, slot: WorkerSlot, reason: str, drain: bool = True) -> None:
-        if self.on_retire is not None and slot.pins:
-            await self.on_retire(slot)
-        await slot.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
-        self.events.emit("worker-retired", worker_id=slot.id, reason=reason)
+    async def _leave(self, worker: PoolWorker, reason: str, drain: bool = True) -> None:
+        if self.on_retire is not None and worker.pins:
+            await self.on_retire(worker)
+        await worker.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
+        self.events.emit("worker-retired", worker_id=worker.id, reason=reason)
 
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
         """Move the worker's pinned instances away, then drain and stop it (without
@@ -222,15 +222,15 @@ class WorkerLifecycle:
 
         :raises LookupError: no such worker (the message lists the workers).
         """
-        slot = self.workers.get(worker_id)
-        if slot is None:
+        worker = self.workers.get(worker_id)
+        if worker is None:
             known = ", ".join(self.workers) or "none"
             raise LookupError(f"no worker {worker_id!r} (workers: {known})")
-        if slot.retiring:
+        if worker.retiring:
             return
-        slot.retiring = True
+        worker.retiring = True
         log.info("retiring worker", worker_id=worker_id, reason=reason, drain=drain)
-        await self._leave(slot, reason, drain)
+        await self._leave(worker, reason, drain)
 
     def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
         """Change minWorkers / maxWorkers while running (None: keep). Starts workers up
@@ -254,15 +254,15 @@ class WorkerLifecycle:
         log.info("scaling bounds changed", min_workers=lo, max_workers=hi)
         while self._live() < lo:
             self._spawn()
-        staying = sorted((s for s in self._slots if not s.retiring and not s.external), key=lambda s: s.running)
-        for slot in staying[: max(0, self._live() - hi)]:
-            slot.retiring = True
-            self.background.spawn(self._leave(slot, reason))
+        staying = sorted((s for s in self._members if not s.retiring and not s.external), key=lambda s: s.running)
+        for worker in staying[: max(0, self._live() - hi)]:
+            worker.retiring = True
+            self.background.spawn(self._leave(worker, reason))
         return reason
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
-            self._slots, self.limits, starting=self.starting, queued=len(self.queue),
+            self._members, self.limits, starting=self.starting, queued=len(self.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
         )
         if plan.start or plan.retire:
@@ -279,5 +279,5 @@ class WorkerLifecycle:
         return plan
 
     @property
-    def slots(self) -> list[WorkerSlot]:
-        return list(self._slots)
+    def members(self) -> list[PoolWorker]:
+        return list(self._members)

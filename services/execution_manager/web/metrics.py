@@ -43,15 +43,15 @@ class PoolCollector(Collector):
         if pool is None or monitor is None:
             return
         workers = GaugeMetricFamily(PREFIX + "workers", "Executors in the pool", labels=["kind", "state"])
-        by_state = Counter((s.executor.node_type, s.executor.state.value) for s in pool.slots)
+        by_state = Counter((s.executor.node_type, s.executor.state.value) for s in pool.members)
         for (kind, state), n in sorted(by_state.items()):
             workers.add_metric([kind, state], n)
         yield workers
         rss = GaugeMetricFamily(PREFIX + "worker_memory_rss_bytes", "Resident memory of workers",
                                 labels=["kind"])
         by_kind: Counter[str] = Counter()
-        for slot in pool.slots:
-            by_kind[slot.executor.node_type] += monitor.metrics.get(slot.id, (0.0, 0))[1]
+        for worker in pool.members:
+            by_kind[worker.executor.node_type] += monitor.metrics.get(worker.id, (0.0, 0))[1]
         for kind, total in sorted(by_kind.items()):
             rss.add_metric([kind], total)
         yield rss
@@ -69,7 +69,7 @@ class PoolCollector(Collector):
         yield calls
         yield CounterMetricFamily(PREFIX + "retries", "Calls run again after their worker died", value=h.retried)
         yield GaugeMetricFamily(PREFIX + "calls_running", "Calls running now",
-                                value=sum(s.running for s in pool.slots))
+                                value=sum(s.running for s in pool.members))
         queue = GaugeMetricFamily(PREFIX + "queue_depth", "Calls waiting for a worker", labels=["priority"])
         for priority, n in pool.queue.by_priority().items():
             queue.add_metric([str(priority)], n)
