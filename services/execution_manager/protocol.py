@@ -251,11 +251,6 @@ def frame(msg: Message) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def fields(msg: Message) -> tuple[Any, ...]:
-    """``msg``'s fields in wire order."""
-    return msgspec.structs.astuple(msg)
-
-
 def decoder(types: tuple[type[Message], ...]) -> msgspec.msgpack.Decoder[Any]:
     """A decoder of exactly these message types (what one side receives in one state)."""
     return msgspec.msgpack.Decoder(Union[types])  # noqa: UP007  # a Union built from a tuple at run time
@@ -303,7 +298,8 @@ class Connection:
         self.max_frame = max_frame
         self.framed = framed
         self.peer_name = peer
-        self._decode = decoder(KERNEL_RECEIVES if role == "kernel" else WORKER_RECEIVES).decode
+        self._accepts = KERNEL_RECEIVES if role == "kernel" else WORKER_RECEIVES
+        self._decode = decoder(self._accepts).decode
         self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
         self._buf = bytearray()
 
@@ -354,7 +350,7 @@ class Connection:
         try:
             event: Event = self._decode(frame)
         except msgspec.ValidationError as exc:  # (a DecodeError too: first)
-            raise self._error(self._why(frame, exc)) from None
+            raise self._error(explain(frame, exc, self._accepts, self.role)) from None
         except msgspec.DecodeError as exc:
             raise self._error(f"undecodable frame: {exc}") from None
         if self.peer is None:
@@ -367,9 +363,6 @@ class Connection:
             self.peer = event
             self.peer_name = self.peer_name or event.worker_id
         return event
-
-    def _why(self, frame: bytes | memoryview, exc: msgspec.ValidationError) -> str:
-        return explain(frame, exc, KERNEL_RECEIVES if self.role == "kernel" else WORKER_RECEIVES, self.role)
 
     # -- sending --------------------------------------------------------------------
 

@@ -29,15 +29,15 @@ class Queued(Protocol):
     def queued_at(self) -> float: ...
 
 
-Call = TypeVar("Call", bound=Queued)
+Item = TypeVar("Item", bound=Queued)
 
 
-class CallQueue(Generic[Call]):
+class CallQueue(Generic[Item]):
     """The calls waiting for a worker. ``len()`` is how many."""
 
     def __init__(self, aging: float) -> None:
         self.aging = aging
-        self._fifos: dict[Key, deque[Call]] = {}
+        self._fifos: dict[Key, deque[Item]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -46,11 +46,11 @@ class CallQueue(Generic[Call]):
     def __bool__(self) -> bool:
         return self._count > 0
 
-    def __iter__(self) -> Iterator[Call]:
+    def __iter__(self) -> Iterator[Item]:
         for fifo in list(self._fifos.values()):
             yield from list(fifo)
 
-    def push(self, call: Call) -> None:
+    def push(self, call: Item) -> None:
         key = (call.priority, call.project)
         fifo = self._fifos.get(key)
         if fifo is None:
@@ -58,7 +58,7 @@ class CallQueue(Generic[Call]):
         fifo.append(call)
         self._count += 1
 
-    def peek(self, now: float, eligible: Callable[[str | None], bool]) -> Call | None:
+    def peek(self, now: float, eligible: Callable[[str | None], bool]) -> Item | None:
         """The call to run next, or None when every waiting call's project is full."""
         fifos = self._fifos
         if len(fifos) == 1:  # the common case: one priority, no projects
@@ -70,7 +70,7 @@ class CallQueue(Generic[Call]):
         heads = [(k[0], fifos[k][0].queued_at) for k in keys]
         return fifos[keys[pick_next(heads, now, self.aging)]][0]
 
-    def discard(self, call: Call) -> bool:
+    def discard(self, call: Item) -> bool:
         """Remove ``call``; False if it was not waiting."""
         key = (call.priority, call.project)
         fifo = self._fifos.get(key)
@@ -86,7 +86,7 @@ class CallQueue(Generic[Call]):
         self._count -= 1  # an emptied FIFO stays: it is refilled soon, and there are few
         return True
 
-    def pop_all(self) -> list[Call]:
+    def pop_all(self) -> list[Item]:
         calls = list(self)
         self._fifos.clear()
         self._count = 0

@@ -66,7 +66,6 @@ class _Call:
     attempt: int = 0
     worker_id: str | None = None  # where its current attempt runs
     started_at: float = 0.0
-    retry_at: float | None = None
     deaths: int = 0
 
     @property
@@ -266,10 +265,10 @@ class Scheduler:
             self._end(call, out, Resolve(call.spec.task_id, "lost", call.attempt, reason, worker_id))
 
     def _retry(self, call: _Call, now: float, out: list[Instruction], reason: str) -> None:
-        call.retry_at = now + self._jitter(backoff(call.attempt))
-        heapq.heappush(self._retries, (call.retry_at, call.spec.task_id))
+        at = now + self._jitter(backoff(call.attempt))
+        heapq.heappush(self._retries, (at, call.spec.task_id))
         self._retrying.add(call.spec.task_id)
-        out.append(RetryAt(call.spec.task_id, call.retry_at, call.attempt, reason))
+        out.append(RetryAt(call.spec.task_id, at, call.attempt, reason))
 
     def _end(self, call: _Call, out: list[Instruction], resolve: Resolve, *, abort: str = "") -> None:
         """Resolve ``call``; a running attempt is stopped by force when ``abort`` says why."""
@@ -302,7 +301,6 @@ class Scheduler:
             due = self.calls.get(task_id)
             if due is not None and task_id in self._retrying:
                 self._retrying.discard(task_id)
-                due.retry_at = None
                 due.queued_at = now
                 self.queue.push(due)
 
