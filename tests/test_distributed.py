@@ -221,7 +221,7 @@ async def test_method_options_call_options_and_manifest_priority(tmp_path: Path)
         await blocker
         order = [tag for tag, _ in sorted(await asyncio.gather(*calls), key=lambda r: r[1])]
         assert order == ["override-10", "method-9", "override-5", "manifest-2"]
-        with pytest.raises(CallTimeoutError, match=r"Jobs\.hang did not finish within 0\.3 s"):
+        with pytest.raises(CallTimeoutError, match=r"Jobs\.hang\(\) \[task \d+\] did not finish within 0\.3 s"):
             await jobs.hang()
         with pytest.raises(TypeError, match=r"unknown call options \['prio'\]"), call_options(prio=1):
             pass

@@ -1,56 +1,21 @@
-"""Placement and scaling as tables: snapshot in, decision out."""
+"""Scaling, pinning and queue order as tables: snapshot in, decision out."""
 
 from __future__ import annotations
 
 import pytest
 
 from microkernel.services.execution_manager.policy import (
-    LOCAL,
-    START,
-    WAIT,
     Limits,
-    Placement,
     ScalePlan,
     Worker,
     chunk_size,
-    inflight_limit,
     pick_next,
     pin_target,
-    place,
     plan_scaling,
 )
 
 L = Limits(min_workers=1, max_workers=3)
-NO_LOCAL = L._replace(run_locally=False)
 W = Worker
-
-
-@pytest.mark.parametrize(
-    ("workers", "limits", "cpu", "local_free", "starting", "queued", "expected"),
-    [
-        # (1) idle machine, local slot free: run locally
-        ([W("a")], L, 10.0, True, 0, 0, LOCAL),
-        ([W("a")], L, 10.0, False, 0, 0, Placement("worker", "a")),
-        ([W("a")], L, 50.0, True, 0, 0, Placement("worker", "a")),
-        ([W("a")], NO_LOCAL, 0.0, True, 0, 0, Placement("worker", "a")),
-        # (2) fewest calls in flight, then least CPU
-        ([W("a", running=1, limit=4), W("b", running=0, limit=4)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
-        ([W("a", cpu_percent=80), W("b", cpu_percent=20)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
-        ([W("a", available=False), W("b", running=1, limit=2)], NO_LOCAL, 90, False, 0, 0, Placement("worker", "b")),
-        # (3) all saturated, room to grow: start one
-        ([W("a", running=1)], NO_LOCAL, 90, False, 0, 0, START),
-        ([], NO_LOCAL, 90, False, 0, 0, START),
-        # ... but not more starting than calls waiting
-        ([W("a", running=1)], NO_LOCAL, 90, False, 1, 0, WAIT),
-        ([W("a", running=1)], NO_LOCAL, 90, False, 1, 1, START),
-        # (4) at the maximum: wait
-        ([W("a", running=1), W("b", running=1), W("c", running=1)], NO_LOCAL, 90, False, 0, 5, WAIT),
-    ],
-)
-def test_place(workers, limits, cpu, local_free, starting, queued, expected) -> None:
-    got = place(workers, limits, cpu_percent=cpu, local_free=local_free, total=len(workers),
-                starting=starting, queued=queued)
-    assert got == expected
 
 
 @pytest.mark.parametrize(
@@ -81,11 +46,6 @@ def test_idle_timeout() -> None:
     workers = [W("a", idle_since=9.0), W("b", idle_since=5.0)]
     assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=10.0).retire == ("b",)
     assert plan_scaling(workers, limits, starting=0, queued=0, memory_percent=0, now=7.0).retire == ()
-
-
-@pytest.mark.parametrize(("mean", "limit"), [(None, 2), (0.0001, 64), (0.005, 4), (0.02, 1), (3.0, 1)])
-def test_inflight_limit(mean, limit) -> None:
-    assert inflight_limit(mean) == limit
 
 
 @pytest.mark.parametrize(("items", "workers", "size"), [(0, 2, 1), (1, 2, 1), (100, 2, 13), (10**6, 2, 10_000), (7, 0, 2)])
@@ -131,26 +91,3 @@ def test_no_flapping_between_the_thresholds() -> None:
     workers = [W("a", running=1), W("b", idle_since=0.0)]
     plan = plan_scaling(workers, L, starting=0, queued=5, memory_percent=10.0, now=100.0)
     assert plan == ScalePlan(0, (), "steady")
-
-
-@pytest.mark.parametrize(("work", "overhead", "limit"), [
-    (0.0005, 0.010, 64),  # a tiny call behind a 10 ms round trip: pipeline deeply
-    (0.0, 0.010, 64),
-    (0.002, 0.010, 6),    # enough in flight to cover the round trip
-    (0.005, 0.010, 4),
-    (0.020, 0.010, 2),    # real work: one running, one in transit
-    (3.0, 0.010, 2),
-    (None, 0.010, 2),
-])
-def test_inflight_limit_covers_transit(work, overhead, limit) -> None:
-    assert inflight_limit(work, overhead) == limit
-
-
-@pytest.mark.parametrize(("work", "overhead", "width", "limit"), [
-    (0.5, 0.0, 4, 4),      # one long call per thread of a 4-thread worker
-    (0.5, 0.010, 4, 8),    # and one more each in transit
-    (None, 0.0, 4, 8),
-    (0.0001, 0.0, 2, 128),
-])
-def test_inflight_limit_scales_with_the_workers_width(work, overhead, width, limit) -> None:
-    assert inflight_limit(work, overhead, width) == limit

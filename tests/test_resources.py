@@ -6,8 +6,9 @@ import pytest
 
 from kernel import Kernel
 from microkernel.services.execution_manager.errors import UnsatisfiableError
-from microkernel.services.execution_manager.policy import START, WAIT, Placement, Worker
-from microkernel.services.execution_manager.resources import fits, place_with, score, unsatisfiable
+from microkernel.services.execution_manager.resources import fits, tightness, unsatisfiable
+from microkernel.services.execution_manager.scheduler import Scheduler
+from microkernel.services.execution_manager.stimuli import CallSpec, Send, Submitted, WorkerUp
 
 from . import tasks
 from .conftest import EM_LOCAL
@@ -25,25 +26,21 @@ def test_fits(offer, request_, ok) -> None:
     assert fits(offer, request_) is ok
 
 
-def test_score_prefers_tight_fit_then_low_load_then_idle_cpu() -> None:
-    big = {"memory": 16e9}
-    small = {"memory": 4e9}
+def test_tightness_prefers_the_worker_the_call_fills_most() -> None:
     request = {"memory": 4e9}
-    w = Worker("w", limit=4)
-    assert score(w, small, request) > score(w, big, request)  # bin packing
-    assert score(Worker("a", running=0, limit=4), small, request) > score(Worker("b", running=3, limit=4), small, request)
-    assert score(Worker("a", cpu_percent=0), small, request) > score(Worker("b", cpu_percent=90), small, request)
+    assert tightness({"memory": 4e9}, request) > tightness({"memory": 16e9}, request)
+    assert tightness(CPU, {}) == 1.0
 
 
-def test_place_with_filters_then_scores() -> None:
-    workers = [Worker("cpu-only"), Worker("gpu-busy", running=1), Worker("gpu")]
-    offers = {"cpu-only": CPU, "gpu-busy": GPU, "gpu": GPU}
-    decision, scores = place_with(workers, offers, {"gpu": 1}, can_start=True, new_offer=GPU)
-    assert decision == Placement("worker", "gpu") and set(scores) == {"gpu"}
-    busy = [Worker("gpu", running=1)]
-    assert place_with(busy, {"gpu": GPU}, {"gpu": 1}, can_start=True, new_offer=GPU).placement == START
-    assert place_with(busy, {"gpu": GPU}, {"gpu": 1}, can_start=False, new_offer=GPU).placement == WAIT
-    assert place_with(busy, {"gpu": GPU}, {"gpu": 1}, can_start=True, new_offer=CPU).placement == WAIT
+def test_the_scheduler_takes_the_tightest_free_worker_that_fits() -> None:
+    s = Scheduler()
+    for wid, offer in (("cpu-only", CPU), ("gpu-big", {**GPU, "memory": 64e9}), ("gpu", GPU)):
+        s.handle(WorkerUp(0.0, wid, 1, offer))
+    [send] = s.handle(Submitted(0.0, CallSpec(1, resources={"gpu": 1, "memory": 4e9})))
+    assert send == Send(1, 1, "gpu")  # bin packing: the big one stays free for a big call
+    [send] = s.handle(Submitted(0.0, CallSpec(2, resources={"gpu": 1})))
+    assert send == Send(2, 1, "gpu-big")
+    assert s.handle(Submitted(0.0, CallSpec(3, resources={"gpu": 1}))) == []  # both busy: it waits
 
 
 def test_unsatisfiable() -> None:
@@ -61,7 +58,7 @@ async def test_calls_with_resources_on_real_workers() -> None:
         assert await em.submit(tasks.inc, 1, resources={"gpu": 1, "cpu": 1}) == 2
         stats = await em.get_stats()
         last = stats.recent_placements[-1]
-        assert last["worker"] in last["scores"] and len(last["scores"]) == 2
+        assert last["worker"] in last["fits"] and len(last["fits"]) == 2
         with pytest.raises(UnsatisfiableError, match=r"inc asks for \{'gpu': 2\.0\}, which no local worker can ever offer"):
             em.submit(tasks.inc, 1, resources={"gpu": 2})
         with pytest.raises(UnsatisfiableError, match="tpu"):

@@ -10,12 +10,14 @@ import random
 
 import pytest
 
-from microkernel.services.execution_manager.scheduler import Scheduler, backoff
+from microkernel.services.execution_manager.scheduler import BUDGET, MAX_AHEAD, SHORT, Scheduler, ahead, backoff
 from microkernel.services.execution_manager.stimuli import (
     Abort,
     Answered,
     CallSpec,
     Cancelled,
+    Closing,
+    Load,
     Lost,
     Resolve,
     RetryAt,
@@ -211,3 +213,92 @@ def test_repr_and_counts() -> None:
     submit(s, 1)
     submit(s, 2)
     assert repr(s) == "<Scheduler calls=2 queued=1 running=1 workers=1>"
+
+
+def measured(s: Scheduler, label: str, seconds: float, worker: str = "w1") -> None:
+    """Run one call of ``label`` that takes ``seconds`` on an idle ``worker``."""
+    task_id = 10_000 + len(s.means) + int(seconds * 1e6)
+    assert sends(submit(s, task_id, now=100.0, label=label)) == [(task_id, worker)]
+    s.handle(Answered(100.0 + seconds, task_id, 1))
+
+
+@pytest.mark.parametrize(("mean", "overhead", "calls"), [
+    (0.00001, 0.0, MAX_AHEAD), (0.001, 0.0, 1 + round(BUDGET / 0.001)), (0.004, 0.0, 2),
+    (0.001, 0.010, 11),  # enough to cover a remote engine's round trip
+])
+def test_how_far_ahead(mean, overhead, calls) -> None:
+    assert ahead(mean, overhead) == calls
+
+
+def test_short_calls_go_ahead_only_behind_short_calls_and_never_with_a_timeout() -> None:
+    s = pool("w1")
+    measured(s, "tiny", 0.0001)
+    out = []
+    for task_id in range(1, 100):
+        out += submit(s, task_id, now=200.0, label="tiny")
+    assert len(sends(out)) == ahead(s.means["tiny"])  # a few ms of work held by the worker
+    assert s.queued == 99 - ahead(s.means["tiny"])
+    assert submit(s, 500, now=200.0, label="tiny", priority=9, timeout=5.0) == []  # needs a real start
+
+    s = pool("w1")
+    measured(s, "tiny", 0.0001)
+    assert sends(submit(s, 1, now=200.0, label="unknown")) == [(1, "w1")]
+    assert submit(s, 2, now=200.0, label="tiny") == []  # nothing goes ahead of a call of unknown length
+    measured_long = pool("w1")
+    measured(measured_long, "long", 2 * SHORT)
+    assert sends(submit(measured_long, 1, now=200.0, label="long")) == [(1, "w1")]
+    assert submit(measured_long, 2, now=200.0, label="long") == []
+
+
+def test_a_free_worker_is_taken_before_anything_goes_ahead() -> None:
+    s = pool("w1", "w2")
+    measured(s, "tiny", 0.0001)
+    assert sends(submit(s, 1, now=200.0, label="tiny") + submit(s, 2, now=200.0, label="tiny")) == [
+        (1, "w1"), (2, "w2")]
+
+
+def test_the_kernels_own_process_only_when_opted_in_idle_and_without_a_timeout() -> None:
+    s = pool("w1")
+    s.handle(WorkerUp(0.0, "local-0", 2, local=True))
+    assert sends(submit(s, 1)) == [(1, "w1")]  # no Load yet: the machine's load is unknown
+    s.handle(Answered(1.0, 1, 1))
+    s.handle(Load(1.0, low=True))
+    assert sends(submit(s, 2, now=1.0)) == [(2, "local-0")]
+    assert sends(submit(s, 3, now=1.0, timeout=1.0)) == [(3, "w1")]  # a timeout cannot be enforced there
+    s.handle(Load(1.0, low=False))
+    assert sends(submit(s, 4, now=1.0)) == []  # busy machine: the worker or the queue
+
+
+def test_a_pinned_call_goes_to_its_worker_at_once_in_order() -> None:
+    s = pool("w1", "w2")
+    submit(s, 1)
+    assert sends(submit(s, 2, pinned_to="w1")) == [(2, "w1")]  # behind call 1, on the worker holding the instance
+    assert submit(s, 3, pinned_to="gone") == [Resolve(3, "lost", 0, "worker gone is gone")]
+    assert s.handle(Cancelled(1.0, 2)) == [Abort(2, 1, "w1", "cancelled"), Resolve(2, "cancelled", 1)]
+
+
+def test_an_attempt_that_never_began_runs_elsewhere_at_no_cost() -> None:
+    s = pool("w1", "w2")
+    submit(s, 1)
+    out = s.handle(Lost(1.0, 1, 1, "dropped before it began", started=False))
+    assert sends(out) == [(1, "w1")]  # no retry asked, none needed: it never ran
+    assert s.handle(Answered(2.0, 1, 2)) == [Resolve(1, "answered", 2)]
+
+
+def test_closing_ends_the_calls_not_started_and_sends_nothing_more() -> None:
+    s = pool("w1")
+    submit(s, 1)
+    submit(s, 2)
+    assert s.handle(Closing(1.0)) == [Resolve(2, "closed", 0)]
+    assert s.handle(Answered(2.0, 1, 1)) == [Resolve(1, "answered", 1)]
+    assert submit(s, 3, now=3.0) == [Resolve(3, "closed", 0)]
+
+
+def test_a_worker_is_sent_no_more_calls_than_it_may_still_run() -> None:
+    s = Scheduler()
+    s.handle(WorkerUp(0.0, "w1", 1, calls=2))
+    s.handle(WorkerUp(0.0, "w2", 1))
+    assert sends(submit(s, 1) + submit(s, 2)) == [(1, "w1"), (2, "w2")]
+    assert sends(s.handle(Answered(1.0, 2, 1)) + submit(s, 3, now=1.0)) == [(3, "w2")]
+    assert sends(s.handle(Answered(2.0, 1, 1)) + submit(s, 4, now=2.0)) == [(4, "w1")]
+    assert sends(s.handle(Answered(3.0, 4, 1)) + submit(s, 5, now=3.0)) == []  # w1 ran its two

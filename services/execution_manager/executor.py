@@ -63,11 +63,10 @@ class IllegalTransition(ExecutionError):
 
 
 class ReplyFuture(asyncio.Future[Any]):
-    """A call's future that hands a reply to its one follower (:meth:`follow_now`) in
-    the turn of the event loop in which the executor sets it: a done-callback would run
-    a turn later, and the caller's task takes a turn more to wake. Errors and
-    cancellation reach the follower a turn later, as with a done-callback, because they
-    are set by code (an abort, a timeout) that may itself be the follower's caller."""
+    """An attempt's future that hands its outcome to its one follower (:meth:`follow_now`)
+    in the very call that sets it: a done-callback would run a turn of the event loop
+    later, and the caller's task takes a turn more to wake. The follower (the pool) must
+    accept being called from inside an executor's methods."""
 
     _follower: Callable[[ReplyFuture], None] | None = None
 
@@ -80,6 +79,19 @@ class ReplyFuture(asyncio.Future[Any]):
 
     def set_result(self, result: Any, /) -> None:
         super().set_result(result)
+        self._hand_over()
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        self._hand_over()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._hand_over()
+        return cancelled
+
+    def _hand_over(self) -> None:
         follower, self._follower = self._follower, None
         if follower is not None:
             try:
@@ -88,24 +100,10 @@ class ReplyFuture(asyncio.Future[Any]):
                 self.get_loop().call_exception_handler(
                     {"message": "a call's follower failed", "exception": exc, "future": self})
 
-    def set_exception(self, exception: type | BaseException, /) -> None:
-        super().set_exception(exception)
-        self._later()
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        cancelled = super().cancel(msg)
-        if cancelled:
-            self._later()
-        return cancelled
-
-    def _later(self) -> None:
-        follower, self._follower = self._follower, None
-        if follower is not None:
-            self.get_loop().call_soon(follower, self)
-
 
 class Call:
-    """One attempt at a call, as the pool hands it to an executor.
+    """One attempt at a call, as the pool hands it to an executor (an *attempt* in the
+    glossary: ``id`` is the call's task id, ``attempt`` its number).
 
     The executor resolves ``future`` with a reply ``(True, pickled_result)`` or
     ``(False, ErrorInfo)``, or sets an :class:`~kernel.errors.ExecutionError` on it.
@@ -113,7 +111,7 @@ class Call:
     the pool's (an executor may ignore them).
     """
 
-    __slots__ = ("args", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
+    __slots__ = ("args", "attempt", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
                  "project", "queued_at", "ran", "resources", "soft_timeout", "started", "timeout", "worker_id")
 
     def __init__(
@@ -122,7 +120,8 @@ class Call:
         project: str | None = None, soft_timeout: float = 0.0,
         resources: Mapping[str, float] | None = None,
     ) -> None:
-        self.id = id
+        self.id = id  # the task id: the same for every attempt at one call
+        self.attempt = 1  # which attempt this is
         self.kind = kind
         self.payload = payload
         self.future = future
@@ -145,7 +144,7 @@ class Call:
 
     def describe(self) -> str:
         shown = ", ".join(short_repr(a, 40) for a in self.args)
-        return f"{self.label}({shown}) [call {self.id}]"
+        return f"{self.label}({shown}) [task {self.id}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +179,6 @@ class CallHost(Protocol):
 
 
 StateListener = Callable[["Executor", WorkerState, WorkerState], None]
-FinishListener = Callable[["Call", "bool | None"], None]
 
 
 class Executor(ABC):
@@ -192,9 +190,8 @@ class Executor(ABC):
     ``FAILED`` and fails every call it held with :class:`WorkerCrashedError`.
     Every state change is reported to ``listeners``, which is how the pool learns of
     deaths; the pool never switches on an executor's type, only on these predicates.
-    ``on_finish(call, ok)`` is called as each call ends (before its future is set), so
-    the owner keeps its books without a callback per future; ``ok`` is None for a call
-    dropped by :meth:`cancel`.
+    Each call ends by its future: a reply, an error, or cancelled when it was dropped
+    before it began (:meth:`cancel`).
     """
 
     node_type: ClassVar[str] = ""
@@ -210,7 +207,6 @@ class Executor(ABC):
         self.options: Mapping[str, Any] = options or {}
         self.state = WorkerState.CREATING
         self.listeners: list[StateListener] = []
-        self.on_finish: FinishListener | None = None
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
         self.inflight: dict[int, Call] = {}
         self.done = 0
@@ -342,8 +338,6 @@ class Executor(ABC):
             self.failed += 1
         if not self.inflight and self.state == WorkerState.RUNNING:
             self.set_state(WorkerState.AVAILABLE)
-        if self.on_finish is not None:
-            self.on_finish(call, ok)
 
     def _fail(self, call: Call, exc: BaseException) -> None:
         """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
@@ -400,8 +394,7 @@ class Executor(ABC):
             return None
         if not self.inflight and self.state == WorkerState.RUNNING:
             self.set_state(WorkerState.AVAILABLE)
-        if self.on_finish is not None:
-            self.on_finish(call, None)
+        call.future.cancel()
         return call
 
     def _begin_stop(self) -> bool:
@@ -427,30 +420,38 @@ class Executor(ABC):
             worker_id=self.id, pid=pid, call=c.describe(), started=c.id not in never_started,
         ))
 
-    def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None) -> None:
+    def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None,
+                   started: Callable[[Call], bool] | None = None) -> None:
         """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while
-        running / before starting {call}"), the first as started."""
+        running / before starting {call}"). ``started(call)`` says whether a call may
+        have begun; without it every call held may have (see :meth:`_fail_all`)."""
 
-        def crashed(c: Call, started: bool) -> WorkerCrashedError:
-            when = "while running" if started else "before starting"
+        oldest = next(iter(self.inflight), None)
+
+        def crashed(c: Call, began: bool) -> WorkerCrashedError:
+            if not began:
+                when = "before starting"
+            else:
+                when = "while running" if c.id == oldest else "while holding (it may have started)"
             return WorkerCrashedError(
                 f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=pid,
-                exitcode=exitcode, call=c.describe(), started=started,
+                exitcode=exitcode, call=c.describe(), started=began,
             )
 
-        self._fail_all(crashed)
+        self._fail_all(crashed, started)
 
-    def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException]) -> None:
-        """Fail every call held; ``exc_factory(call, started)``. Calls run one at a time
-        in submission order, so only the oldest can have started. Call it only once the
-        executor no longer accepts calls (``on_finish`` may place new ones)."""
+    def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException],
+                  started: Callable[[Call], bool] | None = None) -> None:
+        """Fail every call held; ``exc_factory(call, started)``. Unless ``started`` tells
+        otherwise, each call held counts as begun: a worker may run one call after
+        another before its replies reach us, so the oldest held is not the only one
+        that may have run, and a call that may have run is never run again unasked.
+        Call it only once the executor no longer accepts calls."""
         calls = list(self.inflight.values())
         self.inflight.clear()
-        for index, call in enumerate(calls):
-            exc = exc_factory(call, index == 0)
+        for call in calls:
+            exc = exc_factory(call, True if started is None else started(call))
             self.failed += 1
-            if self.on_finish is not None:
-                self.on_finish(call, False)
             if not call.future.done():
                 call.future.set_exception(exc)
 

@@ -18,15 +18,14 @@ import structlog
 from . import protocol as p
 from .errors import InstanceLostError, WorkerStartError
 from .events import EventBus
-from .executor import Call
 from .handles import CallFuture
 from .pool import WorkerPool
 from .serialization import dumps, dumps_call
+from .stimuli import CallSpec
 from .workers import PoolWorker
 
 log = structlog.get_logger("execution-manager")
 
-Rebuild = Callable[[Any], BaseException]
 PlaceUnpinned = Callable[[Any, str, tuple[Any, ...], dict[str, Any]], CallFuture]
 
 
@@ -57,7 +56,7 @@ def _chain(outer: CallFuture, inner: CallFuture) -> None:
             outer.set_result(done.result())
 
     inner.add_done_callback(copy)
-    inner.on_progress(lambda update: outer._on_progress(*update))
+    inner.on_progress(lambda update: outer.report_progress(*update))
     outer.add_done_callback(lambda f: inner.cancel() if f.cancelled() else None)
 
 
@@ -75,10 +74,9 @@ def _state_of(obj: Any) -> dict[str, Any]:
 class PinTable:
     """The pinned instances of one execution manager."""
 
-    def __init__(self, pool: WorkerPool, events: EventBus, rebuild: Rebuild, place_unpinned: PlaceUnpinned) -> None:
+    def __init__(self, pool: WorkerPool, events: EventBus, place_unpinned: PlaceUnpinned) -> None:
         self.pool = pool
         self.events = events
-        self._rebuild = rebuild
         self._place_unpinned = place_unpinned  # where a released instance's calls go
         self._by_id: dict[int, Pin] = {}
         self._by_key: dict[str, Pin] = {}
@@ -126,11 +124,15 @@ class PinTable:
         self.events.emit("instance-assigned", worker_id=worker.id, instance=cls.__qualname__)
         return worker.id
 
+    def _submit(self, worker_id: str, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = ()) -> CallFuture:
+        """Send a call to one worker, in order behind what it was sent before."""
+        pool = self.pool
+        spec = CallSpec(pool.next_id(), label=label, pinned_to=worker_id)
+        return pool.submit(CallFuture(pool, spec, kind, payload, args))
+
     async def _run(self, worker_id: str, kind: int, payload: bytes, label: str) -> Any:
         """Run an internal call (pin, release) on one worker and return its result."""
-        call = self.pool.new_call(kind, payload, label)
-        self.pool.send_to(worker_id, call)
-        return await CallFuture(self.pool, self._rebuild, label=label).follow(call.future)
+        return await self._submit(worker_id, kind, payload, label)
 
     async def _pin_on(self, pin: Pin, worker: PoolWorker, payload: bytes) -> None:
         await self._run(worker.id, p.PIN, payload, f"pin {type(pin.instance).__qualname__}")
@@ -146,19 +148,17 @@ class PinTable:
 
         The future follows the reply alone: cancelling it must not stop the worker
         that holds the instance's state."""
-        out = CallFuture(self.pool, self._rebuild, label=f"{type(pin.instance).__qualname__}.{method}")
         if pin.ready and not pin.waiting:
-            call = self._send(pin, method, args, kwargs)
-            return out.follow(call.future, call)
+            return self._send(pin, method, args, kwargs)
+        label = f"{type(pin.instance).__qualname__}.{method}"
+        out = CallFuture(self.pool, CallSpec(self.pool.next_id(), label=label), p.CALL_PINNED, b"", args)
         pin.waiting.append((method, args, kwargs, out))
         return out
 
-    def _send(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+    def _send(self, pin: Pin, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallFuture:
         label = f"{type(pin.instance).__qualname__}.{method}"
         payload = dumps_call(label, (pin.key, method, args, kwargs), args, kwargs)
-        call = self.pool.new_call(p.CALL_PINNED, payload, label, args)
-        self.pool.send_to(pin.worker_id, call)
-        return call
+        return self._submit(pin.worker_id, p.CALL_PINNED, payload, label, args)
 
     def _flush(self, pin: Pin) -> None:
         """Send the calls that waited where the instance now lives (its worker, or unpinned)."""
@@ -169,8 +169,7 @@ class PinTable:
                 continue
             try:
                 if pinned:
-                    call = self._send(pin, method, args, kwargs)
-                    out.follow(call.future, call)
+                    _chain(out, self._send(pin, method, args, kwargs))
                 else:
                     _chain(out, self._place_unpinned(pin.instance, method, args, kwargs))
             except Exception as exc:

@@ -76,7 +76,8 @@ class Monitor:
                                    limit=pool.project_limits.get(name))
                 for name in sorted({*pool.project_limits, *pool.project_running, *queued})
             },
-            tasks_done=pool.done, tasks_failed=pool.failed,
+            tasks_done=pool.done, tasks_failed=pool.failed, attempts_failed=pool.attempts_failed,
+            tasks_retried=pool.retried,
             pinned_instances=pinned, last_scaling=pool.last_scaling,
             recent_placements=list(pool.placements),
             worker_details=details,
@@ -94,8 +95,7 @@ class Monitor:
         for worker in pool.members:
             rss = metrics.get(worker.id, (0.0, 0))[1]
             if _over(rss, hard) and worker.executor.inflight:
-                running = next(iter(worker.executor.inflight.values()))
-                pool.abort(running, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
+                pool.kill(worker, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
             elif _over(rss, soft):
                 pool.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
 
@@ -122,7 +122,7 @@ class Monitor:
             load, metrics = await anyio.to_thread.run_sync(_sample, pids, self._procs)
             metrics.update(remote)
             self.load, self.metrics = load, metrics
-            pool.cpu_percent, pool.memory_percent = load.cpu_percent, load.memory_percent
+            pool.set_load(load.cpu_percent, load.memory_percent)
             for worker in local:  # placement weighs the load of the machine a worker is on
                 worker.cpu_percent = load.cpu_percent
             self.enforce_memory(metrics)

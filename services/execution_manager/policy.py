@@ -6,7 +6,6 @@ do, and the tests are tables.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -21,8 +20,6 @@ class WorkerView(Protocol):
     def available(self) -> bool: ...
     @property
     def running(self) -> int: ...
-    @property
-    def limit(self) -> int: ...
     @property
     def cpu_percent(self) -> float: ...
     @property
@@ -40,7 +37,6 @@ class Worker:
     id: str
     available: bool = True
     running: int = 0
-    limit: int = 1
     cpu_percent: float = 0.0
     idle_since: float | None = None
     pinned: int = 0
@@ -59,51 +55,6 @@ class Limits(NamedTuple):
     cooldown: float = 0.0  # seconds after a scale-up during which no worker retires
 
 
-class Placement(NamedTuple):
-    action: str  # "local" | "worker" | "start" | "wait"
-    worker_id: str | None = None
-
-
-LOCAL = Placement("local")
-START = Placement("start")
-WAIT = Placement("wait")
-
-
-def place(
-    workers: Sequence[WorkerView],
-    limits: Limits,
-    *,
-    cpu_percent: float,
-    local_free: bool,
-    total: int,
-    starting: int,
-    queued: int,
-) -> Placement:
-    """Where the next call goes.
-
-    1. The machine is idle (CPU below ``local_threshold``) and a local slot is free:
-       run in the kernel's process.
-    2. Else the available worker with the fewest calls in flight (below its limit),
-       the least busy CPU breaking ties.
-    3. Else, below ``max_workers`` and with fewer workers starting than calls waiting:
-       start one (the call waits for it).
-    4. Else wait for a worker to free up.
-    """
-    if limits.run_locally and local_free and cpu_percent < limits.local_threshold * 100:
-        return LOCAL
-    best: WorkerView | None = None
-    for w in workers:
-        if w.available and w.running < w.limit and (
-            best is None or (w.running, w.cpu_percent) < (best.running, best.cpu_percent)
-        ):
-            best = w
-    if best is not None:
-        return Placement("worker", best.id)
-    if total + starting < limits.max_workers and starting <= queued:
-        return START
-    return WAIT
-
-
 def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str | None:
     """The worker an instance should live on: fewest pinned instances, then calls."""
     best: WorkerView | None = None
@@ -113,20 +64,6 @@ def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str
         ):
             best = w
     return best.id if best else None
-
-
-def inflight_limit(work_seconds: float | None, overhead: float = 0.0, width: int = 1) -> int:
-    """Calls a worker may hold at once: many when calls are tiny, so it never waits for
-    the next one; one per thread when they are long, so a queue never forms behind a
-    busy worker. ``overhead`` (the executor's transit time per call) is covered with
-    enough calls in flight to overlap it; ``width`` is how many calls the worker runs
-    side by side (a Dask worker's threads)."""
-    if work_seconds is None:
-        return 2 * width
-    limit = 64 if work_seconds < 0.001 else 4 if work_seconds < 0.01 else 1
-    if overhead > 0 and work_seconds > 0:  # (no work at all is already 64)
-        limit = max(limit, min(64, 1 + math.ceil(overhead / work_seconds)))
-    return limit * width
 
 
 class ScalePlan(NamedTuple):

@@ -1,14 +1,18 @@
-"""The pool of executors: calls, the queue and dispatch.
+"""The pool of executors: it carries out what the scheduler decides.
 
-Decisions come from :mod:`.policy` and :mod:`.resources`; this module carries them out,
-and :mod:`.workers` looks after the workers themselves. The hot path
-(:meth:`WorkerPool.submit` -> executor -> ``on_finish``) creates no task per call.
+:class:`WorkerPool` reports what happens (a call submitted or cancelled, an attempt's
+answer, a worker up, unhealthy or gone, the clock) to its :class:`.scheduler.Scheduler`
+and carries out the instructions it gets back: send an attempt to an executor, stop one
+by force, settle a caller's future, wake up for a retry or a time limit. It decides
+nothing about a call itself. :mod:`.workers` looks after the workers. The hot path
+(:meth:`WorkerPool.submit` -> executor -> reply) creates no task per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,23 +21,48 @@ from typing import Any
 
 import structlog
 
+from kernel.errors import ExecutionError
+
 from .background import Background
-from .errors import PoolClosedError, UnsatisfiableError, WorkerStartError
+from .errors import CallTimeoutError, PoolClosedError, UnsatisfiableError, WorkerCrashedError, WorkerStartError
 from .events import EventBus
-from .executor import Call, CallHost, ExecutorFactory, ReplyFuture, WorkerState
+from .executor import Call, CallHost, ExecutorFactory, ReplyFuture
+from .handles import Attempt, CallFuture, rebuild
 from .history import Timings
-from .policy import Limits, inflight_limit, place
+from .policy import Limits
 from .queue import CallQueue
-from .resources import fits, place_with, unsatisfiable
+from .resources import fits, tightness, unsatisfiable
+from .scheduler import Scheduler
+from .serialization import format_exception, loads, type_name
 from .settings import Settings
+from .stimuli import (
+    Abort,
+    Answered,
+    Cancelled,
+    Closing,
+    Instruction,
+    Load,
+    Lost,
+    ProjectLimit,
+    Resolve,
+    RetryAt,
+    Send,
+    Stimulus,
+    Submitted,
+    Tick,
+    WorkerUp,
+)
 from .workers import PoolWorker, WorkerLifecycle
 
 log = structlog.get_logger("execution-manager")
-_CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
+
+
+def _jitter(delay: float) -> float:
+    return random.uniform(delay / 2, delay)  # equal jitter: never sooner than half the backoff
 
 
 class WorkerPool(WorkerLifecycle):
-    """Executors of one node type, plus an optional in-process worker for idle times."""
+    """Executors of one node type, plus (opted in) an in-process worker for idle times."""
 
     def __init__(
         self,
@@ -49,6 +78,8 @@ class WorkerPool(WorkerLifecycle):
             settings.local_threshold, settings.scale_up_threshold, settings.scale_down_threshold,
             settings.memory_limit, settings.idle_timeout, settings.scale_cooldown,
         )
+        self.sched = Scheduler(aging=settings.aging_seconds, project_limits=settings.project_limits,
+                               max_deaths=settings.max_call_deaths, jitter=_jitter)
         self.last_scale_up: float | None = None
         self._factory = factory
         self._local_factory = local_factory
@@ -57,19 +88,19 @@ class WorkerPool(WorkerLifecycle):
         self.workers: dict[str, PoolWorker] = {}
         self._members: list[PoolWorker] = []
         self.local: PoolWorker | None = None
-        self.queue: CallQueue[Call] = CallQueue(settings.aging_seconds)
+        self.tasks: dict[int, CallFuture] = {}  # calls the scheduler owns, by task id
         offers = getattr(factory, "offers", None)
         self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
         self.placements: deque[dict[str, Any]] = deque(maxlen=20)  # the last resource-aware choices
-        self.held: deque[Call] = deque()  # calls waiting for room in a full queue (maxQueue)
+        self.held: deque[CallFuture] = deque()  # calls waiting for room in a full queue (maxQueue)
         self._room: deque[asyncio.Future[None]] = deque()  # room() waiters
-        self.project_limits: dict[str, int] = dict(settings.project_limits)
-        self.project_running: dict[str, int] = {}
         self.starting = 0
         self.stopping = False  # no new calls
         self.closed = False  # no more dispatching either
-        self.done = 0
-        self.failed = 0
+        self.done = 0  # calls that succeeded
+        self.failed = 0  # calls that failed, however many attempts each took
+        self.attempts_failed = 0  # attempts that ended in error, retried or not
+        self.retried = 0
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
         self.last_scaling = "none yet"
@@ -77,13 +108,334 @@ class WorkerPool(WorkerLifecycle):
         self.on_retire: Callable[[PoolWorker], Awaitable[None]] | None = None
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
+        self._stimuli: deque[Stimulus] = deque()
+        self._handling = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.loop = asyncio.get_running_loop()
         self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
         self.timings: Timings | None = None  # call durations and queue waits, when someone reads them
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._members if s.running)
-        return f"<WorkerPool workers={len(self._members)} busy={busy} queued={len(self.queue)}>"
+        return f"<WorkerPool workers={len(self._members)} busy={busy} queued={self.sched.queued}>"
+
+    # -- the scheduler's loop -----------------------------------------------------------
+
+    def feed(self, stimulus: Stimulus) -> None:
+        """Report ``stimulus`` and carry out what the scheduler says. Reentrant calls
+        (an instruction whose effect is a stimulus) queue behind the one in hand."""
+        self._stimuli.append(stimulus)
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            handle, carry_out, pending = self.sched.handle, self._carry_out, self._stimuli
+            while pending:
+                for instruction in handle(pending.popleft()):
+                    carry_out(instruction)
+        finally:
+            self._handling = False
+        self._after()
+
+    def _after(self) -> None:
+        """Book-keeping once the scheduler is settled: the wake-up timer, room for held
+        calls, a worker started for calls that wait."""
+        sched = self.sched
+        wakeup = sched.next_wakeup()
+        if wakeup != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = wakeup
+            self._timer = None if wakeup is None else self.loop.call_at(wakeup, self._tick)
+        if self.held or self._room:
+            self._admit()
+        if sched.queue and not self.closed and self._live() < self.limits.max_workers and self.starting < len(
+                sched.queue):
+            self._spawn()
+            self.last_scale_up = time.monotonic()
+            self.last_scaling = "all workers busy: started one"
+            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
+
+    def _tick(self) -> None:
+        self._timer = self._timer_at = None
+        self.feed(Tick(self.loop.time()))
+
+    def _carry_out(self, instruction: Instruction) -> None:
+        if type(instruction) is Send:
+            self._send(instruction)
+        elif type(instruction) is Resolve:
+            self._resolve(instruction)
+        elif type(instruction) is RetryAt:
+            self._retrying(instruction)
+        elif type(instruction) is Abort:
+            self._abort(instruction)
+        # StopWorker: a draining worker ran its last call; whoever drains it stops it.
+
+    def _retrying(self, retry: RetryAt) -> None:
+        fut = self.tasks[retry.task_id]
+        self.retried += 1
+        self.events.emit("task-retried", call=fut.label, task_id=fut.task_id, attempt=retry.attempt,
+                         worker_id=fut.attempts[-1].worker_id if fut.attempts else None, reason=retry.reason)
+
+    def _abort(self, abort: Abort) -> None:
+        worker = self._worker(abort.worker_id)
+        if worker is None:
+            return
+        fut = self.tasks[abort.task_id]  # resolved by the next instruction
+        note = f"{fut.describe()} was cancelled"
+        if abort.reason == "timeout":
+            note = f"{fut.describe()} ran past its timeout of {fut.spec.timeout:g} s"
+        worker.executor.abort(abort.task_id, note)
+
+    def _worker(self, worker_id: str) -> PoolWorker | None:
+        worker = self.workers.get(worker_id)
+        if worker is None and self.local is not None and self.local.id == worker_id:
+            return self.local
+        return worker
+
+    # -- calls ------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def submit(self, fut: CallFuture) -> CallFuture:
+        """Hand ``fut``'s call to the scheduler (or hold it while ``maxQueue`` calls wait)."""
+        if self.stopping:
+            raise PoolClosedError("the execution manager is shutting down and takes no new calls")
+        self.tasks[fut.task_id] = fut
+        if self.full and fut.spec.pinned_to is None:
+            self.held.append(fut)  # admitted, in order, as room frees
+        else:
+            self.feed(Submitted(self.loop.time(), fut.spec))
+        return fut
+
+    def cancel(self, fut: CallFuture) -> None:
+        """The caller cancelled ``fut``: a call not started never starts; a running one is
+        stopped by force (a pinned instance's call is left to finish: its worker holds
+        the instance)."""
+        if fut in self.held:
+            self.held.remove(fut)
+            self.tasks.pop(fut.task_id, None)
+        elif fut.spec.pinned_to is None:
+            self.feed(Cancelled(self.loop.time(), fut.task_id))
+
+    def _send(self, send: Send) -> None:
+        fut = self.tasks[send.task_id]
+        worker = self._worker(send.worker_id)
+        call = Call(fut.task_id, fut.kind, fut.payload, ReplyFuture(), fut.spec.label, fut.args, fut.spec.priority,
+                    fut.spec.project, fut.soft_timeout, fut.spec.resources)
+        call.attempt = send.attempt
+        call.timeout = fut.spec.timeout
+        call.worker_id = send.worker_id
+        call.on_progress = fut.report_progress
+        call.started = time.perf_counter()
+        fut.attempt = call
+        if self.timings is not None:
+            self.timings.wait.observe(max(0.0, self.loop.time() - fut.queued_at))
+        need = fut.spec.resources
+        if need:  # what was chosen among which (and how tightly the call fits each)
+            self.placements.append({"call": fut.describe(), "worker": send.worker_id, "fits": {
+                w.id: tightness(w.resources, need) for w in self._members if fits(w.resources, need)}})
+        if worker is None:
+            self.feed(Lost(self.loop.time(), send.task_id, send.attempt, f"worker {send.worker_id} is gone",
+                           started=False))
+            return
+        try:
+            worker.executor.submit(call)
+        except PoolClosedError as exc:  # it died and is not reaped yet: the call never reached it
+            self.feed(Lost(self.loop.time(), send.task_id, send.attempt, str(exc), started=False))
+            return
+        worker.idle_since = None
+        call.future.follow_now(partial(self._replied, worker, call))  # type: ignore[attr-defined]
+
+    def _replied(self, worker: PoolWorker, call: Call, reply: asyncio.Future[Any]) -> None:
+        """An attempt ended: tell the scheduler how."""
+        now = self.loop.time()
+        fut = self.tasks.get(call.id)
+        if not worker.executor.inflight:
+            worker.idle_since = time.monotonic()
+        if reply.cancelled():  # dropped before it began
+            self.feed(Lost(now, call.id, call.attempt, "dropped before it began", started=False))
+            return
+        exc = reply.exception()
+        if exc is None:
+            ok, data = reply.result()
+            took = call.ran if call.ran is not None else time.perf_counter() - call.started
+            if self.timings is not None:
+                self.timings.duration.observe(took)
+            self._count(worker, call, ok, took)
+            if fut is None:  # given up already (cancelled, timed out): its room is freed
+                self.feed(Answered(now, call.id, call.attempt))
+                return
+            if ok:
+                fut.answer = (call.attempt, data)
+                self.feed(Answered(now, call.id, call.attempt, False, call.ran))
+                return
+            error = rebuild(data)
+            fut.answer = (call.attempt, error)
+            retry = isinstance(error, fut.retry_on) or (isinstance(error, ExecutionError) and error.retryable)
+            if retry:
+                self._note_attempt(fut, call, error)
+            self.feed(Answered(now, call.id, call.attempt, retry, call.ran))
+            return
+        started = not isinstance(exc, PoolClosedError) and getattr(exc, "started", True)
+        if fut is not None:
+            fut.answer = (call.attempt, exc)
+            if started:
+                self._note_attempt(fut, call, exc)
+        self.feed(Lost(now, call.id, call.attempt, str(exc), started=bool(started)))
+
+    def _note_attempt(self, fut: CallFuture, call: Call, exc: BaseException) -> None:
+        self.attempts_failed += 1
+        fut.attempts.append(Attempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
+
+    def _count(self, worker: PoolWorker, call: Call, ok: bool, took: float) -> None:
+        events = self.events
+        if events.wants("task-complete" if ok else "task-error"):
+            events.emit("task-complete" if ok else "task-error", worker_id=worker.id, task_id=call.id,
+                        call=call.label, seconds=took)
+        limit = self.settings.max_tasks_per_worker
+        ex = worker.executor
+        if limit is not None and worker is not self.local and ex.done + ex.failed >= limit:
+            self.recycle(worker, f"ran {limit} calls (maxTasksPerWorker)")
+
+    def _resolve(self, resolve: Resolve) -> None:
+        fut = self.tasks.pop(resolve.task_id, None)
+        if fut is None or fut.done():
+            return
+        outcome = resolve.outcome
+        answer = fut.answer if fut.answer is not None and fut.answer[0] == resolve.attempt else None
+        fut.answer = None
+        if outcome == "answered" and answer is not None and isinstance(answer[1], bytes):
+            try:
+                value = loads(answer[1])
+            except Exception as err:
+                self._fail(fut, ExecutionError(
+                    f"cannot unpickle the result of {fut.describe()} here: {type(err).__name__}: {err}"))
+                return
+            self.done += 1
+            fut.set_result(value)
+            return
+        if outcome == "cancelled":
+            return
+        self._fail(fut, self._error(fut, resolve, answer[1] if answer is not None else None))
+
+    def _error(self, fut: CallFuture, resolve: Resolve, given: BaseException | None) -> BaseException:
+        outcome, wid = resolve.outcome, resolve.worker_id
+        if outcome == "timeout":
+            return CallTimeoutError(f"{fut.describe()} did not finish within {fut.spec.timeout:g} s; "
+                                    f"worker {wid} running it was stopped and is replaced")
+        if outcome == "expired":
+            return CallTimeoutError(f"{fut.describe()} did not start within its deadline of "
+                                    f"{fut.spec.deadline:g} s and never will (all workers were busy)")
+        if outcome == "closed":
+            return PoolClosedError(f"{fut.describe()} was cancelled before it ran: "
+                                   "the execution manager is shutting down")
+        if outcome == "lost" and "given up after" in resolve.reason:
+            deaths = sum(1 for a in fut.attempts if a.outcome.startswith("WorkerCrashedError"))
+            last = given if given is not None else resolve.reason.partition(";")[0]
+            return WorkerCrashedError(f"{fut.describe()} was given up after killing {deaths} workers "
+                                      f"(maxCallDeaths); last: {last}", worker_id=wid or "", call=fut.describe())
+        if given is not None:
+            return given
+        return WorkerCrashedError(f"{fut.describe()} was lost: {resolve.reason}", worker_id=wid or "",
+                                  call=fut.describe())
+
+    def _fail(self, fut: CallFuture, exc: BaseException) -> None:
+        self.failed += 1
+        if len(fut.attempts) > 1:
+            exc.add_note("attempts:\n" + "\n".join(
+                f"  {a.number}. on {a.worker_id or '?'}: {a.outcome}" for a in fut.attempts))
+        events = self.events
+        if events.wants("task-failed"):
+            events.emit("task-failed", call=fut.label, task_id=fut.task_id,
+                        worker_id=fut.attempt.worker_id if fut.attempt else None, attempts=len(fut.attempts),
+                        error=f"{type_name(exc)}: {exc}",
+                        traceback=getattr(exc, "remote_traceback", None) or format_exception(exc))
+        fut.set_exception(exc)
+
+    # -- the queue --------------------------------------------------------------------
+
+    @property
+    def queue(self) -> CallQueue[Any]:
+        """The calls waiting for a worker (the scheduler's)."""
+        return self.sched.queue
+
+    @property
+    def project_running(self) -> dict[str, int]:
+        return self.sched.project_running
+
+    @property
+    def project_limits(self) -> dict[str, int]:
+        return self.sched.project_limits
+
+    @property
+    def waiting(self) -> int:
+        """Calls not started: queued, waiting for a retry, or held back by maxQueue."""
+        return self.sched.queued + len(self.held)
+
+    @property
+    def full(self) -> bool:
+        """Whether ``maxQueue`` calls wait already (or are held waiting for room)."""
+        most = self.settings.max_queue
+        return most is not None and (self.sched.queued >= most or bool(self.held))
+
+    async def room(self) -> None:
+        """Return once the queue has room for another call (at once if it has)."""
+        while self.full and not self.stopping:
+            waiter = self.loop.create_future()
+            self._room.append(waiter)
+            await waiter
+
+    def _admit(self) -> None:
+        """Room freed: admit held calls, then wake room() waiters."""
+        most = self.settings.max_queue
+        while self.held and (most is None or self.sched.queued < most):
+            fut = self.held.popleft()
+            if not fut.done():
+                self.feed(Submitted(self.loop.time(), fut.spec))
+        while self._room and not self.full:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def set_project_limit(self, project: str, limit: int | None) -> None:
+        self.feed(ProjectLimit(self.loop.time(), project, limit))
+
+    def check_resources(self, request: Mapping[str, float], label: str) -> None:
+        """Refuse at once a request no worker could ever satisfy."""
+        offers = [s.resources for s in self._members]
+        if unsatisfiable(offers, self.new_offer, request):
+            offered = self.new_offer if not offers else offers[0]
+            raise UnsatisfiableError(
+                f"{label} asks for {dict(request)}, which no {self.settings.node_type} worker can "
+                f"ever offer (they offer {dict(offered or {})}; add labels through executorOptions)"
+            )
+
+    def set_load(self, cpu_percent: float, memory_percent: float) -> None:
+        """The monitor's latest sample: the in-process worker (opted in) is open while
+        the machine is idle."""
+        self.cpu_percent, self.memory_percent = cpu_percent, memory_percent
+        if self.local is not None:
+            low = cpu_percent < self.limits.local_threshold * 100
+            if low != self.sched.local_open:
+                self.feed(Load(self.loop.time(), low))
+
+    def _no_workers(self, why: str) -> None:
+        """No worker could start and none is left: the calls waiting for one fail."""
+        for waiting in list(self.sched.queue):
+            fut = self.tasks.get(waiting.spec.task_id)
+            self.feed(Cancelled(self.loop.time(), waiting.spec.task_id))
+            if fut is not None and not fut.done():
+                self._fail(fut, WorkerStartError(f"{fut.describe()} cannot run: {why}"))
+
+    def kill(self, worker: PoolWorker, reason: str) -> None:
+        """Stop what ``worker`` runs by force (it is ended and replaced); its calls fail
+        or retry under their policy, each with ``reason``."""
+        for task_id in list(worker.executor.inflight):
+            worker.executor.abort(task_id, reason)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -92,8 +444,9 @@ class WorkerPool(WorkerLifecycle):
             local = self._local_factory("local-0", {"threads": self.settings.local_slots})
             local.host = self.host
             await local.start()
-            self.local = PoolWorker(local, limit=self.settings.local_slots)
-            local.on_finish = partial(self._finished, self.local)
+            self.local = PoolWorker(local)
+            self.feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
+            self.feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
         results = await asyncio.gather(
             *(self._start_worker() for _ in range(self.settings.min_workers))
         )
@@ -112,13 +465,19 @@ class WorkerPool(WorkerLifecycle):
         self.stopping = True
         hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
         try:
-            if s.drain_queue and (self.queue or any(worker.running for worker in self._members)):
+            if s.drain_queue and (self.tasks or self.held):
                 await self._until_idle(s.drain_timeout, hurried)
             self.closed = True
             for waiter in self._room:
                 if not waiter.done():
                     waiter.set_result(None)
-            self._fail_waiting(PoolClosedError("the execution manager is shutting down"))
+            held, self.held = list(self.held), deque()
+            for fut in held:
+                self.tasks.pop(fut.task_id, None)
+                if not fut.done():
+                    self._fail(fut, PoolClosedError(f"{fut.describe()} was cancelled before it ran: "
+                                                    "the execution manager is shutting down"))
+            self.feed(Closing(self.loop.time()))
             members = list(self._members) + ([self.local] if self.local else [])
             stopping: asyncio.Future[Any] = asyncio.gather(
                 *(worker.executor.stop(drain=True, timeout=s.drain_timeout) for worker in members),
@@ -128,251 +487,18 @@ class WorkerPool(WorkerLifecycle):
                 await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
                 if hurried.done() and not stopping.done():
                     for worker in members:  # stopping the running call ends its worker at once
-                        for call_id in list(worker.executor.inflight):
-                            worker.executor.abort(call_id)
+                        self.kill(worker, "the kernel was asked to stop at once")
             await stopping
         finally:
             if hurried is not None:
                 hurried.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
         await self.background.join()
-
-    def _fail_waiting(self, exc: Exception) -> None:
-        """Fail every call still waiting (queued or held back by maxQueue) with ``exc``;
-        none of them ran."""
-        held, self.held = list(self.held), deque()
-        for call in [*self.queue.pop_all(), *held]:
-            if not call.future.done():
-                error = type(exc)(f"{call.describe()} was cancelled before it ran: {exc}")
-                call.future.set_exception(error)
 
     async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
         deadline = time.monotonic() + timeout
-        while (self.queue or any(worker.running for worker in self._members)) and time.monotonic() < deadline:
+        while (self.tasks or self.held) and time.monotonic() < deadline:
             if hurried is not None and hurried.done():
                 return
             await asyncio.sleep(0.02)
-
-    # -- calls ------------------------------------------------------------------------
-
-    def new_call(
-        self, kind: int, payload: bytes, label: str, args: tuple[Any, ...] = (), priority: int = 5,
-        project: str | None = None, soft_timeout: float | None = None,
-        resources: Mapping[str, float] | None = None,
-    ) -> Call:
-        return Call(next(self._ids), kind, payload, ReplyFuture(), label, args, priority, project,
-                    soft_timeout or 0.0, resources)
-
-    def submit(self, call: Call) -> None:
-        """Place ``call`` now, or queue it until a worker frees up or starts."""
-        if self.stopping:
-            raise PoolClosedError("the execution manager is shutting down and takes no new calls")
-        if self.queue or not self.eligible(call.project) or not self._place(call, 1):
-            call.queued_at = time.monotonic()
-            if self.full:
-                self.held.append(call)  # admitted, in order, as room frees
-            else:
-                self.queue.push(call)
-
-    @property
-    def waiting(self) -> int:
-        """Calls waiting for a worker: queued, or held back by maxQueue."""
-        return len(self.queue) + len(self.held)
-
-    @property
-    def full(self) -> bool:
-        """Whether ``maxQueue`` calls wait already (or are held waiting for room)."""
-        most = self.settings.max_queue
-        return most is not None and (len(self.queue) >= most or bool(self.held))
-
-    async def room(self) -> None:
-        """Return once the queue has room for another call (at once if it has)."""
-        while self.full and not self.stopping:
-            waiter = asyncio.get_running_loop().create_future()
-            self._room.append(waiter)
-            await waiter
-
-    def _admit(self) -> None:
-        """Room freed: admit held calls, then wake room() waiters."""
-        most = self.settings.max_queue
-        if most is None:
-            return
-        while self.held and len(self.queue) < most:
-            call = self.held.popleft()
-            if not call.future.done():
-                self.queue.push(call)
-        while self._room and not self.full:
-            waiter = self._room.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def eligible(self, project: str | None) -> bool:
-        """Whether a call of ``project`` may start now (its limit not reached)."""
-        if project is None:
-            return True
-        limit = self.project_limits.get(project)
-        return limit is None or self.project_running.get(project, 0) < limit
-
-    def set_project_limit(self, project: str, limit: int | None) -> None:
-        if limit is None:
-            self.project_limits.pop(project, None)
-        else:
-            self.project_limits[project] = limit
-        if self.queue:
-            self._drain()
-
-    def send_to(self, worker_id: str, call: Call) -> None:
-        """Send ``call`` to one worker, bypassing placement (pinned instances)."""
-        worker = self.workers.get(worker_id)
-        if worker is None or worker.executor.is_closed:
-            raise PoolClosedError(f"worker {worker_id} is gone")
-        self._dispatch(worker, call)
-
-    def check_resources(self, request: Mapping[str, float], label: str) -> None:
-        """Refuse at once a request no worker could ever satisfy."""
-        offers = [s.resources for s in self._members]
-        if unsatisfiable(offers, self.new_offer, request):
-            offered = self.new_offer if not offers else offers[0]
-            raise UnsatisfiableError(
-                f"{label} asks for {dict(request)}, which no {self.settings.node_type} worker can "
-                f"ever offer (they offer {dict(offered or {})}; add labels through executorOptions)"
-            )
-
-    def _place_resources(self, call: Call, request: Mapping[str, float], waiting: int) -> bool:
-        room = self._live() < self.limits.max_workers and self.starting < waiting
-        decision, scores = place_with(
-            self._members, {s.id: s.resources for s in self._members}, request,
-            can_start=room, new_offer=self.new_offer,
-        )
-        if decision.action == "worker":
-            self.placements.append({"call": call.describe(), "worker": decision.worker_id, "scores": scores})
-            self._dispatch(self.workers[decision.worker_id], call)  # type: ignore[index]
-            return True
-        if decision.action == "start":
-            self._spawn()
-        return False
-
-    def _place(self, call: Call, waiting: int) -> bool:
-        if call.resources:
-            return self._place_resources(call, call.resources, waiting)
-        local = self.local
-        decision = place(
-            self._members, self.limits, cpu_percent=self.cpu_percent,
-            local_free=local is not None and local.running < local.limit,
-            total=self._live() - self.starting, starting=self.starting, queued=waiting - 1,
-        )
-        action = decision.action
-        if action == "worker":
-            self._dispatch(self.workers[decision.worker_id], call)  # type: ignore[index]
-            return True
-        if action == "local" and local is not None:
-            self._dispatch(local, call)
-            return True
-        if action == "start":
-            self._spawn()
-            self.last_scale_up = time.monotonic()
-            self.last_scaling = "all workers busy: started one"
-            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
-        return False
-
-    def _dispatch(self, worker: PoolWorker, call: Call) -> None:
-        call.started = time.perf_counter()
-        if self.timings is not None:
-            self.timings.wait.observe(time.monotonic() - call.queued_at if call.queued_at else 0.0)
-        call.worker_id = worker.id
-        worker.executor.submit(call)
-        worker.idle_since = None
-        if call.project is not None:
-            self.project_running[call.project] = self.project_running.get(call.project, 0) + 1
-
-    def _finished(self, worker: PoolWorker, call: Call, ok: bool | None) -> None:
-        """An executor ended ``call`` (called synchronously, before its future is set);
-        ``ok`` is None for a call dropped before it ran."""
-        if call.project is not None:
-            self.project_running[call.project] -= 1
-        if ok is None:
-            if not worker.executor.inflight:
-                worker.idle_since = time.monotonic()
-            if self.queue:
-                self._drain()
-            return
-        now = time.perf_counter()
-        # Service time: as the executor measured it, or from when the worker could start
-        # it (not from dispatch).
-        took = call.ran if call.ran is not None else now - max(call.started, worker.last_done)
-        worker.last_done = now
-        worker.mean = took if worker.mean is None else worker.mean * 0.8 + took * 0.2
-        if self.timings is not None:
-            self.timings.duration.observe(took)
-        if worker is not self.local:
-            worker.limit = self._cap(worker, inflight_limit(worker.mean, worker.executor.overhead, worker.width))
-        if ok:
-            self.done += 1
-        else:
-            self.failed += 1
-        limit = self.settings.max_tasks_per_worker
-        if limit is not None and worker is not self.local and worker.executor.done + worker.executor.failed >= limit:
-            self.recycle(worker, f"ran {limit} calls (maxTasksPerWorker)")
-        events = self.events
-        if events.wants("task-complete" if ok else "task-error"):
-            events.emit("task-complete" if ok else "task-error", worker_id=worker.id, call_id=call.id,
-                        call=call.label, seconds=took)
-        if not worker.executor.inflight:
-            worker.idle_since = time.monotonic()
-        if self.queue:
-            self._drain(worker if worker is not self.local else None)
-
-    def withdraw(self, call: Call) -> bool:
-        """Take ``call`` out of the queue (or the held calls); False if it is not there."""
-        if self.queue.discard(call):
-            self._admit()
-            return True
-        if call in self.held:
-            self.held.remove(call)
-            return True
-        return False
-
-    def _unqueue_or_find(self, call: Call) -> PoolWorker | None:
-        """Drop ``call`` from the queue (None), or the worker whose executor holds it."""
-        if self.withdraw(call):
-            return None
-        members = [*self._members, self.local] if self.local else self._members
-        return next((s for s in members if call.id in s.executor.inflight), None)
-
-    def _cap(self, worker: PoolWorker, limit: int) -> int:
-        """``limit``, but never more calls than the worker may still run (maxTasksPerWorker)."""
-        most = self.settings.max_tasks_per_worker
-        if most is None:
-            return limit
-        return max(0, min(limit, most - worker.executor.done - worker.executor.failed))
-
-    def abort(self, call: Call, reason: str = "") -> str | None:
-        """Stop ``call`` by force. Returns the id of the worker that was running it,
-        or None if it was still queued (it never runs)."""
-        worker = self._unqueue_or_find(call)
-        if worker is None:
-            return None
-        worker.executor.abort(call.id, reason)
-        return worker.id
-
-    def _drain(self, freed: PoolWorker | None = None) -> None:
-        """Place waiting calls in queue order: first on the worker that just freed
-        up, then wherever placement says."""
-        queue = self.queue
-        now = time.monotonic()
-        while queue and not self.closed:
-            call = queue.peek(now, self.eligible)
-            if call is None:
-                break  # every waiting call's project is at its limit
-            if call.future.done():
-                queue.discard(call)
-                continue
-            if (freed is not None and freed.available and freed.running < freed.limit
-                    and (not call.resources or fits(freed.resources, call.resources))):
-                queue.discard(call)
-                self._dispatch(freed, call)
-                continue
-            if not self._place(call, len(queue)):
-                break
-            queue.discard(call)
-        if self.held or self._room:
-            self._admit()

@@ -2,18 +2,20 @@
 
 Stimuli in, instructions out, as in Dask's ``worker_state_machine``: the pool reports
 what happened (a :data:`.stimuli.Stimulus`) to :meth:`Scheduler.handle` and carries out
-the instructions it returns (:data:`.stimuli.Instruction`); it decides nothing itself. No clock (each
-stimulus carries ``now``), no asyncio, no processes, no randomness but the ``jitter``
-function given: the tests are tables of stimuli and instructions.
+the instructions it returns (:data:`.stimuli.Instruction`); it decides nothing itself. No
+clock (each stimulus carries ``now``), no asyncio, no processes, no randomness but the
+``jitter`` function given: the tests are tables of stimuli and instructions.
 
-The kernel holds the queue. A call is sent to a worker only when that worker has room
-to start it (fewer running than its width), so a call sent has started, a call queued
+The kernel holds the queue. A call is sent to a worker when that worker has room to
+start it (fewer running than its width), so a call sent has started and a call queued
 has not, and every promise about order follows from the queue:
 
 - priority first (0-10, higher first), first-in first-out within one priority
   (:class:`.queue.CallQueue`, with aging), projects at their limit skipped;
-- the available worker with the fewest running calls that offers what the call asks;
-  never a draining, unhealthy or lost one;
+- the kernel's own process only where the configuration opted in, while the machine is
+  idle (:class:`.stimuli.Load`), and never for a call with a timeout; else the worker
+  with the fewest running calls that offers what the call asks; never a draining,
+  unhealthy or lost one;
 - a cancelled call that has not started never starts;
 - ``timeout`` counts from the start on a worker; ``deadline`` bounds the wait in the queue;
 - at most once: an attempt that may have started runs again only when the call's
@@ -21,28 +23,36 @@ has not, and every promise about order follows from the queue:
   ending with their worker's death is given up after ``max_deaths``;
 - an answer from an attempt already given up is dropped, never delivered twice.
 
+One exception, where it cannot break a promise: a call of a function measured short
+(under :data:`SHORT` seconds, no timeout) may be sent to a busy worker that runs only
+such calls, a few milliseconds of work ahead (:func:`ahead`), so tiny calls do not pay
+a round trip each. A call sent ahead is the best in the queue when it is sent, and it
+waits behind at most :data:`BUDGET` seconds of measured work.
+
 The queue is strict: when the call at its head fits no free worker, nothing passes it.
 A call no worker could ever take must be refused before it is submitted
 (:func:`.resources.unsatisfiable`).
-
-This step stands beside the pool; the pool is switched over to it next (issue 16).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .queue import CallQueue
-from .resources import fits
+from .resources import fits, tightness
 from .stimuli import (
     Abort,
     Answered,
     CallSpec,
     Cancelled,
+    Closing,
     Instruction,
+    Load,
     Lost,
+    ProjectLimit,
     Resolve,
     RetryAt,
     Send,
@@ -56,6 +66,23 @@ from .stimuli import (
     WorkerUp,
 )
 
+SHORT = 0.005  # seconds: a function measured under this may be sent ahead
+BUDGET = 0.002  # seconds of measured work a call sent ahead may wait behind
+MAX_AHEAD = 64  # calls per thread of a worker, at most
+MAX_REQUEUES = 10  # attempts that never began, before a call is given up
+
+
+def ahead(mean: float, overhead: float = 0.0) -> int:
+    """Calls one thread of a worker may hold for a function measured at ``mean`` s:
+    enough to cover :data:`BUDGET` (or the executor's transit ``overhead``)."""
+    return min(MAX_AHEAD, 1 + math.ceil(max(BUDGET, overhead) / max(mean, 1e-6)))
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential from ``base``, capped."""
+    return min(cap, base * 2.0 ** max(0, attempt - 1))
+
+
 # -- state ----------------------------------------------------------------------------
 
 
@@ -63,10 +90,13 @@ from .stimuli import (
 class _Call:
     spec: CallSpec
     queued_at: float
-    attempt: int = 0
+    attempt: int = 0  # attempts sent
+    tries: int = 0  # attempts that may have started
     worker_id: str | None = None  # where its current attempt runs
     started_at: float = 0.0
     deaths: int = 0
+    requeues: int = 0
+    unsure: bool = False  # sent while not known to be short
 
     @property
     def priority(self) -> int:
@@ -82,18 +112,22 @@ class _Worker:
     id: str
     width: int
     resources: Mapping[str, float]
+    local: bool = False
+    overhead: float = 0.0
     running: set[int] = field(default_factory=set)
     healthy: bool = True
     draining: bool = False
+    unsure: int = 0  # running calls not known to be short: nothing is sent ahead of them
+    last_done: float = 0.0
+    budget: int | None = None  # calls it may still be sent (None: any)
+
+    @property
+    def open(self) -> bool:
+        return self.healthy and not self.draining and self.budget != 0
 
     @property
     def has_room(self) -> bool:
-        return self.healthy and not self.draining and len(self.running) < self.width
-
-
-def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential from ``base``, capped."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1))
+        return self.open and len(self.running) < self.width
 
 
 class Scheduler:
@@ -110,20 +144,25 @@ class Scheduler:
         self.queue: CallQueue[_Call] = CallQueue(aging)
         self.calls: dict[int, _Call] = {}
         self.workers: dict[str, _Worker] = {}
+        self.means: dict[str, float] = {}  # label -> measured seconds per call
         self.project_limits = dict(project_limits or {})
         self.project_running: dict[str, int] = {}
         self.max_deaths = max_deaths
+        self.local_open = False
+        self.closed = False
         self._jitter = jitter
-        self._deadlines: list[tuple[float, int]] = []  # (time, task id), checked lazily
-        self._retries: list[tuple[float, int]] = []  # (time, task id), checked lazily
+        # (time, task id[, attempt]) heaps, checked lazily: entries may be stale
+        self._deadlines: list[tuple[float, int]] = []
+        self._retries: list[tuple[float, int]] = []
+        self._timeouts: list[tuple[float, int, int]] = []
         self._retrying: set[int] = set()
+        self._draining: set[str] = set()
         # Attempts given up while they ran (cancel, timeout): they hold their worker's room
         # until it reports them ended (or is gone), so nothing is sent to a worker being stopped.
         self._aborted: dict[int, tuple[int, str]] = {}  # task id -> (attempt, worker id)
 
     def __repr__(self) -> str:
-        running = sum(len(w.running) for w in self.workers.values())
-        return (f"<Scheduler calls={len(self.calls)} queued={self.queued} running={running} "
+        return (f"<Scheduler calls={len(self.calls)} queued={self.queued} running={self.running} "
                 f"workers={len(self.workers)}>")
 
     @property
@@ -131,14 +170,14 @@ class Scheduler:
         """Calls not started: waiting in the queue or for a retry."""
         return len(self.queue) + len(self._retrying)
 
+    @property
+    def running(self) -> int:
+        return sum(len(w.running) for w in self.workers.values())
+
     def next_wakeup(self) -> float | None:
         """When a :class:`Tick` is next needed (a deadline, a timeout or a retry), if ever."""
-        times = [t for heap in (self._deadlines, self._retries) for t, _ in heap[:1]]
-        times += [c.started_at + c.spec.timeout for c in self._running() if c.spec.timeout is not None]
-        return min(times, default=None)
-
-    def _running(self) -> list[_Call]:
-        return [self.calls[t] for w in self.workers.values() for t in w.running if t not in self._aborted]
+        times = [heap[0][0] for heap in (self._deadlines, self._retries, self._timeouts) if heap]
+        return min(times) if times else None
 
     # -- stimuli ------------------------------------------------------------------------
 
@@ -148,52 +187,84 @@ class Scheduler:
         now = stimulus.now
         match stimulus:
             case Submitted(call=spec):
-                if spec.task_id in self.calls:
-                    raise ValueError(f"task {spec.task_id} was submitted already")
-                new = self.calls[spec.task_id] = _Call(spec, now)
-                self.queue.push(new)
-                if spec.deadline is not None:
-                    heapq.heappush(self._deadlines, (now + spec.deadline, spec.task_id))
+                self._submit(spec, now, out)
+            case Answered(task_id=task_id, attempt=attempt, retry=retry, ran=ran):
+                answered = self._current(task_id, attempt)
+                if answered is not None:
+                    self._measure(answered, now, ran)
+                    self._free(answered)
+                    if retry and answered.tries <= answered.spec.retries and not self.closed:
+                        self._retry(answered, now, out, "it raised an exception its retry_on names")
+                    else:
+                        self._end(answered, out, Resolve(task_id, "answered", attempt))
+            case Lost(task_id=task_id, attempt=attempt, reason=reason, started=started):
+                lost = self._current(task_id, attempt)
+                if lost is not None:
+                    self._lose(lost, now, reason, out, started=started)
             case Cancelled(task_id=task_id):
                 cancelled = self.calls.get(task_id)
                 if cancelled is not None:
                     self._end(cancelled, out, Resolve(task_id, "cancelled", cancelled.attempt), abort="cancelled")
-            case Answered(task_id=task_id, attempt=attempt, retry=retry):
-                answered = self._current(task_id, attempt)
-                if answered is not None:
-                    self._free(answered)
-                    if retry and answered.attempt <= answered.spec.retries:
-                        self._retry(answered, now, out, "it raised an exception its retry_on names")
-                    else:
-                        self._end(answered, out, Resolve(task_id, "answered", attempt))
-            case Lost(task_id=task_id, attempt=attempt, reason=reason):
-                lost = self._current(task_id, attempt)
-                if lost is not None:
-                    self._lose(lost, now, reason, out)
-            case WorkerUp(worker_id=worker_id, width=width, resources=resources):
-                known = self.workers.get(worker_id)
-                if known is None:
-                    self.workers[worker_id] = _Worker(worker_id, max(1, width), dict(resources))
-                else:  # announced again (a node that reconnected): what it runs stays
-                    known.width, known.resources, known.healthy = max(1, width), dict(resources), True
+            case WorkerUp(worker_id=worker_id):
+                self._worker_up(stimulus)
             case WorkerGone(worker_id=worker_id, reason=reason):
                 worker = self.workers.pop(worker_id, None)
+                self._draining.discard(worker_id)
                 if worker is not None:
                     for task_id in sorted(worker.running):
                         if self._aborted.pop(task_id, None) is None:
-                            self._lose(self.calls[task_id], now, reason, out)
+                            self._lose(self.calls[task_id], now, reason, out, started=True)
             case WorkerUnhealthy(worker_id=worker_id, healthy=healthy):
                 if worker_id in self.workers:
                     self.workers[worker_id].healthy = healthy
             case WorkerDraining(worker_id=worker_id):
-                worker = self.workers.get(worker_id)
-                if worker is not None:
-                    worker.draining = True
+                if worker_id in self.workers:
+                    self.workers[worker_id].draining = True
+                    self._draining.add(worker_id)
+            case Load(low=low):
+                self.local_open = low
+            case ProjectLimit(project=project, limit=limit):
+                if limit is None:
+                    self.project_limits.pop(project, None)
+                else:
+                    self.project_limits[project] = limit
+            case Closing():
+                self.closed = True
+                for call in [c for c in self.calls.values() if c.worker_id is None]:
+                    self._end(call, out, Resolve(call.spec.task_id, "closed", call.attempt))
             case Tick():
                 self._expire(now, out)
-        self._dispatch(now, out)
-        self._stop_drained(out)
+        if self.queue and not self.closed:
+            self._dispatch(now, out)
+        if self._draining:
+            self._stop_drained(out)
         return out
+
+    def _submit(self, spec: CallSpec, now: float, out: list[Instruction]) -> None:
+        if spec.task_id in self.calls:
+            raise ValueError(f"task {spec.task_id} was submitted already")
+        call = self.calls[spec.task_id] = _Call(spec, now)
+        if self.closed:
+            self._end(call, out, Resolve(spec.task_id, "closed"))
+        elif spec.pinned_to is not None:  # in call order on its worker, which queues it
+            worker = self.workers.get(spec.pinned_to)
+            if worker is None:
+                self._end(call, out, Resolve(spec.task_id, "lost", 0, f"worker {spec.pinned_to} is gone"))
+            else:
+                self._send(call, worker, now, out)
+        else:
+            self.queue.push(call)
+            if spec.deadline is not None:
+                heapq.heappush(self._deadlines, (now + spec.deadline, spec.task_id))
+
+    def _worker_up(self, up: WorkerUp) -> None:
+        known = self.workers.get(up.worker_id)
+        if known is None:
+            self.workers[up.worker_id] = _Worker(up.worker_id, max(1, up.width), dict(up.resources), up.local,
+                                                 up.overhead, last_done=up.now, budget=up.calls)
+        else:  # announced again (a node that reconnected): what it runs stays
+            known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True
+            known.overhead = up.overhead
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -212,28 +283,71 @@ class Scheduler:
         return call
 
     def _dispatch(self, now: float, out: list[Instruction]) -> None:
-        while self.queue:
-            if not any(w.has_room for w in self.workers.values()):
-                return
-            call = self.queue.peek(now, self._project_has_room)
+        queue = self.queue
+        while queue:
+            call = queue.peek(now, self._project_has_room)
             if call is None:
                 return
             worker = self._place(call)
             if worker is None:
-                return  # the head call fits no free worker; nothing behind it may pass it
-            self.queue.discard(call)
-            call.attempt += 1
-            call.worker_id = worker.id
-            call.started_at = now
-            worker.running.add(call.spec.task_id)
+                return  # the head call fits no worker; nothing behind it may pass it
+            queue.discard(call)
+            self._send(call, worker, now, out)
             if call.spec.project is not None:
                 self.project_running[call.spec.project] = self.project_running.get(call.spec.project, 0) + 1
-            out.append(Send(call.spec.task_id, call.attempt, worker.id))
+
+    def _send(self, call: _Call, worker: _Worker, now: float, out: list[Instruction]) -> None:
+        spec = call.spec
+        call.attempt += 1
+        call.tries += 1
+        call.worker_id = worker.id
+        call.started_at = now
+        mean = self.means.get(spec.label)
+        call.unsure = mean is None or mean >= SHORT
+        if call.unsure:
+            worker.unsure += 1
+        worker.running.add(spec.task_id)
+        if worker.budget is not None:
+            worker.budget -= 1
+        if spec.timeout is not None:
+            heapq.heappush(self._timeouts, (now + spec.timeout, spec.task_id, call.attempt))
+        out.append(Send(spec.task_id, call.attempt, worker.id))
 
     def _place(self, call: _Call) -> _Worker | None:
-        need = call.spec.resources
-        free = [w for w in self.workers.values() if w.has_room and (not need or fits(w.resources, need))]
-        return min(free, key=lambda w: (len(w.running), w.id), default=None)
+        spec = call.spec
+        need = spec.resources
+        if need:
+            free = [w for w in self.workers.values() if w.has_room and not w.local and fits(w.resources, need)]
+            return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
+        best: _Worker | None = None
+        for w in self.workers.values():
+            if w.has_room:
+                if w.local:
+                    if self.local_open and spec.timeout is None:
+                        return w  # opted in, and the machine is idle
+                elif best is None or (len(w.running), w.id) < (len(best.running), best.id):
+                    best = w
+        if best is not None:
+            return best
+        mean = self.means.get(spec.label)
+        if mean is None or mean >= SHORT or spec.timeout is not None:
+            return None
+        for w in self.workers.values():  # send ahead, behind short calls only
+            if (not w.local and w.open and not w.unsure
+                    and len(w.running) < w.width * ahead(mean, w.overhead)
+                    and (best is None or (len(w.running), w.id) < (len(best.running), best.id))):
+                best = w
+        return best
+
+    def _measure(self, call: _Call, now: float, ran: float | None) -> None:
+        worker = self.workers.get(call.worker_id or "")
+        if worker is None:
+            return
+        took = ran if ran is not None else now - max(call.started_at, worker.last_done)
+        worker.last_done = now
+        label = call.spec.label
+        mean = self.means.get(label)
+        self.means[label] = took if mean is None else mean * 0.8 + took * 0.2
 
     def _project_has_room(self, project: str | None) -> bool:
         if project is None:
@@ -245,27 +359,39 @@ class Scheduler:
         """The current attempt is over for its call (its room on the worker too, unless
         ``keep_room``: it still runs there, given up)."""
         worker = self.workers.get(call.worker_id or "")  # None: the worker is gone, and its record
-        if worker is not None and not keep_room:
-            worker.running.discard(call.spec.task_id)
-        if call.spec.project is not None:
+        if worker is not None:
+            if call.unsure:
+                worker.unsure -= 1
+            if not keep_room:
+                worker.running.discard(call.spec.task_id)
+        call.unsure = False
+        if call.spec.project is not None and call.spec.pinned_to is None:
             self.project_running[call.spec.project] -= 1
         call.worker_id = None
 
-    def _lose(self, call: _Call, now: float, reason: str, out: list[Instruction]) -> None:
+    def _lose(self, call: _Call, now: float, reason: str, out: list[Instruction], *, started: bool) -> None:
         worker_id = call.worker_id
         self._free(call)
-        call.deaths += 1
+        task_id = call.spec.task_id
+        if not started and call.spec.pinned_to is None:
+            call.tries -= 1
+            call.requeues += 1
+            if call.requeues <= MAX_REQUEUES and not self.closed:
+                self.queue.push(call)  # it never began: it runs elsewhere, at no cost to its retries
+                return
+        if started:
+            call.deaths += 1
         if call.deaths >= self.max_deaths and call.spec.retries:
-            self._end(call, out, Resolve(call.spec.task_id, "lost", call.attempt,
+            self._end(call, out, Resolve(task_id, "lost", call.attempt,
                                          f"{reason}; given up after {call.deaths} workers died running it",
                                          worker_id))
-        elif call.attempt <= call.spec.retries:
+        elif call.tries <= call.spec.retries and started and not self.closed and call.spec.pinned_to is None:
             self._retry(call, now, out, reason)
         else:
-            self._end(call, out, Resolve(call.spec.task_id, "lost", call.attempt, reason, worker_id))
+            self._end(call, out, Resolve(task_id, "lost", call.attempt, reason, worker_id))
 
     def _retry(self, call: _Call, now: float, out: list[Instruction], reason: str) -> None:
-        at = now + self._jitter(backoff(call.attempt))
+        at = now + self._jitter(backoff(call.tries))
         heapq.heappush(self._retries, (at, call.spec.task_id))
         self._retrying.add(call.spec.task_id)
         out.append(RetryAt(call.spec.task_id, at, call.attempt, reason))
@@ -278,23 +404,25 @@ class Scheduler:
                 out.append(Abort(task_id, call.attempt, call.worker_id, abort))
                 self._aborted[task_id] = (call.attempt, call.worker_id)
             self._free(call, keep_room=bool(abort))
-        self.queue.discard(call)
-        self._retrying.discard(task_id)
+        elif not self.queue.discard(call):
+            self._retrying.discard(task_id)
         del self.calls[task_id]
         out.append(resolve)
 
     def _expire(self, now: float, out: list[Instruction]) -> None:
-        for call in self._running():
-            timeout = call.spec.timeout
-            if timeout is not None and now >= call.started_at + timeout:
-                self._end(call, out, Resolve(call.spec.task_id, "timeout", call.attempt,
-                                             f"ran past its timeout of {timeout:g} s", call.worker_id),
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _, task_id, attempt = heapq.heappop(timeouts)
+            call = self.calls.get(task_id)
+            if call is not None and call.attempt == attempt and call.worker_id is not None:
+                self._end(call, out, Resolve(task_id, "timeout", attempt,
+                                             f"ran past its timeout of {call.spec.timeout:g} s", call.worker_id),
                           abort="timeout")
         while self._deadlines and self._deadlines[0][0] <= now:
             _, task_id = heapq.heappop(self._deadlines)
             waiting = self.calls.get(task_id)
-            if waiting is not None and waiting.attempt == 0 and waiting.worker_id is None:
-                self._end(waiting, out, Resolve(task_id, "expired", 0,
+            if waiting is not None and waiting.tries == 0 and waiting.worker_id is None:
+                self._end(waiting, out, Resolve(task_id, "expired", waiting.attempt,
                                                 f"waited past its deadline of {waiting.spec.deadline:g} s"))
         while self._retries and self._retries[0][0] <= now:
             _, task_id = heapq.heappop(self._retries)
@@ -305,6 +433,7 @@ class Scheduler:
                 self.queue.push(due)
 
     def _stop_drained(self, out: list[Instruction]) -> None:
-        for worker in [w for w in self.workers.values() if w.draining and not w.running]:
-            del self.workers[worker.id]
-            out.append(StopWorker(worker.id, "drained"))
+        for worker_id in [w for w in self._draining if not self.workers[w].running]:
+            del self.workers[worker_id]
+            self._draining.discard(worker_id)
+            out.append(StopWorker(worker_id, "drained"))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
@@ -15,9 +13,9 @@ from kernel.errors import ExecutionError, PluginError
 from kernel.service import BaseService
 
 from . import protocol as p
-from .errors import QueueFullError, RemoteError
+from .errors import QueueFullError
 from .events import Callback, EventBus
-from .handles import CallFuture, CallOptions
+from .handles import CallFuture
 from .history import History
 from .hookspecs import executor_types, node_transports
 from .instances import PinTable
@@ -25,10 +23,11 @@ from .monitor import Monitor
 from .nodes import NodeListener
 from .policy import MAX_PRIORITY, chunk_size
 from .pool import WorkerPool
-from .runtime import ErrorInfo, run_chunk
-from .serialization import dumps_call, loads
+from .runtime import run_chunk
+from .serialization import dumps_call
 from .settings import HttpSettings, Settings
 from .stats import Stats
+from .stimuli import CallSpec
 from .traffic import CallTraffic, Route
 
 if TYPE_CHECKING:
@@ -36,34 +35,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
-
-
-class RemoteTraceback(Exception):
-    """Carries the worker's formatted traceback as the ``__cause__`` of a remote error."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-def rebuild(info: ErrorInfo) -> BaseException:
-    """The exception a call raised, with its type where it unpickles here, and the
-    remote traceback as its ``__cause__`` (as concurrent.futures does)."""
-    exc: Any = None
-    if info.exception is not None:
-        try:
-            exc = loads(info.exception)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(info.type_name, info.message, info.traceback)
-    exc.__cause__ = RemoteTraceback(info.traceback)
-    with contextlib.suppress(AttributeError):  # exceptions with __slots__
-        exc.remote_traceback = info.traceback
-    return exc  # type: ignore[no-any-return]
 
 
 def _label(fn: Any) -> str:
@@ -106,7 +77,7 @@ class ExecutionManager(BaseService):
             self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
         self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
         self.pool.host = self.traffic = CallTraffic(self.kernel, self.get_stats)
-        self._pins = PinTable(self.pool, self.events, rebuild, self.call_method)
+        self._pins = PinTable(self.pool, self.events, self.call_method)
         if s.http is not None:  # before the first worker starts, so it is counted
             self.history = History(self.events)
             self.pool.timings = self.history.timings
@@ -197,39 +168,47 @@ class ExecutionManager(BaseService):
         """
         label = _label(fn)
         pool = self._pool
-        if resources:
-            resources = _checked_resources(resources)
-            pool.check_resources(resources, label)
+        spec = self._spec(label, priority, project, resources, timeout, deadline, retries, retry_on, soft_timeout)
+        self._check_room(label, block)
+        payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
+        return pool.submit(CallFuture(pool, spec, p.CALL_FN, payload, args, retry_on=tuple(retry_on),
+                                      soft_timeout=soft_timeout or 0.0))
+
+    def _check_room(self, label: str, block: bool) -> None:
+        pool = self._pool
         if pool.full:
-            self.events.emit("queue-full", queued=len(pool.queue), held=len(pool.held), call=label)
+            self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.held), call=label)
             if not block:
                 raise QueueFullError(
-                    f"{label} refused: {len(pool.queue)} calls already wait (maxQueue "
+                    f"{label} refused: {pool.sched.queued} calls already wait (maxQueue "
                     f"{pool.settings.max_queue}); await em.room() or submit with block=True"
                 )
-        payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
-        return CallFuture(
-            pool, rebuild, label=label, events=self.events,
-            options=self._options(priority, retries, retry_on, timeout, deadline, soft_timeout),
-            make_call=partial(pool.new_call, p.CALL_FN, payload, label, args, priority, project, soft_timeout,
-                              resources or None),
-        ).start()
 
-    def _options(
-        self, priority: int, retries: int, retry_on: tuple[type[BaseException], ...],
-        timeout: float | None, deadline: float | None, soft_timeout: float | None = None,
-    ) -> CallOptions:
-        """Validated delivery options (a ValueError names the one at fault)."""
-        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-            raise ValueError(f"priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
+    def _spec(
+        self, label: str, priority: int, project: str | None, resources: Mapping[str, float] | None,
+        timeout: float | None, deadline: float | None, retries: int, retry_on: Iterable[Any],
+        soft_timeout: float | None,
+    ) -> CallSpec:
+        """A call's validated spec (a ValueError or TypeError names the option at fault)."""
+        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"{label}: priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
         for name, value in (("timeout", timeout), ("deadline", deadline), ("soft_timeout", soft_timeout)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, not {value!r}")
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{label}: {name} must be a number of seconds above 0, not {value!r}")
         if soft_timeout is not None and timeout is not None and soft_timeout >= timeout:
-            raise ValueError(f"soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s)")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        return CallOptions(retries, tuple(retry_on), timeout, deadline, self.settings.max_call_deaths)
+            raise ValueError(f"{label}: soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s)")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"{label}: retries must be an int >= 0, not {retries!r}")
+        for kind in retry_on:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise TypeError(f"{label}: retry_on must name exception types, not {kind!r}")
+        if project is not None and not isinstance(project, str):
+            raise ValueError(f"{label}: project must be a name (str), not {project!r}")
+        if resources:
+            resources = _checked_resources(resources)
+            self._pool.check_resources(resources, label)
+        return CallSpec(self._pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
+                        label)
 
     async def room(self) -> None:
         """Wait until the queue has room (``maxQueue``): a producer's back-pressure point."""
@@ -261,10 +240,8 @@ class ExecutionManager(BaseService):
                 chunk = items[start : start + size]
                 payload = dumps_call(label, (run_chunk, (fn, chunk), {}), tuple(chunk), {}, fn=fn)
                 what = (f"{len(chunk)} items from #{start}",)
-                futures.append(CallFuture(
-                    pool, rebuild, label=label, events=self.events,
-                    make_call=partial(pool.new_call, p.CALL_FN, payload, label, what),
-                ).start())
+                spec = CallSpec(pool.next_id(), label=label)
+                futures.append(pool.submit(CallFuture(pool, spec, p.CALL_FN, payload, what)))
             for fut in futures:
                 for result in await fut:
                     yield result
@@ -291,19 +268,11 @@ class ExecutionManager(BaseService):
         manifest = instance.__dict__.get("manifest")
         base = {"priority": manifest.priority} if manifest is not None and manifest.priority is not None else None
         opts = options_for(type(instance), method, base)
-        priority = opts.get("priority", DEFAULT_PRIORITY)
         soft = opts.get("soft_timeout")
-        resources = opts.get("resources")
-        if resources:
-            resources = _checked_resources(resources)
-            pool.check_resources(resources, label)
-        options = self._options(priority, opts.get("retries", 0), (), opts.get("timeout"), opts.get("deadline"), soft)
+        spec = self._spec(label, opts.get("priority", DEFAULT_PRIORITY), opts.get("project"), opts.get("resources"),
+                          opts.get("timeout"), opts.get("deadline"), opts.get("retries", 0), (), soft)
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
-        return CallFuture(
-            pool, rebuild, label=label, events=self.events, options=options,
-            make_call=partial(pool.new_call, p.CALL_METHOD, payload, label, args, priority, opts.get("project"),
-                              soft, resources or None),
-        ).start()
+        return pool.submit(CallFuture(pool, spec, p.CALL_METHOD, payload, args, soft_timeout=soft or 0.0))
 
     # -- instances --------------------------------------------------------------------
 

@@ -58,11 +58,13 @@ class Stats(BaseModel):
     queued_by_priority: dict[int, int]  # priority -> calls waiting, highest first
     projects: dict[str, ProjectStats]
     local_tasks: int
-    tasks_done: int
-    tasks_failed: int
+    tasks_done: int  # calls that succeeded
+    tasks_failed: int  # calls that failed, each once however many attempts it took
+    attempts_failed: int = 0  # attempts that ended in error (a retried call's too)
+    tasks_retried: int = 0  # attempts started again after one failed
     pinned_instances: int
     last_scaling: str
-    recent_placements: list[dict[str, Any]]  # resource-aware choices: call, worker, every candidate's score
+    recent_placements: list[dict[str, Any]]  # resource-aware choices: call, worker, each fitting worker's fit
     worker_details: list[WorkerStats]
     nodes: list[NodeInfo] = []  # each remote node: address, state, slots, load, heartbeat age
     nodes_address: str | None = None  # where nodes connect, when listening

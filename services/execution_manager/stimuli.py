@@ -23,16 +23,17 @@ class CallSpec:
     timeout: float | None = None  # seconds from its start on a worker
     deadline: float | None = None  # seconds it may wait in the queue
     retries: int = 0  # further attempts allowed after one that may have started ended badly
-    label: str = "call"
+    label: str = "call"  # what it runs; durations are measured per label
+    pinned_to: str | None = None  # a pinned instance's call: that worker, in order, no queue
 
     def __post_init__(self) -> None:
-        if not 0 <= self.priority <= MAX_PRIORITY:
+        if not isinstance(self.priority, int) or not 0 <= self.priority <= MAX_PRIORITY:
             raise ValueError(f"{self.label}: priority must be 0-{MAX_PRIORITY}, not {self.priority!r}")
         for name in ("timeout", "deadline"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{self.label}: {name} must be a number of seconds above 0, not {value!r}")
-        if self.retries < 0:
+        if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"{self.label}: retries must be 0 or more, not {self.retries!r}")
 
 
@@ -54,30 +55,42 @@ class Cancelled:
 @dataclass(frozen=True, slots=True)
 class Answered:
     """An attempt answered: a result, or an exception the call raised (``retry``: the
-    call's ``retry_on`` matches it)."""
+    call's ``retry_on`` matches it). ``ran``: the seconds it ran, where the executor
+    measured it (else the scheduler measures from its answers)."""
 
     now: float
     task_id: int
     attempt: int
     retry: bool = False
+    ran: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """An attempt ended without an answer: its worker died or was stopped."""
+    """An attempt ended without an answer: its worker died or was stopped.
+    ``started`` False: the executor knows it never began (it runs elsewhere, free)."""
 
     now: float
     task_id: int
     attempt: int
     reason: str
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerUp:
+    """A worker takes calls: ``width`` side by side; ``local``: in the kernel's own
+    process (used only while :class:`Load` says the machine is idle, never for a call
+    with a timeout); ``overhead``: seconds each call spends in transit; ``calls``: how
+    many it may still be sent before it is replaced."""
+
     now: float
     worker_id: str
     width: int = 1
     resources: Mapping[str, float] = field(default_factory=dict)
+    local: bool = False
+    overhead: float = 0.0
+    calls: int | None = None  # how many calls it may still be sent (maxTasksPerWorker); None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +116,34 @@ class WorkerDraining:
 
 
 @dataclass(frozen=True, slots=True)
+class Load:
+    """Whether the machine is idle enough for calls in the kernel's own process."""
+
+    now: float
+    low: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectLimit:
+    now: float
+    project: str
+    limit: int | None  # None: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The pool shuts down: calls not started end, nothing more is sent or retried."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     now: float
 
 
-Stimulus = Submitted | Cancelled | Answered | Lost | WorkerUp | WorkerGone | WorkerUnhealthy | WorkerDraining | Tick
+Stimulus = (Submitted | Cancelled | Answered | Lost | WorkerUp | WorkerGone | WorkerUnhealthy | WorkerDraining
+            | Load | ProjectLimit | Closing | Tick)
 
 
 # -- instructions ---------------------------------------------------------------------
@@ -134,7 +170,8 @@ class Abort:
 class Resolve:
     """The call is over: ``outcome`` is ``"answered"`` (deliver ``attempt``'s answer),
     ``"cancelled"``, ``"timeout"`` (ran past its timeout), ``"expired"`` (waited past its
-    deadline) or ``"lost"`` (``reason`` says how its last attempt ended)."""
+    deadline), ``"closed"`` (the pool shut down before it started) or ``"lost"``
+    (``reason`` says how its last attempt ended)."""
 
     task_id: int
     outcome: str

@@ -1,6 +1,6 @@
 """Workers of the pool (:class:`PoolWorker`) and their lifecycle (start, replace, recycle,
-retire, autoscale). :class:`WorkerLifecycle` is the base of
-:class:`~.pool.WorkerPool`, which owns the calls and the queue.
+retire, autoscale). :class:`WorkerLifecycle` is the base of :class:`~.pool.WorkerPool`;
+each change is reported to the pool's scheduler (up, unhealthy, draining, gone).
 """
 
 from __future__ import annotations
@@ -9,18 +9,17 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any
 
 import structlog
 
 from .background import Background
-from .errors import WorkerStartError
 from .events import EventBus
-from .executor import Call, CallHost, Executor, ExecutorFactory, WorkerState
-from .policy import Limits, ScalePlan, inflight_limit, pin_target, plan_scaling
-from .queue import CallQueue
+from .executor import CallHost, Executor, ExecutorFactory, WorkerState
+from .policy import Limits, ScalePlan, pin_target, plan_scaling
+from .scheduler import Scheduler
 from .settings import Settings
+from .stimuli import Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 
 log = structlog.get_logger("execution-manager")
 _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
@@ -29,18 +28,15 @@ _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 class PoolWorker:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
-    __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "last_done", "limit", "mean",
-                 "pins", "resources", "retiring", "rss", "width")
+    __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "pins", "resources", "retiring", "rss",
+                 "width")
     id: str
 
-    def __init__(self, executor: Executor, limit: int | None = None, *, external: bool = False) -> None:
+    def __init__(self, executor: Executor, *, external: bool = False) -> None:
         self.executor = executor
         self.id = executor.id
         self.external = external  # brought by a node, not started by the pool: never scaled
         self.width = max(1, executor.info().width)
-        self.limit = limit or inflight_limit(None, width=self.width)
-        self.mean: float | None = None
-        self.last_done = 0.0
         self.cpu_percent = 0.0
         self.rss = 0
         self.idle_since: float | None = time.monotonic()
@@ -61,7 +57,7 @@ class PoolWorker:
         return len(self.pins)
 
     def __repr__(self) -> str:
-        return f"<PoolWorker {self.executor!r} limit={self.limit} pins={len(self.pins)}>"
+        return f"<PoolWorker {self.executor!r} pins={len(self.pins)}>"
 
 
 
@@ -73,7 +69,8 @@ class WorkerLifecycle:
     limits: Limits
     options: Mapping[str, Any]
     events: EventBus
-    queue: CallQueue[Call]
+    sched: Scheduler
+    loop: asyncio.AbstractEventLoop
     workers: dict[str, PoolWorker]
     _members: list[PoolWorker]
     _factory: ExecutorFactory
@@ -88,16 +85,7 @@ class WorkerLifecycle:
     on_retire: Callable[[PoolWorker], Awaitable[None]] | None
     host: CallHost | None
 
-    def _drain(self, freed: PoolWorker | None = None) -> None:
-        raise NotImplementedError
-
-    def _finished(self, worker: PoolWorker, call: Any, ok: bool | None) -> None:
-        raise NotImplementedError
-
-    def _cap(self, worker: PoolWorker, limit: int) -> int:
-        raise NotImplementedError
-
-    def _fail_waiting(self, exc: Exception) -> None:
+    def feed(self, stimulus: Stimulus) -> None:
         raise NotImplementedError
 
     def _spawn(self) -> None:
@@ -116,8 +104,8 @@ class WorkerLifecycle:
             self.starting -= 1
             log.error("worker failed to start", worker_id=wid, error=str(exc))
             self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
-            if not self._members and not self.starting:
-                self._fail_waiting(WorkerStartError(f"no worker could be started: {exc}"))
+            if not self._members and not self.starting and self.sched.queue:
+                self._no_workers(f"no worker could be started: {exc}")
             return None
         self.starting -= 1
         if self.closed:
@@ -128,8 +116,6 @@ class WorkerLifecycle:
     def _enroll(self, executor: Executor, *, external: bool) -> PoolWorker:
         """Make a started executor one of the pool's workers and place waiting calls."""
         worker = PoolWorker(executor, external=external)
-        worker.limit = self._cap(worker, worker.limit)
-        executor.on_finish = partial(self._finished, worker)
         executor.host = self.host
         self.workers[executor.id] = worker
         self._members.append(worker)
@@ -141,7 +127,8 @@ class WorkerLifecycle:
             log.debug("worker started", worker_id=executor.id, pid=info.pid)
         self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
                          **where)
-        self._drain()
+        self.feed(WorkerUp(self.loop.time(), executor.id, worker.width, info.resources, overhead=executor.overhead,
+                           calls=None if external else self.settings.max_tasks_per_worker))
         return worker
 
     def adopt(self, executor: Executor) -> None:
@@ -154,8 +141,9 @@ class WorkerLifecycle:
         self._enroll(executor, external=True)
 
     def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
-        if old == WorkerState.UNHEALTHY and executor.is_available:
-            self._drain()  # back from a lost heartbeat: it takes calls again
+        now = self.loop.time()
+        if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and executor.is_available):
+            self.feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
             return
         if new not in _CLOSED:
             return
@@ -164,6 +152,10 @@ class WorkerLifecycle:
             return
         self._members.remove(worker)
         reason = executor.info().exit_reason or new.value
+        # Nothing more is sent to it now; it is gone once the executor has failed what it
+        # held (in this same turn), so each call's error is the executor's own.
+        self.feed(WorkerUnhealthy(now, executor.id))
+        self.loop.call_soon(lambda: self.feed(WorkerGone(self.loop.time(), executor.id, reason)))
         expected = new == WorkerState.TERMINATED
         self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
         if new == WorkerState.FAILED:
@@ -171,8 +163,11 @@ class WorkerLifecycle:
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
                 self.on_worker_lost(worker)
-        if not self.closed and (self._live() < self.settings.min_workers or self.queue):
+        if not self.closed and self._wants_worker():
             self._spawn()
+
+    def _no_workers(self, why: str) -> None:
+        raise NotImplementedError
 
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> PoolWorker | None:
         """A worker to pin an instance on; with ``start``, one is started if there is
@@ -202,9 +197,16 @@ class WorkerLifecycle:
         worker.retiring = True
         log.info("recycling worker", worker_id=worker.id, reason=reason)
         self.events.emit("worker-recycled", worker_id=worker.id, reason=reason)
-        if not self.closed and (self._live() < self.settings.min_workers or self.queue):
+        self.feed(WorkerDraining(self.loop.time(), worker.id))
+        if not self.closed and self._wants_worker():
             self._spawn()
         self.background.spawn(self._leave(worker, reason))
+
+    def _wants_worker(self) -> bool:
+        """Whether a worker should start now: below minWorkers, or calls wait and there
+        is room below maxWorkers."""
+        live = self._live()
+        return live < self.settings.min_workers or (bool(self.sched.queue) and live < self.limits.max_workers)
 
     def _live(self) -> int:
         """Workers the pool started that stay (not leaving), plus those starting."""
@@ -213,6 +215,7 @@ class WorkerLifecycle:
     async def _leave(self, worker: PoolWorker, reason: str, drain: bool = True) -> None:
         if self.on_retire is not None and worker.pins:
             await self.on_retire(worker)
+        self.feed(WorkerDraining(self.loop.time(), worker.id))  # no new call; what it runs finishes
         await worker.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
         self.events.emit("worker-retired", worker_id=worker.id, reason=reason)
 
@@ -262,7 +265,7 @@ class WorkerLifecycle:
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
-            self._members, self.limits, starting=self.starting, queued=len(self.queue),
+            self._members, self.limits, starting=self.starting, queued=len(self.sched.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
         )
         if plan.start or plan.retire:

@@ -67,7 +67,9 @@ class PoolCollector(Collector):
         calls.add_metric(["done"], pool.done)
         calls.add_metric(["failed"], pool.failed)
         yield calls
-        yield CounterMetricFamily(PREFIX + "retries", "Calls run again after their worker died", value=h.retried)
+        yield CounterMetricFamily(PREFIX + "attempts_failed", "Attempts that ended in error, retried or not",
+                                  value=pool.attempts_failed)
+        yield CounterMetricFamily(PREFIX + "retries", "Attempts started again after one failed", value=pool.retried)
         yield GaugeMetricFamily(PREFIX + "calls_running", "Calls running now",
                                 value=sum(s.running for s in pool.members))
         queue = GaugeMetricFamily(PREFIX + "queue_depth", "Calls waiting for a worker", labels=["priority"])
