@@ -10,7 +10,16 @@ import random
 
 import pytest
 
-from microkernel.services.execution_manager.scheduler import BUDGET, MAX_AHEAD, SHORT, Scheduler, ahead, backoff
+from microkernel.services.execution_manager.scheduler import (
+    BUDGET,
+    LATE,
+    MAX_AHEAD,
+    SHORT,
+    Scheduler,
+    ahead,
+    backoff,
+    late_after,
+)
 from microkernel.services.execution_manager.stimuli import (
     Abort,
     Answered,
@@ -24,6 +33,7 @@ from microkernel.services.execution_manager.stimuli import (
     Send,
     StopWorker,
     Submitted,
+    TakeBack,
     Tick,
     WorkerDraining,
     WorkerGone,
@@ -199,9 +209,9 @@ def test_a_call_goes_only_where_its_resources_fit() -> None:
 
 @pytest.mark.parametrize(
     ("options", "match"),
-    [({"priority": 11}, "priority must be 0-10, not 11"), ({"priority": -1}, "priority must be 0-10"),
+    [({"priority": 11}, "train: priority must be an int from 0 to 10, not 11"), ({"priority": -1}, "priority must be an int from 0 to 10"),
      ({"timeout": 0}, "timeout must be a number of seconds above 0, not 0"),
-     ({"deadline": -1.0}, "deadline must be"), ({"retries": -2}, "retries must be 0 or more")],
+     ({"deadline": -1.0}, "deadline must be"), ({"retries": -2}, "retries must be an int >= 0, not -2"), ({"priority": 5.5}, "priority must be an int")],
 )
 def test_bad_options_name_the_field(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -302,3 +312,30 @@ def test_a_worker_is_sent_no_more_calls_than_it_may_still_run() -> None:
     assert sends(s.handle(Answered(1.0, 2, 1)) + submit(s, 3, now=1.0)) == [(3, "w2")]
     assert sends(s.handle(Answered(2.0, 1, 1)) + submit(s, 4, now=2.0)) == [(4, "w1")]
     assert sends(s.handle(Answered(3.0, 4, 1)) + submit(s, 5, now=3.0)) == []  # w1 ran its two
+
+
+def test_calls_held_behind_a_call_that_runs_late_are_taken_back_and_run_elsewhere() -> None:
+    s = pool("w1", "w2")
+    measured(s, "f", 0.0001)  # f is short, as far as anyone knows
+    assert sends(submit(s, 1, now=200.0, label="f")) == [(1, "w1")]  # it will take 3 s after all
+    assert sends(submit(s, 2, now=200.0, label="f")) == [(2, "w2")]
+    out = []
+    for task_id in range(3, 13):
+        out += submit(s, task_id, now=200.0, label="f")
+    held_on_w1 = [t for t, w in sends(out) if w == "w1"]
+    assert held_on_w1  # sent ahead behind call 1
+    s.handle(Answered(200.001, 2, 1))  # w2 streams on
+    wakeup = s.next_wakeup()
+    assert wakeup is not None and wakeup <= 200.001 + LATE  # a look while calls wait ahead
+    assert not any(isinstance(i, TakeBack) for i in s.handle(Tick(200.0 + LATE / 2)))  # not late yet
+    late = 200.001 + late_after(s.means["f"])
+    out = s.handle(Tick(late))
+    assert [i.task_id for i in out if isinstance(i, TakeBack) and i.worker_id == "w1"] == held_on_w1
+    assert all(w != "w1" for _, w in sends(submit(s, 99, now=late, label="f")))  # nothing more goes ahead there
+    queued = s.queued
+    for task_id in held_on_w1:  # w1 confirms each drop: they wait for another worker, at no cost
+        out = s.handle(Lost(late, task_id, 1, "dropped before it began", started=False))
+        assert all(w != "w1" for _, w in sends(out))
+    assert s.workers["w1"].running == {1: None}
+    assert s.queued == queued + len(held_on_w1)
+    assert s.calls[held_on_w1[0]].tries == 0  # never began: no retry was spent

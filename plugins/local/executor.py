@@ -61,6 +61,7 @@ class LocalWorker(Executor):
         self._stopping = False
         self._exit_reason: str | None = None
         self._abort_note: str | None = None
+        self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
         self._offer = self.offers(self.options)
 
     @classmethod
@@ -130,9 +131,13 @@ class LocalWorker(Executor):
         self._hold(call)  # after the write: the worker starts while this runs
 
     def cancel(self, call_id: int) -> bool:
-        if self._stream is None or self._stream.closed or self._drop(call_id) is None:
+        """Ask the worker to drop the call; it confirms (CANCELLED, and the call's future
+        is cancelled) unless it began it already (then it ends as usual)."""
+        stream = self._stream
+        if stream is None or stream.closed or call_id not in self.inflight or call_id in self._cancelling:
             return False
-        self._stream.write(p.frame(p.Cancel(call_id)))
+        self._cancelling.add(call_id)
+        stream.write(p.frame(p.Cancel(call_id)))
         return True
 
     def _stop_running(self, call_id: int, note: str) -> bool:
@@ -150,6 +155,8 @@ class LocalWorker(Executor):
                 self._proc.kill()  # it ignored SIGTERM
 
     def _on_event(self, event: p.Event) -> None:
+        if self._cancelling and type(event) in (p.Result, p.Error, p.Cancelled):
+            self._cancelling.discard(event.call_id)  # type: ignore[union-attr]
         if type(event) is p.Result:
             call = self.inflight.get(event.call_id)
             if call is not None:  # else an attempt already given up (or cancelled): never delivered twice
@@ -158,6 +165,8 @@ class LocalWorker(Executor):
             call = self.inflight.get(event.call_id)
             if call is not None:
                 self._finish(call, (False, ErrorInfo(event.type_name, event.message, event.traceback, event.exception)))
+        elif type(event) is p.Cancelled:
+            self._drop(event.call_id)
         elif type(event) is p.Progress:
             self._call_traffic(p.PROGRESS, event.call_id, (event.fraction, event.message), self._respond)
         elif type(event) is p.Log:

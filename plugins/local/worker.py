@@ -181,6 +181,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
                         events.extend(more)
                         cancelled.update(e.call_id for e in more if type(e) is p.Cancel)
                 if ev.call_id in cancelled:
+                    out.append(frame(p.Cancelled(ev.call_id)))  # the kernel runs it elsewhere
                     continue
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)

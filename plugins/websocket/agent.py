@@ -250,8 +250,8 @@ class NodeAgent:
                 ex.submit(Call(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
         elif kind is p.SlotCancel:
             ex = self.execs.get(msg.slot)
-            if ex is not None and ex.cancel(msg.call_id):
-                self.send(p.encode(p.Cancelled(msg.call_id)))
+            if ex is not None:
+                ex.cancel(msg.call_id)  # its worker confirms the drop: CANCELLED goes out from _replied
         elif kind is p.Abort:
             ex = self.execs.get(msg.slot)
             if ex is not None:
@@ -289,7 +289,10 @@ class NodeAgent:
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
     def _replied(self, call_id: int, future: ReplyFuture) -> None:
-        if future.cancelled() or future.exception() is not None:
+        if future.cancelled():  # dropped before it began, as the kernel asked
+            self.send(p.encode(p.Cancelled(call_id)))
+            return
+        if future.exception() is not None:
             return  # a crash, which SLOT_DOWN reports (the exception is retrieved so asyncio does not warn)
         ok, data = future.result()
         if ok:

@@ -61,7 +61,6 @@ class Session:
         self.offer: dict[str, float] = {"cpu": 1.0, "memory": float(info.get("memory") or 0), **self.labels}
         self.slots: dict[int, NodeSlot] = {}
         self.calls: dict[int, NodeSlot] = {}  # call id -> the slot it was sent to
-        self.dropped: dict[int, int] = {}  # call id -> slot: cancelled here; the node may still answer
         self.last_seen = time.monotonic()
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
@@ -92,12 +91,6 @@ class Session:
     def send(self, data: bytes) -> None:
         """Queue ``data``; everything queued in one turn goes out as one message."""
         self.outbox.put(data)
-
-    def forget(self, call_id: int) -> None:
-        """A call was dropped here; an answer the node may still send is discarded."""
-        slot = self.calls.pop(call_id, None)
-        if slot is not None:
-            self.dropped[call_id] = slot.slot
 
     # -- in ---------------------------------------------------------------------------
 
@@ -152,8 +145,6 @@ class Session:
             slot = self.calls.pop(call_id, None)
             if slot is not None:
                 slot.on_reply(msg)
-            elif call_id in self.dropped:
-                del self.dropped[call_id]
             else:
                 raise n.Refused(n.CLOSE_NOT_ASSIGNED,
                                 f"a result for call {call_id!r}, which was not assigned to node {self.node_id}")
@@ -178,8 +169,10 @@ class Session:
                     f"request {msg.route!r} refused: call {msg.call_id!r} is not running on node {self.node_id}")))
                 return
             slot._call_traffic(p.REQUEST, msg.call_id, (msg.request_id, msg.route, msg.payload), self._respond)
-        elif kind is p.Cancelled:
-            self.dropped.pop(msg.call_id, None)
+        elif kind is p.Cancelled:  # the node dropped a call before it began, as asked
+            slot = self.calls.pop(msg.call_id, None)
+            if slot is not None:
+                slot._drop(msg.call_id)
         elif kind is p.SlotUp:
             if self.state != "draining" and not self.hub.closing and msg.slot not in self.slots:
                 self.hub.slot_up(self, msg.slot, msg.pid)
@@ -187,7 +180,6 @@ class Session:
             slot = self.slots.pop(msg.slot, None)
             if slot is not None:
                 slot.went_down(msg.reason, msg.exitcode)
-            self.dropped = {c: s for c, s in self.dropped.items() if s != msg.slot}  # it answers no more
             if self.state == "draining" and not self.slots:
                 self._leave()
         elif kind is p.Draining:

@@ -48,8 +48,6 @@ class NodeConnection(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
-    def forget(self, call_id: int) -> None: ...
-
 
 class NodeSlot(Executor):
     """One worker process of a remote node.
@@ -114,10 +112,11 @@ class NodeSlot(Executor):
         self._hold(call)
 
     def cancel(self, call_id: int) -> bool:
+        """Ask the node to drop the call; its CANCELLED confirms (the session then drops
+        it here), or the call ends as usual if it had begun."""
         s = self.session
-        if s is None or s.closed or self._drop(call_id) is None:
+        if s is None or s.closed or call_id not in self.inflight:
             return False
-        s.forget(call_id)
         s.send(p.encode(p.SlotCancel(self.slot, call_id)))
         return True
 

@@ -248,8 +248,10 @@ class Executor(ABC):
 
     @abstractmethod
     def cancel(self, call_id: int) -> bool:
-        """Drop a call that has not started; True if it was dropped. A call already
-        running is not interrupted."""
+        """Drop a call that has not started; True if asked. Its future is cancelled once
+        the drop is certain (at once where the executor can tell; a worker that must be
+        asked confirms first); a call that had begun is not interrupted and ends as
+        usual, so a call is never run twice by a cancel."""
 
     def abort(self, call_id: int, reason: str = "") -> bool:
         """Stop a call by force, running or not; True if it will not run on (or has

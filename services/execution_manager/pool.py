@@ -49,6 +49,7 @@ from .stimuli import (
     Send,
     Stimulus,
     Submitted,
+    TakeBack,
     Tick,
     WorkerUp,
 )
@@ -110,6 +111,7 @@ class WorkerPool(WorkerLifecycle):
         self._seq = itertools.count(1)
         self._stimuli: deque[Stimulus] = deque()
         self._handling = False
+        self._grow_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.loop = asyncio.get_running_loop()
@@ -144,15 +146,22 @@ class WorkerPool(WorkerLifecycle):
         calls, a worker started for calls that wait."""
         sched = self.sched
         wakeup = sched.next_wakeup()
-        if wakeup != self._timer_at:
-            if self._timer is not None:
+        if wakeup is not None and (self._timer_at is None or wakeup < self._timer_at):
+            if self._timer is not None:  # a later wake-up than needed is harmless: the timer stays
                 self._timer.cancel()
             self._timer_at = wakeup
-            self._timer = None if wakeup is None else self.loop.call_at(wakeup, self._tick)
+            self._timer = self.loop.call_at(wakeup, self._tick)
         if self.held or self._room:
             self._admit()
-        if sched.queue and not self.closed and self._live() < self.limits.max_workers and self.starting < len(
-                sched.queue):
+        if sched.queue and not self._grow_pending and self.starting < len(sched.queue):
+            self._grow_pending = True  # looked at once per turn of the loop, not per call
+            self.loop.call_soon(self._grow)
+
+    def _grow(self) -> None:
+        """Calls wait for a worker: start one, below maxWorkers."""
+        self._grow_pending = False
+        queued = len(self.sched.queue)
+        if queued and not self.closed and self.starting < queued and self._live() < self.limits.max_workers:
             self._spawn()
             self.last_scale_up = time.monotonic()
             self.last_scaling = "all workers busy: started one"
@@ -171,6 +180,10 @@ class WorkerPool(WorkerLifecycle):
             self._retrying(instruction)
         elif type(instruction) is Abort:
             self._abort(instruction)
+        elif type(instruction) is TakeBack:
+            worker = self._worker(instruction.worker_id)
+            if worker is not None:
+                worker.executor.cancel(instruction.task_id)  # else it simply runs there, late
         # StopWorker: a draining worker ran its last call; whoever drains it stops it.
 
     def _retrying(self, retry: RetryAt) -> None:

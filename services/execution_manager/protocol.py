@@ -18,8 +18,8 @@ Conversation::
     worker -> kernel   HELLO (protocol version, worker id, pid, python version, info)
     kernel -> worker   CALL (call id, kind, payload, soft timeout) ... CANCEL, SHUTDOWN,
                        RESPONSE
-    worker -> kernel   RESULT | ERROR (call id, ...), HEARTBEAT, PROGRESS, LOG, REQUEST,
-                       GOODBYE
+    worker -> kernel   RESULT | ERROR (call id, ...), CANCELLED (a cancelled call it
+                       dropped before it began), HEARTBEAT, PROGRESS, LOG, REQUEST, GOODBYE
 
 Call ids are attempt ids: unique per attempt, so a late answer to an attempt the
 kernel gave up is recognised and dropped.
@@ -218,7 +218,7 @@ class Draining(_Message, tag=DRAINING):
 
 
 Event = (
-    Hello | Call | Result | Error | Cancel | Heartbeat | Progress | Log | Request | Response
+    Hello | Call | Result | Error | Cancel | Cancelled | Heartbeat | Progress | Log | Request | Response
     | Shutdown | Goodbye
 )
 NodeEvent = (
@@ -226,7 +226,7 @@ NodeEvent = (
     | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response
 )
 Message = Event | NodeEvent
-KERNEL_RECEIVES = (Hello, Result, Error, Heartbeat, Progress, Log, Request, Goodbye)
+KERNEL_RECEIVES = (Hello, Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye)
 WORKER_RECEIVES = (Call, Cancel, Shutdown, Response)
 TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,

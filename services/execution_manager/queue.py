@@ -27,6 +27,8 @@ class Queued(Protocol):
     def project(self) -> str | None: ...
     @property
     def queued_at(self) -> float: ...
+    @property
+    def seq(self) -> int: ...  # submission order, to break ties of queued_at
 
 
 Item = TypeVar("Item", bound=Queued)
@@ -56,6 +58,18 @@ class CallQueue(Generic[Item]):
         if fifo is None:
             fifo = self._fifos[key] = deque()
         fifo.append(call)
+        self._count += 1
+
+    def put_back(self, call: Item) -> None:
+        """Return ``call`` to its place (by when it was first queued): it was taken out
+        but never began."""
+        key = (call.priority, call.project)
+        fifo = self._fifos.get(key)
+        if fifo is None:
+            fifo = self._fifos[key] = deque()
+        mark = (call.queued_at, call.seq)
+        index = next((i for i, other in enumerate(fifo) if (other.queued_at, other.seq) > mark), len(fifo))
+        fifo.insert(index, call)
         self._count += 1
 
     def peek(self, now: float, eligible: Callable[[str | None], bool]) -> Item | None:

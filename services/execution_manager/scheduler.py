@@ -27,7 +27,9 @@ One exception, where it cannot break a promise: a call of a function measured sh
 (under :data:`SHORT` seconds, no timeout) may be sent to a busy worker that runs only
 such calls, a few milliseconds of work ahead (:func:`ahead`), so tiny calls do not pay
 a round trip each. A call sent ahead is the best in the queue when it is sent, and it
-waits behind at most :data:`BUDGET` seconds of measured work.
+waits behind at most :data:`BUDGET` seconds of measured work. When the call it waits
+behind runs late after all (:func:`late_after`), the calls held behind it are taken
+back (:class:`.stimuli.TakeBack`) and go to the queue again, to run elsewhere.
 
 The queue is strict: when the call at its head fits no free worker, nothing passes it.
 A call no worker could ever take must be refused before it is submitted
@@ -37,6 +39,7 @@ A call no worker could ever take must be refused before it is submitted
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ from .stimuli import (
     Stimulus,
     StopWorker,
     Submitted,
+    TakeBack,
     Tick,
     WorkerDraining,
     WorkerGone,
@@ -70,6 +74,12 @@ SHORT = 0.005  # seconds: a function measured under this may be sent ahead
 BUDGET = 0.002  # seconds of measured work a call sent ahead may wait behind
 MAX_AHEAD = 64  # calls per thread of a worker, at most
 MAX_REQUEUES = 10  # attempts that never began, before a call is given up
+LATE = 0.02  # seconds: a call measured short that runs this long has calls taken back from behind it
+
+
+def late_after(mean: float | None) -> float:
+    """Seconds after which a call measured at ``mean`` s counts as running late."""
+    return max(LATE, 4 * (mean or 0.0))
 
 
 def ahead(mean: float, overhead: float = 0.0) -> int:
@@ -90,6 +100,8 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
 class _Call:
     spec: CallSpec
     queued_at: float
+    seq: int
+    waiting: bool = False  # in the queue
     attempt: int = 0  # attempts sent
     tries: int = 0  # attempts that may have started
     worker_id: str | None = None  # where its current attempt runs
@@ -114,12 +126,13 @@ class _Worker:
     resources: Mapping[str, float]
     local: bool = False
     overhead: float = 0.0
-    running: set[int] = field(default_factory=set)
+    running: dict[int, None] = field(default_factory=dict)  # task ids, in the order sent (a set, ordered)
     healthy: bool = True
     draining: bool = False
     unsure: int = 0  # running calls not known to be short: nothing is sent ahead of them
     last_done: float = 0.0
     budget: int | None = None  # calls it may still be sent (None: any)
+    late: int | None = None  # the task it runs late: calls held behind it are taken back, none sent ahead
 
     @property
     def open(self) -> bool:
@@ -151,12 +164,16 @@ class Scheduler:
         self.local_open = False
         self.closed = False
         self._jitter = jitter
+        self._seq = itertools.count()
+        self._now = 0.0
+        self._stalled = False  # the queue's head fits no worker, and nothing changed since
         # (time, task id[, attempt]) heaps, checked lazily: entries may be stale
         self._deadlines: list[tuple[float, int]] = []
         self._retries: list[tuple[float, int]] = []
         self._timeouts: list[tuple[float, int, int]] = []
         self._retrying: set[int] = set()
         self._draining: set[str] = set()
+        self._ahead: set[str] = set()  # workers holding calls sent ahead
         # Attempts given up while they ran (cancel, timeout): they hold their worker's room
         # until it reports them ended (or is gone), so nothing is sent to a worker being stopped.
         self._aborted: dict[int, tuple[int, str]] = {}  # task id -> (attempt, worker id)
@@ -175,19 +192,33 @@ class Scheduler:
         return sum(len(w.running) for w in self.workers.values())
 
     def next_wakeup(self) -> float | None:
-        """When a :class:`Tick` is next needed (a deadline, a timeout or a retry), if ever."""
+        """When a :class:`Tick` is next needed (a deadline, a timeout or a retry), if ever;
+        while workers hold calls sent ahead, every :data:`LATE` seconds too, to see
+        whether the call they wait behind runs late."""
+        if not (self._deadlines or self._retries or self._timeouts or self._ahead):
+            return None
         times = [heap[0][0] for heap in (self._deadlines, self._retries, self._timeouts) if heap]
+        if self._ahead:
+            times.append(self._now + LATE)
         return min(times) if times else None
+
+    def _late_at(self, worker: _Worker) -> float:
+        """When the call running first on ``worker`` counts as late."""
+        call = self.calls.get(next(iter(worker.running)))  # None: an attempt given up, still ending
+        if call is None:
+            return worker.last_done + LATE
+        return max(call.started_at, worker.last_done) + late_after(self.means.get(call.spec.label))
 
     # -- stimuli ------------------------------------------------------------------------
 
     def handle(self, stimulus: Stimulus) -> list[Instruction]:
         """What to do about ``stimulus``, in order."""
         out: list[Instruction] = []
-        now = stimulus.now
+        now = self._now = stimulus.now
         match stimulus:
             case Submitted(call=spec):
-                self._submit(spec, now, out)
+                if self._submit(spec, now, out):
+                    return out  # queued behind calls that could not be placed: nothing changed
             case Answered(task_id=task_id, attempt=attempt, retry=retry, ran=ran):
                 answered = self._current(task_id, attempt)
                 if answered is not None:
@@ -210,8 +241,9 @@ class Scheduler:
             case WorkerGone(worker_id=worker_id, reason=reason):
                 worker = self.workers.pop(worker_id, None)
                 self._draining.discard(worker_id)
+                self._ahead.discard(worker_id)
                 if worker is not None:
-                    for task_id in sorted(worker.running):
+                    for task_id in list(worker.running):
                         if self._aborted.pop(task_id, None) is None:
                             self._lose(self.calls[task_id], now, reason, out, started=True)
             case WorkerUnhealthy(worker_id=worker_id, healthy=healthy):
@@ -240,10 +272,11 @@ class Scheduler:
             self._stop_drained(out)
         return out
 
-    def _submit(self, spec: CallSpec, now: float, out: list[Instruction]) -> None:
+    def _submit(self, spec: CallSpec, now: float, out: list[Instruction]) -> bool:
+        """Take the call in; True when it only joined the back of a stalled queue."""
         if spec.task_id in self.calls:
             raise ValueError(f"task {spec.task_id} was submitted already")
-        call = self.calls[spec.task_id] = _Call(spec, now)
+        call = self.calls[spec.task_id] = _Call(spec, now, next(self._seq))
         if self.closed:
             self._end(call, out, Resolve(spec.task_id, "closed"))
         elif spec.pinned_to is not None:  # in call order on its worker, which queues it
@@ -253,9 +286,20 @@ class Scheduler:
             else:
                 self._send(call, worker, now, out)
         else:
-            self.queue.push(call)
+            stalled = self._stalled and bool(self.queue)
+            self._enqueue(call)
             if spec.deadline is not None:
                 heapq.heappush(self._deadlines, (now + spec.deadline, spec.task_id))
+            # It may pass nothing: unless it is the queue's new head, nothing more can start.
+            return stalled and self.queue.peek(now, self._project_has_room) is not call
+        return False
+
+    def _enqueue(self, call: _Call, *, back: bool = False) -> None:
+        if back:
+            self.queue.put_back(call)
+        else:
+            self.queue.push(call)
+        call.waiting = True
 
     def _worker_up(self, up: WorkerUp) -> None:
         known = self.workers.get(up.worker_id)
@@ -275,7 +319,9 @@ class Scheduler:
             del self._aborted[task_id]
             worker = self.workers.get(aborted[1])
             if worker is not None:
-                worker.running.discard(task_id)
+                worker.running.pop(task_id, None)
+                if worker.late == task_id:
+                    worker.late = None
             return None
         call = self.calls.get(task_id)
         if call is None or call.attempt != attempt or call.worker_id is None:
@@ -284,14 +330,17 @@ class Scheduler:
 
     def _dispatch(self, now: float, out: list[Instruction]) -> None:
         queue = self.queue
+        self._stalled = False
         while queue:
             call = queue.peek(now, self._project_has_room)
             if call is None:
                 return
             worker = self._place(call)
             if worker is None:
+                self._stalled = True
                 return  # the head call fits no worker; nothing behind it may pass it
             queue.discard(call)
+            call.waiting = False
             self._send(call, worker, now, out)
             if call.spec.project is not None:
                 self.project_running[call.spec.project] = self.project_running.get(call.spec.project, 0) + 1
@@ -306,7 +355,9 @@ class Scheduler:
         call.unsure = mean is None or mean >= SHORT
         if call.unsure:
             worker.unsure += 1
-        worker.running.add(spec.task_id)
+        worker.running[spec.task_id] = None
+        if len(worker.running) > worker.width:
+            self._ahead.add(worker.id)
         if worker.budget is not None:
             worker.budget -= 1
         if spec.timeout is not None:
@@ -321,7 +372,7 @@ class Scheduler:
             return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
         best: _Worker | None = None
         for w in self.workers.values():
-            if w.has_room:
+            if len(w.running) < w.width and w.open:
                 if w.local:
                     if self.local_open and spec.timeout is None:
                         return w  # opted in, and the machine is idle
@@ -332,10 +383,12 @@ class Scheduler:
         mean = self.means.get(spec.label)
         if mean is None or mean >= SHORT or spec.timeout is not None:
             return None
+        depth = ahead(mean)
         for w in self.workers.values():  # send ahead, behind short calls only
-            if (not w.local and w.open and not w.unsure
-                    and len(w.running) < w.width * ahead(mean, w.overhead)
-                    and (best is None or (len(w.running), w.id) < (len(best.running), best.id))):
+            if w.local or w.unsure or w.late is not None or not w.open:
+                continue
+            if len(w.running) < w.width * (ahead(mean, w.overhead) if w.overhead else depth) and (
+                    best is None or (len(w.running), w.id) < (len(best.running), best.id)):
                 best = w
         return best
 
@@ -363,7 +416,9 @@ class Scheduler:
             if call.unsure:
                 worker.unsure -= 1
             if not keep_room:
-                worker.running.discard(call.spec.task_id)
+                worker.running.pop(call.spec.task_id, None)
+                if worker.late == call.spec.task_id:
+                    worker.late = None
         call.unsure = False
         if call.spec.project is not None and call.spec.pinned_to is None:
             self.project_running[call.spec.project] -= 1
@@ -377,7 +432,7 @@ class Scheduler:
             call.tries -= 1
             call.requeues += 1
             if call.requeues <= MAX_REQUEUES and not self.closed:
-                self.queue.push(call)  # it never began: it runs elsewhere, at no cost to its retries
+                self._enqueue(call, back=True)  # it never began: in its place again, at no cost to its retries
                 return
         if started:
             call.deaths += 1
@@ -404,7 +459,9 @@ class Scheduler:
                 out.append(Abort(task_id, call.attempt, call.worker_id, abort))
                 self._aborted[task_id] = (call.attempt, call.worker_id)
             self._free(call, keep_room=bool(abort))
-        elif not self.queue.discard(call):
+        elif call.waiting:
+            self.queue.discard(call)
+        else:
             self._retrying.discard(task_id)
         del self.calls[task_id]
         out.append(resolve)
@@ -430,7 +487,23 @@ class Scheduler:
             if due is not None and task_id in self._retrying:
                 self._retrying.discard(task_id)
                 due.queued_at = now
-                self.queue.push(due)
+                self._enqueue(due)
+        if self._ahead:
+            self._take_back(now, out)
+
+    def _take_back(self, now: float, out: list[Instruction]) -> None:
+        for worker_id in list(self._ahead):
+            worker = self.workers.get(worker_id)
+            if worker is None or len(worker.running) <= worker.width:
+                self._ahead.discard(worker_id)
+                continue
+            if worker.late is not None or now < self._late_at(worker):
+                continue
+            worker.late = next(iter(worker.running))  # until it ends, nothing more goes ahead to it
+            for task_id in list(worker.running)[worker.width:]:
+                held = self.calls.get(task_id)  # None: given up, still ending; pinned: it must run there
+                if held is not None and held.spec.pinned_to is None:
+                    out.append(TakeBack(task_id, held.attempt, worker_id))
 
     def _stop_drained(self, out: list[Instruction]) -> None:
         for worker_id in [w for w in self._draining if not self.workers[w].running]:

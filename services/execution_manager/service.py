@@ -21,7 +21,7 @@ from .hookspecs import executor_types, node_transports
 from .instances import PinTable
 from .monitor import Monitor
 from .nodes import NodeListener
-from .policy import MAX_PRIORITY, chunk_size
+from .policy import chunk_size
 from .pool import WorkerPool
 from .runtime import run_chunk
 from .serialization import dumps_call
@@ -189,16 +189,12 @@ class ExecutionManager(BaseService):
         timeout: float | None, deadline: float | None, retries: int, retry_on: Iterable[Any],
         soft_timeout: float | None,
     ) -> CallSpec:
-        """A call's validated spec (a ValueError or TypeError names the option at fault)."""
-        if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
-            raise ValueError(f"{label}: priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
-        for name, value in (("timeout", timeout), ("deadline", deadline), ("soft_timeout", soft_timeout)):
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"{label}: {name} must be a number of seconds above 0, not {value!r}")
+        """A call's validated spec (a ValueError or TypeError names the option at fault;
+        :class:`.stimuli.CallSpec` checks its own fields)."""
+        if soft_timeout is not None and (not isinstance(soft_timeout, int | float) or soft_timeout <= 0):
+            raise ValueError(f"{label}: soft_timeout must be a number of seconds above 0, not {soft_timeout!r}")
         if soft_timeout is not None and timeout is not None and soft_timeout >= timeout:
             raise ValueError(f"{label}: soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s)")
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ValueError(f"{label}: retries must be an int >= 0, not {retries!r}")
         for kind in retry_on:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise TypeError(f"{label}: retry_on must name exception types, not {kind!r}")

@@ -1,6 +1,8 @@
 """What the scheduler (:mod:`.scheduler`) takes in and gives out: the call it is given,
-the stimuli the pool reports, and the instructions the pool carries out. Plain frozen
-values, so the scheduler's tests are tables of them."""
+the stimuli the pool reports, and the instructions the pool carries out. Plain values,
+compared by value, so the scheduler's tests are tables of them. (Not frozen: a frozen
+dataclass costs several times as much to make, and a few are made per call; nothing
+changes one after it is made.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from .policy import MAX_PRIORITY
 # -- what a call is -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallSpec:
     """A call as submitted: its identity and its delivery options."""
 
@@ -27,32 +29,35 @@ class CallSpec:
     pinned_to: str | None = None  # a pinned instance's call: that worker, in order, no queue
 
     def __post_init__(self) -> None:
-        if not isinstance(self.priority, int) or not 0 <= self.priority <= MAX_PRIORITY:
-            raise ValueError(f"{self.label}: priority must be 0-{MAX_PRIORITY}, not {self.priority!r}")
-        for name in ("timeout", "deadline"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{self.label}: {name} must be a number of seconds above 0, not {value!r}")
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"{self.label}: retries must be 0 or more, not {self.retries!r}")
+        priority, retries = self.priority, self.retries
+        if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+            raise ValueError(f"{self.label}: priority must be an int from 0 to {MAX_PRIORITY}, not {priority!r}")
+        if self.timeout is not None or self.deadline is not None:
+            for name in ("timeout", "deadline"):
+                value = getattr(self, name)
+                if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)
+                                          or not value > 0):
+                    raise ValueError(f"{self.label}: {name} must be a number of seconds above 0, not {value!r}")
+        if type(retries) is not int or retries < 0:
+            raise ValueError(f"{self.label}: retries must be an int >= 0, not {retries!r}")
 
 
 # -- stimuli ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Submitted:
     now: float
     call: CallSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Cancelled:
     now: float
     task_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answered:
     """An attempt answered: a result, or an exception the call raised (``retry``: the
     call's ``retry_on`` matches it). ``ran``: the seconds it ran, where the executor
@@ -65,7 +70,7 @@ class Answered:
     ran: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Lost:
     """An attempt ended without an answer: its worker died or was stopped.
     ``started`` False: the executor knows it never began (it runs elsewhere, free)."""
@@ -77,7 +82,7 @@ class Lost:
     started: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkerUp:
     """A worker takes calls: ``width`` side by side; ``local``: in the kernel's own
     process (used only while :class:`Load` says the machine is idle, never for a call
@@ -93,7 +98,7 @@ class WorkerUp:
     calls: int | None = None  # how many calls it may still be sent (maxTasksPerWorker); None: any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkerGone:
     """The worker died, was stopped or was declared dead; what it ran is lost."""
 
@@ -102,20 +107,20 @@ class WorkerGone:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkerUnhealthy:
     now: float
     worker_id: str
     healthy: bool = False  # True: it came back
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkerDraining:
     now: float
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Load:
     """Whether the machine is idle enough for calls in the kernel's own process."""
 
@@ -123,21 +128,21 @@ class Load:
     low: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProjectLimit:
     now: float
     project: str
     limit: int | None  # None: no limit
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Closing:
     """The pool shuts down: calls not started end, nothing more is sent or retried."""
 
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tick:
     now: float
 
@@ -149,14 +154,14 @@ Stimulus = (Submitted | Cancelled | Answered | Lost | WorkerUp | WorkerGone | Wo
 # -- instructions ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     task_id: int
     attempt: int
     worker_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Abort:
     """Stop a running attempt by force (its worker ends); it is given up already."""
 
@@ -166,7 +171,7 @@ class Abort:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Resolve:
     """The call is over: ``outcome`` is ``"answered"`` (deliver ``attempt``'s answer),
     ``"cancelled"``, ``"timeout"`` (ran past its timeout), ``"expired"`` (waited past its
@@ -180,7 +185,7 @@ class Resolve:
     worker_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RetryAt:
     task_id: int
     at: float
@@ -188,10 +193,20 @@ class RetryAt:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class TakeBack:
+    """Ask the worker to drop an attempt sent ahead that has not begun (the call before it
+    runs late); a drop it confirms comes back as ``Lost(started=False)``."""
+
+    task_id: int
+    attempt: int
+    worker_id: str
+
+
+@dataclass(slots=True)
 class StopWorker:
     worker_id: str
     reason: str
 
 
-Instruction = Send | Abort | Resolve | RetryAt | StopWorker
+Instruction = Send | Abort | Resolve | RetryAt | TakeBack | StopWorker
