@@ -35,6 +35,11 @@ class Manifest(BaseModel):
     kernel_mode: bool = Field(default=False, alias="kernelMode")
     fail_on_error: bool = Field(default=True, alias="failOnError")
     dependencies: list[str] = Field(default_factory=list)
+    run_locally: bool = Field(
+        default=False, alias="runLocally",
+        description="its @distributed calls may run in the kernel's own process while idle "
+        "(only where the execution manager's runLocally is on too)",
+    )
     priority: int | None = Field(
         default=None, ge=0, le=10, description="default priority (0-10) of its @distributed calls"
     )

@@ -165,6 +165,19 @@ async def test_runs_locally_when_the_machine_is_idle() -> None:
         await asyncio.sleep(0.05)
         assert await em.submit(tasks.whoami) != os.getpid()
         await busy
+        assert await em.submit(tasks.whoami, timeout=5) != os.getpid()  # a timeout cannot be enforced there
+
+
+async def test_a_services_calls_run_in_the_kernels_process_only_if_its_manifest_opts_in(tmp_path: Path) -> None:
+    from .conftest import write_service
+    from .test_distributed import COUNTER
+
+    write_service(tmp_path, "plain", {"global": True}, COUNTER)
+    write_service(tmp_path, "trusted", {"global": True, "runLocally": True}, COUNTER)
+    em = {"minWorkers": 1, "maxWorkers": 1, "runLocally": True, "localThreshold": 1.0}
+    async with Kernel([tmp_path], settings={"execution-manager": em}) as kernel:
+        assert await kernel.get_service("trusted").pid() == os.getpid()
+        assert await kernel.get_service("plain").pid() != os.getpid()
 
 
 async def test_autoscaling_up_under_load_and_down_when_idle() -> None:

@@ -13,9 +13,9 @@ pool tells the work from Dask's transit (:attr:`overhead`).
 
 The gap (README "From one machine to a cluster"): Dask cannot interrupt a task running
 on a thread, and the client cannot tell a task queued on the worker from one running.
-So :meth:`DaskWorker.cancel` of a call already handed to Dask cancels its future and
-reports it dropped: its result, if it was running, is discarded, but its side effects
-may happen. :meth:`abort` likewise fails the call at once and lets the thread finish.
+So :meth:`DaskWorker.cancel` drops only calls not yet handed to Dask (a call handed over
+is never reported dropped, so it is never run twice); :meth:`abort` cancels the future,
+fails the call at once and lets the thread finish (its side effects may happen).
 """
 
 from __future__ import annotations
@@ -95,17 +95,21 @@ class DaskWorker(Executor):
                 break  # calls on pinned instances run one after another, in order
             self._held.popleft()
             future = self.client.submit(
-                remote.run, self.id, call.kind, call.payload, call.id, key=f"{call.label}-{self.id}-{call.id}",
+                remote.run, self.id, call.kind, call.payload, call.id,
+                key=f"{call.label}-{self.id}-{call.id}-{call.attempt}",
                 workers=[self.address], allow_other_workers=False, pure=False,
             )
             self._sent[call.id] = future
             self._pinned_sent += pinned
-            self.results.watch(future, partial(self._done, call, pinned, time.perf_counter()))
+            self.results.watch(future, partial(self._done, call, future, pinned, time.perf_counter()))
 
-    def _done(self, call: Call, pinned: bool, sent: float, reply: Any, why: str | None) -> None:
+    def _done(self, call: Call, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
         self._pinned_sent -= pinned
-        if self._sent.pop(call.id, None) is None or call.id not in self.inflight:
-            pass  # given up meanwhile (worker lost, aborted): a late answer is dropped
+        current = self._sent.get(call.id) is future and self.inflight.get(call.id) is call
+        if current:
+            del self._sent[call.id]
+        if not current:
+            pass  # given up meanwhile (worker lost, aborted), or another attempt's: dropped
         elif why == CANCELLED:
             self._crash(call, "cancelled its Dask task")
         elif why is not None:
@@ -127,15 +131,9 @@ class DaskWorker(Executor):
         ))
 
     def cancel(self, call_id: int) -> bool:
-        if self._cancel_from(self._held, call_id):
-            return True
-        future = self._sent.pop(call_id, None)
-        if future is None:
-            return False
-        self._background.spawn(self._cancel(future))  # queued at Dask, or running: see the module docstring
-        self._drop(call_id)
-        self._pump()
-        return True
+        """Drop a call not yet handed to Dask. One handed over may be running there
+        already, so it is not dropped (``abort`` stops it by force)."""
+        return self._cancel_from(self._held, call_id)
 
     def abort(self, call_id: int, reason: str = "") -> bool:
         if call_id in self._sent:

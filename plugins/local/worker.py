@@ -8,7 +8,10 @@ long call runs, so no worker outlives its kernel, however the kernel ended.
 
 A running call reaches the kernel through :mod:`kernel.task`: progress and log frames
 go out at once; a request blocks only that call, reading the socket for its answer
-and keeping any calls or cancels that arrive meanwhile for the main loop.
+and keeping any calls that arrive meanwhile for the main loop. A cancel is settled as
+soon as it is read: a call not begun never begins, and the kernel hears so (CANCELLED);
+while a call runs long, a watcher thread does the reading, so the kernel can take
+back calls held behind it at once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
 _BATCH_SECONDS = 0.001
+_WATCH_SECONDS = 0.01  # how soon a cancel is settled while a call runs long
 
 
 def _watch_kernel(sock: socket.socket, kernel_pid: int) -> None:
@@ -85,16 +89,25 @@ class _SoftTimeout:
 
 
 class _Link:
-    """The worker's end of the socket: sends from any thread of a call, and the reads a
-    call's request makes while the main loop is busy running it (``kernel.task``)."""
+    """The worker's end of the socket: sends from any thread of a call, and every read.
+
+    Reads happen on the main loop between calls, in a call's request while it waits for
+    its answer (``kernel.task``), and on the cancel watcher while a call runs long; all
+    go through :meth:`take` under one lock. Calls received and not begun are
+    :attr:`pending`: a cancel and the main loop's start race for each one, settled by the
+    pop of one dict (atomic), so a cancel is confirmed (CANCELLED) only for a call that
+    will never begin.
+    """
 
     def __init__(self, sock: socket.socket, conn: p.Connection) -> None:
         self.sock = sock
         self.conn = conn
         self.out: list[bytes] = []  # replies waiting for the batch to be written
-        self.unseen: list[p.Event] = []  # events a request read that the main loop must see
+        self.unseen: list[p.Event] = []  # events read off the main loop, for it to see
+        self.pending: dict[int, None] = {}  # calls received, not begun (or dropped)
+        self.running_since: float | None = None  # when the main loop began the call it runs
+        self.read_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._read_lock = threading.Lock()
         self._answers: dict[int, p.Response] = {}
         self._ids = itertools.count(1)
 
@@ -108,16 +121,60 @@ class _Link:
             self.send(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    def take(self, data: bytes) -> list[p.Event]:
+        """Parse ``data`` (under :attr:`read_lock`): calls become pending, cancels are
+        settled at once, answers to requests are kept; the rest is returned."""
+        events = self.conn.receive_data(data)
+        kept: list[p.Event] = []
+        pending = self.pending
+        for ev in events:
+            if type(ev) is p.Call:
+                pending[ev.call_id] = None
+                kept.append(ev)
+            elif type(ev) is p.Cancel:
+                # dict.pop is atomic: this and the main loop's begin() cannot both win a call
+                if pending.pop(ev.call_id, 1) is None:  # not begun: it never will
+                    self.send(p.frame(p.Cancelled(ev.call_id)))
+            elif type(ev) is p.Response:
+                self._answers[ev.request_id] = ev
+            else:
+                kept.append(ev)
+        return kept
+
+    def begin(self, call_id: int) -> bool:
+        """Claim a received call for running; False if it was cancelled meanwhile."""
+        return self.pending.pop(call_id, 1) is None
+
     def read_ready(self) -> list[p.Event]:
         """The events already waiting on the socket, without blocking."""
-        with self._read_lock:
+        with self.read_lock:
             try:
                 data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return []
             if not data:
                 return []  # the end of the stream is seen by the next blocking read
-            return self.conn.receive_data(data)
+            return self.take(data)
+
+    def watch_cancels(self, every: float) -> None:
+        """While a call runs longer than ``every`` s, read what arrives, so a cancel of
+        a call held behind it is settled now, not when the call ends (a thread)."""
+        clock = time.perf_counter
+        while True:
+            time.sleep(every)
+            since = self.running_since
+            if since is None or clock() - since < every or not self.read_lock.acquire(blocking=False):
+                continue
+            try:
+                if self.running_since is not None:
+                    try:
+                        data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        self.unseen.extend(self.take(data))
+            finally:
+                self.read_lock.release()
 
     # -- runtime.CallChannel ---------------------------------------------------------
 
@@ -131,16 +188,12 @@ class _Link:
         rid = next(self._ids)
         self.flush()  # earlier calls' results must not wait for this answer
         self.send(p.frame(p.Request(rid, call_id, route, payload)))
-        with self._read_lock:
+        with self.read_lock:
             while rid not in self._answers:
                 data = self.sock.recv(max(65536, self.conn.pending()))
                 if not data:
                     raise RequestError(f"the kernel went away before answering request {route!r}")
-                for ev in self.conn.receive_data(data):
-                    if type(ev) is p.Response:
-                        self._answers[ev.request_id] = ev
-                    else:
-                        self.unseen.append(ev)  # calls, cancels: the main loop's
+                self.unseen.extend(self.take(data))  # calls and the like: the main loop's
         answer = self._answers.pop(rid)
         return answer.ok, answer.payload
 
@@ -151,20 +204,21 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     runtime = Runtime(worker_id, link)
     hello = p.Hello(p.PROTOCOL_VERSION, worker_id, os.getpid(), platform.python_version(), {})
     sock.sendall(conn.send(hello))
-    recv, frame, execute = sock.recv, p.frame, runtime.execute
+    threading.Thread(target=link.watch_cancels, args=(_WATCH_SECONDS,), name="cancel-watcher", daemon=True).start()
+    recv, frame, execute, take, pending = sock.recv, p.frame, runtime.execute, link.take, link.pending
     Result, Error = p.Result, p.Error
     clock = time.perf_counter
-    out, unseen = link.out, link.unseen
+    out, unseen, read_lock = link.out, link.unseen, link.read_lock
     while True:
-        if unseen:
-            events = list(unseen)
-            unseen.clear()
-        else:
-            data = recv(max(65536, conn.pending()))  # a large frame in one read
-            if not data:
-                return
-            events = conn.receive_data(data)
-        cancelled = {ev.call_id for ev in events if type(ev) is p.Cancel}
+        with read_lock:
+            if unseen:
+                events = list(unseen)
+                unseen.clear()
+            else:
+                data = recv(max(65536, conn.pending()))  # a large frame in one read
+                if not data:
+                    return
+                events = take(data)
         flushed = read_at = clock()
         i = 0
         while i < len(events):
@@ -173,20 +227,21 @@ def serve(sock: socket.socket, worker_id: str) -> None:
             if type(ev) is p.Call:
                 if unseen or clock() - read_at > _BATCH_SECONDS:
                     # It waited behind another call: take in what came meanwhile (cancels),
-                    # including what that call's requests read.
-                    more = unseen + link.read_ready()
-                    unseen.clear()
+                    # including what that call's requests and the watcher read.
+                    with read_lock:
+                        more = list(unseen)
+                        unseen.clear()
+                    more += link.read_ready()
                     read_at = clock()
-                    if more:
-                        events.extend(more)
-                        cancelled.update(e.call_id for e in more if type(e) is p.Cancel)
-                if ev.call_id in cancelled:
-                    out.append(frame(p.Cancelled(ev.call_id)))  # the kernel runs it elsewhere
-                    continue
+                    events.extend(more)
+                if pending.pop(ev.call_id, 1) is not None:  # begin(), inlined: the hot path
+                    continue  # cancelled before it began (and confirmed): the kernel runs it elsewhere
+                link.running_since = read_at if flushed < read_at else flushed  # at or before its start
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)
                 else:
                     ok, reply = execute(ev.kind, ev.payload, ev.call_id)
+                link.running_since = None
                 out.append(frame(Result(ev.call_id, reply) if ok else Error(ev.call_id, *reply)))
                 now = clock()
                 if now - flushed > _BATCH_SECONDS:

@@ -34,6 +34,11 @@ class EventBus:
         self.hook = hook  # plugins' kernel_event, when any plugin implements it
         self._async = Background("event subscribers")
 
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens at all."""
+        return self.hook is not None or any(self._subs.values())
+
     def wants(self, event: str) -> bool:
         """Whether anyone listens to ``event`` (to skip building per-call payloads)."""
         return self.hook is not None or bool(self._subs.get(event) or self._subs.get("*"))

@@ -128,12 +128,14 @@ class WorkerPool(WorkerLifecycle):
     def feed(self, stimulus: Stimulus) -> None:
         """Report ``stimulus`` and carry out what the scheduler says. Reentrant calls
         (an instruction whose effect is a stimulus) queue behind the one in hand."""
-        self._stimuli.append(stimulus)
         if self._handling:
+            self._stimuli.append(stimulus)
             return
         self._handling = True
         try:
             handle, carry_out, pending = self.sched.handle, self._carry_out, self._stimuli
+            for instruction in handle(stimulus):
+                carry_out(instruction)
             while pending:
                 for instruction in handle(pending.popleft()):
                     carry_out(instruction)
@@ -145,12 +147,9 @@ class WorkerPool(WorkerLifecycle):
         """Book-keeping once the scheduler is settled: the wake-up timer, room for held
         calls, a worker started for calls that wait."""
         sched = self.sched
-        wakeup = sched.next_wakeup()
-        if wakeup is not None and (self._timer_at is None or wakeup < self._timer_at):
-            if self._timer is not None:  # a later wake-up than needed is harmless: the timer stays
-                self._timer.cancel()
-            self._timer_at = wakeup
-            self._timer = self.loop.call_at(wakeup, self._tick)
+        if sched.wakeup_moved:
+            sched.wakeup_moved = False
+            self._arm(sched.next_wakeup())
         if self.held or self._room:
             self._admit()
         if sched.queue and not self._grow_pending and self.starting < len(sched.queue):
@@ -167,9 +166,17 @@ class WorkerPool(WorkerLifecycle):
             self.last_scaling = "all workers busy: started one"
             self.events.emit("scaled-up", count=1, reason=self.last_scaling)
 
+    def _arm(self, wakeup: float | None) -> None:
+        if wakeup is not None and (self._timer_at is None or wakeup < self._timer_at):
+            if self._timer is not None:  # a later wake-up than needed is harmless: the timer stays
+                self._timer.cancel()
+            self._timer_at = wakeup
+            self._timer = self.loop.call_at(wakeup, self._tick)
+
     def _tick(self) -> None:
         self._timer = self._timer_at = None
         self.feed(Tick(self.loop.time()))
+        self._arm(self.sched.next_wakeup())
 
     def _carry_out(self, instruction: Instruction) -> None:
         if type(instruction) is Send:
@@ -275,10 +282,8 @@ class WorkerPool(WorkerLifecycle):
         exc = reply.exception()
         if exc is None:
             ok, data = reply.result()
-            took = call.ran if call.ran is not None else time.perf_counter() - call.started
-            if self.timings is not None:
-                self.timings.duration.observe(took)
-            self._count(worker, call, ok, took)
+            if self._counting:
+                self._count(worker, call, ok)
             if fut is None:  # given up already (cancelled, timed out): its room is freed
                 self.feed(Answered(now, call.id, call.attempt))
                 return
@@ -304,7 +309,15 @@ class WorkerPool(WorkerLifecycle):
         self.attempts_failed += 1
         fut.attempts.append(Attempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
 
-    def _count(self, worker: PoolWorker, call: Call, ok: bool, took: float) -> None:
+    @property
+    def _counting(self) -> bool:
+        """Whether anything is kept per attempt (timings, events, maxTasksPerWorker)."""
+        return self.timings is not None or self.settings.max_tasks_per_worker is not None or self.events.active
+
+    def _count(self, worker: PoolWorker, call: Call, ok: bool) -> None:
+        took = call.ran if call.ran is not None else time.perf_counter() - call.started
+        if self.timings is not None:
+            self.timings.duration.observe(took)
         events = self.events
         if events.wants("task-complete" if ok else "task-error"):
             events.emit("task-complete" if ok else "task-error", worker_id=worker.id, task_id=call.id,

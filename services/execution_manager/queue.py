@@ -72,13 +72,19 @@ class CallQueue(Generic[Item]):
         fifo.insert(index, call)
         self._count += 1
 
-    def peek(self, now: float, eligible: Callable[[str | None], bool]) -> Item | None:
-        """The call to run next, or None when every waiting call's project is full."""
+    @property
+    def one_fifo(self) -> bool:
+        """Whether every waiting call has one priority and project (a new one goes last)."""
+        return len(self._fifos) == 1
+
+    def peek(self, now: float, eligible: Callable[[str | None], bool] | None = None) -> Item | None:
+        """The call to run next, or None when every waiting call's project is full
+        (``eligible``: whether a project may start one more; None: all may)."""
         fifos = self._fifos
         if len(fifos) == 1:  # the common case: one priority, no projects
             ((key, fifo),) = fifos.items()
-            return fifo[0] if fifo and eligible(key[1]) else None
-        keys = [k for k, fifo in fifos.items() if fifo and eligible(k[1])]
+            return fifo[0] if fifo and (eligible is None or eligible(key[1])) else None
+        keys = [k for k, fifo in fifos.items() if fifo and (eligible is None or eligible(k[1]))]
         if not keys:
             return None
         heads = [(k[0], fifos[k][0].queued_at) for k in keys]

@@ -43,6 +43,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .queue import CallQueue
 from .resources import fits, tightness
@@ -158,6 +159,7 @@ class Scheduler:
         self.calls: dict[int, _Call] = {}
         self.workers: dict[str, _Worker] = {}
         self.means: dict[str, float] = {}  # label -> measured seconds per call
+        self._depth: dict[str, int] = {}  # label -> calls per thread it may be sent ahead (0: none)
         self.project_limits = dict(project_limits or {})
         self.project_running: dict[str, int] = {}
         self.max_deaths = max_deaths
@@ -167,6 +169,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._now = 0.0
         self._stalled = False  # the queue's head fits no worker, and nothing changed since
+        self._spare = True  # the last placement left a place for another call like it
+        self.wakeup_moved = False  # a Tick may be needed sooner than asked before (the owner resets it)
         # (time, task id[, attempt]) heaps, checked lazily: entries may be stale
         self._deadlines: list[tuple[float, int]] = []
         self._retries: list[tuple[float, int]] = []
@@ -195,8 +199,8 @@ class Scheduler:
         """When a :class:`Tick` is next needed (a deadline, a timeout or a retry), if ever;
         while workers hold calls sent ahead, every :data:`LATE` seconds too, to see
         whether the call they wait behind runs late."""
-        if not (self._deadlines or self._retries or self._timeouts or self._ahead):
-            return None
+        if not (self._deadlines or self._retries or self._timeouts):
+            return self._now + LATE if self._ahead else None
         times = [heap[0][0] for heap in (self._deadlines, self._retries, self._timeouts) if heap]
         if self._ahead:
             times.append(self._now + LATE)
@@ -215,62 +219,100 @@ class Scheduler:
         """What to do about ``stimulus``, in order."""
         out: list[Instruction] = []
         now = self._now = stimulus.now
-        match stimulus:
-            case Submitted(call=spec):
-                if self._submit(spec, now, out):
-                    return out  # queued behind calls that could not be placed: nothing changed
-            case Answered(task_id=task_id, attempt=attempt, retry=retry, ran=ran):
-                answered = self._current(task_id, attempt)
-                if answered is not None:
-                    self._measure(answered, now, ran)
-                    self._free(answered)
-                    if retry and answered.tries <= answered.spec.retries and not self.closed:
-                        self._retry(answered, now, out, "it raised an exception its retry_on names")
-                    else:
-                        self._end(answered, out, Resolve(task_id, "answered", attempt))
-            case Lost(task_id=task_id, attempt=attempt, reason=reason, started=started):
-                lost = self._current(task_id, attempt)
-                if lost is not None:
-                    self._lose(lost, now, reason, out, started=started)
-            case Cancelled(task_id=task_id):
-                cancelled = self.calls.get(task_id)
-                if cancelled is not None:
-                    self._end(cancelled, out, Resolve(task_id, "cancelled", cancelled.attempt), abort="cancelled")
-            case WorkerUp(worker_id=worker_id):
-                self._worker_up(stimulus)
-            case WorkerGone(worker_id=worker_id, reason=reason):
-                worker = self.workers.pop(worker_id, None)
-                self._draining.discard(worker_id)
-                self._ahead.discard(worker_id)
-                if worker is not None:
-                    for task_id in list(worker.running):
-                        if self._aborted.pop(task_id, None) is None:
-                            self._lose(self.calls[task_id], now, reason, out, started=True)
-            case WorkerUnhealthy(worker_id=worker_id, healthy=healthy):
-                if worker_id in self.workers:
-                    self.workers[worker_id].healthy = healthy
-            case WorkerDraining(worker_id=worker_id):
-                if worker_id in self.workers:
-                    self.workers[worker_id].draining = True
-                    self._draining.add(worker_id)
-            case Load(low=low):
-                self.local_open = low
-            case ProjectLimit(project=project, limit=limit):
-                if limit is None:
-                    self.project_limits.pop(project, None)
-                else:
-                    self.project_limits[project] = limit
-            case Closing():
-                self.closed = True
-                for call in [c for c in self.calls.values() if c.worker_id is None]:
-                    self._end(call, out, Resolve(call.spec.task_id, "closed", call.attempt))
-            case Tick():
-                self._expire(now, out)
+        if self._on[type(stimulus)](self, stimulus, now, out):
+            return out  # nothing changed that could start a call
         if self.queue and not self.closed:
             self._dispatch(now, out)
         if self._draining:
             self._stop_drained(out)
         return out
+
+    # Each handler returns True when nothing can have changed for the queue.
+
+    def _on_submitted(self, stimulus: Submitted, now: float, out: list[Instruction]) -> bool:
+        return self._submit(stimulus.call, now, out)
+
+    def _on_answered(self, stimulus: Answered, now: float, out: list[Instruction]) -> bool:
+        answered = self._current(stimulus.task_id, stimulus.attempt)
+        if answered is not None:
+            self._measure(answered, now, stimulus.ran)
+            self._free(answered)
+            if stimulus.retry and answered.tries <= answered.spec.retries and not self.closed:
+                self._retry(answered, now, out, "it raised an exception its retry_on names")
+            else:
+                self._end(answered, out, Resolve(stimulus.task_id, "answered", stimulus.attempt))
+        return False
+
+    def _on_lost(self, stimulus: Lost, now: float, out: list[Instruction]) -> bool:
+        lost = self._current(stimulus.task_id, stimulus.attempt)
+        if lost is not None:
+            self._lose(lost, now, stimulus.reason, out, started=stimulus.started)
+        return False
+
+    def _on_cancelled(self, stimulus: Cancelled, now: float, out: list[Instruction]) -> bool:
+        cancelled = self.calls.get(stimulus.task_id)
+        if cancelled is not None:
+            self._end(cancelled, out, Resolve(stimulus.task_id, "cancelled", cancelled.attempt), abort="cancelled")
+        return False
+
+    def _on_worker_up(self, up: WorkerUp, now: float, out: list[Instruction]) -> bool:
+        known = self.workers.get(up.worker_id)
+        if known is None:
+            self.workers[up.worker_id] = _Worker(up.worker_id, max(1, up.width), dict(up.resources), up.local,
+                                                 up.overhead, last_done=up.now, budget=up.calls)
+        else:  # announced again (a node that reconnected): what it runs stays
+            known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True
+            known.overhead = up.overhead
+        return False
+
+    def _on_worker_gone(self, gone: WorkerGone, now: float, out: list[Instruction]) -> bool:
+        worker = self.workers.pop(gone.worker_id, None)
+        self._draining.discard(gone.worker_id)
+        self._ahead.discard(gone.worker_id)
+        if worker is not None:
+            for task_id in list(worker.running):
+                if self._aborted.pop(task_id, None) is None:
+                    self._lose(self.calls[task_id], now, gone.reason, out, started=True)
+        return False
+
+    def _on_worker_unhealthy(self, stimulus: WorkerUnhealthy, now: float, out: list[Instruction]) -> bool:
+        if stimulus.worker_id in self.workers:
+            self.workers[stimulus.worker_id].healthy = stimulus.healthy
+        return False
+
+    def _on_worker_draining(self, stimulus: WorkerDraining, now: float, out: list[Instruction]) -> bool:
+        if stimulus.worker_id in self.workers:
+            self.workers[stimulus.worker_id].draining = True
+            self._draining.add(stimulus.worker_id)
+        return False
+
+    def _on_load(self, stimulus: Load, now: float, out: list[Instruction]) -> bool:
+        self.local_open = stimulus.low
+        return False
+
+    def _on_project_limit(self, stimulus: ProjectLimit, now: float, out: list[Instruction]) -> bool:
+        if stimulus.limit is None:
+            self.project_limits.pop(stimulus.project, None)
+        else:
+            self.project_limits[stimulus.project] = stimulus.limit
+        return False
+
+    def _on_closing(self, stimulus: Closing, now: float, out: list[Instruction]) -> bool:
+        self.closed = True
+        for call in [c for c in self.calls.values() if c.worker_id is None]:
+            self._end(call, out, Resolve(call.spec.task_id, "closed", call.attempt))
+        return False
+
+    def _on_tick(self, stimulus: Tick, now: float, out: list[Instruction]) -> bool:
+        self._expire(now, out)
+        return False
+
+    _on: ClassVar[dict[type, Callable[..., bool]]] = {
+        Submitted: _on_submitted, Answered: _on_answered, Lost: _on_lost, Cancelled: _on_cancelled,
+        WorkerUp: _on_worker_up, WorkerGone: _on_worker_gone, WorkerUnhealthy: _on_worker_unhealthy,
+        WorkerDraining: _on_worker_draining, Load: _on_load, ProjectLimit: _on_project_limit,
+        Closing: _on_closing, Tick: _on_tick,
+    }
 
     def _submit(self, spec: CallSpec, now: float, out: list[Instruction]) -> bool:
         """Take the call in; True when it only joined the back of a stalled queue."""
@@ -290,8 +332,9 @@ class Scheduler:
             self._enqueue(call)
             if spec.deadline is not None:
                 heapq.heappush(self._deadlines, (now + spec.deadline, spec.task_id))
+                self.wakeup_moved = True
             # It may pass nothing: unless it is the queue's new head, nothing more can start.
-            return stalled and self.queue.peek(now, self._project_has_room) is not call
+            return stalled and (self.queue.one_fifo or self.queue.peek(now, self._eligible) is not call)
         return False
 
     def _enqueue(self, call: _Call, *, back: bool = False) -> None:
@@ -300,15 +343,6 @@ class Scheduler:
         else:
             self.queue.push(call)
         call.waiting = True
-
-    def _worker_up(self, up: WorkerUp) -> None:
-        known = self.workers.get(up.worker_id)
-        if known is None:
-            self.workers[up.worker_id] = _Worker(up.worker_id, max(1, up.width), dict(up.resources), up.local,
-                                                 up.overhead, last_done=up.now, budget=up.calls)
-        else:  # announced again (a node that reconnected): what it runs stays
-            known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True
-            known.overhead = up.overhead
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -331,14 +365,21 @@ class Scheduler:
     def _dispatch(self, now: float, out: list[Instruction]) -> None:
         queue = self.queue
         self._stalled = False
+        placed: CallSpec | None = None
         while queue:
-            call = queue.peek(now, self._project_has_room)
+            call = queue.peek(now, self._eligible)
             if call is None:
+                return
+            spec = call.spec
+            if (placed is not None and not self._spare and spec.label == placed.label and not spec.resources
+                    and spec.timeout is None and spec.pinned_to is None):
+                self._stalled = True  # the last place for its like was just taken
                 return
             worker = self._place(call)
             if worker is None:
                 self._stalled = True
                 return  # the head call fits no worker; nothing behind it may pass it
+            placed = spec
             queue.discard(call)
             call.waiting = False
             self._send(call, worker, now, out)
@@ -356,17 +397,22 @@ class Scheduler:
         if call.unsure:
             worker.unsure += 1
         worker.running[spec.task_id] = None
-        if len(worker.running) > worker.width:
+        if len(worker.running) > worker.width and worker.id not in self._ahead:
             self._ahead.add(worker.id)
+            self.wakeup_moved = True
         if worker.budget is not None:
             worker.budget -= 1
         if spec.timeout is not None:
             heapq.heappush(self._timeouts, (now + spec.timeout, spec.task_id, call.attempt))
+            self.wakeup_moved = True
         out.append(Send(spec.task_id, call.attempt, worker.id))
 
     def _place(self, call: _Call) -> _Worker | None:
+        """Where ``call`` goes now, if anywhere; :attr:`_spare` says whether a call like
+        it would still find a place after it."""
         spec = call.spec
         need = spec.resources
+        self._spare = True
         if need:
             free = [w for w in self.workers.values() if w.has_room and not w.local and fits(w.resources, need)]
             return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
@@ -374,22 +420,25 @@ class Scheduler:
         for w in self.workers.values():
             if len(w.running) < w.width and w.open:
                 if w.local:
-                    if self.local_open and spec.timeout is None:
+                    if self.local_open and spec.local and spec.timeout is None:
                         return w  # opted in, and the machine is idle
                 elif best is None or (len(w.running), w.id) < (len(best.running), best.id):
                     best = w
         if best is not None:
             return best
-        mean = self.means.get(spec.label)
-        if mean is None or mean >= SHORT or spec.timeout is not None:
+        depth = self._depth.get(spec.label, 0)
+        if not depth or spec.timeout is not None:
             return None
-        depth = ahead(mean)
+        room = 0  # places left for calls like this one, over every worker
         for w in self.workers.values():  # send ahead, behind short calls only
             if w.local or w.unsure or w.late is not None or not w.open:
                 continue
-            if len(w.running) < w.width * (ahead(mean, w.overhead) if w.overhead else depth) and (
-                    best is None or (len(w.running), w.id) < (len(best.running), best.id)):
-                best = w
+            left = w.width * (ahead(self.means[spec.label], w.overhead) if w.overhead else depth) - len(w.running)
+            if left > 0:
+                room += left
+                if best is None or (len(w.running), w.id) < (len(best.running), best.id):
+                    best = w
+        self._spare = room > 1
         return best
 
     def _measure(self, call: _Call, now: float, ran: float | None) -> None:
@@ -399,8 +448,13 @@ class Scheduler:
         took = ran if ran is not None else now - max(call.started_at, worker.last_done)
         worker.last_done = now
         label = call.spec.label
-        mean = self.means.get(label)
-        self.means[label] = took if mean is None else mean * 0.8 + took * 0.2
+        old = self.means.get(label)
+        mean = self.means[label] = took if old is None else old * 0.8 + took * 0.2
+        self._depth[label] = ahead(mean) if mean < SHORT else 0
+
+    @property
+    def _eligible(self) -> Callable[[str | None], bool] | None:
+        return self._project_has_room if self.project_limits else None
 
     def _project_has_room(self, project: str | None) -> bool:
         if project is None:
@@ -448,6 +502,7 @@ class Scheduler:
     def _retry(self, call: _Call, now: float, out: list[Instruction], reason: str) -> None:
         at = now + self._jitter(backoff(call.tries))
         heapq.heappush(self._retries, (at, call.spec.task_id))
+        self.wakeup_moved = True
         self._retrying.add(call.spec.task_id)
         out.append(RetryAt(call.spec.task_id, at, call.attempt, reason))
 

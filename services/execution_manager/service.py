@@ -187,7 +187,7 @@ class ExecutionManager(BaseService):
     def _spec(
         self, label: str, priority: int, project: str | None, resources: Mapping[str, float] | None,
         timeout: float | None, deadline: float | None, retries: int, retry_on: Iterable[Any],
-        soft_timeout: float | None,
+        soft_timeout: float | None, *, local: bool = True,
     ) -> CallSpec:
         """A call's validated spec (a ValueError or TypeError names the option at fault;
         :class:`.stimuli.CallSpec` checks its own fields)."""
@@ -204,7 +204,7 @@ class ExecutionManager(BaseService):
             resources = _checked_resources(resources)
             self._pool.check_resources(resources, label)
         return CallSpec(self._pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
-                        label)
+                        label, local=local)
 
     async def room(self) -> None:
         """Wait until the queue has room (``maxQueue``): a producer's back-pressure point."""
@@ -266,7 +266,8 @@ class ExecutionManager(BaseService):
         opts = options_for(type(instance), method, base)
         soft = opts.get("soft_timeout")
         spec = self._spec(label, opts.get("priority", DEFAULT_PRIORITY), opts.get("project"), opts.get("resources"),
-                          opts.get("timeout"), opts.get("deadline"), opts.get("retries", 0), (), soft)
+                          opts.get("timeout"), opts.get("deadline"), opts.get("retries", 0), (), soft,
+                          local=manifest is not None and manifest.run_locally)
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
         return pool.submit(CallFuture(pool, spec, p.CALL_METHOD, payload, args, soft_timeout=soft or 0.0))
 

@@ -39,7 +39,9 @@ class Settings(BaseModel):
         default_factory=default_max_workers, ge=0,
         description="null or absent: CPUs - 1; 0: no local workers, only remote nodes (custom.nodes)",
     )
-    run_locally: bool = Field(True, description="run calls in the kernel's process when idle")
+    run_locally: bool = Field(
+        False, description="opt in: run calls without a timeout in the kernel's own process while it is idle"
+    )
     local_threshold: float = Field(0.3, ge=0, le=1, description="CPU load below which to run locally")
     local_slots: int = Field(1, ge=1, description="calls run locally at once")
     scale_up_threshold: float = Field(0.8, ge=0, le=1)

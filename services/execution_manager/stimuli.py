@@ -27,6 +27,7 @@ class CallSpec:
     retries: int = 0  # further attempts allowed after one that may have started ended badly
     label: str = "call"  # what it runs; durations are measured per label
     pinned_to: str | None = None  # a pinned instance's call: that worker, in order, no queue
+    local: bool = True  # may run in the kernel's own process (where that is on at all)
 
     def __post_init__(self) -> None:
         priority, retries = self.priority, self.retries
