@@ -168,3 +168,31 @@ def log_with_logging(n: int) -> int:
     except KeyError:
         logging.getLogger("etl").exception("parse failed")
     return n
+
+
+def hold_gil(n: int) -> int:
+    """Holds the GIL for the whole of one C call (no thread of this process runs meanwhile)."""
+    return sum(range(n))
+
+
+def wedge_after_return(delay: float) -> str:
+    """Returns at once; ``delay`` seconds later a thread takes the GIL for good, so the
+    worker, idle, can no longer answer anything."""
+
+    def hog() -> None:
+        time.sleep(delay)
+        sum(range(10**12))
+
+    threading.Thread(target=hog, daemon=True).start()
+    return "wedged"
+
+
+def stop_self_after(delay: float) -> str:
+    """Returns at once; ``delay`` seconds later the worker stops itself (SIGSTOP)."""
+
+    def stop() -> None:
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    threading.Thread(target=stop, daemon=True).start()
+    return "will stop"

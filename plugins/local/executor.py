@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,8 @@ class LocalWorker(Executor):
         self._exit_reason: str | None = None
         self._abort_note: str | None = None
         self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
+        self._suspect_since: float | None = None  # first seen stopped (check_alive)
+        self._pinged = 0.0
         self._offer = self.offers(self.options)
 
     @classmethod
@@ -148,6 +151,47 @@ class LocalWorker(Executor):
         grace = float(self.options.get("killGrace", 1.0))
         asyncio.get_running_loop().call_later(grace, self._kill_if_alive)
         return True
+
+    def check_alive(self, status: str | None, timeout: float) -> str | None:
+        """Stopped (SIGSTOP) past ``timeout``, a zombie, or silent while idle past
+        ``timeout`` (pinged meanwhile): the worker is killed and replaced. Read from
+        the process's state, never from its Python thread, so a call that holds the
+        GIL is not mistaken for a dead worker."""
+        stream, proc = self._stream, self._proc
+        if stream is None or proc is None or proc.returncode is not None or self.is_closed:
+            return None
+        now = time.monotonic()
+        why = None
+        if status in ("stopped", "tracing-stop"):
+            why = "stopped (SIGSTOP)"
+        elif status in ("zombie", "dead"):
+            why = "a zombie (its process ended, its socket still open)"
+        elif not self.inflight:
+            silent = now - stream.heard
+            if silent > timeout:
+                why = f"silent for {silent:.1f} s while idle (pinged, no answer)"
+            elif silent > timeout / 3 and now - self._pinged > timeout / 3:
+                self._pinged = now
+                stream.write(p.frame(p.Heartbeat(0.0, 0, 0)))  # answered at once by an idle worker
+        if why is None:
+            if self._suspect_since is not None:
+                self._suspect_since = None
+                if self.state == _S.UNHEALTHY:
+                    self.set_state(_S.AVAILABLE)  # it came back (SIGCONT)
+            return None
+        if self._suspect_since is None:
+            self._suspect_since = now
+            if self.state in (_S.AVAILABLE, _S.RUNNING):
+                self.set_state(_S.UNHEALTHY)  # no new calls while it is in doubt
+        if why.startswith("stopped") and now - self._suspect_since < timeout:
+            return None
+        if why.startswith("stopped"):
+            why = f"stopped (SIGSTOP) for {now - self._suspect_since:.1f} s"
+        self._abort_note = f"declared dead: {why}"
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        stream.close()
+        return why
 
     def _kill_if_alive(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -137,6 +137,8 @@ class _Link:
                     self.send(p.frame(p.Cancelled(ev.call_id)))
             elif type(ev) is p.Response:
                 self._answers[ev.request_id] = ev
+            elif type(ev) is p.Heartbeat:  # the kernel asks whether this idle worker still answers
+                self.send(p.frame(p.Heartbeat(0.0, 0, len(pending))))
             else:
                 kept.append(ev)
         return kept

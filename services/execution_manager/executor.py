@@ -274,6 +274,17 @@ class Executor(ABC):
         :meth:`cancel`."""
         return self.cancel(call_id)
 
+    def check_alive(self, status: str | None, timeout: float) -> str | None:
+        """Judge, from outside, whether the worker still lives; the monitor calls it every
+        sample with ``status``, its process's state as psutil reads it (None: no local
+        process). An executor that finds its worker stopped, a zombie, or silent while
+        idle marks itself ``UNHEALTHY`` (no new calls) and, past ``timeout`` seconds,
+        ends it (``FAILED``: its calls fail, or retry, under their policy) and returns
+        why. It must not depend on the worker's own Python thread answering while a
+        call runs (a call may hold the GIL). The default trusts the executor's own
+        means (a remote node's heartbeats)."""
+        return None
+
     @classmethod
     def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float] | None:
         """The resources a new executor made with ``options`` would offer, or None if

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import anyio.to_thread
 import psutil
+import structlog
 
 from .executor import Executor
 from .nodes import NodeListener
@@ -23,6 +24,7 @@ from .pool import WorkerPool
 from .stats import ProjectStats, RunningCall, Stats, SystemLoad, WorkerStats
 
 HOST = socket.gethostname()
+log = structlog.get_logger("execution-manager")
 
 
 def running_calls(executor: Executor, now: float) -> list[RunningCall]:
@@ -119,7 +121,11 @@ class Monitor:
                 else:  # a node's slot: its heartbeats carry the figures
                     remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
                     worker.cpu_percent = info.host_cpu_percent or 0.0
-            load, metrics = await anyio.to_thread.run_sync(_sample, pids, self._procs)
+            load, metrics, statuses = await anyio.to_thread.run_sync(_sample, pids, self._procs)
+            for worker in local:  # liveness, judged from outside each worker process
+                why = worker.executor.check_alive(statuses.get(worker.id), s.heartbeat_timeout)
+                if why is not None:
+                    log.warning("worker declared dead", worker_id=worker.id, reason=why)
             metrics.update(remote)
             self.load, self.metrics = load, metrics
             pool.set_load(load.cpu_percent, load.memory_percent)
@@ -138,7 +144,7 @@ def _over(rss: int, limit: int | None) -> bool:
 
 def _sample(
     pids: Mapping[str, int | None], procs: dict[int, psutil.Process]
-) -> tuple[SystemLoad, dict[str, tuple[float, int]]]:
+) -> tuple[SystemLoad, dict[str, tuple[float, int]], dict[str, str]]:
     cpus = os.cpu_count() or 1
     load = SystemLoad(
         cpu_percent=psutil.cpu_percent(None),
@@ -146,12 +152,16 @@ def _sample(
         avg_load=min(1.0, os.getloadavg()[0] / cpus),
     )
     metrics: dict[str, tuple[float, int]] = {}
+    statuses: dict[str, str] = {}
     for wid, pid in pids.items():
         if pid is None or pid == os.getpid():
             continue
         try:
             proc = procs.get(pid) or procs.setdefault(pid, psutil.Process(pid))
+            statuses[wid] = proc.status()
             metrics[wid] = (proc.cpu_percent(None), proc.memory_info().rss)
+        except psutil.ZombieProcess:
+            statuses[wid] = psutil.STATUS_ZOMBIE
         except psutil.Error:
             procs.pop(pid, None)
-    return load, metrics
+    return load, metrics, statuses

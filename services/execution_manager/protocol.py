@@ -17,7 +17,7 @@ Conversation::
 
     worker -> kernel   HELLO (protocol version, worker id, pid, python version, info)
     kernel -> worker   CALL (call id, kind, payload, soft timeout) ... CANCEL, SHUTDOWN,
-                       RESPONSE
+                       RESPONSE, HEARTBEAT (a ping to an idle worker, answered in kind)
     worker -> kernel   RESULT | ERROR (call id, ...), CANCELLED (a cancelled call it
                        dropped before it began), HEARTBEAT, PROGRESS, LOG, REQUEST, GOODBYE
 
@@ -227,7 +227,7 @@ NodeEvent = (
 )
 Message = Event | NodeEvent
 KERNEL_RECEIVES = (Hello, Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye)
-WORKER_RECEIVES = (Call, Cancel, Shutdown, Response)
+WORKER_RECEIVES = (Call, Cancel, Heartbeat, Shutdown, Response)
 TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
     PROGRESS: Progress, LOG: Log, REQUEST: Request, RESPONSE: Response, SHUTDOWN: Shutdown, GOODBYE: Goodbye,

@@ -58,6 +58,10 @@ class Settings(BaseModel):
     )
     max_call_deaths: int = Field(3, ge=1, description="workers a retried call may kill before it is given up")
     start_timeout: float = Field(30.0, gt=0, description="seconds for a worker to register")
+    heartbeat_timeout: float = Field(
+        5.0, gt=0, description="seconds a worker may be stopped, or silent while idle, before it is declared "
+        "dead and replaced (checked every sampleInterval, from outside the worker)"
+    )
     drain_timeout: float = Field(10.0, gt=0, description="seconds running calls get to finish at stop")
     drain_queue: bool = Field(False, description="at stop, run the queued calls first (else cancel them)")
     max_queue: int | None = Field(None, ge=1, description="calls that may wait; past it submit waits or fails")

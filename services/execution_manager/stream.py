@@ -8,6 +8,7 @@ many calls in flight cost two system calls a turn, not one each.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from .protocol import Connection, Event, ProtocolError
@@ -65,12 +66,15 @@ class FrameStream(asyncio.Protocol):
         self._batch = TurnBatcher(self._write_now)
         self._transport: asyncio.Transport | None = None
         self._lost = False
+        self.heard = time.monotonic()  # when the peer last sent anything
+
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports are not asyncio.Transport subclasses.
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
