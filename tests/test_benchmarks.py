@@ -29,3 +29,23 @@ def test_the_quick_benchmark_runs_ours_and_a_node_and_prints_both_tables(tmp_pat
         assert res["crash"] == "WorkerCrashedError" and res["next_call_ms"] > 0
     pair = results["ours-node"]["beside_local"]
     assert pair["node_lat_p50_us"] > 0 and pair["local_lat_p50_us"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_short_soak_under_chaos_loses_nothing_and_runs_nothing_twice() -> None:
+    """At most once, under load: workers are SIGKILLed and SIGSTOPped while tiny calls
+    stream (sent ahead to busy workers); every call resolves, none runs twice (counted
+    by the workers), and each failure is a WorkerCrashedError naming its own call."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--calls", "20000", "--chaos", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    counts = {line.strip().rsplit(" ", 1)[0].strip(): line.split()[-1] for line in proc.stdout.splitlines()}
+    assert "soak: 20,000 calls on 3 workers" in proc.stdout and "SIGKILL" in proc.stdout, proc.stdout
+    assert counts["lost (unresolved)"] == "0" and counts["run twice"] == "0", proc.stdout
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith("failed:"):
+            assert "WorkerCrashedError" in line, proc.stdout  # typed, never anything else
+        if line.strip().startswith("e.g."):
+            assert "[task " in line and "worker local-" in line, line  # each names its call and worker

@@ -72,9 +72,9 @@ async def test_local_worker_that_cannot_start() -> None:
     assert ex.state == WorkerState.FAILED
 
 
-async def test_every_call_a_dead_worker_held_counts_as_started() -> None:
-    # The worker holds replies for a moment: the call behind may have run, its reply
-    # lost with the worker, so it is never run again unless its policy says so.
+async def test_a_dead_worker_fails_exactly_the_calls_it_had_begun() -> None:
+    # The worker marks each call it begins on a page shared with the kernel, which
+    # survives SIGKILL: the call behind the one that killed it never began.
     ex = LocalWorker("prefetch", {})
     await ex.start()
     first = call(p.CALL_FN, (os._exit, (5,), {}), "os._exit")
@@ -87,9 +87,9 @@ async def test_every_call_a_dead_worker_held_counts_as_started() -> None:
             async with asyncio.timeout(10):
                 await c.future
         errors.append(info.value)
-    assert [e.started for e in errors] == [True, True]
+    assert [e.started for e in errors] == [True, False]
     assert "exited with code 5 while running os._exit" in str(errors[0])
-    assert "while holding (it may have started) abs()" in str(errors[1])
+    assert "before starting abs()" in str(errors[1])
     await ex.stop()
 
 

@@ -30,6 +30,7 @@ async def running_pid(em: object) -> tuple[str, int]:
     pool = em.pool  # type: ignore[attr-defined]
     await until(lambda: any(w.running for w in pool.members), 10, "a call running")
     worker = next(w for w in pool.members if w.running)
+    await asyncio.sleep(0.2)  # sent, and begun: a call the worker never began would run elsewhere, free
     return worker.id, worker.executor.info().pid
 
 

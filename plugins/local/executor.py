@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kernel.packages import service_packages
@@ -21,9 +22,23 @@ from microkernel.services.execution_manager.executor import Call, Executor, Exec
 from microkernel.services.execution_manager.runtime import ErrorInfo
 from microkernel.services.execution_manager.stream import FrameStream
 
-from .worker import BOOT_ENV
+from .worker import BEGAN, BOOT_ENV
 
 _S = WorkerState
+
+
+def _shared_page(name: str) -> int:
+    """A file descriptor of a small memory-backed file, shared with the worker."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(f"began-{name}")
+    else:  # no memfd (not Linux): an unlinked temporary file does the same
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix=f"began-{name}-")
+        os.unlink(path)
+        fd = handle
+    os.ftruncate(fd, BEGAN.size)
+    return fd
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -64,6 +79,7 @@ class LocalWorker(Executor):
         self._abort_note: str | None = None
         self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
         self._suspect_since: float | None = None  # first seen stopped (check_alive)
+        self._began: mmap.mmap | None = None  # the id of the call the worker began last (shared)
         self._pinged = 0.0
         self._offer = self.offers(self.options)
 
@@ -83,18 +99,21 @@ class LocalWorker(Executor):
         self.set_state(_S.REGISTERING)
         timeout = float(self.options.get("startTimeout", 30.0))
         ours, theirs = socket.socketpair()
+        began_fd = _shared_page(self.id)
+        self._began = mmap.mmap(began_fd, BEGAN.size)
         boot = {
             "worker_id": self.id,
             "sys_path": sys.path,
             "packages": service_packages(),
             "kernel_pid": os.getpid(),
+            "began_fd": began_fd,
         }
         env = {**os.environ, BOOT_ENV: json.dumps(boot)}
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.options.get("python", sys.executable), "-m", "microkernel.plugins.local.worker",
                 str(theirs.fileno()),
-                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env,
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), began_fd), env=env,
             )
         except OSError as exc:
             ours.close()
@@ -102,6 +121,7 @@ class LocalWorker(Executor):
             raise WorkerStartError(f"worker {self.id}: cannot start a process: {exc}") from exc
         finally:
             theirs.close()
+            os.close(began_fd)  # the mapping keeps the page
         self.pid = self._proc.pid
         self._hello = loop.create_future()
         self._exited = loop.create_future()
@@ -227,6 +247,8 @@ class LocalWorker(Executor):
     # -- end --------------------------------------------------------------------------
 
     def _on_lost(self, exc: BaseException | None) -> None:
+        if self.state in (_S.AVAILABLE, _S.RUNNING):
+            self.set_state(_S.UNHEALTHY)  # no call goes to it while it is reaped
         if self._hello is not None and not self._hello.done():
             self._hello.set_exception(exc if isinstance(exc, p.ProtocolError) else WorkerCrashedError("lost"))
             self._hello.exception()  # retrieved here; start() reports it
@@ -254,10 +276,20 @@ class LocalWorker(Executor):
         # calls, and none may land on this dead worker.
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
-        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode)
+        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then())
         assert self._exited is not None
         if not self._exited.done():
             self._exited.set_result(None)
+
+    def _began_by_then(self) -> Callable[[Call], bool]:
+        """Which calls held had begun when the worker ended: it writes each call's id to a
+        shared page as it begins one (calls begin in the order sent), so the page says
+        exactly, even after SIGKILL, and the rest run elsewhere at no cost."""
+        last = BEGAN.unpack_from(self._began, 0)[0] if self._began is not None else -1
+        order = list(self.inflight)
+        upto = order.index(last) if last in order else -1  # not held: it answered; none after it began
+        begun = set(order[: upto + 1])
+        return lambda call: call.id in begun
 
     async def _kill(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

@@ -19,15 +19,18 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import mmap
 import os
 import platform
 import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from kernel import task
@@ -38,6 +41,7 @@ from microkernel.services.execution_manager.errors import SoftTimeoutError
 from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
+BEGAN = struct.Struct("<q")  # the id of the call begun last, on a page shared with the kernel
 _BATCH_SECONDS = 0.001
 _WATCH_SECONDS = 0.01  # how soon a cancel is settled while a call runs long
 
@@ -200,7 +204,11 @@ class _Link:
         return answer.ok, answer.payload
 
 
-def serve(sock: socket.socket, worker_id: str) -> None:
+def _no_mark(call_id: int) -> None:
+    """Without a shared page (an old kernel), what began is not recorded."""
+
+
+def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -> None:
     conn = p.Connection("worker")
     link = _Link(sock, conn)
     runtime = Runtime(worker_id, link)
@@ -208,6 +216,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
     sock.sendall(conn.send(hello))
     threading.Thread(target=link.watch_cancels, args=(_WATCH_SECONDS,), name="cancel-watcher", daemon=True).start()
     recv, frame, execute, take, pending = sock.recv, p.frame, runtime.execute, link.take, link.pending
+    mark: Callable[[int], None] = partial(BEGAN.pack_into, began, 0) if began is not None else _no_mark
     Result, Error = p.Result, p.Error
     clock = time.perf_counter
     out, unseen, read_lock = link.out, link.unseen, link.read_lock
@@ -238,6 +247,7 @@ def serve(sock: socket.socket, worker_id: str) -> None:
                     events.extend(more)
                 if pending.pop(ev.call_id, 1) is not None:  # begin(), inlined: the hot path
                     continue  # cancelled before it began (and confirmed): the kernel runs it elsewhere
+                mark(ev.call_id)  # the kernel reads it if this process dies: what had begun
                 link.running_since = read_at if flushed < read_at else flushed  # at or before its start
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)
@@ -266,8 +276,11 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     _watch_kernel(sock, boot["kernel_pid"])
     gc.freeze()  # what booting made stays out of each collection's walk (as in the kernel)
+    began = mmap.mmap(boot["began_fd"], BEGAN.size) if boot.get("began_fd") is not None else None
+    if began is not None:
+        os.close(boot["began_fd"])
     try:
-        serve(sock, boot["worker_id"])
+        serve(sock, boot["worker_id"], began)
     except (ConnectionError, p.ProtocolError):
         pass
     finally:

@@ -438,17 +438,22 @@ class Executor(ABC):
         """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while
         running / before starting {call}"). ``started(call)`` says whether a call may
         have begun; without it every call held may have (see :meth:`_fail_all`)."""
+        held = list(self.inflight)
+        began = [c for c in held if started(self.inflight[c])] if started is not None else held
+        running = began[-1] if started is not None and began else (held[0] if held else None)
 
-        oldest = next(iter(self.inflight), None)
-
-        def crashed(c: Call, began: bool) -> WorkerCrashedError:
-            if not began:
+        def crashed(c: Call, begun: bool) -> WorkerCrashedError:
+            if not begun:
                 when = "before starting"
+            elif c.id == running:
+                when = "while running"
+            elif started is not None:
+                when = "after running (its answer was lost with it)"
             else:
-                when = "while running" if c.id == oldest else "while holding (it may have started)"
+                when = "while holding (it may have started)"
             return WorkerCrashedError(
                 f"{where} {how} {when} {c.describe()}", worker_id=self.id, pid=pid,
-                exitcode=exitcode, call=c.describe(), started=began,
+                exitcode=exitcode, call=c.describe(), started=begun,
             )
 
         self._fail_all(crashed, started)

@@ -51,6 +51,7 @@ from .stimuli import (
     Submitted,
     TakeBack,
     Tick,
+    WorkerUnhealthy,
     WorkerUp,
 )
 from .workers import PoolWorker, WorkerLifecycle
@@ -265,7 +266,9 @@ class WorkerPool(WorkerLifecycle):
         try:
             worker.executor.submit(call)
         except PoolClosedError as exc:  # it died and is not reaped yet: the call never reached it
-            self.feed(Lost(self.loop.time(), send.task_id, send.attempt, str(exc), started=False))
+            now = self.loop.time()
+            self.feed(WorkerUnhealthy(now, send.worker_id))  # nothing more goes there
+            self.feed(Lost(now, send.task_id, send.attempt, str(exc), started=False))
             return
         worker.idle_since = None
         call.future.follow_now(partial(self._replied, worker, call))  # type: ignore[attr-defined]
