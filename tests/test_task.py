@@ -197,3 +197,34 @@ async def test_standard_logging_inside_a_call_lands_in_the_kernels_log() -> None
         assert warning["call"] == "log_with_logging"
         error = next(e for e in logs if e["event"] == "parse failed")
         assert error["log_level"] == "error" and "KeyError: 'date'" in error["exception"]
+
+
+async def test_one_task_id_and_the_callers_context_on_every_line_about_a_call(tmp_path: Path) -> None:
+    import structlog
+
+    from microkernel.services.execution_manager.errors import WorkerCrashedError
+
+    from . import tasks
+
+    async with Kernel([], settings={"execution-manager": EM_LOCAL}) as kernel:
+        em = kernel.get_service("execution-manager")
+        with capture_logs() as logs, structlog.contextvars.bound_contextvars(request_id="r-42", user="ada"):
+            handle = em.submit(tasks.log_with_logging, 3)
+            assert await handle == 3
+            await until(lambda: any(e["event"] == "parse failed" for e in logs), what="the forwarded lines")
+            crashed = em.submit(tasks.crash)
+            with pytest.raises(WorkerCrashedError, match=rf"\[task {crashed.task_id}\]"):
+                await crashed
+        worker_line = next(e for e in logs if e["event"] == "row 3 is bad")
+        assert worker_line["task_id"] == handle.task_id and worker_line["attempt"] == 1
+        assert worker_line["request_id"] == "r-42" and worker_line["user"] == "ada"  # the caller's, in the worker's line
+        died = next(e for e in logs if e["event"] == "worker died")
+        assert crashed.task_id in died["task_ids"]  # the crash line names the calls it took
+        failed = next(e for e in logs if e["event"] == "call failed")
+        assert failed["task_id"] == crashed.task_id and failed["request_id"] == "r-42"
+        flaky = em.submit(tasks.flaky, str(tmp_path / "count"), 2, retries=2, retry_on=(ConnectionError,))
+        assert await flaky == 3 and len(flaky.attempts) == 2
+        assert [a.number for a in flaky.attempts] == [1, 2] and flaky.task_id == flaky.spec.task_id
+        stats = await em.get_stats()
+        assert stats.tasks_failed == 1  # calls: the crash; the flaky call succeeded in the end
+        assert stats.attempts_failed == 3 and stats.tasks_retried == 2  # attempts, apart

@@ -181,3 +181,26 @@ async def test_with_the_shipped_defaults_no_call_takes_the_kernel_down(kill: obj
         text = str(info.value)
         assert "worker local-" in text and "[task " in text and ("exited with code" in text or "SIGSEGV" in text)
         assert await em.submit(tasks.whoami) != os.getpid()  # the kernel serves the next call, elsewhere
+
+
+async def test_bad_delivery_options_are_refused_at_submit_naming_the_field() -> None:
+    from kernel.errors import ServiceStartError
+
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        for options, error, match in [
+            ({"priority": 11}, ValueError, r"inc: priority must be an int from 0 to 10, not 11"),
+            ({"priority": "high"}, ValueError, r"inc: priority must be an int"),
+            ({"timeout": 0}, ValueError, r"inc: timeout must be a number of seconds above 0, not 0"),
+            ({"timeout": -1.5}, ValueError, r"inc: timeout must be a number of seconds above 0, not -1.5"),
+            ({"deadline": "soon"}, ValueError, r"inc: deadline must be a number of seconds above 0"),
+            ({"retries": -1}, ValueError, r"inc: retries must be an int >= 0, not -1"),
+            ({"retry_on": (ValueError, "ConnectionError")}, TypeError,
+             r"inc: retry_on must name exception types, not 'ConnectionError'"),
+        ]:
+            with pytest.raises(error, match=match):
+                em.submit(tasks.inc, 1, **options)
+        assert (await em.get_stats()).queued_tasks == 0  # nothing half-submitted
+        assert await em.submit(tasks.inc, 1) == 2
+    with pytest.raises(ServiceStartError, match=r"heartbeatTimeOut"):
+        await Kernel([], settings={"execution-manager": {"heartbeatTimeOut": 3}}).start()

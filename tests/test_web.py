@@ -93,6 +93,7 @@ async def test_failures_keep_their_traceback_and_metrics_count_calls(running: An
         await em.submit(tasks.raise_custom, "the row was bad")
     failures = await until(lambda: get(http, f"{url}/api/failures"))
     assert failures[0]["call"] == "raise_custom" and "CustomError: the row was bad" in failures[0]["error"]
+    assert isinstance(failures[0]["task_id"], int)  # the call's one id, as in its log lines and errors
     assert "raise_custom" in failures[0]["traceback"] and failures[0]["worker_id"].startswith("local-")
     async with http.get(f"{url}/metrics") as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -100,6 +101,8 @@ async def test_failures_keep_their_traceback_and_metrics_count_calls(running: An
     samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(samples['microkernel_calls_total{outcome="done"}']) == 5
     assert float(samples['microkernel_calls_total{outcome="failed"}']) == 1
+    assert float(samples["microkernel_attempts_failed_total"]) == 1  # not retried: one attempt, one call
+    assert float(samples["microkernel_retries_total"]) == 0
     assert float(samples["microkernel_call_duration_seconds_count"]) == 6
     assert float(samples["microkernel_queue_wait_seconds_count"]) == 6
     assert float(samples['microkernel_workers{kind="local",state="available"}']) == 2

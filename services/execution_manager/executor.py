@@ -15,6 +15,7 @@ raised by the call itself are not exceptions here: they come back as a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 from abc import ABC, abstractmethod
 from collections import deque
@@ -111,7 +112,8 @@ class Call:
     the pool's (an executor may ignore them).
     """
 
-    __slots__ = ("args", "attempt", "future", "id", "kind", "label", "on_progress", "payload", "priority", "progress",
+    __slots__ = ("args", "attempt", "context", "future", "id", "kind", "label", "on_progress", "payload", "priority",
+                 "progress",
                  "project", "queued_at", "ran", "resources", "soft_timeout", "started", "timeout", "worker_id")
 
     def __init__(
@@ -138,6 +140,7 @@ class Call:
         self.progress: tuple[float, str] | None = None  # the latest the call reported
         self.on_progress: Callable[[float, str], None] | None = None  # the caller's, if it listens
         self.ran: float | None = None  # seconds it ran, where the executor knows (see Executor.overhead)
+        self.context: contextvars.Context | None = None  # the caller's (its structlog variables reach log lines)
 
     def __repr__(self) -> str:
         return f"<Call {self.describe()}>"

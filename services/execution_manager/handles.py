@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -113,6 +114,7 @@ class CallFuture(asyncio.Future[Any]):
         self.answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
         self.attempts: list[Attempt] = []
         self.queued_at = pool.loop.time()
+        self.context = contextvars.copy_context()  # the caller's structlog variables, for lines about the call
         self._progress: Progress | None = None
         self._progress_callbacks: list[Callable[[Progress], None]] = []
         self._progress_queues: list[asyncio.Queue[Progress | None]] = []
@@ -124,6 +126,10 @@ class CallFuture(asyncio.Future[Any]):
     @property
     def label(self) -> str:
         return self.spec.label
+
+    def bound(self) -> dict[str, Any]:
+        """The caller's structlog context variables, as they were when it made the call."""
+        return dict(self.context.run(structlog.contextvars.get_contextvars))
 
     def describe(self) -> str:
         """``label(args) [task N]``, as errors and log lines name the call."""

@@ -33,7 +33,8 @@ def running_calls(executor: Executor, now: float) -> list[RunningCall]:
     for call in executor.inflight.values():
         fraction, message = call.progress or (None, "")
         out.append(RunningCall(
-            call=call.label, elapsed=max(0.0, now - call.started) if call.started else 0.0,
+            call=call.label, task_id=call.id, attempt=call.attempt,
+            elapsed=max(0.0, now - call.started) if call.started else 0.0,
             timeout=call.timeout, progress=fraction, message=message or None,
         ))
     return out

@@ -251,6 +251,7 @@ class WorkerPool(WorkerLifecycle):
         call.timeout = fut.spec.timeout
         call.worker_id = send.worker_id
         call.on_progress = fut.report_progress
+        call.context = fut.context
         call.started = time.perf_counter()
         fut.attempt = call
         if self.timings is not None:
@@ -295,6 +296,7 @@ class WorkerPool(WorkerLifecycle):
                 self.feed(Answered(now, call.id, call.attempt, False, call.ran))
                 return
             error = rebuild(data)
+            self.attempts_failed += 1
             fut.answer = (call.attempt, error)
             retry = isinstance(error, fut.retry_on) or (isinstance(error, ExecutionError) and error.retryable)
             if retry:
@@ -302,6 +304,8 @@ class WorkerPool(WorkerLifecycle):
             self.feed(Answered(now, call.id, call.attempt, retry, call.ran))
             return
         started = not isinstance(exc, PoolClosedError) and getattr(exc, "started", True)
+        if started:
+            self.attempts_failed += 1
         if fut is not None:
             fut.answer = (call.attempt, exc)
             if started:
@@ -309,7 +313,6 @@ class WorkerPool(WorkerLifecycle):
         self.feed(Lost(now, call.id, call.attempt, str(exc), started=bool(started)))
 
     def _note_attempt(self, fut: CallFuture, call: Call, exc: BaseException) -> None:
-        self.attempts_failed += 1
         fut.attempts.append(Attempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
 
     @property
@@ -374,6 +377,8 @@ class WorkerPool(WorkerLifecycle):
 
     def _fail(self, fut: CallFuture, exc: BaseException) -> None:
         self.failed += 1
+        log.info("call failed", **{**fut.bound(), "task_id": fut.task_id, "call": fut.label,
+                                   "attempts": len(fut.attempts) or 1, "error": f"{type_name(exc)}: {exc}"})
         if len(fut.attempts) > 1:
             exc.add_note("attempts:\n" + "\n".join(
                 f"  {a.number}. on {a.worker_id or '?'}: {a.outcome}" for a in fut.attempts))

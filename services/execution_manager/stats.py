@@ -17,6 +17,8 @@ class SystemLoad(BaseModel):
 
 class RunningCall(BaseModel):
     call: str  # its label, e.g. "PrimeCounter.count_range"
+    task_id: int | None = None  # the call's id, the same in every attempt, log line and error
+    attempt: int = 1
     elapsed: float  # seconds since it started on the worker
     timeout: float | None  # the caller's limit for the whole call
     progress: float | None  # the latest fraction it reported (kernel.task.progress)

@@ -79,7 +79,8 @@ def render(status: dict[str, Any]) -> Group:
         progress = f" {call['progress']:.0%}" if call and call.get("progress") is not None else ""
         workers.add_row(
             w["id"], w["node_type"], w["host"] or "-", str(w["pid"] or "-"),
-            Text(w["state"], style=STATE_STYLE.get(w["state"], "")), (call["call"] + progress) if call else "idle",
+            Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
+            f"{call['call']} [task {call.get('task_id')}]{progress}" if call else "idle",
             f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}" if call else "",
             str(w["done"]), str(w["failed"]), f"{w['cpu_percent']:.0f}%", _size(w["memory_rss"]),
             _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",

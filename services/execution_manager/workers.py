@@ -159,7 +159,7 @@ class WorkerLifecycle:
         expected = new == WorkerState.TERMINATED
         self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
         if new == WorkerState.FAILED:
-            log.warning("worker died", worker_id=executor.id, reason=reason)
+            log.warning("worker died", worker_id=executor.id, reason=reason, task_ids=list(executor.inflight))
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
             if self.on_worker_lost is not None:
                 self.on_worker_lost(worker)
