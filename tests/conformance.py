@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from kernel import task
 from kernel.errors import RequestError
 from kernel.task import PROGRESS_INTERVAL
 from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.errors import PoolClosedError
+from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
 from microkernel.services.execution_manager.executor import Call, Executor, WorkerState
 from microkernel.services.execution_manager.serialization import dumps, loads
 
@@ -282,11 +283,59 @@ async def check_call_traffic(make: Make) -> None:
         await ex.stop()
 
 
+def exit_after(seconds: float) -> None:
+    """Ends the worker's process (as a segfault or the OOM killer would) a moment in."""
+    time.sleep(seconds)
+    os._exit(17)
+
+
+async def check_death_fails_each_call_it_took_with_its_own_error(make: Make) -> None:
+    """For executors whose worker is another process: it dies with a call running on
+    every thread and more held. Each call it took fails with a WorkerCrashedError that
+    names that call; those running count as begun; a call answered before is never
+    reported crashed; the executor ends FAILED and takes no more calls."""
+    ex = await started(make)
+    try:
+        answered = call(p.CALL_FN, (abs, (-1,), {}), "answered")
+        assert (await reply(ex, answered))[0] is True
+        width = max(1, ex.info().width)
+        running = [call(p.CALL_FN, (time.sleep, (3.0,), {}), f"running-{i}") for i in range(width - 1)]
+        killer = call(p.CALL_FN, (exit_after, (0.5,), {}), "killer")
+        held = [call(p.CALL_FN, (abs, (-i,), {}), f"held-{i}") for i in range(3)]
+        for c in [*running, killer, *held]:
+            ex.submit(c)
+        errors: dict[str, WorkerCrashedError] = {}
+        async with asyncio.timeout(30):
+            for c in [*running, killer, *held]:
+                try:
+                    await c.future
+                except WorkerCrashedError as exc:
+                    errors[c.label] = exc
+                except asyncio.CancelledError:
+                    pass  # dropped before it began (it never runs): allowed
+                else:
+                    raise AssertionError(f"{c.label} was answered by a worker that died before it could run")
+        assert errors["killer"].started and all(errors[c.label].started for c in running)
+        for label, exc in errors.items():
+            assert "[task " in str(exc) and exc.call and exc.call.startswith(label), (label, str(exc))
+        assert answered.future.result()[0] is True  # settled before: untouched
+        await asyncio.sleep(0.1)
+        assert ex.is_closed or not ex.is_available
+        with pytest.raises(PoolClosedError):
+            ex.submit(call(p.CALL_FN, (abs, (-2,), {})))
+    finally:
+        await ex.stop()
+
+
 CHECKS: list[Callable[[Make], Awaitable[None]]] = [
     check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
     check_missing_method, check_unpicklable_result_keeps_executor, check_drain_on_stop,
     check_refuses_after_stop, check_cancel_queued, check_async_method, check_call_traffic,
 ]
+
+
+DEATH_CHECKS: list[Callable[[Make], Awaitable[None]]] = [check_death_fails_each_call_it_took_with_its_own_error]
+"""Checks for executors whose worker runs in another process (one a call can end)."""
 
 
 async def check_executor(make: Make) -> None:

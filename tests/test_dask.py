@@ -27,7 +27,7 @@ from microkernel.services.execution_manager.errors import WorkerCrashedError
 from microkernel.services.execution_manager.executor import Executor
 
 from . import tasks
-from .conformance import CHECKS
+from .conformance import CHECKS, DEATH_CHECKS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -64,9 +64,19 @@ async def cluster() -> AsyncIterator[DaskCluster]:
         await c.stop()
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", CHECKS + DEATH_CHECKS, ids=lambda c: c.__name__)
 async def test_conformance(cluster: DaskCluster, check: Any) -> None:
     await check(cluster.slot_executor)
+
+
+@pytest.mark.parametrize("check", DEATH_CHECKS, ids=lambda c: c.__name__)
+async def test_conformance_a_multi_threaded_worker_lost_with_several_calls_running(check: Any) -> None:
+    c = DaskCluster(DaskSettings(local=LocalClusterSettings(workers=1, threads_per_worker=4)))
+    await c.start(Adopter())
+    try:
+        await check(c.slot_executor)
+    finally:
+        await c.stop()
 
 
 def scheduler_cmd(port: int) -> list[str]:

@@ -16,7 +16,7 @@ from microkernel.services.execution_manager.errors import WorkerCrashedError, Wo
 from microkernel.services.execution_manager.executor import ReplyFuture, WorkerState
 from microkernel.services.execution_manager.hookspecs import executor_types
 
-from .conformance import CHECKS, call, check_executor
+from .conformance import CHECKS, DEATH_CHECKS, call, check_executor
 
 pytestmark = pytest.mark.anyio
 
@@ -27,6 +27,11 @@ MAKERS = {"local": lambda wid: LocalWorker(wid, {}), "inmemory": lambda wid: InM
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 async def test_conformance(node_type: str, check) -> None:
     await check(MAKERS[node_type])
+
+
+@pytest.mark.parametrize("check", DEATH_CHECKS, ids=lambda c: c.__name__)
+async def test_conformance_when_the_worker_dies(check) -> None:
+    await check(MAKERS["local"])  # inmemory runs calls in this very process: it cannot be lost
 
 
 async def test_check_executor_runs_everything() -> None:

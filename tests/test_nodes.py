@@ -17,7 +17,7 @@ from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.services.execution_manager.errors import WorkerCrashedError
 
 from . import tasks
-from .conformance import CHECKS
+from .conformance import CHECKS, DEATH_CHECKS
 from .nodes import ROOT, TOKEN, running_hub, start_node, stop_node, until
 
 pytestmark = pytest.mark.anyio
@@ -35,7 +35,7 @@ async def node_hub() -> AsyncIterator[NodeHub]:
             assert await stop_node(proc) == 0
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", CHECKS + DEATH_CHECKS, ids=lambda c: c.__name__)
 async def test_conformance(node_hub: NodeHub, check) -> None:
     await check(lambda wid: node_hub.slot_executor(wid, {"startTimeout": 20}))
 

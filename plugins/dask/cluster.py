@@ -253,6 +253,9 @@ class DaskCluster(NodeListener):
         if ex is not None and not ex.is_closed:
             log.warning("dask worker lost", worker_id=ex.id, address=address, reason=reason)
             ex.lost(reason)
+        for other in [e for e in self._by_id.values() if e.address == address]:  # slot_executor's, on it too
+            del self._by_id[other.id]
+            other.lost(reason)
 
     def _on_event(self, event: Any) -> None:
         _, message = event if isinstance(event, tuple) else (None, event)

@@ -167,9 +167,11 @@ class DaskWorker(Executor):
             return
         self._exit_reason = reason
         self.set_state(_S.FAILED)
+        never_sent = {c.id for c in self._held}  # still here, never handed to Dask: they run elsewhere, free
         self._held.clear()
         self._release_sent()
-        self._crash_all(f"Dask worker {self.address} ({self.id})", f"was lost ({reason})", pid=None, exitcode=None)
+        self._crash_all(f"Dask worker {self.address} ({self.id})", f"was lost ({reason})", pid=None, exitcode=None,
+                        started=lambda c: c.id not in never_sent)
 
     def _release_sent(self) -> None:
         for future in self._sent.values():

@@ -276,7 +276,7 @@ class LocalWorker(Executor):
         # calls, and none may land on this dead worker.
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
-        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then())
+        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then(), exact=True)
         assert self._exited is not None
         if not self._exited.done():
             self._exited.set_result(None)

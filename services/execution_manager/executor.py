@@ -437,20 +437,22 @@ class Executor(ABC):
         ))
 
     def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None,
-                   started: Callable[[Call], bool] | None = None) -> None:
+                   started: Callable[[Call], bool] | None = None, exact: bool = False) -> None:
         """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while
         running / before starting {call}"). ``started(call)`` says whether a call may
-        have begun; without it every call held may have (see :meth:`_fail_all`)."""
+        have begun (without it every call held may have: see :meth:`_fail_all`);
+        ``exact``: it says for certain, calls beginning one after another in the order
+        held (so the last begun was running, those before it had run)."""
         held = list(self.inflight)
         began = [c for c in held if started(self.inflight[c])] if started is not None else held
-        running = began[-1] if started is not None and began else (held[0] if held else None)
+        running = (began[-1] if exact else began[0]) if began else None
 
         def crashed(c: Call, begun: bool) -> WorkerCrashedError:
             if not begun:
                 when = "before starting"
             elif c.id == running:
                 when = "while running"
-            elif started is not None:
+            elif exact:
                 when = "after running (its answer was lost with it)"
             else:
                 when = "while holding (it may have started)"
