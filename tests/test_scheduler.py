@@ -10,16 +10,8 @@ import random
 
 import pytest
 
-from microkernel.services.execution_manager.scheduler import (
-    BUDGET,
-    LATE,
-    MAX_AHEAD,
-    SHORT,
-    Scheduler,
-    ahead,
-    backoff,
-    late_after,
-)
+from microkernel.services.execution_manager.ledger import BUDGET, LATE, MAX_AHEAD, SHORT, ahead, backoff, late_after
+from microkernel.services.execution_manager.scheduler import Scheduler
 from microkernel.services.execution_manager.stimuli import (
     Abort,
     Answered,

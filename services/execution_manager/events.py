@@ -31,13 +31,14 @@ class EventBus:
 
     def __init__(self, hook: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self._subs: dict[str, list[Callback]] = {}
+        self._listening = 0  # callbacks subscribed, over every event
         self.hook = hook  # plugins' kernel_event, when any plugin implements it
         self._async = Background("event subscribers")
 
     @property
     def active(self) -> bool:
-        """Whether anyone listens at all."""
-        return self.hook is not None or any(self._subs.values())
+        """Whether anyone listens at all (cheap: asked once per call)."""
+        return self.hook is not None or self._listening > 0
 
     def wants(self, event: str) -> bool:
         """Whether anyone listens to ``event`` (to skip building per-call payloads)."""
@@ -48,7 +49,12 @@ class EventBus:
         if event != "*" and event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; events: {', '.join(sorted(EVENTS))}")
         self._subs.setdefault(event, []).append(callback)
-        return lambda: self._subs.get(event, []).remove(callback)
+        self._listening += 1
+        return lambda: self._unsubscribe(event, callback)
+
+    def _unsubscribe(self, event: str, callback: Callback) -> None:
+        self._subs.get(event, []).remove(callback)
+        self._listening -= 1
 
     def emit(self, event: str, **payload: Any) -> None:
         callbacks = self._subs.get(event, []) + self._subs.get("*", [])

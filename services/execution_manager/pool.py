@@ -113,6 +113,7 @@ class WorkerPool(WorkerLifecycle):
         self._stimuli: deque[Stimulus] = deque()
         self._handling = False
         self._grow_pending = False
+        self._gone_pending: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.loop = asyncio.get_running_loop()

@@ -24,11 +24,11 @@ has not, and every promise about order follows from the queue:
 - an answer from an attempt already given up is dropped, never delivered twice.
 
 One exception, where it cannot break a promise: a call of a function measured short
-(under :data:`SHORT` seconds, no timeout) may be sent to a busy worker that runs only
-such calls, a few milliseconds of work ahead (:func:`ahead`), so tiny calls do not pay
+(under :data:`.ledger.SHORT` seconds, no timeout) may be sent to a busy worker that runs only
+such calls, a few milliseconds of work ahead (:func:`.ledger.ahead`), so tiny calls do not pay
 a round trip each. A call sent ahead is the best in the queue when it is sent, and it
-waits behind at most :data:`BUDGET` seconds of measured work. When the call it waits
-behind runs late after all (:func:`late_after`), the calls held behind it are taken
+waits behind at most :data:`.ledger.BUDGET` seconds of measured work. When the call it waits
+behind runs late after all (:func:`.ledger.late_after`), the calls held behind it are taken
 back (:class:`.stimuli.TakeBack`) and go to the queue again, to run elsewhere.
 
 The queue is strict: when the call at its head fits no free worker, nothing passes it.
@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .ledger import LATE, MAX_REQUEUES, SHORT, CallRecord, WorkerRecord, ahead, backoff, late_after
 from .queue import CallQueue
 from .resources import fits, tightness
 from .stimuli import (
@@ -71,78 +70,6 @@ from .stimuli import (
     WorkerUp,
 )
 
-SHORT = 0.005  # seconds: a function measured under this may be sent ahead
-BUDGET = 0.002  # seconds of measured work a call sent ahead may wait behind
-MAX_AHEAD = 64  # calls per thread of a worker, at most
-MAX_REQUEUES = 10  # attempts that never began, before a call is given up
-LATE = 0.02  # seconds: a call measured short that runs this long has calls taken back from behind it
-
-
-def late_after(mean: float | None) -> float:
-    """Seconds after which a call measured at ``mean`` s counts as running late."""
-    return max(LATE, 4 * (mean or 0.0))
-
-
-def ahead(mean: float, overhead: float = 0.0) -> int:
-    """Calls one thread of a worker may hold for a function measured at ``mean`` s:
-    enough to cover :data:`BUDGET` (or the executor's transit ``overhead``)."""
-    return min(MAX_AHEAD, 1 + math.ceil(max(BUDGET, overhead) / max(mean, 1e-6)))
-
-
-def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential from ``base``, capped."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1))
-
-
-# -- state ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _Call:
-    spec: CallSpec
-    queued_at: float
-    seq: int
-    waiting: bool = False  # in the queue
-    attempt: int = 0  # attempts sent
-    tries: int = 0  # attempts that may have started
-    worker_id: str | None = None  # where its current attempt runs
-    started_at: float = 0.0
-    deaths: int = 0
-    requeues: int = 0
-    unsure: bool = False  # sent while not known to be short
-
-    @property
-    def priority(self) -> int:
-        return self.spec.priority
-
-    @property
-    def project(self) -> str | None:
-        return self.spec.project
-
-
-@dataclass(slots=True, eq=False)
-class _Worker:
-    id: str
-    width: int
-    resources: Mapping[str, float]
-    local: bool = False
-    overhead: float = 0.0
-    running: dict[int, None] = field(default_factory=dict)  # task ids, in the order sent (a set, ordered)
-    healthy: bool = True
-    draining: bool = False
-    unsure: int = 0  # running calls not known to be short: nothing is sent ahead of them
-    last_done: float = 0.0
-    budget: int | None = None  # calls it may still be sent (None: any)
-    late: int | None = None  # the task it runs late: calls held behind it are taken back, none sent ahead
-
-    @property
-    def open(self) -> bool:
-        return self.healthy and not self.draining and self.budget != 0
-
-    @property
-    def has_room(self) -> bool:
-        return self.open and len(self.running) < self.width
-
 
 class Scheduler:
     """Every call and attempt of one pool, and every decision about them.
@@ -155,9 +82,9 @@ class Scheduler:
         self, *, aging: float = 0.0, project_limits: Mapping[str, int] | None = None, max_deaths: int = 3,
         jitter: Callable[[float], float] = lambda delay: delay,
     ) -> None:
-        self.queue: CallQueue[_Call] = CallQueue(aging)
-        self.calls: dict[int, _Call] = {}
-        self.workers: dict[str, _Worker] = {}
+        self.queue: CallQueue[CallRecord] = CallQueue(aging)
+        self.calls: dict[int, CallRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
         self.means: dict[str, float] = {}  # label -> measured seconds per call
         self._depth: dict[str, int] = {}  # label -> calls per thread it may be sent ahead (0: none)
         self.project_limits = dict(project_limits or {})
@@ -197,7 +124,7 @@ class Scheduler:
 
     def next_wakeup(self) -> float | None:
         """When a :class:`Tick` is next needed (a deadline, a timeout or a retry), if ever;
-        while workers hold calls sent ahead, every :data:`LATE` seconds too, to see
+        while workers hold calls sent ahead, every :data:`.ledger.LATE` seconds too, to see
         whether the call they wait behind runs late."""
         if not (self._deadlines or self._retries or self._timeouts):
             return self._now + LATE if self._ahead else None
@@ -206,7 +133,7 @@ class Scheduler:
             times.append(self._now + LATE)
         return min(times) if times else None
 
-    def _late_at(self, worker: _Worker) -> float:
+    def _late_at(self, worker: WorkerRecord) -> float:
         """When the call running first on ``worker`` counts as late."""
         call = self.calls.get(next(iter(worker.running)))  # None: an attempt given up, still ending
         if call is None:
@@ -258,7 +185,7 @@ class Scheduler:
     def _on_worker_up(self, up: WorkerUp, now: float, out: list[Instruction]) -> bool:
         known = self.workers.get(up.worker_id)
         if known is None:
-            self.workers[up.worker_id] = _Worker(up.worker_id, max(1, up.width), dict(up.resources), up.local,
+            self.workers[up.worker_id] = WorkerRecord(up.worker_id, max(1, up.width), dict(up.resources), up.local,
                                                  up.overhead, last_done=up.now, budget=up.calls)
         else:  # announced again (a node that reconnected): what it runs stays
             known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True
@@ -318,7 +245,7 @@ class Scheduler:
         """Take the call in; True when it only joined the back of a stalled queue."""
         if spec.task_id in self.calls:
             raise ValueError(f"task {spec.task_id} was submitted already")
-        call = self.calls[spec.task_id] = _Call(spec, now, next(self._seq))
+        call = self.calls[spec.task_id] = CallRecord(spec, now, next(self._seq))
         if self.closed:
             self._end(call, out, Resolve(spec.task_id, "closed"))
         elif spec.pinned_to is not None:  # in call order on its worker, which queues it
@@ -337,7 +264,7 @@ class Scheduler:
             return stalled and (self.queue.one_fifo or self.queue.peek(now, self._eligible) is not call)
         return False
 
-    def _enqueue(self, call: _Call, *, back: bool = False) -> None:
+    def _enqueue(self, call: CallRecord, *, back: bool = False) -> None:
         if back:
             self.queue.put_back(call)
         else:
@@ -346,7 +273,7 @@ class Scheduler:
 
     # -- decisions ----------------------------------------------------------------------
 
-    def _current(self, task_id: int, attempt: int) -> _Call | None:
+    def _current(self, task_id: int, attempt: int) -> CallRecord | None:
         """The call, if ``attempt`` is its running attempt (else a late answer: dropped)."""
         aborted = self._aborted.get(task_id)
         if aborted is not None and aborted[0] == attempt:  # the given-up attempt ended: its room is free
@@ -386,7 +313,7 @@ class Scheduler:
             if call.spec.project is not None:
                 self.project_running[call.spec.project] = self.project_running.get(call.spec.project, 0) + 1
 
-    def _send(self, call: _Call, worker: _Worker, now: float, out: list[Instruction]) -> None:
+    def _send(self, call: CallRecord, worker: WorkerRecord, now: float, out: list[Instruction]) -> None:
         spec = call.spec
         call.attempt += 1
         call.tries += 1
@@ -407,7 +334,7 @@ class Scheduler:
             self.wakeup_moved = True
         out.append(Send(spec.task_id, call.attempt, worker.id))
 
-    def _place(self, call: _Call) -> _Worker | None:
+    def _place(self, call: CallRecord) -> WorkerRecord | None:
         """Where ``call`` goes now, if anywhere; :attr:`_spare` says whether a call like
         it would still find a place after it."""
         spec = call.spec
@@ -416,7 +343,7 @@ class Scheduler:
         if need:
             free = [w for w in self.workers.values() if w.has_room and not w.local and fits(w.resources, need)]
             return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
-        best: _Worker | None = None
+        best: WorkerRecord | None = None
         for w in self.workers.values():
             if len(w.running) < w.width and w.open:
                 if w.local:
@@ -441,7 +368,7 @@ class Scheduler:
         self._spare = room > 1
         return best
 
-    def _measure(self, call: _Call, now: float, ran: float | None) -> None:
+    def _measure(self, call: CallRecord, now: float, ran: float | None) -> None:
         worker = self.workers.get(call.worker_id or "")
         if worker is None:
             return
@@ -462,7 +389,7 @@ class Scheduler:
         limit = self.project_limits.get(project)
         return limit is None or self.project_running.get(project, 0) < limit
 
-    def _free(self, call: _Call, *, keep_room: bool = False) -> None:
+    def _free(self, call: CallRecord, *, keep_room: bool = False) -> None:
         """The current attempt is over for its call (its room on the worker too, unless
         ``keep_room``: it still runs there, given up)."""
         worker = self.workers.get(call.worker_id or "")  # None: the worker is gone, and its record
@@ -478,7 +405,7 @@ class Scheduler:
             self.project_running[call.spec.project] -= 1
         call.worker_id = None
 
-    def _lose(self, call: _Call, now: float, reason: str, out: list[Instruction], *, started: bool) -> None:
+    def _lose(self, call: CallRecord, now: float, reason: str, out: list[Instruction], *, started: bool) -> None:
         worker_id = call.worker_id
         self._free(call)
         task_id = call.spec.task_id
@@ -499,14 +426,14 @@ class Scheduler:
         else:
             self._end(call, out, Resolve(task_id, "lost", call.attempt, reason, worker_id))
 
-    def _retry(self, call: _Call, now: float, out: list[Instruction], reason: str) -> None:
+    def _retry(self, call: CallRecord, now: float, out: list[Instruction], reason: str) -> None:
         at = now + self._jitter(backoff(call.tries))
         heapq.heappush(self._retries, (at, call.spec.task_id))
         self.wakeup_moved = True
         self._retrying.add(call.spec.task_id)
         out.append(RetryAt(call.spec.task_id, at, call.attempt, reason))
 
-    def _end(self, call: _Call, out: list[Instruction], resolve: Resolve, *, abort: str = "") -> None:
+    def _end(self, call: CallRecord, out: list[Instruction], resolve: Resolve, *, abort: str = "") -> None:
         """Resolve ``call``; a running attempt is stopped by force when ``abort`` says why."""
         task_id = call.spec.task_id
         if call.worker_id is not None:

@@ -71,6 +71,7 @@ class WorkerLifecycle:
     events: EventBus
     sched: Scheduler
     loop: asyncio.AbstractEventLoop
+    _gone_pending: dict[str, str]  # worker id -> why: ended, not yet reported gone
     workers: dict[str, PoolWorker]
     _members: list[PoolWorker]
     _factory: ExecutorFactory
@@ -115,6 +116,7 @@ class WorkerLifecycle:
 
     def _enroll(self, executor: Executor, *, external: bool) -> PoolWorker:
         """Make a started executor one of the pool's workers and place waiting calls."""
+        self._gone(executor.id)  # a slot id that comes back: the old one's record goes first
         worker = PoolWorker(executor, external=external)
         executor.host = self.host
         self.workers[executor.id] = worker
@@ -155,7 +157,8 @@ class WorkerLifecycle:
         # Nothing more is sent to it now; it is gone once the executor has failed what it
         # held (in this same turn), so each call's error is the executor's own.
         self.feed(WorkerUnhealthy(now, executor.id))
-        self.loop.call_soon(lambda: self.feed(WorkerGone(self.loop.time(), executor.id, reason)))
+        self._gone_pending[executor.id] = reason
+        self.loop.call_soon(self._gone, executor.id)
         expected = new == WorkerState.TERMINATED
         self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
         if new == WorkerState.FAILED:
@@ -165,6 +168,12 @@ class WorkerLifecycle:
                 self.on_worker_lost(worker)
         if not self.closed and self._wants_worker():
             self._spawn()
+
+    def _gone(self, worker_id: str) -> None:
+        """Tell the scheduler a worker is gone (once; an id may come back, on a new executor)."""
+        reason = self._gone_pending.pop(worker_id, None)
+        if reason is not None:
+            self.feed(WorkerGone(self.loop.time(), worker_id, reason))
 
     def _no_workers(self, why: str) -> None:
         raise NotImplementedError
