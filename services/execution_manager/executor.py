@@ -146,8 +146,22 @@ class Call:
         return f"<Call {self.describe()}>"
 
     def describe(self) -> str:
-        shown = ", ".join(short_repr(a, 40) for a in self.args)
-        return f"{self.label}({shown}) [task {self.id}]"
+        return describe(self.label, self.args, self.id)
+
+    def bound(self) -> dict[str, Any]:
+        """The caller's structlog context variables, as they were when it made the call."""
+        return bound(self.context)
+
+
+def describe(label: str, args: tuple[Any, ...], task_id: int) -> str:
+    """``label(args) [task N]``: how errors and log lines name a call."""
+    shown = ", ".join(short_repr(a, 40) for a in args)
+    return f"{label}({shown}) [task {task_id}]"
+
+
+def bound(context: contextvars.Context | None) -> dict[str, Any]:
+    """The structlog context variables bound in ``context`` (none: {})."""
+    return dict(context.run(structlog.contextvars.get_contextvars)) if context is not None else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +213,7 @@ class Executor(ABC):
 
     node_type: ClassVar[str] = ""
     #: Seconds each call spends in transit rather than working (a remote engine's
-    #: scheduling round trip). The pool hands the executor enough calls at once to
+    #: scheduling round trip). The scheduler sends short calls ahead deep enough to
     #: overlap it. Kept up to date by the executor; 0 for executors whose transit is
     #: negligible. An executor that sets it also sets ``Call.ran`` (the seconds each
     #: call ran) before finishing it, as the pool's own timing would include transit.
@@ -260,11 +274,11 @@ class Executor(ABC):
         """Stop a call by force, running or not; True if it will not run on (or has
         been stopped). A running call may take its executor with it (a local worker
         process is ended and replaced) and fails with a ``WorkerCrashedError`` that
-        includes ``reason``; calls held behind it fail with
-        ``WorkerCrashedError(started=False)`` so they can run elsewhere.
+        includes ``reason``; calls held behind it fail too, each saying whether it
+        had begun, so those that had not run elsewhere.
 
         Calls run in submission order, so a call held behind the running one is
-        simply cancelled; the running one goes to :meth:`_stop_running`."""
+        simply cancelled (:meth:`cancel`); the running one goes to :meth:`_stop_running`."""
         if call_id not in self.inflight:
             return False
         if next(iter(self.inflight)) != call_id:

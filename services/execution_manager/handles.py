@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import structlog
 
 from .errors import RemoteError
-from .executor import Call
-from .serialization import loads, short_repr
+from .executor import Call, bound, describe
+from .serialization import loads
 from .stimuli import CallSpec
 
 if TYPE_CHECKING:
@@ -129,12 +129,11 @@ class CallFuture(asyncio.Future[Any]):
 
     def bound(self) -> dict[str, Any]:
         """The caller's structlog context variables, as they were when it made the call."""
-        return dict(self.context.run(structlog.contextvars.get_contextvars))
+        return bound(self.context)
 
     def describe(self) -> str:
         """``label(args) [task N]``, as errors and log lines name the call."""
-        shown = ", ".join(short_repr(a, 40) for a in self.args)
-        return f"{self.spec.label}({shown}) [task {self.spec.task_id}]"
+        return describe(self.spec.label, self.args, self.spec.task_id)
 
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):

@@ -121,7 +121,6 @@ class Monitor:
                     local.append(worker)
                 else:  # a node's slot: its heartbeats carry the figures
                     remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
-                    worker.cpu_percent = info.host_cpu_percent or 0.0
             load, metrics, statuses = await anyio.to_thread.run_sync(_sample, pids, self._procs)
             for worker in local:  # liveness, judged from outside each worker process
                 why = worker.executor.check_alive(statuses.get(worker.id), s.heartbeat_timeout)
@@ -130,8 +129,6 @@ class Monitor:
             metrics.update(remote)
             self.load, self.metrics = load, metrics
             pool.set_load(load.cpu_percent, load.memory_percent)
-            for worker in local:  # placement weighs the load of the machine a worker is on
-                worker.cpu_percent = load.cpu_percent
             self.enforce_memory(metrics)
             now = time.monotonic()
             if now >= next_scale:

@@ -21,8 +21,6 @@ class WorkerView(Protocol):
     @property
     def running(self) -> int: ...
     @property
-    def cpu_percent(self) -> float: ...
-    @property
     def idle_since(self) -> float | None: ...
     @property
     def pinned(self) -> int: ...
@@ -37,7 +35,6 @@ class Worker:
     id: str
     available: bool = True
     running: int = 0
-    cpu_percent: float = 0.0
     idle_since: float | None = None
     pinned: int = 0
     external: bool = False

@@ -103,7 +103,6 @@ class WorkerPool(WorkerLifecycle):
         self.failed = 0  # calls that failed, however many attempts each took
         self.attempts_failed = 0  # attempts that ended in error, retried or not
         self.retried = 0
-        self.cpu_percent = 0.0
         self.memory_percent = 0.0
         self.last_scaling = "none yet"
         self.on_worker_lost: Callable[[PoolWorker], None] | None = None
@@ -366,11 +365,10 @@ class WorkerPool(WorkerLifecycle):
         if outcome == "closed":
             return PoolClosedError(f"{fut.describe()} was cancelled before it ran: "
                                    "the execution manager is shutting down")
-        if outcome == "lost" and "given up after" in resolve.reason:
-            deaths = sum(1 for a in fut.attempts if a.outcome.startswith("WorkerCrashedError"))
-            last = given if given is not None else resolve.reason.partition(";")[0]
-            return WorkerCrashedError(f"{fut.describe()} was given up after killing {deaths} workers "
-                                      f"(maxCallDeaths); last: {last}", worker_id=wid or "", call=fut.describe())
+        if resolve.gave_up:
+            return WorkerCrashedError(f"{fut.describe()} was given up after killing {self.sched.max_deaths} workers "
+                                      f"(maxCallDeaths); last: {given or resolve.reason}", worker_id=wid or "",
+                                      call=fut.describe())
         if given is not None:
             return given
         return WorkerCrashedError(f"{fut.describe()} was lost: {resolve.reason}", worker_id=wid or "",
@@ -452,7 +450,7 @@ class WorkerPool(WorkerLifecycle):
     def set_load(self, cpu_percent: float, memory_percent: float) -> None:
         """The monitor's latest sample: the in-process worker (opted in) is open while
         the machine is idle."""
-        self.cpu_percent, self.memory_percent = cpu_percent, memory_percent
+        self.memory_percent = memory_percent
         if self.local is not None:
             low = cpu_percent < self.limits.local_threshold * 100
             if low != self.sched.local_open:

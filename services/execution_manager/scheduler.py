@@ -420,7 +420,7 @@ class Scheduler:
         if call.deaths >= self.max_deaths and call.spec.retries:
             self._end(call, out, Resolve(task_id, "lost", call.attempt,
                                          f"{reason}; given up after {call.deaths} workers died running it",
-                                         worker_id))
+                                         worker_id, gave_up=True))
         elif call.tries <= call.spec.retries and started and not self.closed and call.spec.pinned_to is None:
             self._retry(call, now, out, reason)
         else:

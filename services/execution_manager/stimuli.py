@@ -184,6 +184,7 @@ class Resolve:
     attempt: int = 0
     reason: str = ""
     worker_id: str | None = None
+    gave_up: bool = field(default=False, compare=False)  # "lost" after maxCallDeaths deaths
 
 
 @dataclass(slots=True)

@@ -49,8 +49,7 @@ class CallTraffic:
     def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
         numeric = _LEVELS.get(level, logging.INFO)
         extra = {k: v for k, v in fields.items() if k not in ("event", "level")}
-        caller = dict(call.context.run(structlog.contextvars.get_contextvars)) if call.context is not None else {}
-        log.log(numeric, message, **{**caller, **extra, "task_id": call.id, "attempt": call.attempt,
+        log.log(numeric, message, **{**call.bound(), **extra, "task_id": call.id, "attempt": call.attempt,
                                      "worker_id": call.worker_id, "call": call.label})
 
     async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:

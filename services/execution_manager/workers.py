@@ -28,8 +28,7 @@ _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 class PoolWorker:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
-    __slots__ = ("cpu_percent", "executor", "external", "id", "idle_since", "pins", "resources", "retiring", "rss",
-                 "width")
+    __slots__ = ("executor", "external", "id", "idle_since", "pins", "resources", "retiring", "rss", "width")
     id: str
 
     def __init__(self, executor: Executor, *, external: bool = False) -> None:
@@ -37,7 +36,6 @@ class PoolWorker:
         self.id = executor.id
         self.external = external  # brought by a node, not started by the pool: never scaled
         self.width = max(1, executor.info().width)
-        self.cpu_percent = 0.0
         self.rss = 0
         self.idle_since: float | None = time.monotonic()
         self.pins: set[str] = set()
