@@ -92,6 +92,18 @@ async def test_an_idle_worker_that_no_longer_answers_is_declared_dead() -> None:
         assert await em.submit(tasks.whoami) != pid
 
 
+async def test_idle_workers_that_answer_live_on_however_rarely_they_are_sampled() -> None:
+    # Samples as far apart as the timeout: an idle worker is silent between pings, and
+    # must be judged by whether it answered the last one, not by its last word.
+    async with em_kernel(minWorkers=2, maxWorkers=2, sampleInterval=TIMEOUT) as kernel:
+        em = kernel.get_service("execution-manager")
+        errors: list[dict] = []
+        em.subscribe("worker-error", lambda _e, payload: errors.append(dict(payload)))
+        pids = {w.executor.info().pid for w in em.pool.members}
+        await asyncio.sleep(TIMEOUT * 5)
+        assert {w.executor.info().pid for w in em.pool.members} == pids and errors == []
+
+
 async def test_a_call_that_holds_the_gil_past_the_timeout_is_not_declared_dead() -> None:
     async with em_kernel(minWorkers=1, maxWorkers=1, heartbeatTimeout=0.5) as kernel:
         em = kernel.get_service("execution-manager")

@@ -80,7 +80,7 @@ class LocalWorker(Executor):
         self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
         self._suspect_since: float | None = None  # first seen stopped (check_alive)
         self._began: mmap.mmap | None = None  # the id of the call the worker began last (shared)
-        self._pinged = 0.0
+        self._pinged = 0.0  # when the last ping went out (check_alive)
         self._offer = self.offers(self.options)
 
     @classmethod
@@ -187,10 +187,12 @@ class LocalWorker(Executor):
         elif status in ("zombie", "dead"):
             why = "a zombie (its process ended, its socket still open)"
         elif not self.inflight:
-            silent = now - stream.heard
-            if silent > timeout:
-                why = f"silent for {silent:.1f} s while idle (pinged, no answer)"
-            elif silent > timeout / 3 and now - self._pinged > timeout / 3:
+            # Judged from the last ping, not from the last word: an idle worker is quiet
+            # between pings, however far apart the monitor's samples are.
+            if self._pinged > stream.heard:  # a ping is out, and nothing came since
+                if now - self._pinged > timeout:
+                    why = f"silent for {now - stream.heard:.1f} s while idle (pinged, no answer)"
+            elif now - stream.heard > timeout / 3:
                 self._pinged = now
                 stream.write(p.frame(p.Heartbeat(0.0, 0, 0)))  # answered at once by an idle worker
         if why is None:
