@@ -331,3 +331,38 @@ def test_calls_held_behind_a_call_that_runs_late_are_taken_back_and_run_elsewher
     assert s.workers["w1"].running == {1: None}
     assert s.queued == queued + len(held_on_w1)
     assert s.calls[held_on_w1[0]].tries == 0  # never began: no retry was spent
+
+
+def test_the_pools_fast_entries_decide_exactly_as_handle() -> None:
+    """``submitted`` and ``answered`` (the pool's per-call path, with no stimulus built)
+    return what ``handle`` returns for the same stimulus, step by step, over a random
+    run that mixes priorities, projects, timeouts, short and long calls, retries and
+    late answers."""
+    rng = random.Random(11)
+    by_handle, direct = pool("w1", ("w2", 2)), pool("w1", ("w2", 2))
+    for s in (by_handle, direct):
+        s.handle(WorkerUp(0.0, "w3", 1, overhead=0.001))
+    running: list[tuple[int, int]] = []
+    now = 0.0
+    for task_id in range(1, 600):
+        now += rng.choice((0.0001, 0.001, 0.03))
+        if rng.random() < 0.55:
+            spec = dict(priority=rng.randint(0, 10), label=rng.choice(("tiny", "tiny", "slow")),
+                        project=rng.choice((None, None, "p")), timeout=rng.choice((None, None, 5.0)),
+                        retries=rng.choice((0, 1)))
+            a = by_handle.handle(Submitted(now, CallSpec(task_id, **spec)))  # type: ignore[arg-type]
+            b = direct.submitted(now, CallSpec(task_id, **spec))  # type: ignore[arg-type]
+        elif running:
+            done_id, attempt = running.pop(rng.randrange(len(running)))
+            retry, ran = rng.random() < 0.1, rng.choice((None, 0.0001, 0.01))
+            a = by_handle.handle(Answered(now, done_id, attempt, retry, ran))
+            b = direct.answered(now, done_id, attempt, retry, ran)
+        else:
+            a, b = by_handle.handle(Tick(now)), direct.handle(Tick(now))
+        assert a == b, f"step {task_id}"
+        running += [(i.task_id, i.attempt) for i in a if isinstance(i, Send)]
+        if task_id % 50 == 0:
+            a, b = by_handle.handle(Tick(now)), direct.handle(Tick(now))
+            assert a == b
+            running += [(i.task_id, i.attempt) for i in a if isinstance(i, Send)]
+    assert by_handle.queued == direct.queued and by_handle.running == direct.running

@@ -69,7 +69,12 @@ class ReplyFuture(asyncio.Future[Any]):
     later, and the caller's task takes a turn more to wake. The follower (the pool) must
     accept being called from inside an executor's methods."""
 
-    _follower: Callable[[ReplyFuture], None] | None = None
+    __slots__ = ("_follower", "call")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._follower: Callable[[ReplyFuture], None] | None = None
+        self.call: Call | None = None  # the attempt it answers, where its maker records it
 
     def follow_now(self, follower: Callable[[ReplyFuture], None]) -> None:
         """Hand this future to ``follower`` once it is done (see the class docstring)."""
@@ -120,10 +125,12 @@ class Call:
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
         label: str = "call", args: tuple[Any, ...] = (), priority: int = 5,
         project: str | None = None, soft_timeout: float = 0.0,
-        resources: Mapping[str, float] | None = None,
+        resources: Mapping[str, float] | None = None, *, attempt: int = 1, timeout: float | None = None,
+        worker_id: str | None = None, on_progress: Callable[[float, str], None] | None = None,
+        context: contextvars.Context | None = None, started: float = 0.0,
     ) -> None:
         self.id = id  # the task id: the same for every attempt at one call
-        self.attempt = 1  # which attempt this is
+        self.attempt = attempt  # which attempt this is
         self.kind = kind
         self.payload = payload
         self.future = future
@@ -134,13 +141,13 @@ class Call:
         self.soft_timeout = soft_timeout  # seconds; raised inside the call where the executor can
         self.resources = resources  # what it needs of a worker (None: anything)
         self.queued_at = 0.0
-        self.started = 0.0
-        self.timeout: float | None = None  # the caller's limit for the whole call (shown, not enforced here)
-        self.worker_id: str | None = None  # set by the pool when it hands the call out
+        self.started = started
+        self.timeout = timeout  # the caller's limit for the whole call (shown, not enforced here)
+        self.worker_id = worker_id  # set by the pool when it hands the call out
         self.progress: tuple[float, str] | None = None  # the latest the call reported
-        self.on_progress: Callable[[float, str], None] | None = None  # the caller's, if it listens
+        self.on_progress = on_progress  # the caller's, if it listens
         self.ran: float | None = None  # seconds it ran, where the executor knows (see Executor.overhead)
-        self.context: contextvars.Context | None = None  # the caller's (its structlog variables reach log lines)
+        self.context = context  # the caller's (its structlog variables reach log lines)
 
     def __repr__(self) -> str:
         return f"<Call {self.describe()}>"

@@ -110,14 +110,16 @@ class CallFuture(asyncio.Future[Any]):
         self.args = args
         self.retry_on = retry_on
         self.soft_timeout = soft_timeout
-        self.attempt: Call | None = None  # the current attempt, once one was sent
-        self.answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
         self.attempts: list[Attempt] = []
         self.queued_at = pool.loop.time()
         self.context = contextvars.copy_context()  # the caller's structlog variables, for lines about the call
-        self._progress: Progress | None = None
-        self._progress_callbacks: list[Callable[[Progress], None]] = []
-        self._progress_queues: list[asyncio.Queue[Progress | None]] = []
+
+    # Set on the instance when they change (one store fewer each, for every call).
+    attempt: Call | None = None  # the current attempt, once one was sent
+    answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
+    _progress: Progress | None = None
+    _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed
+    _progress_queues: list[asyncio.Queue[Progress | None]] | None = None
 
     @property
     def task_id(self) -> int:
@@ -151,16 +153,22 @@ class CallFuture(asyncio.Future[Any]):
     def on_progress(self, callback: Callable[[Progress], None]) -> Callable[[], None]:
         """Call ``callback(progress)`` on each report (on the event loop); returns a
         function that stops it. A report already in is given at once."""
-        self._progress_callbacks.append(callback)
+        callbacks = self._progress_callbacks
+        if callbacks is None:
+            callbacks = self._progress_callbacks = []
+        callbacks.append(callback)
         if self._progress is not None:
             callback(self._progress)
-        return lambda: self._progress_callbacks.remove(callback) if callback in self._progress_callbacks else None
+        return lambda: callbacks.remove(callback) if callback in callbacks else None
 
     async def progress_updates(self) -> AsyncIterator[Progress]:
         """Each progress report as it arrives (the latest one first, if any), until the
         call ends; its outcome is then had by awaiting the handle."""
         queue: asyncio.Queue[Progress | None] = asyncio.Queue()
-        self._progress_queues.append(queue)
+        queues = self._progress_queues
+        if queues is None:
+            queues = self._progress_queues = []
+        queues.append(queue)
         self.add_done_callback(lambda _f: queue.put_nowait(None))
         try:
             if self._progress is not None:
@@ -168,17 +176,17 @@ class CallFuture(asyncio.Future[Any]):
             while (update := await queue.get()) is not None:
                 yield update
         finally:
-            self._progress_queues.remove(queue)
+            queues.remove(queue)
 
     def report_progress(self, fraction: float, message: str) -> None:
         """The running attempt reported progress (the pool calls this)."""
         if self.done():
             return
         update = self._progress = Progress(fraction, message)
-        for callback in list(self._progress_callbacks):
+        for callback in list(self._progress_callbacks or ()):
             try:
                 callback(update)
             except Exception:  # a caller's callback must not break the pool's event path
                 log.exception("progress callback failed", call=self.spec.label, task_id=self.spec.task_id)
-        for queue in self._progress_queues:
+        for queue in self._progress_queues or ():
             queue.put_nowait(update)

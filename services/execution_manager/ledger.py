@@ -39,6 +39,8 @@ class CallRecord:
     spec: CallSpec
     queued_at: float
     seq: int
+    priority: int  # the spec's, copied: the queue reads them on every call
+    project: str | None
     waiting: bool = False  # in the queue
     attempt: int = 0  # attempts sent
     tries: int = 0  # attempts that may have started
@@ -47,14 +49,6 @@ class CallRecord:
     deaths: int = 0
     requeues: int = 0
     unsure: bool = False  # sent while not known to be short
-
-    @property
-    def priority(self) -> int:
-        return self.spec.priority
-
-    @property
-    def project(self) -> str | None:
-        return self.spec.project
 
 
 @dataclass(slots=True, eq=False)
@@ -73,10 +67,14 @@ class WorkerRecord:
     last_done: float = 0.0
     budget: int | None = None  # calls it may still be sent (None: any)
     late: int | None = None  # the task it runs late: calls held behind it are taken back, none sent ahead
+    open: bool = True  # takes new calls (kept by refresh(): it is read for every placement)
 
-    @property
-    def open(self) -> bool:
-        return self.healthy and not self.draining and self.budget != 0
+    def __post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute :attr:`open` after ``healthy``, ``draining`` or ``budget`` changed."""
+        self.open = self.healthy and not self.draining and self.budget != 0
 
     @property
     def has_room(self) -> bool:

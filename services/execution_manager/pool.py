@@ -16,7 +16,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any
 
 import structlog
@@ -119,6 +118,7 @@ class WorkerPool(WorkerLifecycle):
         self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
         self.timings: Timings | None = None  # call durations and queue waits, when someone reads them
+        self._on_reply = self._replied  # bound once: it follows every attempt
 
     def __repr__(self) -> str:
         busy = sum(1 for s in self._members if s.running)
@@ -131,15 +131,25 @@ class WorkerPool(WorkerLifecycle):
         (an instruction whose effect is a stimulus) queue behind the one in hand."""
         if self._handling:
             self._stimuli.append(stimulus)
-            return
+        else:
+            self._carry(self.sched.handle(stimulus))
+
+    def _carry(self, instructions: list[Instruction]) -> None:
+        """Carry out ``instructions``, then those of stimuli they caused meanwhile."""
         self._handling = True
         try:
-            handle, carry_out, pending = self.sched.handle, self._carry_out, self._stimuli
-            for instruction in handle(stimulus):
-                carry_out(instruction)
-            while pending:
-                for instruction in handle(pending.popleft()):
-                    carry_out(instruction)
+            send, resolve, pending = self._send, self._resolve, self._stimuli
+            while True:
+                for instruction in instructions:
+                    if type(instruction) is Send:  # the two of every call first: no lookup
+                        send(instruction)
+                    elif type(instruction) is Resolve:
+                        resolve(instruction)
+                    else:
+                        self._carry_out(instruction)
+                if not pending:
+                    break
+                instructions = self.sched.handle(pending.popleft())
         finally:
             self._handling = False
         self._after()
@@ -153,7 +163,7 @@ class WorkerPool(WorkerLifecycle):
             self._arm(sched.next_wakeup())
         if self.held or self._room:
             self._admit()
-        if sched.queue and not self._grow_pending and self.starting < len(sched.queue):
+        if sched.queue.count and not self._grow_pending and self.starting < sched.queue.count:
             self._grow_pending = True  # looked at once per turn of the loop, not per call
             self.loop.call_soon(self._grow)
 
@@ -180,11 +190,7 @@ class WorkerPool(WorkerLifecycle):
         self._arm(self.sched.next_wakeup())
 
     def _carry_out(self, instruction: Instruction) -> None:
-        if type(instruction) is Send:
-            self._send(instruction)
-        elif type(instruction) is Resolve:
-            self._resolve(instruction)
-        elif type(instruction) is RetryAt:
+        if type(instruction) is RetryAt:
             self._retrying(instruction)
         elif type(instruction) is Abort:
             self._abort(instruction)
@@ -228,8 +234,10 @@ class WorkerPool(WorkerLifecycle):
         self.tasks[fut.task_id] = fut
         if self.full and fut.spec.pinned_to is None:
             self.held.append(fut)  # admitted, in order, as room frees
+        elif self._handling:
+            self._stimuli.append(Submitted(self.loop.time(), fut.spec))
         else:
-            self.feed(Submitted(self.loop.time(), fut.spec))
+            self._carry(self.sched.submitted(self.loop.time(), fut.spec))
         return fut
 
     def cancel(self, fut: CallFuture) -> None:
@@ -244,41 +252,44 @@ class WorkerPool(WorkerLifecycle):
 
     def _send(self, send: Send) -> None:
         fut = self.tasks[send.task_id]
-        worker = self._worker(send.worker_id)
-        call = Call(fut.task_id, fut.kind, fut.payload, ReplyFuture(), fut.spec.label, fut.args, fut.spec.priority,
-                    fut.spec.project, fut.soft_timeout, fut.spec.resources)
-        call.attempt = send.attempt
-        call.timeout = fut.spec.timeout
-        call.worker_id = send.worker_id
-        call.on_progress = fut.report_progress
-        call.context = fut.context
-        call.started = time.perf_counter()
+        spec = fut.spec
+        worker_id = send.worker_id
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = self._worker(worker_id)
+        reply = ReplyFuture()
+        call = reply.call = Call(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
+                    spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
+                    worker_id=worker_id, on_progress=fut.report_progress, context=fut.context,
+                    started=time.perf_counter())
         fut.attempt = call
         if self.timings is not None:
             self.timings.wait.observe(max(0.0, self.loop.time() - fut.queued_at))
-        need = fut.spec.resources
+        need = spec.resources
         if need:  # what was chosen among which (and how tightly the call fits each)
-            self.placements.append({"call": fut.describe(), "worker": send.worker_id, "fits": {
+            self.placements.append({"call": fut.describe(), "worker": worker_id, "fits": {
                 w.id: tightness(w.resources, need) for w in self._members if fits(w.resources, need)}})
         if worker is None:
-            self.feed(Lost(self.loop.time(), send.task_id, send.attempt, f"worker {send.worker_id} is gone",
+            self.feed(Lost(self.loop.time(), send.task_id, send.attempt, f"worker {worker_id} is gone",
                            started=False))
             return
         try:
             worker.executor.submit(call)
         except PoolClosedError as exc:  # it died and is not reaped yet: the call never reached it
             now = self.loop.time()
-            self.feed(WorkerUnhealthy(now, send.worker_id))  # nothing more goes there
+            self.feed(WorkerUnhealthy(now, worker_id))  # nothing more goes there
             self.feed(Lost(now, send.task_id, send.attempt, str(exc), started=False))
             return
         worker.idle_since = None
-        call.future.follow_now(partial(self._replied, worker, call))  # type: ignore[attr-defined]
+        reply.follow_now(self._on_reply)
 
-    def _replied(self, worker: PoolWorker, call: Call, reply: asyncio.Future[Any]) -> None:
+    def _replied(self, reply: ReplyFuture) -> None:
         """An attempt ended: tell the scheduler how."""
+        call: Call = reply.call  # type: ignore[assignment]  # set by _send, with the follower
+        worker = self._worker(call.worker_id)  # type: ignore[arg-type]  # None: reaped already
         now = self.loop.time()
         fut = self.tasks.get(call.id)
-        if not worker.executor.inflight:
+        if worker is not None and not worker.executor.inflight:
             worker.idle_since = time.monotonic()
         if reply.cancelled():  # dropped before it began
             self.feed(Lost(now, call.id, call.attempt, "dropped before it began", started=False))
@@ -286,14 +297,17 @@ class WorkerPool(WorkerLifecycle):
         exc = reply.exception()
         if exc is None:
             ok, data = reply.result()
-            if self._counting:
+            if self._counting and worker is not None:
                 self._count(worker, call, ok)
             if fut is None:  # given up already (cancelled, timed out): its room is freed
                 self.feed(Answered(now, call.id, call.attempt))
                 return
             if ok:
                 fut.answer = (call.attempt, data)
-                self.feed(Answered(now, call.id, call.attempt, False, call.ran))
+                if self._handling:
+                    self._stimuli.append(Answered(now, call.id, call.attempt, False, call.ran))
+                else:
+                    self._carry(self.sched.answered(now, call.id, call.attempt, False, call.ran))
                 return
             error = rebuild(data)
             self.attempts_failed += 1

@@ -146,13 +146,36 @@ class Scheduler:
         """What to do about ``stimulus``, in order."""
         out: list[Instruction] = []
         now = self._now = stimulus.now
-        if self._on[type(stimulus)](self, stimulus, now, out):
-            return out  # nothing changed that could start a call
-        if self.queue and not self.closed:
+        if not self._on[type(stimulus)](self, stimulus, now, out):
+            self._settle(now, out)
+        return out
+
+    # The two stimuli every call brings, taken without being built (the pool's hot
+    # path): each returns exactly what handle() returns for the same stimulus.
+
+    def submitted(self, now: float, call: CallSpec) -> list[Instruction]:
+        """``handle(Submitted(now, call))``."""
+        out: list[Instruction] = []
+        self._now = now
+        if not self._submit(call, now, out):
+            self._settle(now, out)
+        return out
+
+    def answered(self, now: float, task_id: int, attempt: int, retry: bool = False,
+                 ran: float | None = None) -> list[Instruction]:
+        """``handle(Answered(now, task_id, attempt, retry, ran))``."""
+        out: list[Instruction] = []
+        self._now = now
+        self._answered(task_id, attempt, retry, ran, now, out)
+        self._settle(now, out)
+        return out
+
+    def _settle(self, now: float, out: list[Instruction]) -> None:
+        """After a change: start what can start, stop what drained."""
+        if self.queue.count and not self.closed:
             self._dispatch(now, out)
         if self._draining:
             self._stop_drained(out)
-        return out
 
     # Each handler returns True when nothing can have changed for the queue.
 
@@ -160,15 +183,23 @@ class Scheduler:
         return self._submit(stimulus.call, now, out)
 
     def _on_answered(self, stimulus: Answered, now: float, out: list[Instruction]) -> bool:
-        answered = self._current(stimulus.task_id, stimulus.attempt)
-        if answered is not None:
-            self._measure(answered, now, stimulus.ran)
-            self._free(answered)
-            if stimulus.retry and answered.tries <= answered.spec.retries and not self.closed:
-                self._retry(answered, now, out, "it raised an exception its retry_on names")
-            else:
-                self._end(answered, out, Resolve(stimulus.task_id, "answered", stimulus.attempt))
+        self._answered(stimulus.task_id, stimulus.attempt, stimulus.retry, stimulus.ran, now, out)
         return False
+
+    def _answered(self, task_id: int, attempt: int, retry: bool, ran: float | None, now: float,
+                  out: list[Instruction]) -> None:
+        answered = self._current(task_id, attempt)
+        if answered is None:
+            return
+        worker = self.workers.get(answered.worker_id)  # type: ignore[arg-type]  # _current: it has one
+        if worker is not None:
+            self._measure(answered, worker, now, ran)
+        self._free(answered, worker)
+        if retry and answered.tries <= answered.spec.retries and not self.closed:
+            self._retry(answered, now, out, "it raised an exception its retry_on names")
+        else:  # what _end does, for a call no longer queued, running or retrying
+            del self.calls[task_id]
+            out.append(Resolve(task_id, "answered", attempt))
 
     def _on_lost(self, stimulus: Lost, now: float, out: list[Instruction]) -> bool:
         lost = self._current(stimulus.task_id, stimulus.attempt)
@@ -190,6 +221,7 @@ class Scheduler:
         else:  # announced again (a node that reconnected): what it runs stays
             known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True
             known.overhead = up.overhead
+            known.refresh()
         return False
 
     def _on_worker_gone(self, gone: WorkerGone, now: float, out: list[Instruction]) -> bool:
@@ -204,12 +236,16 @@ class Scheduler:
 
     def _on_worker_unhealthy(self, stimulus: WorkerUnhealthy, now: float, out: list[Instruction]) -> bool:
         if stimulus.worker_id in self.workers:
-            self.workers[stimulus.worker_id].healthy = stimulus.healthy
+            worker = self.workers[stimulus.worker_id]
+            worker.healthy = stimulus.healthy
+            worker.refresh()
         return False
 
     def _on_worker_draining(self, stimulus: WorkerDraining, now: float, out: list[Instruction]) -> bool:
         if stimulus.worker_id in self.workers:
-            self.workers[stimulus.worker_id].draining = True
+            worker = self.workers[stimulus.worker_id]
+            worker.draining = True
+            worker.refresh()
             self._draining.add(stimulus.worker_id)
         return False
 
@@ -245,7 +281,7 @@ class Scheduler:
         """Take the call in; True when it only joined the back of a stalled queue."""
         if spec.task_id in self.calls:
             raise ValueError(f"task {spec.task_id} was submitted already")
-        call = self.calls[spec.task_id] = CallRecord(spec, now, next(self._seq))
+        call = self.calls[spec.task_id] = CallRecord(spec, now, next(self._seq), spec.priority, spec.project)
         if self.closed:
             self._end(call, out, Resolve(spec.task_id, "closed"))
         elif spec.pinned_to is not None:  # in call order on its worker, which queues it
@@ -254,15 +290,29 @@ class Scheduler:
                 self._end(call, out, Resolve(spec.task_id, "lost", 0, f"worker {spec.pinned_to} is gone"))
             else:
                 self._send(call, worker, now, out)
+        elif not self.queue.count and (spec.project is None or self._project_has_room(spec.project)):
+            worker = self._place(call)  # nothing waits: no need to queue it first
+            if worker is None:
+                self._stalled = True
+                self._wait(call, now)
+                return True
+            self._start(call, worker, now, out)
+            return True  # the queue is as empty as it was
         else:
-            stalled = self._stalled and bool(self.queue)
-            self._enqueue(call)
-            if spec.deadline is not None:
-                heapq.heappush(self._deadlines, (now + spec.deadline, spec.task_id))
-                self.wakeup_moved = True
+            stalled = self._stalled and bool(self.queue.count)
+            self._wait(call, now)
             # It may pass nothing: unless it is the queue's new head, nothing more can start.
             return stalled and (self.queue.one_fifo or self.queue.peek(now, self._eligible) is not call)
         return False
+
+    def _wait(self, call: CallRecord, now: float) -> None:
+        """Queue ``call`` (newly submitted)."""
+        self.queue.push(call)
+        call.waiting = True
+        deadline = call.spec.deadline
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (now + deadline, call.spec.task_id))
+            self.wakeup_moved = True
 
     def _enqueue(self, call: CallRecord, *, back: bool = False) -> None:
         if back:
@@ -275,7 +325,7 @@ class Scheduler:
 
     def _current(self, task_id: int, attempt: int) -> CallRecord | None:
         """The call, if ``attempt`` is its running attempt (else a late answer: dropped)."""
-        aborted = self._aborted.get(task_id)
+        aborted = self._aborted.get(task_id) if self._aborted else None
         if aborted is not None and aborted[0] == attempt:  # the given-up attempt ended: its room is free
             del self._aborted[task_id]
             worker = self.workers.get(aborted[1])
@@ -293,8 +343,9 @@ class Scheduler:
         queue = self.queue
         self._stalled = False
         placed: CallSpec | None = None
-        while queue:
-            call = queue.peek(now, self._eligible)
+        eligible = self._eligible
+        while queue.count:
+            call = queue.peek(now, eligible)
             if call is None:
                 return
             spec = call.spec
@@ -309,34 +360,42 @@ class Scheduler:
             placed = spec
             queue.discard(call)
             call.waiting = False
-            self._send(call, worker, now, out)
-            if call.spec.project is not None:
-                self.project_running[call.spec.project] = self.project_running.get(call.spec.project, 0) + 1
+            self._start(call, worker, now, out)
+
+    def _start(self, call: CallRecord, worker: WorkerRecord, now: float, out: list[Instruction]) -> None:
+        """Send ``call`` (from the queue, not pinned) to ``worker``; it counts against its project."""
+        self._send(call, worker, now, out)
+        project = call.spec.project
+        if project is not None:
+            self.project_running[project] = self.project_running.get(project, 0) + 1
 
     def _send(self, call: CallRecord, worker: WorkerRecord, now: float, out: list[Instruction]) -> None:
         spec = call.spec
-        call.attempt += 1
+        task_id = spec.task_id
+        attempt = call.attempt = call.attempt + 1
         call.tries += 1
         call.worker_id = worker.id
         call.started_at = now
         mean = self.means.get(spec.label)
-        call.unsure = mean is None or mean >= SHORT
-        if call.unsure:
+        if mean is None or mean >= SHORT:
+            call.unsure = True
             worker.unsure += 1
-        worker.running[spec.task_id] = None
-        if len(worker.running) > worker.width and worker.id not in self._ahead:
+        running = worker.running
+        running[task_id] = None
+        if len(running) > worker.width and worker.id not in self._ahead:
             self._ahead.add(worker.id)
             self.wakeup_moved = True
         if worker.budget is not None:
             worker.budget -= 1
+            worker.refresh()
         if spec.timeout is not None:
-            heapq.heappush(self._timeouts, (now + spec.timeout, spec.task_id, call.attempt))
+            heapq.heappush(self._timeouts, (now + spec.timeout, task_id, attempt))
             self.wakeup_moved = True
-        out.append(Send(spec.task_id, call.attempt, worker.id))
+        out.append(Send(task_id, attempt, worker.id))
 
     def _place(self, call: CallRecord) -> WorkerRecord | None:
         """Where ``call`` goes now, if anywhere; :attr:`_spare` says whether a call like
-        it would still find a place after it."""
+        it would still find a place after it. (Read for every call: kept lean.)"""
         spec = call.spec
         need = spec.resources
         self._spare = True
@@ -344,35 +403,40 @@ class Scheduler:
             free = [w for w in self.workers.values() if w.has_room and not w.local and fits(w.resources, need)]
             return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
         best: WorkerRecord | None = None
+        fewest = 0  # running on best
+        idle = 0  # threads free, over every worker
         for w in self.workers.values():
-            if len(w.running) < w.width and w.open:
+            n = len(w.running)
+            if n < w.width and w.open:
                 if w.local:
                     if self.local_open and spec.local and spec.timeout is None:
                         return w  # opted in, and the machine is idle
-                elif best is None or (len(w.running), w.id) < (len(best.running), best.id):
-                    best = w
+                else:
+                    idle += w.width - n
+                    if best is None or n < fewest or (n == fewest and w.id < best.id):
+                        best, fewest = w, n
+        depth = self._depth.get(spec.label, 0) if spec.timeout is None else 0
         if best is not None:
+            self._spare = idle > 1 or depth > 0  # else the next call like it needs no look
             return best
-        depth = self._depth.get(spec.label, 0)
-        if not depth or spec.timeout is not None:
+        if not depth:
             return None
         room = 0  # places left for calls like this one, over every worker
         for w in self.workers.values():  # send ahead, behind short calls only
             if w.local or w.unsure or w.late is not None or not w.open:
                 continue
-            left = w.width * (ahead(self.means[spec.label], w.overhead) if w.overhead else depth) - len(w.running)
+            n = len(w.running)
+            left = w.width * (ahead(self.means[spec.label], w.overhead) if w.overhead else depth) - n
             if left > 0:
                 room += left
-                if best is None or (len(w.running), w.id) < (len(best.running), best.id):
-                    best = w
+                if best is None or n < fewest or (n == fewest and w.id < best.id):
+                    best, fewest = w, n
         self._spare = room > 1
         return best
 
-    def _measure(self, call: CallRecord, now: float, ran: float | None) -> None:
-        worker = self.workers.get(call.worker_id or "")
-        if worker is None:
-            return
-        took = ran if ran is not None else now - max(call.started_at, worker.last_done)
+    def _measure(self, call: CallRecord, worker: WorkerRecord, now: float, ran: float | None) -> None:
+        last = worker.last_done
+        took = ran if ran is not None else now - (call.started_at if call.started_at > last else last)
         worker.last_done = now
         label = call.spec.label
         old = self.means.get(label)
@@ -389,25 +453,29 @@ class Scheduler:
         limit = self.project_limits.get(project)
         return limit is None or self.project_running.get(project, 0) < limit
 
-    def _free(self, call: CallRecord, *, keep_room: bool = False) -> None:
-        """The current attempt is over for its call (its room on the worker too, unless
-        ``keep_room``: it still runs there, given up)."""
-        worker = self.workers.get(call.worker_id or "")  # None: the worker is gone, and its record
+    def _free(self, call: CallRecord, worker: WorkerRecord | None, *, keep_room: bool = False) -> None:
+        """The current attempt is over for its call (its room on ``worker``, where it ran,
+        too, unless ``keep_room``: it still runs there, given up). ``worker`` None: the
+        worker is gone, and its record."""
         if worker is not None:
             if call.unsure:
                 worker.unsure -= 1
             if not keep_room:
-                worker.running.pop(call.spec.task_id, None)
-                if worker.late == call.spec.task_id:
+                task_id = call.spec.task_id
+                worker.running.pop(task_id, None)
+                if worker.late == task_id:
                     worker.late = None
         call.unsure = False
-        if call.spec.project is not None and call.spec.pinned_to is None:
-            self.project_running[call.spec.project] -= 1
+        if call.project is not None and call.spec.pinned_to is None:
+            self.project_running[call.project] -= 1
         call.worker_id = None
+
+    def _worker_of(self, call: CallRecord) -> WorkerRecord | None:
+        return self.workers.get(call.worker_id) if call.worker_id is not None else None
 
     def _lose(self, call: CallRecord, now: float, reason: str, out: list[Instruction], *, started: bool) -> None:
         worker_id = call.worker_id
-        self._free(call)
+        self._free(call, self._worker_of(call))
         task_id = call.spec.task_id
         if not started and call.spec.pinned_to is None:
             call.tries -= 1
@@ -440,7 +508,7 @@ class Scheduler:
             if abort:
                 out.append(Abort(task_id, call.attempt, call.worker_id, abort))
                 self._aborted[task_id] = (call.attempt, call.worker_id)
-            self._free(call, keep_room=bool(abort))
+            self._free(call, self._worker_of(call), keep_room=bool(abort))
         elif call.waiting:
             self.queue.discard(call)
         else:

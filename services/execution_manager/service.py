@@ -169,20 +169,21 @@ class ExecutionManager(BaseService):
         label = _label(fn)
         pool = self._pool
         spec = self._spec(label, priority, project, resources, timeout, deadline, retries, retry_on, soft_timeout)
-        self._check_room(label, block)
+        if pool.full:
+            self._no_room(label, block)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         return pool.submit(CallFuture(pool, spec, p.CALL_FN, payload, args, retry_on=tuple(retry_on),
                                       soft_timeout=soft_timeout or 0.0))
 
-    def _check_room(self, label: str, block: bool) -> None:
+    def _no_room(self, label: str, block: bool) -> None:
+        """``maxQueue`` calls wait: say so, and refuse the call unless it may ``block``."""
         pool = self._pool
-        if pool.full:
-            self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.held), call=label)
-            if not block:
-                raise QueueFullError(
-                    f"{label} refused: {pool.sched.queued} calls already wait (maxQueue "
-                    f"{pool.settings.max_queue}); await em.room() or submit with block=True"
-                )
+        self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.held), call=label)
+        if not block:
+            raise QueueFullError(
+                f"{label} refused: {pool.sched.queued} calls already wait (maxQueue "
+                f"{pool.settings.max_queue}); await em.room() or submit with block=True"
+            )
 
     def _spec(
         self, label: str, priority: int, project: str | None, resources: Mapping[str, float] | None,
@@ -200,10 +201,11 @@ class ExecutionManager(BaseService):
                 raise TypeError(f"{label}: retry_on must name exception types, not {kind!r}")
         if project is not None and not isinstance(project, str):
             raise ValueError(f"{label}: project must be a name (str), not {project!r}")
+        pool = self._pool
         if resources:
             resources = _checked_resources(resources)
-            self._pool.check_resources(resources, label)
-        return CallSpec(self._pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
+            pool.check_resources(resources, label)
+        return CallSpec(pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
                         label, local=local)
 
     async def room(self) -> None:
