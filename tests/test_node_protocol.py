@@ -123,3 +123,15 @@ def test_after_the_handshake_messages_are_checked_by_direction_and_batched() -> 
     with pytest.raises(n.Refused) as info:
         kernel.receive(b"\x00" * ((1 << 20) + 1))
     assert info.value.code == n.CLOSE_TOO_BIG
+
+
+def test_slot_down_says_which_calls_had_begun_where_the_node_knows() -> None:
+    kernel, node = pair()
+    handshake(kernel, node)
+    node.receive(kernel.welcome("s", 1.0, 1 << 20))
+    exact = p.SlotDown(2, "killed by signal SIGKILL", -9, [41, 42])
+    assert kernel.receive(p.encode(exact)) == [exact]
+    # A node that does not know (an older agent) sends three fields: every call held may have begun.
+    assert kernel.receive(msgpack.packb([p.SLOT_DOWN, 2, "gone", None])) == [p.SlotDown(2, "gone", None, None)]
+    with pytest.raises(n.Refused, match=re.escape("SlotDown: Expected `int`, got `str`")):
+        kernel.receive(msgpack.packb([p.SLOT_DOWN, 2, "gone", None, ["41"]]))

@@ -65,6 +65,7 @@ class LocalWorker(Executor):
     """
 
     node_type = "local"
+    knows_begun = True  # its worker records each call it begins on a page that outlives it
 
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(worker_id, options)

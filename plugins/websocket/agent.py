@@ -36,7 +36,7 @@ from kernel.packages import plan_package
 from microkernel.services.execution_manager import node_protocol as n
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.background import Background
-from microkernel.services.execution_manager.errors import PoolClosedError
+from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
 from microkernel.services.execution_manager.executor import (
     Call,
     Executor,
@@ -81,6 +81,7 @@ class NodeAgent:
         self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
         self._procs: dict[int, psutil.Process] = {}
         self._deadline: asyncio.Task[None] | None = None
+        self._began: dict[int, list[int]] = {}  # slot -> calls its dead worker had begun, until SLOT_DOWN
 
     def info(self) -> dict[str, Any]:
         c = self.config
@@ -245,7 +246,7 @@ class NodeAgent:
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
             future = ReplyFuture()
-            future.follow_now(partial(self._replied, msg.call_id))  # sent in the turn the worker answers
+            future.follow_now(partial(self._replied, msg.slot, msg.call_id))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
                 ex.submit(Call(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
         elif kind is p.SlotCancel:
@@ -288,12 +289,15 @@ class NodeAgent:
             if not answer.done():
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
-    def _replied(self, call_id: int, future: ReplyFuture) -> None:
+    def _replied(self, slot: int, call_id: int, future: ReplyFuture) -> None:
         if future.cancelled():  # dropped before it began, as the kernel asked
             self.send(p.encode(p.Cancelled(call_id)))
             return
-        if future.exception() is not None:
-            return  # a crash, which SLOT_DOWN reports (the exception is retrieved so asyncio does not warn)
+        exc = future.exception()
+        if exc is not None:  # a crash, which SLOT_DOWN reports, with whether this call had begun
+            if isinstance(exc, WorkerCrashedError) and exc.started:
+                self._began.setdefault(slot, []).append(call_id)
+            return
         ok, data = future.result()
         if ok:
             self.send(p.encode(p.Result(call_id, data)))
@@ -325,14 +329,23 @@ class NodeAgent:
         if new not in (WorkerState.FAILED, WorkerState.TERMINATED) or self.execs.get(number) is not ex:
             return
         del self.execs[number]
-        reason = ex.info().exit_reason or new.value
+        # The executor fails what it held right after this change of state: SLOT_DOWN
+        # goes once it has, with the calls that had begun.
+        asyncio.get_running_loop().call_soon(self._slot_down, number, ex, new)
+
+    def _slot_down(self, number: int, ex: Executor, state: WorkerState) -> None:
+        reason = ex.info().exit_reason or state.value
         self.logger.warning("worker ended", slot=number, reason=reason)
-        self.send(p.encode(p.SlotDown(number, reason, getattr(ex, "returncode", None))))
+        began = self._began.pop(number, [])
+        # Exact only when every call it held was settled, each saying whether it began.
+        known = began if not ex.inflight and ex.knows_begun else None
+        self.send(p.encode(p.SlotDown(number, reason, getattr(ex, "returncode", None), known)))
         if self._ws is not None and not self.draining:
             self.spawn(self._start_slot())
 
     async def _stop_slot(self, number: int, ex: Executor, replace: bool) -> None:
         await ex.stop(drain=True, timeout=self.config.drain_timeout)
+        self._began.pop(number, None)  # stopped as asked: whatever it still held may have begun
         self.send(p.encode(p.SlotDown(number, "was stopped", None)))
         if replace and self._ws is not None and not self.draining:
             await self._start_slot()
@@ -341,6 +354,7 @@ class NodeAgent:
         """Stop every worker now: the kernel has given their calls up."""
         execs, self.execs = list(self.execs.values()), {}
         await asyncio.gather(*(ex.stop(drain=False) for ex in execs), return_exceptions=True)
+        self._began.clear()
         if self._ws is None:
             await self._background.join()
 

@@ -179,7 +179,7 @@ class Session:
         elif kind is p.SlotDown:
             slot = self.slots.pop(msg.slot, None)
             if slot is not None:
-                slot.went_down(msg.reason, msg.exitcode)
+                slot.went_down(msg.reason, msg.exitcode, msg.began)
             if self.state == "draining" and not self.slots:
                 self._leave()
         elif kind is p.Draining:

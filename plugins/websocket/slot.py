@@ -58,6 +58,7 @@ class NodeSlot(Executor):
     """
 
     node_type = "node"
+    knows_begun = True  # the node agent says which calls its dead worker had begun (SLOT_DOWN)
 
     def __init__(
         self, worker_id: str, options: Mapping[str, Any] | None = None, *,
@@ -155,9 +156,11 @@ class NodeSlot(Executor):
 
     # -- end --------------------------------------------------------------------------
 
-    def went_down(self, reason: str, exitcode: int | None = None) -> None:
+    def went_down(self, reason: str, exitcode: int | None = None, began: list[int] | None = None) -> None:
         """The slot's process ended on the node, or the node was lost: fail what it
-        held (only the oldest call can have started) and leave the pool."""
+        held and leave the pool. ``began``: the calls held that had begun, where the
+        node knows exactly (the rest never began, and run elsewhere at no cost); None:
+        every call held may have begun."""
         if self.is_closed:
             return
         how = "was stopped" if self._stopping else reason
@@ -166,7 +169,12 @@ class NodeSlot(Executor):
             for call_id in self.inflight:
                 self.session.calls.pop(call_id, None)
         self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
-        self._crash_all(self._where(), how, pid=self.pid, exitcode=exitcode)
+        if began is None:
+            self._crash_all(self._where(), how, pid=self.pid, exitcode=exitcode)
+        else:
+            begun = set(began)
+            self._crash_all(self._where(), how, pid=self.pid, exitcode=exitcode,
+                            started=lambda call: call.id in begun, exact=True)
         if self._down is not None and not self._down.done():
             self._down.set_result(None)
 

@@ -225,6 +225,10 @@ class Executor(ABC):
     #: negligible. An executor that sets it also sets ``Call.ran`` (the seconds each
     #: call ran) before finishing it, as the pool's own timing would include transit.
     overhead: float = 0.0
+    #: Whether a death fails the calls held exactly: ``WorkerCrashedError.started`` True
+    #: only for those that had begun (the rest run elsewhere at no cost). False: every
+    #: call held counts as begun, and runs again only where its retries allow.
+    knows_begun: ClassVar[bool] = False
 
     def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
         self.id = worker_id

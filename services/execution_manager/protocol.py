@@ -201,6 +201,7 @@ class SlotDown(_Message, tag=SLOT_DOWN):
     slot: int
     reason: str
     exitcode: int | None
+    began: list[int] | None = None  # the calls it held that had begun, where the node knows exactly
 
 
 class Cancelled(_Message, tag=CANCELLED):
