@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,32 @@ class Proxy:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+
+async def test_a_stopped_worker_on_a_node_fails_its_call_in_time_and_the_node_replaces_it() -> None:
+    # Liveness is judged on the node, from outside the worker process, as the kernel's
+    # monitor judges local workers: the node itself stays up and keeps beating.
+    settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False, "nodes": {"port": 0, **FAST_BEATS}}
+    async with Kernel([], settings={"execution-manager": settings}) as kernel:
+        em = kernel.get_service("execution-manager")
+        proc = await start_node(em.nodes_address, slots=1, node_id="far", args=["--worker-timeout", "1"])
+        try:
+            await until(lambda: len(node_slots(em)) == 1, what="the node's slot")
+            pid = await em.submit(tasks.whoami)
+            call = em.submit(tasks.slow, 30, "never")
+            await until(lambda: node_slots(em)[0].running == 1, what="the call on the node")
+            await asyncio.sleep(0.3)  # begun (one never begun would run elsewhere, free)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            with pytest.raises(WorkerCrashedError, match=r"declared dead: stopped \(SIGSTOP\)") as info:
+                async with asyncio.timeout(15):
+                    await call
+            assert "while running" in str(info.value) and "[task " in str(info.value), str(info.value)
+            assert time.monotonic() - t0 < 1 + 1 + 1.5  # the timeout + 1 s; slack for a loaded machine
+            await until(lambda: len(node_slots(em)) == 1, timeout=20, what="the node's new slot")
+            assert await em.submit(tasks.whoami) != pid
+        finally:
+            assert await stop_node(proc) == 0
 
 
 async def test_a_link_that_stops_forwarding_is_detected_and_the_call_fails_naming_the_node() -> None:

@@ -363,17 +363,31 @@ class NodeAgent:
         while True:
             await asyncio.sleep(interval)
             pids = {number: ex.info().pid for number, ex in self.execs.items()}
-            cpu, mem, slots = await asyncio.to_thread(self._sample, pids)
+            cpu, mem, slots, statuses = await asyncio.to_thread(self._sample, pids)
             self.send(p.encode(p.NodeHeartbeat(cpu, mem, slots)))
+            self._check_workers(statuses)
 
-    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[tuple[int, float, int]]]:
+    def _check_workers(self, statuses: dict[int, str]) -> None:
+        """Liveness of each slot's worker, judged from outside it (as the kernel's monitor
+        judges local workers): one stopped or silent past ``worker_timeout`` is killed, and
+        SLOT_DOWN tells the kernel which of its calls had begun."""
+        for number, ex in list(self.execs.items()):
+            why = ex.check_alive(statuses.get(number), self.config.worker_timeout)
+            if why is not None:
+                self.logger.warning("worker declared dead", slot=number, reason=why)
+
+    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[tuple[int, float, int]], dict[int, str]]:
         slots: list[tuple[int, float, int]] = []
+        statuses: dict[int, str] = {}
         for number, pid in pids.items():
             if not pid or pid == os.getpid():
                 continue
             try:
                 proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                statuses[number] = proc.status()
                 slots.append((number, proc.cpu_percent(None), proc.memory_info().rss))
+            except psutil.ZombieProcess:
+                statuses[number] = psutil.STATUS_ZOMBIE
             except psutil.Error:
                 self._procs.pop(pid, None)
-        return psutil.cpu_percent(None), psutil.virtual_memory().percent, slots
+        return psutil.cpu_percent(None), psutil.virtual_memory().percent, slots, statuses

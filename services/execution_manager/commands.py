@@ -80,6 +80,9 @@ def _node_arguments(node: argparse.ArgumentParser) -> None:
     add_loop_argument(node)
     node.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                       help="on SIGTERM, how long running calls get before the node stops anyway (default 60)")
+    node.add_argument("--worker-timeout", type=float, default=5.0, metavar="SECONDS",
+                      help="a worker process stopped (SIGSTOP), or idle and not answering, this long is "
+                           "killed and replaced; its calls fail or retry as they allow (default 5)")
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, float]:
@@ -108,6 +111,8 @@ def _node(args: argparse.Namespace) -> int:
                          f"set ${TOKEN_ENV} or use --token-file")
     if args.slots < 1:
         raise ValueError(f"--slots must be at least 1, got {args.slots}")
+    if not args.worker_timeout > 0:
+        raise ValueError(f"--worker-timeout must be a number of seconds above 0, got {args.worker_timeout}")
     url = urlsplit(args.connect)
     if url.username or url.password or url.query:
         raise ValueError("--connect takes ws://HOST:PORT (a token never goes in a URL)")
@@ -119,6 +124,6 @@ def _node(args: argparse.Namespace) -> int:
     config = NodeConfig(
         url=args.connect, token=read_token(file=args.token_file), node_id=args.node_id, slots=args.slots,
         labels=_labels(args.label), node_type=args.node_type, ca_file=args.ca_file,
-        reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout,
+        reconnect_max=args.reconnect_max, drain_timeout=args.drain_timeout, worker_timeout=args.worker_timeout,
     )
     return run_loop(transport.run_node(config), args.loop)

@@ -108,6 +108,7 @@ class NodeConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     drain_timeout: float = 60.0
+    worker_timeout: float = 5.0  # a worker stopped, or idle and unanswering, this long is replaced
 
 
 class NodeTransport(ABC):
