@@ -69,12 +69,10 @@ class ReplyFuture(asyncio.Future[Any]):
     later, and the caller's task takes a turn more to wake. The follower (the pool) must
     accept being called from inside an executor's methods."""
 
+    # Slots left unset until used (no __init__: one is made per attempt).
     __slots__ = ("_follower", "call")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._follower: Callable[[ReplyFuture], None] | None = None
-        self.call: Call | None = None  # the attempt it answers, where its maker records it
+    _follower: Callable[[ReplyFuture], None] | None
+    call: Call  # the attempt it answers, where its maker records it
 
     def follow_now(self, follower: Callable[[ReplyFuture], None]) -> None:
         """Hand this future to ``follower`` once it is done (see the class docstring)."""
@@ -85,7 +83,8 @@ class ReplyFuture(asyncio.Future[Any]):
 
     def set_result(self, result: Any, /) -> None:
         super().set_result(result)
-        self._hand_over()
+        if getattr(self, "_follower", None) is not None:
+            self._hand_over()
 
     def set_exception(self, exception: type | BaseException, /) -> None:
         super().set_exception(exception)
@@ -98,7 +97,7 @@ class ReplyFuture(asyncio.Future[Any]):
         return cancelled
 
     def _hand_over(self) -> None:
-        follower, self._follower = self._follower, None
+        follower, self._follower = getattr(self, "_follower", None), None
         if follower is not None:
             try:
                 follower(self)

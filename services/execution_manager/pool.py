@@ -285,7 +285,7 @@ class WorkerPool(WorkerLifecycle):
 
     def _replied(self, reply: ReplyFuture) -> None:
         """An attempt ended: tell the scheduler how."""
-        call: Call = reply.call  # type: ignore[assignment]  # set by _send, with the follower
+        call = reply.call
         worker = self._worker(call.worker_id)  # type: ignore[arg-type]  # None: reaped already
         now = self.loop.time()
         fut = self.tasks.get(call.id)
