@@ -10,7 +10,17 @@ import random
 
 import pytest
 
-from microkernel.services.execution_manager.ledger import BUDGET, LATE, MAX_AHEAD, SHORT, ahead, backoff, late_after
+from microkernel.services.execution_manager.ledger import (
+    BUDGET,
+    LATE,
+    MAX_AHEAD,
+    SHORT,
+    WorkerRecord,
+    ahead,
+    backoff,
+    late_after,
+    place,
+)
 from microkernel.services.execution_manager.scheduler import Scheduler
 from microkernel.services.execution_manager.stimuli import (
     Abort,
@@ -366,3 +376,20 @@ def test_the_pools_fast_entries_decide_exactly_as_handle() -> None:
             assert a == b
             running += [(i.task_id, i.attempt) for i in a if isinstance(i, Send)]
     assert by_handle.queued == direct.queued and by_handle.running == direct.running
+
+
+def test_placement_is_a_pure_function_of_the_workers_records() -> None:
+    a, b = WorkerRecord("a", 2, {}), WorkerRecord("b", 1, {})
+    spec = CallSpec(1, label="f")
+    assert place(spec, [a, b], False, None, 0) == (a, True)  # fewest running; a place is left after it
+    a.running.update({10: None, 11: None})
+    assert place(spec, [a, b], False, None, 0) == (b, False)  # the last free thread: the next needs no look
+    b.running[12] = None
+    assert place(spec, [a, b], False, None, 0) == (None, True)  # all busy, duration unknown: it waits
+    assert place(spec, [a, b], False, 0.0001, ahead(0.0001)) == (b, True)  # short: ahead, to the least held
+    b.unsure = 1  # b runs a call not known to be short: nothing goes ahead of it
+    assert place(spec, [a, b], False, 0.0001, ahead(0.0001))[0] is a
+    assert place(CallSpec(2, label="f", timeout=5.0), [a, b], False, 0.0001, ahead(0.0001)) == (None, True)
+    local = WorkerRecord("kernel", 1, {}, local=True)
+    assert place(spec, [local, a], True, None, 0)[0] is local  # opted in, and the machine is idle
+    assert place(CallSpec(3, local=False), [local], True, None, 0)[0] is None

@@ -4,9 +4,10 @@ functions of measured durations, for :mod:`.scheduler`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from .resources import fits, tightness
 from .stimuli import CallSpec
 
 SHORT = 0.005  # seconds: a function measured under this may be sent ahead
@@ -79,3 +80,51 @@ class WorkerRecord:
     @property
     def has_room(self) -> bool:
         return self.open and len(self.running) < self.width
+
+
+def place(spec: CallSpec, workers: Collection[WorkerRecord], local_open: bool, mean: float | None,
+          depth: int) -> tuple[WorkerRecord | None, bool]:
+    """Where a call of ``spec`` goes now, if anywhere, and whether a call like it would
+    still find a place after it. ``local_open``: the kernel's own process may take
+    calls that opted in; ``mean``: the function's measured seconds per call (None:
+    unknown); ``depth``: how many calls per thread it may be sent ahead (0: none).
+
+    A call that names resources goes to the worker with room where it fits most tightly
+    (bin packing). Else to the open worker with the fewest running, its id breaking ties;
+    with none free, ahead to a worker that runs only short calls and none of them late.
+    (Asked for every call: kept lean.)
+    """
+    need = spec.resources
+    if need:
+        free = [w for w in workers if w.has_room and not w.local and fits(w.resources, need)]
+        return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None), True
+    if spec.timeout is not None:
+        depth = 0  # never sent ahead: its timeout counts from its start
+    best: WorkerRecord | None = None
+    fewest = 0  # running on best
+    idle = 0  # threads free, over every worker
+    for w in workers:
+        n = len(w.running)
+        if n < w.width and w.open:
+            if w.local:
+                if local_open and spec.local and spec.timeout is None:
+                    return w, True  # opted in, and the machine is idle
+            else:
+                idle += w.width - n
+                if best is None or n < fewest or (n == fewest and w.id < best.id):
+                    best, fewest = w, n
+    if best is not None:
+        return best, idle > 1 or depth > 0  # else the next call like it needs no look
+    if not depth or mean is None:
+        return None, True
+    room = 0  # places left for calls like this one, over every worker
+    for w in workers:  # send ahead, behind short calls only
+        if w.local or w.unsure or w.late is not None or not w.open:
+            continue
+        n = len(w.running)
+        left = w.width * (ahead(mean, w.overhead) if w.overhead else depth) - n
+        if left > 0:
+            room += left
+            if best is None or n < fewest or (n == fewest and w.id < best.id):
+                best, fewest = w, n
+    return best, room > 1

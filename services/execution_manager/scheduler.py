@@ -43,9 +43,8 @@ import itertools
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from .ledger import LATE, MAX_REQUEUES, SHORT, CallRecord, WorkerRecord, ahead, backoff, late_after
+from .ledger import LATE, MAX_REQUEUES, SHORT, CallRecord, WorkerRecord, ahead, backoff, late_after, place
 from .queue import CallQueue
-from .resources import fits, tightness
 from .stimuli import (
     Abort,
     Answered,
@@ -394,45 +393,13 @@ class Scheduler:
         out.append(Send(task_id, attempt, worker.id))
 
     def _place(self, call: CallRecord) -> WorkerRecord | None:
-        """Where ``call`` goes now, if anywhere; :attr:`_spare` says whether a call like
-        it would still find a place after it. (Read for every call: kept lean.)"""
+        """Where ``call`` goes now, if anywhere (:func:`.ledger.place`); :attr:`_spare`
+        says whether a call like it would still find a place after it."""
         spec = call.spec
-        need = spec.resources
-        self._spare = True
-        if need:
-            free = [w for w in self.workers.values() if w.has_room and not w.local and fits(w.resources, need)]
-            return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None)
-        best: WorkerRecord | None = None
-        fewest = 0  # running on best
-        idle = 0  # threads free, over every worker
-        for w in self.workers.values():
-            n = len(w.running)
-            if n < w.width and w.open:
-                if w.local:
-                    if self.local_open and spec.local and spec.timeout is None:
-                        return w  # opted in, and the machine is idle
-                else:
-                    idle += w.width - n
-                    if best is None or n < fewest or (n == fewest and w.id < best.id):
-                        best, fewest = w, n
-        depth = self._depth.get(spec.label, 0) if spec.timeout is None else 0
-        if best is not None:
-            self._spare = idle > 1 or depth > 0  # else the next call like it needs no look
-            return best
-        if not depth:
-            return None
-        room = 0  # places left for calls like this one, over every worker
-        for w in self.workers.values():  # send ahead, behind short calls only
-            if w.local or w.unsure or w.late is not None or not w.open:
-                continue
-            n = len(w.running)
-            left = w.width * (ahead(self.means[spec.label], w.overhead) if w.overhead else depth) - n
-            if left > 0:
-                room += left
-                if best is None or n < fewest or (n == fewest and w.id < best.id):
-                    best, fewest = w, n
-        self._spare = room > 1
-        return best
+        label = spec.label
+        worker, self._spare = place(spec, self.workers.values(), self.local_open, self.means.get(label),
+                                    self._depth.get(label, 0))
+        return worker
 
     def _measure(self, call: CallRecord, worker: WorkerRecord, now: float, ran: float | None) -> None:
         last = worker.last_done
