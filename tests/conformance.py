@@ -26,7 +26,7 @@ from kernel.errors import RequestError
 from kernel.task import PROGRESS_INTERVAL
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
-from microkernel.services.execution_manager.executor import Call, Executor, WorkerState
+from microkernel.services.execution_manager.executor import Attempt, Executor, WorkerState
 from microkernel.services.execution_manager.serialization import dumps, loads
 
 Make = Callable[[str], Executor]
@@ -61,12 +61,12 @@ def unpicklable_result() -> Any:
     return threading.Lock()
 
 
-def call(kind: int, payload: Any, label: str = "check") -> Call:
+def call(kind: int, payload: Any, label: str = "check") -> Attempt:
     loop = asyncio.get_running_loop()
-    return Call(next(_ids), kind, dumps(payload), loop.create_future(), label)
+    return Attempt(next(_ids), kind, dumps(payload), loop.create_future(), label)
 
 
-async def reply(ex: Executor, c: Call, timeout: float = 10.0) -> tuple[bool, Any]:
+async def reply(ex: Executor, c: Attempt, timeout: float = 10.0) -> tuple[bool, Any]:
     ex.submit(c)
     async with asyncio.timeout(timeout):
         result: tuple[bool, Any] = await c.future
@@ -243,13 +243,13 @@ class Recorder:
         self.progress_seen: list[tuple[int, float, str]] = []
         self.logs: list[tuple[int, str, str, dict[str, Any]]] = []
 
-    def progress(self, call: Call, fraction: float, message: str) -> None:
+    def progress(self, call: Attempt, fraction: float, message: str) -> None:
         self.progress_seen.append((call.id, fraction, message))
 
-    def log(self, call: Call, level: str, message: str, fields: Any) -> None:
+    def log(self, call: Attempt, level: str, message: str, fields: Any) -> None:
         self.logs.append((call.id, level, message, dict(fields)))
 
-    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         args, kwargs = loads(payload)
         if route != "echo":
             return False, dumps(RequestError(f"unknown route {route!r}"))

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from microkernel.services.execution_manager.executor import Call
+from microkernel.services.execution_manager.executor import Attempt
 from microkernel.services.execution_manager.queue import CallQueue
 
 pytestmark = pytest.mark.anyio
 
 
-def make(i: int, priority: int = 5, project: str | None = None, at: float = 0.0) -> Call:
-    call = Call(i, 0, b"", asyncio.get_running_loop().create_future(), f"c{i}", (), priority, project)
+def make(i: int, priority: int = 5, project: str | None = None, at: float = 0.0) -> Attempt:
+    call = Attempt(i, 0, b"", asyncio.get_running_loop().create_future(), f"c{i}", (), priority, project)
     call.queued_at = at
     return call
 

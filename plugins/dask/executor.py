@@ -32,7 +32,7 @@ import structlog
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
 
 from . import remote
 from .collect import CANCELLED, Results
@@ -62,7 +62,7 @@ class DaskWorker(Executor):
         self.memory_limit = memory_limit
         self.rss = 0
         self.cpu_percent = 0.0
-        self._held: deque[Call] = deque()
+        self._held: deque[Attempt] = deque()
         self._sent: dict[int, Future[Any]] = {}
         self._pinned_sent = 0
         self._exit_reason: str | None = None
@@ -82,7 +82,7 @@ class DaskWorker(Executor):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Attempt) -> None:
         self._accept(call, where=f" (Dask worker {self.address})")
         self._held.append(call)
         self._pump()
@@ -103,7 +103,7 @@ class DaskWorker(Executor):
             self._pinned_sent += pinned
             self.results.watch(future, partial(self._done, call, future, pinned, time.perf_counter()))
 
-    def _done(self, call: Call, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
+    def _done(self, call: Attempt, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
         self._pinned_sent -= pinned
         current = self._sent.get(call.id) is future and self.inflight.get(call.id) is call
         if current:
@@ -124,7 +124,7 @@ class DaskWorker(Executor):
             self._finish(call, (ok, data))
         self._pump()
 
-    def _crash(self, call: Call, how: str) -> None:
+    def _crash(self, call: Attempt, how: str) -> None:
         self._fail(call, WorkerCrashedError(
             f"Dask worker {self.address} ({self.id}) {how} while running {call.describe()}",
             worker_id=self.id, call=call.describe(), started=True,

@@ -13,7 +13,7 @@ from typing import Any
 
 from kernel.errors import RequestError
 from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 _S = WorkerState
@@ -71,7 +71,7 @@ class InMemoryExecutor(Executor):
         self.threads = int(self.options.get("threads", 1))
         self._runtime = Runtime(worker_id, _Bridge(self))
         self._threads: ThreadPoolExecutor | None = None
-        self._waiting: deque[Call] = deque()
+        self._waiting: deque[Attempt] = deque()
         self._running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,7 +84,7 @@ class InMemoryExecutor(Executor):
         self._threads = ThreadPoolExecutor(self.threads, thread_name_prefix=self.id)
         self.set_state(_S.AVAILABLE)
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Attempt) -> None:
         self._accept(call)
         self._waiting.append(call)
         self._pump()
@@ -97,7 +97,7 @@ class InMemoryExecutor(Executor):
             fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id)
             fut.add_done_callback(partial(self._done, call))
 
-    def _done(self, call: Call, fut: asyncio.Future[Reply]) -> None:
+    def _done(self, call: Attempt, fut: asyncio.Future[Reply]) -> None:
         self._running -= 1
         if call.id in self.inflight:
             self._finish(call, fut.result())

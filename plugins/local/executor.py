@@ -18,7 +18,7 @@ from typing import Any
 from kernel.packages import service_packages
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
-from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import ErrorInfo
 from microkernel.services.execution_manager.stream import FrameStream
 
@@ -147,7 +147,7 @@ class LocalWorker(Executor):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Attempt) -> None:
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
@@ -284,7 +284,7 @@ class LocalWorker(Executor):
         if not self._exited.done():
             self._exited.set_result(None)
 
-    def _began_by_then(self) -> Callable[[Call], bool]:
+    def _began_by_then(self) -> Callable[[Attempt], bool]:
         """Which calls held had begun when the worker ended: it writes each call's id to a
         shared page as it begins one (calls begin in the order sent), so the page says
         exactly, even after SIGKILL, and the rest run elsewhere at no cost."""

@@ -38,7 +38,7 @@ from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
 from microkernel.services.execution_manager.executor import (
-    Call,
+    Attempt,
     Executor,
     ExecutorFactory,
     ReplyFuture,
@@ -248,7 +248,7 @@ class NodeAgent:
             future = ReplyFuture()
             future.follow_now(partial(self._replied, msg.slot, msg.call_id))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
-                ex.submit(Call(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
+                ex.submit(Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
         elif kind is p.SlotCancel:
             ex = self.execs.get(msg.slot)
             if ex is not None:
@@ -268,13 +268,13 @@ class NodeAgent:
 
     # -- kernel.executor.CallHost: a running call's traffic goes to the kernel -----------
 
-    def progress(self, call: Call, fraction: float, message: str) -> None:
+    def progress(self, call: Attempt, fraction: float, message: str) -> None:
         self.send(p.encode(p.Progress(call.id, fraction, message)))
 
-    def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
         self.send(p.encode(p.Log(call.id, level, message, dict(fields))))
 
-    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         if self._outbox is None:
             return False, dumps(RequestError(f"request {route!r}: node {self.config.node_id} lost the kernel"))
         request_id = next(self._request_ids)

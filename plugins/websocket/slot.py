@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.errors import WorkerStartError
-from microkernel.services.execution_manager.executor import Call, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import ErrorInfo
 
 _S = WorkerState
@@ -104,7 +104,7 @@ class NodeSlot(Executor):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Attempt) -> None:
         s = self.session
         self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None

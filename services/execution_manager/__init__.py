@@ -4,8 +4,8 @@ It ships with the kernel as a service (``service.py``) and is the host of one se
 executor interface, which executor plugins implement. What a plugin author imports
 is here, and documented in the module named beside it:
 
-- :class:`Executor`, :class:`ExecutorInfo`, :class:`WorkerState`, :class:`Call`,
-  ``ExecutorFactory`` (``executor``): the interface and its call type;
+- :class:`Executor`, :class:`ExecutorInfo`, :class:`WorkerState`, :class:`Attempt`,
+  ``ExecutorFactory`` (``executor``): the interface and the attempts it is handed;
 - :class:`Runtime`, :class:`CallChannel`, :class:`ErrorInfo` (``runtime``): how the
   executing side runs a decoded call;
 - ``protocol`` and ``node_protocol``: the sans-I/O wire protocols;
@@ -23,7 +23,9 @@ call
     ``@distributed`` method, with its options (priority, timeout, retries...). It has
     one task id and one future for the caller, whatever happens to it.
 attempt
-    One try at running a call on one executor. A call that is retried has several.
+    One try at running a call on one executor (an :class:`Attempt`, what an executor is
+    handed). A call that is retried has several; ``future.attempts`` lists those that
+    failed (``handles.FailedAttempt``).
 task id
     The id of a call, shown in errors, events, logs, ``/api`` and the dashboard.
 executor
@@ -58,18 +60,18 @@ from kernel.lazy import lazy_names
 
 if TYPE_CHECKING:
     from . import errors, hookspecs, node_protocol, nodes, protocol
-    from .executor import Call, Executor, ExecutorFactory, ExecutorInfo, WorkerState
+    from .executor import Attempt, Executor, ExecutorFactory, ExecutorInfo, WorkerState
     from .nodes import NodeListener, NodeTransport
     from .runtime import CallChannel, ErrorInfo, Runtime
 
 _WHERE = {
-    "Call": "executor", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
+    "Attempt": "executor", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
     "WorkerState": "executor", "NodeListener": "nodes", "NodeTransport": "nodes",
     "CallChannel": "runtime", "ErrorInfo": "runtime", "Runtime": "runtime",
 }
 _MODULES = ("errors", "hookspecs", "node_protocol", "nodes", "protocol")
 __all__ = [
-    "Call",
+    "Attempt",
     "CallChannel",
     "ErrorInfo",
     "Executor",

@@ -72,7 +72,7 @@ class ReplyFuture(asyncio.Future[Any]):
     # Slots left unset until used (no __init__: one is made per attempt).
     __slots__ = ("_follower", "call")
     _follower: Callable[[ReplyFuture], None] | None
-    call: Call  # the attempt it answers, where its maker records it
+    call: Attempt  # the attempt it answers, where its maker records it
 
     def follow_now(self, follower: Callable[[ReplyFuture], None]) -> None:
         """Hand this future to ``follower`` once it is done (see the class docstring)."""
@@ -106,9 +106,9 @@ class ReplyFuture(asyncio.Future[Any]):
                     {"message": "a call's follower failed", "exception": exc, "future": self})
 
 
-class Call:
-    """One attempt at a call, as the pool hands it to an executor (an *attempt* in the
-    glossary: ``id`` is the call's task id, ``attempt`` its number).
+class Attempt:
+    """One attempt at a call, as the pool hands it to an executor (see the glossary:
+    ``id`` is the call's task id, ``attempt`` its number; ``repr`` names both).
 
     The executor resolves ``future`` with a reply ``(True, pickled_result)`` or
     ``(False, ErrorInfo)``, or sets an :class:`~kernel.errors.ExecutionError` on it.
@@ -149,7 +149,7 @@ class Call:
         self.context = context  # the caller's (its structlog variables reach log lines)
 
     def __repr__(self) -> str:
-        return f"<Call {self.describe()}>"
+        return f"<Attempt {self.attempt} of {self.describe()} on {self.worker_id or 'no worker yet'}>"
 
     def describe(self) -> str:
         return describe(self.label, self.args, self.id)
@@ -158,6 +158,8 @@ class Call:
         """The caller's structlog context variables, as they were when it made the call."""
         return bound(self.context)
 
+
+Call = Attempt  # its former name, kept for executor plugins written against it
 
 def describe(label: str, args: tuple[Any, ...], task_id: int) -> str:
     """``label(args) [task N]``: how errors and log lines name a call."""
@@ -190,13 +192,13 @@ class CallHost(Protocol):
     """What an executor hands a running call's traffic to (:mod:`kernel.task`): the
     execution manager in the kernel, the agent on a remote node."""
 
-    def progress(self, call: Call, fraction: float, message: str) -> None:
+    def progress(self, call: Attempt, fraction: float, message: str) -> None:
         """``call`` reports progress."""
 
-    def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
         """``call`` logs a line."""
 
-    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         """``call`` asks the kernel; return ``(True, pickled answer)`` or ``(False,
         pickled exception)`` (never raise)."""
 
@@ -221,7 +223,7 @@ class Executor(ABC):
     #: Seconds each call spends in transit rather than working (a remote engine's
     #: scheduling round trip). The scheduler sends short calls ahead deep enough to
     #: overlap it. Kept up to date by the executor; 0 for executors whose transit is
-    #: negligible. An executor that sets it also sets ``Call.ran`` (the seconds each
+    #: negligible. An executor that sets it also sets ``Attempt.ran`` (the seconds each
     #: call ran) before finishing it, as the pool's own timing would include transit.
     overhead: float = 0.0
     #: Whether a death fails the calls held exactly: ``WorkerCrashedError.started`` True
@@ -235,7 +237,7 @@ class Executor(ABC):
         self.state = WorkerState.CREATING
         self.listeners: list[StateListener] = []
         self.host: CallHost | None = None  # where running calls' progress, logs and requests go
-        self.inflight: dict[int, Call] = {}
+        self.inflight: dict[int, Attempt] = {}
         self.done = 0
         self.failed = 0
 
@@ -265,7 +267,7 @@ class Executor(ABC):
         """
 
     @abstractmethod
-    def submit(self, call: Call) -> None:
+    def submit(self, call: Attempt) -> None:
         """Start running ``call`` (never blocks); its outcome arrives on ``call.future``.
 
         Calls submitted to one executor start in submission order.
@@ -356,7 +358,7 @@ class Executor(ABC):
         if self.state not in ACCEPTING or not connected:
             raise PoolClosedError(f"worker {self.id}{where} is {self.state.value} and takes no calls")
 
-    def _accept(self, call: Call, *, connected: bool = True, where: str = "") -> None:
+    def _accept(self, call: Attempt, *, connected: bool = True, where: str = "") -> None:
         """Take ``call`` in (helper for ``submit``): it counts as held from now on.
 
         :raises PoolClosedError: not accepting calls, or not ``connected``.
@@ -364,13 +366,13 @@ class Executor(ABC):
         self._check_accepting(connected=connected, where=where)
         self._hold(call)
 
-    def _hold(self, call: Call) -> None:
+    def _hold(self, call: Attempt) -> None:
         """Count ``call`` as held (after :meth:`_check_accepting`)."""
         self.inflight[call.id] = call
         if self.state == WorkerState.AVAILABLE:
             self.set_state(WorkerState.RUNNING)
 
-    def _settle(self, call: Call, ok: bool) -> None:
+    def _settle(self, call: Attempt, ok: bool) -> None:
         self.inflight.pop(call.id, None)
         if ok:
             self.done += 1
@@ -379,19 +381,19 @@ class Executor(ABC):
         if not self.inflight and self.state == WorkerState.RUNNING:
             self.set_state(WorkerState.AVAILABLE)
 
-    def _fail(self, call: Call, exc: BaseException) -> None:
+    def _fail(self, call: Attempt, exc: BaseException) -> None:
         """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
         self._settle(call, False)
         if not call.future.done():
             call.future.set_exception(exc)
 
-    def _finish(self, call: Call, reply: Any) -> None:
+    def _finish(self, call: Attempt, reply: Any) -> None:
         """Resolve ``call`` (helper for implementations; keeps counts and state)."""
         self._settle(call, reply[0])
         if not call.future.done():
             call.future.set_result(reply)
 
-    def _cancel_from(self, queue: deque[Call], call_id: int) -> bool:
+    def _cancel_from(self, queue: deque[Attempt], call_id: int) -> bool:
         """Drop a call still waiting in ``queue`` (helper for ``cancel``)."""
         for call in queue:
             if call.id == call_id:
@@ -427,7 +429,7 @@ class Executor(ABC):
         except Exception:  # a listener's bug must not take the worker's connection down
             _log.exception("handling a call's progress or log failed", worker_id=self.id, call=call.describe())
 
-    def _drop(self, call_id: int) -> Call | None:
+    def _drop(self, call_id: int) -> Attempt | None:
         """Forget a call that will not run (helper for ``cancel``)."""
         call = self.inflight.pop(call_id, None)
         if call is None:
@@ -461,7 +463,7 @@ class Executor(ABC):
         ))
 
     def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None,
-                   started: Callable[[Call], bool] | None = None, exact: bool = False) -> None:
+                   started: Callable[[Attempt], bool] | None = None, exact: bool = False) -> None:
         """Fail every call held with :class:`WorkerCrashedError` ("{where} {how} while
         running / before starting {call}"). ``started(call)`` says whether a call may
         have begun (without it every call held may have: see :meth:`_fail_all`);
@@ -471,7 +473,7 @@ class Executor(ABC):
         began = [c for c in held if started(self.inflight[c])] if started is not None else held
         running = (began[-1] if exact else began[0]) if began else None
 
-        def crashed(c: Call, begun: bool) -> WorkerCrashedError:
+        def crashed(c: Attempt, begun: bool) -> WorkerCrashedError:
             if not begun:
                 when = "before starting"
             elif c.id == running:
@@ -487,8 +489,8 @@ class Executor(ABC):
 
         self._fail_all(crashed, started)
 
-    def _fail_all(self, exc_factory: Callable[[Call, bool], BaseException],
-                  started: Callable[[Call], bool] | None = None) -> None:
+    def _fail_all(self, exc_factory: Callable[[Attempt, bool], BaseException],
+                  started: Callable[[Attempt], bool] | None = None) -> None:
         """Fail every call held; ``exc_factory(call, started)``. Unless ``started`` tells
         otherwise, each call held counts as begun: a worker may run one call after
         another before its replies reach us, so the oldest held is not the only one

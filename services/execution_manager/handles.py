@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import structlog
 
 from .errors import RemoteError
-from .executor import Call, bound, describe
+from .executor import Attempt, bound, describe
 from .serialization import loads
 from .stimuli import CallSpec
 
@@ -42,7 +42,7 @@ class Progress(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Attempt:
+class FailedAttempt:
     """One try at a call that ended in error: where it ran and how it ended."""
 
     number: int
@@ -110,12 +110,12 @@ class CallFuture(asyncio.Future[Any]):
         self.args = args
         self.retry_on = retry_on
         self.soft_timeout = soft_timeout
-        self.attempts: list[Attempt] = []
+        self.attempts: list[FailedAttempt] = []
         self.queued_at = pool.loop.time()
         self.context = contextvars.copy_context()  # the caller's structlog variables, for lines about the call
 
     # Set on the instance when they change (one store fewer each, for every call).
-    attempt: Call | None = None  # the current attempt, once one was sent
+    attempt: Attempt | None = None  # the current attempt, once one was sent
     answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
     _progress: Progress | None = None
     _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed

@@ -25,8 +25,8 @@ from kernel.errors import ExecutionError
 from .background import Background
 from .errors import CallTimeoutError, PoolClosedError, UnsatisfiableError, WorkerCrashedError, WorkerStartError
 from .events import EventBus
-from .executor import Call, CallHost, ExecutorFactory, ReplyFuture
-from .handles import Attempt, CallFuture, rebuild
+from .executor import Attempt, CallHost, ExecutorFactory, ReplyFuture
+from .handles import CallFuture, FailedAttempt, rebuild
 from .history import Timings
 from .policy import Limits
 from .queue import CallQueue
@@ -258,7 +258,7 @@ class WorkerPool(WorkerLifecycle):
         if worker is None:
             worker = self._worker(worker_id)
         reply = ReplyFuture()
-        call = reply.call = Call(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
+        call = reply.call = Attempt(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
                     worker_id=worker_id, on_progress=fut.report_progress, context=fut.context,
                     started=time.perf_counter())
@@ -326,15 +326,15 @@ class WorkerPool(WorkerLifecycle):
                 self._note_attempt(fut, call, exc)
         self.feed(Lost(now, call.id, call.attempt, str(exc), started=bool(started)))
 
-    def _note_attempt(self, fut: CallFuture, call: Call, exc: BaseException) -> None:
-        fut.attempts.append(Attempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
+    def _note_attempt(self, fut: CallFuture, call: Attempt, exc: BaseException) -> None:
+        fut.attempts.append(FailedAttempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
 
     @property
     def _counting(self) -> bool:
         """Whether anything is kept per attempt (timings, events, maxTasksPerWorker)."""
         return self.timings is not None or self.settings.max_tasks_per_worker is not None or self.events.active
 
-    def _count(self, worker: PoolWorker, call: Call, ok: bool) -> None:
+    def _count(self, worker: PoolWorker, call: Attempt, ok: bool) -> None:
         took = call.ran if call.ran is not None else time.perf_counter() - call.started
         if self.timings is not None:
             self.timings.duration.observe(took)

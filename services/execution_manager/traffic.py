@@ -18,7 +18,7 @@ import structlog
 
 from kernel.errors import KernelError, RequestError
 
-from .executor import Call
+from .executor import Attempt
 from .serialization import dumps, dumps_exception, loads, type_name
 
 if TYPE_CHECKING:
@@ -39,20 +39,20 @@ class CallTraffic:
 
     # -- kernel.executor.CallHost -----------------------------------------------------
 
-    def progress(self, call: Call, fraction: float, message: str) -> None:
+    def progress(self, call: Attempt, fraction: float, message: str) -> None:
         if not 0.0 <= fraction <= 1.0:
             return  # the worker validates; a peer that does not is ignored, not trusted
         call.progress = (fraction, message)
         if call.on_progress is not None:
             call.on_progress(fraction, message)
 
-    def log(self, call: Call, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
         numeric = _LEVELS.get(level, logging.INFO)
         extra = {k: v for k, v in fields.items() if k not in ("event", "level")}
         log.log(numeric, message, **{**call.bound(), **extra, "task_id": call.id, "attempt": call.attempt,
                                      "worker_id": call.worker_id, "call": call.label})
 
-    async def request(self, call: Call, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         try:
             handler = self.routes.get(route)
             if handler is None:
@@ -69,7 +69,7 @@ class CallTraffic:
 
     # -- built-in routes --------------------------------------------------------------
 
-    def _service(self, call: Call, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _service(self, call: Attempt, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             instance = self.kernel.get_service(service)
         except KernelError as exc:
@@ -80,7 +80,7 @@ class CallTraffic:
                                f"has no public method {method!r}")
         return fn(*args, **kwargs)
 
-    async def _stats(self, call: Call) -> dict[str, Any]:
+    async def _stats(self, call: Attempt) -> dict[str, Any]:
         stats = await self._get_stats()
         return stats.model_dump(mode="json")  # type: ignore[no-any-return]
 
