@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import threading
 import time
@@ -51,6 +52,12 @@ async def test_submit_and_map_run_on_worker_processes() -> None:
         assert all(w.pid and w.pid != os.getpid() for w in stats.worker_details)
         assert stats.tasks_done >= 16 and stats.queued_tasks == 0
         assert "WorkerPool workers=2" in repr(em)
+        running = em.submit(tasks.slow, 0.5)
+        await asyncio.sleep(0.2)
+        assert re.fullmatch(r"<CallFuture slow\(0\.5\) \[task \d+\] attempt 1 on local-\d+>", repr(running))
+        assert re.fullmatch(r"<Attempt 1 of slow\(0\.5\) \[task \d+\] on local-\d+>", repr(running.attempt))
+        await running
+        assert repr(running).endswith("] done>")
 
 
 async def test_exceptions_keep_type_and_remote_traceback() -> None:

@@ -121,6 +121,15 @@ class CallFuture(asyncio.Future[Any]):
     _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed
     _progress_queues: list[asyncio.Queue[Progress | None]] | None = None
 
+    def __repr__(self) -> str:
+        if self.done():
+            state = "cancelled" if self.cancelled() else "failed" if self.exception() is not None else "done"
+        elif self.attempt is None:
+            state = "queued"
+        else:
+            state = f"attempt {self.attempt.attempt} on {self.attempt.worker_id}"
+        return f"<CallFuture {self.describe()} {state}>"
+
     @property
     def task_id(self) -> int:
         return self.spec.task_id
