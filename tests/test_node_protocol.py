@@ -115,7 +115,7 @@ def test_after_the_handshake_messages_are_checked_by_direction_and_batched() -> 
     assert node.receive(p.encode(p.SlotCall(1, 2, 0, b"p", 0.0))) == [p.SlotCall(1, 2, 0, b"p", 0.0)]
     for bad, why in [([p.RESULT, "5", b"r"], "Result: Expected `int`, got `str`"),
                      ([p.NODE_HEARTBEAT, 1.0, 2.0, [[1, 2.0]]], "NodeHeartbeat: Expected `array` of length 3"),
-                     ([p.RESULT, 5, b"r", 1], "Result has 2 fields, got 3")]:
+                     ([p.RESULT, 5, b"r", 1.0, 9], "Result has 3 fields, got 4")]:
         for data in (msgpack.packb(bad), p.encode(p.Result(1, b"")) + msgpack.packb(bad)):  # alone, and batched
             with pytest.raises(n.Refused, match=re.escape(why)) as refused:
                 kernel.receive(data)

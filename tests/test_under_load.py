@@ -16,6 +16,7 @@ import pytest
 
 from kernel import Kernel
 from microkernel.services.execution_manager.errors import QueueFullError, WorkerCrashedError
+from microkernel.services.execution_manager.history import Timings
 
 from . import tasks
 from .conftest import EM_LOCAL
@@ -204,3 +205,21 @@ async def test_bad_delivery_options_are_refused_at_submit_naming_the_field() -> 
         assert await em.submit(tasks.inc, 1) == 2
     with pytest.raises(ServiceStartError, match=r"heartbeatTimeOut"):
         await Kernel([], settings={"execution-manager": {"heartbeatTimeOut": 3}}).start()
+
+
+async def test_a_call_sent_ahead_is_timed_by_its_run_not_by_its_wait() -> None:
+    # Measured short, calls are sent ahead to one busy worker and wait there behind one
+    # another: each is timed as the worker ran it (the scheduler's measure and /metrics'
+    # durations), never counting its wait, which here is several times longer.
+    async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
+        em = kernel.get_service("execution-manager")
+        await measure_short(em, time.sleep, 0.001)
+        em.pool.timings = timings = Timings()  # what /metrics reads, with custom.http
+        calls = [em.submit(time.sleep, 0.001) for _ in range(40)]
+        await asyncio.gather(*calls)
+        seen = [c.attempt.ran for c in calls]
+        assert all(r is not None and 0.001 <= r < 0.25 for r in seen), seen
+        waited = max(time.perf_counter() - c.attempt.started for c in calls)  # the last: behind the others
+        assert sum(timings.duration.counts) == 40 and timings.duration.total == pytest.approx(sum(seen))
+        assert max(seen) < waited
+        assert em.pool.sched.means["sleep"] < 0.005  # still known short: its waits were not counted

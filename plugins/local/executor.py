@@ -227,10 +227,12 @@ class LocalWorker(Executor):
         if type(event) is p.Result:
             call = self.inflight.get(event.call_id)
             if call is not None:  # else an attempt already given up (or cancelled): never delivered twice
+                call.ran = event.ran or None
                 self._finish(call, (True, event.payload))
         elif type(event) is p.Error:
             call = self.inflight.get(event.call_id)
             if call is not None:
+                call.ran = event.ran or None
                 self._finish(call, (False, ErrorInfo(event.type_name, event.message, event.traceback, event.exception)))
         elif type(event) is p.Cancelled:
             self._drop(event.call_id)

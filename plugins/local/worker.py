@@ -249,13 +249,18 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
                     continue  # cancelled before it began (and confirmed): the kernel runs it elsewhere
                 mark(ev.call_id)  # the kernel reads it if this process dies: what had begun
                 link.running_since = read_at if flushed < read_at else flushed  # at or before its start
+                began_at = clock()
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)
                 else:
                     ok, reply = execute(ev.kind, ev.payload, ev.call_id)
                 link.running_since = None
-                out.append(frame(Result(ev.call_id, reply) if ok else Error(ev.call_id, *reply)))
                 now = clock()
+                # How long it ran, here: the kernel's own view adds transit and the wait
+                # behind calls sent ahead, and would count them as the call's duration.
+                out.append(frame(Result(ev.call_id, reply, now - began_at) if ok
+                                 else Error(ev.call_id, reply.type_name, reply.message, reply.traceback,
+                                            reply.exception, now - began_at)))  # reply: an ErrorInfo
                 if now - flushed > _BATCH_SECONDS:
                     link.flush()
                     flushed = now

@@ -246,9 +246,10 @@ class NodeAgent:
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
             future = ReplyFuture()
+            future.call = Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout)
             future.follow_now(partial(self._replied, msg.slot, msg.call_id))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
-                ex.submit(Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout))
+                ex.submit(future.call)
         elif kind is p.SlotCancel:
             ex = self.execs.get(msg.slot)
             if ex is not None:
@@ -299,10 +300,11 @@ class NodeAgent:
                 self._began.setdefault(slot, []).append(call_id)
             return
         ok, data = future.result()
+        ran = future.call.ran or 0.0  # as its worker measured it
         if ok:
-            self.send(p.encode(p.Result(call_id, data)))
+            self.send(p.encode(p.Result(call_id, data, ran)))
         else:
-            self.send(p.encode(p.Error(call_id, *data)))
+            self.send(p.encode(p.Error(call_id, data.type_name, data.message, data.traceback, data.exception, ran)))
 
     # -- slots ------------------------------------------------------------------------
 

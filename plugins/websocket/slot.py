@@ -132,6 +132,7 @@ class NodeSlot(Executor):
         call = self.inflight.get(msg.call_id)
         if call is None:
             return  # an attempt already given up: never delivered twice
+        call.ran = msg.ran or None  # as the node's worker measured it
         if isinstance(msg, p.Result):
             self._finish(call, (True, msg.payload))
             return

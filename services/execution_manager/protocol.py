@@ -84,6 +84,7 @@ class Call(_Message, tag=CALL):
 class Result(_Message, tag=RESULT):
     call_id: int
     payload: bytes
+    ran: float = 0.0  # seconds the call ran on its worker (0: not measured)
 
 
 class Error(_Message, tag=ERROR):
@@ -92,6 +93,7 @@ class Error(_Message, tag=ERROR):
     message: str
     traceback: str
     exception: bytes | None  # the pickled exception, when it pickles
+    ran: float = 0.0  # seconds the call ran on its worker (0: not measured)
 
 
 class Cancel(_Message, tag=CANCEL):
