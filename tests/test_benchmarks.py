@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,14 @@ def test_a_short_soak_under_chaos_loses_nothing_and_runs_nothing_twice() -> None
             assert "WorkerCrashedError" in line, proc.stdout  # typed, never anything else
         if line.strip().startswith("e.g."):
             assert "[task " in line and "worker local-" in line, line  # each names its call and worker
+
+
+@pytest.mark.timeout(120)
+def test_the_kernel_cost_tool_runs_and_prints_a_cost_per_call() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kernel_cost", "--rounds", "2", "--calls", "500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best, median = (float(x) for x in re.findall(r"(\d+\.\d) µs", proc.stdout))
+    assert 0 < best <= median, proc.stdout
