@@ -254,9 +254,7 @@ class WorkerPool(WorkerLifecycle):
         fut = self.tasks[send.task_id]
         spec = fut.spec
         worker_id = send.worker_id
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            worker = self._worker(worker_id)
+        worker = self._worker(worker_id)
         reply = ReplyFuture()
         call = reply.call = Attempt(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
