@@ -83,8 +83,7 @@ class ReplyFuture(asyncio.Future[Any]):
 
     def set_result(self, result: Any, /) -> None:
         super().set_result(result)
-        if getattr(self, "_follower", None) is not None:
-            self._hand_over()
+        self._hand_over()
 
     def set_exception(self, exception: type | BaseException, /) -> None:
         super().set_exception(exception)
