@@ -255,7 +255,7 @@ async def run_ours(quick: bool, burn_n: int, node: str | None = None) -> dict[st
         agent = None
         if node == "websocket":
             joined = asyncio.Event()
-            em.subscribe("worker-started", lambda _e, _p: len(em.pool.members) >= WORKERS and joined.set())
+            em.subscribe("worker-started", lambda _e, _p: len(em.pool.fleet.members) >= WORKERS and joined.set())
             agent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "kernel", "--log-level", "warning", "node", "--connect", em.nodes_address,
                 "--slots", str(WORKERS), "--node-id", "bench", stdout=subprocess.DEVNULL,

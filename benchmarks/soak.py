@@ -97,7 +97,7 @@ async def _chaos(em: Any, per_second: float, kills: collections.Counter[str], st
             return
         except TimeoutError:
             pass
-        members = [w for w in em.pool.members if w.executor.info().pid and not w.executor.is_closed]
+        members = [w for w in em.pool.fleet.members if w.executor.info().pid and not w.executor.is_closed]
         if not members:
             continue
         pid = rng.choice(members).executor.info().pid

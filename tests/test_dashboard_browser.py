@@ -52,13 +52,13 @@ async def test_dashboard_live_table_and_drain_with_and_without_token(tmp_path: P
 
             await page.locator('tr[data-worker="local-1"] button[data-action="drain"]').click()
             await expect(page.locator("#toast")).to_contain_text("refused (401)")
-            assert not em.pool.workers["local-1"].retiring
+            assert not em.pool.fleet.workers["local-1"].retiring
 
             await page.fill("#token", "not-the-token")
             await page.dispatch_event("#token", "change")
             await page.locator('tr[data-worker="local-1"] button[data-action="drain"]').click()
             await expect(page.locator("#toast")).to_contain_text("refused (403): wrong admin token")
-            assert not em.pool.workers["local-1"].retiring
+            assert not em.pool.fleet.workers["local-1"].retiring
 
             await page.fill("#token", TOKEN)
             await page.dispatch_event("#token", "change")

@@ -56,6 +56,12 @@ async def test_submit_and_map_run_on_worker_processes() -> None:
         await asyncio.sleep(0.2)
         assert re.fullmatch(r"<CallFuture slow\(0\.5\) \[task \d+\] attempt 1 on local-\d+>", repr(running))
         assert re.fullmatch(r"<Attempt 1 of slow\(0\.5\) \[task \d+\] on local-\d+>", repr(running.attempt))
+        pool = em.pool
+        assert re.fullmatch(r"<WorkerPool workers=2 busy=1 queued=0 held=0 running=1>", repr(pool))
+        assert repr(pool.fleet) == "<Fleet local workers=2 busy=1 starting=0 bounds=2..2>"
+        assert repr(pool.admission) == "<Admission maxQueue=None held=0 waiting for room=0>"
+        busy = next(w for w in pool.fleet.members if w.running)
+        assert re.fullmatch(r"<PoolWorker <LocalWorker local-\d+ .*> pins=0>", repr(busy)), repr(busy)
         await running
         assert repr(running).endswith("] done>")
 
@@ -511,7 +517,7 @@ async def test_max_queue_back_pressure() -> None:
             em.submit(tasks.inc, 99, block=False)
         assert full and full[0]["queued"] == 4
         held = em.submit(tasks.inc, 100)  # block=True: held until there is room
-        assert (await em.get_stats()).queued_tasks == 5 and len(pool.held) == 1
+        assert (await em.get_stats()).queued_tasks == 5 and len(pool.admission.held) == 1
         assert await held == 101 and await asyncio.gather(*queued) == [1, 2, 3, 4]
         await busy
         # a producer that waits for room keeps the queue (and memory) bounded
@@ -520,8 +526,8 @@ async def test_max_queue_back_pressure() -> None:
         for i in range(60):
             await em.room()
             futures.append(em.submit(tasks.slow, 0.005, i))
-            most = max(most, len(pool.queue) + len(pool.held))
-        assert most <= 4 and not pool.held
+            most = max(most, len(pool.sched.queue) + len(pool.admission.held))
+        assert most <= 4 and not pool.admission.held
         assert await asyncio.gather(*futures) == list(range(60))
 
 

@@ -33,7 +33,7 @@ def kernel_for_nodes(**nodes: object) -> Kernel:
 
 
 def node_slots(em) -> list:
-    return [s for s in em.pool.members if s.executor.info().node is not None]
+    return [s for s in em.pool.fleet.members if s.executor.info().node is not None]
 
 
 async def test_wss_with_a_certificate_from_a_throwaway_ca(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ async def test_calls_spread_to_a_node_and_stats_list_it(token_env: None) -> None
         em = kernel.get_service("execution-manager")
         proc = await start_node(em.nodes_address, slots=2, node_id="alpha", args=["--label", "gpu=1"])
         try:
-            await until(lambda: len(em.pool.members) == 2, what="the node's two slots")
+            await until(lambda: len(em.pool.fleet.members) == 2, what="the node's two slots")
             stats = await em.get_stats()
             [node] = stats.nodes
             assert node.id == "alpha" and node.slots == 2 and node.state == "available"
@@ -73,7 +73,7 @@ async def test_calls_spread_to_a_node_and_stats_list_it(token_env: None) -> None
                 await em.submit(tasks.raise_custom, "nope")
         finally:
             assert await stop_node(proc) == 0
-        await until(lambda: not any(s.executor.info().node for s in em.pool.members), what="the node to leave")
+        await until(lambda: not any(s.executor.info().node for s in em.pool.fleet.members), what="the node to leave")
         assert (await em.get_stats()).nodes == []
 
 
@@ -81,10 +81,10 @@ async def test_node_killed_mid_call_fails_its_calls_naming_the_node_or_retries_t
     async with nodes_kernel() as kernel:
         em = kernel.get_service("execution-manager")
         proc = await start_node(em.nodes_address, slots=2, node_id="doomed")
-        await until(lambda: len(em.pool.members) == 2, what="the node's slots")
+        await until(lambda: len(em.pool.fleet.members) == 2, what="the node's slots")
         plain = em.submit(tasks.slow, 30, "plain")
         retried = em.submit(tasks.slow, 0.5, "retried", retries=1)
-        await until(lambda: all(s.running == 1 for s in em.pool.members), what="a call on each slot")
+        await until(lambda: all(s.running == 1 for s in em.pool.fleet.members), what="a call on each slot")
         os.killpg(proc.pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError, match=r"on node doomed \(127.0.0.1:\d+\)\) was lost: node doomed") as info:
             async with asyncio.timeout(15):

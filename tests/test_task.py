@@ -158,7 +158,7 @@ async def test_in_process_calls_reach_the_kernel_too(tmp_path: Path) -> None:
         assert await handle == os.getpid()
         assert await em.submit(ask_service, "store", "total") == 0
         pid, info = await em.submit(whoami)
-        assert pid == os.getpid() and info.worker_id == em.pool.members[0].id
+        assert pid == os.getpid() and info.worker_id == em.pool.fleet.members[0].id
 
 
 async def test_progress_logs_and_requests_cross_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +169,7 @@ async def test_progress_logs_and_requests_cross_a_node(tmp_path: Path, monkeypat
         em = kernel.get_service("execution-manager")
         node = await start_node(em.nodes_address, slots=1, node_id="chatty")
         try:
-            await until(lambda: len(em.pool.members) == 1)
+            await until(lambda: len(em.pool.fleet.members) == 1)
             with capture_logs() as logs:
                 handle = em.submit(steps, 3)
                 updates = [u.fraction async for u in handle.progress_updates()]

@@ -40,7 +40,7 @@ async def busy(em: object, seconds: float, workers: int) -> list[asyncio.Future]
     """Occupy every worker for ``seconds``; returns once each has begun."""
     blockers = [em.submit(tasks.stamp, "blocker", seconds) for _ in range(workers)]  # type: ignore[attr-defined]
     pool = em.pool  # type: ignore[attr-defined]
-    await until(lambda: sum(1 for w in pool.members if w.running) >= workers, 10, "every worker busy")
+    await until(lambda: sum(1 for w in pool.fleet.members if w.running) >= workers, 10, "every worker busy")
     await asyncio.sleep(0.05)  # they run (not just sent)
     return blockers
 
@@ -121,7 +121,7 @@ async def test_a_draining_worker_gets_no_new_call() -> None:
     async with em_kernel() as kernel:
         em = kernel.get_service("execution-manager")
         blockers = await busy(em, 0.8, 2)
-        draining = em.pool.members[0]
+        draining = em.pool.fleet.members[0]
         retiring = asyncio.ensure_future(em.retire_worker(draining.id))
         await asyncio.sleep(0.05)
         pids = [em.submit(tasks.whoami) for _ in range(8)]
@@ -158,17 +158,17 @@ async def test_queued_calls_start_a_worker_and_an_idle_one_retires_never_a_busy_
         t0 = time.monotonic()
         long = em.submit(tasks.stamp, "long", 4.0)
         queued = [em.submit(tasks.stamp, f"q{i}", 0.3) for i in range(6)]
-        await until(lambda: len(em.pool.members) == 4, 10, "the pool to grow to maxWorkers")
+        await until(lambda: len(em.pool.fleet.members) == 4, 10, "the pool to grow to maxWorkers")
         assert started and started[0] - t0 < 0.2 + 2.0  # a monitor tick, plus a process start
         async with asyncio.timeout(10):
             await asyncio.gather(*queued)
-        long_pid = next(w.executor.info().pid for w in em.pool.members if w.running)
+        long_pid = next(w.executor.info().pid for w in em.pool.fleet.members if w.running)
         retired: list[str] = []
         em.subscribe("scaled-down", lambda _e, payload: retired.append(payload["worker_id"]))
         # 1 busy of 4 is 25%: one idle worker goes (then 1 of 3 is 33%: the rest stay)
-        await until(lambda: len(em.pool.members) <= 3, 10, "an idle worker to retire")
+        await until(lambda: len(em.pool.fleet.members) <= 3, 10, "an idle worker to retire")
         assert retired
-        assert long_pid in {w.executor.info().pid for w in em.pool.members}  # never the busy one
+        assert long_pid in {w.executor.info().pid for w in em.pool.fleet.members}  # never the busy one
         assert (await long)[0] == "long"
 
 
@@ -214,7 +214,7 @@ async def test_a_call_sent_ahead_is_timed_by_its_run_not_by_its_wait() -> None:
     async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
         em = kernel.get_service("execution-manager")
         await measure_short(em, time.sleep, 0.001)
-        em.pool.timings = timings = Timings()  # what /metrics reads, with custom.http
+        em.pool.tally.timings = timings = Timings()  # what /metrics reads, with custom.http
         calls = [em.submit(time.sleep, 0.001) for _ in range(40)]
         await asyncio.gather(*calls)
         seen = [c.attempt.ran for c in calls]

@@ -127,7 +127,7 @@ async def test_control_needs_the_admin_token_and_changes_nothing_without_it(runn
         assert r.status == 403 and (await r.json())["error"] == "wrong admin token"
     async with http.post(f"{url}/api/scale", json={"maxWorkers": 5}, headers={"Authorization": "Basic x"}) as r:
         assert r.status == 401
-    assert em.pool.settings.max_workers == 2 and not em.pool.workers["local-1"].retiring
+    assert em.pool.settings.max_workers == 2 and not em.pool.fleet.workers["local-1"].retiring
     assert em.web.refusals == {"no-token": 2, "wrong-token": 1}
     async with http.post(drain, headers=ADMIN) as r:
         assert r.status == 202 and await r.json() == {"worker": "local-1", "action": "drain"}
@@ -159,10 +159,10 @@ async def test_control_bad_input_gets_a_4xx_naming_what_is_wrong(running: Any) -
         async with http.request(method, url + path, data=body, headers=ADMIN) as r:
             answer = await r.json()
             assert r.status == status and message in answer["error"], (path, body, answer)
-    assert em.pool.settings.max_workers == 2 and em.pool.project_limits == {}
+    assert em.pool.settings.max_workers == 2 and em.pool.sched.project_limits == {}
     async with http.put(f"{url}/api/projects/etl/limit", json={"limit": 3}, headers=ADMIN) as r:
         assert r.status == 200 and await r.json() == {"project": "etl", "limit": 3}
-    assert em.pool.project_limits == {"etl": 3}
+    assert em.pool.sched.project_limits == {"etl": 3}
 
 
 async def test_requests_for_another_host_are_refused(running: Any) -> None:

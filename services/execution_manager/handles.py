@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
-from .errors import RemoteError
+from .errors import CallTimeoutError, PoolClosedError, RemoteError, WorkerCrashedError
 from .executor import Attempt, bound, describe
 from .serialization import loads
-from .stimuli import CallSpec
+from .stimuli import CallSpec, Resolve
 
 if TYPE_CHECKING:
     from .runtime import ErrorInfo
@@ -199,3 +199,25 @@ class CallFuture(asyncio.Future[Any]):
                 log.exception("progress callback failed", call=self.spec.label, task_id=self.spec.task_id)
         for queue in self._progress_queues or ():
             queue.put_nowait(update)
+
+
+def error_for(fut: CallFuture, resolve: Resolve, given: BaseException | None, max_deaths: int) -> BaseException:
+    """The error ``fut`` fails with, settled by ``resolve`` (``given``: the attempt's own)."""
+    outcome, wid = resolve.outcome, resolve.worker_id
+    if outcome == "timeout":
+        return CallTimeoutError(f"{fut.describe()} did not finish within {fut.spec.timeout:g} s; "
+                                f"worker {wid} running it was stopped and is replaced")
+    if outcome == "expired":
+        return CallTimeoutError(f"{fut.describe()} did not start within its deadline of "
+                                f"{fut.spec.deadline:g} s and never will (all workers were busy)")
+    if outcome == "closed":
+        return PoolClosedError(f"{fut.describe()} was cancelled before it ran: "
+                               "the execution manager is shutting down")
+    if resolve.gave_up:
+        return WorkerCrashedError(f"{fut.describe()} was given up after killing {max_deaths} workers "
+                                  f"(maxCallDeaths); last: {given or resolve.reason}", worker_id=wid or "",
+                                  call=fut.describe())
+    if given is not None:
+        return given
+    return WorkerCrashedError(f"{fut.describe()} was lost: {resolve.reason}", worker_id=wid or "",
+                              call=fut.describe())

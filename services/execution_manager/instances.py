@@ -18,11 +18,11 @@ import structlog
 from . import protocol as p
 from .errors import InstanceLostError, WorkerStartError
 from .events import EventBus
+from .fleet import PoolWorker
 from .handles import CallFuture
 from .pool import WorkerPool
 from .serialization import dumps, dumps_call
 from .stimuli import CallSpec
-from .workers import PoolWorker
 
 log = structlog.get_logger("execution-manager")
 
@@ -80,8 +80,7 @@ class PinTable:
         self._place_unpinned = place_unpinned  # where a released instance's calls go
         self._by_id: dict[int, Pin] = {}
         self._by_key: dict[str, Pin] = {}
-        pool.on_retire = self.move_off
-        pool.on_worker_lost = self.lost
+        pool.fleet.keep_pins(self)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -109,7 +108,7 @@ class PinTable:
         label = f"assign {cls.__qualname__}"
         key = uuid.uuid4().hex
         payload = dumps_call(label, (key, instance), (), {}, instance=instance)
-        worker = await self.pool.wait_for_worker()
+        worker = await self.pool.fleet.wait_for_worker()
         if worker is None:
             raise WorkerStartError(f"no worker is available to assign {cls.__qualname__} to")
         pin = Pin(key, instance, worker.id)
@@ -221,7 +220,7 @@ class PinTable:
                 self._home(pin)
                 continue
             worker.pins.discard(key)
-            target = await self.pool.wait_for_worker(exclude=worker.id, start=False)
+            target = await self.pool.fleet.wait_for_worker(exclude=worker.id, start=False)
             name = type(pin.instance).__qualname__
             if target is None:
                 self._home(pin, copy)
@@ -261,7 +260,7 @@ class PinTable:
         if self._by_id.get(id(pin.instance)) is pin:
             del self._by_id[id(pin.instance)]
         self._by_key.pop(pin.key, None)
-        worker = self.pool.workers.get(pin.worker_id)
+        worker = self.pool.fleet.workers.get(pin.worker_id)
         if worker is not None:
             worker.pins.discard(pin.key)
         pin.ready = False

@@ -52,12 +52,12 @@ class Monitor:
     def stats(self, listener: NodeListener | None, nodes_address: str | None, pinned: int) -> Stats:
         pool = self.pool
         s = pool.settings
-        queued = pool.queue.by_project()
+        queued = pool.sched.queue.by_project()
         nodes = listener.nodes() if listener else []
         beats = {n.id: n for n in nodes}
         now = time.perf_counter()
         details = []
-        for worker in pool.members:
+        for worker in pool.fleet.members:
             ex = worker.executor
             info = ex.info()
             cpu, rss = self.metrics.get(worker.id, (0.0, 0))
@@ -70,18 +70,18 @@ class Monitor:
                 heartbeat_age=node.heartbeat_age if node else None, calls=running_calls(ex, now),
             ))
         return Stats(
-            workers=len(details), min_workers=s.min_workers, max_workers=s.max_workers, starting=pool.starting,
+            workers=len(details), min_workers=s.min_workers, max_workers=s.max_workers, starting=pool.fleet.starting,
             system_load=self.load, active_tasks=sum(d.running for d in details),
-            queued_tasks=pool.waiting, local_tasks=pool.local.running if pool.local else 0,
-            queued_by_priority=pool.queue.by_priority(),
+            queued_tasks=pool.waiting, local_tasks=pool.fleet.local.running if pool.fleet.local else 0,
+            queued_by_priority=pool.sched.queue.by_priority(),
             projects={
-                name: ProjectStats(running=pool.project_running.get(name, 0), queued=queued.get(name, 0),
-                                   limit=pool.project_limits.get(name))
-                for name in sorted({*pool.project_limits, *pool.project_running, *queued})
+                name: ProjectStats(running=pool.sched.project_running.get(name, 0), queued=queued.get(name, 0),
+                                   limit=pool.sched.project_limits.get(name))
+                for name in sorted({*pool.sched.project_limits, *pool.sched.project_running, *queued})
             },
-            tasks_done=pool.done, tasks_failed=pool.failed, attempts_failed=pool.attempts_failed,
-            tasks_retried=pool.retried,
-            pinned_instances=pinned, last_scaling=pool.last_scaling,
+            tasks_done=pool.tally.done, tasks_failed=pool.tally.failed, attempts_failed=pool.tally.attempts_failed,
+            tasks_retried=pool.tally.retried,
+            pinned_instances=pinned, last_scaling=pool.fleet.last_scaling,
             recent_placements=list(pool.placements),
             worker_details=details,
             nodes=nodes, nodes_address=nodes_address,
@@ -95,12 +95,12 @@ class Monitor:
         limit); above softMemoryLimit the worker is replaced between calls."""
         pool = self.pool
         soft, hard = pool.settings.soft_memory_limit, pool.settings.hard_memory_limit
-        for worker in pool.members:
+        for worker in pool.fleet.members:
             rss = metrics.get(worker.id, (0.0, 0))[1]
             if _over(rss, hard) and worker.executor.inflight:
-                pool.kill(worker, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
+                pool.fleet.kill(worker, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
             elif _over(rss, soft):
-                pool.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
+                pool.fleet.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
 
     async def run(self) -> None:
         """Sample every ``sampleInterval`` and autoscale every ``monitorInterval``, until
@@ -114,7 +114,7 @@ class Monitor:
             pids: dict[str, int | None] = {}
             remote: dict[str, tuple[float, int]] = {}
             local = []
-            for worker in pool.members:
+            for worker in pool.fleet.members:
                 info = worker.executor.info()
                 if info.node is None:
                     pids[worker.id] = info.pid
@@ -128,12 +128,12 @@ class Monitor:
                     log.warning("worker declared dead", worker_id=worker.id, reason=why)
             metrics.update(remote)
             self.load, self.metrics = load, metrics
-            pool.set_load(load.cpu_percent, load.memory_percent)
+            pool.fleet.set_load(load.cpu_percent, load.memory_percent)
             self.enforce_memory(metrics)
             now = time.monotonic()
             if now >= next_scale:
                 next_scale = now + s.monitor_interval
-                pool.autoscale(now)
+                pool.fleet.autoscale(now)
 
 
 def _over(rss: int, limit: int | None) -> bool:

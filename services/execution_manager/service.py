@@ -75,12 +75,12 @@ class ExecutionManager(BaseService):
         hook = self.kernel.hook.kernel_event
         if hook.get_hookimpls():
             self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
-        self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"))
-        self.pool.host = self.traffic = CallTraffic(self.kernel, self.get_stats)
-        self._pins = PinTable(self.pool, self.events, self.call_method)
+        self.traffic = CallTraffic(self.kernel, self.get_stats)
         if s.http is not None:  # before the first worker starts, so it is counted
             self.history = History(self.events)
-            self.pool.timings = self.history.timings
+        self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"), host=self.traffic,
+                               timings=self.history.timings if self.history else None)
+        self._pins = PinTable(self.pool, self.events, self.call_method)
         await self.pool.start()
         if s.nodes is not None:
             try:
@@ -169,7 +169,7 @@ class ExecutionManager(BaseService):
         label = _label(fn)
         pool = self._pool
         spec = self._spec(label, priority, project, resources, timeout, deadline, retries, retry_on, soft_timeout)
-        if pool.full:
+        if pool.admission.full:
             self._no_room(label, block)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         return pool.submit(CallFuture(pool, spec, p.CALL_FN, payload, args, retry_on=tuple(retry_on),
@@ -178,7 +178,7 @@ class ExecutionManager(BaseService):
     def _no_room(self, label: str, block: bool) -> None:
         """``maxQueue`` calls wait: say so, and refuse the call unless it may ``block``."""
         pool = self._pool
-        self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.held), call=label)
+        self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.admission.held), call=label)
         if not block:
             raise QueueFullError(
                 f"{label} refused: {pool.sched.queued} calls already wait (maxQueue "
@@ -204,13 +204,13 @@ class ExecutionManager(BaseService):
         pool = self._pool
         if resources:
             resources = _checked_resources(resources)
-            pool.check_resources(resources, label)
+            pool.fleet.check_resources(resources, label)
         return CallSpec(pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
                         label, local=local)
 
     async def room(self) -> None:
         """Wait until the queue has room (``maxQueue``): a producer's back-pressure point."""
-        await self._pool.room()
+        await self._pool.admission.room()
 
     def set_project_limit(self, project: str, limit: int | None) -> None:
         """At most ``limit`` calls of ``project`` run at once (None: no limit). Calls
@@ -230,7 +230,7 @@ class ExecutionManager(BaseService):
 
     async def _map(self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> AsyncIterator[Any]:
         pool = self._pool
-        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.members)))
+        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.fleet.members)))
         label = f"map({_label(fn)})"
         futures: list[CallFuture] = []
         try:

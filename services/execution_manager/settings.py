@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from .policy import Limits
+
 
 def default_max_workers() -> int:
     """CPUs - 1, at least 1: one core stays for the kernel and the system."""
@@ -103,3 +105,9 @@ class Settings(BaseModel):
                 f"scaleUpThreshold ({self.scale_up_threshold})"
             )
         return self
+
+    def limits(self, *, run_locally: bool) -> Limits:
+        """The autoscaler's bounds and thresholds (``run_locally``: an in-process worker exists)."""
+        return Limits(self.min_workers, self.max_workers, self.run_locally and run_locally, self.local_threshold,
+                      self.scale_up_threshold, self.scale_down_threshold, self.memory_limit, self.idle_timeout,
+                      self.scale_cooldown)

@@ -46,7 +46,7 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]])
 
 def _worker(em: Manager, request: web.Request) -> str:
     worker_id = request.match_info["worker_id"]
-    workers = em.pool.workers if em.pool else {}
+    workers = em.pool.fleet.workers if em.pool else {}
     if worker_id not in workers:
         raise BadRequest(f"no worker {worker_id!r} (workers: {', '.join(sorted(workers)) or 'none'})", status=404)
     return worker_id
@@ -57,7 +57,7 @@ async def drain(em: Manager, request: web.Request) -> web.Response:
     worker_id = _worker(em, request)
     assert em.pool is not None
     log.info("worker drain requested", worker_id=worker_id, peer=request.remote)
-    em.pool.background.spawn(em.pool.retire(worker_id, "drained on request"))
+    em.pool.fleet.background.spawn(em.pool.retire(worker_id, "drained on request"))
     return web.json_response({"worker": worker_id, "action": "drain"}, status=202)
 
 
@@ -66,7 +66,7 @@ async def stop(em: Manager, request: web.Request) -> web.Response:
     worker_id = _worker(em, request)
     assert em.pool is not None
     log.info("worker stop requested", worker_id=worker_id, peer=request.remote)
-    em.pool.background.spawn(em.pool.retire(worker_id, "stopped on request", drain=False))
+    em.pool.fleet.background.spawn(em.pool.retire(worker_id, "stopped on request", drain=False))
     return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
 
 
@@ -76,7 +76,7 @@ async def scale(em: Manager, request: web.Request) -> web.Response:
     if not data:
         raise BadRequest("give minWorkers, maxWorkers or both")
     assert em.pool is not None
-    decision = em.pool.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+    decision = em.pool.fleet.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
     log.info("scaling bounds set", peer=request.remote, **data)
     s = em.pool.settings
     return web.json_response({"min_workers": s.min_workers, "max_workers": s.max_workers, "decision": decision})

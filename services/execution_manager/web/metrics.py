@@ -43,14 +43,14 @@ class PoolCollector(Collector):
         if pool is None or monitor is None:
             return
         workers = GaugeMetricFamily(PREFIX + "workers", "Executors in the pool", labels=["kind", "state"])
-        by_state = Counter((s.executor.node_type, s.executor.state.value) for s in pool.members)
+        by_state = Counter((s.executor.node_type, s.executor.state.value) for s in pool.fleet.members)
         for (kind, state), n in sorted(by_state.items()):
             workers.add_metric([kind, state], n)
         yield workers
         rss = GaugeMetricFamily(PREFIX + "worker_memory_rss_bytes", "Resident memory of workers",
                                 labels=["kind"])
         by_kind: Counter[str] = Counter()
-        for worker in pool.members:
+        for worker in pool.fleet.members:
             by_kind[worker.executor.node_type] += monitor.metrics.get(worker.id, (0.0, 0))[1]
         for kind, total in sorted(by_kind.items()):
             rss.add_metric([kind], total)
@@ -64,16 +64,17 @@ class PoolCollector(Collector):
             exits.add_metric([kind, reason], n)
         yield exits
         calls = CounterMetricFamily(PREFIX + "calls", "Calls finished, by outcome", labels=["outcome"])
-        calls.add_metric(["done"], pool.done)
-        calls.add_metric(["failed"], pool.failed)
+        calls.add_metric(["done"], pool.tally.done)
+        calls.add_metric(["failed"], pool.tally.failed)
         yield calls
         yield CounterMetricFamily(PREFIX + "attempts_failed", "Attempts that ended in error, retried or not",
-                                  value=pool.attempts_failed)
-        yield CounterMetricFamily(PREFIX + "retries", "Attempts started again after one failed", value=pool.retried)
+                                  value=pool.tally.attempts_failed)
+        yield CounterMetricFamily(PREFIX + "retries", "Attempts started again after one failed",
+                                  value=pool.tally.retried)
         yield GaugeMetricFamily(PREFIX + "calls_running", "Calls running now",
-                                value=sum(s.running for s in pool.members))
+                                value=sum(s.running for s in pool.fleet.members))
         queue = GaugeMetricFamily(PREFIX + "queue_depth", "Calls waiting for a worker", labels=["priority"])
-        for priority, n in pool.queue.by_priority().items():
+        for priority, n in pool.sched.queue.by_priority().items():
             queue.add_metric([str(priority)], n)
         yield queue
         yield _histogram("call_duration_seconds", "Time calls ran on a worker", h.timings.duration)

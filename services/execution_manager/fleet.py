@@ -1,6 +1,7 @@
-"""Workers of the pool (:class:`PoolWorker`) and their lifecycle (start, replace, recycle,
-retire, autoscale). :class:`WorkerLifecycle` is the base of :class:`~.pool.WorkerPool`;
-each change is reported to the pool's scheduler (up, unhealthy, draining, gone).
+"""The pool's workers (:class:`PoolWorker`) and the :class:`Fleet` that keeps them: it
+starts, replaces, recycles and retires them, autoscales between the bounds, and reports
+each change to the scheduler (up, unhealthy, draining, gone). It decides nothing about a
+call; the pool (:mod:`.pool`) owns that side.
 """
 
 from __future__ import annotations
@@ -8,18 +9,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import structlog
 
 from .background import Background
+from .errors import UnsatisfiableError
 from .events import EventBus
 from .executor import CallHost, Executor, ExecutorFactory, WorkerState
-from .policy import Limits, ScalePlan, pin_target, plan_scaling
+from .policy import ScalePlan, pin_target, plan_scaling
+from .resources import unsatisfiable
 from .scheduler import Scheduler
 from .settings import Settings
-from .stimuli import Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
+from .stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 
 log = structlog.get_logger("execution-manager")
 _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
@@ -28,7 +31,7 @@ _CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 class PoolWorker:
     """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
 
-    __slots__ = ("executor", "external", "id", "idle_since", "pins", "resources", "retiring", "rss", "width")
+    __slots__ = ("executor", "external", "id", "idle_since", "pins", "resources", "retiring", "width")
     id: str
 
     def __init__(self, executor: Executor, *, external: bool = False) -> None:
@@ -36,7 +39,6 @@ class PoolWorker:
         self.id = executor.id
         self.external = external  # brought by a node, not started by the pool: never scaled
         self.width = max(1, executor.info().width)
-        self.rss = 0
         self.idle_since: float | None = time.monotonic()
         self.pins: set[str] = set()
         self.retiring = False
@@ -55,37 +57,111 @@ class PoolWorker:
         return len(self.pins)
 
     def __repr__(self) -> str:
-        return f"<PoolWorker {self.executor!r} pins={len(self.pins)}>"
+        leaving = " retiring" if self.retiring else ""
+        return f"<PoolWorker {self.executor!r} pins={len(self.pins)}{leaving}>"
 
 
+class PinKeeper(Protocol):
+    """Who holds instances pinned on workers (the execution manager's pin table)."""
 
-class WorkerLifecycle:
-    """Starting, replacing, recycling and retiring the pool's workers."""
+    async def move_off(self, worker: PoolWorker) -> None:
+        """``worker`` retires: move what it holds elsewhere first."""
 
-    # Shared with WorkerPool, which sets them up.
-    settings: Settings
-    limits: Limits
-    options: Mapping[str, Any]
-    events: EventBus
-    sched: Scheduler
-    loop: asyncio.AbstractEventLoop
-    _gone_pending: dict[str, str]  # worker id -> why: ended, not yet reported gone
-    workers: dict[str, PoolWorker]
-    _members: list[PoolWorker]
-    _factory: ExecutorFactory
-    _seq: itertools.count[int]
-    background: Background
-    starting: int
-    closed: bool
-    memory_percent: float
-    last_scaling: str
-    last_scale_up: float | None
-    on_worker_lost: Callable[[PoolWorker], None] | None
-    on_retire: Callable[[PoolWorker], Awaitable[None]] | None
-    host: CallHost | None
+    def lost(self, worker: PoolWorker) -> None:
+        """``worker`` died: what it held is gone."""
 
-    def feed(self, stimulus: Stimulus) -> None:
-        raise NotImplementedError
+
+class Fleet:
+    """The workers of one node type, plus (opted in) an in-process worker for idle times."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: ExecutorFactory,
+        events: EventBus,
+        sched: Scheduler,
+        feed: Callable[[Stimulus], None],
+        *,
+        no_workers: Callable[[str], None],
+        host: CallHost | None = None,
+        local_factory: ExecutorFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = settings.limits(run_locally=local_factory is not None)
+        self.events = events
+        self._sched = sched  # read only: what waits, to start a worker for it
+        self._feed = feed
+        self._no_workers = no_workers  # none could start and none is left: fail what waits
+        self.host = host  # where running calls' progress, logs and requests go
+        self._factory = factory
+        self._local_factory = local_factory
+        self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
+        offers = getattr(factory, "offers", None)
+        self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
+        self.workers: dict[str, PoolWorker] = {}
+        self._members: list[PoolWorker] = []
+        self.local: PoolWorker | None = None
+        self.starting = 0
+        self.closed = False  # no worker starts any more
+        self.memory_percent = 0.0
+        self.last_scaling = "none yet"
+        self.last_scale_up: float | None = None
+        self._pins: PinKeeper | None = None
+        self._seq = itertools.count(1)
+        self._gone_pending: dict[str, str] = {}  # worker id -> why: ended, not yet reported gone
+        self.loop = asyncio.get_running_loop()
+        self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
+
+    def __repr__(self) -> str:
+        busy = sum(1 for s in self._members if s.running)
+        return (f"<Fleet {self.settings.node_type} workers={len(self._members)} busy={busy} "
+                f"starting={self.starting} bounds={self.limits.min_workers}..{self.limits.max_workers}>")
+
+    def keep_pins(self, keeper: PinKeeper) -> None:
+        """Tell ``keeper`` when a worker holding pinned instances retires or dies."""
+        self._pins = keeper
+
+    @property
+    def members(self) -> list[PoolWorker]:
+        return list(self._members)
+
+    def find(self, worker_id: str) -> PoolWorker | None:
+        """The worker ``worker_id`` (the in-process one included), if it is still here."""
+        worker = self.workers.get(worker_id)
+        if worker is None and self.local is not None and self.local.id == worker_id:
+            return self.local
+        return worker
+
+    # -- start and stop ---------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Start the in-process worker (opted in) and minWorkers workers; False when a
+        minimum was asked for and none could start."""
+        if self._local_factory is not None and self.limits.run_locally:
+            local = self._local_factory("local-0", {"threads": self.settings.local_slots})
+            local.host = self.host
+            await local.start()
+            self.local = PoolWorker(local)
+            self._feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
+            self._feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
+        results = await asyncio.gather(*(self._start_worker() for _ in range(self.settings.min_workers)))
+        return not self.settings.min_workers or any(results)
+
+    async def stop(self, hurried: asyncio.Future[Any] | None) -> None:
+        """Stop every worker, letting each finish what it runs for ``drainTimeout``
+        seconds; once ``hurried`` is done, what runs is stopped at once."""
+        self.closed = True
+        members = list(self._members) + ([self.local] if self.local else [])
+        stopping: asyncio.Future[Any] = asyncio.gather(
+            *(worker.executor.stop(drain=True, timeout=self.settings.drain_timeout) for worker in members),
+            return_exceptions=True,
+        )
+        if hurried is not None:
+            await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            if hurried.done() and not stopping.done():
+                for worker in members:  # stopping the running call ends its worker at once
+                    self.kill(worker, "the kernel was asked to stop at once")
+        await stopping
 
     def _spawn(self) -> None:
         self.starting += 1
@@ -103,7 +179,7 @@ class WorkerLifecycle:
             self.starting -= 1
             log.error("worker failed to start", worker_id=wid, error=str(exc))
             self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
-            if not self._members and not self.starting and self.sched.queue:
+            if not self._members and not self.starting and self._sched.queue:
                 self._no_workers(f"no worker could be started: {exc}")
             return None
         self.starting -= 1
@@ -127,7 +203,7 @@ class WorkerLifecycle:
             log.debug("worker started", worker_id=executor.id, pid=info.pid)
         self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
                          **where)
-        self.feed(WorkerUp(self.loop.time(), executor.id, worker.width, info.resources, overhead=executor.overhead,
+        self._feed(WorkerUp(self.loop.time(), executor.id, worker.width, info.resources, overhead=executor.overhead,
                            calls=None if external else self.settings.max_tasks_per_worker))
         return worker
 
@@ -143,7 +219,7 @@ class WorkerLifecycle:
     def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
         now = self.loop.time()
         if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and executor.is_available):
-            self.feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
+            self._feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
             return
         if new not in _CLOSED:
             return
@@ -154,7 +230,7 @@ class WorkerLifecycle:
         reason = executor.info().exit_reason or new.value
         # Nothing more is sent to it now; it is gone once the executor has failed what it
         # held (in this same turn), so each call's error is the executor's own.
-        self.feed(WorkerUnhealthy(now, executor.id))
+        self._feed(WorkerUnhealthy(now, executor.id))
         self._gone_pending[executor.id] = reason
         self.loop.call_soon(self._gone, executor.id)
         expected = new == WorkerState.TERMINATED
@@ -162,8 +238,8 @@ class WorkerLifecycle:
         if new == WorkerState.FAILED:
             log.warning("worker died", worker_id=executor.id, reason=reason, task_ids=list(executor.inflight))
             self.events.emit("worker-error", worker_id=executor.id, reason=reason)
-            if self.on_worker_lost is not None:
-                self.on_worker_lost(worker)
+            if self._pins is not None:
+                self._pins.lost(worker)
         if not self.closed and self._wants_worker():
             self._spawn()
 
@@ -171,10 +247,7 @@ class WorkerLifecycle:
         """Tell the scheduler a worker is gone (once; an id may come back, on a new executor)."""
         reason = self._gone_pending.pop(worker_id, None)
         if reason is not None:
-            self.feed(WorkerGone(self.loop.time(), worker_id, reason))
-
-    def _no_workers(self, why: str) -> None:
-        raise NotImplementedError
+            self._feed(WorkerGone(self.loop.time(), worker_id, reason))
 
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> PoolWorker | None:
         """A worker to pin an instance on; with ``start``, one is started if there is
@@ -204,7 +277,7 @@ class WorkerLifecycle:
         worker.retiring = True
         log.info("recycling worker", worker_id=worker.id, reason=reason)
         self.events.emit("worker-recycled", worker_id=worker.id, reason=reason)
-        self.feed(WorkerDraining(self.loop.time(), worker.id))
+        self._feed(WorkerDraining(self.loop.time(), worker.id))
         if not self.closed and self._wants_worker():
             self._spawn()
         self.background.spawn(self._leave(worker, reason))
@@ -213,16 +286,16 @@ class WorkerLifecycle:
         """Whether a worker should start now: below minWorkers, or calls wait and there
         is room below maxWorkers."""
         live = self._live()
-        return live < self.settings.min_workers or (bool(self.sched.queue) and live < self.limits.max_workers)
+        return live < self.settings.min_workers or (bool(self._sched.queue) and live < self.limits.max_workers)
 
     def _live(self) -> int:
         """Workers the pool started that stay (not leaving), plus those starting."""
         return sum(1 for s in self._members if not s.retiring and not s.external) + self.starting
 
     async def _leave(self, worker: PoolWorker, reason: str, drain: bool = True) -> None:
-        if self.on_retire is not None and worker.pins:
-            await self.on_retire(worker)
-        self.feed(WorkerDraining(self.loop.time(), worker.id))  # no new call; what it runs finishes
+        if self._pins is not None and worker.pins:
+            await self._pins.move_off(worker)
+        self._feed(WorkerDraining(self.loop.time(), worker.id))  # no new call; what it runs finishes
         await worker.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
         self.events.emit("worker-retired", worker_id=worker.id, reason=reason)
 
@@ -272,7 +345,7 @@ class WorkerLifecycle:
 
     def autoscale(self, now: float) -> ScalePlan:
         plan = plan_scaling(
-            self._members, self.limits, starting=self.starting, queued=len(self.sched.queue),
+            self._members, self.limits, starting=self.starting, queued=len(self._sched.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
         )
         if plan.start or plan.retire:
@@ -288,6 +361,36 @@ class WorkerLifecycle:
             self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
         return plan
 
-    @property
-    def members(self) -> list[PoolWorker]:
-        return list(self._members)
+    def grow(self) -> None:
+        """Calls wait for a worker: start one, below maxWorkers."""
+        queued = len(self._sched.queue)
+        if queued and not self.closed and self.starting < queued and self._live() < self.limits.max_workers:
+            self._spawn()
+            self.last_scale_up = time.monotonic()
+            self.last_scaling = "all workers busy: started one"
+            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
+
+    def set_load(self, cpu_percent: float, memory_percent: float) -> None:
+        """The monitor's latest sample: the in-process worker (opted in) is open while
+        the machine is idle."""
+        self.memory_percent = memory_percent
+        if self.local is not None:
+            low = cpu_percent < self.limits.local_threshold * 100
+            if low != self._sched.local_open:
+                self._feed(Load(self.loop.time(), low))
+
+    def kill(self, worker: PoolWorker, reason: str) -> None:
+        """Stop what ``worker`` runs by force (it is ended and replaced); its calls fail
+        or retry under their policy, each with ``reason``."""
+        for task_id in list(worker.executor.inflight):
+            worker.executor.abort(task_id, reason)
+
+    def check_resources(self, request: Mapping[str, float], label: str) -> None:
+        """Refuse at once a request no worker could ever satisfy."""
+        offers = [s.resources for s in self._members]
+        if unsatisfiable(offers, self.new_offer, request):
+            offered = self.new_offer if not offers else offers[0]
+            raise UnsatisfiableError(
+                f"{label} asks for {dict(request)}, which no {self.settings.node_type} worker can "
+                f"ever offer (they offer {dict(offered or {})}; add labels through executorOptions)"
+            )
