@@ -564,3 +564,28 @@ async def test_calls_that_kill_workers_concurrently_lose_nothing() -> None:
             await asyncio.sleep(0.05)
         stats = await em.get_stats()
         assert stats.workers == 2, [(w.id, w.state) for w in stats.worker_details]  # never above maxWorkers
+
+
+async def test_a_watch_sees_each_attempt_before_its_worker_does_and_each_log_line(tmp_path: Path) -> None:
+    from microkernel.services.execution_manager import watching
+
+    marker = tmp_path / "marker"
+    seen: list[tuple[str, object, object]] = []
+
+    class Watch:
+        def sent(self, attempt: object) -> None:
+            # The worker has not begun it: the marker its first attempt writes is not there yet.
+            seen.append(("sent", attempt.attempt, marker.exists()))  # type: ignore[attr-defined]
+
+        def logged(self, attempt: object, level: str, message: str, fields: object) -> None:
+            seen.append(("log", level, message))
+
+    async with em_kernel() as kernel:
+        em = kernel.get_service("execution-manager")
+        with watching(Watch()):
+            crashing = em.submit(tasks.crash_unless_marker, str(marker), retries=1)
+            logging_call = em.submit(tasks.log_lines, 2)
+        unwatched = em.submit(tasks.log_lines, 1)
+        assert await crashing == "survived" and await logging_call == 2 and await unwatched == 1
+    assert ("sent", 1, False) in seen and ("sent", 2, True) in seen  # the retry is seen too
+    assert [s for s in seen if s[0] == "log"] == [("log", "info", "line 0"), ("log", "info", "line 1")]

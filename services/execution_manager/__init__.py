@@ -60,19 +60,22 @@ from kernel.lazy import lazy_names
 
 if TYPE_CHECKING:
     from . import errors, hookspecs, node_protocol, nodes, protocol
-    from .executor import Attempt, Executor, ExecutorFactory, ExecutorInfo, WorkerState
+    from .executor import Attempt, CallWatch, Executor, ExecutorFactory, ExecutorInfo, WorkerState
+    from .handles import watching
     from .nodes import NodeListener, NodeTransport
     from .runtime import CallChannel, ErrorInfo, Runtime
 
 _WHERE = {
     "Attempt": "executor", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
-    "WorkerState": "executor", "NodeListener": "nodes", "NodeTransport": "nodes",
+    "WorkerState": "executor", "CallWatch": "executor", "watching": "handles",
+    "NodeListener": "nodes", "NodeTransport": "nodes",
     "CallChannel": "runtime", "ErrorInfo": "runtime", "Runtime": "runtime",
 }
 _MODULES = ("errors", "hookspecs", "node_protocol", "nodes", "protocol")
 __all__ = [
     "Attempt",
     "CallChannel",
+    "CallWatch",
     "ErrorInfo",
     "Executor",
     "ExecutorFactory",
@@ -86,6 +89,7 @@ __all__ = [
     "node_protocol",
     "nodes",
     "protocol",
+    "watching",
 ]
 
 

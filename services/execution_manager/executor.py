@@ -105,6 +105,17 @@ class ReplyFuture(asyncio.Future[Any]):
                     {"message": "a call's follower failed", "exception": exc, "future": self})
 
 
+class CallWatch(Protocol):
+    """Who follows a call from outside the caller (see :func:`.handles.watching`). Its
+    methods run on the pool's event path: they must be quick and must not raise."""
+
+    def sent(self, attempt: Attempt) -> None:
+        """``attempt`` is about to reach its worker (called before it is handed over)."""
+
+    def logged(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        """The running attempt wrote a log line (``kernel.task.log``)."""
+
+
 class Attempt:
     """One attempt at a call, as the pool hands it to an executor (see the glossary:
     ``id`` is the call's task id, ``attempt`` its number; ``repr`` names both).
@@ -116,8 +127,8 @@ class Attempt:
     """
 
     __slots__ = ("args", "attempt", "context", "future", "id", "kind", "label", "on_progress", "payload", "priority",
-                 "progress",
-                 "project", "queued_at", "ran", "resources", "soft_timeout", "started", "timeout", "worker_id")
+                 "progress", "project", "queued_at", "ran", "resources", "soft_timeout", "started", "timeout", "watch",
+                 "worker_id")
 
     def __init__(
         self, id: int, kind: int, payload: bytes, future: asyncio.Future[Any],
@@ -125,7 +136,7 @@ class Attempt:
         project: str | None = None, soft_timeout: float = 0.0,
         resources: Mapping[str, float] | None = None, *, attempt: int = 1, timeout: float | None = None,
         worker_id: str | None = None, on_progress: Callable[[float, str], None] | None = None,
-        context: contextvars.Context | None = None, started: float = 0.0,
+        context: contextvars.Context | None = None, started: float = 0.0, watch: CallWatch | None = None,
     ) -> None:
         self.id = id  # the task id: the same for every attempt at one call
         self.attempt = attempt  # which attempt this is
@@ -146,6 +157,7 @@ class Attempt:
         self.on_progress = on_progress  # the caller's, if it listens
         self.ran: float | None = None  # seconds it ran, where the executor knows (see Executor.overhead)
         self.context = context  # the caller's (its structlog variables reach log lines)
+        self.watch = watch  # who follows the call from outside (the job service), if anyone
 
     def __repr__(self) -> str:
         return f"<Attempt {self.attempt} of {self.describe()} on {self.worker_id or 'no worker yet'}>"

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
 from .errors import CallTimeoutError, PoolClosedError, RemoteError, WorkerCrashedError
-from .executor import Attempt, bound, describe
+from .executor import Attempt, CallWatch, bound, describe
 from .serialization import loads
 from .stimuli import CallSpec, Resolve
 
@@ -32,6 +32,19 @@ if TYPE_CHECKING:
     from .runtime import ErrorInfo
 
 log = structlog.get_logger("execution-manager")
+_watch: contextvars.ContextVar[CallWatch | None] = contextvars.ContextVar("call_watch", default=None)
+
+
+@contextlib.contextmanager
+def watching(watch: CallWatch) -> Iterator[None]:
+    """Calls made inside the block report to ``watch``: each attempt just before it
+    reaches a worker, and each log line it writes. A service that keeps calls' records
+    elsewhere (the job service) follows them this way, whichever way it made them."""
+    token = _watch.set(watch)
+    try:
+        yield
+    finally:
+        _watch.reset(token)
 
 
 class Progress(NamedTuple):
@@ -113,10 +126,14 @@ class CallFuture(asyncio.Future[Any]):
         self.attempts: list[FailedAttempt] = []
         self.queued_at = pool.loop.time()
         self.context = contextvars.copy_context()  # the caller's structlog variables, for lines about the call
+        watch = _watch.get()
+        if watch is not None:
+            self.watch = watch
 
     # Set on the instance when they change (one store fewer each, for every call).
     attempt: Attempt | None = None  # the current attempt, once one was sent
     answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
+    watch: CallWatch | None = None  # see watching()
     _progress: Progress | None = None
     _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed
     _progress_queues: list[asyncio.Queue[Progress | None]] | None = None

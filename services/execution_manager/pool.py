@@ -226,7 +226,7 @@ class WorkerPool:
         call = reply.call = Attempt(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
                     worker_id=worker_id, on_progress=fut.report_progress, context=fut.context,
-                    started=time.perf_counter())
+                    started=time.perf_counter(), watch=fut.watch)
         fut.attempt = call
         if self.tally.timings is not None:
             self.tally.waited(self.loop.time() - fut.queued_at)
@@ -238,6 +238,8 @@ class WorkerPool:
             self.feed(Lost(self.loop.time(), send.task_id, send.attempt, f"worker {worker_id} is gone",
                            started=False))
             return
+        if call.watch is not None:
+            call.watch.sent(call)
         try:
             worker.executor.submit(call)
         except PoolClosedError as exc:  # it died and is not reaped yet: the call never reached it

@@ -47,6 +47,8 @@ class CallTraffic:
             call.on_progress(fraction, message)
 
     def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        if call.watch is not None:
+            call.watch.logged(call, level, message, fields)
         numeric = _LEVELS.get(level, logging.INFO)
         extra = {k: v for k, v in fields.items() if k not in ("event", "level")}
         log.log(numeric, message, **{**call.bound(), **extra, "task_id": call.id, "attempt": call.attempt,
