@@ -55,7 +55,11 @@ def _settings(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    defaults: dict[str, dict[str, Any]] = {} if args.no_http else {"execution-manager": {"http": {}}}
+    defaults: dict[str, dict[str, Any]] = {}
+    if not args.no_http:
+        defaults["execution-manager"] = {"http": {}}
+    if not (args.no_http or args.no_jobs):
+        defaults["jobs"] = {"api": {}}
     kernel = Kernel(args.paths, settings=_settings(args.set), defaults=defaults)
 
     async def ready(k: Kernel) -> None:
@@ -100,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="SERVICE.FIELD=VALUE",
                      help="override a service's custom setting (value parsed as JSON)")
     run.add_argument("--no-http", action="store_true",
-                     help="no dashboard, JSON API or /metrics (else on, as custom.http of the execution manager)")
+                     help="no dashboard, JSON API or /metrics (else on, as custom.http of the execution manager), "
+                          "and no job API")
+    run.add_argument("--no-jobs", action="store_true",
+                     help="no job API (else on, as custom.api of the jobs service: kernel submit reaches it)")
     add_loop_argument(run)
     for name, command in commands.items():
         command.arguments(sub.add_parser(name, help=command.help, description=command.description or command.help))

@@ -20,6 +20,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels the tests start (in-process or not) keep their job store away from the user's."""
+    monkeypatch.setenv("MICROKERNEL_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(autouse=True)
 def no_process_left_behind() -> Iterator[None]:
     """Fail a test that leaves a child process running (after a short grace)."""
     me = psutil.Process()

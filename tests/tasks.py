@@ -196,3 +196,28 @@ def stop_self_after(delay: float) -> str:
 
     threading.Thread(target=stop, daemon=True).start()
     return "will stop"
+
+
+def log_lines(n: int, pause: float = 0.0) -> int:
+    """Writes ``n`` log lines through kernel.task.log (a job's log gets them)."""
+    from kernel import task
+
+    for i in range(n):
+        task.log(f"line {i}")
+        time.sleep(pause)
+    return n
+
+
+def touch_then_wait(path: str, seconds: float) -> str:
+    """Marks that it ran (a line per run in ``path``), then works ``seconds``."""
+    touch(path)
+    time.sleep(seconds)
+    return path
+
+
+def sized(n: int) -> str:
+    return "x" * n
+
+
+def a_set() -> set[int]:
+    return {1, 2}

@@ -185,7 +185,8 @@ async def test_execution_manager_is_kernel_mode_and_first(tmp_path: Path) -> Non
     tree(tmp_path, {"early": {}})
     rec = Recorder()
     async with Kernel([tmp_path], plugins=[rec], settings={"execution-manager": EM_INMEMORY}) as kernel:
-        assert rec.of("started") == ["execution-manager", "early"]
+        started = rec.of("started")
+        assert started[0] == "execution-manager" and sorted(started[1:]) == ["early", "jobs"]
         assert kernel.get_service("execution-manager").settings.node_type == "inmemory"
 
 
@@ -220,7 +221,7 @@ async def test_a_later_failure_stops_the_pool_and_leaves_no_process(tmp_path: Pa
     kernel = Kernel([tmp_path], plugins=[rec], settings={"execution-manager": {"minWorkers": 2, "maxWorkers": 2}})
     with pytest.raises(ServiceStartError, match="'broken'"):
         await kernel.start()
-    assert rec.of("stopped") == ["execution-manager"]
+    assert "execution-manager" in rec.of("stopped") and "broken" not in rec.of("stopped")
     # the autouse fixture checks that both worker processes are gone
 
 

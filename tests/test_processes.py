@@ -38,7 +38,8 @@ def workers_of(pid: int) -> list[psutil.Process]:
 def test_kernel_run_stops_cleanly_on_sigterm() -> None:
     with subprocess.Popen(
         [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
-         "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}'],
+         "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}',
+         "--set", 'jobs.api={"port": 0}'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
@@ -49,8 +50,9 @@ def test_kernel_run_stops_cleanly_on_sigterm() -> None:
         finally:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "kernel running: execution-manager (running), prime-counter (running), reporter (running)" in err
-    assert "dashboard: http://127.0.0.1:" in err
+    assert ("kernel running: execution-manager (running), jobs (running), prime-counter (running), "
+            "reporter (running)") in err
+    assert "dashboard: http://127.0.0.1:" in err and "jobs: http://127.0.0.1:" in err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(entry["event"] == "stopping on signal" and entry["signal"] == "SIGTERM" for entry in lines)
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
@@ -156,7 +158,7 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
 
 def test_kernel_status_against_a_running_kernel() -> None:
     cmd = [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
-           "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}']
+           "--set", "execution-manager.maxWorkers=2", "--set", 'execution-manager.http={"port": 0}', "--no-jobs"]
     with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stderr is not None
@@ -172,7 +174,8 @@ def test_kernel_status_against_a_running_kernel() -> None:
             assert out.returncode == 0, out.stderr
             status = json.loads(out.stdout)
             assert {w["id"] for w in status["workers"]} >= {"local-1", "local-2"}
-            assert [s["name"] for s in status["services"]] == ["execution-manager", "prime-counter", "reporter"]
+            assert [s["name"] for s in status["services"]] == ["execution-manager", "jobs", "prime-counter",
+                                                                "reporter"]
             out = subprocess.run([*KERNEL, "status", "--url", url], capture_output=True, text=True, timeout=30,
                                  env={**os.environ, "COLUMNS": "200"})
             assert out.returncode == 0, out.stderr

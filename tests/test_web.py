@@ -76,8 +76,7 @@ async def test_status_shows_workers_their_calls_and_progress(running: Any) -> No
     status = await get(http, f"{url}/api/status")
     assert status["pool"]["min_workers"] == 2 and status["pool"]["max_workers"] == 2
     assert status["pool"]["done"] >= 1 and {w["id"] for w in status["workers"]} == {"local-1", "local-2"}
-    assert [s["name"] for s in status["services"]] == ["execution-manager"]
-    assert status["services"][0]["state"] == "running"
+    assert {s["name"]: s["state"] for s in status["services"]} == {"execution-manager": "running", "jobs": "running"}
     async with http.get(f"{url}/healthz") as r:
         assert r.status == 200 and (await r.json())["status"] == "ok"
     async with http.get(f"{url}/") as r:

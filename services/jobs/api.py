@@ -1,0 +1,232 @@
+"""The job API over HTTP (aiohttp), JSON in and out; described in ``openapi.json``.
+
+Every request, read or write, needs ``Authorization: Bearer <token>``. The token comes
+from ``custom.api.tokenFile``, else ``$MICROKERNEL_JOBS_TOKEN``, else the file
+``jobs.token`` in the data folder (made, chmod 600, on first start), where a client on
+the same machine finds it. It is never logged. A refused request gets a JSON error that
+says why; the token is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import json
+import os
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from kernel.errors import ConfigError
+
+from .model import Job, LogLine
+from .settings import TOKEN_FILE, ApiSettings, JobError
+
+log = structlog.get_logger("jobs")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_LIST = 1000
+
+
+def error(status: int, message: str, field: str | None = None, **headers: str) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+def load_token(settings: ApiSettings, folder: Path) -> tuple[bytes, str]:
+    """The API's token and where it came from (a file path or an env name, never the token).
+
+    :raises ConfigError: the token file given cannot be read, or is empty.
+    """
+    if settings.token_file is not None:
+        path = Path(settings.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(path, [("custom.api.tokenFile", f"cannot read {path}: {exc.strerror}")]) from None
+        if not token:
+            raise ConfigError(path, [("custom.api.tokenFile", f"{path} is empty")])
+        return token.encode(), str(path)
+    given = os.environ.get(settings.token_env, "").strip()
+    if given:
+        return given.encode(), f"${settings.token_env}"
+    path = folder / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+    return token.encode(), str(path)
+
+
+class Jobs(Protocol):
+    """What the API serves (the job service; see :class:`.service.JobService` for each)."""
+
+    def submit(self, body: Any) -> tuple[Job, bool]: ...
+    def get(self, job_id: str) -> Job: ...
+    def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+              limit: int = 100) -> list[Job]: ...
+    def cancel(self, job_id: str) -> Job: ...
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job: ...
+    def logs(self, job_id: str, after: int = 0) -> list[LogLine]: ...
+    def follow(self, job_id: str, after: int = 0) -> AsyncIterator[LogLine]: ...
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+class JobApi:
+    """Serves one job service (see the module docstring)."""
+
+    def __init__(self, jobs: Jobs, settings: ApiSettings, folder: Path) -> None:
+        self.jobs = jobs
+        self.settings = settings
+        self.folder = folder
+        self.token_source = ""
+        self._token = b""
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body, middlewares=[self._guard])
+        r = app.router
+        r.add_post("/jobs", self.submit)
+        r.add_get("/jobs", self.query)
+        r.add_get("/jobs/{id}", self.get)
+        r.add_get("/jobs/{id}/result", self.result)
+        r.add_post("/jobs/{id}/cancel", self.cancel)
+        r.add_get("/jobs/{id}/logs", self.logs)
+        r.add_get("/openapi.json", self.openapi)
+        return app
+
+    async def start(self) -> str:
+        """Serve; return the base URL.
+
+        :raises ConfigError: the port is taken, the address unusable, or TLS or token
+            files unreadable (naming the field to change).
+        """
+        s = self.settings
+        self._token, self.token_source = load_token(s, self.folder)
+        tls = None
+        if s.cert_file is not None and s.key_file is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                tls.load_cert_chain(s.cert_file, s.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(Path(s.cert_file), [("custom.api.certFile", f"cannot load: {exc}")]) from None
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, s.host, s.port, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            taken = exc.errno == errno.EADDRINUSE
+            field = "custom.api.port" if taken else "custom.api.host"
+            why = (f"{s.host}:{s.port} is already in use; set {field} to a free port (0: any)" if taken
+                   else f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}")
+            raise ConfigError(Path(self.folder), [(field, why)]) from None
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if tls else 'http'}://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            log.warning("job request refused", reason="no token", peer=request.remote, path=request.path)
+            return error(401, "this API needs its token: Authorization: Bearer <token> (kernel run prints where "
+                              "it is kept)", **{"WWW-Authenticate": 'Bearer realm="microkernel-jobs"'})
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            log.warning("job request refused", reason="wrong token", peer=request.remote, path=request.path)
+            return error(403, "wrong token")
+        try:
+            return await handler(request)
+        except JobError as exc:
+            return error(exc.status, str(exc), exc.field)
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"the request body is over {self.settings.max_body:,} bytes (custom.api.maxBody)")
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=json.loads)
+        except json.JSONDecodeError as exc:
+            raise JobError(f"the body is not JSON: {exc}") from None
+        job, new = self.jobs.submit(body)
+        return web.json_response(job.to_json(), status=201 if new else 200, dumps=_dumps)
+
+    async def query(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            raise JobError(f"limit must be an integer, not {q['limit']!r}", field="limit") from None
+        if not 0 < limit <= MAX_LIST:
+            raise JobError(f"limit must be 1-{MAX_LIST}, not {limit}", field="limit")
+        jobs = self.jobs.query(state=q.get("state"), project=q.get("project"), type=q.get("type"), limit=limit)
+        return web.json_response({"jobs": [j.to_json() for j in jobs]}, dumps=_dumps)
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.json_response(self.jobs.get(request.match_info["id"]).to_json(), dumps=_dumps)
+
+    async def result(self, request: web.Request) -> web.Response:
+        """The job once finished; ``?wait=SECONDS`` waits for it that long (else 202 with the job)."""
+        wait = _seconds(request.query.get("wait", "0"), "wait")
+        job = await self.jobs.wait(request.match_info["id"], wait)
+        return web.json_response(job.to_json(), status=200 if job.state.finished else 202, dumps=_dumps)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job = self.jobs.cancel(request.match_info["id"])
+        return web.json_response(job.to_json(), status=202, dumps=_dumps)
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """The job's log lines after ``?after=N``, one JSON object a line; ``?follow=1``
+        streams them as they come until the job has finished."""
+        job_id = request.match_info["id"]
+        raw = request.query.get("after", "0")
+        if not raw.isdigit():
+            raise JobError(f"after must be a log line number, not {raw!r}", field="after")
+        after = int(raw)
+        follow = request.query.get("follow", "0") not in ("0", "false", "")
+        if not follow:
+            lines = self.jobs.logs(job_id, after)
+            text = "".join(_dumps(line._asdict()) + "\n" for line in lines)
+            return web.Response(text=text, content_type="application/x-ndjson")
+        self.jobs.get(job_id)  # a 404 before the stream starts
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        async for line in self.jobs.follow(job_id, after):
+            await response.write((_dumps(line._asdict()) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        text = resources.files(__package__).joinpath("openapi.json").read_text("utf-8")
+        return web.Response(text=text, content_type="application/json")
+
+
+def _seconds(raw: str, field: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise JobError(f"{field} must be a number, not {raw!r}", field=field) from None
+    if not 0 <= value <= 3600:
+        raise JobError(f"{field} must be 0-3600, not {raw}", field=field)
+    return value

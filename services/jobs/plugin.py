@@ -1,0 +1,40 @@
+"""The job service's built-ins as a plugin (entry point ``microkernel.plugins``): its
+task types and its ``kernel`` subcommands. Every ``kernel`` invocation imports this
+module, so what a command needs is imported when it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from kernel import hookimpl
+from kernel.commands import Command
+from kernel.interfaces import ServiceHost
+
+if TYPE_CHECKING:
+    from .tasks import TaskType
+
+
+@hookimpl
+def jobs_task_types() -> Mapping[str, TaskType]:
+    from .tasks import BUILTIN
+
+    return {kind.name: kind() for kind in BUILTIN}
+
+
+@hookimpl
+def kernel_cli_commands() -> Mapping[str, Command]:
+    from .commands import COMMANDS
+
+    return COMMANDS
+
+
+@hookimpl
+def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
+    jobs = kernel.find_service("jobs")
+    address = getattr(jobs, "address", None)
+    api = getattr(jobs, "api", None)
+    if not address or api is None:
+        return None
+    return [f"jobs: {address} (token: {api.token_source}); try kernel submit --function math:factorial --arg 20 "
+            "--wait"]

@@ -1,0 +1,310 @@
+"""The job service: calls submitted from outside the kernel's process, kept in a store.
+
+A job is acknowledged once its record is written; it then goes through the execution
+manager like any call (priorities, projects, retries, timeouts). Its record says
+``running`` before its call reaches a worker, so after the kernel dies a job that may
+have run runs again only if it was submitted as retryable (``retries`` > 0); the others
+are marked ``lost`` with the reason. Queued jobs run after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import structlog
+
+from kernel.service import BaseService
+from microkernel.services.execution_manager import Attempt, watching
+from microkernel.services.execution_manager.serialization import type_name
+
+from .api import JobApi
+from .hookspecs import task_types
+from .model import Job, JobRequest, JobState, LogLine, json_size
+from .settings import JobError, JobSettings
+from .store import JobStore, SqliteStore
+from .tasks import Launch, ServiceMethod, TaskType
+
+log = structlog.get_logger("jobs")
+PURGE_EVERY = 3600.0
+
+
+class _Watch:
+    """Follows one job's call (a :class:`~microkernel.services.execution_manager.CallWatch`)."""
+
+    __slots__ = ("job", "service")
+
+    def __init__(self, service: JobService, job: Job) -> None:
+        self.service, self.job = service, job
+
+    def sent(self, attempt: Attempt) -> None:
+        job = self.job
+        job.state, job.attempts, job.worker = JobState.RUNNING, attempt.attempt, attempt.worker_id
+        job.started = job.started or time.time()
+        self.service.write(lambda store: store.started(job.id, attempt.attempt, attempt.worker_id))
+
+    def logged(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.service.add_log(self.job.id, level, message)
+
+    def progress(self, update: Any) -> None:
+        self.job.progress, self.job.message = update.fraction, update.message or None
+
+
+class JobService(BaseService):
+    """Jobs from outside the kernel (see the module docstring and README "Jobs")."""
+
+    settings_model: ClassVar[type[JobSettings]] = JobSettings
+    settings: JobSettings
+
+    def __init__(self) -> None:
+        self.store: JobStore | None = None
+        self.api: JobApi | None = None
+        self.address: str | None = None  # the API's, once it serves
+        self.types: dict[str, TaskType] = {}
+        self._running: dict[str, tuple[Job, asyncio.Future[Any]]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._closing = False
+        self._purger: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        where = self.store.where if self.store else "off"
+        return f"<JobService store={where} api={self.address or 'off'} running={len(self._running)}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.api is None:
+            log.debug("jobs are off: no custom.api (kernel run turns it on)")
+            return
+        self.types = task_types(self.kernel.pm)
+        self.em = self.get_service("execution-manager")
+        self.store = SqliteStore(s.folder())
+        try:
+            self._recover()
+            self.api = JobApi(self, s.api, s.folder())
+            self.address = await self.api.start()
+        except BaseException:
+            self.store.close()
+            raise
+        self._purger = asyncio.create_task(self._purge_now_and_then())
+        log.info("jobs serving", address=self.address, store=self.store.where, token_file=self.api.token_source)
+
+    async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+        if self._purger is not None:
+            self._purger.cancel()
+        if self.store is None:
+            return
+        # Calls not started stay queued in the store (they run after a restart); running
+        # ones get the execution manager's drain time to finish and be recorded.
+        waiting = []
+        for job, fut in list(self._running.values()):
+            if job.state == JobState.QUEUED:
+                self._closing_job(job.id)
+                fut.cancel()
+            else:
+                waiting.append(fut)
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.em.settings.drain_timeout)
+        self._closing = True
+        self.store.close()
+
+    def _closing_job(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def submit(self, body: Any) -> tuple[Job, bool]:
+        """Check ``body`` (a job request, JSON), keep the job and start it; returns the job
+        and whether it is new (False: its idempotency key was known).
+
+        :raises JobError: naming the field at fault; nothing is kept then.
+        """
+        store = self._store()
+        request = JobRequest.parse(body)
+        kind = self.types.get(request.type)
+        if kind is None:
+            raise JobError(f"unknown task type {request.type!r} (known: {', '.join(sorted(self.types))})",
+                           field="type")
+        if not kind.allowed(self.settings):
+            flag = "allowShell" if request.type == "shell" else "allowCode" if request.type == "code" else kind.setting
+            raise JobError(f"{request.type} jobs are off in this kernel (custom.{flag} of the jobs service)",
+                           field="type", status=403)
+        task = kind.check(request.task)
+        if isinstance(kind, ServiceMethod):
+            kind.bound(self.kernel, task)
+        job, new = store.add(Job.new(replace(request, task=task)))
+        if new:
+            log.info("job submitted", job_id=job.id, type=job.type, project=job.project)
+            self._launch(job, kind)
+        return job, new
+
+    def get(self, job_id: str) -> Job:
+        """The job, as it is now.
+
+        :raises JobError: no such job (404).
+        """
+        live = self._running.get(job_id)
+        if live is not None:
+            return live[0]
+        job = self._store().get(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id!r}", field="id", status=404)
+        return job
+
+    def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+             limit: int = 100) -> list[Job]:
+        if state is not None and state not in JobState.__members__.values():
+            raise JobError(f"state must be one of {', '.join(JobState)}, not {state!r}", field="state")
+        jobs = self._store().select(state=state, project=project, type=type, limit=limit)
+        return [self._running[j.id][0] if j.id in self._running else j for j in jobs]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: one not started never starts; a running one is stopped.
+
+        :raises JobError: no such job (404), or it has finished (409).
+        """
+        job = self.get(job_id)
+        if job.state.finished:
+            raise JobError(f"job {job_id} has already finished ({job.state})", field="id", status=409)
+        self._running[job_id][1].cancel()
+        return job
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it has finished, or as it is after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get(job_id)
+        while not job.state.finished:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event(job_id).wait(), left)
+            job = self.get(job_id)
+        return job
+
+    def logs(self, job_id: str, after: int = 0) -> list[LogLine]:
+        self.get(job_id)
+        return self._store().logs(job_id, after)
+
+    async def follow(self, job_id: str, after: int = 0) -> AsyncIterator[LogLine]:
+        """Each log line after ``after`` as it is written, until the job has finished."""
+        while True:
+            event = self._event(job_id)
+            lines = self.logs(job_id, after)
+            for line in lines:
+                yield line
+                after = line.seq
+            if not lines:
+                if self.get(job_id).state.finished:
+                    return
+                await event.wait()
+
+    def add_log(self, job_id: str, level: str, line: str) -> None:
+        self.write(lambda store: store.log(job_id, level, line, self.settings.max_log_bytes))
+        self._notify(job_id)
+
+    def write(self, change: Any) -> None:
+        """Apply ``change(store)``; a store that fails is logged, never raised into a call's path."""
+        if self.store is None or self._closing:
+            return
+        try:
+            change(self.store)
+        except Exception as exc:
+            log.error("the job store failed a write", store=self.store.where, error=f"{type_name(exc)}: {exc}")
+
+    # -- running ----------------------------------------------------------------------
+
+    def _launch(self, job: Job, kind: TaskType) -> None:
+        options = {"priority": job.priority, "project": job.project, "timeout": job.timeout, "retries": job.retries}
+        options = {k: v for k, v in options.items() if v is not None}
+        watch = _Watch(self, job)
+        launch = Launch(self.kernel, functools.partial(self.em.submit, **options), options)
+        try:
+            with watching(watch):
+                fut = kind.start(launch, job.task)
+        except Exception as exc:
+            self._finish(job, JobState.FAILED, error=f"{type_name(exc)}: {exc}")
+            return
+        fut = asyncio.ensure_future(fut)
+        self._running[job.id] = (job, fut)
+        if hasattr(fut, "on_progress"):
+            fut.on_progress(watch.progress)
+        fut.add_done_callback(functools.partial(self._done, job))
+
+    def _done(self, job: Job, fut: asyncio.Future[Any]) -> None:
+        if self._running.pop(job.id, None) is None:
+            return  # left queued in the store at shutdown
+        if fut.cancelled():
+            self._finish(job, JobState.CANCELLED, error="cancelled on request")
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._finish(job, JobState.FAILED, error=f"{type_name(exc)}: {exc}")
+            return
+        result = fut.result()
+        try:
+            _, size = json_size(result)
+        except (TypeError, ValueError) as err:
+            self._finish(job, JobState.FAILED, error=f"the result is not JSON: {err}")
+            return
+        limit = self.settings.max_result_bytes
+        if size > limit:
+            self._finish(job, JobState.FAILED, error=f"the result is {size:,} bytes of JSON, over the store's limit "
+                                                     f"of {limit:,} (custom.maxResultBytes of the jobs service)")
+            return
+        self._finish(job, JobState.SUCCEEDED, result=result)
+
+    def _finish(self, job: Job, state: JobState, *, result: Any = None, error: str | None = None) -> None:
+        job.state, job.result, job.error, job.finished = state, result, error, time.time()
+        self.write(lambda store: store.finished(job))
+        log.info("job finished", job_id=job.id, state=state.value, error=error)
+        self._notify(job.id)
+
+    def _recover(self) -> None:
+        """Take up what the last run left: queued jobs run; running ones run again only
+        if retryable, else are lost."""
+        store = self._store()
+        for job in store.unfinished():
+            if job.state == JobState.RUNNING and not job.retryable:
+                self._finish(job, JobState.LOST, error="the kernel stopped while the job ran, and it was not "
+                                                       "retryable (retries 0): it may or may not have run")
+                continue
+            kind = self.types.get(job.type)
+            if kind is None:
+                self._finish(job, JobState.FAILED, error=f"task type {job.type!r} is not installed any more")
+                continue
+            note = "running when the kernel stopped: run again (retryable)" if job.state == JobState.RUNNING \
+                else "queued when the kernel stopped: run now"
+            self.add_log(job.id, "warning", note)
+            job.state = JobState.QUEUED
+            log.info("job taken up again", job_id=job.id, reason=note)
+            self._launch(job, kind)
+
+    async def _purge_now_and_then(self) -> None:
+        while True:
+            self.write(lambda store: store.purge(time.time() - self.settings.retention))
+            await asyncio.sleep(PURGE_EVERY)
+
+    def _event(self, job_id: str) -> asyncio.Event:
+        event = self._changed.get(job_id)
+        if event is None:
+            event = self._changed[job_id] = asyncio.Event()
+        return event
+
+    def _notify(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _store(self) -> JobStore:
+        if self.store is None:
+            raise JobError("jobs are off in this kernel: the jobs service has no custom.api", status=503)
+        return self.store

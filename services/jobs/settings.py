@@ -1,0 +1,76 @@
+"""The job service's ``custom`` settings (camelCase in config.json)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from kernel.errors import KernelError
+
+DATA_ENV = "MICROKERNEL_DATA_DIR"
+TOKEN_ENV = "MICROKERNEL_JOBS_TOKEN"
+TOKEN_FILE = "jobs.token"  # in the data folder, when neither a file nor the env gives the token
+DEFAULT_PORT = 8786
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def default_data_dir() -> Path:
+    """``$MICROKERNEL_DATA_DIR``, else ``$XDG_DATA_HOME/microkernel`` (``~/.local/share/microkernel``)."""
+    given = os.environ.get(DATA_ENV)
+    if given:
+        return Path(given).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "microkernel"
+
+
+class ApiSettings(BaseModel):
+    """``custom.api``: where the job API listens and how it is secured."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on; another than loopback needs TLS or insecure")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="0: any free port")
+    token_env: str = Field(TOKEN_ENV, description="environment variable with the token")
+    token_file: str | None = Field(None, description="file with the token; else the env, else one is made")
+    cert_file: str | None = Field(None, description="TLS certificate (PEM), with keyFile")
+    key_file: str | None = Field(None, description="TLS private key (PEM)")
+    insecure: bool = Field(False, description="listen beyond loopback without TLS (the token then travels in clear)")
+    max_body: int = Field(1024 * 1024, gt=0, description="largest request body in bytes")
+
+    @model_validator(mode="after")
+    def _check(self) -> ApiSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("certFile and keyFile go together")
+        if self.host not in LOOPBACK and self.cert_file is None and not self.insecure:
+            raise ValueError(f"host {self.host!r} is not loopback: give certFile and keyFile (TLS), "
+                             "or set insecure: true to send the token in clear")
+        return self
+
+
+class JobSettings(BaseModel):
+    """Every knob of the job service; see README "Jobs from outside"."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    api: ApiSettings | None = Field(None, description="the HTTP API (kernel run turns it on); null: no jobs")
+    data_dir: str | None = Field(None, description=f"where the store lives (default ${DATA_ENV} or ~/.local/share)")
+    allow_shell: bool = Field(False, description="accept shell-command jobs")
+    allow_code: bool = Field(False, description="accept Python-source jobs")
+    max_result_bytes: int = Field(1024 * 1024, gt=0, description="largest result kept, as JSON")
+    max_log_bytes: int = Field(1024 * 1024, gt=0, description="log kept per job; later lines are dropped")
+    retention: float = Field(7 * 24 * 3600.0, gt=0, description="seconds a finished job is kept")
+
+    def folder(self) -> Path:
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
+
+class JobError(KernelError):
+    """A job request the service refuses: ``field`` names what is wrong (``status``: the HTTP answer)."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status

@@ -1,0 +1,227 @@
+"""Where jobs are kept: :class:`JobStore` is the seam, :class:`SqliteStore` the embedded
+default (one file in the data folder, WAL: a write acknowledged survives the kernel's
+SIGKILL, as the operating system has it).
+
+One kernel owns a SQLite store at a time: it holds a lock on ``jobs.lock`` beside it, and
+a second kernel on the same folder is refused with a message that names the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from kernel.errors import KernelError
+
+from .model import Job, JobState, LogLine
+
+
+class StoreError(KernelError):
+    """The store cannot be opened or written (the message names it)."""
+
+
+class JobStore(ABC):
+    """What the job service needs of a store. Every method commits before it returns."""
+
+    where: str  # how errors and logs name it
+
+    @abstractmethod
+    def add(self, job: Job) -> tuple[Job, bool]:
+        """Keep a new job; with a key already known, the job of that key and False."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """Jobs, newest first."""
+
+    @abstractmethod
+    def started(self, job_id: str, attempt: int, worker: str | None) -> None:
+        """An attempt is about to reach a worker: from now on the job may have run."""
+
+    @abstractmethod
+    def finished(self, job: Job) -> None:
+        """Keep ``job``'s final state, result or error, and times."""
+
+    @abstractmethod
+    def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
+        """Append a log line (its number), unless the job's log is over ``limit`` bytes."""
+
+    @abstractmethod
+    def logs(self, job_id: str, after: int = 0) -> list[LogLine]: ...
+
+    @abstractmethod
+    def unfinished(self) -> list[Job]:
+        """Jobs queued or running, oldest first: what a restart takes up again."""
+
+    @abstractmethod
+    def purge(self, before: float) -> int:
+        """Forget jobs finished before ``before`` (seconds since the epoch); how many."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT UNIQUE,
+    type TEXT NOT NULL,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    project TEXT,
+    timeout REAL,
+    retries INTEGER NOT NULL,
+    name TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    result TEXT,
+    error TEXT,
+    progress REAL,
+    message TEXT,
+    log_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, n);
+CREATE TABLE IF NOT EXISTS logs (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    level TEXT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+_COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
+            "started", "finished", "attempts", "worker", "result", "error", "progress", "message")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    d = dict(zip(_COLUMNS, row, strict=True))
+    d["task"] = json.loads(d["task"])
+    d["state"] = JobState(d["state"])
+    d["result"] = json.loads(d["result"]) if d["result"] is not None else None
+    return Job(**d)
+
+
+class SqliteStore(JobStore):
+    """Jobs in ``FOLDER/jobs.db`` (see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.where = str(folder / "jobs.db")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(folder / "jobs.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the job store in {folder}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock)
+            raise StoreError(f"another kernel uses the job store in {folder}; give this one its own "
+                             "(custom.dataDir of the jobs service, or $MICROKERNEL_DATA_DIR)") from None
+        try:
+            self._db = sqlite3.connect(self.where, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            os.close(self._lock)
+            raise StoreError(f"cannot open the job store {self.where}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.where}>"
+
+    def add(self, job: Job) -> tuple[Job, bool]:
+        values = (job.id, job.key, job.type, json.dumps(job.task), job.state.value, job.priority, job.project,
+                  job.timeout, job.retries, job.name, job.created)
+        cur = self._db.execute(
+            "INSERT INTO jobs (id, key, type, task, state, priority, project, timeout, retries, name, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", values)
+        if cur.rowcount == 1:
+            return job, True
+        existing = self._db.execute(f"{_SELECT} WHERE key = ?", (job.key,)).fetchone()
+        return _job(existing), False
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+             limit: int = 100) -> list[Job]:
+        where, args = [], []
+        for column, value in (("state", state), ("project", project), ("type", type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._db.execute(f"{_SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_job(r) for r in rows]
+
+    def started(self, job_id: str, attempt: int, worker: str | None) -> None:
+        self._db.execute("UPDATE jobs SET state = 'running', attempts = ?, worker = ?, started = COALESCE(started, ?) "
+                         "WHERE id = ?", (attempt, worker, time.time(), job_id))
+
+    def finished(self, job: Job) -> None:
+        result = json.dumps(job.result) if job.result is not None else None
+        self._db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, attempts = ?, "
+                         "progress = ?, message = ? WHERE id = ?",
+                         (job.state.value, result, job.error, job.finished, job.attempts, job.progress,
+                          job.message, job.id))
+
+    def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
+        size = len(line.encode())
+        db = self._db
+        with db:  # one transaction: the size check and the line go together
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT log_bytes FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] > limit:
+                return None
+            if row[0] + size > limit:  # the last line: say that the rest is dropped
+                line, size = f"(log over {limit} bytes: later lines are dropped)", limit + 1 - row[0]
+                level = "warning"
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE job_id = ?", (job_id,)).fetchone()[0]
+            db.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (job_id, seq, time.time(), level, line))
+            db.execute("UPDATE jobs SET log_bytes = log_bytes + ? WHERE id = ?", (size, job_id))
+        return int(seq)
+
+    def logs(self, job_id: str, after: int = 0) -> list[LogLine]:
+        rows = self._db.execute("SELECT seq, at, level, line FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq",
+                                (job_id, after)).fetchall()
+        return [LogLine(*r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        rows = self._db.execute(f"{_SELECT} WHERE state IN ('queued', 'running') ORDER BY n").fetchall()
+        return [_job(r) for r in rows]
+
+    def purge(self, before: float) -> int:
+        db = self._db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            old = [r[0] for r in db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
+                                            (before,))]
+            for job_id in old:
+                db.execute("DELETE FROM logs WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,))
+        return len(old)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock)

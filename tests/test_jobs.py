@@ -1,0 +1,362 @@
+"""Jobs from outside the kernel: the API, the clients, the store, task types, bad input.
+
+Every test runs a real kernel (its job API on a free port, real worker processes) and
+talks to it over HTTP, as a user's other process would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import jsonschema
+import pytest
+
+from kernel import Kernel
+from kernel.errors import KernelError
+from microkernel.services.jobs import AsyncClient, Client, JobFailed, JobNotFound, JobRejected, JobState
+from microkernel.services.jobs.client import AuthError
+from microkernel.services.jobs.model import JobRequest
+from microkernel.services.jobs.settings import ApiSettings, JobError
+from microkernel.services.jobs.store import SqliteStore, StoreError
+
+from .conftest import EM_LOCAL
+
+pytestmark = pytest.mark.anyio
+EXAMPLES = Path(__file__).parent.parent / "services" / "examples"
+
+
+@contextlib.asynccontextmanager
+async def jobs_kernel(data: Path, paths: tuple[Path, ...] = (), em: dict[str, Any] | None = None,
+                      **custom: Any) -> AsyncIterator[tuple[Kernel, AsyncClient, str]]:
+    settings = {"execution-manager": {**EM_LOCAL, **(em or {})},
+                "jobs": {"api": {"port": 0}, "dataDir": str(data), **custom}}
+    async with Kernel(list(paths), settings=settings) as kernel:
+        jobs = kernel.get_service("jobs")
+        token = (data / "jobs.token").read_text().strip()
+        async with AsyncClient(jobs.address, token=token) as client:
+            yield kernel, client, token
+
+
+# -- through the API, as a user would ------------------------------------------------
+
+
+async def test_a_service_method_and_a_function_run_as_jobs_and_keep_their_results(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, (EXAMPLES,)) as (kernel, client, token):
+        job = await client.submit(service="prime-counter", method="count_range", args=[0, 1000])
+        assert job.state in (JobState.QUEUED, JobState.RUNNING) and len(job.id) == 32  # placed at once if it can
+        assert await client.result(job.id, timeout=30) == 168
+        done = await client.status(job.id)
+        assert done.state == JobState.SUCCEEDED and done.attempts == 1 and done.worker.startswith("local-")
+        assert done.started is not None and done.finished is not None and done.finished >= done.started
+
+        # The blocking client, from another thread (the kernel runs on this loop).
+        address = kernel.get_service("jobs").address
+
+        def blocking() -> tuple[Any, list[str]]:
+            with Client(address, token=token) as sync:
+                ref = sync.submit({"function": "math:factorial", "args": [20]})
+                return sync.result(ref.id, timeout=30), [j.id for j in sync.list(type="function")]
+
+        value, listed = await anyio.to_thread.run_sync(blocking)
+        assert value == 2432902008176640000 and len(listed) == 1
+        assert {j.type for j in await client.list()} == {"service", "function"}
+        assert [j.id for j in await client.list(state="succeeded", type="service")] == [job.id]
+
+
+async def test_a_jobs_log_lines_are_kept_and_followed_as_they_are_written(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path) as (_kernel, client, _token):
+        job = await client.submit(function="tests.tasks:log_lines", args=[5, 0.1])
+        seen = [line.line async for line in client.logs(job.id, follow=True)]
+        assert seen == [f"line {i}" for i in range(5)]
+        assert (await client.status(job.id)).state == JobState.SUCCEEDED  # follow ends when the job does
+        later = [line.seq async for line in client.logs(job.id, after=3)]
+        assert later == [4, 5]
+
+
+async def test_cancelling_a_queued_job_means_it_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    async with jobs_kernel(tmp_path, em={"minWorkers": 1, "maxWorkers": 1}) as (_kernel, client, _token):
+        busy = await client.submit(function="tests.tasks:slow", args=[1.0])
+        queued = await client.submit(function="tests.tasks:touch", args=[str(marker)])
+        cancelled = await client.cancel(queued.id)
+        assert cancelled.id == queued.id
+        assert (await client.wait(queued.id, 10)).state == JobState.CANCELLED
+        await client.result(busy.id, timeout=10)
+        await asyncio.sleep(0.3)
+        assert not marker.exists()
+        with pytest.raises(JobRejected, match="already finished") as finished:
+            await client.cancel(queued.id)
+        assert finished.value.status == 409
+        with pytest.raises(JobFailed, match="cancelled"):
+            await client.result(queued.id)
+
+
+async def test_an_idempotency_key_returns_the_same_job(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    async with jobs_kernel(tmp_path) as (_kernel, client, _token):
+        first = await client.submit(function="tests.tasks:touch", args=[str(marker)], key="nightly-2026-12-07")
+        again = await client.submit(function="tests.tasks:touch", args=[str(marker)], key="nightly-2026-12-07")
+        assert again.id == first.id
+        await client.result(first.id, timeout=10)
+        assert marker.read_text() == "ran\n"  # once
+
+
+async def test_results_that_the_store_cannot_keep_fail_the_job_and_say_why(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, maxResultBytes=1000) as (_kernel, client, _token):
+        big = await client.submit(function="tests.tasks:sized", args=[5000])
+        with pytest.raises(JobFailed, match=r"5,002 bytes of JSON, over the store's limit of 1,000 "
+                                            r"\(custom.maxResultBytes"):
+            await client.result(big.id, timeout=10)
+        odd = await client.submit(function="tests.tasks:a_set")
+        with pytest.raises(JobFailed, match="not JSON"):
+            await client.result(odd.id, timeout=10)
+        raised = await client.submit(function="tests.tasks:raise_custom", args=["boom"])
+        with pytest.raises(JobFailed, match="CustomError: boom") as failed:
+            await client.result(raised.id, timeout=10)
+        assert failed.value.job.state == JobState.FAILED
+
+
+async def test_bad_requests_get_a_4xx_that_names_the_field_and_keep_nothing(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, (EXAMPLES,)) as (kernel, client, token):
+        cases: list[tuple[dict[str, Any], str, str]] = [
+            ({"type": "teleport"}, "type", "unknown task type 'teleport'"),
+            ({"args": [1]}, "type", "say the task type"),
+            ({"function": "nosuch.module:f"}, "function", "no module 'nosuch.module'"),
+            ({"function": "math"}, "function", "package.module:function"),
+            ({"function": "math:sqrt", "args": {"x": 1}}, "args", "JSON array"),
+            ({"function": "math:sqrt", "priority": 11}, "priority", "0-10"),
+            ({"function": "math:sqrt", "timeout": 0}, "timeout", "above 0"),
+            ({"function": "math:sqrt", "colour": "red"}, "colour", "no field 'colour'"),
+            ({"service": "prime-counter", "method": "nope"}, "method", "no @distributed method 'nope'"),
+            ({"service": "no-such-service", "method": "x"}, "service", "no service 'no-such-service'"),
+            ({"command": ["ls"]}, "type", "shell jobs are off"),
+            ({"code": "result = 1"}, "type", "code jobs are off"),
+            ({"url": "ftp://example.com"}, "url", "http:// or https://"),
+        ]
+        for body, field, message in cases:
+            with pytest.raises(JobRejected, match=message) as refused:
+                await client.submit(body)
+            assert refused.value.field == field, body
+        assert await client.list() == []  # nothing half-written
+        with pytest.raises(JobNotFound, match="no job 'f00'"):
+            await client.status("f00")
+        with pytest.raises(JobNotFound):
+            await client.cancel("f00")
+        address = kernel.get_service("jobs").address
+        async with httpx.AsyncClient(base_url=address) as raw:
+            auth = {"Authorization": f"Bearer {token}"}
+            answer = await raw.post("/jobs", content=b"{not json", headers=auth)
+            assert answer.status_code == 400 and "not JSON" in answer.json()["error"]
+            answer = await raw.post("/jobs", content=b"[" + b"1," * 600_000 + b"1]", headers=auth)
+            assert answer.status_code == 413 and "maxBody" in answer.json()["error"]
+            assert (await raw.get("/jobs")).status_code == 401  # reads need the token too
+            assert (await raw.get("/jobs", headers={"Authorization": "Bearer nope"})).status_code == 403
+            answer = await raw.get("/jobs", params={"limit": "lots"}, headers=auth)
+            assert answer.status_code == 400 and answer.json()["field"] == "limit"
+        with pytest.raises(AuthError):
+            async with AsyncClient(address, token="wrong") as wrong:
+                await wrong.list()
+
+
+async def test_shell_jobs_stream_their_output_and_fail_on_a_nonzero_exit(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, allowShell=True) as (_kernel, client, _token):
+        job = await client.submit(command=["sh", "-c", "echo one; echo two >&2; echo three"])
+        assert await client.result(job.id, timeout=10) == {"exit_code": 0}
+        lines = {(line.level, line.line) async for line in client.logs(job.id)}
+        assert lines == {("info", "one"), ("warning", "two"), ("info", "three")}
+        failing = await client.submit(command=["sh", "-c", "exit 3"])
+        with pytest.raises(JobFailed, match="command exited with 3"):
+            await client.result(failing.id, timeout=10)
+
+
+# -- durability: the kernel killed and started again ----------------------------------
+
+
+def _kernel_process(data: Path, port: int) -> list[str]:
+    return ["kernel", "run", str(EXAMPLES), "--no-http", "--set", f"jobs.api={json.dumps({'port': port})}",
+            "--set", f"jobs.dataDir={json.dumps(str(data))}", "--set", "execution-manager.minWorkers=1",
+            "--set", "execution-manager.maxWorkers=1"]
+
+
+async def _start(data: Path, port: int) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = await asyncio.create_subprocess_exec(*_kernel_process(data, port), env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while b"kernel running" not in await proc.stderr.readline():
+            pass
+    asyncio.get_running_loop().create_task(_drain(proc.stderr))
+    return proc
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def test_acknowledged_jobs_survive_sigkill_of_the_kernel(tmp_path: Path) -> None:
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused_tcp_port = probe.getsockname()[1]
+    runs.mkdir()
+    proc = await _start(data, unused_tcp_port)
+    try:
+        token = (data / "jobs.token").read_text().strip()
+        url = f"http://127.0.0.1:{unused_tcp_port}"
+        async with AsyncClient(url, token=token) as client:
+            # One worker: the first job runs, the others wait behind it.
+            once = await client.submit(function="tests.tasks:touch_then_wait", args=[str(runs / "once"), 30])
+            retry = await client.submit(function="tests.tasks:touch_then_wait", args=[str(runs / "retry"), 0.1],
+                                        retries=1)
+            queued = await client.submit(function="tests.tasks:touch", args=[str(runs / "queued")])
+            for _ in range(100):
+                if (runs / "once").exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.status(once.id)).state == JobState.RUNNING
+        proc.kill()
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    proc = await _start(data, unused_tcp_port)
+    try:
+        async with AsyncClient(url, token=token) as client:
+            assert await client.result(queued.id, timeout=30) == str(runs / "queued")
+            await client.result(retry.id, timeout=30)
+            lost = await client.wait(once.id, 10)
+            assert lost.state == JobState.LOST and "not retryable" in (lost.error or "")
+            logs = [line.line async for line in client.logs(queued.id)]
+            assert logs == ["queued when the kernel stopped: run now"]
+        assert (runs / "once").read_text() == "ran\n"  # never run twice
+        assert (runs / "queued").read_text() == "ran\n"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+# -- the parts, without a kernel ------------------------------------------------------
+
+
+def test_a_second_kernel_on_the_same_store_is_refused_by_name(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    try:
+        with pytest.raises(StoreError, match=f"another kernel uses the job store in {tmp_path}"):
+            SqliteStore(tmp_path)
+    finally:
+        store.close()
+    readonly = tmp_path / "ro"
+    readonly.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(StoreError, match=str(readonly)):
+            SqliteStore(readonly / "data")
+
+
+async def test_a_store_that_cannot_open_stops_start_up_with_its_name(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(KernelError, match=f"cannot open the job store in {blocker / 'data'}"):
+        async with jobs_kernel(blocker / "data"):
+            pass
+
+
+def test_listening_beyond_loopback_needs_tls_or_insecure() -> None:
+    with pytest.raises(ValueError, match="not loopback: give certFile and keyFile"):
+        ApiSettings(host="0.0.0.0")
+    assert ApiSettings(host="0.0.0.0", insecure=True).insecure
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ([], None), ({"type": 3}, "type"), ({"type": "function", "retries": -1}, "retries"),
+    ({"type": "function", "key": ""}, "key"), ({"type": "function", "project": ""}, "project"),
+])
+def test_requests_are_checked_field_by_field(body: Any, field: str | None) -> None:
+    with pytest.raises(JobError) as refused:
+        JobRequest.parse(body)
+    assert refused.value.field == field
+
+
+# -- the OpenAPI description ------------------------------------------------------------
+
+
+class _Request:
+    """An httpx request as openapi-core reads one."""
+
+    def __init__(self, request: httpx.Request) -> None:
+        from openapi_core.datatypes import RequestParameters
+        from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+        self.host_url = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        self.path = request.url.path
+        self.method = request.method.lower()
+        self.body = request.content or None
+        self.content_type = request.headers.get("content-type", "")
+        self.parameters = RequestParameters(query=ImmutableMultiDict(list(request.url.params.multi_items())),
+                                            header=Headers(list(request.headers.items())),
+                                            cookie=ImmutableMultiDict())
+
+
+class _Response:
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.content_type = response.headers.get("content-type", "").split(";")[0]
+        self.headers = dict(response.headers)
+        self.data = response.content
+
+
+async def test_the_server_answers_as_its_openapi_description_says(tmp_path: Path) -> None:
+    from openapi_core import OpenAPI
+
+    spec_path = Path(__file__).parent.parent / "services" / "jobs" / "openapi.json"
+    openapi = OpenAPI.from_file_path(str(spec_path))
+    exchanges: list[httpx.Response] = []
+    async with jobs_kernel(tmp_path, (EXAMPLES,)) as (kernel, _client, token):
+        address = kernel.get_service("jobs").address
+        async with httpx.AsyncClient(base_url=address, headers={"Authorization": f"Bearer {token}"}) as http:
+            async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+                response = await http.request(method, path, **kwargs)
+                exchanges.append(response)
+                return response
+
+            job = (await call("POST", "/jobs", json={"function": "tests.tasks:log_lines", "args": [2]})).json()
+            assert (await call("POST", "/jobs", json={"function": "math:sqrt", "key": "k", "args": [4]})).status_code == 201
+            assert (await call("POST", "/jobs", json={"function": "math:sqrt", "key": "k", "args": [4]})).status_code == 200
+            assert (await call("POST", "/jobs", json={"type": "nope"})).status_code == 400
+            assert (await call("GET", f"/jobs/{job['id']}/result", params={"wait": 10})).status_code == 200
+            slow = (await call("POST", "/jobs", json={"function": "tests.tasks:slow", "args": [5]})).json()
+            assert (await call("GET", f"/jobs/{slow['id']}/result")).status_code == 202
+            assert (await call("POST", f"/jobs/{slow['id']}/cancel")).status_code == 202
+            assert (await call("POST", f"/jobs/{job['id']}/cancel")).status_code == 409
+            assert (await call("GET", f"/jobs/{job['id']}")).status_code == 200
+            assert (await call("GET", "/jobs/nope")).status_code == 404
+            assert (await call("GET", "/jobs", params={"state": "succeeded", "limit": 5})).status_code == 200
+            assert (await call("GET", "/jobs", params={"limit": 0})).status_code == 400
+            logs = await call("GET", f"/jobs/{job['id']}/logs", params={"follow": 1})
+            lines = [json.loads(line) for line in logs.text.splitlines()]
+            assert [line["line"] for line in lines] == ["line 0", "line 1"]
+            schema = json.loads(spec_path.read_text())["components"]["schemas"]["LogLine"]
+            for line in lines:
+                jsonschema.validate(line, schema)
+            assert (await call("GET", "/openapi.json")).json() == json.loads(spec_path.read_text())
+            assert (await call("GET", "/jobs", headers={"Authorization": "Bearer wrong"})).status_code == 403
+    operations = set()
+    for response in exchanges:
+        request = _Request(response.request)
+        openapi.validate_response(request, _Response(response))  # raises on any mismatch
+        if response.status_code < 400:
+            openapi.validate_request(request)
+        operations.add((request.method, response.status_code))
+    described = {(m, int(code)) for item in json.loads(spec_path.read_text())["paths"].values()
+                 for m, op in item.items() for code in op["responses"]}
+    assert len(operations) >= 9 and operations <= described
