@@ -23,7 +23,7 @@ from kernel import Kernel
 from kernel.errors import KernelError
 from microkernel.services.jobs import AsyncClient, Client, JobFailed, JobNotFound, JobRejected, JobState
 from microkernel.services.jobs.client import AuthError
-from microkernel.services.jobs.model import JobRequest
+from microkernel.services.jobs.model import Job, JobRequest
 from microkernel.services.jobs.settings import ApiSettings, JobError
 from microkernel.services.jobs.store import SqliteStore, StoreError
 
@@ -177,6 +177,61 @@ async def test_shell_jobs_stream_their_output_and_fail_on_a_nonzero_exit(tmp_pat
             await client.result(failing.id, timeout=10)
 
 
+async def test_module_code_and_http_jobs_run_on_workers(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    hits: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        hits.append(await request.text())
+        return web.json_response({"ok": True}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with jobs_kernel(tmp_path, allowCode=True) as (_kernel, client, _token):
+            code = await client.submit(code="import os\nprint('from', 'code')\nresult = os.getpid()")
+            pid = await client.result(code.id, timeout=10)
+            assert pid != os.getpid()  # on a worker, never in the kernel's process
+            assert [line.line async for line in client.logs(code.id)] == ["from code"]
+            module = await client.submit(module="json.tool", argv=["--help"])
+            await client.result(module.id, timeout=10)
+            assert any("usage" in line for line in [line.line async for line in client.logs(module.id)])
+            http = await client.submit(url=f"http://127.0.0.1:{port}/hook", method="POST", json={"n": 1})
+            answer = await client.result(http.id, timeout=10)
+            assert answer["status"] == 201 and json.loads(answer["body"]) == {"ok": True}
+            assert hits == ['{"n": 1}']
+            refused = await client.submit(url=f"http://127.0.0.1:{port}/nowhere", expect=[200])
+            with pytest.raises(JobFailed, match="answered 404, expected 200"):
+                await client.result(refused.id, timeout=10)
+            broken = await client.submit(module="json.tool", argv=["/no/such/file"])
+            with pytest.raises(JobFailed, match="exited with"):
+                await client.result(broken.id, timeout=10)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_jobs_progress_and_timeout_come_through(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path) as (_kernel, client, _token):
+        job = await client.submit(function="tests.tasks:report_then_wait", args=[0.5, 1.0])
+        for _ in range(100):
+            status = await client.status(job.id)
+            if status.progress is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert status.progress == 0.5 and status.message == "halfway there" and status.state == JobState.RUNNING
+        assert await client.result(job.id, timeout=10) == 0.5
+        assert (await client.status(job.id)).progress == 0.5  # kept with the job
+        late = await client.submit(function="tests.tasks:slow", args=[5], timeout=0.5)
+        with pytest.raises(JobFailed, match="did not finish within 0.5 s"):
+            await client.result(late.id, timeout=10)
+
+
 # -- durability: the kernel killed and started again ----------------------------------
 
 
@@ -269,6 +324,22 @@ async def test_a_store_that_cannot_open_stops_start_up_with_its_name(tmp_path: P
     with pytest.raises(KernelError, match=f"cannot open the job store in {blocker / 'data'}"):
         async with jobs_kernel(blocker / "data"):
             pass
+
+
+def test_the_store_caps_each_log_and_forgets_old_jobs(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    try:
+        job, new = store.add(Job.new(JobRequest.parse({"function": "m:f"})))
+        assert new
+        numbers = [store.log(job.id, "info", "x" * 40, limit=100) for _ in range(4)]
+        assert numbers == [1, 2, 3, None]  # the third says the rest is dropped
+        assert "later lines are dropped" in store.logs(job.id)[-1].line
+        job.state, job.finished = JobState.SUCCEEDED, 1000.0
+        store.finished(job)
+        assert store.purge(before=999.0) == 0 and store.get(job.id) is not None
+        assert store.purge(before=1001.0) == 1 and store.get(job.id) is None and store.logs(job.id) == []
+    finally:
+        store.close()
 
 
 def test_listening_beyond_loopback_needs_tls_or_insecure() -> None:

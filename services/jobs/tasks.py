@@ -143,7 +143,8 @@ class FunctionRef(TaskType):
 
 
 class Module(TaskType):
-    """``{"module": "package.tool", "argv": ["--flag"]}``: ``python -m`` on a worker."""
+    """``{"module": "package.tool", "argv": ["--flag"]}``: ``python -m`` on a worker's
+    machine, in its own interpreter (output into the job's log, as a command's)."""
 
     name = "module"
 
@@ -161,7 +162,7 @@ class Module(TaskType):
         return {"module": module, "argv": _strings(task.get("argv", []), "argv")}
 
     def start(self, launch: Launch, task: Mapping[str, Any]) -> Any:
-        return launch.submit(work.run_module, task["module"], task["argv"])
+        return launch.submit(work.run_module, task["module"], task["argv"], launch.options.get("timeout"))
 
 
 class Code(TaskType):

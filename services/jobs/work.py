@@ -8,7 +8,6 @@ import contextvars
 import importlib
 import io
 import os
-import runpy
 import subprocess
 import sys
 import threading
@@ -54,18 +53,11 @@ def call_reference(reference: str, args: Sequence[Any], kwargs: Mapping[str, Any
     return result  # a coroutine is awaited by the worker's runtime
 
 
-def run_module(module: str, argv: Sequence[str]) -> None:
-    """``python -m module argv...`` in this worker, its output into the job's log."""
-    saved = sys.argv
-    sys.argv = [module, *argv]
-    try:
-        with _output_to_log():
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            raise JobFailed(f"module {module} exited with {exc.code}") from None
-    finally:
-        sys.argv = saved
+def run_module(module: str, argv: Sequence[str], timeout: float | None) -> dict[str, Any]:
+    """``python -m module argv...`` in a fresh interpreter that sees what this worker
+    sees (its sys.path); its output goes into the job's log as a command's does."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return run_command([sys.executable, "-m", module, *argv], False, {"PYTHONPATH": path}, None, timeout)
 
 
 def run_code(source: str, filename: str = "<job>") -> Any:
