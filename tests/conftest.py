@@ -12,6 +12,8 @@ from typing import Any
 import psutil
 import pytest
 
+from .postgres import pg_url, postgres  # noqa: F401  # fixtures: a real PostgreSQL server
+
 
 @pytest.fixture
 def anyio_backend() -> str:

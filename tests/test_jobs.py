@@ -228,7 +228,7 @@ async def test_a_jobs_progress_and_timeout_come_through(tmp_path: Path) -> None:
         assert await client.result(job.id, timeout=10) == 0.5
         assert (await client.status(job.id)).progress == 0.5  # kept with the job
         late = await client.submit(function="tests.tasks:slow", args=[5], timeout=0.5)
-        with pytest.raises(JobFailed, match="did not finish within 0.5 s"):
+        with pytest.raises(JobFailed, match=r"did not finish within 0\.5 s"):
             await client.result(late.id, timeout=10)
 
 
@@ -307,7 +307,7 @@ async def test_acknowledged_jobs_survive_sigkill_of_the_kernel(tmp_path: Path) -
 def test_a_second_kernel_on_the_same_store_is_refused_by_name(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     try:
-        with pytest.raises(StoreError, match=f"another kernel uses the job store in {tmp_path}"):
+        with pytest.raises(StoreError, match=f"another kernel uses the data folder {tmp_path}"):
             SqliteStore(tmp_path)
     finally:
         store.close()

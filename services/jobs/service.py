@@ -27,7 +27,7 @@ from .api import JobApi
 from .hookspecs import task_types
 from .model import Job, JobRequest, JobState, LogLine, json_size
 from .settings import JobError, JobSettings
-from .store import JobStore, SqliteStore
+from .store import JobStore, SqliteStore, StoreError
 from .tasks import Launch, ServiceMethod, TaskType
 
 log = structlog.get_logger("jobs")
@@ -70,6 +70,7 @@ class JobService(BaseService):
         self._changed: dict[str, asyncio.Event] = {}
         self._closing = False
         self._purger: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         where = self.store.where if self.store else "off"
@@ -84,8 +85,17 @@ class JobService(BaseService):
             return
         self.types = task_types(self.kernel.pm)
         self.em = self.get_service("execution-manager")
-        self.store = SqliteStore(s.folder())
+        if s.store is not None:
+            try:
+                from .pgstore import PostgresStore  # psycopg: only when asked for
+            except ImportError as exc:
+                raise StoreError(f"custom.store names PostgreSQL, but {exc.name} is not installed: "
+                                 "pip install 'microkernel-em[postgres]'") from None
+            self.store = PostgresStore(s.store, s.folder(), orphan_after=s.orphan_after)
+        else:
+            self.store = SqliteStore(s.folder())
         try:
+            self.store.beat()
             self._recover()
             self.api = JobApi(self, s.api, s.folder())
             self.address = await self.api.start()
@@ -93,13 +103,16 @@ class JobService(BaseService):
             self.store.close()
             raise
         self._purger = asyncio.create_task(self._purge_now_and_then())
+        if self.store.shared:
+            self._poller = asyncio.create_task(self._poll())
         log.info("jobs serving", address=self.address, store=self.store.where, token_file=self.api.token_source)
 
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
-        if self._purger is not None:
-            self._purger.cancel()
+        for task in (self._purger, self._poller):
+            if task is not None:
+                task.cancel()
         if self.store is None:
             return
         # Calls not started stay queued in the store (they run after a restart); running
@@ -143,7 +156,8 @@ class JobService(BaseService):
         job, new = store.add(Job.new(replace(request, task=task)))
         if new:
             log.info("job submitted", job_id=job.id, type=job.type, project=job.project)
-            self._launch(job, kind)
+            if not store.shared or (self._has_room() and store.claim(job.id)):
+                self._launch(job, kind)  # else the first kernel with room takes it
         return job, new
 
     def get(self, job_id: str) -> Job:
@@ -186,7 +200,7 @@ class JobService(BaseService):
             if left is not None and left <= 0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event(job_id).wait(), left)
+                await asyncio.wait_for(self._event(job_id).wait(), self._slice(left))
             job = self.get(job_id)
         return job
 
@@ -205,7 +219,8 @@ class JobService(BaseService):
             if not lines:
                 if self.get(job_id).state.finished:
                     return
-                await event.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), self._slice(None))
 
     def add_log(self, job_id: str, level: str, line: str) -> None:
         self.write(lambda store: store.log(job_id, level, line, self.settings.max_log_bytes))
@@ -288,10 +303,45 @@ class JobService(BaseService):
             log.info("job taken up again", job_id=job.id, reason=note)
             self._launch(job, kind)
 
+    def _has_room(self) -> bool:
+        """Whether this kernel can start another job soon (its pool's queue is short)."""
+        pool = self.em.pool
+        return pool is not None and pool.waiting < max(1, self.em.settings.max_workers)
+
+    async def _poll(self) -> None:
+        """Shared store: say this kernel lives, take back dead kernels' jobs, and take
+        queued jobs while there is room."""
+        store = self._store()
+        while True:
+            try:
+                for job in store.beat():
+                    log.warning("job lost with its kernel", job_id=job.id, error=job.error)
+                while self._has_room():
+                    room = max(1, self.em.settings.max_workers - self.em.pool.waiting)
+                    taken = store.claim_queued(room)
+                    for job in taken:
+                        kind = self.types.get(job.type)
+                        if kind is None:
+                            self._finish(job, JobState.FAILED, error=f"task type {job.type!r} is not installed here")
+                        else:
+                            self._launch(job, kind)
+                    if len(taken) < room:
+                        break
+            except Exception as exc:  # the server is away: say so, and look again later
+                log.error("the job store failed", store=store.where, error=f"{type_name(exc)}: {exc}")
+            await asyncio.sleep(self.settings.poll_interval)
+
     async def _purge_now_and_then(self) -> None:
         while True:
             self.write(lambda store: store.purge(time.time() - self.settings.retention))
             await asyncio.sleep(PURGE_EVERY)
+
+    def _slice(self, left: float | None) -> float | None:
+        """How long to wait for news of a job: in a shared store another kernel may run
+        it, and only the store hears of that, so look again every poll interval."""
+        if self.store is not None and self.store.shared:
+            return self.settings.poll_interval if left is None else min(left, self.settings.poll_interval)
+        return left
 
     def _event(self, job_id: str) -> asyncio.Event:
         event = self._changed.get(job_id)

@@ -62,6 +62,16 @@ class JobSettings(BaseModel):
     max_result_bytes: int = Field(1024 * 1024, gt=0, description="largest result kept, as JSON")
     max_log_bytes: int = Field(1024 * 1024, gt=0, description="log kept per job; later lines are dropped")
     retention: float = Field(7 * 24 * 3600.0, gt=0, description="seconds a finished job is kept")
+    store: str | None = Field(None, description="postgresql://... to share one queue among kernels; null: SQLite "
+                                                "in the data folder")
+    poll_interval: float = Field(0.5, gt=0, description="seconds between looks for jobs other kernels left (shared)")
+    orphan_after: float = Field(30.0, gt=0, description="seconds a kernel may be silent before others take its jobs")
+
+    @model_validator(mode="after")
+    def _check_store(self) -> JobSettings:
+        if self.store is not None and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"store must be a postgresql:// address (or null for SQLite), not {self.store[:40]!r}")
+        return self
 
     def folder(self) -> Path:
         return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()

@@ -2,8 +2,8 @@
 default (one file in the data folder, WAL: a write acknowledged survives the kernel's
 SIGKILL, as the operating system has it).
 
-One kernel owns a SQLite store at a time: it holds a lock on ``jobs.lock`` beside it, and
-a second kernel on the same folder is refused with a message that names the folder.
+A kernel holds its data folder (a lock on ``kernel.lock`` in it): a second kernel on the
+same folder is refused with a message that names the folder.
 """
 
 from __future__ import annotations
@@ -44,6 +44,21 @@ class JobStore(ABC):
              limit: int = 100) -> list[Job]:
         """Jobs, newest first."""
 
+    shared = False  # whether other kernels take jobs from this store too
+
+    def claim(self, job_id: str) -> bool:
+        """Take a queued job for this kernel; False when another kernel has it."""
+        return True
+
+    def claim_queued(self, limit: int) -> list[Job]:
+        """Take up to ``limit`` queued jobs no kernel has taken, highest priority first."""
+        return []
+
+    def beat(self) -> list[Job]:
+        """Say this kernel lives; take back the jobs of kernels that stopped saying so
+        (returns those marked lost: they may have run)."""
+        return []
+
     @abstractmethod
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
         """An attempt is about to reach a worker: from now on the job may have run."""
@@ -61,7 +76,7 @@ class JobStore(ABC):
 
     @abstractmethod
     def unfinished(self) -> list[Job]:
-        """Jobs queued or running, oldest first: what a restart takes up again."""
+        """This kernel's jobs queued or running, oldest first: what a restart takes up again."""
 
     @abstractmethod
     def purge(self, before: float) -> int:
@@ -69,6 +84,30 @@ class JobStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def folder_lock(folder: Path) -> int:
+    """Hold the data folder for this kernel (a lock on ``kernel.lock`` in it).
+
+    :raises StoreError: the folder cannot be made, or another kernel holds it.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / "kernel.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the job store in {folder}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"another kernel uses the data folder {folder}; give this one its own "
+                         "(custom.dataDir of the jobs service, or $MICROKERNEL_DATA_DIR)") from None
+    return fd
+
+
+def folder_unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 _SCHEMA = """
@@ -124,24 +163,14 @@ class SqliteStore(JobStore):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.where = str(folder / "jobs.db")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._lock = os.open(folder / "jobs.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot open the job store in {folder}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock)
-            raise StoreError(f"another kernel uses the job store in {folder}; give this one its own "
-                             "(custom.dataDir of the jobs service, or $MICROKERNEL_DATA_DIR)") from None
+        self._lock = folder_lock(folder)
         try:
             self._db = sqlite3.connect(self.where, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            os.close(self._lock)
+            folder_unlock(self._lock)
             raise StoreError(f"cannot open the job store {self.where}: {exc}") from None
 
     def __repr__(self) -> str:
@@ -223,5 +252,4 @@ class SqliteStore(JobStore):
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        with contextlib.suppress(OSError):
-            os.close(self._lock)
+        folder_unlock(self._lock)
