@@ -40,3 +40,13 @@ def mark(token: int, log_dir: str) -> int:
                                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.write(fd, b"%d\n" % token)
     return token
+
+
+def hold_until(path: str, timeout: float = 3600.0) -> bool:
+    """Keeps its worker busy until ``path`` exists (the benchmark's gate)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.path.exists(path)

@@ -61,3 +61,18 @@ def test_the_kernel_cost_tool_runs_and_prints_a_cost_per_call() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     best, median = (float(x) for x in re.findall(r"(\d+\.\d) µs", proc.stdout))
     assert 0 < best <= median, proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_jobs_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "jobs.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.jobs", "--jobs", "300", "--latency", "50", "--depth", "400",
+         "--only", "ours", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    ours = json.loads(out.read_text())["results"]["ours"]
+    assert 0 < ours["p50_ms"] <= ours["p99_ms"] and ours["jobs_per_s"] > 0
+    assert ours["enqueue_at_depth_per_s"] > 0 and ours["dequeue_near_0_per_s"] > 0
+    assert "400 jobs queued behind busy workers" in proc.stdout

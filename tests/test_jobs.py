@@ -413,6 +413,8 @@ async def test_the_server_answers_as_its_openapi_description_says(tmp_path: Path
             assert (await call("GET", "/jobs/nope")).status_code == 404
             assert (await call("GET", "/jobs", params={"state": "succeeded", "limit": 5})).status_code == 200
             assert (await call("GET", "/jobs", params={"limit": 0})).status_code == 400
+            counts = (await call("GET", "/jobs/counts")).json()["counts"]
+            assert counts["succeeded"]["function"] >= 2 and set(counts) >= {"queued", "running", "lost"}
             logs = await call("GET", f"/jobs/{job['id']}/logs", params={"follow": 1})
             lines = [json.loads(line) for line in logs.text.splitlines()]
             assert [line["line"] for line in lines] == ["line 0", "line 1"]

@@ -76,6 +76,7 @@ class Jobs(Protocol):
     def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
               limit: int = 100) -> list[Job]: ...
     def cancel(self, job_id: str) -> Job: ...
+    def counts(self) -> dict[str, dict[str, int]]: ...
     async def wait(self, job_id: str, timeout: float | None = None) -> Job: ...
     def logs(self, job_id: str, after: int = 0) -> list[LogLine]: ...
     def follow(self, job_id: str, after: int = 0) -> AsyncIterator[LogLine]: ...
@@ -101,6 +102,7 @@ class JobApi:
         r = app.router
         r.add_post("/jobs", self.submit)
         r.add_get("/jobs", self.query)
+        r.add_get("/jobs/counts", self.counts)
         r.add_get("/jobs/{id}", self.get)
         r.add_get("/jobs/{id}/result", self.result)
         r.add_post("/jobs/{id}/cancel", self.cancel)
@@ -182,6 +184,9 @@ class JobApi:
             raise JobError(f"limit must be 1-{MAX_LIST}, not {limit}", field="limit")
         jobs = self.jobs.query(state=q.get("state"), project=q.get("project"), type=q.get("type"), limit=limit)
         return web.json_response({"jobs": [j.to_json() for j in jobs]}, dumps=_dumps)
+
+    async def counts(self, request: web.Request) -> web.Response:
+        return web.json_response({"counts": self.jobs.counts()}, dumps=_dumps)
 
     async def get(self, request: web.Request) -> web.Response:
         return web.json_response(self.jobs.get(request.match_info["id"]).to_json(), dumps=_dumps)

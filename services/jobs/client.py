@@ -1,4 +1,4 @@
-"""Python clients of the job API, sync and async (httpx)::
+"""Python clients of the job API, sync (urllib3) and async (aiohttp)::
 
     from microkernel.services.jobs import Client
 
@@ -17,11 +17,14 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
-import httpx
+import aiohttp
+import urllib3
 
 from kernel.errors import KernelError
 
@@ -77,18 +80,29 @@ def find_token(token: str | None = None) -> str:
                         f"{path}") from None
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
+def _raise_for(status: int, data: bytes) -> None:
+    if status < 400:
         return
     try:
-        body = response.json()
-        message, field = body.get("error", response.text), body.get("field")
-    except (json.JSONDecodeError, AttributeError):
-        message, field = response.text or response.reason_phrase, None
-    status = response.status_code
+        body = json.loads(data)
+        message, field = body.get("error", data.decode(errors="replace")), body.get("field")
+    except (ValueError, AttributeError):
+        message, field = data.decode(errors="replace")[:200] or f"HTTP {status}", None
     kind = (AuthError if status in (401, 403) and field is None else JobNotFound if status == 404
             else JobRejected if status < 500 else ClientError)
     raise kind(f"{message} (HTTP {status})", status=status, field=field)
+
+
+def _query(params: Mapping[str, Any] | None) -> str:
+    shown = {k: v for k, v in (params or {}).items() if v is not None}
+    return f"?{urlencode(shown)}" if shown else ""
+
+
+def _tls(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
 
 
 def _job(data: Mapping[str, Any]) -> Job:
@@ -106,13 +120,15 @@ def _finished(job: Job) -> Any:
 
 
 class Client:
-    """A blocking client of one kernel's job API (see the module docstring)."""
+    """A blocking client of one kernel's job API (see the module docstring; urllib3)."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
-                 verify: bool | str = True) -> None:
+                 verify: bool = True, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify,
-                                  headers={"Authorization": f"Bearer {find_token(token)}"})
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {find_token(token)}", "Content-Type": "application/json"}
+        tls = _tls(verify, ca_file) if self.url.startswith("https:") else None
+        self._http = urllib3.PoolManager(maxsize=4, ssl_context=tls, retries=False)
 
     def __repr__(self) -> str:
         return f"<Client {self.url}>"
@@ -124,30 +140,37 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._http.close()
+        self._http.clear()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
+              timeout: float | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
+        data = json.dumps(body).encode() if body is not None else None
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+            response = self._http.request(method, self.url + path + _query(params), body=data, headers=self._headers,
+                                          timeout=urllib3.Timeout(connect=10, read=timeout or self.timeout),
+                                          preload_content=not stream)
+        except urllib3.exceptions.HTTPError as exc:
             raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None
-        _raise_for(response)
+        if response.status >= 400:
+            _raise_for(response.status, response.data if not stream else response.read())
         return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return json.loads(self._call(method, path, **kwargs).data)
 
     def submit(self, request: Mapping[str, Any] | None = None, /, **fields: Any) -> Job:
         """Submit a job (a request object, or its fields as keywords); the job, with its id."""
-        return _job(self._call("POST", "/jobs", json=_body(request, fields)).json())
+        return _job(self._json("POST", "/jobs", body=_body(request, fields)))
 
     def status(self, job_id: str) -> Job:
-        return _job(self._call("GET", f"/jobs/{job_id}").json())
+        return _job(self._json("GET", f"/jobs/{job_id}"))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once finished, or as it is after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-            job = _job(self._call("GET", f"/jobs/{job_id}/result", params={"wait": left},
-                                  timeout=left + 30).json())
+            job = _job(self._json("GET", f"/jobs/{job_id}/result", params={"wait": left}, timeout=left + 30))
             if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
                 return job
 
@@ -163,37 +186,42 @@ class Client:
         return _finished(job)
 
     def cancel(self, job_id: str) -> Job:
-        return _job(self._call("POST", f"/jobs/{job_id}/cancel").json())
+        return _job(self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs by state, then by type."""
+        counts: dict[str, dict[str, int]] = self._json("GET", "/jobs/counts")["counts"]
+        return counts
 
     def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
              limit: int = 100) -> builtins.list[Job]:
-        params = {k: v for k, v in {"state": state, "project": project, "type": type, "limit": limit}.items()
-                  if v is not None}
-        return [_job(j) for j in self._call("GET", "/jobs", params=params).json()["jobs"]]
+        params = {"state": state, "project": project, "type": type, "limit": limit}
+        return [_job(j) for j in self._json("GET", "/jobs", params=params)["jobs"]]
 
     def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> Iterator[LogLine]:
         """The job's log lines; with ``follow``, as they come until the job has finished."""
-        params = {"after": after, "follow": int(follow)}
+        response = self._call("GET", f"/jobs/{job_id}/logs", params={"after": after, "follow": int(follow)},
+                              timeout=3600.0 if follow else None, stream=True)
         try:
-            with self._http.stream("GET", f"/jobs/{job_id}/logs", params=params, timeout=None) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for(response)
-                for line in response.iter_lines():
-                    if line:
-                        yield LogLine(**json.loads(line))
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None
+            for line in response:
+                if line.strip():
+                    yield LogLine(**json.loads(line))
+        except urllib3.exceptions.HTTPError as exc:
+            raise ClientError(f"the job API at {self.url} broke off the log: {exc}") from None
+        finally:
+            response.release_conn()
 
 
 class AsyncClient:
-    """The same as :class:`Client`, awaitable."""
+    """The same as :class:`Client`, awaitable (aiohttp)."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
-                 verify: bool | str = True) -> None:
+                 verify: bool = True, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, verify=verify,
-                                       headers={"Authorization": f"Bearer {find_token(token)}"})
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {find_token(token)}"}
+        self._tls = _tls(verify, ca_file) if self.url.startswith("https:") else None
+        self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"
@@ -205,28 +233,38 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on the loop that uses it
+            connector = aiohttp.TCPConnector(limit=64, ssl=self._tls if self._tls is not None else True)
+            self._session = aiohttp.ClientSession(headers=self._headers, connector=connector)
+        return self._session
+
+    async def _json(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
+                    timeout: float | None = None) -> Any:
         try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None
-        _raise_for(response)
-        return response
+            async with self._http().request(method, self.url + path + _query(params), json=body,
+                                            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as response:
+                data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ClientError(f"cannot reach the job API at {self.url}: {type(exc).__name__}: {exc}") from None
+        _raise_for(response.status, data)
+        return json.loads(data)
 
     async def submit(self, request: Mapping[str, Any] | None = None, /, **fields: Any) -> Job:
-        return _job((await self._call("POST", "/jobs", json=_body(request, fields))).json())
+        return _job(await self._json("POST", "/jobs", body=_body(request, fields)))
 
     async def status(self, job_id: str) -> Job:
-        return _job((await self._call("GET", f"/jobs/{job_id}")).json())
+        return _job(await self._json("GET", f"/jobs/{job_id}"))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-            job = _job((await self._call("GET", f"/jobs/{job_id}/result", params={"wait": left},
-                                         timeout=left + 30)).json())
+            job = _job(await self._json("GET", f"/jobs/{job_id}/result", params={"wait": left}, timeout=left + 30))
             if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
                 return job
 
@@ -237,25 +275,25 @@ class AsyncClient:
         return _finished(job)
 
     async def cancel(self, job_id: str) -> Job:
-        return _job((await self._call("POST", f"/jobs/{job_id}/cancel")).json())
+        return _job(await self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = (await self._json("GET", "/jobs/counts"))["counts"]
+        return counts
 
     async def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
                    limit: int = 100) -> builtins.list[Job]:
-        params = {k: v for k, v in {"state": state, "project": project, "type": type, "limit": limit}.items()
-                  if v is not None}
-        return [_job(j) for j in (await self._call("GET", "/jobs", params=params)).json()["jobs"]]
+        params = {"state": state, "project": project, "type": type, "limit": limit}
+        return [_job(j) for j in (await self._json("GET", "/jobs", params=params))["jobs"]]
 
     async def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
-        params = {"after": after, "follow": int(follow)}
+        url = self.url + f"/jobs/{job_id}/logs" + _query({"after": after, "follow": int(follow)})
         try:
-            async with self._http.stream("GET", f"/jobs/{job_id}/logs", params=params, timeout=None) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for(response)
-                async for line in response.aiter_lines():
-                    if line:
+            async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
+                if response.status >= 400:
+                    _raise_for(response.status, await response.read())
+                async for line in response.content:
+                    if line.strip():
                         yield LogLine(**json.loads(line))
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None
-
-

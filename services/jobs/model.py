@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from .settings import JobError
@@ -135,9 +135,12 @@ class Job:
         return f"job {self.id} ({self.name or self.type})"
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {name: getattr(self, name) for name in _FIELDS}  # shallow: task and result are JSON already
         out["state"] = self.state.value
         return out
+
+
+_FIELDS = tuple(f.name for f in fields(Job))
 
 
 def json_size(value: Any) -> tuple[str, int]:

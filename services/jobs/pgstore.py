@@ -177,6 +177,10 @@ class PostgresStore(JobStore):
         rows = self._run(f"{_SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._run("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
+        return {(state, kind): n for state, kind, n in rows}
+
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
         self._run("UPDATE jobs SET state = 'running', attempts = %s, worker = %s, started = COALESCE(started, %s) "
                   "WHERE id = %s AND owner = %s", (attempt, worker, time.time(), job_id, self.owner))

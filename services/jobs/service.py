@@ -155,7 +155,7 @@ class JobService(BaseService):
             kind.bound(self.kernel, task)
         job, new = store.add(Job.new(replace(request, task=task)))
         if new:
-            log.info("job submitted", job_id=job.id, type=job.type, project=job.project)
+            log.debug("job submitted", job_id=job.id, type=job.type, project=job.project)
             if not store.shared or (self._has_room() and store.claim(job.id)):
                 self._launch(job, kind)  # else the first kernel with room takes it
         return job, new
@@ -179,6 +179,13 @@ class JobService(BaseService):
             raise JobError(f"state must be one of {', '.join(JobState)}, not {state!r}", field="state")
         jobs = self._store().select(state=state, project=project, type=type, limit=limit)
         return [self._running[j.id][0] if j.id in self._running else j for j in jobs]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs in the store by state, then by type: ``{"queued": {"function": 3}}``."""
+        out: dict[str, dict[str, int]] = {state.value: {} for state in JobState}
+        for (state, kind), n in self._store().counts().items():
+            out.setdefault(state, {})[kind] = n
+        return out
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: one not started never starts; a running one is stopped.
@@ -280,7 +287,10 @@ class JobService(BaseService):
     def _finish(self, job: Job, state: JobState, *, result: Any = None, error: str | None = None) -> None:
         job.state, job.result, job.error, job.finished = state, result, error, time.time()
         self.write(lambda store: store.finished(job))
-        log.info("job finished", job_id=job.id, state=state.value, error=error)
+        if state == JobState.SUCCEEDED:
+            log.debug("job finished", job_id=job.id, state=state.value)
+        else:
+            log.info("job finished", job_id=job.id, state=state.value, error=error)
         self._notify(job.id)
 
     def _recover(self) -> None:

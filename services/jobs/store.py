@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -58,6 +59,10 @@ class JobStore(ABC):
         """Say this kernel lives; take back the jobs of kernels that stopped saying so
         (returns those marked lost: they may have run)."""
         return []
+
+    @abstractmethod
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs the store holds, by (state, type)."""
 
     @abstractmethod
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
@@ -168,13 +173,30 @@ class SqliteStore(JobStore):
             self._db = sqlite3.connect(self.where, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
+            # Checkpoints (which fsync) run in a thread of their own, not in a write on the event loop.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             folder_unlock(self._lock)
             raise StoreError(f"cannot open the job store {self.where}: {exc}") from None
 
+        self._checkpoints = threading.Thread(target=self._checkpoint, name="jobs-checkpoint", daemon=True)
+        self._closed = threading.Event()
+        self._checkpoints.start()
+
     def __repr__(self) -> str:
         return f"<SqliteStore {self.where}>"
+
+    def _checkpoint(self, every: float = 1.0) -> None:
+        """Move the write-ahead log into the database now and then (its own connection)."""
+        try:
+            db = sqlite3.connect(self.where, isolation_level=None)
+        except sqlite3.Error:
+            return
+        with contextlib.closing(db):
+            while not self._closed.wait(every):
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def add(self, job: Job) -> tuple[Job, bool]:
         values = (job.id, job.key, job.type, json.dumps(job.task), job.state.value, job.priority, job.project,
@@ -201,6 +223,10 @@ class SqliteStore(JobStore):
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = self._db.execute(f"{_SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._db.execute("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
+        return {(state, kind): n for state, kind, n in rows}
 
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
         self._db.execute("UPDATE jobs SET state = 'running', attempts = ?, worker = ?, started = COALESCE(started, ?) "
@@ -250,6 +276,9 @@ class SqliteStore(JobStore):
         return len(old)
 
     def close(self) -> None:
+        self._closed.set()
+        self._checkpoints.join(5)
         with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
         folder_unlock(self._lock)

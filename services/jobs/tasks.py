@@ -76,6 +76,24 @@ def _strings(value: Any, field: str) -> list[str]:
     return value
 
 
+_FOUND: set[str] = set()
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` can be found here, without importing it (its code runs on
+    workers only). Found ones are remembered: a job API takes the same few modules
+    again and again (a missing one is looked for again: it may be installed since)."""
+    if module in _FOUND:
+        return True
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+    if found:
+        _FOUND.add(module)
+    return found
+
+
 class ServiceMethod(TaskType):
     """``{"service": "prime-counter", "method": "count_range", "args": [0, 1000]}``: a
     ``@distributed`` method of a service the kernel runs."""
@@ -129,11 +147,7 @@ class FunctionRef(TaskType):
         module, sep, attribute = ref.partition(":")
         if not sep or not module or not attribute:
             raise JobError(f"function must be 'package.module:function', not {ref!r}", field="function")
-        try:  # found, not imported: its code runs on a worker only
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+        if not importable(module):
             raise JobError(f"function {ref!r}: no module {module!r} can be imported here", field="function")
         args, kwargs = _args(task)
         return {"function": ref, "args": args, "kwargs": kwargs}
@@ -153,11 +167,7 @@ class Module(TaskType):
         module = task["module"]
         if not isinstance(module, str) or not module:
             raise JobError("module must be a module name", field="module")
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
+        if not importable(module):
             raise JobError(f"no module {module!r} can be imported here", field="module")
         return {"module": module, "argv": _strings(task.get("argv", []), "argv")}
 
