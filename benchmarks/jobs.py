@@ -149,36 +149,35 @@ async def _depth(url: str, token: str, depth: int) -> dict[str, float]:
     edge = min(1000, depth // 4)
     gate_file = Path(tempfile.mkdtemp(prefix="bench-gate-")) / "open"
     async with AsyncClient(url, token=token) as client:
-        blockers = [await client.submit(function="benchmarks.tasks:hold_until", args=[str(gate_file)])
-                    for _ in range(WORKERS)]
-        before = (await client.counts())["succeeded"].get("function", 0)
-        gate = asyncio.Semaphore(32)
-        marks: list[float] = []
+        for _ in range(WORKERS):  # both workers held until the gate opens: the jobs below queue
+            await client.submit(function="benchmarks.tasks:hold_until", args=[str(gate_file)])
 
-        async def submit(i: int) -> None:
-            async with gate:
-                await client.submit(function=NOOP, args=[i])
-                marks.append(time.perf_counter())
+        async def fill(n: int) -> tuple[float, list[str]]:
+            """Submit ``n`` jobs, 32 in flight; the rate, and the ids in submission order."""
+            numbers, ids = iter(range(n)), [""] * n
 
-        start = time.perf_counter()
-        await asyncio.gather(*(submit(i) for i in range(depth)))
-        enqueue_first = edge / (marks[edge - 1] - start)
-        enqueue_last = edge / (marks[-1] - marks[-edge - 1])
+            async def one_by_one() -> None:
+                for i in numbers:
+                    ids[i] = (await client.submit(function=NOOP, args=[i])).id
+
+            t = time.perf_counter()
+            await asyncio.gather(*(one_by_one() for _ in range(32)))
+            return n / (time.perf_counter() - t), ids
+
+        enqueue_first, first = await fill(edge)
+        await fill(depth - 2 * edge)
+        enqueue_last, last = await fill(edge)
+        # The queue is first-in first-out within a priority: the first thousand run first.
         opened = time.perf_counter()
-        gate_file.touch()  # the workers are free: the queue drains (the two blockers count as done too)
-        seen: list[tuple[float, int]] = [(opened, 0)]
-        while seen[-1][1] < depth + len(blockers):
-            await asyncio.sleep(0.01)
-            seen.append((time.perf_counter(), (await client.counts())["succeeded"].get("function", 0) - before))
-
-        def rate(lo: int, hi: int) -> float:
-            t_lo = opened if lo == 0 else next(t for t, d in seen if d >= lo)
-            t_hi = next(t for t, d in seen if d >= hi)
-            return (hi - lo) / max(t_hi - t_lo, 1e-6)
-
-        top = depth + len(blockers)
+        gate_file.touch()
+        await client.wait(first[-1], 600)
+        dequeue_first = edge / (time.perf_counter() - opened)
+        await client.wait(last[0], 600)
+        near_end = time.perf_counter()
+        await client.wait(last[-1], 600)
+        dequeue_last = edge / max(time.perf_counter() - near_end, 1e-6)
         return {"depth": depth, "enqueue_at_0_per_s": enqueue_first, "enqueue_at_depth_per_s": enqueue_last,
-                "dequeue_at_depth_per_s": rate(0, edge), "dequeue_near_0_per_s": rate(top - edge, top)}
+                "dequeue_at_depth_per_s": dequeue_first, "dequeue_near_0_per_s": dequeue_last}
 
 
 # -- huey ----------------------------------------------------------------------------

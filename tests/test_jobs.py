@@ -27,6 +27,7 @@ from microkernel.services.jobs.model import Job, JobRequest
 from microkernel.services.jobs.settings import ApiSettings, JobError
 from microkernel.services.jobs.store import SqliteStore, StoreError
 
+from . import tasks
 from .conftest import EM_LOCAL
 
 pytestmark = pytest.mark.anyio
@@ -230,6 +231,43 @@ async def test_a_jobs_progress_and_timeout_come_through(tmp_path: Path) -> None:
         late = await client.submit(function="tests.tasks:slow", args=[5], timeout=0.5)
         with pytest.raises(JobFailed, match=r"did not finish within 0\.5 s"):
             await client.result(late.id, timeout=10)
+
+
+async def test_the_python_client_submits_callables_pickled(tmp_path: Path) -> None:
+    scale = 3
+
+    def scaled(x: int, *, plus: int = 0) -> int:  # a closure: pickled by value
+        return x * scale + plus
+
+    async with jobs_kernel(tmp_path) as (kernel, client, token):
+        job = await client.submit(scaled, 14, plus=1, priority=7, name="scaled")
+        assert job.type == "pickle" and job.priority == 7 and job.name == "scaled"
+        assert await client.result(job.id, timeout=10) == 43
+        address = kernel.get_service("jobs").address
+
+        def blocking() -> Any:
+            with Client(address, token=token) as sync:
+                return sync.result(sync.submit(tasks.inc, 41).id, timeout=10)
+
+        assert await anyio.to_thread.run_sync(blocking) == 42
+        with pytest.raises(JobRejected, match="base64") as refused:
+            await client.submit(type="pickle", payload="not base64!")
+        assert refused.value.field == "payload"
+        with pytest.raises(TypeError, match="go with a callable"):
+            await client.submit({"function": "math:sqrt"}, 4)
+
+
+async def test_metrics_count_jobs_by_state_and_type(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, em={"http": {"port": 0}}) as (kernel, client, _token):
+        ok = await client.submit(function="math:factorial", args=[5])
+        bad = await client.submit(function="math:sqrt", args=["x"])
+        await client.wait(ok.id, 10)
+        await client.wait(bad.id, 10)
+        dashboard = kernel.get_service("execution-manager").http_address
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{dashboard}/metrics")).text
+        assert 'microkernel_jobs{state="succeeded",type="function"} 1.0' in text
+        assert 'microkernel_jobs{state="failed",type="function"} 1.0' in text
 
 
 # -- durability: the kernel killed and started again ----------------------------------

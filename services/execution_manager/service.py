@@ -308,6 +308,15 @@ class ExecutionManager(BaseService):
             raise ValueError(f"route {name!r} is already served")
         self.traffic.routes[name] = handler
 
+    def add_metrics(self, collector: Any) -> Callable[[], None]:
+        """Show a prometheus_client ``Collector``'s figures on ``/metrics`` too (with
+        ``custom.http``; else nothing is served). Returns a function that takes it off."""
+        web = self.web
+        if web is None:
+            return lambda: None
+        web.registry.register(collector)
+        return lambda: web.registry.unregister(collector)
+
     def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(event, payload)`` on each ``event`` (``"*"``: all)."""
         return self.events.subscribe(event, callback)

@@ -1,6 +1,7 @@
 """The job API over HTTP (aiohttp), JSON in and out; described in ``openapi.json``.
 
-Every request, read or write, needs ``Authorization: Bearer <token>``. The token comes
+Every request, read or write, needs ``Authorization: Bearer <token>``; the one exception
+is the jobs page itself (``GET /``), which holds no data and asks for the token. The token comes
 from ``custom.api.tokenFile``, else ``$MICROKERNEL_JOBS_TOKEN``, else the file
 ``jobs.token`` in the data folder (made, chmod 600, on first start), where a client on
 the same machine finds it. It is never logged. A refused request gets a JSON error that
@@ -108,6 +109,7 @@ class JobApi:
         r.add_post("/jobs/{id}/cancel", self.cancel)
         r.add_get("/jobs/{id}/logs", self.logs)
         r.add_get("/openapi.json", self.openapi)
+        r.add_get("/", self.page)
         return app
 
     async def start(self) -> str:
@@ -149,6 +151,8 @@ class JobApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/" and request.method == "GET":
+            return await handler(request)  # the page holds no data: it asks for the token, then for jobs
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             log.warning("job request refused", reason="no token", peer=request.remote, path=request.path)
@@ -221,6 +225,13 @@ class JobApi:
             await response.write((_dumps(line._asdict()) + "\n").encode())
         await response.write_eof()
         return response
+
+    async def page(self, request: web.Request) -> web.Response:
+        html = resources.files(__package__).joinpath("jobs.html").read_text("utf-8")
+        return web.Response(text=html, content_type="text/html", headers={
+            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                       "connect-src 'self'; frame-ancestors 'none'"})
 
     async def openapi(self, request: web.Request) -> web.Response:
         text = resources.files(__package__).joinpath("openapi.json").read_text("utf-8")

@@ -14,12 +14,13 @@ Errors are typed: :class:`JobRejected` (the request is wrong: ``field`` says whe
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,7 +29,7 @@ import urllib3
 
 from kernel.errors import KernelError
 
-from .model import Job, JobState, LogLine
+from .model import COMMON, Job, JobState, LogLine
 from .settings import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE, default_data_dir
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -109,7 +110,18 @@ def _job(data: Mapping[str, Any]) -> Job:
     return Job(**{**data, "state": JobState(data["state"])})
 
 
-def _body(request: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+def _body(request: Any, args: tuple[Any, ...], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A job request: a mapping (plus fields), or a callable with its arguments, pickled
+    (keywords named as a job's options are the job's, the others the callable's)."""
+    if callable(request):
+        import cloudpickle
+
+        options = {k: v for k, v in fields.items() if k in COMMON and k != "type"}
+        kwargs = {k: v for k, v in fields.items() if k not in options}
+        payload = base64.b64encode(cloudpickle.dumps((request, args, kwargs))).decode()
+        return {"type": "pickle", "payload": payload, **options}
+    if args:
+        raise TypeError("positional arguments go with a callable: submit(fn, *args, **kwargs)")
     return {**(request or {}), **fields}
 
 
@@ -158,9 +170,13 @@ class Client:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return json.loads(self._call(method, path, **kwargs).data)
 
-    def submit(self, request: Mapping[str, Any] | None = None, /, **fields: Any) -> Job:
-        """Submit a job (a request object, or its fields as keywords); the job, with its id."""
-        return _job(self._json("POST", "/jobs", body=_body(request, fields)))
+    def submit(self, request: Mapping[str, Any] | Callable[..., Any] | None = None, /, *args: Any,
+               **fields: Any) -> Job:
+        """Submit a job; the job, with its id. ``request`` is a job request (or give its
+        fields as keywords), or a callable: ``submit(fn, *args, retries=1, **kwargs)``
+        pickles ``fn(*args, **kwargs)`` (it is unpickled on a worker only; keywords
+        named as a job's options, such as ``priority`` or ``key``, are the job's)."""
+        return _job(self._json("POST", "/jobs", body=_body(request, args, fields)))
 
     def status(self, job_id: str) -> Job:
         return _job(self._json("GET", f"/jobs/{job_id}"))
@@ -254,8 +270,9 @@ class AsyncClient:
         _raise_for(response.status, data)
         return json.loads(data)
 
-    async def submit(self, request: Mapping[str, Any] | None = None, /, **fields: Any) -> Job:
-        return _job(await self._json("POST", "/jobs", body=_body(request, fields)))
+    async def submit(self, request: Mapping[str, Any] | Callable[..., Any] | None = None, /, *args: Any,
+                     **fields: Any) -> Job:
+        return _job(await self._json("POST", "/jobs", body=_body(request, args, fields)))
 
     async def status(self, job_id: str) -> Job:
         return _job(await self._json("GET", f"/jobs/{job_id}"))

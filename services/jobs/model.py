@@ -39,7 +39,7 @@ class JobState(enum.StrEnum):
 COMMON = ("type", "priority", "project", "timeout", "retries", "key", "name")
 # A request without "type" names it by the field only that type has.
 TYPE_BY_FIELD = {"service": "service", "function": "function", "module": "module", "code": "code",
-                 "command": "shell", "url": "http"}
+                 "command": "shell", "url": "http", "payload": "pickle"}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -25,6 +25,7 @@ from microkernel.services.execution_manager.serialization import type_name
 
 from .api import JobApi
 from .hookspecs import task_types
+from .metrics import JobCollector
 from .model import Job, JobRequest, JobState, LogLine, json_size
 from .settings import JobError, JobSettings
 from .store import JobStore, SqliteStore, StoreError
@@ -71,6 +72,7 @@ class JobService(BaseService):
         self._closing = False
         self._purger: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._unmetric: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         where = self.store.where if self.store else "off"
@@ -102,6 +104,7 @@ class JobService(BaseService):
         except BaseException:
             self.store.close()
             raise
+        self._unmetric = self.em.add_metrics(JobCollector(lambda: self._store().counts()))
         self._purger = asyncio.create_task(self._purge_now_and_then())
         if self.store.shared:
             self._poller = asyncio.create_task(self._poll())
@@ -110,6 +113,8 @@ class JobService(BaseService):
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
+        if self._unmetric is not None:
+            self._unmetric()
         for task in (self._purger, self._poller):
             if task is not None:
                 task.cancel()

@@ -6,6 +6,8 @@ way (:mod:`.plugin`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib.util
 import json
 from abc import ABC, abstractmethod
@@ -258,4 +260,26 @@ class Http(TaskType):
                              task["expect"], launch.options.get("timeout"))
 
 
-BUILTIN: tuple[type[TaskType], ...] = (ServiceMethod, FunctionRef, Module, Code, Shell, Http)
+class Pickled(TaskType):
+    """``{"type": "pickle", "payload": "<base64>"}``: a callable and its arguments as the
+    Python client pickles them (``client.submit(fn, *args, **kwargs)``); unpickled on a
+    worker only, never in the kernel."""
+
+    name = "pickle"
+
+    def check(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        _fields(task, ("payload",), (), "pickle")
+        payload = task["payload"]
+        try:
+            if not isinstance(payload, str):
+                raise ValueError
+            base64.b64decode(payload, validate=True)
+        except (ValueError, binascii.Error):
+            raise JobError("payload must be base64 text (what the Python client sends)", field="payload") from None
+        return {"payload": payload}
+
+    def start(self, launch: Launch, task: Mapping[str, Any]) -> Any:
+        return launch.submit(work.call_pickled, base64.b64decode(task["payload"]))
+
+
+BUILTIN: tuple[type[TaskType], ...] = (ServiceMethod, FunctionRef, Module, Code, Shell, Http, Pickled)

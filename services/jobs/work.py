@@ -53,6 +53,14 @@ def call_reference(reference: str, args: Sequence[Any], kwargs: Mapping[str, Any
     return result  # a coroutine is awaited by the worker's runtime
 
 
+def call_pickled(payload: bytes) -> Any:
+    """Run what the Python client pickled: ``(fn, args, kwargs)``."""
+    import cloudpickle
+
+    fn, args, kwargs = cloudpickle.loads(payload)
+    return fn(*args, **kwargs)
+
+
 def run_module(module: str, argv: Sequence[str], timeout: float | None) -> dict[str, Any]:
     """``python -m module argv...`` in a fresh interpreter that sees what this worker
     sees (its sys.path); its output goes into the job's log as a command's does."""

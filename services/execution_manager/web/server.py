@@ -60,7 +60,7 @@ class WebServer:
         self.refusals: Counter[str] = Counter()
         self.address = ""
         self._token: bytes | None = None
-        self._registry = registry_for(em, history)
+        self.registry = registry_for(em, history)
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
         self._cache: tuple[float, dict[str, Any]] | None = None
@@ -169,7 +169,7 @@ class WebServer:
         return web.json_response({"status": "ok" if ok else "degraded", "services": states}, status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=render(self._registry), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=render(self.registry), headers={"Content-Type": CONTENT_TYPE})
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
