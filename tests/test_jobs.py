@@ -22,7 +22,7 @@ import pytest
 from kernel import Kernel
 from kernel.errors import KernelError
 from microkernel.services.jobs import AsyncClient, Client, JobFailed, JobNotFound, JobRejected, JobState
-from microkernel.services.jobs.client import AuthError
+from microkernel.services.jobs.client import AuthError, ClientError
 from microkernel.services.jobs.model import Job, JobRequest
 from microkernel.services.jobs.settings import ApiSettings, JobError
 from microkernel.services.jobs.store import SqliteStore, StoreError
@@ -257,6 +257,16 @@ async def test_the_python_client_submits_callables_pickled(tmp_path: Path) -> No
             await client.submit({"function": "math:sqrt"}, 4)
 
 
+async def test_a_retried_job_keeps_its_failed_attempts(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path) as (_kernel, client, _token):
+        job = await client.submit(function="tests.tasks:crash_unless_marker", args=[str(tmp_path / "m")], retries=1)
+        assert await client.result(job.id, timeout=20) == "survived"
+        done = await client.status(job.id)
+        assert done.attempts == 2 and len(done.failures) == 1
+        first = done.failures[0]
+        assert first["attempt"] == 1 and first["worker"].startswith("local-") and "WorkerCrashedError" in first["error"]
+
+
 async def test_metrics_count_jobs_by_state_and_type(tmp_path: Path) -> None:
     async with jobs_kernel(tmp_path, em={"http": {"port": 0}}) as (kernel, client, _token):
         ok = await client.submit(function="math:factorial", args=[5])
@@ -268,6 +278,75 @@ async def test_metrics_count_jobs_by_state_and_type(tmp_path: Path) -> None:
             text = (await http.get(f"{dashboard}/metrics")).text
         assert 'microkernel_jobs{state="succeeded",type="function"} 1.0' in text
         assert 'microkernel_jobs{state="failed",type="function"} 1.0' in text
+
+
+async def _cli(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec("kernel", *argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_cli_submits_follows_and_refuses_with_exit_code_2(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path) as (kernel, _client, _token):
+        api = ["--api", kernel.get_service("jobs").address, "--token-file", str(tmp_path / "jobs.token")]
+        code, out, err = await _cli("submit", *api, "--function", "math:factorial", "--arg", "10", "--wait")
+        assert (code, out.strip()) == (0, "3628800"), err
+        code, out, err = await _cli("submit", *api, "--function", "tests.tasks:log_lines", "--arg", "3",
+                                    "--name", "three", "--json")
+        assert code == 0, err
+        job_id = json.loads(out)["id"]
+        code, out, _ = await _cli("logs", job_id, *api, "--follow")
+        assert (code, out.splitlines()) == (0, ["line 0", "line 1", "line 2"])
+        code, out, _ = await _cli("job", job_id, *api, "--json")
+        assert code == 0 and json.loads(out)["state"] == "succeeded" and json.loads(out)["result"] == 3
+        code, out, _ = await _cli("jobs", *api, "--json", "--type", "function")
+        assert code == 0 and {j["name"] for j in json.loads(out)} == {None, "three"}
+        code, out, _ = await _cli("jobs", *api)
+        assert code == 0 and job_id in out and "succeeded" in out
+        for argv, message in [
+            (("submit", *api, "--function", "nosuch.mod:f"), "no module 'nosuch.mod'"),
+            (("submit", *api, "--function", "math:sqrt", "--arg", "{not json"), "--arg {not json is not JSON"),
+            (("submit", *api, "--shell"), "--shell runs the command after --"),
+            (("job", "f00", *api), "no job 'f00'"),
+            (("cancel", job_id, *api), "has already finished"),
+            (("jobs", "--api", kernel.get_service("jobs").address, "--token-file", str(tmp_path / "nope")),
+             "No such file"),
+        ]:
+            code, out, err = await _cli(*argv)
+            assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+        bad_token = tmp_path / "bad"
+        bad_token.write_text("wrong")
+        code, _, err = await _cli("jobs", "--api", kernel.get_service("jobs").address, "--token-file", str(bad_token))
+        assert code == 2 and "wrong token" in err
+
+
+async def test_the_api_over_tls_with_a_certificate_the_client_trusts(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    api = {"host": "127.0.0.1", "port": 0, "certFile": str(tmp_path / "cert.pem"), "keyFile": str(tmp_path / "key.pem")}
+    settings = {"execution-manager": EM_LOCAL, "jobs": {"api": api, "dataDir": str(tmp_path)}}
+    async with Kernel([], settings=settings) as kernel:
+        address = kernel.get_service("jobs").address
+        assert address.startswith("https://127.0.0.1:")
+        token = (tmp_path / "jobs.token").read_text().strip()
+        async with AsyncClient(address, token=token, ca_file=str(tmp_path / "ca.pem")) as client:
+            job = await client.submit(function="math:factorial", args=[5])
+            assert await client.result(job.id, timeout=10) == 120
+
+        def blocking() -> Any:
+            with Client(address, token=token, ca_file=str(tmp_path / "ca.pem")) as sync:
+                return [j.id for j in sync.list()]
+
+        assert await anyio.to_thread.run_sync(blocking) == [job.id]
+        async with AsyncClient(address, token=token) as untrusting:  # the system's CAs: refused
+            with pytest.raises(ClientError, match="cannot reach the job API"):
+                await untrusting.list()
 
 
 # -- durability: the kernel killed and started again ----------------------------------

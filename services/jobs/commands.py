@@ -165,11 +165,14 @@ def _jobs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "state", "type", "name", "project", "created", "error", box=None)
+    table = Table(box=None)
+    for name in ("id", "state", "type", "name", "project", "created"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("error", overflow="ellipsis", max_width=60)
     for j in jobs:
-        created = datetime.datetime.fromtimestamp(j.created).isoformat(sep=" ", timespec="seconds")
-        table.add_row(j.id, j.state.value, j.type, j.name or "", j.project or "", created, (j.error or "")[:60])
-    Console().print(table)
+        created = datetime.datetime.fromtimestamp(j.created).strftime("%m-%d %H:%M:%S")
+        table.add_row(j.id, j.state.value, j.type, j.name or "", j.project or "", created, j.error or "")
+    Console(width=max(Console().width, 160)).print(table)
     return 0
 
 

@@ -114,6 +114,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     attempts: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # attempts that failed: attempt, worker, error
     worker: str | None = None
     result: Any = None
     error: str | None = None

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started DOUBLE PRECISION,
     finished DOUBLE PRECISION,
     attempts INTEGER NOT NULL DEFAULT 0,
+    failures JSONB NOT NULL DEFAULT '[]',
     worker TEXT,
     result JSONB,
     error TEXT,
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS job_logs (
 CREATE TABLE IF NOT EXISTS job_kernels (id TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL);
 """
 _COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
-            "started", "finished", "attempts", "worker", "result", "error", "progress", "message")
+            "started", "finished", "attempts", "failures", "worker", "result", "error", "progress", "message")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _RETURNING = f"RETURNING {', '.join(_COLUMNS)}"
 _NOW = "extract(epoch from clock_timestamp())"
@@ -187,9 +188,10 @@ class PostgresStore(JobStore):
 
     def finished(self, job: Job) -> None:
         result = Jsonb(job.result) if job.result is not None else None
-        self._run("UPDATE jobs SET state = %s, result = %s, error = %s, finished = %s, attempts = %s, progress = %s, "
-                  "message = %s WHERE id = %s", (job.state.value, result, job.error, job.finished, job.attempts,
-                                                job.progress, job.message, job.id))
+        self._run("UPDATE jobs SET state = %s, result = %s, error = %s, finished = %s, attempts = %s, failures = %s, "
+                  "progress = %s, message = %s WHERE id = %s",
+                  (job.state.value, result, job.error, job.finished, job.attempts, Jsonb(job.failures), job.progress,
+                   job.message, job.id))
 
     def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
         size = len(line.encode())

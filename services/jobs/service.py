@@ -269,6 +269,8 @@ class JobService(BaseService):
     def _done(self, job: Job, fut: asyncio.Future[Any]) -> None:
         if self._running.pop(job.id, None) is None:
             return  # left queued in the store at shutdown
+        job.failures = [{"attempt": a.number, "worker": a.worker_id, "error": a.outcome}
+                        for a in getattr(fut, "attempts", ())]
         if fut.cancelled():
             self._finish(job, JobState.CANCELLED, error="cancelled on request")
             return

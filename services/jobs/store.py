@@ -132,6 +132,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
+    failures TEXT NOT NULL DEFAULT '[]',
     worker TEXT,
     result TEXT,
     error TEXT,
@@ -150,13 +151,14 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 """
 _COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
-            "started", "finished", "attempts", "worker", "result", "error", "progress", "message")
+            "started", "finished", "attempts", "failures", "worker", "result", "error", "progress", "message")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     d = dict(zip(_COLUMNS, row, strict=True))
     d["task"] = json.loads(d["task"])
+    d["failures"] = json.loads(d["failures"])
     d["state"] = JobState(d["state"])
     d["result"] = json.loads(d["result"]) if d["result"] is not None else None
     return Job(**d)
@@ -235,9 +237,9 @@ class SqliteStore(JobStore):
     def finished(self, job: Job) -> None:
         result = json.dumps(job.result) if job.result is not None else None
         self._db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, attempts = ?, "
-                         "progress = ?, message = ? WHERE id = ?",
-                         (job.state.value, result, job.error, job.finished, job.attempts, job.progress,
-                          job.message, job.id))
+                         "failures = ?, progress = ?, message = ? WHERE id = ?",
+                         (job.state.value, result, job.error, job.finished, job.attempts, json.dumps(job.failures),
+                          job.progress, job.message, job.id))
 
     def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
         size = len(line.encode())
