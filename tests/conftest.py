@@ -69,3 +69,16 @@ def write_service(
 EM_INMEMORY = {"nodeType": "inmemory", "minWorkers": 1, "maxWorkers": 2, "runLocally": False}
 EM_LOCAL = {"minWorkers": 2, "maxWorkers": 2, "runLocally": False}
 EXAMPLES = Path(__file__).resolve().parent.parent / "services" / "examples"
+
+
+def throwaway_tls(folder: Path) -> tuple[str, str, str]:
+    """A certificate for 127.0.0.1 and localhost from a throwaway CA (trustme), written
+    to ``folder``: (cert file, key file, CA file)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    return str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "ca.pem")

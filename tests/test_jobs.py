@@ -28,7 +28,7 @@ from microkernel.services.jobs.settings import ApiSettings, JobError
 from microkernel.services.jobs.store import SqliteStore, StoreError
 
 from . import tasks
-from .conftest import EM_LOCAL
+from .conftest import EM_LOCAL, throwaway_tls
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).parent.parent / "services" / "examples"
@@ -322,14 +322,8 @@ async def test_the_cli_submits_follows_and_refuses_with_exit_code_2(tmp_path: Pa
 
 
 async def test_the_api_over_tls_with_a_certificate_the_client_trusts(tmp_path: Path) -> None:
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    api = {"host": "127.0.0.1", "port": 0, "certFile": str(tmp_path / "cert.pem"), "keyFile": str(tmp_path / "key.pem")}
+    cert, key, _ = throwaway_tls(tmp_path)
+    api = {"host": "127.0.0.1", "port": 0, "certFile": cert, "keyFile": key}
     settings = {"execution-manager": EM_LOCAL, "jobs": {"api": api, "dataDir": str(tmp_path)}}
     async with Kernel([], settings=settings) as kernel:
         address = kernel.get_service("jobs").address

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from kernel import Kernel
 from microkernel.services.execution_manager.errors import WorkerCrashedError
 
 from . import tasks
+from .conftest import throwaway_tls
 from .nodes import TOKEN, start_node, stop_node, until
 
 pytestmark = pytest.mark.anyio
@@ -37,12 +37,8 @@ def node_slots(em) -> list:
 
 
 async def test_wss_with_a_certificate_from_a_throwaway_ca(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    async with kernel_for_nodes(certFile=str(tmp_path / "cert.pem"), keyFile=str(tmp_path / "key.pem")) as kernel:
+    cert, key, _ = throwaway_tls(tmp_path)
+    async with kernel_for_nodes(certFile=cert, keyFile=key) as kernel:
         em = kernel.get_service("execution-manager")
         assert em.nodes_address.startswith("wss://127.0.0.1:")
         untrusting = await start_node(em.nodes_address, node_id="untrusting")  # no --ca-file: system CAs

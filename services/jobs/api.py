@@ -10,7 +10,6 @@ says why; the token is compared in constant time.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import json
 import os
@@ -25,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from kernel.errors import ConfigError
+from microkernel.services.execution_manager.web.listen import listen
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError
@@ -90,10 +90,11 @@ def _dumps(data: Any) -> str:
 class JobApi:
     """Serves one job service (see the module docstring)."""
 
-    def __init__(self, jobs: Jobs, settings: ApiSettings, folder: Path) -> None:
+    def __init__(self, jobs: Jobs, settings: ApiSettings, folder: Path, manifest: Path) -> None:
         self.jobs = jobs
         self.settings = settings
         self.folder = folder
+        self.manifest = manifest  # the jobs service's config.json, named in start-up errors
         self.token_source = ""
         self._token = b""
         self._runner: web.AppRunner | None = None
@@ -126,23 +127,11 @@ class JobApi:
             try:
                 tls.load_cert_chain(s.cert_file, s.key_file)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(Path(s.cert_file), [("custom.api.certFile", f"cannot load: {exc}")]) from None
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, s.host, s.port, ssl_context=tls)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            taken = exc.errno == errno.EADDRINUSE
-            field = "custom.api.port" if taken else "custom.api.host"
-            why = (f"{s.host}:{s.port} is already in use; set {field} to a free port (0: any)" if taken
-                   else f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}")
-            raise ConfigError(Path(self.folder), [(field, why)]) from None
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if tls else 'http'}://{host}:{port}"
+                why = f"cannot load {s.cert_file}: {exc}"
+                raise ConfigError(self.manifest, [("custom.api.certFile", why)]) from None
+        self._runner, address = await listen(self.app(), s.host, s.port, settings="custom.api", path=self.manifest,
+                                             tls=tls)
+        return address
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from .model import Job, JobState, LogLine
-from .store import JobStore, StoreError, folder_lock, folder_unlock
+from .store import JobStore, StoreError, folder_lock, folder_unlock, where
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -169,12 +169,7 @@ class PostgresStore(JobStore):
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
                limit: int = 100) -> list[Job]:
-        where, args = [], []
-        for column, value in (("state", state), ("project", project), ("type", type)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, args = where(mark="%s", state=state, project=project, type=type)
         rows = self._run(f"{_SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 

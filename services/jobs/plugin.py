@@ -36,5 +36,6 @@ def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
     api = getattr(jobs, "api", None)
     if not address or api is None:
         return None
-    return [f"jobs: {address} (token: {api.token_source}); try kernel submit --function math:factorial --arg 20 "
-            "--wait"]
+    where = "" if address == "http://127.0.0.1:8786" else f" --api {address}"
+    return [f"jobs: {address}/ (token: {api.token_source}); try kernel submit{where} --function math:factorial "
+            "--arg 20 --wait"]

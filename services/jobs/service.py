@@ -99,7 +99,7 @@ class JobService(BaseService):
         try:
             self.store.beat()
             self._recover()
-            self.api = JobApi(self, s.api, s.folder())
+            self.api = JobApi(self, s.api, s.folder(), self.kernel.manifest_path(self.name))
             self.address = await self.api.start()
         except BaseException:
             self.store.close()

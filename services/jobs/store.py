@@ -91,6 +91,14 @@ class JobStore(ABC):
     def close(self) -> None: ...
 
 
+def where(*, mark: str, **equal: str | None) -> tuple[str, list[str]]:
+    """`` WHERE a = ? AND b = ?`` for the filters given (None: not filtered), and their
+    values; ``mark`` is the driver's placeholder."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    clause = " AND ".join(f"{column} = {mark}" for column in given)
+    return (f" WHERE {clause}" if clause else ""), list(given.values())
+
+
 def folder_lock(folder: Path) -> int:
     """Hold the data folder for this kernel (a lock on ``kernel.lock`` in it).
 
@@ -216,13 +224,8 @@ class SqliteStore(JobStore):
         return _job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-             limit: int = 100) -> list[Job]:
-        where, args = [], []
-        for column, value in (("state", state), ("project", project), ("type", type)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+               limit: int = 100) -> list[Job]:
+        clause, args = where(mark="?", state=state, project=project, type=type)
         rows = self._db.execute(f"{_SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 

@@ -10,7 +10,6 @@ origins, so a site the user visits cannot read the pool through their browser.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
 import json
 import time
@@ -29,6 +28,7 @@ from ..history import History
 from ..nodes import read_token
 from ..settings import HttpSettings
 from . import control
+from .listen import listen
 from .metrics import CONTENT_TYPE, registry_for, render
 from .status import services, snapshot
 
@@ -113,22 +113,7 @@ class WebServer:
                 self._token = None  # no token: the API is read-only
         for event in CHANGES:
             self.em.events.subscribe(event, lambda _e, _p: self._changed.set())
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, s.host, s.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            taken = exc.errno == errno.EADDRINUSE
-            field = "custom.http.port" if taken else "custom.http.host"
-            why = (f"{s.host}:{s.port} is already in use; set {field} to a free port (0: any)" if taken
-                   else f"cannot serve on {s.host}:{s.port}: {exc.strerror or exc}")
-            raise ConfigError(path, [(field, why)]) from None
-        self._runner = runner
-        server = runner.addresses[0]
-        host = f"[{server[0]}]" if ":" in server[0] else server[0]
-        self.address = f"http://{host}:{server[1]}"
+        self._runner, self.address = await listen(self.app(), s.host, s.port, settings="custom.http", path=path)
         log.info("dashboard serving", address=self.address, control="on" if self._token else "off (no admin token)")
         return self.address
 
