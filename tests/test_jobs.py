@@ -544,3 +544,39 @@ async def test_the_server_answers_as_its_openapi_description_says(tmp_path: Path
     described = {(m, int(code)) for item in json.loads(spec_path.read_text())["paths"].values()
                  for m, op in item.items() for code in op["responses"]}
     assert len(operations) >= 9 and operations <= described
+
+
+async def test_a_kernel_stopped_with_sigterm_finishes_what_runs_and_keeps_what_waits(tmp_path: Path) -> None:
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    runs.mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = await _start(data, port)
+    try:
+        token = (data / "jobs.token").read_text().strip()
+        async with AsyncClient(url, token=token) as client:
+            running = await client.submit(function="tests.tasks:touch_then_wait", args=[str(runs / "running"), 1.0])
+            waiting = [await client.submit(function="tests.tasks:touch", args=[str(runs / f"w{i}")]) for i in range(3)]
+            for _ in range(100):
+                if (runs / "running").exists():
+                    break
+                await asyncio.sleep(0.05)
+            proc.terminate()  # SIGTERM: a graceful stop
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert not any((runs / f"w{i}").exists() for i in range(3))  # none ran during the stop...
+    proc = await _start(data, port)
+    try:
+        async with AsyncClient(url, token=token) as client:
+            assert (await client.status(running.id)).state == JobState.SUCCEEDED  # ...what ran, finished
+            for job in waiting:  # ...and what waited runs now, once
+                assert await client.result(job.id, timeout=30) == str(runs / f"w{waiting.index(job)}")
+        assert all((runs / f"w{i}").read_text() == "ran\n" for i in range(3))
+    finally:
+        proc.terminate()
+        await proc.wait()
