@@ -15,21 +15,22 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from kernel.service import BaseService
-from microkernel.services.execution_manager import Attempt, watching
-from microkernel.services.execution_manager.serialization import type_name
+from microkernel.services.execution_manager.serialization import type_name  # loaded with the manager
 
-from .api import JobApi
-from .hookspecs import task_types
-from .metrics import JobCollector
 from .model import Job, JobRequest, JobState, LogLine, json_size
 from .settings import JobError, JobSettings
-from .store import JobStore, SqliteStore, StoreError
-from .tasks import Launch, ServiceMethod, TaskType
+
+if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel without them starts as fast
+    from microkernel.services.execution_manager import Attempt
+
+    from .api import JobApi
+    from .store import JobStore
+    from .tasks import TaskType
 
 log = structlog.get_logger("jobs")
 PURGE_EVERY = 3600.0
@@ -85,6 +86,11 @@ class JobService(BaseService):
         if s.api is None:
             log.debug("jobs are off: no custom.api (kernel run turns it on)")
             return
+        from .api import JobApi
+        from .hookspecs import task_types
+        from .metrics import JobCollector
+        from .store import SqliteStore, StoreError
+
         self.types = task_types(self.kernel.pm)
         self.em = self.get_service("execution-manager")
         if s.store is not None:
@@ -156,8 +162,9 @@ class JobService(BaseService):
             raise JobError(f"{request.type} jobs are off in this kernel (custom.{flag} of the jobs service)",
                            field="type", status=403)
         task = kind.check(request.task)
-        if isinstance(kind, ServiceMethod):
-            kind.bound(self.kernel, task)
+        bound = getattr(kind, "bound", None)
+        if bound is not None:  # a service's method: checked against the running kernel
+            bound(self.kernel, task)
         job, new = store.add(Job.new(replace(request, task=task)))
         if new:
             log.debug("job submitted", job_id=job.id, type=job.type, project=job.project)
@@ -250,6 +257,10 @@ class JobService(BaseService):
     # -- running ----------------------------------------------------------------------
 
     def _launch(self, job: Job, kind: TaskType) -> None:
+        from microkernel.services.execution_manager import watching
+
+        from .tasks import Launch
+
         options = {"priority": job.priority, "project": job.project, "timeout": job.timeout, "retries": job.retries}
         options = {k: v for k, v in options.items() if v is not None}
         watch = _Watch(self, job)
@@ -258,7 +269,7 @@ class JobService(BaseService):
             with watching(watch):
                 fut = kind.start(launch, job.task)
         except Exception as exc:
-            self._finish(job, JobState.FAILED, error=f"{type_name(exc)}: {exc}")
+            self._finish(job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             return
         fut = asyncio.ensure_future(fut)
         self._running[job.id] = (job, fut)
