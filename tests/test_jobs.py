@@ -100,6 +100,20 @@ async def test_cancelling_a_queued_job_means_it_never_runs(tmp_path: Path) -> No
             await client.result(queued.id)
 
 
+async def test_jobs_go_through_the_scheduler_higher_priority_first(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, em={"minWorkers": 1, "maxWorkers": 1}) as (_kernel, client, _token):
+        busy = await client.submit(function="tests.tasks:slow", args=[0.5])
+        low = [await client.submit(function="tests.tasks:stamp", args=[f"low{i}"], priority=1) for i in range(3)]
+        high = [await client.submit(function="tests.tasks:stamp", args=[f"high{i}"], priority=9) for i in range(3)]
+        await client.result(busy.id, timeout=10)
+        starts = {}
+        for job in low + high:
+            tag, started, _ = await client.result(job.id, timeout=10)
+            starts[tag] = started
+        order = sorted(starts, key=starts.__getitem__)
+        assert order == ["high0", "high1", "high2", "low0", "low1", "low2"], order
+
+
 async def test_an_idempotency_key_returns_the_same_job(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     async with jobs_kernel(tmp_path) as (_kernel, client, _token):
