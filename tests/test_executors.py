@@ -128,3 +128,32 @@ async def test_a_reply_future_hands_every_outcome_over_in_the_same_turn() -> Non
         assert isinstance(errors[0]["exception"], ZeroDivisionError) and broken.result() == (True, b"z")
     finally:
         asyncio.get_running_loop().set_exception_handler(None)
+
+
+async def test_a_local_worker_keeps_each_answer_as_it_came_for_a_relay() -> None:
+    """What a node agent forwards to the kernel: the worker's own RESULT and ERROR frames,
+    taken once while the reply is followed (the kernel's local workers keep none)."""
+    import math
+
+    from microkernel.services.execution_manager.serialization import dumps_call
+
+    relaying, plain = LocalWorker("relay-1", {"keepAnswers": True}), LocalWorker("plain-1", {})
+    await asyncio.gather(relaying.start(), plain.start())
+    try:
+        for ex, kept in ((relaying, True), (plain, False)):
+            frames: list[bytes | None] = []
+            for value, expect in ((5, p.Result), (-1, p.Error)):  # factorial(-1) raises ValueError
+                reply = ReplyFuture()
+                reply.call = attempt = call(p.CALL_FN, None)
+                attempt.future, attempt.payload = reply, dumps_call("f", (math.factorial, (value,), {}), (value,), {},
+                                                                    fn=math.factorial)
+                reply.follow_now(lambda _f, a=attempt, ex=ex, out=frames: out.append(ex.answer_frame(a.id)))
+                ex.submit(attempt)
+                await asyncio.wait_for(reply, 10)
+                if kept:
+                    message = p.decoder((p.Result, p.Error)).decode(frames[-1])
+                    assert type(message) is expect and message.call_id == attempt.id
+                    assert ex.answer_frame(attempt.id) is None  # once
+            assert kept or frames == [None, None]
+    finally:
+        await asyncio.gather(relaying.stop(), plain.stop())

@@ -30,6 +30,25 @@ def test_round_trip_byte_by_byte() -> None:
     assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x", 0.0), p.Cancel(3), p.Shutdown(True)]
 
 
+def test_a_relay_keeps_answers_as_they_came_once() -> None:
+    """A node agent forwards a worker's RESULT and ERROR frames to the kernel as they came:
+    the bytes kept are exactly what encoding the message again would give, and the kernel's
+    end of a node link reads them as the message."""
+    from microkernel.services.execution_manager import node_protocol as n
+
+    relay = p.Connection("kernel", keep_answers=True)
+    result, error = p.Result(7, b"pickled", 0.25), p.Error(8, "ValueError", "bad", "tb", b"exc", 0.5)
+    assert relay.receive_data(hello() + p.frame(result) + p.frame(error) + p.frame(p.Cancelled(9))) == [
+        p.Hello(1, "w-1", 123, "3.11.7", {}), result, error, p.Cancelled(9)]
+    assert relay.answer_frame(7) == p.encode(result) and relay.answer_frame(8) == p.encode(error)
+    assert relay.answer_frame(7) is None and relay.answer_frame(9) is None  # once; answers only
+    plain = p.Connection("kernel")
+    plain.receive_data(hello() + p.frame(result))
+    assert plain.answer_frame(7) is None  # kept only when asked
+    decoder = p.decoder(n.KERNEL_RECEIVES)
+    assert decoder.decode(p.encode(result)) == result
+
+
 def test_partial_frame_is_buffered() -> None:
     conn = p.Connection("kernel")
     data = hello()

@@ -73,6 +73,8 @@ class LocalWorker(Executor):
         self.returncode: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stream: FrameStream | None = None
+        self._conn: p.Connection | None = None
+        self._keeping = bool(self.options.get("keepAnswers"))  # a node agent relays answers as they came
         self._hello: asyncio.Future[p.Hello] | None = None
         self._exited: asyncio.Future[None] | None = None
         self._stopping = False
@@ -126,7 +128,8 @@ class LocalWorker(Executor):
         self.pid = self._proc.pid
         self._hello = loop.create_future()
         self._exited = loop.create_future()
-        conn = p.Connection("kernel", peer=f"worker {self.id} (pid {self.pid})")
+        conn = self._conn = p.Connection("kernel", peer=f"worker {self.id} (pid {self.pid})",
+                                         keep_answers=self._keeping)
         _, stream = await loop.connect_accepted_socket(
             lambda: FrameStream(conn, self._on_event, self._on_lost), ours
         )
@@ -229,11 +232,15 @@ class LocalWorker(Executor):
             if call is not None:  # else an attempt already given up (or cancelled): never delivered twice
                 call.ran = event.ran or None
                 self._finish(call, (True, event.payload))
+            if self._keeping:
+                self._forget_answer(event.call_id)
         elif type(event) is p.Error:
             call = self.inflight.get(event.call_id)
             if call is not None:
                 call.ran = event.ran or None
                 self._finish(call, (False, ErrorInfo(event.type_name, event.message, event.traceback, event.exception)))
+            if self._keeping:
+                self._forget_answer(event.call_id)
         elif type(event) is p.Cancelled:
             self._drop(event.call_id)
         elif type(event) is p.Progress:
@@ -244,6 +251,17 @@ class LocalWorker(Executor):
             self._call_traffic(p.REQUEST, event.call_id, (event.request_id, event.route, event.payload), self._respond)
         elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)
+
+    def answer_frame(self, call_id: int) -> bytes | None:
+        """With the option ``keepAnswers``: the RESULT or ERROR frame of ``call_id`` as the
+        worker sent it, once, while the call's reply is being followed (a node agent
+        forwards it to the kernel without encoding it again)."""
+        conn = self._conn
+        return conn.answer_frame(call_id) if conn is not None else None
+
+    def _forget_answer(self, call_id: int) -> None:
+        if self._conn is not None:
+            self._conn.answer_frame(call_id)  # not taken (not relayed, or given up): dropped
 
     def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
         if self._stream is not None and not self._stream.closed:

@@ -247,7 +247,7 @@ class NodeAgent:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
             future = ReplyFuture()
             future.call = Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout)
-            future.follow_now(partial(self._replied, msg.slot, msg.call_id))  # sent in the turn the worker answers
+            future.follow_now(partial(self._replied, msg.slot, msg.call_id, ex))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
                 ex.submit(future.call)
         elif kind is p.SlotCancel:
@@ -290,7 +290,7 @@ class NodeAgent:
             if not answer.done():
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
-    def _replied(self, slot: int, call_id: int, future: ReplyFuture) -> None:
+    def _replied(self, slot: int, call_id: int, ex: Executor, future: ReplyFuture) -> None:
         if future.cancelled():  # dropped before it began, as the kernel asked
             self.send(p.encode(p.Cancelled(call_id)))
             return
@@ -298,6 +298,11 @@ class NodeAgent:
         if exc is not None:  # a crash, which SLOT_DOWN reports, with whether this call had begun
             if isinstance(exc, WorkerCrashedError) and exc.started:
                 self._began.setdefault(slot, []).append(call_id)
+            return
+        as_it_came = getattr(ex, "answer_frame", None)  # a local worker's frame: forwarded, not encoded again
+        frame = as_it_came(call_id) if as_it_came is not None else None
+        if frame is not None:
+            self.send(frame)
             return
         ok, data = future.result()
         ran = future.call.ran or 0.0  # as its worker measured it
@@ -310,7 +315,7 @@ class NodeAgent:
 
     async def _start_slot(self) -> None:
         number = next(self._numbers)
-        ex = self.factory(f"{self.config.node_id}:{number}", dict(self.config.executor_options))
+        ex = self.factory(f"{self.config.node_id}:{number}", {"keepAnswers": True, **self.config.executor_options})
         try:
             await ex.start()
         except Exception as exc:

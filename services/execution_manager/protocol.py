@@ -293,7 +293,8 @@ class Connection:
     """
 
     def __init__(
-        self, role: str, *, max_frame: int = DEFAULT_MAX_FRAME, framed: bool = True, peer: str = ""
+        self, role: str, *, max_frame: int = DEFAULT_MAX_FRAME, framed: bool = True, peer: str = "",
+        keep_answers: bool = False,
     ) -> None:
         if role not in ("kernel", "worker"):
             raise ValueError(f"role must be 'kernel' or 'worker', not {role!r}")
@@ -305,6 +306,9 @@ class Connection:
         self._decode = decoder(self._accepts).decode
         self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
         self._buf = bytearray()
+        # With keep_answers, each RESULT and ERROR frame's bytes, by call id, for a relay that
+        # forwards them as they came (a node agent): take them with answer_frame().
+        self._answers: dict[int, bytes] | None = {} if keep_answers else None
 
     def _error(self, message: str) -> ProtocolError:
         return ProtocolError(message, self.peer_name)
@@ -333,13 +337,31 @@ class Connection:
                     raise self._error(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
                 if end - pos - 4 < size:
                     break
-                events.append(self._event(view[pos + 4 : pos + 4 + size]))
+                if self._answers is None:
+                    events.append(self._event(view[pos + 4 : pos + 4 + size]))
+                else:
+                    self._keep(view[pos + 4 : pos + 4 + size], events)
                 pos += 4 + size
         finally:
             view.release()
         if pos:
             del buf[:pos]
         return events
+
+    def _keep(self, body: memoryview, events: list[Event]) -> None:
+        """Decode ``body`` into ``events``, keeping its bytes if it is an answer."""
+        try:
+            event = self._event(body)
+            events.append(event)
+            if type(event) is Result or type(event) is Error:
+                self._answers[event.call_id] = bytes(body)  # type: ignore[index]  # set when keeping
+        finally:
+            body.release()  # the buffer behind it is resized once the frames are read
+
+    def answer_frame(self, call_id: int) -> bytes | None:
+        """The RESULT or ERROR frame received for ``call_id`` as it came (``keep_answers``),
+        once: a relay forwards it without encoding it again."""
+        return self._answers.pop(call_id, None) if self._answers is not None else None
 
     def pending(self) -> int:
         """Bytes still missing from the frame being received (0 between frames)."""
