@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +159,50 @@ async def test_a_local_worker_keeps_each_answer_as_it_came_for_a_relay() -> None
             assert kept or frames == [None, None]
     finally:
         await asyncio.gather(relaying.stop(), plain.stop())
+
+
+async def test_a_call_taken_back_and_sent_again_begins_where_the_kernel_counts_it(tmp_path: Path) -> None:
+    """A call sent ahead, taken back (its cancel confirmed) and sent again after another
+    call must begin from its newest frame, in the order the kernel sent. Else, killed while
+    running the other call, the worker would have run it with the kernel sure it had not
+    (it then runs elsewhere too: twice). The soak found this under chaos."""
+    from microkernel.services.execution_manager.serialization import dumps_call
+
+    from . import tasks
+
+    def attempt(call_id: int, fn: object, *args: object) -> tuple[ReplyFuture, object]:
+        reply = ReplyFuture()
+        reply.call = a = call(p.CALL_FN, None)
+        a.id, a.future, a.payload = call_id, reply, dumps_call("t", (fn, args, {}), args, {}, fn=fn)
+        return reply, a
+
+    ex = LocalWorker("resend-1", {})
+    await ex.start()
+    try:
+        touched, started = tmp_path / "T", tmp_path / "B"
+        first, long = attempt(101, tasks.slow, 0.5)
+        ex.submit(long)
+        taken, t1 = attempt(102, tasks.touch, str(touched))
+        ex.submit(t1)  # sent ahead, behind the long call
+        assert ex.cancel(102)
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(taken, 5)  # the worker confirmed: it had not begun
+        blocker, b = attempt(103, tasks.announce_then_wait, str(started), 30)
+        ex.submit(b)
+        again, t2 = attempt(102, tasks.touch, str(touched))
+        ex.submit(t2)  # sent again, after the blocker
+        await asyncio.wait_for(first, 5)
+        for _ in range(200):
+            if started.exists():
+                break
+            await asyncio.sleep(0.02)
+        assert started.exists(), "the blocker never began"
+        os.kill(ex.info().pid, signal.SIGKILL)
+        for fut in (blocker, again):
+            with contextlib.suppress(WorkerCrashedError):
+                await asyncio.wait_for(fut, 10)
+        err = again.exception()
+        assert isinstance(err, WorkerCrashedError) and not err.started  # the kernel says: never begun...
+        assert not touched.exists()  # ...and so it is
+    finally:
+        await ex.stop(drain=False)

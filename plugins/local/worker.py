@@ -108,7 +108,9 @@ class _Link:
         self.conn = conn
         self.out: list[bytes] = []  # replies waiting for the batch to be written
         self.unseen: list[p.Event] = []  # events read off the main loop, for it to see
-        self.pending: dict[int, None] = {}  # calls received, not begun (or dropped)
+        # Calls received and not begun, by id: the frame to begin it from. A call taken back
+        # and sent again has two frames; only the newest may begin it, in the kernel's order.
+        self.pending: dict[int, p.Call] = {}
         self.running_since: float | None = None  # when the main loop began the call it runs
         self.read_lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -133,11 +135,11 @@ class _Link:
         pending = self.pending
         for ev in events:
             if type(ev) is p.Call:
-                pending[ev.call_id] = None
+                pending[ev.call_id] = ev
                 kept.append(ev)
             elif type(ev) is p.Cancel:
                 # dict.pop is atomic: this and the main loop's begin() cannot both win a call
-                if pending.pop(ev.call_id, 1) is None:  # not begun: it never will
+                if pending.pop(ev.call_id, None) is not None:  # not begun: it never will
                     self.send(p.frame(p.Cancelled(ev.call_id)))
             elif type(ev) is p.Response:
                 self._answers[ev.request_id] = ev
@@ -147,9 +149,16 @@ class _Link:
                 kept.append(ev)
         return kept
 
-    def begin(self, call_id: int) -> bool:
-        """Claim a received call for running; False if it was cancelled meanwhile."""
-        return self.pending.pop(call_id, 1) is None
+    def begin(self, call: p.Call) -> bool:
+        """Claim a received call for running from this frame; False if it was cancelled
+        meanwhile, or if this frame is stale (the call was taken back and sent again: it
+        begins from its newest frame, where the kernel counts it)."""
+        claimed = self.pending.pop(call.call_id, None)
+        if claimed is call:
+            return True
+        if claimed is not None:
+            self.pending[call.call_id] = claimed  # its own turn comes later
+        return False
 
     def read_ready(self) -> list[p.Event]:
         """The events already waiting on the socket, without blocking."""
@@ -245,7 +254,10 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
                     more += link.read_ready()
                     read_at = clock()
                     events.extend(more)
-                if pending.pop(ev.call_id, 1) is not None:  # begin(), inlined: the hot path
+                claimed = pending.pop(ev.call_id, None)  # begin(), inlined: the hot path
+                if claimed is not ev:
+                    if claimed is not None:  # a stale frame: the call was sent again, and begins from there
+                        pending[ev.call_id] = claimed
                     continue  # cancelled before it began (and confirmed): the kernel runs it elsewhere
                 mark(ev.call_id)  # the kernel reads it if this process dies: what had begun
                 link.running_since = read_at if flushed < read_at else flushed  # at or before its start
