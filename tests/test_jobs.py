@@ -232,7 +232,7 @@ async def test_module_code_and_http_jobs_run_on_workers(tmp_path: Path) -> None:
 
 
 async def test_a_jobs_progress_and_timeout_come_through(tmp_path: Path) -> None:
-    async with jobs_kernel(tmp_path) as (_kernel, client, _token):
+    async with jobs_kernel(tmp_path) as (kernel, client, _token):
         job = await client.submit(function="tests.tasks:report_then_wait", args=[0.5, 1.0])
         for _ in range(100):
             status = await client.status(job.id)
@@ -240,6 +240,8 @@ async def test_a_jobs_progress_and_timeout_come_through(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert status.progress == 0.5 and status.message == "halfway there" and status.state == JobState.RUNNING
+        kept = kernel.get_service("jobs").store.get(job.id)  # written through: other kernels see it too
+        assert (kept.progress, kept.message, kept.state) == (0.5, "halfway there", JobState.RUNNING)
         assert await client.result(job.id, timeout=10) == 0.5
         assert (await client.status(job.id)).progress == 0.5  # kept with the job
         late = await client.submit(function="tests.tasks:slow", args=[5], timeout=0.5)

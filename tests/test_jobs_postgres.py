@@ -60,6 +60,8 @@ def test_priorities_first_and_a_key_once(pg_url: str, tmp_path: Path) -> None:
         again, new_again = store.add(_job(key="k1"))
         assert new and not new_again and again.id == keyed.id
         assert [store.log(keyed.id, "info", "x" * 40, limit=100) for _ in range(4)] == [1, 2, 3, None]
+        store.progressed(keyed.id, 0.3, "a third")
+        assert (store.get(keyed.id).progress, store.get(keyed.id).message) == (0.3, "a third")  # type: ignore[union-attr]
         keyed.state, keyed.finished, keyed.result = JobState.SUCCEEDED, 1000.0, {"n": [1, 2]}
         store.finished(keyed)
         assert store.get(keyed.id).result == {"n": [1, 2]}  # type: ignore[union-attr]

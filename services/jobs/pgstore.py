@@ -181,6 +181,9 @@ class PostgresStore(JobStore):
         self._run("UPDATE jobs SET state = 'running', attempts = %s, worker = %s, started = COALESCE(started, %s) "
                   "WHERE id = %s AND owner = %s", (attempt, worker, time.time(), job_id, self.owner))
 
+    def progressed(self, job_id: str, fraction: float, message: str | None) -> None:
+        self._run("UPDATE jobs SET progress = %s, message = %s WHERE id = %s", (fraction, message, job_id))
+
     def finished(self, job: Job) -> None:
         result = Jsonb(job.result) if job.result is not None else None
         self._run("UPDATE jobs SET state = %s, result = %s, error = %s, finished = %s, attempts = %s, failures = %s, "

@@ -34,15 +34,17 @@ if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel with
 
 log = structlog.get_logger("jobs")
 PURGE_EVERY = 3600.0
+PROGRESS_EVERY = 1.0  # seconds between progress writes of one job
 
 
 class _Watch:
     """Follows one job's call (a :class:`~microkernel.services.execution_manager.CallWatch`)."""
 
-    __slots__ = ("job", "service")
+    __slots__ = ("job", "kept_at", "service")
 
     def __init__(self, service: JobService, job: Job) -> None:
         self.service, self.job = service, job
+        self.kept_at = 0.0  # when progress was last written to the store
 
     def sent(self, attempt: Attempt) -> None:
         job = self.job
@@ -54,7 +56,12 @@ class _Watch:
         self.service.add_log(self.job.id, level, message)
 
     def progress(self, update: Any) -> None:
-        self.job.progress, self.job.message = update.fraction, update.message or None
+        job = self.job
+        job.progress, job.message = update.fraction, update.message or None
+        now = time.monotonic()
+        if now - self.kept_at >= PROGRESS_EVERY:  # the store hears of it at most once a second
+            self.kept_at = now
+            self.service.write(lambda store: store.progressed(job.id, update.fraction, job.message))
 
 
 class JobService(BaseService):

@@ -69,6 +69,10 @@ class JobStore(ABC):
         """An attempt is about to reach a worker: from now on the job may have run."""
 
     @abstractmethod
+    def progressed(self, job_id: str, fraction: float, message: str | None) -> None:
+        """Keep a running job's latest progress (for other kernels, and after a restart)."""
+
+    @abstractmethod
     def finished(self, job: Job) -> None:
         """Keep ``job``'s final state, result or error, and times."""
 
@@ -236,6 +240,9 @@ class SqliteStore(JobStore):
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
         self._db.execute("UPDATE jobs SET state = 'running', attempts = ?, worker = ?, started = COALESCE(started, ?) "
                          "WHERE id = ?", (attempt, worker, time.time(), job_id))
+
+    def progressed(self, job_id: str, fraction: float, message: str | None) -> None:
+        self._db.execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ?", (fraction, message, job_id))
 
     def finished(self, job: Job) -> None:
         result = json.dumps(job.result) if job.result is not None else None
