@@ -117,6 +117,22 @@ async def test_two_kernels_share_one_queue_and_run_each_job_once(pg_url: str, tm
         assert workers  # each job names the worker that ran it
 
 
+async def test_a_job_no_kernel_has_taken_yet_can_be_cancelled(pg_url: str, tmp_path: Path) -> None:
+    settings = {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1},
+                "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path), "store": pg_url, "pollInterval": 0.1}}
+    async with Kernel([], settings=settings) as kernel:
+        token = (tmp_path / "jobs.token").read_text().strip()
+        async with AsyncClient(kernel.get_service("jobs").address, token=token) as client:
+            busy = [await client.submit(function="tests.tasks:slow", args=[2]) for _ in range(2)]  # one runs, one waits
+            untaken = await client.submit(function="tests.tasks:touch", args=[str(tmp_path / "ran")])
+            assert untaken.id not in kernel.get_service("jobs")._running  # no room here: no kernel has taken it
+            await client.cancel(untaken.id)
+            assert (await client.status(untaken.id)).state == JobState.CANCELLED
+            for job in busy:
+                await client.result(job.id, timeout=20)
+        assert not (tmp_path / "ran").exists()
+
+
 async def test_a_server_that_is_down_stops_start_up_and_names_it(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -10,6 +10,8 @@ says why; the token is compared in constant time.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hmac
 import json
 import os
@@ -24,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from kernel.errors import ConfigError
+from microkernel.services.execution_manager.nodes import read_token
 from microkernel.services.execution_manager.web.listen import listen
 
 from .model import Job, LogLine
@@ -44,29 +47,19 @@ def error(status: int, message: str, field: str | None = None, **headers: str) -
 def load_token(settings: ApiSettings, folder: Path) -> tuple[bytes, str]:
     """The API's token and where it came from (a file path or an env name, never the token).
 
-    :raises ConfigError: the token file given cannot be read, or is empty.
+    :raises ConfigError: the token file cannot be read, is empty, or others may read it.
     """
+    if settings.token_file is None and os.environ.get(settings.token_env, "").strip():
+        return read_token(env=settings.token_env), f"${settings.token_env}"
     if settings.token_file is not None:
         path = Path(settings.token_file).expanduser()
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(path, [("custom.api.tokenFile", f"cannot read {path}: {exc.strerror}")]) from None
-        if not token:
-            raise ConfigError(path, [("custom.api.tokenFile", f"{path} is empty")])
-        return token.encode(), str(path)
-    given = os.environ.get(settings.token_env, "").strip()
-    if given:
-        return given.encode(), f"${settings.token_env}"
-    path = folder / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-    return token.encode(), str(path)
+    else:  # made on first start, for clients on this machine to find
+        path = folder / TOKEN_FILE
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+    return read_token(file=path), str(path)
 
 
 class Jobs(Protocol):
@@ -216,15 +209,19 @@ class JobApi:
         return response
 
     async def page(self, request: web.Request) -> web.Response:
-        html = resources.files(__package__).joinpath("jobs.html").read_text("utf-8")
-        return web.Response(text=html, content_type="text/html", headers={
+        return web.Response(text=_packaged("jobs.html"), content_type="text/html", headers={
             "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                        "connect-src 'self'; frame-ancestors 'none'"})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        text = resources.files(__package__).joinpath("openapi.json").read_text("utf-8")
-        return web.Response(text=text, content_type="application/json")
+        return web.Response(text=_packaged("openapi.json"), content_type="application/json")
+
+
+@functools.cache
+def _packaged(name: str) -> str:
+    """A file shipped in this package, read once."""
+    return resources.files(__package__).joinpath(name).read_text("utf-8")
 
 
 def _seconds(raw: str, field: str) -> float:

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from .model import Job, JobState, LogLine
-from .store import JobStore, StoreError, folder_lock, folder_unlock, where
+from .store import COLUMNS, SELECT, JobStore, StoreError, folder_lock, folder_unlock, where
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,15 +60,12 @@ CREATE TABLE IF NOT EXISTS job_logs (
 );
 CREATE TABLE IF NOT EXISTS job_kernels (id TEXT PRIMARY KEY, seen DOUBLE PRECISION NOT NULL);
 """
-_COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
-            "started", "finished", "attempts", "failures", "worker", "result", "error", "progress", "message")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_RETURNING = f"RETURNING {', '.join(_COLUMNS)}"
+_RETURNING = f"RETURNING {', '.join(COLUMNS)}"
 _NOW = "extract(epoch from clock_timestamp())"
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    d = dict(zip(_COLUMNS, row, strict=True))
+    d = dict(zip(COLUMNS, row, strict=True))
     d["state"] = JobState(d["state"])
     return Job(**d)
 
@@ -133,7 +130,7 @@ class PostgresStore(JobStore):
             values).fetchone()
         if row is not None:
             return job, True
-        existing = self._run(f"{_SELECT} WHERE key = %s", (job.key,)).fetchone()
+        existing = self._run(f"{SELECT} WHERE key = %s", (job.key,)).fetchone()
         assert existing is not None  # a key, once kept, stays until purged with its job
         return _job(existing), False
 
@@ -164,13 +161,13 @@ class PostgresStore(JobStore):
         return [_job(r) for r in rows]
 
     def get(self, job_id: str) -> Job | None:
-        row = self._run(f"{_SELECT} WHERE id = %s", (job_id,)).fetchone()
+        row = self._run(f"{SELECT} WHERE id = %s", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
                limit: int = 100) -> list[Job]:
         clause, args = where(mark="%s", state=state, project=project, type=type)
-        rows = self._run(f"{_SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)).fetchall()
+        rows = self._run(f"{SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -212,7 +209,7 @@ class PostgresStore(JobStore):
         return [LogLine(*r) for r in rows]
 
     def unfinished(self) -> list[Job]:
-        rows = self._run(f"{_SELECT} WHERE owner = %s AND state IN ('queued', 'running') ORDER BY n",
+        rows = self._run(f"{SELECT} WHERE owner = %s AND state IN ('queued', 'running') ORDER BY n",
                          (self.owner,)).fetchall()
         return [_job(r) for r in rows]
 

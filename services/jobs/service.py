@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
+from pydantic.alias_generators import to_camel
 
 from kernel.service import BaseService
 from microkernel.services.execution_manager.serialization import type_name  # loaded with the manager
@@ -27,6 +28,7 @@ from .settings import JobError, JobSettings
 
 if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel without them starts as fast
     from microkernel.services.execution_manager import Attempt
+    from microkernel.services.execution_manager.handles import Progress
 
     from .api import JobApi
     from .store import JobStore
@@ -55,7 +57,7 @@ class _Watch:
     def logged(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
         self.service.add_log(self.job.id, level, message)
 
-    def progress(self, update: Any) -> None:
+    def progress(self, update: Progress) -> None:
         job = self.job
         job.progress, job.message = update.fraction, update.message or None
         now = time.monotonic()
@@ -138,7 +140,7 @@ class JobService(BaseService):
         waiting = []
         for job, fut in list(self._running.values()):
             if job.state == JobState.QUEUED:
-                self._closing_job(job.id)
+                del self._running[job.id]  # so it stays queued in the store, not cancelled
                 fut.cancel()
             else:
                 waiting.append(fut)
@@ -146,9 +148,6 @@ class JobService(BaseService):
             await asyncio.wait(waiting, timeout=self.em.settings.drain_timeout)
         self._closing = True
         self.store.close()
-
-    def _closing_job(self, job_id: str) -> None:
-        self._running.pop(job_id, None)
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -165,8 +164,8 @@ class JobService(BaseService):
             raise JobError(f"unknown task type {request.type!r} (known: {', '.join(sorted(self.types))})",
                            field="type")
         if not kind.allowed(self.settings):
-            flag = "allowShell" if request.type == "shell" else "allowCode" if request.type == "code" else kind.setting
-            raise JobError(f"{request.type} jobs are off in this kernel (custom.{flag} of the jobs service)",
+            raise JobError(f"{request.type} jobs are off in this kernel (custom.{to_camel(kind.setting or '')} of the "
+                           "jobs service)",
                            field="type", status=403)
         task = kind.check(request.task)
         bound = getattr(kind, "bound", None)
@@ -175,7 +174,7 @@ class JobService(BaseService):
         job, new = store.add(Job.new(replace(request, task=task)))
         if new:
             log.debug("job submitted", job_id=job.id, type=job.type, project=job.project)
-            if not store.shared or (self._has_room() and store.claim(job.id)):
+            if not store.shared or (self._room() and store.claim(job.id)):
                 self._launch(job, kind)  # else the first kernel with room takes it
         return job, new
 
@@ -214,7 +213,14 @@ class JobService(BaseService):
         job = self.get(job_id)
         if job.state.finished:
             raise JobError(f"job {job_id} has already finished ({job.state})", field="id", status=409)
-        self._running[job_id][1].cancel()
+        live = self._running.get(job_id)
+        if live is not None:
+            live[1].cancel()
+        elif job.state == JobState.QUEUED and self._store().claim(job_id):  # queued in a shared store, untaken
+            self._finish(job, JobState.CANCELLED, error="cancelled on request")
+        else:
+            raise JobError(f"job {job_id} runs on another kernel sharing the store: cancel it there", field="id",
+                           status=409)
         return job
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
@@ -338,10 +344,10 @@ class JobService(BaseService):
             log.info("job taken up again", job_id=job.id, reason=note)
             self._launch(job, kind)
 
-    def _has_room(self) -> bool:
-        """Whether this kernel can start another job soon (its pool's queue is short)."""
+    def _room(self) -> int:
+        """How many more jobs this kernel can start soon (its pool's queue is short)."""
         pool = self.em.pool
-        return pool is not None and pool.waiting < max(1, self.em.settings.max_workers)
+        return 0 if pool is None else max(0, max(1, self.em.settings.max_workers) - pool.waiting)
 
     async def _poll(self) -> None:
         """Shared store: say this kernel lives, take back dead kernels' jobs, and take
@@ -351,8 +357,7 @@ class JobService(BaseService):
             try:
                 for job in store.beat():
                     log.warning("job lost with its kernel", job_id=job.id, error=job.error)
-                while self._has_room():
-                    room = max(1, self.em.settings.max_workers - self.em.pool.waiting)
+                while room := self._room():
                     taken = store.claim_queued(room)
                     for job in taken:
                         kind = self.types.get(job.type)

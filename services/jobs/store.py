@@ -162,13 +162,13 @@ CREATE TABLE IF NOT EXISTS logs (
     PRIMARY KEY (job_id, seq)
 );
 """
-_COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
+COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
             "started", "finished", "attempts", "failures", "worker", "result", "error", "progress", "message")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"  # a Job's fields, in the order of its row
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    d = dict(zip(_COLUMNS, row, strict=True))
+    d = dict(zip(COLUMNS, row, strict=True))
     d["task"] = json.loads(d["task"])
     d["failures"] = json.loads(d["failures"])
     d["state"] = JobState(d["state"])
@@ -180,7 +180,6 @@ class SqliteStore(JobStore):
     """Jobs in ``FOLDER/jobs.db`` (see the module docstring)."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
         self.where = str(folder / "jobs.db")
         self._lock = folder_lock(folder)
         try:
@@ -220,17 +219,17 @@ class SqliteStore(JobStore):
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", values)
         if cur.rowcount == 1:
             return job, True
-        existing = self._db.execute(f"{_SELECT} WHERE key = ?", (job.key,)).fetchone()
+        existing = self._db.execute(f"{SELECT} WHERE key = ?", (job.key,)).fetchone()
         return _job(existing), False
 
     def get(self, job_id: str) -> Job | None:
-        row = self._db.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        row = self._db.execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
                limit: int = 100) -> list[Job]:
         clause, args = where(mark="?", state=state, project=project, type=type)
-        rows = self._db.execute(f"{_SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
+        rows = self._db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -273,19 +272,16 @@ class SqliteStore(JobStore):
         return [LogLine(*r) for r in rows]
 
     def unfinished(self) -> list[Job]:
-        rows = self._db.execute(f"{_SELECT} WHERE state IN ('queued', 'running') ORDER BY n").fetchall()
+        rows = self._db.execute(f"{SELECT} WHERE state IN ('queued', 'running') ORDER BY n").fetchall()
         return [_job(r) for r in rows]
 
     def purge(self, before: float) -> int:
         db = self._db
         with db:
             db.execute("BEGIN IMMEDIATE")
-            old = [r[0] for r in db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?",
-                                            (before,))]
-            for job_id in old:
-                db.execute("DELETE FROM logs WHERE job_id = ?", (job_id,))
-            db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,))
-        return len(old)
+            db.execute("DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE finished < ?)", (before,))
+            count: int = db.execute("DELETE FROM jobs WHERE finished < ?", (before,)).rowcount
+        return count
 
     def close(self) -> None:
         self._closed.set()
