@@ -528,10 +528,13 @@ async def test_the_server_answers_as_its_openapi_description_says(tmp_path: Path
                 return response
 
             job = (await call("POST", "/jobs", json={"function": "tests.tasks:log_lines", "args": [2]})).json()
-            assert (await call("POST", "/jobs", json={"function": "math:sqrt", "key": "k", "args": [4]})).status_code == 201
+            keyed = await call("POST", "/jobs", json={"function": "math:sqrt", "key": "k", "args": [4]})
+            assert keyed.status_code == 201
             assert (await call("POST", "/jobs", json={"function": "math:sqrt", "key": "k", "args": [4]})).status_code == 200
             assert (await call("POST", "/jobs", json={"type": "nope"})).status_code == 400
             assert (await call("GET", f"/jobs/{job['id']}/result", params={"wait": 10})).status_code == 200
+            # both jobs finished before they are counted below
+            assert (await call("GET", f"/jobs/{keyed.json()['id']}/result", params={"wait": 10})).status_code == 200
             slow = (await call("POST", "/jobs", json={"function": "tests.tasks:slow", "args": [5]})).json()
             assert (await call("GET", f"/jobs/{slow['id']}/result")).status_code == 202
             assert (await call("POST", f"/jobs/{slow['id']}/cancel")).status_code == 202
