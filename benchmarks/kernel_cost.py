@@ -27,7 +27,7 @@ from typing import Any
 from kernel import Kernel, logs
 from microkernel.plugins.local.executor import LocalWorker
 from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.executor import Attempt
+from microkernel.services.execution_manager.attempt import Attempt
 
 from .tasks import inc
 

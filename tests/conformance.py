@@ -25,8 +25,9 @@ from kernel import task
 from kernel.errors import RequestError
 from kernel.task import PROGRESS_INTERVAL
 from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
-from microkernel.services.execution_manager.executor import Attempt, Executor, WorkerState
+from microkernel.services.execution_manager.executor import Executor, WorkerState
 from microkernel.services.execution_manager.serialization import dumps, loads
 
 Make = Callable[[str], Executor]

@@ -14,8 +14,9 @@ from kernel.plugins import make_plugin_manager
 from microkernel.plugins.inmemory.executor import InMemoryExecutor
 from microkernel.plugins.local.executor import LocalWorker
 from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.attempt import ReplyFuture
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
-from microkernel.services.execution_manager.executor import ReplyFuture, WorkerState
+from microkernel.services.execution_manager.executor import WorkerState
 from microkernel.services.execution_manager.hookspecs import executor_types
 
 from .conformance import CHECKS, DEATH_CHECKS, call, check_executor

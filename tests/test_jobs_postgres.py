@@ -79,6 +79,7 @@ def test_a_kernel_that_stops_beating_loses_its_jobs_to_the_others(pg_url: str, t
         assert {j.id for j in dead.claim_queued(10)} == {queued.id, running.id, retryable.id}
         dead.started(running.id, 1, "local-1")
         dead.started(retryable.id, 1, "local-2")
+        dead.beat()
         assert alive.beat() == []  # the dead one beat just now
         import time
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from microkernel.services.execution_manager.executor import Attempt
+from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.queue import CallQueue
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,8 @@ from typing import Any
 
 from kernel.errors import RequestError
 from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.attempt import Attempt
+from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import Reply, Runtime
 
 _S = WorkerState

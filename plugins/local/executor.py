@@ -17,8 +17,9 @@ from typing import Any
 
 from kernel.packages import service_packages
 from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
-from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import ErrorInfo
 from microkernel.services.execution_manager.stream import FrameStream
 

@@ -35,15 +35,10 @@ from kernel.errors import RequestError
 from kernel.packages import plan_package
 from microkernel.services.execution_manager import node_protocol as n
 from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.attempt import Attempt, ReplyFuture
 from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
-from microkernel.services.execution_manager.executor import (
-    Attempt,
-    Executor,
-    ExecutorFactory,
-    ReplyFuture,
-    WorkerState,
-)
+from microkernel.services.execution_manager.executor import Executor, ExecutorFactory, WorkerState
 from microkernel.services.execution_manager.nodes import NodeConfig, package_version
 from microkernel.services.execution_manager.serialization import dumps
 

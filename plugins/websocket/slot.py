@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.errors import WorkerStartError
-from microkernel.services.execution_manager.executor import Attempt, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
 from microkernel.services.execution_manager.runtime import ErrorInfo
 
 _S = WorkerState

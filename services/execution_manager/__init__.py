@@ -60,14 +60,15 @@ from kernel.lazy import lazy_names
 
 if TYPE_CHECKING:
     from . import errors, hookspecs, node_protocol, nodes, protocol
-    from .executor import Attempt, CallWatch, Executor, ExecutorFactory, ExecutorInfo, WorkerState
+    from .attempt import Attempt, CallWatch
+    from .executor import Executor, ExecutorFactory, ExecutorInfo, WorkerState
     from .handles import watching
     from .nodes import NodeListener, NodeTransport
     from .runtime import CallChannel, ErrorInfo, Runtime
 
 _WHERE = {
-    "Attempt": "executor", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
-    "WorkerState": "executor", "CallWatch": "executor", "watching": "handles",
+    "Attempt": "attempt", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
+    "WorkerState": "executor", "CallWatch": "attempt", "watching": "handles",
     "NodeListener": "nodes", "NodeTransport": "nodes",
     "CallChannel": "runtime", "ErrorInfo": "runtime", "Runtime": "runtime",
 }

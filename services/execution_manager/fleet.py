@@ -23,9 +23,9 @@ from .resources import unsatisfiable
 from .scheduler import Scheduler
 from .settings import Settings
 from .stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
+from .worker_state import CLOSED
 
 log = structlog.get_logger("execution-manager")
-_CLOSED = (WorkerState.FAILED, WorkerState.TERMINATED)
 
 
 class PoolWorker:
@@ -221,7 +221,7 @@ class Fleet:
         if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and executor.is_available):
             self._feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
             return
-        if new not in _CLOSED:
+        if new not in CLOSED:
             return
         worker = self.workers.pop(executor.id, None)
         if worker is None:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import structlog
 
+from .attempt import Attempt, CallWatch, bound, describe
 from .errors import CallTimeoutError, PoolClosedError, RemoteError, WorkerCrashedError
-from .executor import Attempt, CallWatch, bound, describe
 from .serialization import loads
 from .stimuli import CallSpec, Resolve
 

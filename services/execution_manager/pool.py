@@ -22,9 +22,10 @@ import structlog
 from kernel.errors import ExecutionError
 
 from .admission import Admission
+from .attempt import Attempt, ReplyFuture
 from .errors import PoolClosedError, WorkerStartError
 from .events import EventBus
-from .executor import Attempt, CallHost, Executor, ExecutorFactory, ReplyFuture
+from .executor import CallHost, Executor, ExecutorFactory
 from .fleet import Fleet, PoolWorker
 from .handles import CallFuture, error_for, rebuild
 from .history import Timings

@@ -8,8 +8,8 @@ import time
 
 import structlog
 
+from .attempt import Attempt
 from .events import EventBus
-from .executor import Attempt
 from .handles import CallFuture, FailedAttempt
 from .history import Timings
 from .serialization import format_exception, type_name

@@ -18,7 +18,7 @@ import structlog
 
 from kernel.errors import KernelError, RequestError
 
-from .executor import Attempt
+from .attempt import Attempt
 from .serialization import dumps, dumps_exception, loads, type_name
 
 if TYPE_CHECKING:
