@@ -32,17 +32,23 @@ class EventBus:
     def __init__(self, hook: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
         self._subs: dict[str, list[Callback]] = {}
         self._listening = 0  # callbacks subscribed, over every event
-        self.hook = hook  # plugins' kernel_event, when any plugin implements it
+        self._hook = hook
+        self.active = hook is not None  # whether anyone listens at all (an attribute: read for every call)
         self._async = Background("event subscribers")
 
     @property
-    def active(self) -> bool:
-        """Whether anyone listens at all (cheap: asked once per call)."""
-        return self.hook is not None or self._listening > 0
+    def hook(self) -> Callable[[str, Mapping[str, Any]], None] | None:
+        """Plugins' ``kernel_event``, when any plugin implements it."""
+        return self._hook
+
+    @hook.setter
+    def hook(self, hook: Callable[[str, Mapping[str, Any]], None] | None) -> None:
+        self._hook = hook
+        self.active = hook is not None or self._listening > 0
 
     def wants(self, event: str) -> bool:
         """Whether anyone listens to ``event`` (to skip building per-call payloads)."""
-        return self.hook is not None or bool(self._subs.get(event) or self._subs.get("*"))
+        return self._hook is not None or bool(self._subs.get(event) or self._subs.get("*"))
 
     def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback`` on ``event``; returns a function that unsubscribes."""
@@ -50,17 +56,19 @@ class EventBus:
             raise ValueError(f"unknown event {event!r}; events: {', '.join(sorted(EVENTS))}")
         self._subs.setdefault(event, []).append(callback)
         self._listening += 1
+        self.active = True
         return lambda: self._unsubscribe(event, callback)
 
     def _unsubscribe(self, event: str, callback: Callback) -> None:
         self._subs.get(event, []).remove(callback)
         self._listening -= 1
+        self.active = self._hook is not None or self._listening > 0
 
     def emit(self, event: str, **payload: Any) -> None:
         callbacks = self._subs.get(event, []) + self._subs.get("*", [])
-        if self.hook is not None:
+        if self._hook is not None:
             try:
-                self.hook(event, payload)
+                self._hook(event, payload)
             except Exception:
                 log.exception("event hook failed", event_name=event)
         for cb in callbacks:

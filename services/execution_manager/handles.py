@@ -124,7 +124,6 @@ class CallFuture(asyncio.Future[Any]):
         self.retry_on = retry_on
         self.soft_timeout = soft_timeout
         self.attempts: list[FailedAttempt] = []
-        self.queued_at = pool.loop.time()
         self.context = contextvars.copy_context()  # the caller's structlog variables, for lines about the call
         watch = _watch.get()
         if watch is not None:
@@ -134,6 +133,7 @@ class CallFuture(asyncio.Future[Any]):
     attempt: Attempt | None = None  # the current attempt, once one was sent
     answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
     watch: CallWatch | None = None  # see watching()
+    queued_at = 0.0  # when the pool took it (loop time), set there
     _progress: Progress | None = None
     _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed
     _progress_queues: list[asyncio.Queue[Progress | None]] | None = None

@@ -136,17 +136,15 @@ class WorkerPool:
                 instructions = self.sched.handle(pending.popleft())
         finally:
             self._handling = False
-        self._after()
-
-    def _after(self) -> None:
-        """Book-keeping once the scheduler is settled: the wake-up timer, room for held
-        calls, a worker started for calls that wait."""
+        # Then, the scheduler settled: the wake-up timer, room for held calls, a worker
+        # started for calls that wait (inline: twice for every call).
         sched = self.sched
         if sched.wakeup_moved:
             sched.wakeup_moved = False
             self._arm(sched.next_wakeup())
-        if self.admission.busy:
-            self.admission.admit(self._admitted)
+        admission = self.admission
+        if admission.most is not None and admission.busy:  # (nothing is held without maxQueue)
+            admission.admit(self._admitted)
         if sched.queue.count and not self._grow_pending and self.fleet.starting < sched.queue.count:
             self._grow_pending = True  # looked at once per turn of the loop, not per call
             self.loop.call_soon(self._grow)
@@ -200,13 +198,16 @@ class WorkerPool:
         """Hand ``fut``'s call to the scheduler (or hold it while ``maxQueue`` calls wait)."""
         if self.stopping:
             raise PoolClosedError("the execution manager is shutting down and takes no new calls")
-        self.tasks[fut.task_id] = fut
-        if self.admission.full and fut.spec.pinned_to is None:
+        spec = fut.spec
+        self.tasks[spec.task_id] = fut
+        now = fut.queued_at = self.loop.time()
+        admission = self.admission
+        if admission.most is not None and admission.full and spec.pinned_to is None:
             self.admission.held.append(fut)  # admitted, in order, as room frees
         elif self._handling:
-            self._stimuli.append(Submitted(self.loop.time(), fut.spec))
+            self._stimuli.append(Submitted(now, spec))
         else:
-            self._carry(self.sched.submitted(self.loop.time(), fut.spec))
+            self._carry(self.sched.submitted(now, spec))
         return fut
 
     def cancel(self, fut: CallFuture) -> None:
@@ -222,7 +223,7 @@ class WorkerPool:
         fut = self.tasks[send.task_id]
         spec = fut.spec
         worker_id = send.worker_id
-        worker = self._worker(worker_id)
+        worker = self.fleet.workers.get(worker_id) or self._worker(worker_id)
         reply = ReplyFuture()
         call = reply.call = Attempt(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
@@ -254,7 +255,8 @@ class WorkerPool:
     def _replied(self, reply: ReplyFuture) -> None:
         """An attempt ended: tell the scheduler how."""
         call = reply.call
-        worker = self._worker(call.worker_id)  # type: ignore[arg-type]  # None: reaped already
+        worker_id: str = call.worker_id  # type: ignore[assignment]  # set by _send
+        worker = self.fleet.workers.get(worker_id) or self._worker(worker_id)  # None: reaped already
         now = self.loop.time()
         fut = self.tasks.get(call.id)
         if worker is not None and not worker.executor.inflight:
@@ -265,8 +267,10 @@ class WorkerPool:
         exc = reply.exception()
         if exc is None:
             ok, data = reply.result()
-            if self._counting and worker is not None:
-                self._count(worker, call, ok)
+            tally = self.tally
+            if worker is not None and (tally.timings is not None or tally.events.active
+                                       or self.fleet.settings.max_tasks_per_worker is not None):
+                self._count(worker, call, ok)  # anything kept per attempt (asked for every call)
             if fut is None:  # given up already (cancelled, timed out): its room is freed
                 self.feed(Answered(now, call.id, call.attempt))
                 return
@@ -289,11 +293,6 @@ class WorkerPool:
         if started:
             self.tally.attempt_failed(fut, call, exc, note=True)
         self.feed(Lost(now, call.id, call.attempt, str(exc), started=bool(started)))
-
-    @property
-    def _counting(self) -> bool:
-        """Whether anything is kept per attempt (timings, events, maxTasksPerWorker)."""
-        return self.tally.active or self.settings.max_tasks_per_worker is not None
 
     def _count(self, worker: PoolWorker, call: Attempt, ok: bool) -> None:
         self.tally.ran(worker.id, call, ok)

@@ -40,10 +40,22 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from .ledger import LATE, MAX_REQUEUES, SHORT, CallRecord, WorkerRecord, ahead, backoff, late_after, place
+from .ledger import (
+    BUDGET,
+    LATE,
+    MAX_AHEAD,
+    MAX_REQUEUES,
+    SHORT,
+    CallRecord,
+    WorkerRecord,
+    backoff,
+    late_after,
+    place,
+)
 from .queue import CallQueue
 from .stimuli import (
     Abort,
@@ -166,7 +178,10 @@ class Scheduler:
         out: list[Instruction] = []
         self._now = now
         self._answered(task_id, attempt, retry, ran, now, out)
-        self._settle(now, out)
+        if self.queue.count and not self.closed:  # _settle, inline
+            self._dispatch(now, out)
+        if self._draining:
+            self._stop_drained(out)
         return out
 
     def _settle(self, now: float, out: list[Instruction]) -> None:
@@ -187,9 +202,11 @@ class Scheduler:
 
     def _answered(self, task_id: int, attempt: int, retry: bool, ran: float | None, now: float,
                   out: list[Instruction]) -> None:
-        answered = self._current(task_id, attempt)
-        if answered is None:
-            return
+        answered = self.calls.get(task_id)  # what _current says, in the common case
+        if self._aborted or answered is None or answered.attempt != attempt or answered.worker_id is None:
+            answered = self._current(task_id, attempt)
+            if answered is None:
+                return
         worker = self.workers.get(answered.worker_id)  # type: ignore[arg-type]  # _current: it has one
         if worker is not None:
             self._measure(answered, worker, now, ran)
@@ -290,12 +307,14 @@ class Scheduler:
             else:
                 self._send(call, worker, now, out)
         elif not self.queue.count and (spec.project is None or self._project_has_room(spec.project)):
-            worker = self._place(call)  # nothing waits: no need to queue it first
+            label = spec.label  # nothing waits: no need to queue it first (_place, inline)
+            worker, self._spare = place(spec, self.workers.values(), self.local_open, self.means.get(label),
+                                        self._depth.get(label, 0))
             if worker is None:
                 self._stalled = True
                 self._wait(call, now)
                 return True
-            self._start(call, worker, now, out)
+            self._send(call, worker, now, out)
             return True  # the queue is as empty as it was
         else:
             stalled = self._stalled and bool(self.queue.count)
@@ -342,7 +361,7 @@ class Scheduler:
         queue = self.queue
         self._stalled = False
         placed: CallSpec | None = None
-        eligible = self._eligible
+        eligible = self._project_has_room if self.project_limits else None  # _eligible, inline
         while queue.count:
             call = queue.peek(now, eligible)
             if call is None:
@@ -359,16 +378,10 @@ class Scheduler:
             placed = spec
             queue.discard(call)
             call.waiting = False
-            self._start(call, worker, now, out)
-
-    def _start(self, call: CallRecord, worker: WorkerRecord, now: float, out: list[Instruction]) -> None:
-        """Send ``call`` (from the queue, not pinned) to ``worker``; it counts against its project."""
-        self._send(call, worker, now, out)
-        project = call.spec.project
-        if project is not None:
-            self.project_running[project] = self.project_running.get(project, 0) + 1
+            self._send(call, worker, now, out)
 
     def _send(self, call: CallRecord, worker: WorkerRecord, now: float, out: list[Instruction]) -> None:
+        """Send ``call`` to ``worker``; unless pinned, it counts against its project until freed."""
         spec = call.spec
         task_id = spec.task_id
         attempt = call.attempt = call.attempt + 1
@@ -387,6 +400,8 @@ class Scheduler:
         if worker.budget is not None:
             worker.budget -= 1
             worker.refresh()
+        if spec.project is not None and spec.pinned_to is None:
+            self.project_running[spec.project] = self.project_running.get(spec.project, 0) + 1
         if spec.timeout is not None:
             heapq.heappush(self._timeouts, (now + spec.timeout, task_id, attempt))
             self.wakeup_moved = True
@@ -408,7 +423,8 @@ class Scheduler:
         label = call.spec.label
         old = self.means.get(label)
         mean = self.means[label] = took if old is None else old * 0.8 + took * 0.2
-        self._depth[label] = ahead(mean) if mean < SHORT else 0
+        # ahead(mean), inline (for every answer): 1 + enough calls to cover BUDGET
+        self._depth[label] = min(MAX_AHEAD, 1 + math.ceil(BUDGET / max(mean, 1e-6))) if mean < SHORT else 0
 
     @property
     def _eligible(self) -> Callable[[str | None], bool] | None:

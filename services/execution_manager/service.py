@@ -168,8 +168,9 @@ class ExecutionManager(BaseService):
         """
         label = _label(fn)
         pool = self._pool
-        spec = self._spec(label, priority, project, resources, timeout, deadline, retries, retry_on, soft_timeout)
-        if pool.admission.full:
+        spec = self._spec(label, priority, project, resources, timeout, deadline, retries, retry_on, soft_timeout,
+                          pool=pool)
+        if pool.admission.most is not None and pool.admission.full:
             self._no_room(label, block)
         payload = dumps_call(label, (fn, args, kwargs), args, kwargs, fn=fn)
         return pool.submit(CallFuture(pool, spec, p.CALL_FN, payload, args, retry_on=tuple(retry_on),
@@ -188,7 +189,7 @@ class ExecutionManager(BaseService):
     def _spec(
         self, label: str, priority: int, project: str | None, resources: Mapping[str, float] | None,
         timeout: float | None, deadline: float | None, retries: int, retry_on: Iterable[Any],
-        soft_timeout: float | None, *, local: bool = True,
+        soft_timeout: float | None, *, local: bool = True, pool: WorkerPool | None = None,
     ) -> CallSpec:
         """A call's validated spec (a ValueError or TypeError names the option at fault;
         :class:`.stimuli.CallSpec` checks its own fields)."""
@@ -201,7 +202,7 @@ class ExecutionManager(BaseService):
                 raise TypeError(f"{label}: retry_on must name exception types, not {kind!r}")
         if project is not None and not isinstance(project, str):
             raise ValueError(f"{label}: project must be a name (str), not {project!r}")
-        pool = self._pool
+        pool = pool or self._pool
         if resources:
             resources = _checked_resources(resources)
             pool.fleet.check_resources(resources, label)
