@@ -229,7 +229,7 @@ def test_repr_and_counts() -> None:
 
 def measured(s: Scheduler, label: str, seconds: float, worker: str = "w1") -> None:
     """Run one call of ``label`` that takes ``seconds`` on an idle ``worker``."""
-    task_id = 10_000 + len(s.means) + int(seconds * 1e6)
+    task_id = 10_000 + len(s.durations.means) + int(seconds * 1e6)
     assert sends(submit(s, task_id, now=100.0, label=label)) == [(task_id, worker)]
     s.handle(Answered(100.0 + seconds, task_id, 1))
 
@@ -248,8 +248,8 @@ def test_short_calls_go_ahead_only_behind_short_calls_and_never_with_a_timeout()
     out = []
     for task_id in range(1, 100):
         out += submit(s, task_id, now=200.0, label="tiny")
-    assert len(sends(out)) == ahead(s.means["tiny"])  # a few ms of work held by the worker
-    assert s.queued == 99 - ahead(s.means["tiny"])
+    assert len(sends(out)) == ahead(s.durations.means["tiny"])  # a few ms of work held by the worker
+    assert s.queued == 99 - ahead(s.durations.means["tiny"])
     assert submit(s, 500, now=200.0, label="tiny", priority=9, timeout=5.0) == []  # needs a real start
 
     s = pool("w1")
@@ -330,7 +330,7 @@ def test_calls_held_behind_a_call_that_runs_late_are_taken_back_and_run_elsewher
     wakeup = s.next_wakeup()
     assert wakeup is not None and wakeup <= 200.001 + LATE  # a look while calls wait ahead
     assert not any(isinstance(i, TakeBack) for i in s.handle(Tick(200.0 + LATE / 2)))  # not late yet
-    late = 200.001 + late_after(s.means["f"])
+    late = 200.001 + late_after(s.durations.means["f"])
     out = s.handle(Tick(late))
     assert [i.task_id for i in out if isinstance(i, TakeBack) and i.worker_id == "w1"] == held_on_w1
     assert all(w != "w1" for _, w in sends(submit(s, 99, now=late, label="f")))  # nothing more goes ahead there
@@ -375,7 +375,7 @@ def test_the_pools_fast_entries_decide_exactly_as_handle() -> None:
             a, b = by_handle.handle(Tick(now)), direct.handle(Tick(now))
             assert a == b
             running += [(i.task_id, i.attempt) for i in a if isinstance(i, Send)]
-    assert by_handle.queued == direct.queued and by_handle.running == direct.running
+    assert by_handle.queued == direct.queued and by_handle.roster.running == direct.roster.running
 
 
 def test_placement_is_a_pure_function_of_the_workers_records() -> None:

@@ -158,10 +158,10 @@ async def test_control_bad_input_gets_a_4xx_naming_what_is_wrong(running: Any) -
         async with http.request(method, url + path, data=body, headers=ADMIN) as r:
             answer = await r.json()
             assert r.status == status and message in answer["error"], (path, body, answer)
-    assert em.pool.settings.max_workers == 2 and em.pool.sched.project_limits == {}
+    assert em.pool.settings.max_workers == 2 and em.pool.sched.projects.limits == {}
     async with http.put(f"{url}/api/projects/etl/limit", json={"limit": 3}, headers=ADMIN) as r:
         assert r.status == 200 and await r.json() == {"project": "etl", "limit": 3}
-    assert em.pool.sched.project_limits == {"etl": 3}
+    assert em.pool.sched.projects.limits == {"etl": 3}
 
 
 async def test_requests_for_another_host_are_refused(running: Any) -> None:

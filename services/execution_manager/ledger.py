@@ -33,6 +33,23 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 30.0) -> float:
     return min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
+class Durations:
+    """Measured seconds per call of each function (by label), an average that follows
+    change, and how many calls of it one thread may hold ahead (0: none, not short)."""
+
+    __slots__ = ("depth", "means")
+
+    def __init__(self) -> None:
+        self.means: dict[str, float] = {}
+        self.depth: dict[str, int] = {}
+
+    def measured(self, label: str, took: float) -> None:
+        """A call of ``label`` took ``took`` seconds."""
+        old = self.means.get(label)
+        mean = self.means[label] = took if old is None else old * 0.8 + took * 0.2
+        self.depth[label] = ahead(mean) if mean < SHORT else 0
+
+
 @dataclass(slots=True, eq=False)
 class CallRecord:
     """The scheduler's record of one call: where it is, and its attempts so far."""

@@ -75,9 +75,9 @@ class Monitor:
             queued_tasks=pool.waiting, local_tasks=pool.fleet.local.running if pool.fleet.local else 0,
             queued_by_priority=pool.sched.queue.by_priority(),
             projects={
-                name: ProjectStats(running=pool.sched.project_running.get(name, 0), queued=queued.get(name, 0),
-                                   limit=pool.sched.project_limits.get(name))
-                for name in sorted({*pool.sched.project_limits, *pool.sched.project_running, *queued})
+                name: ProjectStats(running=pool.sched.projects.running.get(name, 0), queued=queued.get(name, 0),
+                                   limit=pool.sched.projects.limits.get(name))
+                for name in sorted({*pool.sched.projects.limits, *pool.sched.projects.running, *queued})
             },
             tasks_done=pool.tally.done, tasks_failed=pool.tally.failed, attempts_failed=pool.tally.attempts_failed,
             tasks_retried=pool.tally.retried,
