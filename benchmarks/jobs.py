@@ -14,6 +14,7 @@ default waits up to 10 s between polls). Celery runs prefork with 2 processes an
 without gossip, mingle and heartbeats.
 
     python -m benchmarks.jobs [--jobs 10000] [--latency 1000] [--depth 100000] [--only ours huey celery]
+                              [--store postgresql://...]   # ours on a shared PostgreSQL store
 """
 
 from __future__ import annotations
@@ -98,12 +99,14 @@ def _latency(one: Callable[[], Any], n: int) -> dict[str, float]:
 
 
 @contextmanager
-def ours(folder: Path) -> Iterator[tuple[str, str]]:
+def ours(folder: Path, store: str | None = None) -> Iterator[tuple[str, str]]:
     port = free_port()
     (folder / "services").mkdir()
     argv = [sys.executable, "-m", "kernel", "run", str(folder / "services"), "--no-http",
             "--set", f"jobs.api={json.dumps({'port': port})}", "--set", f"jobs.dataDir={json.dumps(str(folder))}",
             "--set", f"execution-manager.minWorkers={WORKERS}", "--set", f"execution-manager.maxWorkers={WORKERS}"]
+    if store is not None:
+        argv += ["--set", f"jobs.store={json.dumps(store)}"]
     with _process(argv, _env(), folder / "kernel.log") as proc:
         _wait_port(port, proc, "the kernel")
         yield f"http://127.0.0.1:{port}", (folder / "jobs.token").read_text().strip()
@@ -112,7 +115,7 @@ def ours(folder: Path) -> Iterator[tuple[str, str]]:
 def run_ours(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from microkernel.services.jobs import AsyncClient, Client
 
-    with ours(folder) as (url, token):
+    with ours(folder, args.store) as (url, token):
         with Client(url, token=token) as client:
             def one() -> None:
                 job = client.submit(function=NOOP, args=[1])
@@ -245,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=100_000,
                         help="queue depth for the enqueue/dequeue rates (0: skip)")
     parser.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), default=list(CONTENDERS))
+    parser.add_argument("--store", metavar="URL", help="ours on this PostgreSQL job store (default: SQLite)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here too")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}

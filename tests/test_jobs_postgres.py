@@ -118,6 +118,48 @@ async def test_two_kernels_share_one_queue_and_run_each_job_once(pg_url: str, tm
         assert workers  # each job names the worker that ran it
 
 
+async def test_a_backlog_drains_as_jobs_end_not_poll_by_poll(pg_url: str, tmp_path: Path) -> None:
+    """With every worker busy, jobs wait in the store; each job that ends takes the next at
+    once. (The poll interval is a minute: a kernel that waited for it would take 30 min.)"""
+    settings = {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1},
+                "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path), "store": pg_url, "pollInterval": 60}}
+    async with Kernel([], settings=settings) as kernel:
+        token = (tmp_path / "jobs.token").read_text().strip()
+        async with AsyncClient(kernel.get_service("jobs").address, token=token) as client:
+            jobs = [await client.submit(function="time:sleep", args=[0.02]) for _ in range(30)]
+            assert len(kernel.get_service("jobs")._running) < 30  # most wait in the store, untaken
+            async with asyncio.timeout(20):
+                for job in jobs:
+                    assert (await client.wait(job.id, 20)).state == JobState.SUCCEEDED
+
+
+async def test_a_job_a_busy_kernel_leaves_is_taken_at_once_by_an_idle_one(pg_url: str, tmp_path: Path) -> None:
+    """The busy kernel tells (NOTIFY); the idle one, listening, takes the job without
+    waiting for its next poll (a minute away)."""
+    def settings(name: str) -> dict[str, Any]:
+        return {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1},
+                "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path / name), "store": pg_url, "pollInterval": 60}}
+
+    async with Kernel([], settings=settings("busy")) as busy, Kernel([], settings=settings("idle")) as idle:
+        token = (tmp_path / "busy" / "jobs.token").read_text().strip()
+        async with AsyncClient(busy.get_service("jobs").address, token=token) as client:
+            # The idle kernel's first look at the store is over (it listens from then on).
+            await asyncio.sleep(0.5)
+            held = [await client.submit(function="tests.tasks:slow", args=[15]) for _ in range(2)]  # runs, waits
+            left = await client.submit(function="math:sqrt", args=[9])
+            assert left.id not in busy.get_service("jobs")._running  # no room in the busy kernel
+            async with asyncio.timeout(10):
+                assert await client.result(left.id, timeout=10) == 3.0
+            assert left.id not in busy.get_service("jobs")._running
+            for job in held:
+                await client.cancel(job.id)
+        import psycopg
+
+        with psycopg.connect(pg_url) as db:
+            owner = db.execute("SELECT owner FROM jobs WHERE id = %s", (left.id,)).fetchone()
+        assert owner is not None and owner[0] == idle.get_service("jobs").store.owner
+
+
 async def test_a_job_no_kernel_has_taken_yet_can_be_cancelled(pg_url: str, tmp_path: Path) -> None:
     settings = {"execution-manager": {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1},
                 "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path), "store": pg_url, "pollInterval": 0.1}}

@@ -222,4 +222,4 @@ async def test_a_call_sent_ahead_is_timed_by_its_run_not_by_its_wait() -> None:
         waited = max(time.perf_counter() - c.attempt.started for c in calls)  # the last: behind the others
         assert sum(timings.duration.counts) == 40 and timings.duration.total == pytest.approx(sum(seen))
         assert max(seen) < waited
-        assert em.pool.sched.means["sleep"] < 0.005  # still known short: its waits were not counted
+        assert em.pool.sched.durations.means["sleep"] < 0.005  # still known short: its waits were not counted

@@ -7,11 +7,18 @@ first (``SELECT ... FOR UPDATE SKIP LOCKED``), so each job is taken by exactly o
 kernel says it lives every poll; when one stops saying so for ``orphanAfter`` seconds,
 the others take its jobs back: queued ones and retryable running ones run elsewhere,
 other running ones are marked lost (they may have run).
+
+A job left for any kernel, and a job finished, are told on a channel (``NOTIFY
+microkernel_jobs``, with the finished job's id); each kernel listens on a connection of
+its own, in a thread, and looks for work, or answers those waiting for the job, at once
+rather than at its next poll.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,8 @@ from psycopg.types.json import Jsonb
 
 from .model import Job, JobState, LogLine
 from .store import COLUMNS, SELECT, JobStore, StoreError, folder_lock, folder_unlock, where
+
+CHANNEL = "microkernel_jobs"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -104,6 +113,8 @@ class PostgresStore(JobStore):
         self.owner = kernel_id(folder)
         self.orphan_after = orphan_after
         self._url = url
+        self._closing = threading.Event()
+        self._listener: threading.Thread | None = None
         try:
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
             with self._db.transaction():  # two kernels starting at once make the tables once
@@ -160,6 +171,26 @@ class PostgresStore(JobStore):
                 (self.orphan_after, self.owner)).fetchall()
         return [_job(r) for r in rows]
 
+    def listen(self, news: Callable[[str], object]) -> None:
+        self._listener = threading.Thread(target=self._listen, args=(news,), name="job store listener",
+                                          daemon=True)
+        self._listener.start()
+
+    def _listen(self, news: Callable[[str], object]) -> None:
+        while not self._closing.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    news("")  # whatever was told while no one listened here
+                    while not self._closing.is_set():
+                        for told in conn.notifies(timeout=0.5):
+                            news(told.payload)
+            except psycopg.Error:  # the server is away (the poller says so): listen again later
+                self._closing.wait(1.0)
+
+    def tell(self) -> None:
+        self._run("SELECT pg_notify(%s, '')", (CHANNEL,))
+
     def get(self, job_id: str) -> Job | None:
         row = self._run(f"{SELECT} WHERE id = %s", (job_id,)).fetchone()
         return _job(row) if row else None
@@ -187,6 +218,7 @@ class PostgresStore(JobStore):
                   "progress = %s, message = %s WHERE id = %s",
                   (job.state.value, result, job.error, job.finished, job.attempts, Jsonb(job.failures), job.progress,
                    job.message, job.id))
+        self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job.id))  # after the commit above: others see it
 
     def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
         size = len(line.encode())
@@ -220,8 +252,11 @@ class PostgresStore(JobStore):
         return count
 
     def close(self) -> None:
+        self._closing.set()
         try:
             self._db.close()
+            if self._listener is not None:
+                self._listener.join(2.0)  # it looks at _closing twice a second
         finally:
             folder_unlock(self._lock)
 

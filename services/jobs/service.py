@@ -82,6 +82,7 @@ class JobService(BaseService):
         self._closing = False
         self._purger: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._look = asyncio.Event()  # shared store: look for jobs now (one ended here, or one was told)
         self._unmetric: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -122,6 +123,12 @@ class JobService(BaseService):
         self._unmetric = self.em.add_metrics(JobCollector(lambda: self._store().counts()))
         self._purger = asyncio.create_task(self._purge_now_and_then())
         if self.store.shared:
+            loop = asyncio.get_running_loop()
+
+            def heard(job_id: str) -> None:  # on the store's listening thread
+                loop.call_soon_threadsafe(self._heard, job_id)
+
+            self.store.listen(heard)
             self._poller = asyncio.create_task(self._poll())
         log.info("jobs serving", address=self.address, store=self.store.where, token_file=self.api.token_source)
 
@@ -175,7 +182,9 @@ class JobService(BaseService):
         if new:
             log.debug("job submitted", job_id=job.id, type=job.type, project=job.project)
             if not store.shared or (self._room() and store.claim(job.id)):
-                self._launch(job, kind)  # else the first kernel with room takes it
+                self._launch(job, kind)
+            else:  # the first kernel with room takes it
+                store.tell()
         return job, new
 
     def get(self, job_id: str) -> Job:
@@ -323,6 +332,7 @@ class JobService(BaseService):
         else:
             log.info("job finished", job_id=job.id, state=state.value, error=error)
         self._notify(job.id)
+        self._look.set()  # room here: with a shared store, take the next job at once
 
     def _recover(self) -> None:
         """Take up what the last run left: queued jobs run; running ones run again only
@@ -344,19 +354,39 @@ class JobService(BaseService):
             log.info("job taken up again", job_id=job.id, reason=note)
             self._launch(job, kind)
 
+    def _heard(self, job_id: str) -> None:
+        """The shared store told: ``job_id`` finished in some kernel, or ("") a job waits."""
+        if job_id:
+            self._notify(job_id)
+        else:
+            self._look.set()
+
     def _room(self) -> int:
-        """How many more jobs this kernel can start soon (its pool's queue is short)."""
+        """How many more jobs this kernel can start soon (its pool's queue is short). Jobs
+        taken here and not started count as waiting even before they reach the pool (a
+        task type may submit its call a turn later)."""
         pool = self.em.pool
-        return 0 if pool is None else max(0, max(1, self.em.settings.max_workers) - pool.waiting)
+        if pool is None:
+            return 0
+        waiting_here = sum(1 for job, _ in self._running.values() if job.state == JobState.QUEUED)
+        most: int = max(1, self.em.settings.max_workers)
+        waiting: int = max(pool.waiting, waiting_here)
+        return max(0, most - waiting)
 
     async def _poll(self) -> None:
-        """Shared store: say this kernel lives, take back dead kernels' jobs, and take
-        queued jobs while there is room."""
+        """Shared store: say this kernel lives and take back dead kernels' jobs (every
+        poll interval), and take queued jobs while there is room: every poll interval,
+        and at once when a job ends here or another kernel tells of one."""
         store = self._store()
+        interval = self.settings.poll_interval
+        beaten = 0.0
         while True:
+            self._look.clear()
             try:
-                for job in store.beat():
-                    log.warning("job lost with its kernel", job_id=job.id, error=job.error)
+                if time.monotonic() - beaten >= interval:
+                    beaten = time.monotonic()
+                    for job in store.beat():
+                        log.warning("job lost with its kernel", job_id=job.id, error=job.error)
                 while room := self._room():
                     taken = store.claim_queued(room)
                     for job in taken:
@@ -369,7 +399,9 @@ class JobService(BaseService):
                         break
             except Exception as exc:  # the server is away: say so, and look again later
                 log.error("the job store failed", store=store.where, error=f"{type_name(exc)}: {exc}")
-            await asyncio.sleep(self.settings.poll_interval)
+                await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look.wait(), interval)
 
     async def _purge_now_and_then(self) -> None:
         while True:

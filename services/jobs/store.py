@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,17 @@ class JobStore(ABC):
         """Say this kernel lives; take back the jobs of kernels that stopped saying so
         (returns those marked lost: they may have run)."""
         return []
+
+    def listen(self, news: Callable[[str], object]) -> None:
+        """From now until :meth:`close`, call ``news(job_id)`` (from any thread) when a
+        kernel sharing the store finished a job, and ``news("")`` when one tells
+        (:meth:`tell`) that a queued job waits for a taker. A store no other kernel uses
+        has nothing to tell."""
+        return None
+
+    def tell(self) -> None:
+        """Tell the kernels listening that a job waits for a kernel to take it."""
+        return None
 
     @abstractmethod
     def counts(self) -> dict[tuple[str, str], int]:
