@@ -221,3 +221,14 @@ def sized(n: int) -> str:
 
 def a_set() -> set[int]:
     return {1, 2}
+
+
+def spawn_and_wait(pid_file: str, seconds: float) -> int:
+    """Start a command (``sleep``) as a child of the worker, say its pid, and wait for it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    with open(pid_file + ".tmp", "w") as out:
+        out.write(str(child.pid))
+    os.replace(pid_file + ".tmp", pid_file)
+    return child.wait()

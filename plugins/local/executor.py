@@ -55,6 +55,15 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+def _end_group(pid: int) -> None:
+    """Kill what a worker left behind once it has exited: it led its own process group, so
+    the commands and processes its calls started are in it (unless they left it), and
+    none may outlive it: a cancelled shell job's command, say, or a call's subprocess."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 class LocalWorker(Executor):
     """A worker process on this machine, talking frames over a socket pair.
 
@@ -118,6 +127,7 @@ class LocalWorker(Executor):
                 self.options.get("python", sys.executable), "-m", "microkernel.plugins.local.worker",
                 str(theirs.fileno()),
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), began_fd), env=env,
+                start_new_session=True,  # its own process group: what it starts ends with it (_end_group)
             )
         except OSError as exc:
             ours.close()
@@ -287,6 +297,7 @@ class LocalWorker(Executor):
         except TimeoutError:  # the socket broke but the process lingers: end it
             self._proc.kill()
             self.returncode = await self._proc.wait()
+        _end_group(self._proc.pid)
         reason = describe_exit(self.returncode)
         if isinstance(exc, p.ProtocolError):
             reason = f"broke the protocol ({exc.detail})"

@@ -47,7 +47,8 @@ _WATCH_SECONDS = 0.01  # how soon a cancel is settled while a call runs long
 
 
 def _watch_kernel(sock: socket.socket, kernel_pid: int) -> None:
-    """Exit at once when the kernel goes away (its socket end closes)."""
+    """Exit at once when the kernel goes away (its socket end closes), and take what
+    this worker started along (the kernel is not there to)."""
 
     def run() -> None:
         rdhup = getattr(select, "POLLRDHUP", 0)
@@ -58,15 +59,22 @@ def _watch_kernel(sock: socket.socket, kernel_pid: int) -> None:
             while True:
                 for _fd, ev in poller.poll():
                     if ev & gone:
-                        os._exit(0)
+                        _exit_with_group()
         while True:  # no POLLRDHUP (not Linux): poll the parent's liveness
             time.sleep(0.5)
             try:
                 os.kill(kernel_pid, 0)
             except ProcessLookupError:
-                os._exit(0)
+                _exit_with_group()
 
     threading.Thread(target=run, name="kernel-watchdog", daemon=True).start()
+
+
+def _exit_with_group() -> None:
+    """Exit, and kill the process group this worker leads (what its calls started)."""
+    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)  # this process included
+    os._exit(0)
 
 
 class _SoftTimeout:
