@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import jsonschema
+import psutil
 import pytest
 
 from kernel import Kernel
@@ -190,6 +191,33 @@ async def test_shell_jobs_stream_their_output_and_fail_on_a_nonzero_exit(tmp_pat
         failing = await client.submit(command=["sh", "-c", "exit 3"])
         with pytest.raises(JobFailed, match="command exited with 3"):
             await client.result(failing.id, timeout=10)
+
+
+async def test_a_timed_out_shell_job_leaves_nothing_running(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    async with jobs_kernel(tmp_path, allowShell=True) as (_kernel, client, _token):
+        job = await client.submit(command=["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=1)
+        with pytest.raises(JobFailed, match=r"within 1 s|past its timeout"):  # the pool's or the command's
+            await client.result(job.id, timeout=10)
+        grandchild = int(pid_file.read_text())
+        for _ in range(100):  # the shell's own child too, not only the shell
+            if not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the shell's sleep (pid {grandchild}) outlived its job")
+
+
+def test_a_command_past_its_own_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    from microkernel.services.jobs.work import JobFailed as CommandFailed
+    from microkernel.services.jobs.work import run_command
+
+    pid_file = tmp_path / "pid"
+    with pytest.raises(CommandFailed, match=r"past its timeout of 0\.5 s"):
+        run_command(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], False, None, None, 0.5)
+    grandchild = psutil.Process(int(pid_file.read_text()))
+    _gone, alive = psutil.wait_procs([grandchild], timeout=5)
+    assert not alive
 
 
 async def test_module_code_and_http_jobs_run_on_workers(tmp_path: Path) -> None:

@@ -81,31 +81,49 @@ def run_command(argv: Sequence[str] | str, shell: bool, env: Mapping[str, str] |
     """Run a command; each line it writes goes to the job's log as it comes. A non-zero
     exit fails the job (the error carries the code)."""
     full_env = {**os.environ, **env} if env else None
-    proc = subprocess.Popen(argv, shell=shell, env=full_env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, errors="replace")
-    # Each reader runs in a copy of this call's context, where task.log knows the call.
-    readers = [threading.Thread(target=contextvars.copy_context().run, args=(_pump, stream, name), daemon=True)
-               for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
-    for reader in readers:
-        reader.start()
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise JobFailed(f"command ran past its timeout of {timeout:g} s and was killed") from None
-    finally:
+    with subprocess.Popen(argv, shell=shell, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace") as proc:  # closes the pipes
+        # Each reader runs in a copy of this call's context, where task.log knows the call.
+        readers = [threading.Thread(target=contextvars.copy_context().run, args=(_pump, stream, name), daemon=True)
+                   for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
         for reader in readers:
-            reader.join(5)
+            reader.start()
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            proc.wait()
+            raise JobFailed(f"command ran past its timeout of {timeout:g} s and was killed") from None
+        finally:
+            for reader in readers:
+                reader.join(5)
     if code != 0:
         raise JobFailed(f"command exited with {code}" if code > 0 else f"command was killed by signal {-code}")
     return {"exit_code": code}
 
 
+def _kill_tree(proc: subprocess.Popen[str]) -> None:
+    """Kill a command and what it started (a shell's own children, say): they share this
+    worker's process group, which ends only with the worker."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    proc.kill()
+    for child in tree:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
 def _pump(stream: IO[str] | None, name: str) -> None:
     assert stream is not None
-    for line in stream:
-        task.log(line.rstrip("\n"), level="info" if name == "stdout" else "warning", stream=name)
+    # A pipe closed under it ends it: a command's background child may hold the pipe open
+    # after the command exits, and the command's end is what counts.
+    with contextlib.suppress(ValueError, OSError):
+        for line in stream:
+            task.log(line.rstrip("\n"), level="info" if name == "stdout" else "warning", stream=name)
 
 
 def http_request(method: str, url: str, headers: Mapping[str, str], body: str | None, expect: Sequence[int],
