@@ -15,6 +15,7 @@ import itertools
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -79,7 +80,8 @@ class WorkerPool:
         self.placements: deque[dict[str, Any]] = deque(maxlen=20)  # the last resource-aware choices
         self.stopping = False  # no new calls
         self.tally = Tally(events, timings)
-        self._ids = itertools.count(1)
+        # A new task id, each call: a C method, no Python frame (it is asked for every call).
+        self.next_id: Callable[[], int] = itertools.count(1).__next__
         self._stimuli: deque[Stimulus] = deque()
         self._handling = False
         self._grow_pending = False
@@ -190,9 +192,6 @@ class WorkerPool:
         worker.executor.abort(abort.task_id, note)
 
     # -- calls ------------------------------------------------------------------------
-
-    def next_id(self) -> int:
-        return next(self._ids)
 
     def submit(self, fut: CallFuture) -> CallFuture:
         """Hand ``fut``'s call to the scheduler (or hold it while ``maxQueue`` calls wait)."""
