@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -457,6 +459,28 @@ async def test_acknowledged_jobs_survive_sigkill_of_the_kernel(tmp_path: Path) -
 
 
 # -- the parts, without a kernel ------------------------------------------------------
+
+
+def test_the_write_ahead_log_is_emptied_under_a_steady_stream_of_writes(tmp_path: Path) -> None:
+    """A checkpoint that only ever caught up part of the way let the log grow without end
+    (a gigabyte for 40,000 jobs); now it is emptied every second, writes or not."""
+    store = SqliteStore(tmp_path)
+    wal = tmp_path / "jobs.db-wal"
+    sizes = []
+    try:
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            for _ in range(50):
+                job = store.add(Job.new(JobRequest.parse({"function": "math:sqrt", "args": [4]})))[0]
+                store.started(job.id, 1, "local-1")
+                job.state, job.result, job.finished = JobState.SUCCEEDED, 2.0, time.time()
+                store.finished(job)
+            sizes.append(wal.stat().st_size)
+        assert any(later < earlier for earlier, later in itertools.pairwise(sizes)), "the log never shrank"
+        time.sleep(2.5)
+        assert wal.stat().st_size == 0
+    finally:
+        store.close()
 
 
 def test_a_second_kernel_on_the_same_store_is_refused_by_name(tmp_path: Path) -> None:
