@@ -224,10 +224,12 @@ class SqliteStore(JobStore):
         with contextlib.closing(db):
             while not self._closed.wait(every):
                 with contextlib.suppress(sqlite3.Error):
-                    # Not PASSIVE: under a steady stream of writes a passive checkpoint never
-                    # catches up with the writer, so the log is never started again and grows
-                    # without end (a gigabyte for 40,000 jobs). TRUNCATE holds new writes back
-                    # while it copies what a second wrote, then empties the log.
+                    # Under a steady stream of writes a passive checkpoint never catches up
+                    # with the writer, so the log is never started again and grows without
+                    # end (a gigabyte for 40,000 jobs). So: copy what the log holds without
+                    # holding writes back (PASSIVE), then hold them back only while the few
+                    # pages written meanwhile are copied and the log is emptied (TRUNCATE).
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def add(self, job: Job) -> tuple[Job, bool]:
