@@ -126,6 +126,7 @@ class Attempt:
 
 Call = Attempt  # its former name, kept for executor plugins written against it
 
+
 def describe(label: str, args: tuple[Any, ...], task_id: int) -> str:
     """``label(args) [task N]``: how errors and log lines name a call."""
     shown = ", ".join(short_repr(a, 40) for a in args)

@@ -202,7 +202,7 @@ class WorkerPool:
         now = fut.queued_at = self.loop.time()
         admission = self.admission
         if admission.most is not None and admission.full and spec.pinned_to is None:
-            self.admission.held.append(fut)  # admitted, in order, as room frees
+            admission.held.append(fut)  # admitted, in order, as room frees
         elif self._handling:
             self._stimuli.append(Submitted(now, spec))
         else:
@@ -269,7 +269,7 @@ class WorkerPool:
             tally = self.tally
             if worker is not None and (tally.timings is not None or tally.events.active
                                        or self.fleet.settings.max_tasks_per_worker is not None):
-                self._count(worker, call, ok)  # anything kept per attempt (asked for every call)
+                self._count(worker, call, ok)  # timings, events someone hears, or a task limit to count
             if fut is None:  # given up already (cancelled, timed out): its room is freed
                 self.feed(Answered(now, call.id, call.attempt))
                 return

@@ -34,11 +34,6 @@ class Tally:
         return (f"<Tally done={self.done} failed={self.failed} attempts_failed={self.attempts_failed} "
                 f"retried={self.retried}>")
 
-    @property
-    def active(self) -> bool:
-        """Whether anything is kept per attempt (timings, events someone listens to)."""
-        return self.timings is not None or self.events.active
-
     def waited(self, seconds: float) -> None:
         if self.timings is not None:
             self.timings.wait.observe(max(0.0, seconds))
