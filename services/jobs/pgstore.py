@@ -202,7 +202,10 @@ class PostgresStore(JobStore):
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
-        rows = self._run("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
+        # A scan of every job, on a connection of its own: it may run in a thread while the
+        # event loop uses the store's.
+        with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as db:
+            rows = db.execute("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
         return {(state, kind): n for state, kind, n in rows}
 
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:

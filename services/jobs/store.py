@@ -254,7 +254,11 @@ class SqliteStore(JobStore):
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[tuple[str, str], int]:
-        rows = self._db.execute("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
+        # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its
+        # own, so it may run in a thread while the event loop writes (a WAL reader never
+        # holds the writer back).
+        with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
+            rows = db.execute("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
         return {(state, kind): n for state, kind, n in rows}
 
     def started(self, job_id: str, attempt: int, worker: str | None) -> None:
