@@ -101,6 +101,11 @@ class Fleet:
         self.workers: dict[str, PoolWorker] = {}
         self._members: list[PoolWorker] = []
         self.local: PoolWorker | None = None
+        # Every worker by id, the in-process one included: find() is a dict lookup, made
+        # twice for every call.
+        self._by_id: dict[str, PoolWorker] = {}
+        self.find: Callable[[str], PoolWorker | None] = self._by_id.get
+        """The worker of this id (the in-process one included), if it is still here."""
         self.starting = 0
         self.closed = False  # no worker starts any more
         self.memory_percent = 0.0
@@ -125,13 +130,6 @@ class Fleet:
     def members(self) -> list[PoolWorker]:
         return list(self._members)
 
-    def find(self, worker_id: str) -> PoolWorker | None:
-        """The worker ``worker_id`` (the in-process one included), if it is still here."""
-        worker = self.workers.get(worker_id)
-        if worker is None and self.local is not None and self.local.id == worker_id:
-            return self.local
-        return worker
-
     # -- start and stop ---------------------------------------------------------------
 
     async def start(self) -> bool:
@@ -141,7 +139,7 @@ class Fleet:
             local = self._local_factory("local-0", {"threads": self.settings.local_slots})
             local.host = self.host
             await local.start()
-            self.local = PoolWorker(local)
+            self.local = self._by_id[local.id] = PoolWorker(local)
             self._feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
             self._feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
         results = await asyncio.gather(*(self._start_worker() for _ in range(self.settings.min_workers)))
@@ -193,7 +191,7 @@ class Fleet:
         self._gone(executor.id)  # a slot id that comes back: the old one's record goes first
         worker = PoolWorker(executor, external=external)
         executor.host = self.host
-        self.workers[executor.id] = worker
+        self.workers[executor.id] = self._by_id[executor.id] = worker
         self._members.append(worker)
         info = executor.info()
         where = {"node": info.node} if external else {}
@@ -226,6 +224,7 @@ class Fleet:
         worker = self.workers.pop(executor.id, None)
         if worker is None:
             return
+        del self._by_id[executor.id]
         self._members.remove(worker)
         reason = executor.info().exit_reason or new.value
         # Nothing more is sent to it now; it is gone once the executor has failed what it

@@ -47,8 +47,7 @@ class Durations:
         """A call of ``label`` took ``took`` seconds."""
         old = self.means.get(label)
         mean = self.means[label] = took if old is None else old * 0.8 + took * 0.2
-        # ahead(mean), inline: asked for every answer
-        self.depth[label] = min(MAX_AHEAD, 1 + math.ceil(BUDGET / max(mean, 1e-6))) if mean < SHORT else 0
+        self.depth[label] = ahead(mean) if mean < SHORT else 0
 
 
 @dataclass(slots=True, eq=False)

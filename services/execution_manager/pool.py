@@ -222,7 +222,7 @@ class WorkerPool:
         fut = self.tasks[send.task_id]
         spec = fut.spec
         worker_id = send.worker_id
-        worker = self.fleet.workers.get(worker_id) or self._worker(worker_id)
+        worker = self._worker(worker_id)
         reply = ReplyFuture()
         call = reply.call = Attempt(spec.task_id, fut.kind, fut.payload, reply, spec.label, fut.args, spec.priority,
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
@@ -254,8 +254,7 @@ class WorkerPool:
     def _replied(self, reply: ReplyFuture) -> None:
         """An attempt ended: tell the scheduler how."""
         call = reply.call
-        worker_id: str = call.worker_id  # type: ignore[assignment]  # set by _send
-        worker = self.fleet.workers.get(worker_id) or self._worker(worker_id)  # None: reaped already
+        worker = self._worker(call.worker_id)  # type: ignore[arg-type]  # None: reaped already
         now = self.loop.time()
         fut = self.tasks.get(call.id)
         if worker is not None and not worker.executor.inflight:

@@ -78,13 +78,14 @@ class Roster:
             self.draining.discard(worker_id)
         return done
 
-    def sent(self, worker: WorkerRecord) -> bool:
-        """``worker`` was sent a call; True when it has just come to hold calls ahead
-        (from now on :meth:`late` must be asked every :data:`.ledger.LATE` seconds)."""
-        if len(worker.running) > worker.width and worker.id not in self.ahead:
-            self.ahead.add(worker.id)
-            return True
-        return False
+    def holds_ahead(self, worker: WorkerRecord) -> bool:
+        """``worker`` was sent more calls than it runs at once; True when it has just come
+        to hold calls ahead (from now on :meth:`late` must be asked every
+        :data:`.ledger.LATE` seconds)."""
+        if worker.id in self.ahead:
+            return False
+        self.ahead.add(worker.id)
+        return True
 
     def late(self, now: float, calls: Mapping[int, CallRecord],
              means: Mapping[str, float]) -> Iterator[tuple[str, list[int]]]:

@@ -169,11 +169,9 @@ class Scheduler:
 
     def _answered(self, task_id: int, attempt: int, retry: bool, ran: float | None, now: float,
                   out: list[st.Instruction]) -> None:
-        answered = self.calls.get(task_id)  # what _current says, in the common case
-        if self._aborted or answered is None or answered.attempt != attempt or answered.worker_id is None:
-            answered = self._current(task_id, attempt)
-            if answered is None:
-                return
+        answered = self._current(task_id, attempt)
+        if answered is None:
+            return
         worker = self.workers.get(answered.worker_id)  # type: ignore[arg-type]  # _current: it has one
         if worker is not None:
             self._measure(answered, worker, now, ran)
@@ -198,10 +196,7 @@ class Scheduler:
             else:
                 self._send(call, worker, now, out)
         elif not self.queue.count and (spec.project is None or self.projects.has_room(spec.project)):
-            # Nothing waits: no need to queue it first (_place, inline: for every call).
-            label, durations = spec.label, self.durations
-            worker, self._spare = place(spec, self.workers.values(), self.local_open, durations.means.get(label),
-                                        durations.depth.get(label, 0))
+            worker = self._place(call)  # nothing waits: no need to queue it first
             if worker is None:
                 self._stalled = True
                 self._wait(call, now)
@@ -279,7 +274,7 @@ class Scheduler:
             worker.unsure += 1
         running = worker.running
         running[task_id] = None
-        if len(running) > worker.width and self.roster.sent(worker):
+        if len(running) > worker.width and self.roster.holds_ahead(worker):
             self.wakeup_moved = True
         if worker.budget is not None:
             worker.budget -= 1

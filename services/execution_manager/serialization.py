@@ -32,8 +32,6 @@ def dumps(obj: Any) -> bytes:
         data = _pickle_dumps(obj, protocol=_PROTOCOL)
     except Exception:
         return _cloud_dumps(obj, protocol=_PROTOCOL)
-    if len(data) < 65536 and _MAIN not in data:  # mentions_main's first test, inline: most pickles are small
-        return data
     if mentions_main(data):
         return _cloud_dumps(obj, protocol=_PROTOCOL)
     return data
