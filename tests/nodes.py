@@ -66,6 +66,16 @@ async def until(predicate: Any, timeout: float = 15.0, what: str = "condition") 
         await asyncio.sleep(0.02)
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie not yet reaped counts as ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @contextlib.asynccontextmanager
 async def running_hub(**settings: Any) -> AsyncIterator[NodeHub]:
     hub = NodeHub(HubSettings(port=0, **settings), TOKEN.encode())

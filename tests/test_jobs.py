@@ -32,6 +32,7 @@ from microkernel.services.jobs.store import SqliteStore, StoreError
 
 from . import tasks
 from .conftest import EM_LOCAL, throwaway_tls
+from .nodes import process_gone, until
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).parent.parent / "services" / "examples"
@@ -201,13 +202,8 @@ async def test_a_timed_out_shell_job_leaves_nothing_running(tmp_path: Path) -> N
         job = await client.submit(command=["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout=1)
         with pytest.raises(JobFailed, match=r"within 1 s|past its timeout"):  # the pool's or the command's
             await client.result(job.id, timeout=10)
-        grandchild = int(pid_file.read_text())
-        for _ in range(100):  # the shell's own child too, not only the shell
-            if not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail(f"the shell's sleep (pid {grandchild}) outlived its job")
+        grandchild = int(pid_file.read_text())  # the shell's own child too, not only the shell
+        await until(lambda: process_gone(grandchild), 5, f"the shell's sleep (pid {grandchild}) ended")
 
 
 def test_a_command_past_its_own_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
@@ -468,8 +464,8 @@ def test_the_write_ahead_log_is_emptied_under_a_steady_stream_of_writes(tmp_path
     wal = tmp_path / "jobs.db-wal"
     sizes = []
     try:
-        until = time.monotonic() + 3.0
-        while time.monotonic() < until:
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
             for _ in range(50):
                 job = store.add(Job.new(JobRequest.parse({"function": "math:sqrt", "args": [4]})))[0]
                 store.started(job.id, 1, "local-1")

@@ -22,7 +22,7 @@ from microkernel.services.execution_manager.errors import CallTimeoutError, Work
 
 from . import tasks
 from .conftest import EM_LOCAL
-from .nodes import until
+from .nodes import process_gone, until
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,20 +38,13 @@ def _pid_in(pid_file: Path) -> int:
     return int(pid_file.read_text())
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 async def test_a_timed_out_calls_command_ends_with_it(tmp_path: Path) -> None:
     async with Kernel([], settings={"execution-manager": EM_LOCAL}) as kernel:
         em = kernel.get_service("execution-manager")
         call, child = await _child_of_a_running_call(em, tmp_path / "pid", timeout=1.5)
         with pytest.raises(CallTimeoutError):
             await call
-        await until(lambda: _gone(child), 5, f"the command (pid {child}) ended")
+        await until(lambda: process_gone(child), 5, f"the command (pid {child}) ended")
         assert await em.submit(tasks.inc, 1) == 2  # and the pool serves on
 
 
@@ -60,7 +53,7 @@ async def test_a_cancelled_calls_command_ends_with_it(tmp_path: Path) -> None:
         em = kernel.get_service("execution-manager")
         call, child = await _child_of_a_running_call(em, tmp_path / "pid")
         call.cancel()
-        await until(lambda: _gone(child), 5, f"the command (pid {child}) ended")
+        await until(lambda: process_gone(child), 5, f"the command (pid {child}) ended")
 
 
 async def test_a_killed_workers_command_ends_with_it(tmp_path: Path) -> None:
@@ -71,7 +64,7 @@ async def test_a_killed_workers_command_ends_with_it(tmp_path: Path) -> None:
         os.kill(worker, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError):
             await call
-        await until(lambda: _gone(child), 5, f"the command (pid {child}) ended")
+        await until(lambda: process_gone(child), 5, f"the command (pid {child}) ended")
 
 
 def test_a_sigkilled_kernels_workers_take_their_commands_along(tmp_path: Path) -> None:
