@@ -20,6 +20,9 @@ class DaskTransport(NodeTransport):
     schemes = ()
 
     def listener(self, settings: Mapping[str, Any], source: str | os.PathLike[str] = "custom.nodes") -> NodeListener:
+        from .versions import check_version
+
+        check_version()  # before anything imports distributed: a missing one says what to install
         from .cluster import DaskCluster
 
         try:

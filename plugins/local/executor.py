@@ -124,7 +124,10 @@ class LocalWorker(Executor):
         env = {**os.environ, BOOT_ENV: json.dumps(boot)}
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self.options.get("python", sys.executable), "-m", "microkernel.plugins.local.worker",
+                # -P: `python -m` would put the current folder first on the path, so that an
+                # app's kernel.py replaced our package in every worker; the app's folder
+                # comes back, after ours, with the kernel's sys.path in the boot message.
+                self.options.get("python", sys.executable), "-P", "-m", "microkernel.plugins.local.worker",
                 str(theirs.fileno()),
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), began_fd), env=env,
                 start_new_session=True,  # its own process group: what it starts ends with it (_end_group)

@@ -29,7 +29,7 @@ from typing import Any, cast
 import psutil
 import structlog
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
 from kernel.errors import RequestError
 from kernel.packages import plan_package
@@ -45,6 +45,22 @@ from microkernel.services.execution_manager.serialization import dumps
 from .outbox import FastClientConnection, Outbox, handshake
 
 log = structlog.get_logger("node")
+def not_a_kernel(exc: BaseException) -> str | None:
+    """What answered instead of a kernel, when ``exc`` says something other than a kernel
+    is listening there for sure (an HTTP server that will not upgrade, a server that does
+    not speak HTTP); None when a retry may reach one (refused, timed out, cut, a 5xx)."""
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        if response.status_code >= 500:
+            return None
+        server = response.headers.get("Server")
+        return (f"an HTTP server{f' ({server})' if server else ''} answered {response.status_code} "
+                f"{response.reason_phrase} instead of accepting a websocket")
+    if isinstance(exc, InvalidMessage) and not isinstance(exc.__cause__, EOFError | OSError):
+        return f"something that does not speak HTTP answered ({exc.__cause__ or exc})"
+    return None
+
+
 _FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
 
 
@@ -74,6 +90,7 @@ class NodeAgent:
         self._background = Background("node agent")
         self._stop_now = asyncio.Event()
         self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
+        self._joined_once = False  # before that, an answer that is not a kernel's is final
         self._procs: dict[int, psutil.Process] = {}
         self._deadline: asyncio.Task[None] | None = None
         self._began: dict[int, list[int]] = {}  # slot -> calls its dead worker had begun, until SLOT_DOWN
@@ -120,6 +137,12 @@ class NodeAgent:
                 self.logger.error("handshake failed", url=c.url, reason=exc.reason)
                 return 2
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                stranger = not_a_kernel(exc) if not self._joined_once else None
+                if stranger is not None:  # retrying would not change what answers there
+                    self.logger.error(f"{c.url} is not a kernel's node listener: {stranger}; nodes connect to the "
+                                      "address `kernel run` prints as `kernel node --connect ...` (custom.nodes, "
+                                      "8765 by default), not to its dashboard or job API", url=c.url)
+                    return 2
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
                 self.logger.warning("cannot reach the kernel", url=c.url, error=str(exc) or type(exc).__name__)
             except InvalidURI as exc:
@@ -188,6 +211,7 @@ class NodeAgent:
         self._ws, self._link, self._outbox = ws, link, Outbox(ws)
         self._bye = False
         ws.on_message = self._on_data
+        self._joined_once = True
         self.logger.info("joined the kernel", url=c.url, session=link.session, slots=c.slots)
         for _ in range(c.slots):
             self.spawn(self._start_slot())

@@ -85,7 +85,7 @@ class NodeHub(NodeListener):
             raise PluginError(
                 f"cannot listen for nodes on {s.host}:{s.port}: {exc.strerror or exc}; "
                 f"change custom.nodes.port (or host) of the execution manager"
-            ) from None
+            ) from exc  # the OSError tells a port in use apart
         sock = next(iter(self._server.sockets))
         host_, port = sock.getsockname()[:2]
         self.address = f"{'wss' if context else 'ws'}://{host_}:{port}"

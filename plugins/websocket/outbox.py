@@ -32,6 +32,11 @@ class _FastPath:
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol  # type: ignore[attr-defined]
+        if protocol.state is State.CONNECTING:
+            # HTTP, not frames: read as frames, a long answer from something that is not a
+            # kernel (a dashboard's page) looked like an unfinished frame, and the handshake hung.
+            super().data_received(data)  # type: ignore[misc]
+            return
         splitter = self._splitter
         if splitter is None:
             splitter = self._splitter = FrameSplitter(masked=protocol.side is SERVER)
