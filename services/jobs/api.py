@@ -28,7 +28,7 @@ from aiohttp import web
 
 from kernel.errors import ConfigError
 from microkernel.services.execution_manager.nodes import read_token
-from microkernel.services.execution_manager.web.listen import listen
+from microkernel.services.execution_manager.web.listen import json_errors, listen
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError
@@ -94,7 +94,7 @@ class JobApi:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body, middlewares=[self._guard])
+        app = web.Application(client_max_size=self.settings.max_body, middlewares=[json_errors(), self._guard])
         r = app.router
         r.add_post("/jobs", self.submit)
         r.add_get("/jobs", self.query)
@@ -205,9 +205,12 @@ class JobApi:
         self.jobs.get(job_id)  # a 404 before the stream starts
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        async for line in self.jobs.follow(job_id, after):
-            await response.write((_dumps(line._asdict()) + "\n").encode())
-        await response.write_eof()
+        try:
+            async for line in self.jobs.follow(job_id, after):
+                await response.write((_dumps(line._asdict()) + "\n").encode())
+            await response.write_eof()
+        except ConnectionError:  # the follower went away (Ctrl-C on kernel logs -f): nothing to tell
+            pass
         return response
 
     async def page(self, request: web.Request) -> web.Response:

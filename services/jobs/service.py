@@ -152,7 +152,7 @@ class JobService(BaseService):
             else:
                 waiting.append(fut)
         if waiting:
-            await asyncio.wait(waiting, timeout=self.em.settings.drain_timeout)
+            await _until_done(waiting, self.em.settings.drain_timeout, self.kernel.hurry)
         self._closing = True
         self.store.close()
 
@@ -430,3 +430,19 @@ class JobService(BaseService):
         if self.store is None:
             raise JobError("jobs are off in this kernel: the jobs service has no custom.api", status=503)
         return self.store
+
+
+async def _until_done(futures: list[asyncio.Future[Any]], timeout: float, hurry: asyncio.Event) -> None:
+    """Wait for ``futures`` up to ``timeout`` seconds, or until ``hurry`` is set (a second
+    Ctrl-C, or the kernel's stop deadline)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    hurried = asyncio.ensure_future(hurry.wait())
+    pending: set[asyncio.Future[Any]] = set(futures)
+    try:
+        while pending and not hurried.done() and (remaining := deadline - loop.time()) > 0:
+            _, pending = await asyncio.wait(pending | {hurried}, timeout=remaining,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(hurried)
+    finally:
+        hurried.cancel()

@@ -121,7 +121,8 @@ def folder_lock(folder: Path) -> int:
     :raises StoreError: the folder cannot be made, or another kernel holds it.
     """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # jobs' arguments, results and logs, and the API's token: this user's only
         fd = os.open(folder / "kernel.lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StoreError(f"cannot open the job store in {folder}: {exc.strerror or exc}") from None
@@ -132,6 +133,21 @@ def folder_lock(folder: Path) -> int:
         raise StoreError(f"another kernel uses the data folder {folder}; give this one its own "
                          "(custom.dataDir of the jobs service, or $MICROKERNEL_DATA_DIR)") from None
     return fd
+
+
+def private_files(*paths: Path) -> None:
+    """Make ``paths`` readable by this user only: the first made empty if missing (SQLite
+    gives its -wal and -shm files the database's mode), those there chmod 600.
+
+    :raises StoreError: one cannot be made or changed.
+    """
+    try:
+        os.close(os.open(paths[0], os.O_RDWR | os.O_CREAT, 0o600))
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.chmod(0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot make {paths[0]} private: {exc.strerror or exc}") from None
 
 
 def folder_unlock(fd: int) -> None:
@@ -198,12 +214,16 @@ class SqliteStore(JobStore):
         self.where = str(folder / "jobs.db")
         self._lock = folder_lock(folder)
         try:
+            private_files(folder / "jobs.db", folder / "jobs.db-wal", folder / "jobs.db-shm")
             self._db = sqlite3.connect(self.where, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
             # Checkpoints (which fsync) run in a thread of their own, not in a write on the event loop.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
+        except StoreError:
+            folder_unlock(self._lock)
+            raise
         except sqlite3.Error as exc:
             folder_unlock(self._lock)
             raise StoreError(f"cannot open the job store {self.where}: {exc}") from None

@@ -28,7 +28,7 @@ from ..history import History
 from ..nodes import read_token
 from ..settings import HttpSettings
 from . import control
-from .listen import listen
+from .listen import json_errors, listen
 from .metrics import CONTENT_TYPE, registry_for, render
 from .status import services, snapshot
 
@@ -67,7 +67,7 @@ class WebServer:
         self._feeds: set[web.WebSocketResponse] = set()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024, middlewares=[self._check_host])
+        app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors("/api"), self._check_host])
         r = app.router
         r.add_get("/", self.page)
         r.add_get("/healthz", self.healthz)
