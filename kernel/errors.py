@@ -9,6 +9,9 @@ Code above a seam catches only the project's errors; plugins translate native er
     KernelError
     ├── ManifestError (ValueError)          a config.json is invalid: file + fields
     │   └── ConfigError                     a service's `custom` settings are invalid
+    ├── UsageError (ValueError)             what the caller asked for is wrong (CLI exit 2)
+    │   ├── SettingsError                   a `settings=` / `--set` override: service + field
+    │   └── ShadowingError                  an app module would replace one of ours
     ├── ServiceLoadError                    a service's module or entry cannot be loaded
     ├── DependencyError                     cycle, missing dependency, duplicate name
     ├── ServiceStartError                   a failOnError service failed to start
@@ -39,14 +42,46 @@ class ManifestError(KernelError, ValueError):
     def __init__(self, path: Path | str, problems: Sequence[tuple[str, str]]) -> None:
         self.path = Path(path)
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line
+            field, msg = self.problems[0]
+            super().__init__(f"{self.path}: {field}: {msg}" if field else f"{self.path}: {msg}")
+            return
         lines = [f"  - {field}: {msg}" if field else f"  - {msg}" for field, msg in problems]
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{self.path}: {count} {noun}\n" + "\n".join(lines))
+        super().__init__(f"{self.path}: {len(self.problems)} problems\n" + "\n".join(lines))
 
 
 class ConfigError(ManifestError):
     """A service's ``custom`` settings failed its own settings model."""
+
+
+class UsageError(KernelError, ValueError):
+    """What the caller asked for is wrong (a setting, a path): the ``kernel`` command
+    prints it as one line and exits with 2, as for a bad flag."""
+
+
+class SettingsError(UsageError):
+    """An override given to the kernel (``Kernel(settings=...)``, ``kernel run --set``)
+    names an unknown service or fails the service's settings model.
+
+    ``problems`` are ``(field, message)`` pairs, ``field`` dotted inside ``custom``
+    (``nodes.port``); an empty field is about the service itself.
+    """
+
+    def __init__(self, service: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.service = service
+        self.problems = list(problems)
+        text = "; ".join(f"{service}.{f}: {m}" if f else f"{service}: {m}" for f, m in self.problems)
+        super().__init__(f"settings given for service {service!r}: {text}")
+
+
+class ShadowingError(UsageError):
+    """A module of the application's would be imported in place of one of ours."""
+
+    def __init__(self, path: Path | str, package: str) -> None:
+        self.path = Path(path)
+        self.package = package
+        super().__init__(f"{self.path} would replace the {package!r} package this kernel is made of "
+                         f"(in the kernel and in its workers): rename it")
 
 
 class ServiceLoadError(KernelError):
@@ -68,11 +103,22 @@ class DependencyError(KernelError):
 
 
 class ServiceStartError(KernelError):
-    """A service with ``failOnError`` failed to import or start; the kernel stopped."""
+    """A service with ``failOnError`` failed to import or start; the kernel stopped.
+
+    The message says what was raised and where in the service's own code
+    (:func:`kernel.blame.describe`).
+    """
 
     def __init__(self, service: str, cause: BaseException) -> None:
+        from .blame import describe, where
+
         self.service = service
-        super().__init__(f"service {service!r} failed to start: {cause}")
+        if isinstance(cause, ServiceLoadError):  # its message names the service already
+            at = where(cause.__cause__) if cause.__cause__ is not None else None
+            text = f"service {service!r} ({cause.path}) failed to load: {cause.reason}" + (f"\n  at {at}" if at else "")
+        else:
+            text = f"service {service!r} failed to start: {describe(cause)}"
+        super().__init__(text)
 
 
 class ServiceNotFoundError(KernelError, LookupError):
@@ -118,4 +164,7 @@ __all__ = [
     "ServiceLoadError",
     "ServiceNotFoundError",
     "ServiceStartError",
+    "SettingsError",
+    "ShadowingError",
+    "UsageError",
 ]

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .commands import Command
+    import click
+
     from .interfaces import ServiceHost
 
 PROJECT = "microkernel"
@@ -26,13 +27,16 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def kernel_cli_commands() -> Mapping[str, Command]:  # type: ignore[empty-body]  # a spec has no body
-    """Subcommands this plugin adds to the ``kernel`` command, as ``{name: Command}``.
+def kernel_cli_commands() -> Mapping[str, click.Command]:  # type: ignore[empty-body]  # a spec has no body
+    """Verbs this plugin adds to the ``kernel`` command, as ``{name: click.Command}``.
 
-    Every implementation is called and the results merged (a name given twice, or one
-    of the kernel's own such as ``run``, is a :class:`~kernel.errors.PluginError`).
-    Import what a command needs inside its ``run``: every ``kernel`` invocation calls
-    this hook.
+    Every implementation is called and the results merged: a name given twice, one of
+    the kernel's own (``run``, ``completion``), or a value that is not a
+    :class:`click.Command` is a :class:`~kernel.errors.PluginError`. Shared options and
+    habits (``--json``, ``--loop``, examples in the help, how errors are printed) are in
+    :mod:`kernel.commands`. Every ``kernel`` invocation, ``kernel --help`` included,
+    calls this hook: import what a verb needs inside its function, not at the top of
+    the module (``kernel --help`` stays under a few hundred milliseconds).
     """
 
 

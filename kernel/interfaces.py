@@ -34,7 +34,7 @@ class ServiceHost(Protocol):
     id: str  # host name and pid, bound in every log line its services write
     pm: pluggy.PluginManager
     hook: pluggy.HookRelay
-    hurry: asyncio.Event  # set on a second SIGINT/SIGTERM while stopping: stop at once
+    hurry: asyncio.Event  # set on a second SIGINT/SIGTERM while stopping, or at the stop deadline: stop at once
 
     def get_service(self, name: str, *, requester: str | None = None) -> Any:
         """The running service ``name``, as visible to ``requester`` (a service's name,

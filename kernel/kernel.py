@@ -8,7 +8,7 @@ import importlib.metadata
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,12 +20,14 @@ import structlog
 from pydantic import ValidationError
 
 from . import logs
+from .blame import describe
 from .errors import (
     ConfigError,
     KernelError,
     ServiceAccessError,
     ServiceNotFoundError,
     ServiceStartError,
+    SettingsError,
 )
 from .interfaces import ServiceState
 from .loader import add_package_root, discover, load_entry, order, plan_packages
@@ -34,6 +36,7 @@ from .plugins import make_plugin_manager
 from .service import BaseService
 
 log = structlog.get_logger("kernel")
+STOP_GRACE = 5.0  # seconds a hurried service gets to stop at once once the deadline has passed
 T = TypeVar("T")
 SERVICE_GROUP = "microkernel.services"
 
@@ -55,6 +58,27 @@ def builtin_service_folders() -> list[Path]:
         add_package_root(module.__name__)
         folders.append(Path(module.__file__).parent)
     return folders
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``, objects merged key by key (``--set a.b.c=1`` changes
+    ``c`` and keeps ``a.b``'s other keys)."""
+    out = dict(base)
+    for key, value in over.items():
+        inner = out.get(key)
+        out[key] = _merged(inner, value) if isinstance(inner, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
+def _overridden(overrides: Mapping[str, Any], field: str) -> bool:
+    """Whether the dotted ``field`` (or an object holding it) was given in ``overrides``;
+    ``""`` (a check across fields) counts as given."""
+    node: Any = overrides
+    for part in field.split(".") if field else ():
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 _running_kernels = 0
@@ -87,7 +111,9 @@ class Kernel:
         (``kernel run`` turns the dashboard on this way; a manifest can still say
         ``"http": null``).
     :param builtins: load the services that ship with the kernel (the execution manager).
-    :param stop_timeout: seconds each service's ``stop()`` may take before it is abandoned.
+    :param stop_timeout: seconds all services together get to stop (running work to
+        finish); then they are hurried (``hurry``), and one that does not stop within a
+        few seconds more is abandoned.
     :param log_level: ``debug`` ... ``critical`` for the process's structlog set-up (else
         ``$KERNEL_LOG_LEVEL``, else ``info``; an application that configured structlog
         itself keeps its set-up unless this is given).
@@ -161,13 +187,9 @@ class Kernel:
         builtin = builtin_service_folders() if self._builtins else []
         specs = order(discover(self.paths, builtin))
         self._packages = plan_packages(specs)
-        unknown = set(self._overrides) - {s.name for s in specs}
-        if unknown:
-            raise ServiceNotFoundError(
-                ", ".join(sorted(unknown)),
-                (s.name for s in specs),
-                detail=f"settings given for unknown services {sorted(unknown)}",
-            )
+        known = ", ".join(sorted(s.name for s in specs))
+        for name in sorted(set(self._overrides) - {s.name for s in specs}):
+            raise SettingsError(name, [("", f"no service of that name is loaded (known services: {known})")])
         self._records = {s.name: ServiceRecord(s) for s in specs}
         try:
             for spec in specs:
@@ -204,9 +226,14 @@ class Kernel:
             rec.instance = instance
             self.hook.kernel_service_loaded(kernel=self, name=spec.name, service=instance)
             rec.state = ServiceState.STARTING
-            with structlog.contextvars.bound_contextvars(kernel_id=self.id, service=spec.name):
-                await instance.start()  # tasks it starts log with both ids
-        except Exception as exc:
+            try:
+                with structlog.contextvars.bound_contextvars(kernel_id=self.id, service=spec.name):
+                    await instance.start()  # tasks it starts log with both ids
+            except anyio.get_cancelled_exc_class():
+                self._started.append(spec.name)  # cancelled half-way: its stop() undoes what it began
+                raise
+        except Exception as raised:
+            exc = self._as_settings_error(spec, raised)
             rec.error = exc
             if blocked:
                 # Not its own failure: a dependency that was allowed to fail did (one that
@@ -218,14 +245,32 @@ class Kernel:
                 return
             rec.state = ServiceState.FAILED
             self.hook.kernel_service_failed(kernel=self, name=spec.name, error=exc)
+            if isinstance(exc, SettingsError):
+                raise exc from exc.__cause__  # the caller's settings are wrong, whatever failOnError says
             if spec.manifest.fail_on_error:
                 raise ServiceStartError(spec.name, exc) from exc
-            log.error("service failed", service=spec.name, state=rec.state.value, error=str(exc))
+            log.error("service failed", service=spec.name, state=rec.state.value, error=describe(exc))
             return
         rec.state = ServiceState.RUNNING
         self._started.append(spec.name)
         self.hook.kernel_service_started(kernel=self, name=spec.name, service=instance)
         log.debug("service started", service=spec.name)
+
+    def _as_settings_error(self, spec: ServiceSpec, exc: Exception) -> Exception:
+        """A service's :class:`ConfigError` about fields the caller's ``settings`` gave
+        (a service checking its settings in ``start()``, a port given that is taken) is the
+        caller's :class:`SettingsError`."""
+        overrides = self._overrides.get(spec.name)
+        if not overrides or not isinstance(exc, ConfigError):
+            return exc
+        inside = [("" if f == "custom" else f.removeprefix("custom."), m) for f, m in exc.problems
+                  if f == "custom" or f.startswith("custom.")]
+        given = [(f, m) for f, m in inside if _overridden(overrides, f)]
+        if not given:
+            return exc
+        error = SettingsError(spec.name, given)
+        error.__cause__ = exc
+        return error
 
     def manifest_path(self, name: str) -> Path:
         """The config.json a loaded service came from."""
@@ -235,13 +280,18 @@ class Kernel:
         return rec.spec.path
 
     def _settings_for(self, spec: ServiceSpec, cls: type[BaseService]) -> Any:
-        custom = {**self._defaults.get(spec.name, {}), **spec.manifest.custom, **self._overrides.get(spec.name, {})}
+        overrides = self._overrides.get(spec.name, {})
+        custom = _merged(_merged(self._defaults.get(spec.name, {}), spec.manifest.custom), overrides)
         model = cls.settings_model
         if model is None:
             return custom
         try:
             return model.model_validate(custom)
         except ValidationError as exc:
+            problems = format_validation_error(exc)
+            given = [(field, msg) for field, msg in problems if overrides and _overridden(overrides, field)]
+            if given:  # name what the caller gave, not the manifest that did not say it
+                raise SettingsError(spec.name, given) from None
             raise ConfigError(spec.path, format_validation_error(exc, "custom.")) from None
 
     async def stop(self) -> None:
@@ -255,18 +305,38 @@ class Kernel:
         self.running = False
 
     async def _stop_started(self) -> None:
-        while self._started:
-            name = self._started.pop()
-            rec = self._records[name]
-            assert rec.instance is not None
-            try:
-                with anyio.fail_after(self._stop_timeout), \
+        if not self._started:
+            return
+        budget = self._stop_timeout
+        log.info(f"stopping {len(self._started)} services: running work gets up to {budget:g} s in all; "
+                 "a second Ctrl-C or SIGTERM stops at once", services=self._started[::-1])
+        deadline = anyio.current_time() + budget
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._hurry_at, deadline)
+            while self._started:
+                name = self._started.pop()
+                rec = self._records[name]
+                assert rec.instance is not None
+                # Past the deadline services are hurried; each still gets a short grace to
+                # stop at once (kill its workers) before it is abandoned.
+                with anyio.move_on_after(max(deadline - anyio.current_time(), 0) + STOP_GRACE) as scope, \
                         structlog.contextvars.bound_contextvars(kernel_id=self.id, service=name):
-                    await rec.instance.stop()
-            except Exception as exc:
-                log.error("service failed to stop", service=name, error=repr(exc))
-            rec.state = ServiceState.STOPPED
-            self.hook.kernel_service_stopped(kernel=self, name=name)
+                    try:
+                        await rec.instance.stop()
+                    except Exception as exc:
+                        log.error("service failed to stop", service=name, error=describe(exc))
+                if scope.cancelled_caught:
+                    log.error("service abandoned: it did not stop in time", service=name,
+                              waited=round(budget + STOP_GRACE, 1))
+                rec.state = ServiceState.STOPPED
+                self.hook.kernel_service_stopped(kernel=self, name=name)
+            tg.cancel_scope.cancel()
+
+    async def _hurry_at(self, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+        if not self.hurry.is_set():
+            log.warning("stop deadline passed: stopping at once", after=f"{self._stop_timeout:g} s")
+            self.hurry.set()
 
     # -- lookup -------------------------------------------------------------------
 
@@ -319,28 +389,42 @@ class Kernel:
     # -- running from sync code ---------------------------------------------------
 
     async def serve(self, ready: Callable[[Kernel], Awaitable[None]] | None = None) -> None:
-        """Start, run until SIGINT or SIGTERM, then stop cleanly; a second signal while
-        stopping stops at once (``hurry``)."""
+        """Start, run until SIGINT or SIGTERM, then stop cleanly.
+
+        A signal during start-up stops what has started (and the service starting). The
+        stop has one deadline for all services (``stop_timeout``); at the deadline, or on
+        a second signal, services stop at once (``hurry``).
+        """
+        failure: BaseException | None = None
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await self.start()
-            try:
-                if ready is not None:
-                    await ready(self)
-                async for signum in signals:
-                    log.info("stopping on signal", signal=signal.Signals(signum).name)
-                    break
-            finally:
-                async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as watcher:
+                running = anyio.CancelScope()
+                watcher.start_soon(self._on_signals, signals, running)
+                try:
+                    with running:
+                        await self.start()
+                        if ready is not None:
+                            await ready(self)
+                        await anyio.sleep_forever()
+                except Exception as exc:  # raised below, as itself rather than in a group
+                    failure = exc
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.stop()
+                    watcher.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
-                    async def second_signal() -> None:
-                        async for signum in signals:
-                            log.warning("second signal: stopping at once", signal=signal.Signals(signum).name)
-                            self.hurry.set()
-                            return
-
-                    tg.start_soon(second_signal)
-                    await self.stop()
-                    tg.cancel_scope.cancel()
+    async def _on_signals(self, signals: AsyncIterator[int], running: anyio.CancelScope) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not running.cancel_called:
+                log.info("stopping on signal", signal=name, starting=not self.running)
+                running.cancel()
+            else:
+                log.warning("second signal: stopping at once", signal=name)
+                self.hurry.set()
+                return
 
     def run(self, main: Callable[[Kernel], Awaitable[T]]) -> T:
         """From sync code: start the kernel, ``await main(kernel)``, stop, return its value."""

@@ -13,6 +13,7 @@ import inspect
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import DependencyError, ManifestError, ServiceLoadError
 from .manifest import MANIFEST_FILE, ServiceSpec, read_manifest
@@ -43,7 +44,11 @@ def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[
         root = Path(raw)
         if not root.is_dir():
             raise ManifestError(root, [("", "services path is not a folder (or does not exist)")])
-        for folder in _service_folders(root):
+        found = _service_folders(root)
+        if not found:
+            _log().warning(f"no service found in {root}: a service is a folder with a config.json manifest "
+                           "(and a service.py)", path=str(root))
+        for folder in found:
             add(folder, False)
 
     by_name: dict[str, ServiceSpec] = {}
@@ -61,11 +66,20 @@ def discover(paths: Iterable[Path | str], builtin: Iterable[Path] = ()) -> list[
 def _service_folders(root: Path) -> list[Path]:
     if (root / MANIFEST_FILE).is_file():
         return [root]
+    if (root / "service.py").is_file():
+        _log().warning(f"skipped {root}: it has a service.py but no {MANIFEST_FILE}; a service folder needs "
+                       f"one, even {{}} (the name is the folder's)", path=str(root))
     found: list[Path] = []
     for child in sorted(root.iterdir()):
         if child.is_dir() and not child.name.startswith((".", "_")):
             found.extend(_service_folders(child))
     return found
+
+
+def _log() -> Any:
+    import structlog  # here, not at import: workers import this module's neighbours
+
+    return structlog.get_logger("kernel")
 
 
 def order(specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install '.[dask]')")
 
 from kernel import Kernel
-from kernel.errors import ConfigError, PluginError, ServiceStartError
+from kernel.errors import ConfigError, PluginError, ServiceStartError, SettingsError
 from microkernel.plugins.dask.cluster import DaskCluster
 from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
@@ -273,13 +273,13 @@ async def test_an_unreachable_scheduler_is_named_the_kernel_keeps_its_workers_an
 @pytest.mark.parametrize(("nodes", "message"), [
     ({}, "give exactly one of scheduler"),
     ({"scheduler": "http://x:1"}, "must start with tcp:// or tls://"),
-    ({"local": {"workers": 0}}, "custom.nodes.local.workers"),
+    ({"local": {"workers": 0}}, "execution-manager.nodes.local.workers"),
     ({"local": {"workers": 3, "maxWorkers": 2}}, "workers (3) is above maxWorkers (2)"),
-    ({"scheduler": "tcp://x:1", "colour": 1}, "custom.nodes.colour"),
+    ({"scheduler": "tcp://x:1", "colour": 1}, "execution-manager.nodes.colour"),
 ])
 async def test_bad_settings_name_the_field(nodes: dict[str, Any], message: str) -> None:
     kernel = Kernel([], settings={"execution-manager": {"nodes": {"transport": "dask", **nodes}}})
-    with pytest.raises((ConfigError, ServiceStartError)) as err:
+    with pytest.raises((ConfigError, ServiceStartError, SettingsError)) as err:
         async with kernel:
             pass
     assert message in str(err.value)

@@ -348,12 +348,12 @@ async def test_the_cli_submits_follows_and_refuses_with_exit_code_2(tmp_path: Pa
         assert code == 0 and job_id in out and "succeeded" in out
         for argv, message in [
             (("submit", *api, "--function", "nosuch.mod:f"), "no module 'nosuch.mod'"),
-            (("submit", *api, "--function", "math:sqrt", "--arg", "{not json"), "--arg {not json is not JSON"),
+            (("submit", *api, "--function", "math:sqrt", "--arg", "{not json"), "--arg: '{not json' is not valid JSON"),
             (("submit", *api, "--shell"), "--shell runs the command after --"),
             (("job", "f00", *api), "no job 'f00'"),
             (("cancel", job_id, *api), "has already finished"),
             (("jobs", "--api", kernel.get_service("jobs").address, "--token-file", str(tmp_path / "nope")),
-             "No such file"),
+             f"Invalid value for '--token-file': File '{tmp_path / 'nope'}' does not exist."),
         ]:
             code, out, err = await _cli(*argv)
             assert code == 2 and message in err and "Traceback" not in err, (argv, err)

@@ -45,7 +45,7 @@ def test_every_problem_reported_at_once_naming_file_and_fields(tmp_path: Path) -
 
 def test_invalid_json_names_line(tmp_path: Path) -> None:
     folder = write_service(tmp_path, "bad", '{\n  "name": "x",\n  oops\n}')
-    with pytest.raises(ManifestError, match=r"config.json: 1 problem\n.*line 3"):
+    with pytest.raises(ManifestError, match=r"config.json: invalid JSON at line 3"):
         read_manifest(folder)
 
 

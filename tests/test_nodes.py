@@ -125,7 +125,7 @@ async def test_listening_for_nodes_needs_a_token_a_known_transport_and_a_free_po
         (["--connect", "ws://127.0.0.1:1", "--token", "abc"], {}, 2, "never taken on the command line"),
         (["--connect", "http://h:1"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "a scheme among ['ws', 'wss']"),
         (["--connect", "ws://u:secret@h:1"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "a token never goes in a URL"),
-        (["--connect", "ws://h:1", "--slots", "0"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "--slots must be at least 1"),
+        (["--connect", "ws://h:1", "--slots", "0"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "'--slots': 0 is not in the range x>=1"),
         (["--connect", "ws://h:1", "--label", "gpu=lots"], {"MICROKERNEL_NODE_TOKEN": "t"}, 2, "NAME=AMOUNT"),
     ],
 )

@@ -35,6 +35,17 @@ def workers_of(pid: int) -> list[psutil.Process]:
         return []
 
 
+def until_running(proc: subprocess.Popen[str]) -> str:
+    """What ``kernel run`` wrote on stderr up to its "kernel running" line."""
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("kernel running:"):
+            return "".join(lines)
+    raise AssertionError("the kernel ended before it was running:\n" + "".join(lines))
+
+
 def test_kernel_run_stops_cleanly_on_sigterm() -> None:
     with subprocess.Popen(
         [*KERNEL, "--log-json", "run", str(EXAMPLES), "--set", "execution-manager.minWorkers=2",
@@ -43,10 +54,12 @@ def test_kernel_run_stops_cleanly_on_sigterm() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:
         try:
+            head = until_running(proc)
             wait_for(lambda: len(workers_of(proc.pid)) == 2)
             workers = workers_of(proc.pid)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)
+            err = head + err
         finally:
             proc.kill()
     assert proc.returncode == 0, err
@@ -63,11 +76,52 @@ def test_kernel_run_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "svc" / "config.json").write_text('{"kernelMode": "yes"}')
     out = subprocess.run([*KERNEL, "run", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
-    assert out.stderr.startswith(f"kernel: error: {tmp_path}/svc/config.json: 1 problem")
+    assert out.stderr.startswith(f"kernel: error: {tmp_path}/svc/config.json: kernelMode: Input should be a valid boolean")
     assert "kernelMode" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([*KERNEL, "run", str(EXAMPLES), "--set", "execution-manager.maxWorkers=-1"],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "custom.maxWorkers" in out.stderr and "Traceback" not in out.stderr
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "{examples}", "--set", "execution-manager.maxWorkers=-1"],
+     "kernel run: error: Invalid value for --set: --set execution-manager.maxWorkers=-1: Input should be greater "
+     "than or equal to 0 (got -1)"),
+    (["run", "{examples}", "--set", "execution-manager.maxWorkerz=4"],
+     "kernel run: error: Invalid value for --set: --set execution-manager.maxWorkerz=4: unknown field"),
+    (["run", "{examples}", "--set", "execution-manager.nodes.port=x"],
+     "kernel run: error: Invalid value for --set: --set execution-manager.nodes.port=x: Input should be a valid integer"),
+    (["run", "{examples}", "--set", "nosuch.x=1"],
+     "kernel run: error: Invalid value for --set: --set nosuch.x=1: no service of that name is loaded (known services: "
+     "execution-manager, jobs, prime-counter, reporter)"),
+    (["run", "{examples}", "--set", "nodot=1"],
+     "kernel run: error: Invalid value for --set: 'nodot=1': expected SERVICE.FIELD=VALUE"),
+    (["run", "/no/such/folder"], "kernel run: error: Invalid value for 'PATHS...': Directory '/no/such/folder' does not exist."),
+    (["run", "{examples}", "--stop-timeout", "soon"], "kernel run: error: Invalid value for '--stop-timeout': 'soon' is not a valid float range."),
+    (["run", "{examples}", "--frobnicate"], "kernel run: error: No such option '--frobnicate'."),
+    (["runn"], "kernel: error: No such command 'runn'. Did you mean 'run'?"),
+    (["--log-level", "loud", "status"], "kernel: error: unknown log level 'LOUD'"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(argv: list[str], message: str) -> None:
+    argv = [a.replace("{examples}", str(EXAMPLES)) for a in argv]
+    out = subprocess.run([*KERNEL, *argv], capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(message), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stdout == ""
+
+
+def test_a_port_in_use_is_one_line_exit_code_2_and_nothing_left_running() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([*KERNEL, "--log-level", "warning", "run", str(EXAMPLES), "--set",
+                              f"execution-manager.http.port={port}", "--set", "execution-manager.minWorkers=1"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1 and errors[0].startswith("kernel run: error: "), out.stderr
+    assert f"--set execution-manager.http.port={port}: 127.0.0.1:{port} is already in use" in errors[0]
+    assert str(port) in errors[0] and "Traceback" not in out.stderr
 
 
 def test_demo_runs_and_reports_speedup() -> None:
@@ -138,6 +192,7 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
            "--set", "execution-manager.runLocally=false", "--no-http"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
+            until_running(proc)
             wait_for(lambda: len(workers_of(proc.pid)) == 2)
             workers = workers_of(proc.pid)
             time.sleep(0.3)

@@ -185,7 +185,7 @@ async def test_with_the_shipped_defaults_no_call_takes_the_kernel_down(kill: obj
 
 
 async def test_bad_delivery_options_are_refused_at_submit_naming_the_field() -> None:
-    from kernel.errors import ServiceStartError
+    from kernel.errors import SettingsError
 
     async with em_kernel(minWorkers=1, maxWorkers=1) as kernel:
         em = kernel.get_service("execution-manager")
@@ -203,7 +203,7 @@ async def test_bad_delivery_options_are_refused_at_submit_naming_the_field() -> 
                 em.submit(tasks.inc, 1, **options)
         assert (await em.get_stats()).queued_tasks == 0  # nothing half-submitted
         assert await em.submit(tasks.inc, 1) == 2
-    with pytest.raises(ServiceStartError, match=r"heartbeatTimeOut"):
+    with pytest.raises(SettingsError, match=r"heartbeatTimeOut"):
         await Kernel([], settings={"execution-manager": {"heartbeatTimeOut": 3}}).start()
 
 

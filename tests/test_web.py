@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from kernel import Kernel
-from kernel.errors import ConfigError, ServiceStartError
+from kernel.errors import ConfigError, SettingsError
 
 from . import tasks
 from .conftest import EM_LOCAL
@@ -207,12 +207,12 @@ async def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         kernel = Kernel([], settings={"execution-manager": {**EM_LOCAL, "http": {"port": port}}})
-        with pytest.raises(ServiceStartError) as err:
+        with pytest.raises(SettingsError) as err:  # the port was given by the caller
             async with kernel:
                 pass
     assert isinstance(err.value.__cause__, ConfigError)
     message = str(err.value)
-    assert "custom.http.port" in message and f"127.0.0.1:{port} is already in use" in message
+    assert "execution-manager.http.port" in message and f"127.0.0.1:{port} is already in use" in message
 
 
 async def test_a_real_node_shows_in_status_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

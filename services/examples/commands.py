@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 
+import click
+
 from kernel import hookimpl
-from kernel.commands import Command
+from kernel.commands import examples, log_options
 
 
-@hookimpl
-def kernel_cli_commands() -> Mapping[str, Command]:
-    return {"demo": Command(help="count primes over the worker pool and show the speed-up",
-                            arguments=_arguments, run=_run, log_level="warning")}
-
-
-def _arguments(demo: argparse.ArgumentParser) -> None:
-    demo.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
-    demo.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="pool size")
-    demo.add_argument("--parts", type=int, default=0, help="calls to split into (default 8/worker)")
-
-
-def _run(args: argparse.Namespace) -> int:
+@click.command(epilog=examples("kernel demo", "kernel demo --workers 2 --limit 5000000"))
+@click.option("--limit", type=click.IntRange(min=2), default=2_000_000, show_default=True,
+              help="count primes below this")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 2, show_default="CPUs",
+              help="pool size")
+@click.option("--parts", type=click.IntRange(min=0), default=0, help="calls to split into (default 8 per worker)")
+@click.pass_context
+def demo(ctx: click.Context, limit: int, workers: int, parts: int) -> None:
+    """Count primes over the worker pool and show the speed-up against one process."""
     import asyncio
 
     from .demo import run_demo
 
-    asyncio.run(run_demo(args.limit, args.workers, args.parts or 8 * args.workers))
-    return 0
+    log_options(ctx, default_level="warning")
+    asyncio.run(run_demo(limit, workers, parts or 8 * workers))
+
+
+@hookimpl
+def kernel_cli_commands() -> Mapping[str, click.Command]:
+    return {"demo": demo}

@@ -86,6 +86,9 @@ class Settings(BaseModel):
     def _default_max(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("maxWorkers", 0) is None:
             data = {**data, "maxWorkers": default_max_workers()}
+        if isinstance(data, dict) and data.get("maxWorkers", data.get("max_workers")) == 0 \
+                and "minWorkers" not in data and "min_workers" not in data:
+            data = {**data, "minWorkers": 0}  # maxWorkers 0 alone: a pure coordinator
         return data
 
     @model_validator(mode="after")

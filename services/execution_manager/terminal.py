@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -58,10 +59,17 @@ def _secs(s: float | None) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
 
 
-def render(status: dict[str, Any]) -> Group:
-    """The status as rich renderables: a header line, workers, nodes, last decision."""
+WIDE = 120  # columns from which every worker column is shown; below, the ones that matter most
+
+
+def render(status: dict[str, Any], width: int = WIDE) -> Group:
+    """The status as rich renderables for a terminal ``width`` columns wide: a header
+    line, workers, nodes, last decision. Ids, pids and states are never cut: narrower
+    terminals drop the columns that matter less (host, elapsed, heartbeat...) and
+    shorten what a call is."""
     p = status["pool"]
     load = p["load"]
+    wide = width >= WIDE
     queue = " ".join(f"p{k}:{v}" for k, v in p["queued_by_priority"].items()) or "empty"
     starting = f", +{p['starting']} starting" if p["starting"] else ""
     header = Text.assemble(
@@ -71,29 +79,45 @@ def render(status: dict[str, Any]) -> Group:
         ("calls ", "bold"), f"running {p['running']}  queued {p['queued']} ({queue})  done {p['done']}  "
         f"failed {p['failed']}  retried {p['retried']}  {p['rate']:.1f}/s",
     )
-    workers = Table(title="workers", title_justify="left", expand=False)
-    for col in ("id", "kind", "host", "pid", "state", "call", "elapsed", "done", "failed", "CPU", "RSS", "heartbeat"):
-        workers.add_column(col, justify="right" if col in ("pid", "done", "failed", "CPU", "RSS") else "left")
+    columns = ["id", "kind", "host", "pid", "state", "call", "elapsed", "done", "failed", "CPU", "RSS", "heartbeat"]
+    if not wide:
+        columns = ["id", "pid", "state", "call", "done", "CPU", "RSS"]
+    workers = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in columns:
+        whole = col in ("id", "pid", "state")
+        workers.add_column(col, justify="right" if col in ("pid", "done", "failed", "CPU", "RSS") else "left",
+                           no_wrap=True, overflow="fold" if whole else "ellipsis",
+                           min_width=max([len(str(w[col] or "-")) for w in status["workers"]] + [len(col)])
+                           if whole else None,
+                           ratio=1 if col == "call" else None)
     for w in status["workers"]:
         call = w["calls"][0] if w["calls"] else None
         progress = f" {call['progress']:.0%}" if call and call.get("progress") is not None else ""
-        workers.add_row(
-            w["id"], w["node_type"], w["host"] or "-", str(w["pid"] or "-"),
-            Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
-            f"{call['call']} [task {call.get('task_id')}]{progress}" if call else "idle",
-            f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}" if call else "",
-            str(w["done"]), str(w["failed"]), f"{w['cpu_percent']:.0f}%", _size(w["memory_rss"]),
-            _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",
-        )
+        cells = {
+            "id": w["id"], "kind": w["node_type"], "host": w["host"] or "-", "pid": str(w["pid"] or "-"),
+            "state": Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
+            "call": f"{call['call']} [task {call.get('task_id')}]{progress}" if call else "idle",
+            "elapsed": f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}"
+            if call else "",
+            "done": str(w["done"]), "failed": str(w["failed"]), "CPU": f"{w['cpu_percent']:.0f}%",
+            "RSS": _size(w["memory_rss"]),
+            "heartbeat": _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",
+        }
+        workers.add_row(*(cells[c] for c in columns))
     parts: list[Any] = [header, workers]
     if status["nodes"]:
-        nodes = Table(title="nodes", title_justify="left")
-        for col in ("id", "address", "state", "slots", "running", "CPU", "memory", "heartbeat"):
-            nodes.add_column(col)
+        node_columns = ["id", "address", "state", "slots", "running", "CPU", "memory", "heartbeat"]
+        if not wide:
+            node_columns = ["id", "state", "slots", "running", "CPU", "memory"]
+        nodes = Table(title="nodes", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in node_columns:
+            nodes.add_column(col, no_wrap=True, overflow="fold" if col in ("id", "state") else "ellipsis")
         for n in status["nodes"]:
-            nodes.add_row(n["id"], n["address"], Text(n["state"], style=STATE_STYLE.get(n["state"], "")),
-                          str(n["slots"]), str(n["running"]), f"{n['cpu_percent']:.0f}%",
-                          f"{n['memory_percent']:.0f}%", _secs(n["heartbeat_age"]))
+            cells = {"id": n["id"], "address": n["address"], "slots": str(n["slots"]), "running": str(n["running"]),
+                     "state": Text(n["state"], style=STATE_STYLE.get(n["state"], "")),
+                     "CPU": f"{n['cpu_percent']:.0f}%", "memory": f"{n['memory_percent']:.0f}%",
+                     "heartbeat": _secs(n["heartbeat_age"])}
+            nodes.add_row(*(cells[c] for c in node_columns))
         parts.append(nodes)
     if status.get("nodes_problem"):
         parts.append(Text(f"nodes: {status['nodes_problem']}", style="red"))
@@ -118,16 +142,16 @@ def show_status(url: str, *, as_json: bool = False, watch: float | None = None) 
         if as_json:
             print(json.dumps(status, indent=2))
         else:
-            console.print(render(status))
+            console.print(render(status, console.width))
         return 0
     try:
         if as_json:  # one document per line, for scripts that follow the pool
             while True:
                 print(json.dumps(fetch(url)), flush=True)
                 time.sleep(watch)
-        with Live(render(fetch(url)), console=console, auto_refresh=False) as live:
+        with Live(render(fetch(url), console.width), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(watch)
-                live.update(render(fetch(url)), refresh=True)
+                live.update(render(fetch(url), console.width), refresh=True)
     except KeyboardInterrupt:
         return 0

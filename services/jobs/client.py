@@ -2,7 +2,7 @@
 
     from microkernel.services.jobs import Client
 
-    with Client("http://127.0.0.1:8786") as client:
+    with Client("http://127.0.0.1:8791") as client:
         job = client.submit(service="prime-counter", method="count_range", args=[0, 1000])
         print(client.result(job.id))
 

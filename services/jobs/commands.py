@@ -5,163 +5,196 @@ request prints the API's reason and exits with 2; an unreachable API exits with 
 
 from __future__ import annotations
 
-import argparse
 import datetime
+import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from kernel.commands import Command
+import click
 
-DEFAULT_API = "http://127.0.0.1:8786"
+from kernel.commands import CommandFailed, RequestRefused, examples, json_option
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--api", default=DEFAULT_API, metavar="URL", help=f"the job API (default {DEFAULT_API})")
-    parser.add_argument("--token-file", metavar="FILE", help="file with the API's token (else $MICROKERNEL_JOBS_TOKEN"
-                                                             " or the kernel's data folder)")
-    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+DEFAULT_URL = "http://127.0.0.1:8791"  # client.DEFAULT_URL, kept here so `kernel --help` imports no client
+_F = TypeVar("_F", bound=Callable[..., Any])
+Connect = Callable[[], Any]  # opens a job API client (client.Client), imported only when a verb runs
+_JSON_START = (*'[{"-0123456789', "true", "false", "null")
 
 
-def _submit_arguments(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--service", help="a service's @distributed method (with --method)")
-    what.add_argument("--function", metavar="MODULE:FUNCTION", help="a function by reference")
-    what.add_argument("--module", help="python -m MODULE, with the arguments after --")
-    what.add_argument("--code", help="Python source (its `result` variable is the result; allowCode)")
-    what.add_argument("--shell", action="store_true", help="the command after -- (allowShell)")
-    what.add_argument("--http", metavar="URL", help="an HTTP request to URL (with --http-method, --data)")
-    what.add_argument("--body", metavar="JSON|@FILE|-", help="the whole job request as JSON (- reads stdin)")
-    p.add_argument("--method", help="the method, with --service")
-    p.add_argument("--http-method", default=None, help="GET (default), POST...")
-    p.add_argument("--data", help="the HTTP request's body")
-    p.add_argument("--arg", action="append", default=[], metavar="JSON", help="a positional argument (repeatable)")
-    p.add_argument("--kwargs", metavar="JSON", help="keyword arguments, a JSON object")
-    p.add_argument("--priority", type=int, help="0-10, higher first (default 5)")
-    p.add_argument("--project", help="counts against this project's limit")
-    p.add_argument("--timeout", type=float, help="seconds the job may run")
-    p.add_argument("--retries", type=int, help="runs again if its worker (or the kernel) dies")
-    p.add_argument("--key", help="idempotency key: submitting it again returns the same job")
-    p.add_argument("--name", help="a name to show")
-    p.add_argument("--wait", action="store_true", help="wait and print the result (exit 1 unless it succeeds)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="after --: the command or the module's arguments")
+def _reaching(f: _F) -> _F:
+    """``--api``, ``--token-file`` and the client errors every job verb shares: the verb
+    gets ``connect()``, which opens a client (after the verb has checked its flags)."""
 
+    @click.option("--api", default=DEFAULT_URL, show_default=True, metavar="URL", help="the job API")
+    @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+                  help="file with the API's token (else $MICROKERNEL_JOBS_TOKEN or the kernel's data folder)")
+    @functools.wraps(f)
+    def wrapper(*args: Any, api: str, token_file: str | None, **kwargs: Any) -> Any:
+        from .client import Client, ClientError
 
-def _json_value(raw: str, what: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} is not JSON: {exc}") from None
-
-
-def request_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The job request the ``kernel submit`` arguments describe.
-
-    :raises ValueError: they do not describe one (the message says why).
-    """
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-    body: dict[str, Any]
-    if args.body is not None:
-        raw = sys.stdin.read() if args.body == "-" else Path(args.body[1:]).read_text() \
-            if args.body.startswith("@") else args.body
-        body = _json_value(raw, "--body")
-        if not isinstance(body, dict):
-            raise ValueError("--body must be a JSON object")
-    elif args.service is not None:
-        if not args.method:
-            raise ValueError("--service needs --method")
-        body = {"service": args.service, "method": args.method}
-    elif args.function is not None:
-        body = {"function": args.function}
-    elif args.module is not None:
-        body = {"module": args.module, "argv": rest}
-    elif args.code is not None:
-        body = {"code": args.code}
-    elif args.shell:
-        if not rest:
-            raise ValueError("--shell runs the command after --, e.g. kernel submit --shell -- ls -l")
-        body = {"command": rest}
-    else:
-        body = {"url": args.http, "method": args.http_method or "GET"}
-        if args.data is not None:
-            body["body"] = args.data
-    if args.arg:
-        body["args"] = [_json_value(a, f"--arg {a}") for a in args.arg]
-    if args.kwargs:
-        body["kwargs"] = _json_value(args.kwargs, "--kwargs")
-    for name in ("priority", "project", "timeout", "retries", "key", "name"):
-        if getattr(args, name) is not None:
-            body[name] = getattr(args, name)
-    return body
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from .client import Client
-
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
-    return Client(args.api, token=token)
-
-
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapper(args: argparse.Namespace) -> int:
-        from .client import ClientError
+        def connect() -> Client:
+            token = Path(token_file).read_text().strip() if token_file else None
+            return Client(api, token=token)
 
         try:
-            return run(args)
+            return f(connect, *args, **kwargs)
         except ClientError as exc:
-            print(f"kernel {args.command}: {exc}", file=sys.stderr)
-            return 2 if exc.status is not None and exc.status < 500 else 1
+            if exc.status is not None and exc.status < 500:
+                raise RequestRefused(str(exc)) from None
+            raise CommandFailed(str(exc)) from None
         except OSError as exc:
-            print(f"kernel {args.command}: {exc}", file=sys.stderr)
-            return 2
-    return wrapper
+            raise RequestRefused(str(exc)) from None
+    return wrapper  # type: ignore[return-value]
+
+
+def json_value(raw: str, flag: str) -> Any:
+    """A ``--arg``/``--kwargs`` value: JSON (``4``, ``true``, ``"x"``, ``[1, 2]``), and a bare
+    word that is not JSON as a string (``--arg hello``).
+
+    :raises click.BadParameter: it looks like JSON (a number, a list...) but is not valid.
+    """
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        if raw.strip().startswith(_JSON_START):
+            raise click.BadParameter(f"{raw!r} is not valid JSON ({exc}); quote a string as '\"{raw}\"'",
+                                     param_hint=flag) from None
+        return raw
+
+
+def request_of(what: Mapping[str, Any], rest: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The job request ``kernel submit``'s flags describe.
+
+    :raises click.UsageError: they do not describe one (the message says why).
+    """
+    body: dict[str, Any]
+    if what.get("body") is not None:
+        given = what["body"]
+        raw = sys.stdin.read() if given == "-" else Path(given[1:]).read_text() if given.startswith("@") else given
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--body") from None
+        if not isinstance(body, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--body")
+    elif what.get("service") is not None:
+        if not what.get("method"):
+            raise click.UsageError("--service needs --method")
+        body = {"service": what["service"], "method": what["method"]}
+    elif what.get("function") is not None:
+        body = {"function": what["function"]}
+    elif what.get("module") is not None:
+        body = {"module": what["module"], "argv": list(rest)}
+    elif what.get("code") is not None:
+        body = {"code": what["code"]}
+    elif what.get("shell"):
+        if not rest:
+            raise click.UsageError("--shell runs the command after --, e.g. kernel submit --shell -- ls -l")
+        body = {"command": list(rest)}
+    elif what.get("http") is not None:
+        body = {"url": what["http"], "method": what.get("http_method") or "GET"}
+        if what.get("data") is not None:
+            body["body"] = what["data"]
+    else:
+        raise click.UsageError("say what to run: --function, --service, --module, --code, --shell, --http or --body")
+    if options.get("args"):
+        body["args"] = [json_value(a, "--arg") for a in options["args"]]
+    if options.get("kwargs"):
+        kwargs = json_value(options["kwargs"], "--kwargs")
+        if not isinstance(kwargs, dict):
+            raise click.BadParameter("must be a JSON object, e.g. '{\"n\": 3}'", param_hint="--kwargs")
+        body["kwargs"] = kwargs
+    for name in ("priority", "project", "timeout", "retries", "key", "name"):
+        if options.get(name) is not None:
+            body[name] = options[name]
+    return body
 
 
 def _print_job(job: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(job.to_json(), indent=2))
+        click.echo(json.dumps(job.to_json(), indent=2))
         return
     for key, value in job.to_json().items():
         if value is not None and key != "task":
             if key in ("created", "started", "finished"):
                 value = datetime.datetime.fromtimestamp(value).isoformat(sep=" ", timespec="seconds")
-            print(f"{key:>10}  {value if not isinstance(value, dict | list) else json.dumps(value)}")
-    print(f"{'task':>10}  {json.dumps(job.task)}")
+            click.echo(f"{key:>10}  {value if not isinstance(value, dict | list) else json.dumps(value)}")
+    click.echo(f"{'task':>10}  {json.dumps(job.task)}")
 
 
-def _submit(args: argparse.Namespace) -> int:
-    body = request_of(args)
-    with _client(args) as client:
+@click.command(epilog=examples(
+    "kernel submit --function math:factorial --arg 20 --wait",
+    "kernel submit --function mytasks:work --arg '[1, 2]' --kwargs '{\"scale\": 3}'",
+    "kernel submit --service prime-counter --method count_range --arg 0 --arg 100000 --wait",
+    "kernel submit --module mytool --wait -- --input data.csv",
+    "kernel submit --shell -- ls -l   # with the job service's allowShell",
+    "kernel submit --body @job.json"), context_settings={"allow_interspersed_args": False})
+@click.option("--service", help="a service's @distributed method (with --method)")
+@click.option("--method", help="the method, with --service")
+@click.option("--function", metavar="MODULE:FUNCTION", help="a function by reference (the kernel's folder is on "
+                                                               "its import path)")
+@click.option("--module", help="python -m MODULE, with the arguments after --")
+@click.option("--code", help="Python source (its `result` variable is the result; allowCode)")
+@click.option("--shell", is_flag=True, help="the command after -- (allowShell)")
+@click.option("--http", metavar="URL", help="an HTTP request to URL (with --http-method, --data)")
+@click.option("--http-method", help="GET (default), POST...")
+@click.option("--data", help="the HTTP request's body")
+@click.option("--body", metavar="JSON|@FILE|-", help="the whole job request as JSON (- reads stdin)")
+@click.option("--arg", "args", multiple=True, metavar="JSON",
+              help="a positional argument, as JSON: 4, 2.5, true, '\"text\"', '[1, 2]'; a bare word is a string "
+                   "(repeatable)")
+@click.option("--kwargs", metavar="JSON", help="keyword arguments, a JSON object: '{\"n\": 3}'")
+@click.option("--priority", type=click.IntRange(0, 10), help="0-10, higher first (default 5)")
+@click.option("--project", help="counts against this project's limit")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds the job may run")
+@click.option("--retries", type=click.IntRange(min=0), help="runs again if its worker (or the kernel) dies")
+@click.option("--key", help="idempotency key: submitting it again returns the same job")
+@click.option("--name", help="a name to show")
+@click.option("--wait", is_flag=True, help="wait and print the result (exit 1 unless it succeeds)")
+@json_option
+@click.argument("rest", nargs=-1, type=click.UNPROCESSED)
+@_reaching
+def submit(connect: Connect, rest: tuple[str, ...], wait: bool, as_json: bool, **given: Any) -> int:
+    """Submit a job to a running kernel's job API (kernel run serves it); prints its id,
+    or with --wait its result. Exactly one of --function, --service, --module, --code,
+    --shell, --http or --body says what runs."""
+    kinds = [k for k in ("service", "function", "module", "code", "http", "body") if given.get(k) is not None]
+    kinds += ["shell"] if given.get("shell") else []
+    if len(kinds) > 1:
+        raise click.UsageError(f"give one of --{', --'.join(kinds)}, not several")
+    if rest and kinds[:1] not in (["module"], ["shell"], ["body"]):
+        raise click.UsageError(f"unexpected arguments {' '.join(rest)!r}: only --module and --shell take "
+                               "arguments (after --)")
+    body = request_of(given, rest, given)
+    with connect() as client:
         job = client.submit(body)
-        if not args.wait:
-            if args.json:
-                _print_job(job, True)
-            else:
-                print(job.id)
+        if not wait:
+            _print_job(job, True) if as_json else click.echo(job.id)
             return 0
         job = client.wait(job.id)
-    _print_job(job, args.json) if args.json else print(json.dumps(job.result) if job.state == "succeeded"
-                                                       else f"{job.state}: {job.error}")
+    _print_job(job, True) if as_json else click.echo(json.dumps(job.result) if job.state == "succeeded"
+                                                     else f"{job.state}: {job.error}")
     return 0 if job.state == "succeeded" else 1
 
 
-def _jobs_arguments(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.add_argument("--state", help="queued, running, succeeded, failed, cancelled or lost")
-    p.add_argument("--project")
-    p.add_argument("--type", help="the task type")
-    p.add_argument("--limit", type=int, default=50)
-
-
-def _jobs(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        jobs = client.list(state=args.state, project=args.project, type=args.type, limit=args.limit)
-    if args.json:
-        print(json.dumps([j.to_json() for j in jobs], indent=2))
-        return 0
+@click.command(name="jobs", epilog=examples("kernel jobs", "kernel jobs --state failed --limit 10",
+                                            "kernel jobs --project ml --json"))
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "lost"]))
+@click.option("--project", help="only this project's")
+@click.option("--type", "type_", metavar="TYPE", help="only this task type's (function, service, shell...)")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@_reaching
+def list_jobs(connect: Connect, state: str | None, project: str | None, type_: str | None, limit: int,
+              as_json: bool) -> None:
+    """List a running kernel's jobs, newest first."""
+    with connect() as client:
+        jobs = client.list(state=state, project=project, type=type_, limit=limit)
+    if as_json:
+        click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -173,44 +206,45 @@ def _jobs(args: argparse.Namespace) -> int:
         created = datetime.datetime.fromtimestamp(j.created).strftime("%m-%d %H:%M:%S")
         table.add_row(j.id, j.state.value, j.type, j.name or "", j.project or "", created, j.error or "")
     Console(width=max(Console().width, 160)).print(table)
-    return 0
 
 
-def _id_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("id", help="the job's id")
-    _common(p)
+@click.command(epilog=examples("kernel job 01J9Z...", "kernel job 01J9Z... --json"))
+@click.argument("job_id", metavar="ID")
+@json_option
+@_reaching
+def job(connect: Connect, job_id: str, as_json: bool) -> None:
+    """Show one job: its state, times, result or error."""
+    with connect() as client:
+        _print_job(client.status(job_id), as_json)
 
 
-def _job(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _print_job(client.status(args.id), args.json)
-    return 0
+@click.command(epilog=examples("kernel logs 01J9Z...", "kernel logs 01J9Z... --follow"))
+@click.argument("job_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="keep printing lines until the job finishes")
+@json_option
+@_reaching
+def logs(connect: Connect, job_id: str, follow: bool, as_json: bool) -> None:
+    """Print a job's log (--follow: as it is written)."""
+    with connect() as client:
+        for line in client.logs(job_id, follow=follow):
+            click.echo(json.dumps(line._asdict()) if as_json else line.line)
+            sys.stdout.flush()
 
 
-def _logs_arguments(p: argparse.ArgumentParser) -> None:
-    _id_arguments(p)
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing lines until the job finishes")
+@click.command(epilog=examples("kernel cancel 01J9Z...", "kernel cancel 01J9Z... --json"))
+@click.argument("job_id", metavar="ID")
+@click.option("--wait", "wait_for", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="SECONDS", help="how long to wait for a running job to end before printing its state")
+@json_option
+@_reaching
+def cancel(connect: Connect, job_id: str, wait_for: float, as_json: bool) -> None:
+    """Cancel a job, then print its state: a queued job never runs; a running one is
+    stopped (its worker ends and is replaced)."""
+    with connect() as client:
+        done = client.cancel(job_id)
+        if not done.state.finished and wait_for > 0:
+            done = client.wait(job_id, timeout=wait_for)
+    _print_job(done, as_json)
 
 
-def _logs(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        for line in client.logs(args.id, follow=args.follow):
-            print(json.dumps(line._asdict()) if args.json else line.line, flush=True)
-    return 0
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        _print_job(client.cancel(args.id), args.json)
-    return 0
-
-
-COMMANDS = {
-    "submit": Command(help="submit a job to a running kernel", arguments=_submit_arguments, run=_guarded(_submit),
-                      description="Submit a job to a kernel's job API (kernel run serves it); prints its id."),
-    "jobs": Command(help="list a running kernel's jobs", arguments=_jobs_arguments, run=_guarded(_jobs)),
-    "job": Command(help="show one job", arguments=_id_arguments, run=_guarded(_job)),
-    "logs": Command(help="print a job's log (--follow: as it is written)", arguments=_logs_arguments,
-                    run=_guarded(_logs)),
-    "cancel": Command(help="cancel a job", arguments=_id_arguments, run=_guarded(_cancel)),
-}
+COMMANDS: dict[str, click.Command] = {"submit": submit, "jobs": list_jobs, "job": job, "logs": logs, "cancel": cancel}

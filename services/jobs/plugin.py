@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from kernel import hookimpl
-from kernel.commands import Command
 from kernel.interfaces import ServiceHost
 
 if TYPE_CHECKING:
+    import click
+
     from .tasks import TaskType
 
 
@@ -23,7 +24,7 @@ def jobs_task_types() -> Mapping[str, TaskType]:
 
 
 @hookimpl
-def kernel_cli_commands() -> Mapping[str, Command]:
+def kernel_cli_commands() -> Mapping[str, click.Command]:
     from .commands import COMMANDS
 
     return COMMANDS
@@ -31,11 +32,13 @@ def kernel_cli_commands() -> Mapping[str, Command]:
 
 @hookimpl
 def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
+    from .commands import DEFAULT_URL
+
     jobs = kernel.find_service("jobs")
     address = getattr(jobs, "address", None)
     api = getattr(jobs, "api", None)
     if not address or api is None:
         return None
-    where = "" if address == "http://127.0.0.1:8786" else f" --api {address}"
+    where = "" if address == DEFAULT_URL else f" --api {address}"
     return [f"jobs: {address}/ (token: {api.token_source}); try kernel submit{where} --function math:factorial "
             "--arg 20 --wait"]

@@ -13,7 +13,7 @@ from kernel.errors import KernelError
 DATA_ENV = "MICROKERNEL_DATA_DIR"
 TOKEN_ENV = "MICROKERNEL_JOBS_TOKEN"
 TOKEN_FILE = "jobs.token"  # in the data folder, when neither a file nor the env gives the token
-DEFAULT_PORT = 8786
+DEFAULT_PORT = 8791  # beside the dashboard (8790); 8786 is Dask's scheduler
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
