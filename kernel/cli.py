@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,10 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(f"kernel: error: {exc.format_message()}", exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         return 130
-    except BrokenPipeError:
-        # Piped into `head`, which has gone: end quietly (stdout cannot be flushed again).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except KernelError as exc:
         return _report(f"kernel: error: {exc}", 2 if _is_bad_input(exc) else 1)
     except ValueError as exc:

@@ -25,7 +25,6 @@ command needs beyond Click is imported inside it: every ``kernel`` invocation
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
@@ -80,6 +79,8 @@ def run_loop(coro: Coroutine[Any, Any, _T], loop: str = "auto") -> _T:
 
     :raises ValueError: ``uvloop`` asked for and not installed.
     """
+    import asyncio
+
     if loop != "asyncio":
         try:
             import uvloop

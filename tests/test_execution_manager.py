@@ -473,7 +473,7 @@ async def test_hard_memory_limit_stops_a_leaking_call_naming_rss_and_limit() -> 
 
 
 async def test_soft_memory_limit_must_be_below_hard() -> None:
-    with pytest.raises(ServiceStartError, match=r"softMemoryLimit \(200\) must be below hardMemoryLimit \(100\)"):
+    with pytest.raises(SettingsError, match=r"softMemoryLimit \(200\) must be below hardMemoryLimit \(100\)"):
         await Kernel([], settings={"execution-manager": {"softMemoryLimit": 200, "hardMemoryLimit": 100}}).start()
 
 

@@ -68,7 +68,8 @@ class Running:
 
     def address(self, prefix: str) -> str:
         """The address on the line ``kernel run`` prints for ``prefix`` (``jobs:``)."""
-        return self.until(prefix).split()[1].rstrip("/")
+        line = next((seen for seen in self.lines if seen.startswith(prefix)), None) or self.until(prefix)
+        return line.split()[1].rstrip("/")
 
     def end(self, timeout: float = 30) -> str:
         """The rest of stderr once the process has ended."""
@@ -306,9 +307,144 @@ def test_version_help_and_completion() -> None:
     assert done.stdout.split() == ["plain,status"], done
 
 
+def test_kernel_help_loads_nothing_heavy() -> None:
+    """What keeps ``kernel --help`` quick (120 ms here; it was 300): the verbs' modules
+    import what they need when they run."""
+    code = ("import sys; from kernel.cli import main; main(['--help']); "
+            "print(sorted(m for m in ('asyncio', 'pydantic', 'structlog', 'aiohttp', 'rich', 'psutil', 'msgpack', "
+            "'websockets', 'urllib3') if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stderr.strip() == "[]", out.stderr
+
+
 def test_every_verb_that_reads_has_json() -> None:
     from kernel.cli import plugin_commands
 
     commands = plugin_commands()
     for name in ("status", "jobs", "job", "logs", "submit", "cancel"):
         assert "--json" in {o for p in commands[name].params for o in p.opts}, name
+
+
+# -- 9. small things, on a real kernel -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_every_api_path_answers_json_errors_404_and_405_included(tmp_path: Path) -> None:
+    import httpx
+
+    from kernel import Kernel
+
+    settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "http": {"port": 0}},
+                "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path)}}
+    async with Kernel([], settings=settings) as k, httpx.AsyncClient() as http:
+        dashboard, api = k.get_service("execution-manager").http_address, k.get_service("jobs").address
+        token = {"Authorization": f"Bearer {(tmp_path / 'jobs.token').read_text().strip()}"}
+        for method, url, headers, status in [
+            ("GET", f"{dashboard}/api/nosuch", {}, 404),
+            ("DELETE", f"{dashboard}/api/status", {}, 405),
+            ("GET", f"{api}/nosuch", token, 404),
+            ("DELETE", f"{api}/jobs", token, 405),
+            ("GET", f"{api}/jobs/nosuch", token, 404),
+            ("GET", f"{api}/jobs", {}, 401),
+        ]:
+            answer = await http.request(method, url, headers=headers)
+            assert answer.status_code == status, (method, url, answer.text)
+            assert answer.headers["Content-Type"].startswith("application/json"), (method, url)
+            assert answer.json()["error"], (method, url)
+            if status == 405:
+                assert "GET" in answer.headers["Allow"] and "allowed: GET" in answer.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_the_data_folder_and_the_job_store_are_private_existing_ones_fixed(tmp_path: Path) -> None:
+    from kernel import Kernel
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / "jobs.db").touch(mode=0o644)
+    settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1},
+                "jobs": {"dataDir": str(data), "api": {"port": 0}}}
+    async with Kernel([], settings=settings) as k:
+        k.get_service("jobs").submit({"function": "math:factorial", "args": [3]})  # the store is written
+        modes = {p.name: p.stat().st_mode & 0o777 for p in [data, *data.glob("jobs.db*")]}
+    assert modes == {"data": 0o700, "jobs.db": 0o600, "jobs.db-wal": 0o600, "jobs.db-shm": 0o600}
+
+
+@pytest.mark.anyio
+async def test_a_log_follower_that_goes_away_leaves_no_traceback(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    import httpx
+
+    from kernel import Kernel
+
+    settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1},
+                "jobs": {"api": {"port": 0}, "dataDir": str(tmp_path)}}
+    async with Kernel([], settings=settings) as k, httpx.AsyncClient(timeout=30) as http:
+        api = k.get_service("jobs").address
+        token = {"Authorization": f"Bearer {(tmp_path / 'jobs.token').read_text().strip()}"}
+        job = (await http.post(f"{api}/jobs", headers=token, json={
+            "function": "tests.tasks:log_lines", "args": [40, 0.05]})).json()
+        async with http.stream("GET", f"{api}/jobs/{job['id']}/logs?follow=1", headers=token) as stream:
+            async for _ in stream.aiter_lines():
+                break  # the follower reads one line and goes
+        await asyncio.sleep(0.3)
+        done = (await http.get(f"{api}/jobs/{job['id']}/result?wait=20", headers=token)).json()
+        assert done["state"] == "succeeded"
+    assert not [r for r in caplog.records if r.exc_info or "Error handling request" in r.getMessage()]
+
+
+@pytest.mark.anyio
+async def test_status_at_80_columns_fits_and_never_cuts_an_id_a_pid_or_a_state() -> None:
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from kernel import Kernel
+    from microkernel.services.execution_manager.terminal import fetch, render
+
+    settings = {"execution-manager": {"minWorkers": 3, "maxWorkers": 3, "http": {"port": 0}}}
+    async with Kernel([], settings=settings) as k:
+        em = k.get_service("execution-manager")
+        busy = [em.submit(time.sleep, 30) for _ in range(4)]  # every worker busy, one call queued
+        try:
+            await asyncio.sleep(1.0)
+            status = await asyncio.to_thread(fetch, em.http_address)
+        finally:
+            for call in busy:
+                call.cancel()
+    for width in (80, 100, 160):
+        out = io.StringIO()
+        Console(file=out, width=width, color_system=None).print(render(status, width))
+        lines = out.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width, out.getvalue()
+        for w in status["workers"]:
+            row = next(line for line in lines if f" {w['id']} " in f" {line} ")
+            assert f" {w['pid']} " in row and f" {w['state']} " in row, (width, row)
+
+
+def test_cancel_prints_the_state_after_it_and_output_piped_into_head_ends_quietly(
+        tmp_path: Path, running: list[Running]) -> None:
+    run = Running(tmp_path, str(tmp_path), "--set", "jobs.api.port=0", "--set", "execution-manager.http.port=0")
+    running.append(run)
+    dashboard, api = run.address("dashboard:"), run.address("jobs:")
+    job_id = kernel("submit", "--api", api, "--function", "time:sleep", "--arg", "30").stdout.strip()
+    deadline = time.monotonic() + 20
+    while json.loads(kernel("job", job_id, "--api", api, "--json").stdout)["state"] != "running":
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.1)
+    out = kernel("cancel", job_id, "--api", api, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["state"] == "cancelled", out
+    # A reader that takes one line and goes, as `| head -1` does.
+    with subprocess.Popen([KERNEL, "status", "--url", dashboard, "--json", "--watch", "0.05"], env=env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follower:
+        assert follower.stdout is not None and follower.stderr is not None
+        assert json.loads(follower.stdout.readline())["pool"]
+        follower.stdout.close()
+        err = follower.stderr.read()
+        follower.wait(timeout=10)
+    assert err == "" and follower.returncode == 1  # Click's way: quiet, and not a success
+    run.proc.send_signal(signal.SIGTERM)
+    run.end()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from kernel import hookimpl
 from kernel.commands import examples, json_option, loop_option, run_loop
-from kernel.interfaces import EXECUTION_MANAGER, ServiceHost
+
+if TYPE_CHECKING:  # kernel.interfaces imports asyncio, which `kernel --help` does without
+    from kernel.interfaces import ServiceHost
 
 DEFAULT_URL = "http://127.0.0.1:8790"
 TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"  # nodes.TOKEN_ENV, kept here so `kernel --help` imports no executor
@@ -101,6 +104,8 @@ def kernel_cli_commands() -> Mapping[str, click.Command]:
 
 @hookimpl
 def kernel_cli_serving(kernel: ServiceHost) -> Sequence[str] | None:
+    from kernel.interfaces import EXECUTION_MANAGER
+
     em = kernel.find_service(EXECUTION_MANAGER)  # None when a service of the user's replaced it
     lines = []
     address = getattr(em, "nodes_address", None)

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from kernel import hookimpl
-from kernel.interfaces import ServiceHost
 
 if TYPE_CHECKING:
     import click
+
+    from kernel.interfaces import ServiceHost
 
     from .tasks import TaskType
 
