@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib.util
+import importlib.machinery
 import json
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,18 +83,47 @@ _FOUND: set[str] = set()
 
 
 def importable(module: str) -> bool:
-    """Whether ``module`` can be found here, without importing it (its code runs on
-    workers only). Found ones are remembered: a job API takes the same few modules
-    again and again (a missing one is looked for again: it may be installed since)."""
-    if module in _FOUND:
+    """Whether ``module`` can be found here, without running any of its code or its
+    parent packages' (a job's code runs on workers only): each part is looked for with
+    the import system's finders in its parent's folders, and nothing is imported. A
+    package already imported here is taken as it is. Found ones are remembered: a job API
+    takes the same few modules again and again (a missing one is looked for again: it
+    may be installed since)."""
+    if module in _FOUND or module in sys.modules:
         return True
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
+    parts = module.split(".")
+    if not all(part.isidentifier() for part in parts):
         return False
-    if found:
-        _FOUND.add(module)
-    return found
+    path: list[str] | None = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            path = getattr(loaded, "__path__", None)
+        else:
+            spec = _find(name, path)
+            if spec is None:
+                return False
+            path = list(spec.submodule_search_locations or []) or None
+        if path is None and i < len(parts) - 1:
+            return False  # a module, not a package: it holds no submodules
+    _FOUND.add(module)
+    return True
+
+
+def _find(name: str, path: list[str] | None) -> importlib.machinery.ModuleSpec | None:
+    """What ``importlib.util.find_spec`` does for one name, minus importing the parent."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            spec: importlib.machinery.ModuleSpec | None = find(name, path)
+        except (ImportError, ValueError):
+            return None
+        if spec is not None:
+            return spec
+    return None
 
 
 class ServiceMethod(TaskType):
