@@ -67,9 +67,10 @@ class SettingsError(UsageError):
     (``nodes.port``); an empty field is about the service itself.
     """
 
-    def __init__(self, service: str, problems: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, service: str, problems: Sequence[tuple[str, str]], *, unknown: bool = False) -> None:
         self.service = service
         self.problems = list(problems)
+        self.unknown = unknown  # no service of that name: every setting given for it is at fault
         text = "; ".join(f"{service}.{f}: {m}" if f else f"{service}: {m}" for f, m in self.problems)
         super().__init__(f"settings given for service {service!r}: {text}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.metadata
 import os
@@ -79,6 +80,20 @@ def _overridden(overrides: Mapping[str, Any], field: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _raise_open_files() -> None:
+    """Raise the soft limit on open files to the hard one: every worker, connection and
+    store takes descriptors, and a soft limit of 1,024 (a common default) is soon
+    reached by a server's clients (servers cap their connections within it)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 _running_kernels = 0
@@ -184,12 +199,14 @@ class Kernel:
         """
         if self.running or self._records:
             raise KernelError("this kernel has already been started")
+        _raise_open_files()
         builtin = builtin_service_folders() if self._builtins else []
         specs = order(discover(self.paths, builtin))
         self._packages = plan_packages(specs)
         known = ", ".join(sorted(s.name for s in specs))
         for name in sorted(set(self._overrides) - {s.name for s in specs}):
-            raise SettingsError(name, [("", f"no service of that name is loaded (known services: {known})")])
+            raise SettingsError(name, [("", f"no service of that name is loaded (known services: {known})")],
+                                unknown=True)
         self._records = {s.name: ServiceRecord(s) for s in specs}
         try:
             for spec in specs:

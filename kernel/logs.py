@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 LEVEL_ENV = "KERNEL_LOG_LEVEL"
 
@@ -51,3 +53,35 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class Throttle:
+    """At most ``most`` log lines per ``per`` seconds for each kind of event, so that a
+    flood of bad requests cannot fill the disk; what was held back is counted and said
+    in the next line let through (``suppressed``)."""
+
+    def __init__(self, most: int = 20, per: float = 10.0) -> None:
+        self.most, self.per = most, per
+        self._windows: dict[str, tuple[float, int, int]] = {}  # kind -> (window start, said, held back)
+
+    def __call__(self, kind: str) -> int | None:
+        """None: hold this line back; else say it, with the count held back before it."""
+        now = time.monotonic()
+        start, said, held = self._windows.get(kind, (now, 0, 0))
+        if now - start >= self.per:
+            start, said = now, 0
+        if said >= self.most:
+            self._windows[kind] = (start, said, held + 1)
+            return None
+        self._windows[kind] = (start, said + 1, 0)
+        return held
+
+
+def log_throttled(logger: Any, throttle: Throttle, level: str, event: str, **fields: Any) -> None:
+    """``logger.<level>(event, **fields)`` unless ``throttle`` holds it back."""
+    held = throttle(event)
+    if held is None:
+        return
+    if held:
+        fields["suppressed"] = held
+    getattr(logger, level)(event, **fields)

@@ -95,7 +95,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tupl
             msg = "unknown field"
         else:
             msg = err["msg"]
-            if "input" in err and err["type"] != "missing":
+            if "input" in err and err["type"] != "missing" and err["loc"]:  # (not a whole object's)
                 msg = f"{msg} (got {err['input']!r})"
         problems.append((field, msg))
     return problems

@@ -41,6 +41,9 @@ def describe_settings_error(exc: SettingsError, pairs: Sequence[str]) -> str:
     """``exc`` in the command line's terms: each problem names the ``--set`` that caused it."""
     parts = []
     for field, message in exc.problems:
+        if not field and not exc.unknown:  # a check across fields: the message names them
+            parts.append(f"{exc.service}: {message}")
+            continue
         key = f"{exc.service}.{field}" if field else exc.service
         given = [p for p in pairs if p.partition("=")[0] == key or p.partition("=")[0].startswith(key + ".")
                  or key.startswith(p.partition("=")[0] + ".")]

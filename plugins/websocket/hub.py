@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kernel.errors import ConfigError, PluginError
+from kernel.logs import Throttle, log_throttled
 from kernel.packages import service_packages
 from microkernel.services.execution_manager import node_protocol as n
 from microkernel.services.execution_manager import protocol as p
@@ -40,6 +41,7 @@ _REASONS = {
     n.CLOSE_TEXT: "text-frame", n.CLOSE_TOO_BIG: "too-big", n.CLOSE_PROTOCOL: "protocol",
     n.CLOSE_AUTH: "auth", n.CLOSE_AUTH_TIMEOUT: "auth-timeout", n.CLOSE_VERSION: "version",
     n.CLOSE_DUPLICATE: "duplicate-id", n.CLOSE_NOT_ASSIGNED: "not-assigned", n.CLOSE_HEARTBEAT: "heartbeat",
+    n.CLOSE_TRY_LATER: "too-many-waiting",
 }
 
 
@@ -64,6 +66,8 @@ class NodeHub(NodeListener):
         self._claims: deque[tuple[NodeSlot, asyncio.Future[None]]] = deque()
         self._monitor: asyncio.Task[None] | None = None
         self._background = Background("node hub")
+        self._waiting = 0  # connections not yet authenticated
+        self._throttle = Throttle()  # refusals logged: a flood of them cannot fill the disk
 
     def __repr__(self) -> str:
         return f"<NodeHub {self.address or 'stopped'} nodes={len(self.sessions)}>"
@@ -186,7 +190,8 @@ class NodeHub(NodeListener):
 
     def refuse_count(self, code: int, peer: str, reason: str, node_id: str = "") -> None:
         self._refused[_REASONS.get(code, str(code))] += 1
-        log.warning("node connection refused", peer=peer, node_id=node_id or None, code=code, reason=reason)
+        log_throttled(log, self._throttle, "warning", "node connection refused", peer=peer, node_id=node_id or None,
+                      code=code, reason=reason[:200])
 
     async def _connection(self, conn: ServerConnection) -> None:
         ws = cast(FastServerConnection, conn)  # serve() makes them (create_connection)
@@ -194,7 +199,13 @@ class NodeHub(NodeListener):
         if self.closing:
             await ws.close(n.CLOSE_GOING_AWAY, "the kernel is shutting down")
             return
+        if self._waiting >= self.settings.max_waiting:
+            reason = f"{self._waiting} connections are waiting to authenticate already; try again later"
+            self.refuse_count(n.CLOSE_TRY_LATER, peer, reason)
+            await ws.close(n.CLOSE_TRY_LATER, reason)
+            return
         link = n.NodeLink("kernel", self._token, max_frame=self.settings.max_frame)
+        self._waiting += 1
         try:
             async with asyncio.timeout(self.settings.auth_timeout):
                 await handshake(ws, link, lambda: link.state == "ready")
@@ -211,6 +222,8 @@ class NodeHub(NodeListener):
             if exc.sent is not None and exc.sent.code == n.CLOSE_TOO_BIG:
                 self.refuse_count(n.CLOSE_TOO_BIG, peer, "message over the handshake limit")
             return
+        finally:
+            self._waiting -= 1
         node_id = link.node_id
         other = self.sessions.get(node_id)
         if other is not None:

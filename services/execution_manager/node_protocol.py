@@ -75,6 +75,7 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TEXT, CLOSE_TOO_BIG = 1000, 1001, 1003, 1009
 CLOSE_PROTOCOL, CLOSE_AUTH, CLOSE_AUTH_TIMEOUT, CLOSE_VERSION = 4000, 4001, 4002, 4003
 CLOSE_DUPLICATE, CLOSE_NOT_ASSIGNED, CLOSE_HEARTBEAT = 4004, 4005, 4006
+CLOSE_TRY_LATER = 1013  # too many connections waiting to authenticate (RFC 6455's "try again later")
 
 # What each side accepts, during the handshake and once the connection is open.
 KERNEL_RECEIVES = (p.Result, p.Error, p.SlotUp, p.SlotDown, p.Cancelled, p.NodeHeartbeat, p.Draining, p.Progress,
@@ -182,6 +183,8 @@ class NodeLink:
             messages = [self._decoder.decode(data)]  # one: the usual case
         except msgspec.DecodeError:  # several batched in one turn, or bad input, which this path names
             messages = self._receive_many(data, limit)
+        except RecursionError:  # msgspec's own depth limit, inside a field of type Any
+            raise Refused(CLOSE_PROTOCOL, "msgpack nested too deep") from None
         if not self.is_open:
             return self._handshake(messages)
         return messages
@@ -201,7 +204,7 @@ class NodeLink:
                 end = unpacker.tell()
         except Refused:
             raise
-        except msgpack.StackError:
+        except (msgpack.StackError, RecursionError):
             raise Refused(CLOSE_PROTOCOL, "msgpack nested too deep") from None
         except Exception as exc:
             raise Refused(CLOSE_PROTOCOL, f"not a msgpack message: {type(exc).__name__}: {exc}") from None

@@ -26,6 +26,9 @@ class HttpSettings(BaseModel):
     admin_token_env: str = Field("MICROKERNEL_ADMIN_TOKEN", description="environment variable with the admin token")
     admin_token_file: str | None = Field(None, description="file with the admin token (chmod 600); wins over the env")
     push_interval: float = Field(1.0, gt=0, description="seconds between live updates to open dashboards")
+    client_timeout: float = Field(5.0, gt=0, le=3600,
+                                  description="seconds a connection may sit idle or take over a request's headers")
+    max_connections: int = Field(256, ge=1, description="connections open at once; past it, 503")
 
 
 class Settings(BaseModel):

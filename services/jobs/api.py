@@ -27,8 +27,10 @@ import structlog
 from aiohttp import web
 
 from kernel.errors import ConfigError
+from kernel.logs import Throttle, log_throttled
 from microkernel.services.execution_manager.nodes import read_token
-from microkernel.services.execution_manager.web.listen import json_errors, listen
+from microkernel.services.execution_manager.web.bodies import BadRequest, int_param, read_json
+from microkernel.services.execution_manager.web.listen import Limits, json_errors, listen
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError
@@ -68,8 +70,8 @@ class Jobs(Protocol):
 
     def submit(self, body: Any) -> tuple[Job, bool]: ...
     def get(self, job_id: str) -> Job: ...
-    def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-              limit: int = 100) -> list[Job]: ...
+    async def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+                    limit: int = 100, max_bytes: int | None = None) -> list[Job]: ...
     def cancel(self, job_id: str) -> Job: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     async def wait(self, job_id: str, timeout: float | None = None) -> Job: ...
@@ -92,6 +94,7 @@ class JobApi:
         self.token_source = ""
         self._token = b""
         self._runner: web.AppRunner | None = None
+        self._throttle = Throttle()  # refusals logged: a flood of them cannot fill the disk
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body, middlewares=[json_errors(), self._guard])
@@ -124,7 +127,7 @@ class JobApi:
                 why = f"cannot load {s.cert_file}: {exc}"
                 raise ConfigError(self.manifest, [("custom.api.certFile", why)]) from None
         self._runner, address = await listen(self.app(), s.host, s.port, settings="custom.api", path=self.manifest,
-                                             tls=tls)
+                                             tls=tls, limits=Limits(s.client_timeout, s.max_connections))
         return address
 
     async def stop(self) -> None:
@@ -137,16 +140,20 @@ class JobApi:
         if request.path == "/" and request.method == "GET":
             return await handler(request)  # the page holds no data: it asks for the token, then for jobs
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not given.isascii():  # a token is ASCII; anything else cannot be it (and would not encode)
+            given = ""
         if scheme.lower() != "bearer" or not given.strip():
-            log.warning("job request refused", reason="no token", peer=request.remote, path=request.path)
+            log_throttled(log, self._throttle, "warning", "job request refused", reason="no token",
+                          peer=request.remote, path=request.path[:200])
             return error(401, "this API needs its token: Authorization: Bearer <token> (kernel run prints where "
                               "it is kept)", **{"WWW-Authenticate": 'Bearer realm="microkernel-jobs"'})
         if not hmac.compare_digest(given.strip().encode(), self._token):
-            log.warning("job request refused", reason="wrong token", peer=request.remote, path=request.path)
+            log_throttled(log, self._throttle, "warning", "job request refused", reason="wrong token",
+                          peer=request.remote, path=request.path[:200])
             return error(403, "wrong token")
         try:
             return await handler(request)
-        except JobError as exc:
+        except (JobError, BadRequest) as exc:
             return error(exc.status, str(exc), exc.field)
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"the request body is over {self.settings.max_body:,} bytes (custom.api.maxBody)")
@@ -154,23 +161,18 @@ class JobApi:
     # -- handlers -----------------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json(loads=json.loads)
-        except json.JSONDecodeError as exc:
-            raise JobError(f"the body is not JSON: {exc}") from None
+        s = self.settings
+        body = await read_json(request, max_depth=s.max_depth, timeout=s.body_timeout)
         job, new = self.jobs.submit(body)
         return web.json_response(job.to_json(), status=201 if new else 200, dumps=_dumps)
 
     async def query(self, request: web.Request) -> web.Response:
         q = request.query
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            raise JobError(f"limit must be an integer, not {q['limit']!r}", field="limit") from None
-        if not 0 < limit <= MAX_LIST:
-            raise JobError(f"limit must be 1-{MAX_LIST}, not {limit}", field="limit")
-        jobs = self.jobs.query(state=q.get("state"), project=q.get("project"), type=q.get("type"), limit=limit)
-        return web.json_response({"jobs": [j.to_json() for j in jobs]}, dumps=_dumps)
+        limit = int_param(request, "limit", 100, 1, MAX_LIST)
+        jobs = await self.jobs.query(state=q.get("state"), project=q.get("project"), type=q.get("type"), limit=limit,
+                                     max_bytes=self.settings.max_list_bytes)
+        text = await asyncio.to_thread(_dumps, {"jobs": [j.to_json() for j in jobs]})
+        return web.Response(text=text, content_type="application/json")
 
     async def counts(self, request: web.Request) -> web.Response:
         counts = await asyncio.to_thread(self.jobs.counts)  # a scan of every job: off the event loop
@@ -193,10 +195,7 @@ class JobApi:
         """The job's log lines after ``?after=N``, one JSON object a line; ``?follow=1``
         streams them as they come until the job has finished."""
         job_id = request.match_info["id"]
-        raw = request.query.get("after", "0")
-        if not raw.isdigit():
-            raise JobError(f"after must be a log line number, not {raw!r}", field="after")
-        after = int(raw)
+        after = int_param(request, "after", 0)
         follow = request.query.get("follow", "0") not in ("0", "false", "")
         if not follow:
             lines = self.jobs.logs(job_id, after)

@@ -42,6 +42,9 @@ TYPE_BY_FIELD = {"service": "service", "function": "function", "module": "module
                  "command": "shell", "url": "http", "payload": "pickle"}
 
 
+MAX_TIMEOUT = 30 * 24 * 3600  # a job's longest timeout, in seconds
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """A validated request: the options every job has, and the task type's own fields."""
@@ -78,12 +81,14 @@ class JobRequest:
         if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 10:
             raise JobError(f"priority must be an integer 0-10, not {priority!r}", field="priority")
         project = body.get("project")
-        if project is not None and (not isinstance(project, str) or not project):
-            raise JobError(f"project must be a non-empty string, not {project!r}", field="project")
+        if project is not None and (not isinstance(project, str) or not 0 < len(project) <= 200
+                                    or not project.isprintable()):
+            raise JobError(f"project must be 1-200 printable characters, not {str(project)[:40]!r}", field="project")
         timeout = body.get("timeout")
         if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-                                    or timeout <= 0):
-            raise JobError(f"timeout must be a number of seconds above 0, not {timeout!r}", field="timeout")
+                                    or not 0 < timeout <= MAX_TIMEOUT):
+            raise JobError(f"timeout must be a number of seconds above 0, at most {MAX_TIMEOUT:,} (30 days), "
+                           f"not {timeout!r}", field="timeout")
         retries = body.get("retries", 0)
         if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
             raise JobError(f"retries must be an integer 0-100, not {retries!r}", field="retries")

@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from .model import Job, JobState, LogLine
-from .store import COLUMNS, SELECT, JobStore, StoreError, folder_lock, folder_unlock, where
+from .store import COLUMNS, SELECT, JobStore, StoreError, bounded, folder_lock, folder_unlock, where
 
 CHANNEL = "microkernel_jobs"
 
@@ -196,10 +196,12 @@ class PostgresStore(JobStore):
         return _job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-               limit: int = 100) -> list[Job]:
+               limit: int = 100, max_bytes: int | None = None) -> list[Job]:
         clause, args = where(mark="%s", state=state, project=project, type=type)
-        rows = self._run(f"{SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)).fetchall()
-        return [_job(r) for r in rows]
+        # On a connection of its own, so that it may run in a thread (see counts()).
+        with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as db:
+            return bounded(db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT %s", (*args, limit)), max_bytes,
+                           _job)
 
     def counts(self) -> dict[tuple[str, str], int]:
         # A scan of every job, on a connection of its own: it may run in a thread while the

@@ -200,11 +200,14 @@ class JobService(BaseService):
             raise JobError(f"no job {job_id!r}", field="id", status=404)
         return job
 
-    def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-             limit: int = 100) -> list[Job]:
+    async def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+                    limit: int = 100, max_bytes: int | None = None) -> list[Job]:
+        """Jobs, newest first, read in a thread (a page of large results takes a while):
+        ``limit`` at most, and no more once ``max_bytes`` of them are read."""
         if state is not None and state not in JobState.__members__.values():
             raise JobError(f"state must be one of {', '.join(JobState)}, not {state!r}", field="state")
-        jobs = self._store().select(state=state, project=project, type=type, limit=limit)
+        jobs = await asyncio.to_thread(self._store().select, state=state, project=project, type=type, limit=limit,
+                                       max_bytes=max_bytes)
         return [self._running[j.id][0] if j.id in self._running else j for j in jobs]
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -39,6 +39,14 @@ class ApiSettings(BaseModel):
     key_file: str | None = Field(None, description="TLS private key (PEM)")
     insecure: bool = Field(False, description="listen beyond loopback without TLS (the token then travels in clear)")
     max_body: int = Field(1024 * 1024, gt=0, description="largest request body in bytes")
+    max_depth: int = Field(32, ge=2, le=1000, description="how deep objects and lists may nest in a request body")
+    max_list_bytes: int = Field(8 * 1024 * 1024, gt=0,
+                                description="GET /jobs stops adding jobs once their stored text passes this")
+    body_timeout: float = Field(10.0, gt=0, le=3600,
+                                description="seconds a request's body may take to arrive (a floor on its rate)")
+    client_timeout: float = Field(5.0, gt=0, le=3600,
+                                  description="seconds a connection may sit idle or take over a request's headers")
+    max_connections: int = Field(256, ge=1, description="connections open at once; past it, 503")
 
     @model_validator(mode="after")
     def _check(self) -> ApiSettings:

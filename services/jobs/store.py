@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-             limit: int = 100) -> list[Job]:
-        """Jobs, newest first."""
+             limit: int = 100, max_bytes: int | None = None) -> list[Job]:
+        """Jobs, newest first: ``limit`` of them at most, and no more once their stored
+        text passes ``max_bytes`` (one at least). Safe to call from a thread."""
 
     shared = False  # whether other kernels take jobs from this store too
 
@@ -113,6 +114,22 @@ def where(*, mark: str, **equal: str | None) -> tuple[str, list[str]]:
     given = {column: value for column, value in equal.items() if value is not None}
     clause = " AND ".join(f"{column} = {mark}" for column in given)
     return (f" WHERE {clause}" if clause else ""), list(given.values())
+
+
+def bounded(rows: Iterable[Sequence[Any]], max_bytes: int | None,
+            decode: Callable[[Any], Job] = lambda row: _job(row)) -> list[Job]:
+    """The jobs of ``rows`` (``SELECT`` rows, made jobs by ``decode``), read one by one
+    until their text passes ``max_bytes`` (the first is always kept): a list of large
+    results stays bounded."""
+    jobs: list[Job] = []
+    size = 0
+    for row in rows:
+        size += sum(len(cell) if isinstance(cell, str | bytes) else len(json.dumps(cell, default=str))
+                    for cell in row if isinstance(cell, str | bytes | dict | list))
+        if jobs and max_bytes is not None and size > max_bytes:
+            break
+        jobs.append(decode(row))
+    return jobs
 
 
 def folder_lock(folder: Path) -> int:
@@ -268,10 +285,11 @@ class SqliteStore(JobStore):
         return _job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-               limit: int = 100) -> list[Job]:
+               limit: int = 100, max_bytes: int | None = None) -> list[Job]:
         clause, args = where(mark="?", state=state, project=project, type=type)
-        rows = self._db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_job(r) for r in rows]
+        # On a connection of its own, so that it may run in a thread (see counts()).
+        with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
+            return bounded(db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)), max_bytes)
 
     def counts(self) -> dict[tuple[str, str], int]:
         # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its

@@ -11,36 +11,32 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
+from .bodies import BadRequest, read_json
+
 if TYPE_CHECKING:
     from .manager import Manager
 
 log = structlog.get_logger("http")
-
-
-class BadRequest(Exception):
-    """A request the kernel will not act on; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+MAX_COUNT = 4096  # workers or calls an admin may ask for at once: beyond, a typo, not a plan
+MAX_NAME = 200  # characters of a project's name
 
 
 async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    """The request's JSON object, holding only ``fields`` (name -> accepted types)."""
-    try:
-        data = await request.json()
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except UnicodeDecodeError:
-        raise BadRequest("the body is not UTF-8 text") from None
+    """The request's JSON object, holding only ``fields`` (name -> accepted types).
+
+    :raises BadRequest: naming what is wrong (:func:`.bodies.read_json` checks the rest).
+    """
+    data = await read_json(request, max_depth=4, timeout=10.0)
     if not isinstance(data, dict):
         raise BadRequest(f"the body must be a JSON object with {', '.join(fields)}, not {type(data).__name__}")
     for name, value in data.items():
         if name not in fields:
-            raise BadRequest(f"unknown field {name!r} (expected {', '.join(fields)})")
+            raise BadRequest(f"unknown field {name[:40]!r} (expected {', '.join(fields)})", field=name[:40])
         if isinstance(value, bool) or not isinstance(value, fields[name]):
             kind = "an integer or null" if isinstance(fields[name], tuple) else "an integer"
-            raise BadRequest(f"field {name!r} must be {kind}, not {json.dumps(value)}")
+            raise BadRequest(f"field {name!r} must be {kind}, not {json.dumps(value)[:40]}", field=name)
+        if isinstance(value, int) and not 0 <= value <= MAX_COUNT:
+            raise BadRequest(f"field {name!r} must be 0-{MAX_COUNT}, not {value}", field=name)
     return data
 
 
@@ -76,7 +72,10 @@ async def scale(em: Manager, request: web.Request) -> web.Response:
     if not data:
         raise BadRequest("give minWorkers, maxWorkers or both")
     assert em.pool is not None
-    decision = em.pool.fleet.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+    try:
+        decision = em.pool.fleet.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+    except ValueError as exc:  # minWorkers above maxWorkers, no worker at all...
+        raise BadRequest(str(exc)) from None
     log.info("scaling bounds set", peer=request.remote, **data)
     s = em.pool.settings
     return web.json_response({"min_workers": s.min_workers, "max_workers": s.max_workers, "decision": decision})
@@ -85,6 +84,9 @@ async def scale(em: Manager, request: web.Request) -> web.Response:
 async def project_limit(em: Manager, request: web.Request) -> web.Response:
     """``{"limit": n}`` or ``{"limit": null}`` to lift it."""
     project = request.match_info["project"]
+    if not 0 < len(project) <= MAX_NAME or not project.isprintable():
+        raise BadRequest(f"a project name is 1-{MAX_NAME} printable characters, not {project[:40]!r}...",
+                         field="project")
     data = await body(request, {"limit": (int, type(None))})
     if "limit" not in data:
         raise BadRequest("give the field 'limit' (an integer >= 1, or null for no limit)")

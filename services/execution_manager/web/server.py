@@ -23,12 +23,14 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from kernel.errors import ConfigError, KernelError
+from kernel.logs import Throttle, log_throttled
 
 from ..history import History
 from ..nodes import read_token
 from ..settings import HttpSettings
 from . import control
-from .listen import json_errors, listen
+from .bodies import BadRequest
+from .listen import Limits, json_errors, listen
 from .metrics import CONTENT_TYPE, registry_for, render
 from .status import services, snapshot
 
@@ -44,6 +46,13 @@ CHANGES = ("worker-started", "worker-terminated", "worker-recycled", "scaled-up"
 def error(status: int, message: str, **headers: str) -> web.Response:
     """A JSON error body ``{"error": message}`` (every 4xx and 5xx here has one)."""
     return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:  # `Origin: http://[`: from nowhere this kernel answers
+        return None
 
 
 def _dumps(data: Any) -> str:
@@ -65,6 +74,7 @@ class WebServer:
         self._changed = asyncio.Event()
         self._cache: tuple[float, dict[str, Any]] | None = None
         self._feeds: set[web.WebSocketResponse] = set()
+        self._throttle = Throttle()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors("/api"), self._check_host])
@@ -88,7 +98,10 @@ class WebServer:
         """Served on a loopback address, answer only requests addressed to one: a page
         elsewhere cannot reach it through a DNS name rebound to 127.0.0.1."""
         if self.settings.host in LOOPBACK:
-            name = urlsplit(f"http://{request.host}").hostname or ""
+            try:
+                name = urlsplit(f"http://{request.host}").hostname or ""
+            except ValueError:  # `Host: [`
+                name = ""
             if name not in LOOPBACK:
                 self._refuse(request, "host", host=request.host)
                 return error(403, f"this kernel answers on a loopback address only, not to Host {request.host!r}")
@@ -113,7 +126,8 @@ class WebServer:
                 self._token = None  # no token: the API is read-only
         for event in CHANGES:
             self.em.events.subscribe(event, lambda _e, _p: self._changed.set())
-        self._runner, self.address = await listen(self.app(), s.host, s.port, settings="custom.http", path=path)
+        self._runner, self.address = await listen(self.app(), s.host, s.port, settings="custom.http", path=path,
+                                                  limits=Limits(s.client_timeout, s.max_connections))
         log.info("dashboard serving", address=self.address, control="on" if self._token else "off (no admin token)")
         return self.address
 
@@ -158,7 +172,7 @@ class WebServer:
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc != request.host:
+        if origin is not None and _netloc(origin) != request.host:
             self._refuse(request, "origin", origin=origin)
             return error(403, f"origin {origin} may not read this kernel's live feed")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
@@ -196,7 +210,7 @@ class WebServer:
                 return refused
             try:
                 return await action(self.em, request)
-            except control.BadRequest as exc:
+            except BadRequest as exc:
                 return error(exc.status, str(exc))
             except (ValueError, LookupError, KernelError) as exc:
                 return error(400, str(exc).strip("'\""))
@@ -219,5 +233,5 @@ class WebServer:
 
     def _refuse(self, request: web.Request, reason: str, **fields: Any) -> None:
         self.refusals[reason] += 1
-        log.warning("http request refused", reason=reason, peer=request.remote, method=request.method,
-                    path=request.path, **fields)
+        log_throttled(log, self._throttle, "warning", "http request refused", reason=reason, peer=request.remote,
+                      method=request.method, path=request.path[:200], **{k: str(v)[:200] for k, v in fields.items()})
