@@ -22,7 +22,7 @@ OPENAPI = json.loads((Path(__file__).parent.parent / "services" / "jobs" / "open
 OPERATIONS = [(method.upper(), path, op) for path, item in OPENAPI["paths"].items()
               for method, op in item.items() if method in ("get", "post", "put", "delete")]
 DASHBOARD = [("GET", f"/api/{part}") for part in ("status", "workers", "nodes", "services", "failures", "projects",
-                                                   "scaling", "exited", "pool", "stats")] + [
+                                                   "scaling", "exited", "pool", "stats", "live")] + [
     ("POST", "/api/workers/{worker_id}/drain"), ("POST", "/api/workers/{worker_id}/stop"), ("POST", "/api/scale"),
     ("PUT", "/api/projects/{project}/limit")]
 

@@ -43,4 +43,8 @@ class Projects:
         self.running[project] = self.running.get(project, 0) + 1
 
     def ended(self, project: str) -> None:
-        self.running[project] -= 1
+        left = self.running[project] - 1
+        if left:
+            self.running[project] = left
+        else:  # not kept at 0: project names come from callers, and could be countless
+            del self.running[project]

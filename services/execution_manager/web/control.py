@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("http")
 MAX_COUNT = 4096  # workers or calls an admin may ask for at once: beyond, a typo, not a plan
 MAX_NAME = 200  # characters of a project's name
+MAX_LIMITED = 10_000  # projects with a limit of their own
 
 
 async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
@@ -90,6 +91,9 @@ async def project_limit(em: Manager, request: web.Request) -> web.Response:
     data = await body(request, {"limit": (int, type(None))})
     if "limit" not in data:
         raise BadRequest("give the field 'limit' (an integer >= 1, or null for no limit)")
+    limits = em.pool.sched.projects.limits if em.pool is not None else {}
+    if data["limit"] is not None and project not in limits and len(limits) >= MAX_LIMITED:
+        raise BadRequest(f"{MAX_LIMITED} projects have limits already; lift one first", status=409)
     em.set_project_limit(project, data["limit"])
     log.info("project limit set", project=project, limit=data["limit"], peer=request.remote)
     return web.json_response({"project": project, "limit": data["limit"]})
