@@ -153,8 +153,8 @@ MALFORMED: list[tuple[str, dict[str, str], bytes, int, str]] = [
     ("a project name of 10,000 characters", {}, b'{"function": "math:sqrt", "project": "' + b"p" * 10000 + b'"}', 400,
      "project"),
     ("not JSON", {}, b"{nope", 400, "not JSON"),
-    ("a form instead of JSON", {"Content-Type": "application/x-www-form-urlencoded"}, b"function=math:sqrt", 415,
-     "application/json"),
+    ("a form instead of JSON", {"Content-Type": "application/x-www-form-urlencoded"}, b"function=math:sqrt", 400,
+     "not JSON"),
 ]
 
 
