@@ -194,7 +194,7 @@ async def test_a_services_calls_run_in_the_kernels_process_only_if_its_manifest_
 
 async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
     custom = {"minWorkers": 1, "maxWorkers": 2, "monitorInterval": 0.2, "sampleInterval": 0.1, "scaleCooldown": 0.5,
-              "runLocally": False}
+              "runLocally": False, "idleTimeout": 0, "scaleDownThreshold": 0.79}  # (a busy test machine's CPU)
     async with Kernel([], settings={"execution-manager": custom}) as kernel:
         em = kernel.get_service("execution-manager")
         events: list[str] = []

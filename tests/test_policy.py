@@ -14,7 +14,7 @@ from microkernel.services.execution_manager.policy import (
     plan_scaling,
 )
 
-L = Limits(min_workers=1, max_workers=3)
+L = Limits(min_workers=1, max_workers=3, idle_timeout=0.0)
 W = Worker
 
 
@@ -28,17 +28,51 @@ W = Worker
         ([W("a", running=1)], 0, 3, 95.0, ScalePlan(0, (), "load 100% but memory at 95%: not scaling up")),
         ([W("a", running=1), W("b", running=1), W("c", running=1)], 0, 9, 10.0, ScalePlan(0, (), "steady")),
         # idle: retire one idle worker (fewest pins, longest idle), never a busy one
-        ([W("a", idle_since=5.0), W("b", idle_since=1.0), W("c", running=1)], 0, 0, 10.0, ScalePlan(0, (), "steady")),
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0), W("c", running=1)], 0, 0, 10.0,
+         ScalePlan(0, ("b",), "b idle 9 s, CPU 0% below 30%")),
         ([*[W(x, idle_since=1.0) for x in "abc"], W("d", running=1)], 0, 0, 10.0,
-         ScalePlan(0, ("a",), "load 25% below 30%")),
-        ([W("a", idle_since=5.0), W("b", idle_since=1.0)], 0, 0, 10.0, ScalePlan(0, ("b",), "load 0% below 30%")),
-        ([W("a", idle_since=5.0), W("b", idle_since=1.0, pinned=2)], 0, 0, 10.0, ScalePlan(0, ("a",), "load 0% below 30%")),
+         ScalePlan(0, ("a",), "a idle 9 s, CPU 0% below 30%")),
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0)], 0, 0, 10.0, ScalePlan(0, ("b",), "b idle 9 s, CPU 0% below 30%")),
+        ([W("a", idle_since=5.0), W("b", idle_since=1.0, pinned=2)], 0, 0, 10.0,
+         ScalePlan(0, ("a",), "a idle 5 s, CPU 0% below 30%")),
         ([W("a", idle_since=5.0)], 0, 0, 10.0, ScalePlan(0, (), "steady")),  # at minWorkers
         ([W("a", idle_since=None), W("b", idle_since=None)], 0, 0, 10.0, ScalePlan(0, (), "steady")),
     ],
 )
 def test_plan_scaling(workers, starting, queued, memory, expected) -> None:
     assert plan_scaling(workers, L, starting=starting, queued=queued, memory_percent=memory, now=10.0) == expected
+
+
+# The retire rule, as specified: idle for idleTimeout while the host's CPU is under
+# scaleDownThreshold; while it is higher, kept, but never past maxIdle; never a busy worker.
+SPEC = Limits(min_workers=1, max_workers=4, idle_timeout=60.0, max_idle=600.0)
+
+
+@pytest.mark.parametrize(("workers", "queued", "cpu", "now", "retire"), [
+    # one worker busy on a sleeping call, one idle, the machine at 0%: the idle one goes
+    ([W("busy", running=1, idle_since=None), W("idle", idle_since=0.0)], 0, 0.0, 61.0, ("idle",)),
+    ([W("busy", running=1, idle_since=None), W("idle", idle_since=0.0)], 0, 0.0, 59.0, ()),  # not yet
+    ([W("busy", running=1, idle_since=None), W("idle", idle_since=0.0)], 1, 0.0, 61.0, ()),  # a call waits
+    ([W("busy", running=1, idle_since=None), W("idle", idle_since=0.0)], 0, 50.0, 61.0, ()),  # the CPU is busy...
+    ([W("busy", running=1, idle_since=None), W("idle", idle_since=0.0)], 0, 50.0, 601.0, ("idle",)),  # ...maxIdle
+    ([W("a", running=1, idle_since=None), W("b", running=1, idle_since=None)], 0, 0.0, 9999.0, ()),  # never busy
+    ([W("only", idle_since=0.0)], 0, 0.0, 9999.0, ()),  # minWorkers
+    ([W("a", idle_since=0.0), W("b", idle_since=0.0, external=True)], 0, 0.0, 9999.0, ()),  # a node's slot
+])
+def test_the_retire_rule(workers: list[Worker], queued: int, cpu: float, now: float, retire: tuple[str, ...]) -> None:
+    plan = plan_scaling(workers, SPEC, starting=0, queued=queued, memory_percent=10.0, now=now, cpu_percent=cpu)
+    assert plan.retire == retire, plan
+    assert plan.start == 0
+
+
+@pytest.mark.parametrize(("cpu", "memory", "start"), [(99.0, 10.0, 1), (0.0, 10.0, 1), (0.0, 95.0, 0)])
+def test_high_cpu_alone_never_starts_a_worker(cpu: float, memory: float, start: int) -> None:
+    idle_pool = [W("a", idle_since=0.0), W("b", running=1)]
+    assert plan_scaling(idle_pool, SPEC, starting=0, queued=0, memory_percent=memory, now=1.0,
+                        cpu_percent=cpu).start == 0
+    busy_pool = [W("a", running=1), W("b", running=1)]
+    assert plan_scaling(busy_pool, SPEC, starting=0, queued=2, memory_percent=memory, now=1.0,
+                        cpu_percent=cpu).start == start
 
 
 def test_idle_timeout() -> None:

@@ -109,6 +109,7 @@ class Fleet:
         self.starting = 0
         self.closed = False  # no worker starts any more
         self.memory_percent = 0.0
+        self.cpu_percent = 0.0
         self.last_scaling = "none yet"
         self.last_scale_up: float | None = None
         self._pins: PinKeeper | None = None
@@ -346,6 +347,7 @@ class Fleet:
         plan = plan_scaling(
             self._members, self.limits, starting=self.starting, queued=len(self._sched.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
+            cpu_percent=self.cpu_percent,
         )
         if plan.start or plan.retire:
             self.last_scaling = plan.reason
@@ -373,6 +375,7 @@ class Fleet:
         """The monitor's latest sample: the in-process worker (opted in) is open while
         the machine is idle."""
         self.memory_percent = memory_percent
+        self.cpu_percent = cpu_percent
         if self.local is not None:
             low = cpu_percent < self.limits.local_threshold * 100
             if low != self._sched.local_open:

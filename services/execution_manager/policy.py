@@ -48,8 +48,9 @@ class Limits(NamedTuple):
     scale_up_threshold: float = 0.8
     scale_down_threshold: float = 0.3
     memory_limit: float = 0.9
-    idle_timeout: float = 0.0
+    idle_timeout: float = 60.0
     cooldown: float = 0.0  # seconds after a scale-up during which no worker retires
+    max_idle: float = 600.0  # while the machine is busy, idle workers are kept, but never longer than this
 
 
 def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str | None:
@@ -78,17 +79,20 @@ def plan_scaling(
     memory_percent: float,
     now: float,
     last_scale_up: float | None = None,
+    cpu_percent: float = 0.0,
 ) -> ScalePlan:
-    """What the monitor does this tick: start workers, retire idle ones, or nothing.
+    """What the monitor does this tick: start workers, retire an idle one, or nothing.
 
-    Pool load is the share of live workers with calls in flight. Above
-    ``scale_up_threshold`` with calls waiting, one worker is added (not when memory use
-    is above ``memory_limit``); below ``scale_down_threshold``, one idle worker
-    (idle for ``idle_timeout`` s, fewest pinned instances first) retires, but not within
-    ``cooldown`` s of the last scale-up. The gap between the thresholds and the cooldown
-    keep it from flapping. Never below ``min_workers`` or above ``max_workers``; never a
-    busy worker. Remote nodes' slots (``external``) count towards load but are never
-    started, retired or counted against the bounds.
+    Up: with calls waiting and more than ``scale_up_threshold`` of the live workers busy,
+    one worker is added, unless memory use is above ``memory_limit`` (high CPU alone never
+    starts a worker: it would have nothing to run). Down: with no call waiting and the
+    pool above ``min_workers``, the worker idle longest (fewest pinned instances first)
+    retires once idle for ``idle_timeout`` s while the machine's CPU (``cpu_percent``, the
+    whole host) is under ``scale_down_threshold``; while the CPU is higher, idle workers
+    are kept, but never longer than ``max_idle`` s. Never within ``cooldown`` s of the
+    last scale-up; never a busy worker, whatever its CPU. Remote nodes' slots
+    (``external``) count towards load but are never started, retired or counted against
+    the bounds.
     """
     live = [w for w in workers if w.available]
     count = sum(1 for w in live if not w.external) + starting
@@ -100,15 +104,17 @@ def plan_scaling(
             return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up")
         return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued")
     cooling = last_scale_up is not None and now - last_scale_up < limits.cooldown
-    if load < limits.scale_down_threshold and count > limits.min_workers and not queued and not cooling:
-        idle = [
-            w for w in live
-            if not w.running and not w.external
-            and w.idle_since is not None and now - w.idle_since >= limits.idle_timeout
-        ]
+    if count > limits.min_workers and not queued and not cooling:
+        quiet = cpu_percent < limits.scale_down_threshold * 100
+        wait = limits.idle_timeout if quiet else max(limits.idle_timeout, limits.max_idle)
+        idle = [w for w in live if not w.running and not w.external and w.idle_since is not None
+                and now - w.idle_since >= wait]
         if idle:
             victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))
-            return ScalePlan(0, (victim.id,), f"load {load:.0%} below {limits.scale_down_threshold:.0%}")
+            idled = now - (victim.idle_since or now)
+            why = (f"CPU {cpu_percent:.0f}% below {limits.scale_down_threshold:.0%}" if quiet
+                   else f"CPU {cpu_percent:.0f}%, but idle past maxIdle")
+            return ScalePlan(0, (victim.id,), f"{victim.id} idle {idled:.0f} s, {why}")
     return ScalePlan(0, (), "steady")
 
 

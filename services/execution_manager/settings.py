@@ -55,7 +55,9 @@ class Settings(BaseModel):
     monitor_interval: float = Field(5.0, gt=0, description="seconds between scaling decisions")
     scale_cooldown: float = Field(10.0, ge=0, description="seconds after a scale-up before any worker retires")
     sample_interval: float = Field(1.0, gt=0, description="seconds between psutil samples")
-    idle_timeout: float = Field(0.0, ge=0, description="seconds idle before a worker may retire")
+    idle_timeout: float = Field(60.0, ge=0, description="seconds idle before a worker may retire (CPU under "
+                                "scaleDownThreshold)")
+    max_idle: float = Field(600.0, ge=0, description="seconds an idle worker is kept at most, however busy the CPU")
     max_tasks_per_worker: int | None = Field(None, ge=1, description="replace a worker after this many calls")
     soft_memory_limit: int | None = Field(None, ge=1, description="replace a worker above this RSS (bytes)")
     hard_memory_limit: int | None = Field(
@@ -105,6 +107,8 @@ class Settings(BaseModel):
         soft, hard = self.soft_memory_limit, self.hard_memory_limit
         if soft is not None and hard is not None and soft >= hard:
             raise ValueError(f"softMemoryLimit ({soft}) must be below hardMemoryLimit ({hard})")
+        if self.max_idle < self.idle_timeout:
+            raise ValueError(f"maxIdle ({self.max_idle:g}) must not be below idleTimeout ({self.idle_timeout:g})")
         if self.scale_down_threshold >= self.scale_up_threshold:
             raise ValueError(
                 f"scaleDownThreshold ({self.scale_down_threshold}) must be below "
@@ -116,4 +120,4 @@ class Settings(BaseModel):
         """The autoscaler's bounds and thresholds (``run_locally``: an in-process worker exists)."""
         return Limits(self.min_workers, self.max_workers, self.run_locally and run_locally, self.local_threshold,
                       self.scale_up_threshold, self.scale_down_threshold, self.memory_limit, self.idle_timeout,
-                      self.scale_cooldown)
+                      self.scale_cooldown, self.max_idle)
