@@ -1,4 +1,4 @@
-"""The kernel's end of a Dask cluster: a :class:`~kernel.nodes.NodeListener` that
+"""The kernel's end of a Dask cluster: a :class:`~microkernel.services.execution_manager.nodes.NodeListener` that
 connects to the scheduler (or starts a ``LocalCluster``), adopts one
 :class:`.executor.DaskWorker` per Dask worker into the pool, and follows the cluster:
 workers that join are adopted, workers that leave fail (or retry) what they held, and

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m plugins.local.worker FD``.
+"""The worker process: ``python -P -m microkernel.plugins.local.worker FD``.
 
 A blocking loop on one socket: read CALL frames, run them one at a time in this
 thread, write the replies. Replies of short calls are batched (up to about a
@@ -156,17 +156,6 @@ class _Link:
             else:
                 kept.append(ev)
         return kept
-
-    def begin(self, call: p.Call) -> bool:
-        """Claim a received call for running from this frame; False if it was cancelled
-        meanwhile, or if this frame is stale (the call was taken back and sent again: it
-        begins from its newest frame, where the kernel counts it)."""
-        claimed = self.pending.pop(call.call_id, None)
-        if claimed is call:
-            return True
-        if claimed is not None:
-            self.pending[call.call_id] = claimed  # its own turn comes later
-        return False
 
     def read_ready(self) -> list[p.Event]:
         """The events already waiting on the socket, without blocking."""

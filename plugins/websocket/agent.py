@@ -286,7 +286,7 @@ class NodeAgent:
             if ex is not None:
                 self.spawn(self._stop_slot(msg.slot, ex, msg.replace))
 
-    # -- kernel.executor.CallHost: a running call's traffic goes to the kernel -----------
+    # -- executor.CallHost: a running call's traffic goes to the kernel -------------------
 
     def progress(self, call: Attempt, fraction: float, message: str) -> None:
         self.send(p.encode(p.Progress(call.id, fraction, message)))

@@ -1,6 +1,6 @@
 """The kernel's end: a websocket server that admits nodes and adopts their slots.
 
-Each connection is authenticated (:mod:`kernel.node_protocol`) within
+Each connection is authenticated (:mod:`microkernel.services.execution_manager.node_protocol`) within
 ``authTimeout`` before anything it sends is acted on; a refused one is closed with a
 documented code, logged with its peer address (never the token) and counted. An
 admitted node becomes a :class:`Session` whose slots are handed to the pool.
@@ -51,7 +51,7 @@ def peer_of(ws: FastServerConnection) -> str:
 
 
 class NodeHub(NodeListener):
-    """Listens for nodes; see :class:`kernel.nodes.NodeListener`."""
+    """Listens for nodes; see :class:`microkernel.services.execution_manager.nodes.NodeListener`."""
 
     def __init__(self, settings: HubSettings, token: bytes) -> None:
         self.settings = settings

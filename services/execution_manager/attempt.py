@@ -124,7 +124,6 @@ class Attempt:
         return bound(self.context)
 
 
-Call = Attempt  # its former name, kept for executor plugins written against it
 
 
 def describe(label: str, args: tuple[Any, ...], task_id: int) -> str:

@@ -28,7 +28,6 @@ from kernel.errors import RequestError
 # Attempt, CallWatch and ReplyFuture are part of this interface, re-exported for
 # executor plugins that import them from here.
 from .attempt import Attempt as Attempt
-from .attempt import Call as Call
 from .attempt import CallWatch as CallWatch
 from .attempt import ReplyFuture as ReplyFuture
 from .errors import PoolClosedError, WorkerCrashedError
@@ -273,7 +272,7 @@ class Executor(ABC):
     def _call_traffic(self, kind: int, call_id: int, fields: tuple[Any, ...],
                       respond: Callable[[int, bool, bytes], None]) -> None:
         """Hand a running call's PROGRESS, LOG or REQUEST (kind and fields as in
-        :mod:`kernel.protocol`) to :attr:`host` (helper for implementations). A request
+        :mod:`microkernel.services.execution_manager.protocol`) to :attr:`host` (helper for implementations). A request
         is answered through ``respond(request_id, ok, payload)``, also when there is
         no host or the call is gone, so the asking call never waits forever."""
         call = self.inflight.get(call_id)

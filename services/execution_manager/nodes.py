@@ -4,7 +4,7 @@ side and runs the node agent on theirs.
 A transport (registered through ``em_node_transports``) makes a
 :class:`NodeListener` from the execution manager's ``custom.nodes`` settings. The
 listener admits nodes and hands each of their worker slots, as a started
-:class:`~kernel.executor.Executor`, to its :class:`NodeHost` (the execution
+:class:`~microkernel.services.execution_manager.executor.Executor`, to its :class:`NodeHost` (the execution
 manager's pool), which places calls on them like on any worker. The same transport
 runs the agent (``kernel node --connect URL``) from a :class:`NodeConfig`.
 """

@@ -21,8 +21,9 @@ Conversation::
     worker -> kernel   RESULT | ERROR (call id, ...), CANCELLED (a cancelled call it
                        dropped before it began), HEARTBEAT, PROGRESS, LOG, REQUEST, GOODBYE
 
-Call ids are attempt ids: unique per attempt, so a late answer to an attempt the
-kernel gave up is recognised and dropped.
+Call ids are task ids: every attempt of a call carries its call's. A late answer to an
+attempt the kernel gave up comes from a worker the call is no longer assigned to, and
+is dropped there (the scheduler keeps which worker holds each attempt).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Resource-aware placement: pure functions of what workers offer and a call asks.
 
 A call may declare resources (``{"cpu": 1, "memory": 2e9, "gpu": 1}``); each executor
-offers some (its :class:`~kernel.executor.ExecutorInfo` ``resources``). The scheduler keeps
-the workers whose offer covers the request and, among those as free as each other,
-takes the one the call fits most tightly (bin packing).
+offers some (its :class:`~microkernel.services.execution_manager.executor.ExecutorInfo`
+``resources``). The scheduler keeps the workers whose offer covers the request and,
+among those as free as each other, takes the one the call fits most tightly (bin
+packing).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class Scheduler:
     """Every call and attempt of one pool, and every decision about them.
 
     :param jitter: maps a backoff to the delay actually used (tests pass ``lambda d: d``;
-        the pool passes full jitter, ``lambda d: random.uniform(0, d)``).
+        the pool passes equal jitter, ``lambda d: random.uniform(d / 2, d)``).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""A thin asyncio transport over :class:`kernel.protocol.Connection` for byte streams.
+"""A thin asyncio transport over :class:`microkernel.services.execution_manager.protocol.Connection` for byte streams.
 
 The first frame written in a turn of the event loop goes out at once (latency); the
 ones after it in the same turn go out together at the end of the turn (throughput), so

@@ -1,6 +1,6 @@
 """What running calls send the kernel (:mod:`kernel.task`): progress, logs, requests.
 
-:class:`CallTraffic` is the :class:`kernel.executor.CallHost` of every executor in the
+:class:`CallTraffic` is the :class:`microkernel.services.execution_manager.executor.CallHost` of every executor in the
 pool. Progress goes to the caller's handle and onto the call (``call.progress``); log
 lines go to the kernel's log with the task, worker and node ids bound; a request runs a
 *route*: ``service`` (a method of a global service) and ``stats`` are built in, and
@@ -37,7 +37,7 @@ class CallTraffic:
         self.routes: dict[str, Route] = {"service": self._service, "stats": self._stats}
         self._get_stats = stats
 
-    # -- kernel.executor.CallHost -----------------------------------------------------
+    # -- microkernel.services.execution_manager.executor.CallHost -----------------------------------------------------
 
     def progress(self, call: Attempt, fraction: float, message: str) -> None:
         if not 0.0 <= fraction <= 1.0:
