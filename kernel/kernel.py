@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import importlib.metadata
 import os
 import signal
@@ -18,12 +16,10 @@ from typing import Any, TypeVar
 import anyio
 import pluggy
 import structlog
-from pydantic import ValidationError
 
 from . import logs
 from .blame import describe
 from .errors import (
-    ConfigError,
     KernelError,
     ServiceAccessError,
     ServiceNotFoundError,
@@ -32,8 +28,10 @@ from .errors import (
 )
 from .interfaces import ServiceState
 from .loader import add_package_root, discover, load_entry, order, plan_packages
-from .manifest import ServiceSpec, format_validation_error
+from .manifest import ServiceSpec
+from .overrides import blame_caller, settings_for
 from .plugins import make_plugin_manager
+from .process import freeze_heap, raise_open_files
 from .service import BaseService
 
 log = structlog.get_logger("kernel")
@@ -59,59 +57,6 @@ def builtin_service_folders() -> list[Path]:
         add_package_root(module.__name__)
         folders.append(Path(module.__file__).parent)
     return folders
-
-
-def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` laid on ``base``, objects merged key by key (``--set a.b.c=1`` changes
-    ``c`` and keeps ``a.b``'s other keys)."""
-    out = dict(base)
-    for key, value in over.items():
-        inner = out.get(key)
-        out[key] = _merged(inner, value) if isinstance(inner, Mapping) and isinstance(value, Mapping) else value
-    return out
-
-
-def _overridden(overrides: Mapping[str, Any], field: str) -> bool:
-    """Whether the dotted ``field`` (or an object holding it) was given in ``overrides``;
-    ``""`` (a check across fields) counts as given."""
-    node: Any = overrides
-    for part in field.split(".") if field else ():
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def _raise_open_files() -> None:
-    """Raise the soft limit on open files to the hard one: every worker, connection and
-    store takes descriptors, and a soft limit of 1,024 (a common default) is soon
-    reached by a server's clients (servers cap their connections within it)."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-_running_kernels = 0
-
-
-def _freeze_heap(change: int) -> None:
-    """Keep what exists once a kernel has started (modules, services, workers' handles)
-    out of the garbage collector's way while it runs: each collection then walks only
-    what calls create, not the tens of thousands of objects set up before (measured
-    over 10,000 calls: the full collection's pause 24.6 ms -> 1.7 ms, GC time per call
-    6.1 -> 3.9 us). Thawed when the last kernel stops, so what it leaves behind can be
-    collected."""
-    global _running_kernels
-    _running_kernels += change
-    if change > 0:
-        gc.freeze()
-    elif _running_kernels == 0:
-        gc.unfreeze()
 
 
 class Kernel:
@@ -199,7 +144,7 @@ class Kernel:
         """
         if self.running or self._records:
             raise KernelError("this kernel has already been started")
-        _raise_open_files()
+        raise_open_files()
         builtin = builtin_service_folders() if self._builtins else []
         specs = order(discover(self.paths, builtin))
         self._packages = plan_packages(specs)
@@ -216,7 +161,7 @@ class Kernel:
                 await self._stop_started()
             raise
         self.running = True
-        _freeze_heap(+1)
+        freeze_heap(+1)
         self.hook.kernel_started(kernel=self)
         log.info("kernel started", services=self._started)
 
@@ -250,7 +195,7 @@ class Kernel:
                 self._started.append(spec.name)  # cancelled half-way: its stop() undoes what it began
                 raise
         except Exception as raised:
-            exc = self._as_settings_error(spec, raised)
+            exc = blame_caller(spec.name, self._overrides.get(spec.name), raised)
             rec.error = exc
             if blocked:
                 # Not its own failure: a dependency that was allowed to fail did (one that
@@ -273,22 +218,6 @@ class Kernel:
         self.hook.kernel_service_started(kernel=self, name=spec.name, service=instance)
         log.debug("service started", service=spec.name)
 
-    def _as_settings_error(self, spec: ServiceSpec, exc: Exception) -> Exception:
-        """A service's :class:`ConfigError` about fields the caller's ``settings`` gave
-        (a service checking its settings in ``start()``, a port given that is taken) is the
-        caller's :class:`SettingsError`."""
-        overrides = self._overrides.get(spec.name)
-        if not overrides or not isinstance(exc, ConfigError):
-            return exc
-        inside = [("" if f == "custom" else f.removeprefix("custom."), m) for f, m in exc.problems
-                  if f == "custom" or f.startswith("custom.")]
-        given = [(f, m) for f, m in inside if _overridden(overrides, f)]
-        if not given:
-            return exc
-        error = SettingsError(spec.name, given)
-        error.__cause__ = exc
-        return error
-
     def manifest_path(self, name: str) -> Path:
         """The config.json a loaded service came from."""
         rec = self._records.get(name)
@@ -297,19 +226,8 @@ class Kernel:
         return rec.spec.path
 
     def _settings_for(self, spec: ServiceSpec, cls: type[BaseService]) -> Any:
-        overrides = self._overrides.get(spec.name, {})
-        custom = _merged(_merged(self._defaults.get(spec.name, {}), spec.manifest.custom), overrides)
-        model = cls.settings_model
-        if model is None:
-            return custom
-        try:
-            return model.model_validate(custom)
-        except ValidationError as exc:
-            problems = format_validation_error(exc)
-            given = [(field, msg) for field, msg in problems if overrides and _overridden(overrides, field)]
-            if given:  # name what the caller gave, not the manifest that did not say it
-                raise SettingsError(spec.name, given) from None
-            raise ConfigError(spec.path, format_validation_error(exc, "custom.")) from None
+        return settings_for(spec, cls.settings_model, self._defaults.get(spec.name, {}),
+                            self._overrides.get(spec.name, {}))
 
     async def stop(self) -> None:
         """Stop every started service in reverse start order. Idempotent."""
@@ -318,7 +236,7 @@ class Kernel:
         with anyio.CancelScope(shield=True):
             await self._stop_started()
         if self.running:
-            _freeze_heap(-1)
+            freeze_heap(-1)
         self.running = False
 
     async def _stop_started(self) -> None:
