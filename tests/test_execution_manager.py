@@ -212,6 +212,9 @@ async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
         assert stats.workers == 1 and "scaled-down" in events
         assert when["scaled-down"] - when["scaled-up"] >= 0.5  # not within the cooldown
         assert "below" in stats.last_scaling
+        decision = stats.scaling  # the last decision as fields, "steady" included
+        assert decision is not None and decision.rule in ("retire-idle", "steady"), decision
+        assert decision.waiting == 0 and decision.free_workers == 1 and 0 <= decision.cpu_percent <= 100
 
 
 async def test_calls_start_when_made_and_cancelled_queued_calls_never_run(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ W = Worker
     ],
 )
 def test_plan_scaling(workers, starting, queued, memory, expected) -> None:
-    assert plan_scaling(workers, L, starting=starting, queued=queued, memory_percent=memory, now=10.0) == expected
+    assert plan_scaling(workers, L, starting=starting, queued=queued, memory_percent=memory, now=10.0)[:3] == expected[:3]
 
 
 # The retire rule, as specified: idle for idleTimeout while the host's CPU is under
@@ -63,6 +63,11 @@ def test_the_retire_rule(workers: list[Worker], queued: int, cpu: float, now: fl
     plan = plan_scaling(workers, SPEC, starting=0, queued=queued, memory_percent=10.0, now=now, cpu_percent=cpu)
     assert plan.retire == retire, plan
     assert plan.start == 0
+    if retire:  # the rule that fired, the worker and how long it idled, for get_stats()
+        assert plan.rule == ("retire-idle" if cpu < 30 else "retire-max-idle") and plan.worker == retire[0]
+        assert plan.idle == now - 0.0
+    else:
+        assert plan.rule == "steady"
 
 
 @pytest.mark.parametrize(("cpu", "memory", "start"), [(99.0, 10.0, 1), (0.0, 10.0, 1), (0.0, 95.0, 0)])

@@ -22,6 +22,7 @@ from .policy import ScalePlan, pin_target, plan_scaling
 from .resources import unsatisfiable
 from .scheduler import Scheduler
 from .settings import Settings
+from .stats import ScalingDecision
 from .stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 from .worker_state import CLOSED
 
@@ -111,6 +112,7 @@ class Fleet:
         self.memory_percent = 0.0
         self.cpu_percent = 0.0
         self.last_scaling = "none yet"
+        self.last_decision: ScalingDecision | None = None
         self.last_scale_up: float | None = None
         self._pins: PinKeeper | None = None
         self._seq = itertools.count(1)
@@ -334,6 +336,7 @@ class Fleet:
         self.settings = self.settings.model_copy(update={"min_workers": lo, "max_workers": hi})
         self.limits = self.limits._replace(min_workers=lo, max_workers=hi)
         reason = self.last_scaling = f"bounds set to {lo}..{hi} on request"
+        self._decided("bounds", reason)
         log.info("scaling bounds changed", min_workers=lo, max_workers=hi)
         while self._live() < lo:
             self._spawn()
@@ -349,6 +352,7 @@ class Fleet:
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
             cpu_percent=self.cpu_percent,
         )
+        self._decided(plan.rule, plan.reason, started=plan.start, worker=plan.worker, idle_seconds=plan.idle)
         if plan.start or plan.retire:
             self.last_scaling = plan.reason
             log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
@@ -369,7 +373,15 @@ class Fleet:
             self._spawn()
             self.last_scale_up = time.monotonic()
             self.last_scaling = "all workers busy: started one"
+            self._decided("busy-start", self.last_scaling, started=1)
             self.events.emit("scaled-up", count=1, reason=self.last_scaling)
+
+    def _decided(self, rule: str, reason: str, **fields: Any) -> None:
+        """Keep the decision and what it saw, for get_stats() and the dashboard."""
+        free = sum(1 for w in self._members if w.available and not w.running and not w.external)
+        self.last_decision = ScalingDecision(
+            at=time.time(), rule=rule, reason=reason, cpu_percent=self.cpu_percent,
+            memory_percent=self.memory_percent, waiting=len(self._sched.queue), free_workers=free, **fields)
 
     def set_load(self, cpu_percent: float, memory_percent: float) -> None:
         """The monitor's latest sample: the in-process worker (opted in) is open while

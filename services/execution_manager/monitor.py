@@ -81,7 +81,7 @@ class Monitor:
             },
             tasks_done=pool.tally.done, tasks_failed=pool.tally.failed, attempts_failed=pool.tally.attempts_failed,
             tasks_retried=pool.tally.retried,
-            pinned_instances=pinned, last_scaling=pool.fleet.last_scaling,
+            pinned_instances=pinned, last_scaling=pool.fleet.last_scaling, scaling=pool.fleet.last_decision,
             recent_placements=list(pool.placements),
             worker_details=details,
             nodes=nodes, nodes_address=nodes_address,

@@ -68,6 +68,9 @@ class ScalePlan(NamedTuple):
     start: int
     retire: tuple[str, ...]
     reason: str
+    rule: str = "steady"  # which rule fired: below-min, scale-up, memory-veto, retire-idle, retire-max-idle, steady
+    worker: str | None = None  # the worker retired
+    idle: float | None = None  # how long it had been idle, in seconds
 
 
 def plan_scaling(
@@ -97,12 +100,15 @@ def plan_scaling(
     live = [w for w in workers if w.available]
     count = sum(1 for w in live if not w.external) + starting
     if count < limits.min_workers:
-        return ScalePlan(limits.min_workers - count, (), f"below minWorkers ({count} < {limits.min_workers})")
+        return ScalePlan(limits.min_workers - count, (), f"below minWorkers ({count} < {limits.min_workers})",
+                         "below-min")
     load = sum(1 for w in live if w.running) / len(live) if live else (1.0 if queued else 0.0)
     if load > limits.scale_up_threshold and queued and count < limits.max_workers:
         if memory_percent >= limits.memory_limit * 100:
-            return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up")
-        return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued")
+            return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up",
+                             "memory-veto")
+        return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued",
+                         "scale-up")
     cooling = last_scale_up is not None and now - last_scale_up < limits.cooldown
     if count > limits.min_workers and not queued and not cooling:
         quiet = cpu_percent < limits.scale_down_threshold * 100
@@ -111,10 +117,11 @@ def plan_scaling(
                 and now - w.idle_since >= wait]
         if idle:
             victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))
-            idled = now - (victim.idle_since or now)
+            idled = now - victim.idle_since if victim.idle_since is not None else 0.0
             why = (f"CPU {cpu_percent:.0f}% below {limits.scale_down_threshold:.0%}" if quiet
                    else f"CPU {cpu_percent:.0f}%, but idle past maxIdle")
-            return ScalePlan(0, (victim.id,), f"{victim.id} idle {idled:.0f} s, {why}")
+            return ScalePlan(0, (victim.id,), f"{victim.id} idle {idled:.0f} s, {why}",
+                             "retire-idle" if quiet else "retire-max-idle", victim.id, round(idled, 1))
     return ScalePlan(0, (), "steady")
 
 

@@ -49,6 +49,21 @@ class ProjectStats(BaseModel):
     limit: int | None
 
 
+class ScalingDecision(BaseModel):
+    """The autoscaler's last decision, "steady" included, and what it saw."""
+
+    at: float  # when (time.time())
+    rule: str  # below-min, scale-up, busy-start, memory-veto, retire-idle, retire-max-idle, bounds, steady
+    reason: str
+    cpu_percent: float  # the machine's, as sampled
+    memory_percent: float
+    waiting: int  # calls queued
+    free_workers: int  # live workers with nothing to run
+    worker: str | None = None  # the one retired
+    idle_seconds: float | None = None  # how long it had been idle
+    started: int = 0
+
+
 class Stats(BaseModel):
     workers: int
     min_workers: int
@@ -66,6 +81,7 @@ class Stats(BaseModel):
     tasks_retried: int = 0  # attempts started again after one failed
     pinned_instances: int
     last_scaling: str
+    scaling: ScalingDecision | None = None  # the last decision as fields
     recent_placements: list[dict[str, Any]]  # resource-aware choices: call, worker, each fitting worker's fit
     worker_details: list[WorkerStats]
     nodes: list[NodeInfo] = []  # each remote node: address, state, slots, load, heartbeat age

@@ -57,6 +57,7 @@ async def snapshot(em: Manager, history: History) -> dict[str, Any]:
         "services": services(em),
         "projects": data["projects"],
         "failures": list(history.failures),
-        "scaling": {"last": stats.last_scaling, "recent": list(history.scaling)},
+        "scaling": {"last": stats.last_scaling, "decision": stats.scaling.model_dump() if stats.scaling else None,
+                    "recent": list(history.scaling)},
         "placements": data["recent_placements"],
     }
