@@ -25,9 +25,9 @@ from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
 from microkernel.services.execution_manager.errors import WorkerCrashedError
 from microkernel.services.execution_manager.executor import Executor
+from microkernel.services.execution_manager.testing import CHECKS, DEATH_CHECKS
 
 from . import tasks
-from .conformance import CHECKS, DEATH_CHECKS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 

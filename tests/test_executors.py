@@ -18,8 +18,7 @@ from microkernel.services.execution_manager.attempt import ReplyFuture
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
 from microkernel.services.execution_manager.executor import WorkerState
 from microkernel.services.execution_manager.hookspecs import executor_types
-
-from .conformance import CHECKS, DEATH_CHECKS, call, check_executor
+from microkernel.services.execution_manager.testing import CHECKS, DEATH_CHECKS, call, check_executor
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +38,27 @@ async def test_conformance_when_the_worker_dies(check) -> None:
 
 async def test_check_executor_runs_everything() -> None:
     await check_executor(MAKERS["inmemory"])
+
+
+async def test_check_executor_runs_the_death_checks_for_a_worker_in_another_process() -> None:
+    ran: list[str] = []
+
+    def make(worker_id: str) -> LocalWorker:
+        ran.append(worker_id)
+        return LocalWorker(worker_id, {})
+
+    await check_executor(make)
+    assert len(ran) == len(CHECKS) + 1 + len(DEATH_CHECKS)  # every check, the probe, the death checks
+
+
+def test_the_kit_is_installed_and_its_call_targets_need_no_test_runner() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, microkernel.services.execution_manager.testing.targets; "
+            "print('pytest' in sys.modules, 'hypothesis' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out
 
 
 def test_builtins_registered_through_entry_points() -> None:

@@ -14,8 +14,8 @@ from microkernel.plugins.websocket.framing import FrameSplitter, binary_frame
 from microkernel.services.execution_manager import node_protocol as n
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.serialization import dumps, loads
+from microkernel.services.execution_manager.testing import call, reply
 
-from .conformance import call, reply
 from .nodes import RawNode, running_hub, until
 
 HTTP = b"GET / HTTP/1.1\r\nHost: k\r\nUpgrade: websocket\r\n\r\n"

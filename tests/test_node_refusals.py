@@ -18,8 +18,8 @@ from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.services.execution_manager import node_protocol as n
 from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.serialization import loads
+from microkernel.services.execution_manager.testing import call, reply
 
-from .conformance import call, reply
 from .nodes import TOKEN, RawNode, running_hub, start_node, stop_node, until
 
 pytestmark = pytest.mark.anyio
