@@ -23,10 +23,10 @@ from microkernel.services.execution_manager.ledger import (
 )
 from microkernel.services.execution_manager.scheduler import Scheduler
 from microkernel.services.execution_manager.stimuli import (
-    Abort,
+    AbortAttempt,
     Answered,
     CallSpec,
-    Cancelled,
+    CancelAsked,
     Closing,
     Load,
     Lost,
@@ -102,7 +102,7 @@ def test_a_cancelled_call_that_has_not_started_never_starts() -> None:
     s = pool("w1")
     submit(s, 1)
     assert submit(s, 2) == []
-    assert s.handle(Cancelled(1.0, 2)) == [Resolve(2, "cancelled", 0)]
+    assert s.handle(CancelAsked(1.0, 2)) == [Resolve(2, "cancelled", 0)]
     assert s.handle(Answered(2.0, 1, 1)) == [Resolve(1, "answered", 1)]  # no Send of call 2
     assert s.queued == 0 and not s.calls
 
@@ -111,7 +111,7 @@ def test_cancelling_a_running_call_stops_it_and_its_worker_takes_nothing_until_i
     s = pool("w1")
     submit(s, 1)
     submit(s, 2)
-    assert s.handle(Cancelled(1.0, 1)) == [Abort(1, 1, "w1", "cancelled"), Resolve(1, "cancelled", 1)]
+    assert s.handle(CancelAsked(1.0, 1)) == [AbortAttempt(1, 1, "w1", "cancelled"), Resolve(1, "cancelled", 1)]
     assert s.handle(Tick(2.0)) == []  # w1 is still being stopped: call 2 waits
     out = s.handle(WorkerGone(3.0, "w1", "was stopped"))
     assert out == []  # the cancelled call was resolved already; call 2 had not started
@@ -126,7 +126,7 @@ def test_the_timeout_counts_from_the_start_and_the_deadline_only_while_queued() 
     assert s.next_wakeup() == 7.0
     assert s.handle(Tick(6.9)) == []
     out = s.handle(Tick(7.0))
-    assert out == [Abort(2, 1, "w1", "timeout"), Resolve(2, "timeout", 1, "ran past its timeout of 2 s", "w1")]
+    assert out == [AbortAttempt(2, 1, "w1", "timeout"), Resolve(2, "timeout", 1, "ran past its timeout of 2 s", "w1")]
     assert s.handle(Tick(20.0)) == []  # its deadline no longer applies: it had started
 
 
@@ -286,7 +286,7 @@ def test_a_pinned_call_goes_to_its_worker_at_once_in_order() -> None:
     submit(s, 1)
     assert sends(submit(s, 2, pinned_to="w1")) == [(2, "w1")]  # behind call 1, on the worker holding the instance
     assert submit(s, 3, pinned_to="gone") == [Resolve(3, "lost", 0, "worker gone is gone")]
-    assert s.handle(Cancelled(1.0, 2)) == [Abort(2, 1, "w1", "cancelled"), Resolve(2, "cancelled", 1)]
+    assert s.handle(CancelAsked(1.0, 2)) == [AbortAttempt(2, 1, "w1", "cancelled"), Resolve(2, "cancelled", 1)]
 
 
 def test_an_attempt_that_never_began_runs_elsewhere_at_no_cost() -> None:

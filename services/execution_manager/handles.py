@@ -26,7 +26,7 @@ import structlog
 from .attempt import Attempt, CallWatch, bound, describe
 from .errors import CallTimeoutError, PoolClosedError, RemoteError, WorkerCrashedError
 from .serialization import loads
-from .stimuli import CallSpec, Resolve
+from .stimuli import CallSpec, Outcome, Resolve
 
 if TYPE_CHECKING:
     from .runtime import ErrorInfo
@@ -221,13 +221,13 @@ class CallFuture(asyncio.Future[Any]):
 def error_for(fut: CallFuture, resolve: Resolve, given: BaseException | None, max_deaths: int) -> BaseException:
     """The error ``fut`` fails with, settled by ``resolve`` (``given``: the attempt's own)."""
     outcome, wid = resolve.outcome, resolve.worker_id
-    if outcome == "timeout":
+    if outcome is Outcome.TIMEOUT:
         return CallTimeoutError(f"{fut.describe()} did not finish within {fut.spec.timeout:g} s; "
                                 f"worker {wid} running it was stopped and is replaced")
-    if outcome == "expired":
+    if outcome is Outcome.EXPIRED:
         return CallTimeoutError(f"{fut.describe()} did not start within its deadline of "
                                 f"{fut.spec.deadline:g} s and never will (all workers were busy)")
-    if outcome == "closed":
+    if outcome is Outcome.CLOSED:
         return PoolClosedError(f"{fut.describe()} was cancelled before it ran: "
                                "the execution manager is shutting down")
     if resolve.gave_up:

@@ -35,12 +35,14 @@ from .scheduler import Scheduler
 from .serialization import loads
 from .settings import Settings
 from .stimuli import (
-    Abort,
+    AbortAttempt,
+    AbortReason,
     Answered,
-    Cancelled,
+    CancelAsked,
     Closing,
     Instruction,
     Lost,
+    Outcome,
     ProjectLimit,
     Resolve,
     RetryAt,
@@ -170,7 +172,7 @@ class WorkerPool:
     def _carry_out(self, instruction: Instruction) -> None:
         if type(instruction) is RetryAt:
             self._retrying(instruction)
-        elif type(instruction) is Abort:
+        elif type(instruction) is AbortAttempt:
             self._abort(instruction)
         elif type(instruction) is TakeBack:
             worker = self._worker(instruction.worker_id)
@@ -181,13 +183,13 @@ class WorkerPool:
     def _retrying(self, retry: RetryAt) -> None:
         self.tally.retrying(self.tasks[retry.task_id], retry.attempt, retry.reason)
 
-    def _abort(self, abort: Abort) -> None:
+    def _abort(self, abort: AbortAttempt) -> None:
         worker = self._worker(abort.worker_id)
         if worker is None:
             return
         fut = self.tasks[abort.task_id]  # resolved by the next instruction
         note = f"{fut.describe()} was cancelled"
-        if abort.reason == "timeout":
+        if abort.reason is AbortReason.TIMEOUT:
             note = f"{fut.describe()} ran past its timeout of {fut.spec.timeout:g} s"
         worker.executor.abort(abort.task_id, note)
 
@@ -216,7 +218,7 @@ class WorkerPool:
         if self.admission.withdraw(fut):
             self.tasks.pop(fut.task_id, None)
         elif fut.spec.pinned_to is None:
-            self.feed(Cancelled(self.loop.time(), fut.task_id))
+            self.feed(CancelAsked(self.loop.time(), fut.task_id))
 
     def _send(self, send: Send) -> None:
         fut = self.tasks[send.task_id]
@@ -306,7 +308,7 @@ class WorkerPool:
         outcome = resolve.outcome
         answer = fut.answer if fut.answer is not None and fut.answer[0] == resolve.attempt else None
         fut.answer = None
-        if outcome == "answered" and answer is not None and isinstance(answer[1], bytes):
+        if outcome is Outcome.ANSWERED and answer is not None and isinstance(answer[1], bytes):
             try:
                 value = loads(answer[1])
             except Exception as err:
@@ -316,7 +318,7 @@ class WorkerPool:
             self.tally.done += 1
             fut.set_result(value)
             return
-        if outcome == "cancelled":
+        if outcome is Outcome.CANCELLED:
             return
         self.tally.fail(fut, error_for(fut, resolve, answer[1] if answer is not None else None, self.sched.max_deaths))
 
@@ -337,7 +339,7 @@ class WorkerPool:
         """No worker could start and none is left: the calls waiting for one fail."""
         for waiting in list(self.sched.queue):
             fut = self.tasks.get(waiting.spec.task_id)
-            self.feed(Cancelled(self.loop.time(), waiting.spec.task_id))
+            self.feed(CancelAsked(self.loop.time(), waiting.spec.task_id))
             if fut is not None and not fut.done():
                 self.tally.fail(fut, WorkerStartError(f"{fut.describe()} cannot run: {why}"))
 

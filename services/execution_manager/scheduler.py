@@ -111,10 +111,11 @@ class Scheduler:
                 lost = self._current(stimulus.task_id, stimulus.attempt)
                 if lost is not None:
                     self._lose(lost, now, stimulus.reason, out, started=stimulus.started)
-            case st.Cancelled():
+            case st.CancelAsked():
                 call = self.calls.get(stimulus.task_id)
                 if call is not None:
-                    self._end(call, out, st.Resolve(stimulus.task_id, "cancelled", call.attempt), abort="cancelled")
+                    self._end(call, out, st.Resolve(stimulus.task_id, st.Outcome.CANCELLED, call.attempt),
+                              abort=st.AbortReason.CANCELLED)
             case st.WorkerUp():
                 self.roster.up(stimulus)
             case st.WorkerGone():
@@ -133,7 +134,7 @@ class Scheduler:
             case st.Closing():
                 self.closed = True
                 for call in [c for c in self.calls.values() if c.worker_id is None]:
-                    self._end(call, out, st.Resolve(call.spec.task_id, "closed", call.attempt))
+                    self._end(call, out, st.Resolve(call.spec.task_id, st.Outcome.CLOSED, call.attempt))
             case st.Tick():
                 self._expire(now, out)
         if not quiet:
@@ -180,7 +181,7 @@ class Scheduler:
             self._retry(answered, now, out, "it raised an exception its retry_on names")
         else:  # what _end does, for a call no longer queued, running or retrying
             del self.calls[task_id]
-            out.append(st.Resolve(task_id, "answered", attempt))
+            out.append(st.Resolve(task_id, st.Outcome.ANSWERED, attempt))
 
     def _submit(self, spec: st.CallSpec, now: float, out: list[st.Instruction]) -> bool:
         """Take the call in; True when it only joined the back of a stalled queue."""
@@ -188,11 +189,11 @@ class Scheduler:
             raise ValueError(f"task {spec.task_id} was submitted already")
         call = self.calls[spec.task_id] = CallRecord(spec, now, next(self._seq), spec.priority, spec.project)
         if self.closed:
-            self._end(call, out, st.Resolve(spec.task_id, "closed"))
+            self._end(call, out, st.Resolve(spec.task_id, st.Outcome.CLOSED))
         elif spec.pinned_to is not None:  # in call order on its worker, which queues it
             worker = self.workers.get(spec.pinned_to)
             if worker is None:
-                self._end(call, out, st.Resolve(spec.task_id, "lost", 0, f"worker {spec.pinned_to} is gone"))
+                self._end(call, out, st.Resolve(spec.task_id, st.Outcome.LOST, 0, f"worker {spec.pinned_to} is gone"))
             else:
                 self._send(call, worker, now, out)
         elif not self.queue.count and (spec.project is None or self.projects.has_room(spec.project)):
@@ -332,13 +333,13 @@ class Scheduler:
         if started:
             call.deaths += 1
         if call.deaths >= self.max_deaths and call.spec.retries:
-            self._end(call, out, st.Resolve(task_id, "lost", call.attempt,
+            self._end(call, out, st.Resolve(task_id, st.Outcome.LOST, call.attempt,
                                          f"{reason}; given up after {call.deaths} workers died running it",
                                          worker_id, gave_up=True))
         elif call.tries <= call.spec.retries and started and not self.closed and call.spec.pinned_to is None:
             self._retry(call, now, out, reason)
         else:
-            self._end(call, out, st.Resolve(task_id, "lost", call.attempt, reason, worker_id))
+            self._end(call, out, st.Resolve(task_id, st.Outcome.LOST, call.attempt, reason, worker_id))
 
     def _retry(self, call: CallRecord, now: float, out: list[st.Instruction], reason: str) -> None:
         at = now + self._jitter(backoff(call.tries))
@@ -347,12 +348,13 @@ class Scheduler:
         self._retrying.add(call.spec.task_id)
         out.append(st.RetryAt(call.spec.task_id, at, call.attempt, reason))
 
-    def _end(self, call: CallRecord, out: list[st.Instruction], resolve: st.Resolve, *, abort: str = "") -> None:
+    def _end(self, call: CallRecord, out: list[st.Instruction], resolve: st.Resolve, *,
+             abort: st.AbortReason | None = None) -> None:
         """Resolve ``call``; a running attempt is stopped by force when ``abort`` says why."""
         task_id = call.spec.task_id
         if call.worker_id is not None:
             if abort:
-                out.append(st.Abort(task_id, call.attempt, call.worker_id, abort))
+                out.append(st.AbortAttempt(task_id, call.attempt, call.worker_id, abort))
                 self._aborted[task_id] = (call.attempt, call.worker_id)
             self._free(call, self.workers.get(call.worker_id), keep_room=bool(abort))
         elif call.waiting:
@@ -367,13 +369,13 @@ class Scheduler:
         for task_id, attempt in timers.timed_out(now):
             call = self.calls.get(task_id)
             if call is not None and call.attempt == attempt and call.worker_id is not None:
-                self._end(call, out, st.Resolve(task_id, "timeout", attempt,
+                self._end(call, out, st.Resolve(task_id, st.Outcome.TIMEOUT, attempt,
                                              f"ran past its timeout of {call.spec.timeout:g} s", call.worker_id),
-                          abort="timeout")
+                          abort=st.AbortReason.TIMEOUT)
         for task_id in timers.expired(now):
             waiting = self.calls.get(task_id)
             if waiting is not None and waiting.tries == 0 and waiting.worker_id is None:
-                self._end(waiting, out, st.Resolve(task_id, "expired", waiting.attempt,
+                self._end(waiting, out, st.Resolve(task_id, st.Outcome.EXPIRED, waiting.attempt,
                                                 f"waited past its deadline of {waiting.spec.deadline:g} s"))
         for task_id in timers.retries_due(now):
             due = self.calls.get(task_id)

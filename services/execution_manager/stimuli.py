@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .policy import MAX_PRIORITY
 
@@ -53,7 +54,11 @@ class Submitted:
 
 
 @dataclass(slots=True)
-class Cancelled:
+class CancelAsked:
+    """The call is to end: its caller cancelled it (the future's ``cancel()``), or the
+    pool gave it up (no worker can start). Not started, it never starts; running, it
+    is stopped by force."""
+
     now: float
     task_id: int
 
@@ -148,7 +153,7 @@ class Tick:
     now: float
 
 
-Stimulus = (Submitted | Cancelled | Answered | Lost | WorkerUp | WorkerGone | WorkerUnhealthy | WorkerDraining
+Stimulus = (Submitted | CancelAsked | Answered | Lost | WorkerUp | WorkerGone | WorkerUnhealthy | WorkerDraining
             | Load | ProjectLimit | Closing | Tick)
 
 
@@ -162,25 +167,41 @@ class Send:
     worker_id: str
 
 
+class Outcome(StrEnum):
+    """How a call ended (:class:`Resolve`)."""
+
+    ANSWERED = "answered"  # deliver the attempt's answer
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"  # ran past its timeout
+    EXPIRED = "expired"  # waited past its deadline
+    CLOSED = "closed"  # the pool shut down before it started
+    LOST = "lost"  # its last attempt ended with its worker (``reason`` says how)
+
+
+class AbortReason(StrEnum):
+    """Why a running attempt is stopped by force (:class:`AbortAttempt`)."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+
 @dataclass(slots=True)
-class Abort:
+class AbortAttempt:
     """Stop a running attempt by force (its worker ends); it is given up already."""
 
     task_id: int
     attempt: int
     worker_id: str
-    reason: str
+    reason: AbortReason
 
 
 @dataclass(slots=True)
 class Resolve:
-    """The call is over: ``outcome`` is ``"answered"`` (deliver ``attempt``'s answer),
-    ``"cancelled"``, ``"timeout"`` (ran past its timeout), ``"expired"`` (waited past its
-    deadline), ``"closed"`` (the pool shut down before it started) or ``"lost"``
-    (``reason`` says how its last attempt ended)."""
+    """The call is over, as ``outcome`` says (``ANSWERED``: deliver ``attempt``'s answer;
+    ``LOST``: ``reason`` says how its last attempt ended)."""
 
     task_id: int
-    outcome: str
+    outcome: Outcome
     attempt: int = 0
     reason: str = ""
     worker_id: str | None = None
@@ -211,4 +232,4 @@ class StopWorker:
     reason: str
 
 
-Instruction = Send | Abort | Resolve | RetryAt | TakeBack | StopWorker
+Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StopWorker
