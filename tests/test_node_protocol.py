@@ -74,7 +74,7 @@ def test_a_kernel_without_the_token_is_not_trusted_by_the_node() -> None:
     node = n.NodeLink("node", TOKEN, node_id="n1")
     impostor.receive(node.hello())
     node.receive(impostor.outgoing())
-    impostor.state = "ready"  # pretend it accepted the node's proof
+    impostor.state = n.LinkState.READY  # pretend it accepted the node's proof
     with pytest.raises(n.Refused, match="failed to prove"):
         node.receive(impostor.welcome("s", 1.0, 1 << 20))
     assert not node.is_open

@@ -31,7 +31,7 @@ from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener, package_version
 
 from .outbox import FastServerConnection, handshake
-from .session import Session
+from .session import Session, SessionState
 from .settings import HubSettings
 from .slot import NodeSlot
 
@@ -208,7 +208,7 @@ class NodeHub(NodeListener):
         self._waiting += 1
         try:
             async with asyncio.timeout(self.settings.auth_timeout):
-                await handshake(ws, link, lambda: link.state == "ready")
+                await handshake(ws, link, lambda: link.state is n.LinkState.READY)
         except TimeoutError:
             reason = f"no authentication within {self.settings.auth_timeout:g} s"
             self.refuse_count(n.CLOSE_AUTH_TIMEOUT, peer, reason, link.node_id)
@@ -276,7 +276,7 @@ class NodeHub(NodeListener):
                     reason = f"sent nothing for {silent:.1f} s (failAfter {s.fail_after:g} s)"
                     self.refuse_count(n.CLOSE_HEARTBEAT, session.address, reason, session.node_id)
                     session.lose(f"failed: {reason}", n.CLOSE_HEARTBEAT)
-                elif silent > s.heartbeat_timeout and session.state == "available":
+                elif silent > s.heartbeat_timeout and session.state is SessionState.AVAILABLE:
                     log.warning("node unhealthy", node_id=session.node_id, peer=session.address,
                                 silent=round(silent, 1))
                     session.set_unhealthy()

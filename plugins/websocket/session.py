@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from enum import StrEnum
 from typing import Any, Protocol
 
 import structlog
@@ -21,6 +22,14 @@ from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot
 
 log = structlog.get_logger("nodes")
+
+
+class SessionState(StrEnum):
+    """A node's session, as the kernel sees it (heartbeats and draining)."""
+
+    AVAILABLE = "available"
+    UNHEALTHY = "unhealthy"  # heartbeats missed; failed after failAfter
+    DRAINING = "draining"  # the node is leaving: its slots take no new calls
 
 
 class SessionHub(Protocol):
@@ -64,7 +73,7 @@ class Session:
         self.last_seen = time.monotonic()
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
-        self.state = "available"  # | unhealthy | draining
+        self.state = SessionState.AVAILABLE
         self.closed = False
         self.outbox = Outbox(ws)
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -76,11 +85,11 @@ class Session:
     @property
     def replace_slots(self) -> bool:
         """Whether the node should replace a slot the kernel stops (recycling)."""
-        return not self.hub.closing and self.state != "draining"
+        return not self.hub.closing and self.state is not SessionState.DRAINING
 
     def describe(self, now: float) -> NodeInfo:
         return NodeInfo(
-            id=self.node_id, address=self.address, state=self.state, slots=len(self.slots),
+            id=self.node_id, address=self.address, state=self.state.value, slots=len(self.slots),
             running=sum(len(s.inflight) for s in self.slots.values()), cpu_percent=self.cpu_percent,
             memory_percent=self.memory_percent, heartbeat_age=round(now - self.last_seen, 3),
             labels=self.labels, python=str(self.info.get("python", "")), version=str(self.info.get("version", "")),
@@ -126,7 +135,7 @@ class Session:
         if self.closed:
             return
         self.last_seen = time.monotonic()
-        if self.state == "unhealthy":
+        if self.state is SessionState.UNHEALTHY:
             self.set_healthy()
         try:
             for msg in self.link.receive(data):
@@ -174,17 +183,17 @@ class Session:
             if slot is not None:
                 slot._drop(msg.call_id)
         elif kind is p.SlotUp:
-            if self.state != "draining" and not self.hub.closing and msg.slot not in self.slots:
+            if self.state is not SessionState.DRAINING and not self.hub.closing and msg.slot not in self.slots:
                 self.hub.slot_up(self, msg.slot, msg.pid)
         elif kind is p.SlotDown:
             slot = self.slots.pop(msg.slot, None)
             if slot is not None:
                 slot.went_down(msg.reason, msg.exitcode, msg.began)
-            if self.state == "draining" and not self.slots:
+            if self.state is SessionState.DRAINING and not self.slots:
                 self._leave()
         elif kind is p.Draining:
             log.info("node draining", node_id=self.node_id, reason=msg.reason)
-            self.state = "draining"
+            self.state = SessionState.DRAINING
             if not self.slots:
                 self._leave()
             else:
@@ -205,13 +214,13 @@ class Session:
     # -- health and end ---------------------------------------------------------------
 
     def set_unhealthy(self) -> None:
-        self.state = "unhealthy"
+        self.state = SessionState.UNHEALTHY
         for slot in list(self.slots.values()):
             slot.unhealthy()
 
     def set_healthy(self) -> None:
         log.info("node healthy again", node_id=self.node_id, peer=self.address)
-        self.state = "available"
+        self.state = SessionState.AVAILABLE
         for slot in list(self.slots.values()):
             slot.healthy()
 

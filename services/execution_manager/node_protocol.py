@@ -59,6 +59,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import msgpack
@@ -103,6 +104,17 @@ def proof(token: bytes, side: bytes, first: bytes, second: bytes, node_id: str) 
     return hmac.new(token, b"\0".join((side, first, second, node_id.encode())), hashlib.sha256).digest()
 
 
+class LinkState(StrEnum):
+    """Where a link is in its handshake (kernel: hello, auth, ready, open; node: hello,
+    welcome, open)."""
+
+    HELLO = "hello"
+    AUTH = "auth"
+    READY = "ready"  # the kernel has checked the node's proof; its welcome is next
+    WELCOME = "welcome"
+    OPEN = "open"
+
+
 class NodeLink:
     """One end of a kernel-node connection, without I/O.
 
@@ -129,7 +141,7 @@ class NodeLink:
         self.session = ""
         self.heartbeat_interval = 0.0
         self.packages: dict[str, str] = {}
-        self.state = "hello"  # kernel: hello -> auth -> ready -> open; node: hello -> welcome -> open
+        self.state = LinkState.HELLO  # kernel: hello -> auth -> ready -> open; node: hello -> welcome -> open
         self._token = token
         self._nonce = nonce(_NONCE)
         self._their_nonce = b""
@@ -141,10 +153,10 @@ class NodeLink:
 
     @property
     def is_open(self) -> bool:
-        return self.state == "open"
+        return self.state is LinkState.OPEN
 
     def _opened(self) -> None:
-        self.state = "open"
+        self.state = LinkState.OPEN
         self._types = tuple(self._open_types)
         self._decoder = p.decoder(self._types)
 
@@ -164,7 +176,7 @@ class NodeLink:
         self, session: str, heartbeat_interval: float, max_frame: int, packages: dict[str, str] | None = None
     ) -> bytes:
         """Kernel: admit an authenticated node (after checking, e.g., that its id is free)."""
-        assert self.role == "kernel" and self.state == "ready"
+        assert self.role == "kernel" and self.state is LinkState.READY
         self._opened()
         self.session = session
         self.max_frame = max_frame
@@ -221,7 +233,7 @@ class NodeLink:
         return self._node_handshake(msg)
 
     def _kernel_handshake(self, msg: Any) -> list[Any]:
-        if self.state == "hello":
+        if self.state is LinkState.HELLO:
             if type(msg) is not p.NodeHello:
                 raise Refused(CLOSE_PROTOCOL, f"expected NODE_HELLO first, got {type(msg).__name__}")
             if msg.version != NODE_PROTOCOL_VERSION:
@@ -232,29 +244,29 @@ class NodeLink:
             if len(msg.nonce) < 16:
                 raise Refused(CLOSE_PROTOCOL, "NODE_HELLO: bad nonce")
             self.node_id, self._their_nonce, self.info, self._hello = msg.node_id, msg.nonce, msg.info, msg
-            self.state = "auth"
+            self.state = LinkState.AUTH
             self._out.append(p.encode(p.Challenge(self._nonce)))
             return []
-        if self.state == "auth":
+        if self.state is LinkState.AUTH:
             if type(msg) is not p.Auth:
                 raise Refused(CLOSE_AUTH, f"expected AUTH, got {type(msg).__name__}")
             expected = proof(self._token, b"node", self._nonce, self._their_nonce, self.node_id)
             if not hmac.compare_digest(msg.proof, expected):
                 raise Refused(CLOSE_AUTH, "authentication failed: wrong or missing token")
-            self.state = "ready"
+            self.state = LinkState.READY
             assert self._hello is not None
             return [self._hello]
         raise Refused(CLOSE_PROTOCOL, f"{type(msg).__name__} before the node was admitted")
 
     def _node_handshake(self, msg: Any) -> list[Any]:
-        if self.state == "hello":
+        if self.state is LinkState.HELLO:
             if type(msg) is not p.Challenge or len(msg.nonce) < 16:
                 raise Refused(CLOSE_PROTOCOL, "expected CHALLENGE from the kernel")
             self._their_nonce = msg.nonce
-            self.state = "welcome"
+            self.state = LinkState.WELCOME
             self._out.append(p.encode(p.Auth(proof(self._token, b"node", msg.nonce, self._nonce, self.node_id))))
             return []
-        if self.state == "welcome":
+        if self.state is LinkState.WELCOME:
             if type(msg) is not p.Welcome:
                 raise Refused(CLOSE_PROTOCOL, f"expected WELCOME, got {type(msg).__name__}")
             expected = proof(self._token, b"kernel", self._nonce, self._their_nonce, self.node_id)
