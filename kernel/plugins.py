@@ -61,3 +61,13 @@ def merged_registry(pm: pluggy.PluginManager, hook: str, what: str) -> dict[str,
             registry[name] = value
             owners[name] = impl.plugin_name
     return registry
+
+
+def registered(registry: Mapping[str, Any], name: str, where: str, what: str) -> Any:
+    """``registry[name]``; else a :class:`PluginError` naming ``where`` it was asked
+    (``custom.nodeType``), ``what`` it is (``node type``) and the names known."""
+    found = registry.get(name)
+    if found is None:
+        known = ", ".join(sorted(registry)) or "none"
+        raise PluginError(f"{where} {name!r} is not a known {what} (known: {known})")
+    return found

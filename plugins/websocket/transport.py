@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kernel.errors import ConfigError, PluginError
-from kernel.plugins import make_plugin_manager
+from kernel.errors import ConfigError
+from kernel.plugins import make_plugin_manager, registered
 from microkernel.services.execution_manager.hookspecs import executor_types
 from microkernel.services.execution_manager.nodes import NodeConfig, NodeListener, NodeTransport, read_token
 
@@ -33,9 +33,5 @@ class WebsocketTransport(NodeTransport):
     async def run_node(self, config: NodeConfig) -> int:
         from .agent import NodeAgent
 
-        registry = executor_types(make_plugin_manager())
-        factory = registry.get(config.node_type)
-        if factory is None:
-            known = ", ".join(sorted(registry)) or "none"
-            raise PluginError(f"--node-type {config.node_type!r} is not a known node type (known: {known})")
+        factory = registered(executor_types(make_plugin_manager()), config.node_type, "--node-type", "node type")
         return await NodeAgent(config, factory).run()

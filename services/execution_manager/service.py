@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from kernel.decorator import options_for
-from kernel.errors import ExecutionError, PluginError
+from kernel.errors import ExecutionError
+from kernel.plugins import registered
 from kernel.service import BaseService
 
 from . import protocol as p
@@ -68,10 +69,7 @@ class ExecutionManager(BaseService):
     async def start(self) -> None:
         s = self.settings
         registry = executor_types(self.kernel.pm)
-        factory = registry.get(s.node_type)
-        if factory is None:
-            known = ", ".join(sorted(registry)) or "none"
-            raise PluginError(f"custom.nodeType {s.node_type!r} is not a known node type (known: {known})")
+        factory = registered(registry, s.node_type, "custom.nodeType", "node type")
         hook = self.kernel.hook.kernel_event
         if hook.get_hookimpls():
             self.events.hook = lambda e, payload: hook(kernel=self.kernel, event=e, payload=payload)
@@ -100,12 +98,8 @@ class ExecutionManager(BaseService):
                  max_workers=s.max_workers, run_locally=s.run_locally)
 
     async def _listen(self, settings: Mapping[str, Any]) -> None:
-        transports = node_transports(self.kernel.pm)
         name = settings.get("transport", "websocket")
-        transport = transports.get(name)
-        if transport is None:
-            known = ", ".join(sorted(transports)) or "none"
-            raise PluginError(f"custom.nodes.transport {name!r} is not a known node transport (known: {known})")
+        transport = registered(node_transports(self.kernel.pm), name, "custom.nodes.transport", "node transport")
         listener = transport.listener(settings, self.kernel.manifest_path(self.name))
         self.nodes_address = await listener.start(self._pool)
         self.listener = listener
