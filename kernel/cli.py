@@ -43,14 +43,11 @@ def plugin_commands(plugins: Sequence[object] = ()) -> dict[str, click.Command]:
 class KernelGroup(click.Group):
     """The ``kernel`` group: its own verbs, then the plugins' (loaded on first need)."""
 
-    def __init__(self, *args: Any, plugins: Sequence[object] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._plugins = plugins
-        self._loaded: dict[str, click.Command] | None = None
+    _loaded: dict[str, click.Command] | None = None
 
     def _plugin_commands(self) -> Mapping[str, click.Command]:
         if self._loaded is None:
-            self._loaded = plugin_commands(self._plugins)
+            self._loaded = plugin_commands()
         return self._loaded
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -58,12 +55,6 @@ class KernelGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, cmd_name) or self._plugin_commands().get(cmd_name)
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version(DIST)
 
 
 @click.group(cls=KernelGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -152,8 +143,7 @@ def settings_from(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
             value = raw
         target = out.setdefault(service, {})
         for field in fields[:-1]:
-            inner = target.get(field)
-            target = target.setdefault(field, {}) if not isinstance(inner, dict) else inner
+            target = target.setdefault(field, {})
             if not isinstance(target, dict):
                 raise click.BadParameter(f"{pair!r}: {field} was given a value, not fields", param_hint="--set")
         target[fields[-1]] = value

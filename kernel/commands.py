@@ -25,8 +25,6 @@ command needs beyond Click is imported inside it: every ``kernel`` invocation
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -92,11 +90,6 @@ def run_loop(coro: Coroutine[Any, Any, _T], loop: str = "auto") -> _T:
             result: _T = uvloop.run(coro)
             return result
     return asyncio.run(coro)
-
-
-def print_json(document: Any) -> None:
-    """``document`` as indented JSON on stdout (what ``--json`` prints)."""
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 def log_options(ctx: click.Context, default_level: str | None = None) -> None:

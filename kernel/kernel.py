@@ -148,9 +148,10 @@ class Kernel:
         builtin = builtin_service_folders() if self._builtins else []
         specs = order(discover(self.paths, builtin))
         self._packages = plan_packages(specs)
-        known = ", ".join(sorted(s.name for s in specs))
-        for name in sorted(set(self._overrides) - {s.name for s in specs}):
-            raise SettingsError(name, [("", f"no service of that name is loaded (known services: {known})")],
+        unknown = sorted(set(self._overrides) - {s.name for s in specs})
+        if unknown:
+            known = ", ".join(sorted(s.name for s in specs))
+            raise SettingsError(unknown[0], [("", f"no service of that name is loaded (known services: {known})")],
                                 unknown=True)
         self._records = {s.name: ServiceRecord(s) for s in specs}
         try:

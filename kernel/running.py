@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 
+from .blame import OURS
 from .errors import SettingsError, ShadowingError
-
-OURS = ("kernel", "microkernel")
 
 
 def add_app_folder(folder: Path) -> None:
@@ -39,14 +38,14 @@ def add_app_folder(folder: Path) -> None:
 
 def describe_settings_error(exc: SettingsError, pairs: Sequence[str]) -> str:
     """``exc`` in the command line's terms: each problem names the ``--set`` that caused it."""
+    keys = [(pair.partition("=")[0], pair) for pair in pairs]
     parts = []
     for field, message in exc.problems:
         if not field and not exc.unknown:  # a check across fields: the message names them
             parts.append(f"{exc.service}: {message}")
             continue
         key = f"{exc.service}.{field}" if field else exc.service
-        given = [p for p in pairs if p.partition("=")[0] == key or p.partition("=")[0].startswith(key + ".")
-                 or key.startswith(p.partition("=")[0] + ".")]
+        given = [pair for k, pair in keys if k == key or k.startswith(key + ".") or key.startswith(k + ".")]
         flag = " ".join(f"--set {p}" for p in given) or f"--set {key}=..."
         parts.append(f"{flag}: {message}")
     return "; ".join(parts)

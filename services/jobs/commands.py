@@ -64,8 +64,8 @@ def json_value(raw: str, flag: str) -> Any:
         return raw
 
 
-def request_of(what: Mapping[str, Any], rest: Sequence[str], options: Mapping[str, Any]) -> dict[str, Any]:
-    """The job request ``kernel submit``'s flags describe.
+def request_of(what: Mapping[str, Any], rest: Sequence[str]) -> dict[str, Any]:
+    """The job request ``kernel submit``'s flags (``what``, by name) describe.
 
     :raises click.UsageError: they do not describe one (the message says why).
     """
@@ -99,16 +99,16 @@ def request_of(what: Mapping[str, Any], rest: Sequence[str], options: Mapping[st
             body["body"] = what["data"]
     else:
         raise click.UsageError("say what to run: --function, --service, --module, --code, --shell, --http or --body")
-    if options.get("args"):
-        body["args"] = [json_value(a, "--arg") for a in options["args"]]
-    if options.get("kwargs"):
-        kwargs = json_value(options["kwargs"], "--kwargs")
+    if what.get("args"):
+        body["args"] = [json_value(a, "--arg") for a in what["args"]]
+    if what.get("kwargs"):
+        kwargs = json_value(what["kwargs"], "--kwargs")
         if not isinstance(kwargs, dict):
             raise click.BadParameter("must be a JSON object, e.g. '{\"n\": 3}'", param_hint="--kwargs")
         body["kwargs"] = kwargs
     for name in ("priority", "project", "timeout", "retries", "key", "name"):
-        if options.get(name) is not None:
-            body[name] = options[name]
+        if what.get(name) is not None:
+            body[name] = what[name]
     return body
 
 
@@ -167,7 +167,7 @@ def submit(connect: Connect, rest: tuple[str, ...], wait: bool, as_json: bool, *
     if rest and kinds[:1] not in (["module"], ["shell"], ["body"]):
         raise click.UsageError(f"unexpected arguments {' '.join(rest)!r}: only --module and --shell take "
                                "arguments (after --)")
-    body = request_of(given, rest, given)
+    body = request_of(given, rest)
     with connect() as client:
         job = client.submit(body)
         if not wait:

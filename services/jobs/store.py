@@ -116,8 +116,7 @@ def where(*, mark: str, **equal: str | None) -> tuple[str, list[str]]:
     return (f" WHERE {clause}" if clause else ""), list(given.values())
 
 
-def bounded(rows: Iterable[Sequence[Any]], max_bytes: int | None,
-            decode: Callable[[Any], Job] = lambda row: _job(row)) -> list[Job]:
+def bounded(rows: Iterable[Sequence[Any]], max_bytes: int | None, decode: Callable[[Any], Job]) -> list[Job]:
     """The jobs of ``rows`` (``SELECT`` rows, made jobs by ``decode``), read one by one
     until their text passes ``max_bytes`` (the first is always kept): a list of large
     results stays bounded."""
@@ -289,7 +288,7 @@ class SqliteStore(JobStore):
         clause, args = where(mark="?", state=state, project=project, type=type)
         # On a connection of its own, so that it may run in a thread (see counts()).
         with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
-            return bounded(db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)), max_bytes)
+            return bounded(db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)), max_bytes, _job)
 
     def counts(self) -> dict[tuple[str, str], int]:
         # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its
