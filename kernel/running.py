@@ -27,8 +27,10 @@ def add_app_folder(folder: Path) -> None:
     for package in OURS:
         spec = importlib.util.find_spec(package)
         ours = Path(spec.origin).resolve() if spec is not None and spec.origin else None
-        for candidate in (folder / f"{package}.py", folder / package / "__init__.py", folder / package):
-            if candidate.exists() and (ours is None or candidate.resolve() not in (ours, ours.parent)):
+        # (a plain folder of that name, without __init__.py, shadows nothing: a regular
+        # package found later on the path wins over a namespace portion)
+        for candidate in (folder / f"{package}.py", folder / package / "__init__.py"):
+            if candidate.exists() and (ours is None or candidate.resolve() != ours):
                 # (a repository's own checkout holds the real ``kernel`` package: that one is fine)
                 raise ShadowingError(candidate, package)
     entry = str(folder)

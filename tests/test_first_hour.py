@@ -126,6 +126,17 @@ def test_a_module_of_the_app_named_like_ours_is_refused_naming_it(tmp_path: Path
     assert len(out.stderr.splitlines()) == 1
 
 
+def test_a_plain_folder_named_like_ours_is_no_shadow(tmp_path: Path, running: list[Running]) -> None:
+    app = make_app(tmp_path)
+    (app / "kernel").mkdir()  # notes, say: no __init__.py, so never imported in place of ours
+    (app / "kernel" / "README").write_text("notes")
+    run = Running(app, "services", "--no-http")
+    running.append(run)
+    run.until("kernel running:")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.end() and run.proc.returncode == 0
+
+
 def test_workers_never_import_a_module_of_the_current_folder_in_place_of_ours(tmp_path: Path) -> None:
     here, scripts = tmp_path / "here", tmp_path / "scripts"
     here.mkdir()
@@ -288,6 +299,28 @@ def test_a_node_pointed_at_the_kernels_http_ports_stops_saying_what_it_reached(
     assert "answered 200 OK instead of accepting a websocket" in said[0]
     run.proc.send_signal(signal.SIGTERM)
     run.end()
+
+
+def test_a_node_pointed_at_something_that_is_not_http_stops_saying_what_answered() -> None:
+    import socketserver
+    import threading
+
+    class Redisish(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.recv(4096)
+            self.request.sendall(b"+OK not a websocket\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Redisish) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            node = subprocess.run([KERNEL, "--log-json", "node", "--connect", f"ws://127.0.0.1:{server.server_address[1]}",
+                                   "--slots", "1"], capture_output=True, text=True, timeout=30,
+                                  env=env(MICROKERNEL_NODE_TOKEN="t"))
+        finally:
+            server.shutdown()
+    assert node.returncode == 2, node.stderr
+    said = [json.loads(line)["event"] for line in node.stderr.splitlines() if '"error"' in line]
+    assert len(said) == 1 and "is not a kernel's node listener: something that does not speak HTTP" in said[0]
 
 
 # -- 8-9. the command itself -------------------------------------------------------------------

@@ -206,16 +206,81 @@ def test_bad_queries_headers_and_admin_input_are_4xx(served: Served) -> None:
     assert "Traceback" not in log, log
 
 
-def test_a_node_message_nested_too_deep_is_refused_with_a_close_code() -> None:
+def test_a_node_message_nested_too_deep_is_refused_with_a_close_code_before_and_after_auth() -> None:
     from microkernel.services.execution_manager import node_protocol as n
 
-    link = n.NodeLink("kernel", b"token")
     deep = b"\x91" * 5000 + b"\xc0"
     hello = b"\x95\x14\x01\xa1x\xc4\x20" + b"a" * 32 + b"\x81\xa1i" + deep  # NODE_HELLO whose info nests
     for data in (hello, deep):
         with pytest.raises(n.Refused) as refused:
-            link.receive(data)
+            n.NodeLink("kernel", b"token").receive(data)
         assert refused.value.code == n.CLOSE_PROTOCOL and "nested too deep" in refused.value.reason
+    # An authenticated node's deep message: the same refusal, never an error of the decoder.
+    kernel, node = n.NodeLink("kernel", b"token"), n.NodeLink("node", b"token", node_id="n1")
+    kernel.receive(node.hello())
+    node.receive(kernel.outgoing())
+    kernel.receive(node.outgoing())
+    node.receive(kernel.welcome("s", 1.0, 1 << 20))
+    assert kernel.is_open and node.is_open
+    log = b"\x95\x07\x01\xa1i\xa1m\x81\xa1a" + deep  # LOG whose fields (of type Any) nest
+    for data in (deep, log):
+        with pytest.raises(n.Refused) as refused:
+            kernel.receive(data)
+        assert refused.value.code == n.CLOSE_PROTOCOL, refused.value.reason
+
+
+def test_refusals_are_logged_at_most_so_often_and_say_what_was_held_back() -> None:
+    from kernel.logs import Throttle
+
+    throttle = Throttle(most=3, per=0.2)
+    said = [throttle("refused") for _ in range(10)]
+    assert said == [0, 0, 0, None, None, None, None, None, None, None]
+    assert throttle("another kind") == 0  # counted apart
+    import time
+
+    time.sleep(0.25)
+    assert throttle("refused") == 7  # the next window's first line says how many were held back
+
+
+def test_a_list_of_jobs_stops_at_its_byte_budget(tmp_path: Path) -> None:
+    from microkernel.services.jobs.model import Job
+    from microkernel.services.jobs.store import SqliteStore
+
+    store = SqliteStore(tmp_path)
+    try:
+        for i in range(20):
+            job = Job(id=f"j{i:02}", type="function", task={"function": "math:sqrt", "pad": "x" * 100_000})
+            store.add(job)
+        assert len(store.select(limit=100)) == 20
+        bounded = store.select(limit=100, max_bytes=350_000)
+        assert [j.id for j in bounded] == ["j19", "j18", "j17"]  # newest first, until the budget is spent
+        assert len(store.select(limit=100, max_bytes=1)) == 1  # one at least
+    finally:
+        store.close()
+
+
+def test_truncated_and_badly_chunked_bodies_are_4xx(tmp_path: Path) -> None:
+    served = Served(tmp_path, "--set", "jobs.api.bodyTimeout=1")
+    try:
+        token = f"Authorization: Bearer {served.token}\r\n".encode()
+        truncated = (b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n" + token + b"\r\n"
+                     b'{"function": "ma')
+        assert raw(served.api, truncated) == b"HTTP/1.1 408 Request Timeout"  # the rest never comes
+        host, port = served.api.split("//")[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(truncated)
+            sock.shutdown(socket.SHUT_WR)  # the client gives up half-way: nothing to answer, nothing kept
+            answer = sock.recv(65536)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+        chunked = (b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n" + token
+                   + b"\r\nzz\r\n{}\r\n0\r\n\r\n")
+        assert raw(served.api, chunked).split(b" ")[1] == b"400"  # aiohttp's parser answers it (HTTP/1.0)
+        with httpx.Client(base_url=served.api, headers=served.auth, timeout=30) as http:
+            assert http.get("/jobs").json()["jobs"] == []  # nothing kept
+    finally:
+        if sys.exc_info()[0] is not None:
+            served.proc.kill()
+    assert "Traceback" not in served.stop()
 
 
 def test_a_thousand_idle_and_slow_clients_of_one_server_leave_the_others_and_a_node_working(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import NamedTuple, cast
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from kernel.errors import ConfigError
@@ -50,6 +52,29 @@ def json_errors(prefix: str = "/") -> Middleware:
             return web.json_response({"error": "the server failed on this request (its log says why)"}, status=500)
 
     return middleware
+
+
+class _ToStructlog(logging.Handler):
+    """aiohttp's own server log (a request it could not parse, an error past every
+    handler) as our log lines: a malformed request is one throttled refusal, without the
+    traceback aiohttp would print as plain text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.throttle = Throttle()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):  # aiohttp has answered it 400 already
+            reason = f"{type(exc).__name__}: {str(exc.message).splitlines()[0] if exc.message else exc}"
+            log_throttled(log, self.throttle, "warning", "http request refused", reason=reason[:200])
+        elif record.levelno >= logging.WARNING:
+            log_throttled(log, self.throttle, "error", record.getMessage()[:200], exc_info=record.exc_info)
+
+
+_server_log = logging.getLogger("microkernel.http.server")
+_server_log.propagate = False
+_server_log.addHandler(_ToStructlog())
 
 
 class Limits(NamedTuple):
@@ -120,7 +145,8 @@ async def listen(app: web.Application, host: str, port: int, *, settings: str, p
     # auto_decompress off: a garbage gzip body failed in aiohttp's parser, past the
     # handlers' reach; our bodies are small JSON, and a compressed one is refused (415).
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False,
-                           keepalive_timeout=limits.client_timeout, lingering_time=limits.client_timeout)
+                           keepalive_timeout=limits.client_timeout, lingering_time=limits.client_timeout,
+                           logger=_server_log)
     await runner.setup()
     site = _CappedSite(runner, host, port, tls, reserve_descriptors(limits.max_connections, settings), settings)
     try:
