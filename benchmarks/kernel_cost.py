@@ -26,8 +26,8 @@ from typing import Any
 
 from kernel import Kernel, logs
 from microkernel.plugins.local.executor import LocalWorker
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt
+from microkernel.services.execution_manager.executors import Attempt
+from microkernel.services.execution_manager.wire import protocol as p
 
 from .tasks import inc
 

@@ -11,64 +11,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lazy import lazy_names
+from .lazy import lazy_face
 
 if TYPE_CHECKING:
-    from . import task
-    from .decorator import call_options, distributed, method_options
+    from . import task as task
+    from .decorator import call_options as call_options, distributed as distributed, method_options as method_options
     from .errors import (
-        ConfigError,
-        DependencyError,
-        ExecutionError,
-        KernelError,
-        ManifestError,
-        PluginError,
-        RequestError,
-        ServiceAccessError,
-        ServiceLoadError,
-        ServiceNotFoundError,
-        ServiceStartError,
+        ConfigError as ConfigError,
+        DependencyError as DependencyError,
+        ExecutionError as ExecutionError,
+        KernelError as KernelError,
+        ManifestError as ManifestError,
+        PluginError as PluginError,
+        RequestError as RequestError,
+        ServiceAccessError as ServiceAccessError,
+        ServiceLoadError as ServiceLoadError,
+        ServiceNotFoundError as ServiceNotFoundError,
+        ServiceStartError as ServiceStartError,
     )
-    from .hookspecs import hookimpl
-    from .interfaces import ServiceState
-    from .kernel import Kernel
-    from .service import BaseService
+    from .hookspecs import hookimpl as hookimpl
+    from .interfaces import ServiceState as ServiceState
+    from .kernel import Kernel as Kernel
+    from .service import BaseService as BaseService
 
-_ERRORS = (
-    "ConfigError", "DependencyError", "ExecutionError", "KernelError", "ManifestError", "PluginError",
-    "RequestError", "ServiceAccessError", "ServiceLoadError", "ServiceNotFoundError", "ServiceStartError",
-)
-_WHERE = {
-    "Kernel": "kernel", "ServiceState": "interfaces", "BaseService": "service",
-    "distributed": "decorator", "method_options": "decorator", "call_options": "decorator",
-    "hookimpl": "hookspecs",
-    **dict.fromkeys(_ERRORS, "errors"),
-}
-__all__ = [
-    "BaseService",
-    "ConfigError",
-    "DependencyError",
-    "ExecutionError",
-    "Kernel",
-    "KernelError",
-    "ManifestError",
-    "PluginError",
-    "RequestError",
-    "ServiceAccessError",
-    "ServiceLoadError",
-    "ServiceNotFoundError",
-    "ServiceStartError",
-    "ServiceState",
-    "call_options",
-    "distributed",
-    "hookimpl",
-    "method_options",
-    "task",
-]
-
-
-__getattr__ = lazy_names(__name__, _WHERE, ("task",))
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.plugins.websocket.settings import HubSettings
-from microkernel.services.execution_manager import node_protocol as n
+from microkernel.services.execution_manager.wire import node as n
 
 TOKEN = "s3cret-test-token"
 ROOT = Path(__file__).resolve().parent.parent

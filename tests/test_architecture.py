@@ -1,5 +1,7 @@
 """The import graph keeps the floors: no circles, the kernel imports nothing of the
-execution manager, and no plugin imports another.
+execution manager, no plugin imports another, the execution manager's folders import
+only downwards, its sans-I/O floors reach no I/O library, and plugins import only the
+seam's faces.
 
 Read statically with grimp: every import counts, function-level and ``TYPE_CHECKING``
 ones included (a circle through annotations is still a circle in the design).
@@ -7,16 +9,47 @@ ones included (a circle through annotations is still a circle in the design).
 
 from __future__ import annotations
 
+import importlib.util
+
 import grimp
 import pytest
 
+from kernel.lazy import read_face
+
 ROOTS = ("kernel", "microkernel.services", "microkernel.plugins")
 PLUGINS = ("local", "inmemory", "websocket", "dask")
+EM = "microkernel.services.execution_manager"
+# Top to bottom; a floor imports only those below it (scheduling and wire know nothing
+# of each other). The modules beside the floors (settings, events, errors, hookspecs)
+# are not in a layer: a chain through them still counts.
+FLOORS = ({"service", "commands"}, "monitoring", "pool", "executors", {"scheduling", "wire"})
+SANS_IO = ("scheduling", "wire")
+IO = ("asyncio", "psutil", "websockets", "aiohttp", "anyio", "socket", "selectors", "threading", "subprocess")
+# What a plugin may import of the execution manager: the seam's face, the wire, the
+# errors and the hookspecs.
+PLUGIN_FACES = (f"{EM}.executors", f"{EM}.wire", f"{EM}.errors", f"{EM}.hookspecs")
+
+
+def with_faces(graph: grimp.ImportGraph) -> grimp.ImportGraph:
+    """A lazy face (:func:`kernel.lazy.lazy_face`) imports its modules on first use,
+    which no import statement shows: count an import of the face as one of each."""
+    for package in sorted(graph.modules):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None or not spec.origin.endswith("__init__.py"):
+            continue
+        with open(spec.origin, encoding="utf-8") as file:
+            source = file.read()
+        if "lazy_face(" not in source:
+            continue
+        where, modules = read_face(source)
+        for module in {*where.values(), *modules}:
+            graph.add_import(importer=package, imported=f"{package}.{module}")
+    return graph
 
 
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
-    return grimp.build_graph(*ROOTS, exclude_type_checking_imports=False)
+    return with_faces(grimp.build_graph(*ROOTS, exclude_type_checking_imports=False))
 
 
 def test_no_import_circles(graph: grimp.ImportGraph) -> None:
@@ -52,3 +85,37 @@ def test_the_execution_manager_imports_no_plugin(graph: grimp.ImportGraph) -> No
         importer="microkernel.services.execution_manager", imported="microkernel.plugins", as_packages=True
     )
     assert not chains, f"the execution manager imports plugins: {sorted(chains)}"
+
+
+def test_the_execution_managers_floors_import_only_downwards(graph: grimp.ImportGraph) -> None:
+    illegal = graph.find_illegal_dependencies_for_layers(layers=FLOORS, containers={EM})
+    found = [f"{d.importer} -> {d.imported}: " + "; ".join(" -> ".join(r.heads | r.tails) for r in d.routes)
+             for d in illegal]
+    assert not found, "a floor imports one above it:\n" + "\n".join(sorted(found))
+
+
+def test_no_import_chain_leads_from_the_sans_io_floors_to_io() -> None:
+    # Runtime imports only (a TYPE_CHECKING import loads nothing), standard library included.
+    graph = with_faces(grimp.build_graph(*ROOTS, include_external_packages=True, exclude_type_checking_imports=True))
+    for floor in SANS_IO:
+        for library in IO:
+            if library not in graph.modules:  # nothing of ours imports it at all
+                assert library not in IO[:4], f"{library} is missing from the graph: the check would be vacuous"
+                continue
+            chains = graph.find_shortest_chains(importer=f"{EM}.{floor}", imported=library, as_packages=True)
+            assert not chains, f"{floor}/ reaches {library}: {sorted(chains)}"
+
+
+def test_plugins_import_only_the_seams_faces(graph: grimp.ImportGraph) -> None:
+    wrong = []
+    for plugin in PLUGINS:
+        for module in sorted(graph.find_children(f"microkernel.plugins.{plugin}") | {f"microkernel.plugins.{plugin}"}):
+            for imported in sorted(graph.find_modules_directly_imported_by(module)):
+                if not imported.startswith(EM):
+                    continue
+                # wire is all public (sans-I/O messages); of the seam only the face is.
+                if imported in PLUGIN_FACES or imported.startswith(f"{EM}.wire."):
+                    continue
+                line = graph.get_import_details(importer=module, imported=imported)[0]["line_number"]
+                wrong.append(f"{module}:{line} imports {imported}")
+    assert not wrong, "plugins import past the seam's faces:\n" + "\n".join(wrong)

@@ -24,8 +24,8 @@ from microkernel.plugins.dask.cluster import DaskCluster
 from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executor import Executor
-from microkernel.services.execution_manager.testing import CHECKS, DEATH_CHECKS
+from microkernel.services.execution_manager.executors import Executor
+from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS
 
 from . import tasks
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microkernel.plugins.dask.scaling import WorkerView as W
-from microkernel.plugins.dask.scaling import plan
+from microkernel.plugins.dask.scaling import WorkerView as W, plan
 
 
 @pytest.mark.parametrize(("workers", "waiting", "starting", "target", "retire"), [

@@ -13,12 +13,11 @@ import pytest
 from kernel.plugins import make_plugin_manager
 from microkernel.plugins.inmemory.executor import InMemoryExecutor
 from microkernel.plugins.local.executor import LocalWorker
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import ReplyFuture
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
-from microkernel.services.execution_manager.executor import WorkerState
+from microkernel.services.execution_manager.executors import ReplyFuture, WorkerState
+from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS, call, check_executor
 from microkernel.services.execution_manager.hookspecs import executor_types
-from microkernel.services.execution_manager.testing import CHECKS, DEATH_CHECKS, call, check_executor
+from microkernel.services.execution_manager.wire import protocol as p
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +54,7 @@ def test_the_kit_is_installed_and_its_call_targets_need_no_test_runner() -> None
     import subprocess
     import sys
 
-    code = ("import sys, microkernel.services.execution_manager.testing.targets; "
+    code = ("import sys, microkernel.services.execution_manager.executors.testing.targets; "
             "print('pytest' in sys.modules, 'hypothesis' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd="/")
     assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out
@@ -158,7 +157,7 @@ async def test_a_local_worker_keeps_each_answer_as_it_came_for_a_relay() -> None
     taken once while the reply is followed (the kernel's local workers keep none)."""
     import math
 
-    from microkernel.services.execution_manager.serialization import dumps_call
+    from microkernel.services.execution_manager.wire.serialization import dumps_call
 
     relaying, plain = LocalWorker("relay-1", {"keepAnswers": True}), LocalWorker("plain-1", {})
     await asyncio.gather(relaying.start(), plain.start())
@@ -187,7 +186,7 @@ async def test_a_call_taken_back_and_sent_again_begins_where_the_kernel_counts_i
     call must begin from its newest frame, in the order the kernel sent. Else, killed while
     running the other call, the worker would have run it with the kernel sure it had not
     (it then runs elsewhere too: twice). The soak found this under chaos."""
-    from microkernel.services.execution_manager.serialization import dumps_call
+    from microkernel.services.execution_manager.wire.serialization import dumps_call
 
     from . import tasks
 

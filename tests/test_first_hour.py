@@ -237,7 +237,7 @@ def test_the_stop_says_its_deadline_and_a_second_ctrl_c_stops_a_running_job_at_o
 
 def test_the_job_api_port_is_ours_and_the_defaults_agree() -> None:
     from microkernel.services.execution_manager import commands as em_commands
-    from microkernel.services.execution_manager.nodes import TOKEN_ENV
+    from microkernel.services.execution_manager.executors import TOKEN_ENV
     from microkernel.services.jobs import client, commands, settings
 
     assert settings.DEFAULT_PORT not in (8786, 8787, 8765, 8790)  # Dask's scheduler and dashboard, nodes, ours
@@ -436,7 +436,7 @@ async def test_status_at_80_columns_fits_and_never_cuts_an_id_a_pid_or_a_state()
     from rich.console import Console
 
     from kernel import Kernel
-    from microkernel.services.execution_manager.terminal import fetch, render
+    from microkernel.services.execution_manager.monitoring.terminal import fetch, render
 
     settings = {"execution-manager": {"minWorkers": 3, "maxWorkers": 3, "http": {"port": 0}}}
     async with Kernel([], settings=settings) as k:

@@ -207,7 +207,7 @@ def test_bad_queries_headers_and_admin_input_are_4xx(served: Served) -> None:
 
 
 def test_a_node_message_nested_too_deep_is_refused_with_a_close_code_before_and_after_auth() -> None:
-    from microkernel.services.execution_manager import node_protocol as n
+    from microkernel.services.execution_manager.wire import node as n
 
     deep = b"\x91" * 5000 + b"\xc0"
     hello = b"\x95\x14\x01\xa1x\xc4\x20" + b"a" * 32 + b"\x81\xa1i" + deep  # NODE_HELLO whose info nests

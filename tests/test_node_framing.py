@@ -11,10 +11,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from microkernel.plugins.websocket.framing import FrameSplitter, binary_frame
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.serialization import dumps, loads
-from microkernel.services.execution_manager.testing import call, reply
+from microkernel.services.execution_manager.executors.testing import call, reply
+from microkernel.services.execution_manager.wire import dumps, loads, node as n, protocol as p
 
 from .nodes import RawNode, running_hub, until
 

@@ -8,8 +8,7 @@ import re
 import msgpack
 import pytest
 
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.wire import node as n, protocol as p
 
 TOKEN = b"token"
 
@@ -87,7 +86,7 @@ def test_a_kernel_without_the_token_is_not_trusted_by_the_node() -> None:
         (b"\x91" * 5000 + b"\xc0", n.CLOSE_PROTOCOL, "nested too deep"),
         (msgpack.packb([99, 1]), n.CLOSE_PROTOCOL, "unknown message type 99"),
         (msgpack.packb({"a": 1}), n.CLOSE_PROTOCOL, "msgpack array starting with its type"),
-        (msgpack.packb([p.NODE_HELLO, 7, "n1", b"x" * 32, {}]), n.CLOSE_VERSION, "protocol version 7"),
+        (msgpack.packb([p.NODE_HELLO, 7, "n1", b"x" * 32, {}]), n.CLOSE_VERSION, "wire version 7"),
         (msgpack.packb([p.NODE_HELLO, 1, "", b"x" * 32, {}]), n.CLOSE_PROTOCOL, "node id"),
         (msgpack.packb([p.AUTH, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),
         (msgpack.packb([p.RESULT, 1, b"x"]), n.CLOSE_PROTOCOL, "expected NODE_HELLO first"),

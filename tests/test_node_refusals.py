@@ -15,10 +15,8 @@ import structlog.testing
 from websockets.asyncio.client import connect
 
 from microkernel.plugins.websocket.hub import NodeHub
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.serialization import loads
-from microkernel.services.execution_manager.testing import call, reply
+from microkernel.services.execution_manager.executors.testing import call, reply
+from microkernel.services.execution_manager.wire import loads, node as n, protocol as p
 
 from .nodes import TOKEN, RawNode, running_hub, start_node, stop_node, until
 
@@ -128,7 +126,7 @@ ATTACKS: list[tuple[Attack, int, str, str]] = [
     (wrong_token, n.CLOSE_AUTH, "auth", "wrong or missing token"),
     (replayed_token, n.CLOSE_AUTH, "auth", "wrong or missing token"),
     (silent, n.CLOSE_AUTH_TIMEOUT, "auth-timeout", "no authentication within 1 s"),
-    (bad_version, n.CLOSE_VERSION, "version", "protocol version 99"),
+    (bad_version, n.CLOSE_VERSION, "version", "wire version 99"),
     (not_msgpack, n.CLOSE_PROTOCOL, "protocol", "not a msgpack message"),
     (text_frame, n.CLOSE_TEXT, "text-frame", "text frames are not accepted"),
     (too_big, n.CLOSE_TOO_BIG, "too-big", ""),

@@ -15,7 +15,7 @@ from kernel import Kernel
 from kernel.errors import ServiceStartError
 from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.testing import CHECKS, DEATH_CHECKS
+from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS
 
 from . import tasks
 from .nodes import ROOT, TOKEN, running_hub, start_node, stop_node, until

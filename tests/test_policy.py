@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from microkernel.services.execution_manager.policy import (
+from microkernel.services.execution_manager.scheduling.policy import (
     Limits,
     ScalePlan,
     Worker,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.wire import protocol as p
 
 
 def raw(msg: object) -> bytes:
@@ -24,7 +24,7 @@ def test_round_trip_byte_by_byte() -> None:
     events = []
     for i in range(len(data)):
         events += kernel.receive_data(data[i : i + 1])
-    assert events == [p.Hello(1, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
+    assert events == [p.Hello(p.PROTOCOL_VERSION, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
     assert kernel.peer is not None and kernel.peer.worker_id == "w-1"
     call = kernel.send(p.Call(3, p.CALL_FN, b"x")) + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
     assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x", 0.0), p.Cancel(3), p.Shutdown(True)]
@@ -34,12 +34,12 @@ def test_a_relay_keeps_answers_as_they_came_once() -> None:
     """A node agent forwards a worker's RESULT and ERROR frames to the kernel as they came:
     the bytes kept are exactly what encoding the message again would give, and the kernel's
     end of a node link reads them as the message."""
-    from microkernel.services.execution_manager import node_protocol as n
+    from microkernel.services.execution_manager.wire import node as n
 
     relay = p.Connection("kernel", keep_answers=True)
     result, error = p.Result(7, b"pickled", 0.25), p.Error(8, "ValueError", "bad", "tb", b"exc", 0.5)
     assert relay.receive_data(hello() + p.frame(result) + p.frame(error) + p.frame(p.Cancelled(9))) == [
-        p.Hello(1, "w-1", 123, "3.11.7", {}), result, error, p.Cancelled(9)]
+        p.Hello(p.PROTOCOL_VERSION, "w-1", 123, "3.11.7", {}), result, error, p.Cancelled(9)]
     assert relay.answer_frame(7) == p.encode(result) and relay.answer_frame(8) == p.encode(error)
     assert relay.answer_frame(7) is None and relay.answer_frame(9) is None  # once; answers only
     plain = p.Connection("kernel")
@@ -72,7 +72,7 @@ def test_every_message_type_round_trips() -> None:
 
 def test_unframed_mode_one_message_per_frame() -> None:
     kernel = p.Connection("kernel", framed=False)
-    body = msgpack.packb((p.HELLO, 1, "w", 1, "3.11", {}))
+    body = msgpack.packb((p.HELLO, p.PROTOCOL_VERSION, "w", 1, "3.11", {}))
     assert kernel.receive_data(body)[0].worker_id == "w"
     assert kernel.send(p.Cancel(4)) == msgpack.packb((p.CANCEL, 4))
 
@@ -81,7 +81,7 @@ def test_unframed_mode_one_message_per_frame() -> None:
     ("data", "match"),
     [
         (raw((p.RESULT, 1, b"x")), "expected HELLO first, got Result"),
-        (hello(version=99), "protocol version 99; this kernel speaks 1"),
+        (hello(version=99), "wire version 99; this kernel speaks 2"),
         (b"\x00\x00\x00\x02\xc1\xc1", "undecodable frame"),
         (raw((42, 1)), "unknown message type 42"),
         (raw((p.CALL, 1, 0, b"")), "Call is not a message a kernel receives"),

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import msgpack
 import msgspec
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
+from microkernel.services.execution_manager.wire import node as n, protocol as p
 
 from .test_node_protocol import handshake, pair
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from microkernel.services.execution_manager.attempt import Attempt
-from microkernel.services.execution_manager.queue import CallQueue
+from microkernel.services.execution_manager.executors import Attempt
+from microkernel.services.execution_manager.scheduling.queue import CallQueue
 
 pytestmark = pytest.mark.anyio
 

@@ -6,9 +6,8 @@ import pytest
 
 from kernel import Kernel
 from microkernel.services.execution_manager.errors import UnsatisfiableError
-from microkernel.services.execution_manager.resources import fits, tightness, unsatisfiable
-from microkernel.services.execution_manager.scheduler import Scheduler
-from microkernel.services.execution_manager.stimuli import CallSpec, Send, Submitted, WorkerUp
+from microkernel.services.execution_manager.scheduling import Scheduler, fits, tightness, unsatisfiable
+from microkernel.services.execution_manager.scheduling.stimuli import CallSpec, Send, Submitted, WorkerUp
 
 from . import tasks
 from .conftest import EM_LOCAL

@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from microkernel.services.execution_manager.ledger import (
+from microkernel.services.execution_manager.scheduling import Scheduler
+from microkernel.services.execution_manager.scheduling.ledger import (
     BUDGET,
     LATE,
     MAX_AHEAD,
@@ -21,8 +22,7 @@ from microkernel.services.execution_manager.ledger import (
     late_after,
     place,
 )
-from microkernel.services.execution_manager.scheduler import Scheduler
-from microkernel.services.execution_manager.stimuli import (
+from microkernel.services.execution_manager.scheduling.stimuli import (
     AbortAttempt,
     Answered,
     CallSpec,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from microkernel.services.execution_manager.serialization import dumps, mentions_main
+from microkernel.services.execution_manager.wire.serialization import dumps, mentions_main
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = b"x" * (1 << 20)

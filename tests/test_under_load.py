@@ -16,7 +16,7 @@ import pytest
 
 from kernel import Kernel
 from microkernel.services.execution_manager.errors import QueueFullError, WorkerCrashedError
-from microkernel.services.execution_manager.history import Timings
+from microkernel.services.execution_manager.monitoring.history import Timings
 
 from . import tasks
 from .conftest import EM_LOCAL

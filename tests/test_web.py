@@ -216,8 +216,7 @@ async def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
 
 
 async def test_a_real_node_shows_in_status_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from .nodes import TOKEN as NODE_TOKEN
-    from .nodes import start_node, stop_node
+    from .nodes import TOKEN as NODE_TOKEN, start_node, stop_node
 
     monkeypatch.setenv("MICROKERNEL_NODE_TOKEN", NODE_TOKEN)
     async with kernel_with_http(tmp_path, minWorkers=0, maxWorkers=1, nodes={"port": 0}) as kernel, \

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from kernel.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from microkernel.services.execution_manager.nodes import NodeTransport
+    from microkernel.services.execution_manager.executors import NodeTransport
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""The kernel's end of a Dask cluster: a :class:`~microkernel.services.execution_manager.nodes.NodeListener` that
+"""The kernel's end of a Dask cluster: a :class:`~microkernel.services.execution_manager.executors.NodeListener` that
 connects to the scheduler (or starts a ``LocalCluster``), adopts one
 :class:`.executor.DaskWorker` per Dask worker into the pool, and follows the cluster:
 workers that join are adopted, workers that leave fail (or retry) what they held, and
@@ -18,7 +18,7 @@ import structlog
 
 from kernel.errors import PluginError
 from kernel.packages import service_packages
-from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener
+from microkernel.services.execution_manager.executors import NodeHost, NodeInfo, NodeListener
 
 from . import remote
 from .collect import Results

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dask.sizeof import sizeof
 
-from microkernel.services.execution_manager.background import Background
+from microkernel.services.execution_manager.executors import Background
 
 if TYPE_CHECKING:
     from distributed import Client, Future

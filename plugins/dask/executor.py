@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt
-from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executors import Attempt, Background, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.wire import protocol as p
 
 from . import remote
 from .collect import CANCELLED, Results

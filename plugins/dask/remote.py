@@ -21,7 +21,7 @@ from distributed import WorkerPlugin
 
 from kernel.errors import RequestError
 from kernel.task import forward_logging
-from microkernel.services.execution_manager.runtime import Runtime
+from microkernel.services.execution_manager.executors import Runtime
 
 TOPIC = "microkernel-call-traffic"
 REQUEST_TIMEOUT = 300.0  # seconds a call waits for the kernel's answer
@@ -30,7 +30,7 @@ _lock = threading.Lock()
 
 
 class DaskChannel:
-    """A :class:`~microkernel.services.execution_manager.runtime.CallChannel` over Dask worker events."""
+    """A :class:`~microkernel.services.execution_manager.executors.CallChannel` over Dask worker events."""
 
     def __init__(self, executor_id: str) -> None:
         from distributed import get_worker

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kernel.errors import ConfigError
-from microkernel.services.execution_manager.nodes import NodeListener, NodeTransport
+from microkernel.services.execution_manager.executors import NodeListener, NodeTransport
 
 from .settings import DaskSettings
 

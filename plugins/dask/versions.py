@@ -12,8 +12,7 @@ def check_version(version: str | None = None) -> str:
     """Return distributed's version; raise :class:`PluginError` naming the extra when it
     is not installed, or the supported versions when it is one we do not support."""
     if version is None:
-        from importlib.metadata import PackageNotFoundError
-        from importlib.metadata import version as installed
+        from importlib.metadata import PackageNotFoundError, version as installed
 
         try:
             import distributed  # noqa: F401  (an installed but broken package fails here)

@@ -12,10 +12,15 @@ from functools import partial
 from typing import Any
 
 from kernel.errors import RequestError
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt
-from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
-from microkernel.services.execution_manager.runtime import Reply, Runtime
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    Executor,
+    ExecutorInfo,
+    Reply,
+    Runtime,
+    WorkerState,
+)
+from microkernel.services.execution_manager.wire import protocol as p
 
 _S = WorkerState
 
@@ -25,7 +30,7 @@ def _ignore(_rid: int, _ok: bool, _payload: bytes) -> None:
 
 
 class _Bridge:
-    """The :class:`~microkernel.services.execution_manager.runtime.CallChannel` of calls
+    """The :class:`~microkernel.services.execution_manager.executors.CallChannel` of calls
     on this process's threads: their traffic goes to the executor on the event loop's
     thread."""
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from kernel.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # workers import this package: keep asyncio out of their start-up
-    from microkernel.services.execution_manager.executor import ExecutorFactory
+    from microkernel.services.execution_manager.executors import ExecutorFactory
 
 
 @hookimpl

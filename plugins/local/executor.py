@@ -16,12 +16,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from kernel.packages import service_packages
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
-from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
-from microkernel.services.execution_manager.runtime import ErrorInfo
-from microkernel.services.execution_manager.stream import FrameStream
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    ErrorInfo,
+    Executor,
+    ExecutorInfo,
+    FrameStream,
+    WorkerState,
+)
+from microkernel.services.execution_manager.wire import protocol as p
 
 from .worker import BEGAN, BOOT_ENV
 

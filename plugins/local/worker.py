@@ -36,9 +36,9 @@ from typing import Any
 from kernel import task
 from kernel.errors import RequestError
 from kernel.packages import install_finder
-from microkernel.services.execution_manager import protocol as p
 from microkernel.services.execution_manager.errors import SoftTimeoutError
-from microkernel.services.execution_manager.runtime import Reply, Runtime
+from microkernel.services.execution_manager.executors import Reply, Runtime
+from microkernel.services.execution_manager.wire import protocol as p
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
 BEGAN = struct.Struct("<q")  # the id of the call begun last, on a page shared with the kernel

@@ -33,14 +33,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 
 from kernel.errors import RequestError
 from kernel.packages import plan_package
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt, ReplyFuture
-from microkernel.services.execution_manager.background import Background
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
-from microkernel.services.execution_manager.executor import Executor, ExecutorFactory, WorkerState
-from microkernel.services.execution_manager.nodes import NodeConfig, package_version
-from microkernel.services.execution_manager.serialization import dumps
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    Background,
+    Executor,
+    ExecutorFactory,
+    NodeConfig,
+    ReplyFuture,
+    WorkerState,
+    package_version,
+)
+from microkernel.services.execution_manager.wire import dumps, node as n, protocol as p
 
 from .outbox import FastClientConnection, Outbox, handshake
 
@@ -61,7 +65,8 @@ def not_a_kernel(exc: BaseException) -> str | None:
     return None
 
 
-_FATAL = {n.CLOSE_AUTH: "the kernel refused the token", n.CLOSE_VERSION: "the kernel speaks another protocol version"}
+_FATAL = {n.CLOSE_AUTH: "the kernel refused the token",
+          n.CLOSE_VERSION: "the kernel runs another release (wire version) or Python"}
 
 
 def _plan_packages(packages: dict[str, str]) -> None:
@@ -125,6 +130,7 @@ class NodeAgent:
         context = self._tls()
         while True:
             code: int | None = None
+            said = ""  # the kernel's close reason
             try:
                 async with connect(
                     c.url, ssl=context, compression=None, max_size=n.HANDSHAKE_MAX_FRAME, proxy=None,
@@ -132,7 +138,7 @@ class NodeAgent:
                     max_queue=64, user_agent_header=None, create_connection=FastClientConnection,
                 ) as ws:
                     attempt = 0 if await self._session(cast(FastClientConnection, ws)) else attempt
-                    code = ws.close_code
+                    code, said = ws.close_code, ws.close_reason or ""
             except n.Refused as exc:
                 self.logger.error("handshake failed", url=c.url, reason=exc.reason)
                 return 2
@@ -144,6 +150,7 @@ class NodeAgent:
                                       "8765 by default), not to its dashboard or job API", url=c.url)
                     return 2
                 code = getattr(getattr(exc, "rcvd", None), "code", None)
+                said = getattr(getattr(exc, "rcvd", None), "reason", "")
                 self.logger.warning("cannot reach the kernel", url=c.url, error=str(exc) or type(exc).__name__)
             except InvalidURI as exc:
                 self.logger.error("bad kernel URL", url=c.url, error=str(exc))
@@ -152,7 +159,7 @@ class NodeAgent:
                 self._deadline.cancel()
             await self._drop_all()
             if code in _FATAL:
-                self.logger.error("refused by the kernel", reason=_FATAL[code], code=code)
+                self.logger.error("refused by the kernel", reason=_FATAL[code], code=code, kernel_said=said)
                 return 2
             if self.draining or self._stop_now.is_set():
                 self.logger.info("node stopped", reason="drained" if self.draining else "stopped")

@@ -1,6 +1,6 @@
 """The kernel's end: a websocket server that admits nodes and adopts their slots.
 
-Each connection is authenticated (:mod:`microkernel.services.execution_manager.node_protocol`) within
+Each connection is authenticated (:mod:`microkernel.services.execution_manager.wire.node`) within
 ``authTimeout`` before anything it sends is acted on; a refused one is closed with a
 documented code, logged with its peer address (never the token) and counted. An
 admitted node becomes a :class:`Session` whose slots are handed to the pool.
@@ -25,10 +25,14 @@ from websockets.exceptions import ConnectionClosed
 from kernel.errors import ConfigError, PluginError
 from kernel.logs import Throttle, log_throttled
 from kernel.packages import service_packages
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.background import Background
-from microkernel.services.execution_manager.nodes import NodeHost, NodeInfo, NodeListener, package_version
+from microkernel.services.execution_manager.executors import (
+    Background,
+    NodeHost,
+    NodeInfo,
+    NodeListener,
+    package_version,
+)
+from microkernel.services.execution_manager.wire import node as n, protocol as p
 
 from .outbox import FastServerConnection, handshake
 from .session import Session, SessionState
@@ -51,7 +55,7 @@ def peer_of(ws: FastServerConnection) -> str:
 
 
 class NodeHub(NodeListener):
-    """Listens for nodes; see :class:`microkernel.services.execution_manager.nodes.NodeListener`."""
+    """Listens for nodes; see :class:`microkernel.services.execution_manager.executors.NodeListener`."""
 
     def __init__(self, settings: HubSettings, token: bytes) -> None:
         self.settings = settings

@@ -20,8 +20,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import SERVER, State
 
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager.stream import TurnBatcher
+from microkernel.services.execution_manager.executors import TurnBatcher
+from microkernel.services.execution_manager.wire import node as n
 
 from .framing import FrameSplitter, binary_frame
 

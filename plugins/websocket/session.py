@@ -13,10 +13,8 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from kernel.errors import RequestError
-from microkernel.services.execution_manager import node_protocol as n
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.nodes import NodeInfo
-from microkernel.services.execution_manager.serialization import dumps
+from microkernel.services.execution_manager.executors import NodeInfo
+from microkernel.services.execution_manager.wire import dumps, node as n, protocol as p
 
 from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot

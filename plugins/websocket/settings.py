@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from microkernel.services.execution_manager.node_protocol import DEFAULT_MAX_FRAME
-from microkernel.services.execution_manager.nodes import TOKEN_ENV
+from microkernel.services.execution_manager.executors import TOKEN_ENV
+from microkernel.services.execution_manager.wire.node import DEFAULT_MAX_FRAME
 
 
 class HubSettings(BaseModel):

@@ -1,7 +1,7 @@
 """The kernel's side of one worker slot on a remote node.
 
 A node runs one worker process per slot; the kernel sees each slot as one
-:class:`~microkernel.services.execution_manager.executor.Executor`, so a slot behaves exactly as a local worker does
+:class:`~microkernel.services.execution_manager.executors.Executor`, so a slot behaves exactly as a local worker does
 (calls in submission order, pinned instances, crashes failing what it held) and the
 pool needs nothing node-specific. The node's connection (``session.Session``) carries
 the frames and tells its slots when the node turns unhealthy, returns, or is lost.
@@ -14,11 +14,9 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from microkernel.services.execution_manager import protocol as p
-from microkernel.services.execution_manager.attempt import Attempt
 from microkernel.services.execution_manager.errors import WorkerStartError
-from microkernel.services.execution_manager.executor import Executor, ExecutorInfo, WorkerState
-from microkernel.services.execution_manager.runtime import ErrorInfo
+from microkernel.services.execution_manager.executors import Attempt, ErrorInfo, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.wire import protocol as p
 
 _S = WorkerState
 

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from kernel.errors import ConfigError
 from kernel.plugins import make_plugin_manager, registered
+from microkernel.services.execution_manager.executors import NodeConfig, NodeListener, NodeTransport, read_token
 from microkernel.services.execution_manager.hookspecs import executor_types
-from microkernel.services.execution_manager.nodes import NodeConfig, NodeListener, NodeTransport, read_token
 
 from .settings import HubSettings
 

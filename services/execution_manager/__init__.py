@@ -1,20 +1,20 @@
 """The execution manager: a kernel-mode service that runs heavy work on a pool.
 
-It ships with the kernel as a service (``service.py``) and is the host of one seam, the
-executor interface, which executor plugins implement. What a plugin author imports
-is here, and documented in the module named beside it:
+It ships with the kernel as a service (``service.py``, settings in ``settings.py``).
+Its floors are folders, each with one lazy face, importing only the floors below:
 
-- :class:`Executor`, :class:`ExecutorInfo`, :class:`WorkerState`, :class:`Attempt`,
-  ``ExecutorFactory`` (``executor``): the interface and the attempts it is handed;
-- :class:`Runtime`, :class:`CallChannel`, :class:`ErrorInfo` (``runtime``): how the
-  executing side runs a decoded call;
-- ``protocol`` and ``node_protocol``: the sans-I/O wire protocols;
-- ``nodes``: the node seam (:class:`NodeTransport`, :class:`NodeListener`);
-- ``hookspecs``: the hooks node types and transports are registered with;
-- ``errors``: the exceptions an executor raises, all :class:`kernel.errors.ExecutionError`.
+- ``scheduling/``: every decision about calls and workers, sans I/O, standard library only;
+- ``wire/``: bytes <-> typed messages, sans I/O (the pipe and the node conversation);
+- ``executors/``: the seam executor plugins implement, and all a plugin imports
+  (with ``wire``, ``errors`` and ``hookspecs``); ``executors.testing`` is their test kit;
+- ``pool/``: the async carrier, which reports stimuli and carries out instructions;
+- ``monitoring/``: readers of the pool (stats, history, ``kernel status``, the web).
 
-Names load on first use, so worker processes that import only the protocol and the
-runtime start fast.
+Beside them: ``errors`` (the exceptions, all :class:`kernel.errors.ExecutionError`),
+``hookspecs`` (the hooks node types and transports are registered with), ``events``
+(the event bus) and ``commands`` (``kernel status``, ``kernel node``).
+``tests/test_architecture.py`` checks the order. Names load on first use, so worker
+processes that import only the wire and the runtime start fast.
 
 Glossary (each word is used in this sense only):
 
@@ -25,7 +25,7 @@ call
 attempt
     One try at running a call on one executor (an :class:`Attempt`, what an executor is
     handed). A call that is retried has several; ``future.attempts`` lists those that
-    failed (``handles.FailedAttempt``).
+    failed (``pool.handles.FailedAttempt``).
 task id
     The id of a call, shown in errors, events, logs, ``/api`` and the dashboard.
 executor
@@ -56,46 +56,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernel.lazy import lazy_names
+from kernel.lazy import lazy_face
 
 if TYPE_CHECKING:
-    from . import errors, hookspecs, node_protocol, nodes, protocol
-    from .attempt import Attempt, CallWatch
-    from .executor import Executor, ExecutorFactory, ExecutorInfo, WorkerState
-    from .handles import watching
-    from .nodes import NodeListener, NodeTransport
-    from .runtime import CallChannel, ErrorInfo, Runtime
+    from . import (
+        errors as errors,
+        executors as executors,
+        hookspecs as hookspecs,
+        monitoring as monitoring,
+        pool as pool,
+        scheduling as scheduling,
+        wire as wire,
+    )
+    from .pool import CallFuture as CallFuture, Progress as Progress, watching as watching
 
-_WHERE = {
-    "Attempt": "attempt", "Executor": "executor", "ExecutorFactory": "executor", "ExecutorInfo": "executor",
-    "WorkerState": "executor", "CallWatch": "attempt", "watching": "handles",
-    "NodeListener": "nodes", "NodeTransport": "nodes",
-    "CallChannel": "runtime", "ErrorInfo": "runtime", "Runtime": "runtime",
-}
-_MODULES = ("errors", "hookspecs", "node_protocol", "nodes", "protocol")
-__all__ = [
-    "Attempt",
-    "CallChannel",
-    "CallWatch",
-    "ErrorInfo",
-    "Executor",
-    "ExecutorFactory",
-    "ExecutorInfo",
-    "NodeListener",
-    "NodeTransport",
-    "Runtime",
-    "WorkerState",
-    "errors",
-    "hookspecs",
-    "node_protocol",
-    "nodes",
-    "protocol",
-    "watching",
-]
-
-
-__getattr__ = lazy_names(__name__, _WHERE, _MODULES)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, __file__)

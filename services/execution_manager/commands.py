@@ -32,7 +32,7 @@ TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"  # nodes.TOKEN_ENV, kept here so `kernel --
 def status(url: str, as_json: bool, watch: float | None) -> int:
     """Show a running kernel's workers, nodes, load and queue (from its HTTP API,
     custom.http of the execution manager)."""
-    from .terminal import show_status
+    from .monitoring import show_status
 
     return show_status(url, as_json=as_json, watch=watch)
 
@@ -73,8 +73,8 @@ def node(connect: str, token_file: str | None, token: str | None, slots: int, la
     from kernel.plugins import make_plugin_manager
     from kernel.running import add_app_folder
 
+    from .executors import NodeConfig, read_token
     from .hookspecs import node_transports
-    from .nodes import NodeConfig, read_token
 
     if token is not None:
         raise click.UsageError(f"the token is never taken on the command line (ps would show it): "

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from .background import Background
+from .executors import Background
 
 log = structlog.get_logger("execution-manager")
 

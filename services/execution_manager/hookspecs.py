@@ -18,8 +18,7 @@ from kernel.hookspecs import PROJECT
 from kernel.plugins import add_hookspecs, merged_registry
 
 if TYPE_CHECKING:
-    from .executor import ExecutorFactory
-    from .nodes import NodeTransport
+    from .executors import ExecutorFactory, NodeTransport
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -31,7 +30,7 @@ def em_executor_types() -> Mapping[str, ExecutorFactory]:  # type: ignore[empty-
     Every implementation is called; the results are merged into one registry (a name
     given twice is a :class:`~kernel.errors.PluginError`). A factory is called as
     ``factory(worker_id, options)`` and returns an unstarted
-    :class:`~microkernel.services.execution_manager.executor.Executor`.
+    :class:`~microkernel.services.execution_manager.executors.Executor`.
     """
 
 

@@ -13,26 +13,20 @@ from kernel.errors import ExecutionError
 from kernel.plugins import registered
 from kernel.service import BaseService
 
-from . import protocol as p
 from .errors import QueueFullError
 from .events import Callback, EventBus
-from .handles import CallFuture
-from .history import History
+from .executors import NodeListener
+from .executors.runtime import run_chunk
 from .hookspecs import executor_types, node_transports
-from .instances import PinTable
-from .monitor import Monitor
-from .nodes import NodeListener
-from .policy import chunk_size
-from .pool import WorkerPool
-from .runtime import run_chunk
-from .serialization import dumps_call
+from .monitoring import History, Monitor, Stats
+from .pool import CallFuture, CallTraffic, PinTable, Route, WorkerPool
+from .scheduling import CallSpec, chunk_size
 from .settings import HttpSettings, Settings
-from .stats import Stats
-from .stimuli import CallSpec
-from .traffic import CallTraffic, Route
+from .wire import protocol as p
+from .wire.serialization import dumps_call
 
 if TYPE_CHECKING:
-    from .web import WebServer
+    from .monitoring import WebServer
 
 log = structlog.get_logger("execution-manager")
 DEFAULT_PRIORITY = 5
@@ -105,7 +99,7 @@ class ExecutionManager(BaseService):
         self.listener = listener
 
     async def _serve_http(self, settings: HttpSettings) -> None:
-        from .web import WebServer  # aiohttp only when the dashboard is on
+        from .monitoring import WebServer  # aiohttp only when the dashboard is on
 
         assert self.history is not None
         self.web = WebServer(self, settings, self.history)

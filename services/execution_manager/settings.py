@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from .policy import Limits
+from .scheduling import Limits
 
 
 def default_max_workers() -> int:

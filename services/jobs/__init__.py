@@ -12,34 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernel.lazy import lazy_names
+from kernel.lazy import lazy_face
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, AuthError, Client, ClientError, JobFailed, JobNotFound, JobRejected
-    from .model import Job, JobState, LogLine
-    from .tasks import Launch, TaskType
+    from .client import (
+        AsyncClient as AsyncClient,
+        AuthError as AuthError,
+        Client as Client,
+        ClientError as ClientError,
+        JobFailed as JobFailed,
+        JobNotFound as JobNotFound,
+        JobRejected as JobRejected,
+    )
+    from .model import Job as Job, JobState as JobState, LogLine as LogLine
+    from .tasks import Launch as Launch, TaskType as TaskType
 
-_WHERE = {
-    "AsyncClient": "client", "AuthError": "client", "Client": "client", "ClientError": "client",
-    "JobFailed": "client", "JobNotFound": "client", "JobRejected": "client",
-    "Job": "model", "JobState": "model", "LogLine": "model", "Launch": "tasks", "TaskType": "tasks",
-}
-__all__ = [
-    "AsyncClient",
-    "AuthError",
-    "Client",
-    "ClientError",
-    "Job",
-    "JobFailed",
-    "JobNotFound",
-    "JobRejected",
-    "JobState",
-    "Launch",
-    "LogLine",
-    "TaskType",
-]
-__getattr__ = lazy_names(__name__, _WHERE, ())
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -28,9 +28,9 @@ from aiohttp import web
 
 from kernel.errors import ConfigError
 from kernel.logs import Throttle, log_throttled
-from microkernel.services.execution_manager.nodes import read_token
-from microkernel.services.execution_manager.web.bodies import BadRequest, int_param, read_json
-from microkernel.services.execution_manager.web.listen import Limits, json_errors, listen
+from microkernel.services.execution_manager.executors import read_token
+from microkernel.services.execution_manager.monitoring.web.bodies import BadRequest, int_param, read_json
+from microkernel.services.execution_manager.monitoring.web.listen import Limits, json_errors, listen
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError

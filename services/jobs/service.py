@@ -21,14 +21,14 @@ import structlog
 from pydantic.alias_generators import to_camel
 
 from kernel.service import BaseService
-from microkernel.services.execution_manager.serialization import type_name  # loaded with the manager
+from microkernel.services.execution_manager.wire.serialization import type_name  # loaded with the manager
 
 from .model import Job, JobRequest, JobState, LogLine, json_size
 from .settings import JobError, JobSettings
 
 if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel without them starts as fast
     from microkernel.services.execution_manager import Attempt
-    from microkernel.services.execution_manager.handles import Progress
+    from microkernel.services.execution_manager.pool import Progress
 
     from .api import JobApi
     from .store import JobStore

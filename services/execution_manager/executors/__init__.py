@@ -1,0 +1,47 @@
+"""The seam executor plugins implement: all a plugin imports, documented where defined.
+
+- :class:`Executor`, :class:`ExecutorInfo`, :class:`WorkerState`, :class:`CallHost`,
+  ``ExecutorFactory`` (:mod:`.interface`): the interface, what the pool hands it and
+  the bookkeeping helpers the built-ins share;
+- :class:`Attempt`, :class:`ReplyFuture` (:mod:`.attempt`): one try at running a call;
+- :class:`Runtime`, :class:`CallChannel`, :class:`ErrorInfo` (:mod:`.runtime`): how the
+  executing side runs a decoded call (worker processes import this, and no asyncio);
+- :class:`NodeTransport`, :class:`NodeListener`, :class:`NodeHost` (:mod:`.nodes`):
+  the node seam;
+- :class:`FrameStream`, :class:`TurnBatcher` (:mod:`.streams`), :class:`Background`
+  (:mod:`.background`): asyncio helpers for transports.
+
+The wire a transport speaks is :mod:`..wire`; the errors an executor raises are in
+:mod:`..errors`; the conformance kit a plugin's tests run is :mod:`.testing`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kernel.lazy import lazy_face
+
+if TYPE_CHECKING:
+    from .attempt import Attempt as Attempt, CallWatch as CallWatch, ReplyFuture as ReplyFuture
+    from .background import Background as Background
+    from .interface import (
+        CallHost as CallHost,
+        Executor as Executor,
+        ExecutorFactory as ExecutorFactory,
+        ExecutorInfo as ExecutorInfo,
+    )
+    from .nodes import (
+        TOKEN_ENV as TOKEN_ENV,
+        NodeConfig as NodeConfig,
+        NodeHost as NodeHost,
+        NodeInfo as NodeInfo,
+        NodeListener as NodeListener,
+        NodeTransport as NodeTransport,
+        package_version as package_version,
+        read_token as read_token,
+    )
+    from .runtime import CallChannel as CallChannel, ErrorInfo as ErrorInfo, Reply as Reply, Runtime as Runtime
+    from .states import CLOSED as CLOSED, WorkerState as WorkerState
+    from .streams import FrameStream as FrameStream, TurnBatcher as TurnBatcher
+
+__getattr__, __dir__ = lazy_face(__name__, __file__)

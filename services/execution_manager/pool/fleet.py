@@ -1,0 +1,405 @@
+"""The pool's workers (:class:`PoolWorker`) and the :class:`Fleet` that keeps them: it
+starts, replaces, recycles and retires them, autoscales between the bounds, and reports
+each change to the scheduler (up, unhealthy, draining, gone). It decides nothing about a
+call; the pool (:mod:`.pool`) owns that side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from ..errors import UnsatisfiableError
+from ..events import EventBus
+from ..executors import CLOSED, Background, CallHost, Executor, ExecutorFactory, WorkerState
+from ..scheduling import ScalePlan, ScalingDecision, Scheduler, pin_target, plan_scaling, unsatisfiable
+from ..scheduling.stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
+from ..settings import Settings
+
+log = structlog.get_logger("execution-manager")
+
+
+class PoolWorker:
+    """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
+
+    __slots__ = ("executor", "external", "id", "idle_since", "pins", "resources", "retiring", "width")
+    id: str
+
+    def __init__(self, executor: Executor, *, external: bool = False) -> None:
+        self.executor = executor
+        self.id = executor.id
+        self.external = external  # brought by a node, not started by the pool: never scaled
+        self.width = max(1, executor.info().width)
+        self.idle_since: float | None = time.monotonic()
+        self.pins: set[str] = set()
+        self.retiring = False
+        self.resources = executor.info().resources
+
+    @property
+    def available(self) -> bool:
+        return self.executor.is_available and not self.retiring
+
+    @property
+    def running(self) -> int:
+        return len(self.executor.inflight)
+
+    @property
+    def pinned(self) -> int:
+        return len(self.pins)
+
+    def __repr__(self) -> str:
+        leaving = " retiring" if self.retiring else ""
+        return f"<PoolWorker {self.executor!r} pins={len(self.pins)}{leaving}>"
+
+
+class PinKeeper(Protocol):
+    """Who holds instances pinned on workers (the execution manager's pin table)."""
+
+    async def move_off(self, worker: PoolWorker) -> None:
+        """``worker`` retires: move what it holds elsewhere first."""
+
+    def lost(self, worker: PoolWorker) -> None:
+        """``worker`` died: what it held is gone."""
+
+
+class Fleet:
+    """The workers of one node type, plus (opted in) an in-process worker for idle times."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        factory: ExecutorFactory,
+        events: EventBus,
+        sched: Scheduler,
+        feed: Callable[[Stimulus], None],
+        *,
+        no_workers: Callable[[str], None],
+        host: CallHost | None = None,
+        local_factory: ExecutorFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = settings.limits(run_locally=local_factory is not None)
+        self.events = events
+        self._sched = sched  # read only: what waits, to start a worker for it
+        self._feed = feed
+        self._no_workers = no_workers  # none could start and none is left: fail what waits
+        self.host = host  # where running calls' progress, logs and requests go
+        self._factory = factory
+        self._local_factory = local_factory
+        self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
+        offers = getattr(factory, "offers", None)
+        self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
+        self.workers: dict[str, PoolWorker] = {}
+        self._members: list[PoolWorker] = []
+        self.local: PoolWorker | None = None
+        # Every worker by id, the in-process one included: find() is a dict lookup, made
+        # twice for every call.
+        self._by_id: dict[str, PoolWorker] = {}
+        self.find: Callable[[str], PoolWorker | None] = self._by_id.get
+        """The worker of this id (the in-process one included), if it is still here."""
+        self.starting = 0
+        self.closed = False  # no worker starts any more
+        self.memory_percent = 0.0
+        self.cpu_percent = 0.0
+        self.last_scaling = "none yet"
+        self.last_decision: ScalingDecision | None = None
+        self.last_scale_up: float | None = None
+        self._pins: PinKeeper | None = None
+        self._seq = itertools.count(1)
+        self._gone_pending: dict[str, str] = {}  # worker id -> why: ended, not yet reported gone
+        self.loop = asyncio.get_running_loop()
+        self.background = Background("pool")  # starts, retirements, drains asked for over HTTP
+
+    def __repr__(self) -> str:
+        busy = sum(1 for s in self._members if s.running)
+        return (f"<Fleet {self.settings.node_type} workers={len(self._members)} busy={busy} "
+                f"starting={self.starting} bounds={self.limits.min_workers}..{self.limits.max_workers}>")
+
+    def keep_pins(self, keeper: PinKeeper) -> None:
+        """Tell ``keeper`` when a worker holding pinned instances retires or dies."""
+        self._pins = keeper
+
+    @property
+    def members(self) -> list[PoolWorker]:
+        return list(self._members)
+
+    # -- start and stop ---------------------------------------------------------------
+
+    async def start(self) -> bool:
+        """Start the in-process worker (opted in) and minWorkers workers; False when a
+        minimum was asked for and none could start."""
+        if self._local_factory is not None and self.limits.run_locally:
+            local = self._local_factory("local-0", {"threads": self.settings.local_slots})
+            local.host = self.host
+            await local.start()
+            self.local = self._by_id[local.id] = PoolWorker(local)
+            self._feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
+            self._feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
+        results = await asyncio.gather(*(self._start_worker() for _ in range(self.settings.min_workers)))
+        return not self.settings.min_workers or any(results)
+
+    async def stop(self, hurried: asyncio.Future[Any] | None) -> None:
+        """Stop every worker, letting each finish what it runs for ``drainTimeout``
+        seconds; once ``hurried`` is done, what runs is stopped at once."""
+        self.closed = True
+        members = list(self._members) + ([self.local] if self.local else [])
+        stopping: asyncio.Future[Any] = asyncio.gather(
+            *(worker.executor.stop(drain=True, timeout=self.settings.drain_timeout) for worker in members),
+            return_exceptions=True,
+        )
+        if hurried is not None:
+            await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            if hurried.done() and not stopping.done():
+                for worker in members:  # stopping the running call ends its worker at once
+                    self.kill(worker, "the kernel was asked to stop at once")
+        await stopping
+
+    def _spawn(self) -> None:
+        self.starting += 1
+        self.background.spawn(self._start_worker(counted=True))
+
+    async def _start_worker(self, counted: bool = False) -> PoolWorker | None:
+        if not counted:
+            self.starting += 1
+        wid = f"{self.settings.node_type}-{next(self._seq)}"
+        try:
+            executor = self._factory(wid, self.options)
+            executor.listeners.append(self._on_state)
+            await executor.start()
+        except Exception as exc:
+            self.starting -= 1
+            log.error("worker failed to start", worker_id=wid, error=str(exc))
+            self.events.emit("worker-error", worker_id=wid, reason=f"start failed: {exc}")
+            if not self._members and not self.starting and self._sched.queue:
+                self._no_workers(f"no worker could be started: {exc}")
+            return None
+        self.starting -= 1
+        if self.closed:
+            await executor.stop(drain=False)
+            return None
+        return self._enroll(executor, external=False)
+
+    def _enroll(self, executor: Executor, *, external: bool) -> PoolWorker:
+        """Make a started executor one of the pool's workers and place waiting calls."""
+        self._gone(executor.id)  # a slot id that comes back: the old one's record goes first
+        worker = PoolWorker(executor, external=external)
+        executor.host = self.host
+        self.workers[executor.id] = self._by_id[executor.id] = worker
+        self._members.append(worker)
+        info = executor.info()
+        where = {"node": info.node} if external else {}
+        if external:
+            log.info("worker joined", worker_id=executor.id, address=info.address, **where)
+        else:
+            log.debug("worker started", worker_id=executor.id, pid=info.pid)
+        self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
+                         **where)
+        self._feed(WorkerUp(self.loop.time(), executor.id, worker.width, info.resources, overhead=executor.overhead,
+                           calls=None if external else self.settings.max_tasks_per_worker))
+        return worker
+
+    def adopt(self, executor: Executor) -> None:
+        """Take in a started executor the pool did not start (a remote node's slot).
+        It is placed on like any worker, but never counted against min/maxWorkers nor
+        retired by the autoscaler; it leaves when its node does."""
+        if self.closed:
+            raise RuntimeError("the pool is stopped")
+        executor.listeners.append(self._on_state)
+        self._enroll(executor, external=True)
+
+    def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
+        now = self.loop.time()
+        if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and executor.is_available):
+            self._feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
+            return
+        if new not in CLOSED:
+            return
+        worker = self.workers.pop(executor.id, None)
+        if worker is None:
+            return
+        del self._by_id[executor.id]
+        self._members.remove(worker)
+        reason = executor.info().exit_reason or new.value
+        # Nothing more is sent to it now; it is gone once the executor has failed what it
+        # held (in this same turn), so each call's error is the executor's own.
+        self._feed(WorkerUnhealthy(now, executor.id))
+        self._gone_pending[executor.id] = reason
+        self.loop.call_soon(self._gone, executor.id)
+        expected = new == WorkerState.TERMINATED
+        self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
+        if new == WorkerState.FAILED:
+            log.warning("worker died", worker_id=executor.id, reason=reason, task_ids=list(executor.inflight))
+            self.events.emit("worker-error", worker_id=executor.id, reason=reason)
+            if self._pins is not None:
+                self._pins.lost(worker)
+        if not self.closed and self._wants_worker():
+            self._spawn()
+
+    def _gone(self, worker_id: str) -> None:
+        """Tell the scheduler a worker is gone (once; an id may come back, on a new executor)."""
+        reason = self._gone_pending.pop(worker_id, None)
+        if reason is not None:
+            self._feed(WorkerGone(self.loop.time(), worker_id, reason))
+
+    async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> PoolWorker | None:
+        """A worker to pin an instance on; with ``start``, one is started if there is
+        none and room (waiting up to ``startTimeout``)."""
+        deadline = time.monotonic() + self.settings.start_timeout
+        while not self.closed:
+            wid = pin_target(self._members, exclude)
+            if wid is not None:
+                return self.workers[wid]
+            if not start:
+                return None
+            others = sum(1 for s in self._members if s.id != exclude)
+            if others + self.starting < self.settings.max_workers and not self.starting:
+                worker = await self._start_worker()
+                if worker is not None:
+                    return worker
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return None
+
+    def recycle(self, worker: PoolWorker, reason: str) -> None:
+        """Replace ``worker`` between calls: it takes no new call, finishes what it holds
+        and leaves; a replacement starts at once when one is needed."""
+        if worker.retiring or worker.executor.is_closed:
+            return
+        worker.retiring = True
+        log.info("recycling worker", worker_id=worker.id, reason=reason)
+        self.events.emit("worker-recycled", worker_id=worker.id, reason=reason)
+        self._feed(WorkerDraining(self.loop.time(), worker.id))
+        if not self.closed and self._wants_worker():
+            self._spawn()
+        self.background.spawn(self._leave(worker, reason))
+
+    def _wants_worker(self) -> bool:
+        """Whether a worker should start now: below minWorkers, or calls wait and there
+        is room below maxWorkers."""
+        live = self._live()
+        return live < self.settings.min_workers or (bool(self._sched.queue) and live < self.limits.max_workers)
+
+    def _live(self) -> int:
+        """Workers the pool started that stay (not leaving), plus those starting."""
+        return sum(1 for s in self._members if not s.retiring and not s.external) + self.starting
+
+    async def _leave(self, worker: PoolWorker, reason: str, drain: bool = True) -> None:
+        if self._pins is not None and worker.pins:
+            await self._pins.move_off(worker)
+        self._feed(WorkerDraining(self.loop.time(), worker.id))  # no new call; what it runs finishes
+        await worker.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
+        self.events.emit("worker-retired", worker_id=worker.id, reason=reason)
+
+    async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
+        """Move the worker's pinned instances away, then drain and stop it (without
+        ``drain``: stop it now; what it runs fails with WorkerCrashedError, or is retried).
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            known = ", ".join(self.workers) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        if worker.retiring:
+            return
+        worker.retiring = True
+        log.info("retiring worker", worker_id=worker_id, reason=reason, drain=drain)
+        await self._leave(worker, reason, drain)
+
+    def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
+        """Change minWorkers / maxWorkers while running (None: keep). Starts workers up
+        to the new minimum now and retires those above the new maximum (idle first,
+        draining). Returns the decision, also shown as the autoscaler's last one.
+
+        :raises ValueError: naming the bound at fault.
+        """
+        lo = self.settings.min_workers if min_workers is None else min_workers
+        hi = self.settings.max_workers if max_workers is None else max_workers
+        for name, value in (("minWorkers", lo), ("maxWorkers", hi)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+        if lo > hi:
+            raise ValueError(f"minWorkers ({lo}) is above maxWorkers ({hi})")
+        if hi == 0 and self.settings.nodes is None:
+            raise ValueError("maxWorkers 0 leaves no worker at all: nodes are not enabled (custom.nodes)")
+        self.settings = self.settings.model_copy(update={"min_workers": lo, "max_workers": hi})
+        self.limits = self.limits._replace(min_workers=lo, max_workers=hi)
+        reason = self.last_scaling = f"bounds set to {lo}..{hi} on request"
+        self._decided("bounds", reason)
+        log.info("scaling bounds changed", min_workers=lo, max_workers=hi)
+        while self._live() < lo:
+            self._spawn()
+        staying = sorted((s for s in self._members if not s.retiring and not s.external), key=lambda s: s.running)
+        for worker in staying[: max(0, self._live() - hi)]:
+            worker.retiring = True
+            self.background.spawn(self._leave(worker, reason))
+        return reason
+
+    def autoscale(self, now: float) -> ScalePlan:
+        plan = plan_scaling(
+            self._members, self.limits, starting=self.starting, queued=len(self._sched.queue),
+            memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
+            cpu_percent=self.cpu_percent,
+        )
+        self._decided(plan.rule, plan.reason, started=plan.start, worker=plan.worker, idle_seconds=plan.idle)
+        if plan.start or plan.retire:
+            self.last_scaling = plan.reason
+            log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
+        for _ in range(plan.start):
+            self._spawn()
+        if plan.start:
+            self.last_scale_up = now
+            self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
+        for wid in plan.retire:
+            self.background.spawn(self.retire(wid, plan.reason))
+            self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
+        return plan
+
+    def grow(self) -> None:
+        """Calls wait for a worker: start one, below maxWorkers."""
+        queued = len(self._sched.queue)
+        if queued and not self.closed and self.starting < queued and self._live() < self.limits.max_workers:
+            self._spawn()
+            self.last_scale_up = time.monotonic()
+            self.last_scaling = "all workers busy: started one"
+            self._decided("busy-start", self.last_scaling, started=1)
+            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
+
+    def _decided(self, rule: str, reason: str, **fields: Any) -> None:
+        """Keep the decision and what it saw, for get_stats() and the dashboard."""
+        free = sum(1 for w in self._members if w.available and not w.running and not w.external)
+        self.last_decision = ScalingDecision(
+            at=time.time(), rule=rule, reason=reason, cpu_percent=self.cpu_percent,
+            memory_percent=self.memory_percent, waiting=len(self._sched.queue), free_workers=free, **fields)
+
+    def set_load(self, cpu_percent: float, memory_percent: float) -> None:
+        """The monitor's latest sample: the in-process worker (opted in) is open while
+        the machine is idle."""
+        self.memory_percent = memory_percent
+        self.cpu_percent = cpu_percent
+        if self.local is not None:
+            low = cpu_percent < self.limits.local_threshold * 100
+            if low != self._sched.local_open:
+                self._feed(Load(self.loop.time(), low))
+
+    def kill(self, worker: PoolWorker, reason: str) -> None:
+        """Stop what ``worker`` runs by force (it is ended and replaced); its calls fail
+        or retry under their policy, each with ``reason``."""
+        for task_id in list(worker.executor.inflight):
+            worker.executor.abort(task_id, reason)
+
+    def check_resources(self, request: Mapping[str, float], label: str) -> None:
+        """Refuse at once a request no worker could ever satisfy."""
+        offers = [s.resources for s in self._members]
+        if unsatisfiable(offers, self.new_offer, request):
+            offered = self.new_offer if not offers else offers[0]
+            raise UnsatisfiableError(
+                f"{label} asks for {dict(request)}, which no {self.settings.node_type} worker can "
+                f"ever offer (they offer {dict(offered or {})}; add labels through executorOptions)"
+            )

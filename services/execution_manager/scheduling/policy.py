@@ -1,0 +1,167 @@
+"""Placement and scaling decisions: pure functions of a snapshot.
+
+No I/O, no clock, no processes: the pool passes what it sees, these return what to
+do, and the tests are tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+class WorkerView(Protocol):
+    """What a decision reads about one worker."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def available(self) -> bool: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def idle_since(self) -> float | None: ...
+    @property
+    def pinned(self) -> int: ...
+    @property
+    def external(self) -> bool: ...  # a remote node's slot: capacity, but not the autoscaler's
+
+
+@dataclass(frozen=True)
+class ScalingDecision:
+    """The autoscaler's last decision, "steady" included, and what it saw."""
+
+    at: float  # when (time.time())
+    rule: str  # below-min, scale-up, busy-start, memory-veto, retire-idle, retire-max-idle, bounds, steady
+    reason: str
+    cpu_percent: float  # the machine's, as sampled
+    memory_percent: float
+    waiting: int  # calls queued
+    free_workers: int  # live workers with nothing to run
+    worker: str | None = None  # the one retired
+    idle_seconds: float | None = None  # how long it had been idle
+    started: int = 0
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A plain :class:`WorkerView`, for tests and callers without a pool."""
+
+    id: str
+    available: bool = True
+    running: int = 0
+    idle_since: float | None = None
+    pinned: int = 0
+    external: bool = False
+
+
+class Limits(NamedTuple):
+    min_workers: int
+    max_workers: int
+    run_locally: bool = True
+    local_threshold: float = 0.3
+    scale_up_threshold: float = 0.8
+    scale_down_threshold: float = 0.3
+    memory_limit: float = 0.9
+    idle_timeout: float = 60.0
+    cooldown: float = 0.0  # seconds after a scale-up during which no worker retires
+    max_idle: float = 600.0  # while the machine is busy, idle workers are kept, but never longer than this
+
+
+def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str | None:
+    """The worker an instance should live on: fewest pinned instances, then calls."""
+    best: WorkerView | None = None
+    for w in workers:
+        if w.available and w.id != exclude and (
+            best is None or (w.pinned, w.running, w.id) < (best.pinned, best.running, best.id)
+        ):
+            best = w
+    return best.id if best else None
+
+
+class ScalePlan(NamedTuple):
+    start: int
+    retire: tuple[str, ...]
+    reason: str
+    rule: str = "steady"  # which rule fired: below-min, scale-up, memory-veto, retire-idle, retire-max-idle, steady
+    worker: str | None = None  # the worker retired
+    idle: float | None = None  # how long it had been idle, in seconds
+
+
+def plan_scaling(
+    workers: Sequence[WorkerView],
+    limits: Limits,
+    *,
+    starting: int,
+    queued: int,
+    memory_percent: float,
+    now: float,
+    last_scale_up: float | None = None,
+    cpu_percent: float = 0.0,
+) -> ScalePlan:
+    """What the monitor does this tick: start workers, retire an idle one, or nothing.
+
+    Up: with calls waiting and more than ``scale_up_threshold`` of the live workers busy,
+    one worker is added, unless memory use is above ``memory_limit`` (high CPU alone never
+    starts a worker: it would have nothing to run). Down: with no call waiting and the
+    pool above ``min_workers``, the worker idle longest (fewest pinned instances first)
+    retires once idle for ``idle_timeout`` s while the machine's CPU (``cpu_percent``, the
+    whole host) is under ``scale_down_threshold``; while the CPU is higher, idle workers
+    are kept, but never longer than ``max_idle`` s. Never within ``cooldown`` s of the
+    last scale-up; never a busy worker, whatever its CPU. Remote nodes' slots
+    (``external``) count towards load but are never started, retired or counted against
+    the bounds.
+    """
+    live = [w for w in workers if w.available]
+    count = sum(1 for w in live if not w.external) + starting
+    if count < limits.min_workers:
+        return ScalePlan(limits.min_workers - count, (), f"below minWorkers ({count} < {limits.min_workers})",
+                         "below-min")
+    load = sum(1 for w in live if w.running) / len(live) if live else (1.0 if queued else 0.0)
+    if load > limits.scale_up_threshold and queued and count < limits.max_workers:
+        if memory_percent >= limits.memory_limit * 100:
+            return ScalePlan(0, (), f"load {load:.0%} but memory at {memory_percent:.0f}%: not scaling up",
+                             "memory-veto")
+        return ScalePlan(1, (), f"load {load:.0%} above {limits.scale_up_threshold:.0%} with {queued} queued",
+                         "scale-up")
+    cooling = last_scale_up is not None and now - last_scale_up < limits.cooldown
+    if count > limits.min_workers and not queued and not cooling:
+        quiet = cpu_percent < limits.scale_down_threshold * 100
+        wait = limits.idle_timeout if quiet else max(limits.idle_timeout, limits.max_idle)
+        idle = [w for w in live if not w.running and not w.external and w.idle_since is not None
+                and now - w.idle_since >= wait]
+        if idle:
+            victim = min(idle, key=lambda w: (w.pinned, w.idle_since or 0.0, w.id))
+            idled = now - victim.idle_since if victim.idle_since is not None else 0.0
+            why = (f"CPU {cpu_percent:.0f}% below {limits.scale_down_threshold:.0%}" if quiet
+                   else f"CPU {cpu_percent:.0f}%, but idle past maxIdle")
+            return ScalePlan(0, (victim.id,), f"{victim.id} idle {idled:.0f} s, {why}",
+                             "retire-idle" if quiet else "retire-max-idle", victim.id, round(idled, 1))
+    return ScalePlan(0, (), "steady")
+
+
+def chunk_size(items: int, workers: int, *, per_worker: int = 4, cap: int = 10_000) -> int:
+    """Items per chunk for ``map``: about ``per_worker`` chunks for each worker."""
+    if items <= 0:
+        return 1
+    return max(1, min(cap, -(-items // (max(1, workers) * per_worker))))
+
+
+MAX_PRIORITY = 10
+
+
+def pick_next(heads: Sequence[tuple[int, float]], now: float, aging: float) -> int:
+    """Index of the waiting call to run next, from ``(priority, queued_at)`` heads.
+
+    Effective priority is ``priority + waited / aging`` (capped at 10), so every call
+    eventually reaches the top; among equals the oldest goes first (FIFO).
+    """
+    best = 0
+    best_key: tuple[float, float] | None = None
+    for i, (priority, queued_at) in enumerate(heads):
+        effective = min(MAX_PRIORITY, priority + (now - queued_at) / aging) if aging > 0 else priority
+        key = (-effective, queued_at)
+        if best_key is None or key < best_key:
+            best, best_key = i, key
+    return best
