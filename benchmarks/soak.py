@@ -97,10 +97,10 @@ async def _chaos(em: Any, per_second: float, kills: collections.Counter[str], st
             return
         except TimeoutError:
             pass
-        members = [w for w in em.pool.fleet.members if w.executor.info().pid and not w.executor.is_closed]
+        members = [w for w in em.pool.fleet.members if w.backend.info().pid and not w.backend.is_closed]
         if not members:
             continue
-        pid = rng.choice(members).executor.info().pid
+        pid = rng.choice(members).backend.info().pid
         how = signal.SIGSTOP if rng.random() < 0.25 else signal.SIGKILL
         try:
             os.kill(pid, how)

@@ -24,7 +24,7 @@ from microkernel.plugins.dask.cluster import DaskCluster
 from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executors import Executor
+from microkernel.services.execution_manager.executors import Worker
 from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS
 
 from . import tasks
@@ -45,9 +45,9 @@ class Adopter:
     """Where the cluster's executors go when no pool is involved."""
 
     def __init__(self) -> None:
-        self.adopted: list[Executor] = []
+        self.adopted: list[Worker] = []
 
-    def adopt(self, executor: Executor) -> None:
+    def adopt(self, executor: Worker) -> None:
         self.adopted.append(executor)
 
     async def retire(self, worker_id: str, reason: str = "retired") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernel.plugins import make_plugin_manager
-from microkernel.plugins.inmemory.executor import InMemoryExecutor
+from microkernel.plugins.inmemory.executor import InMemoryWorker
 from microkernel.plugins.local.executor import LocalWorker
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
 from microkernel.services.execution_manager.executors import ReplyFuture, WorkerState
@@ -21,7 +21,7 @@ from microkernel.services.execution_manager.wire import protocol as p
 
 pytestmark = pytest.mark.anyio
 
-MAKERS = {"local": lambda wid: LocalWorker(wid, {}), "inmemory": lambda wid: InMemoryExecutor(wid, {})}
+MAKERS = {"local": lambda wid: LocalWorker(wid, {}), "inmemory": lambda wid: InMemoryWorker(wid, {})}
 
 
 @pytest.mark.parametrize("node_type", sorted(MAKERS))
@@ -62,7 +62,7 @@ def test_the_kit_is_installed_and_its_call_targets_need_no_test_runner() -> None
 
 def test_builtins_registered_through_entry_points() -> None:
     registry = executor_types(make_plugin_manager())
-    assert registry["local"] is LocalWorker and registry["inmemory"] is InMemoryExecutor
+    assert registry["local"] is LocalWorker and registry["inmemory"] is InMemoryWorker
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
@@ -226,3 +226,60 @@ async def test_a_call_taken_back_and_sent_again_begins_where_the_kernel_counts_i
         assert not touched.exists()  # ...and so it is
     finally:
         await ex.stop(drain=False)
+
+
+class _LyingOffers(InMemoryWorker):
+    """Promises a GPU it never reports."""
+
+    node_type = "lying"
+
+    @classmethod
+    def offers(cls, options):  # type: ignore[no-untyped-def]
+        return {"gpu": 1.0}
+
+
+class _LeavesATask(InMemoryWorker):
+    """Starts a task of its own that stop() forgets."""
+
+    async def start(self) -> None:
+        await super().start()
+        self._forgotten = asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="forgotten")
+
+
+class _LeavesAChild(InMemoryWorker):
+    """Starts a helper process that stop() forgets."""
+
+    async def start(self) -> None:
+        await super().start()
+        self._child = await asyncio.create_subprocess_exec("sleep", "30")
+
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        await super().stop(drain=drain, timeout=timeout)
+
+
+@pytest.mark.parametrize(("kind", "names"), [
+    (_LyingOffers, ["_LyingOffers (node type 'lying')", "fails check_offers_match_info", "offers() promised {'gpu': 1.0}"]),
+    (_LeavesATask, ["_LeavesATask (node type 'inmemory')", "fails check_stop_leaves_nothing_behind", "asyncio task", "sleep"]),
+    (_LeavesAChild, ["_LeavesAChild", "fails check_stop_leaves_nothing_behind", "child process", "sleep 30"]),
+], ids=["offers", "task", "child"])
+async def test_check_executor_fails_naming_the_plugin_and_the_behaviour(kind, names) -> None:
+    made: list[InMemoryWorker] = []
+
+    def make(worker_id: str) -> InMemoryWorker:
+        made.append(kind(worker_id, {}))
+        return made[-1]
+
+    try:
+        with pytest.raises(AssertionError) as failed:
+            await check_executor(make)
+        for name in names:
+            assert name in str(failed.value), str(failed.value)
+    finally:
+        for worker in made:  # what the broken workers left: cleaned here, not by the kit
+            task = getattr(worker, "_forgotten", None)
+            if task is not None:
+                task.cancel()
+            child = getattr(worker, "_child", None)
+            if child is not None and child.returncode is None:
+                child.kill()
+                await child.wait()

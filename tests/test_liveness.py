@@ -31,7 +31,7 @@ async def running_pid(em: object) -> tuple[str, int]:
     await until(lambda: any(w.running for w in pool.fleet.members), 10, "a call running")
     worker = next(w for w in pool.fleet.members if w.running)
     await asyncio.sleep(0.2)  # sent, and begun: a call the worker never began would run elsewhere, free
-    return worker.id, worker.executor.info().pid
+    return worker.id, worker.backend.info().pid
 
 
 async def test_a_stopped_worker_fails_its_call_in_time_and_is_replaced() -> None:
@@ -70,14 +70,14 @@ async def test_a_call_allowed_to_retry_survives_its_worker_being_stopped() -> No
 async def test_a_worker_that_stops_while_idle_gets_no_call_and_is_replaced() -> None:
     async with em_kernel() as kernel:
         em = kernel.get_service("execution-manager")
-        pids = {w.executor.info().pid for w in em.pool.fleet.members}
+        pids = {w.backend.info().pid for w in em.pool.fleet.members}
         assert await em.submit(tasks.stop_self_after, 0.1) == "will stop"
         await asyncio.sleep(0.6)  # it stopped; the monitor has seen it: no call goes there now
         async with asyncio.timeout(10):
             got = await asyncio.gather(*(em.submit(tasks.whoami) for _ in range(6)))
         stopped = [pid for pid in pids if pid not in got]
         assert stopped  # all six went elsewhere
-        await until(lambda: not {w.executor.info().pid for w in em.pool.fleet.members} & set(stopped), 10,
+        await until(lambda: not {w.backend.info().pid for w in em.pool.fleet.members} & set(stopped), 10,
                     "the stopped worker to be replaced")
 
 
@@ -86,9 +86,9 @@ async def test_an_idle_worker_that_no_longer_answers_is_declared_dead() -> None:
         em = kernel.get_service("execution-manager")
         assert await em.submit(tasks.wedge_after_return, 0.2) == "wedged"
         [worker] = em.pool.fleet.members
-        pid = worker.executor.info().pid
-        await until(lambda: worker.executor.is_closed, TIMEOUT * 4 + 5, "the silent worker to be declared dead")
-        assert "silent" in (worker.executor.info().exit_reason or "")
+        pid = worker.backend.info().pid
+        await until(lambda: worker.backend.is_closed, TIMEOUT * 4 + 5, "the silent worker to be declared dead")
+        assert "silent" in (worker.backend.info().exit_reason or "")
         assert await em.submit(tasks.whoami) != pid
 
 
@@ -99,9 +99,9 @@ async def test_idle_workers_that_answer_live_on_however_rarely_they_are_sampled(
         em = kernel.get_service("execution-manager")
         errors: list[dict] = []
         em.subscribe("worker-error", lambda _e, payload: errors.append(dict(payload)))
-        pids = {w.executor.info().pid for w in em.pool.fleet.members}
+        pids = {w.backend.info().pid for w in em.pool.fleet.members}
         await asyncio.sleep(TIMEOUT * 5)
-        assert {w.executor.info().pid for w in em.pool.fleet.members} == pids and errors == []
+        assert {w.backend.info().pid for w in em.pool.fleet.members} == pids and errors == []
 
 
 async def test_a_call_that_holds_the_gil_past_the_timeout_is_not_declared_dead() -> None:

@@ -33,7 +33,7 @@ def kernel_for_nodes(paths: list[Path] | None = None, **nodes: object) -> Kernel
 
 
 def node_slots(em) -> list:
-    return [s for s in em.pool.fleet.members if s.executor.info().node is not None]
+    return [s for s in em.pool.fleet.members if s.backend.info().node is not None]
 
 
 async def test_a_frozen_node_turns_unhealthy_then_failed_and_rejoins_as_a_new_registration() -> None:

@@ -33,7 +33,7 @@ def kernel_for_nodes(**nodes: object) -> Kernel:
 
 
 def node_slots(em) -> list:
-    return [s for s in em.pool.fleet.members if s.executor.info().node is not None]
+    return [s for s in em.pool.fleet.members if s.backend.info().node is not None]
 
 
 async def test_wss_with_a_certificate_from_a_throwaway_ca(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ async def test_wss_with_a_certificate_from_a_throwaway_ca(tmp_path: Path) -> Non
             await until(lambda: len(node_slots(em)) == 1, what="the trusting node")
             assert await em.submit(tasks.inc, 1) == 2
             await asyncio.sleep(1.0)
-            assert [s.executor.info().node for s in node_slots(em)] == ["trusting"]
+            assert [s.backend.info().node for s in node_slots(em)] == ["trusting"]
             assert untrusting.returncode is None  # it keeps retrying, it does not crash
         finally:
             assert await stop_node(trusting) == 0

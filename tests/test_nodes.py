@@ -73,7 +73,7 @@ async def test_calls_spread_to_a_node_and_stats_list_it(token_env: None) -> None
                 await em.submit(tasks.raise_custom, "nope")
         finally:
             assert await stop_node(proc) == 0
-        await until(lambda: not any(s.executor.info().node for s in em.pool.fleet.members), what="the node to leave")
+        await until(lambda: not any(s.backend.info().node for s in em.pool.fleet.members), what="the node to leave")
         assert (await em.get_stats()).nodes == []
 
 

@@ -7,7 +7,7 @@ import pytest
 from microkernel.services.execution_manager.scheduling.policy import (
     Limits,
     ScalePlan,
-    Worker,
+    WorkerSnapshot,
     chunk_size,
     pick_next,
     pin_target,
@@ -15,7 +15,7 @@ from microkernel.services.execution_manager.scheduling.policy import (
 )
 
 L = Limits(min_workers=1, max_workers=3, idle_timeout=0.0)
-W = Worker
+W = WorkerSnapshot
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ SPEC = Limits(min_workers=1, max_workers=4, idle_timeout=60.0, max_idle=600.0)
     ([W("only", idle_since=0.0)], 0, 0.0, 9999.0, ()),  # minWorkers
     ([W("a", idle_since=0.0), W("b", idle_since=0.0, external=True)], 0, 0.0, 9999.0, ()),  # a node's slot
 ])
-def test_the_retire_rule(workers: list[Worker], queued: int, cpu: float, now: float, retire: tuple[str, ...]) -> None:
+def test_the_retire_rule(workers: list[WorkerSnapshot], queued: int, cpu: float, now: float, retire: tuple[str, ...]) -> None:
     plan = plan_scaling(workers, SPEC, starting=0, queued=queued, memory_percent=10.0, now=now, cpu_percent=cpu)
     assert plan.retire == retire, plan
     assert plan.start == 0

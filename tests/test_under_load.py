@@ -129,7 +129,7 @@ async def test_a_draining_worker_gets_no_new_call() -> None:
             got = set(await asyncio.gather(*pids))
             await asyncio.gather(*blockers)
             await retiring
-        assert draining.executor.info().pid not in got
+        assert draining.backend.info().pid not in got
 
 
 async def test_max_queue_counts_exactly_the_calls_not_started() -> None:
@@ -162,13 +162,13 @@ async def test_queued_calls_start_a_worker_and_an_idle_one_retires_never_a_busy_
         assert started and started[0] - t0 < 0.2 + 2.0  # a monitor tick, plus a process start
         async with asyncio.timeout(10):
             await asyncio.gather(*queued)
-        long_pid = next(w.executor.info().pid for w in em.pool.fleet.members if w.running)
+        long_pid = next(w.backend.info().pid for w in em.pool.fleet.members if w.running)
         retired: list[str] = []
         em.subscribe("scaled-down", lambda _e, payload: retired.append(payload["worker_id"]))
         # the host's CPU is low (one call sleeps): idle workers go, one a tick, never the busy one
         await until(lambda: len(em.pool.fleet.members) <= 3, 10, "an idle worker to retire")
         assert retired
-        assert long_pid in {w.executor.info().pid for w in em.pool.fleet.members}  # never the busy one
+        assert long_pid in {w.backend.info().pid for w in em.pool.fleet.members}  # never the busy one
         assert (await long)[0] == "long"
 
 

@@ -56,3 +56,26 @@ async def test_a_node_of_the_previous_release_is_refused_with_4003_and_the_kerne
             assert "today" in hub.sessions and hub.sessions["today"].state.value == "available"
         finally:
             assert await stop_node(proc) == 0
+
+
+@pytest.mark.anyio
+async def test_a_local_worker_of_the_previous_release_fails_to_start_naming_both_versions(tmp_path) -> None:
+    """``executorOptions.python`` may name another environment, holding another release:
+    its worker's handshake (replayed here) is refused, and the start error says why."""
+    import os
+    import sys
+
+    from microkernel.plugins.local.executor import LocalWorker
+    from microkernel.services.execution_manager.errors import WorkerStartError
+
+    old = tmp_path / "python-of-the-previous-release"
+    old.write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                   f"os.write(int(sys.argv[-1]), bytes.fromhex({RECORDED_WORKER_HELLO.hex()!r}))\ntime.sleep(30)\n")
+    os.chmod(old, 0o755)
+    worker = LocalWorker("local-old", {"python": str(old), "startTimeout": 10})
+    with pytest.raises(WorkerStartError) as refused:
+        await worker.start()
+    message = str(refused.value)
+    assert "local-old" in message and "wire version 1" in message and "this kernel speaks 2" in message, message
+    assert worker.is_closed
+    await worker.stop()

@@ -266,7 +266,7 @@ class DaskCluster(NodeListener):
             ex.traffic(message)
 
     def slot_executor(self, worker_id: str, address: str | None = None) -> DaskWorker:
-        """An executor on one Dask worker (the first, by default) that the pool did not
+        """A worker on one Dask worker (the first, by default) that the pool did not
         adopt: for the conformance suite and for tools."""
         address = address or next(iter(self.workers))
         known = self.workers[address]

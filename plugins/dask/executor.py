@@ -21,6 +21,7 @@ fails the call at once and lets the thread finish (its side effects may happen).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executors import Attempt, Background, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executors import Attempt, Background, Worker, WorkerInfo, WorkerState
 from microkernel.services.execution_manager.wire import protocol as p
 
 from . import remote
@@ -45,7 +46,7 @@ PIPELINE = 64  # calls per thread handed to Dask at most (the pool usually hands
 log = structlog.get_logger("dask")
 
 
-class DaskWorker(Executor):
+class DaskWorker(Worker):
     """One Dask worker (``address``) of the cluster ``client`` is connected to."""
 
     node_type = "dask"
@@ -65,13 +66,15 @@ class DaskWorker(Executor):
         self._sent: dict[int, Future[Any]] = {}
         self._pinned_sent = 0
         self._exit_reason: str | None = None
-        self._background = Background(f"dask executor {worker_id}")
+        self._background = Background(f"dask worker {worker_id}")
+        self._variables: dict[int, str] = {}  # a request's id -> the Dask Variable its answer goes to
+        self._requests = itertools.count(1)
 
-    def info(self) -> ExecutorInfo:
+    def info(self) -> WorkerInfo:
         offer: dict[str, float] = {"cpu": float(self.slots)}
         if self.memory_limit:
             offer["memory"] = float(self.memory_limit)
-        return ExecutorInfo(address=self.address, width=self.slots, exit_reason=self._exit_reason, resources=offer,
+        return WorkerInfo(address=self.address, width=self.slots, exit_reason=self._exit_reason, resources=offer,
                             node=self.address, cpu_percent=self.cpu_percent, rss=self.rss,
                             host_cpu_percent=self.cpu_percent)
 
@@ -197,17 +200,27 @@ class DaskWorker(Executor):
 
     def traffic(self, message: Mapping[str, Any]) -> None:
         """A running call's progress, log or request, as the Dask worker sent it."""
-        kind = {"progress": p.PROGRESS, "log": p.LOG, "request": p.REQUEST}.get(str(message.get("kind")))
-        if kind is None:
-            return
-        self._call_traffic(kind, int(message.get("call", 0)), tuple(message.get("fields", ())), self._answer)
+        kind, call_id, fields = message.get("kind"), int(message.get("call", 0)), tuple(message.get("fields", ()))
+        if kind == "progress" and len(fields) == 2:
+            self.report_traffic(p.Progress(call_id, *fields), self._answer)
+        elif kind == "log" and len(fields) == 3:
+            self.report_traffic(p.Log(call_id, *fields), self._answer)
+        elif kind == "request" and len(fields) == 3:
+            variable, route, payload = fields
+            request_id = next(self._requests)
+            self._variables[request_id] = str(variable)
+            self.report_traffic(p.Request(request_id, call_id, route, payload), self._answer)
 
-    def _answer(self, variable: Any, ok: bool, payload: bytes) -> None:
+    def _answer(self, request_id: int, ok: bool, payload: bytes) -> None:
         from distributed import Variable
+
+        variable = self._variables.pop(request_id, None)
+        if variable is None:
+            return
 
         async def send() -> None:
             try:
-                await Variable(str(variable), client=self.client).set((ok, payload))
+                await Variable(variable, client=self.client).set((ok, payload))
             except Exception as exc:
                 log.warning("could not answer a call's request", worker_id=self.id, error=str(exc))
 

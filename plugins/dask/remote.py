@@ -80,7 +80,7 @@ def runtime(executor_id: str) -> Runtime:
 
 
 def run(executor_id: str, kind: int, payload: bytes, call_id: int) -> tuple[bool, Any, float]:
-    """A Dask task: run one call through the executor's runtime on this worker. The
+    """A Dask task: run one call through the worker's runtime on this worker. The
     reply, and the seconds the call ran (the rest of the round trip is Dask's)."""
     started = time.perf_counter()
     ok, data = runtime(executor_id).execute(kind, payload, call_id)
@@ -88,7 +88,7 @@ def run(executor_id: str, kind: int, payload: bytes, call_id: int) -> tuple[bool
 
 
 def forget(executor_id: str) -> int:
-    """Drop an executor's runtime and the instances still pinned in it; how many."""
+    """Drop a worker's runtime and the instances still pinned in it; how many."""
     with _lock:
         rt = _runtimes.pop(executor_id, None)
     if rt is None:

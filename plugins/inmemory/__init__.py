@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from kernel.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # workers import this package: keep asyncio out of their start-up
-    from microkernel.services.execution_manager.executors import ExecutorFactory
+    from microkernel.services.execution_manager.executors import WorkerFactory
 
 
 @hookimpl
-def em_executor_types() -> Mapping[str, ExecutorFactory]:
-    from .executor import InMemoryExecutor
+def em_executor_types() -> Mapping[str, WorkerFactory]:
+    from .executor import InMemoryWorker
 
-    return {InMemoryExecutor.node_type: InMemoryExecutor}
+    return {InMemoryWorker.node_type: InMemoryWorker}

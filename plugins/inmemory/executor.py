@@ -14,10 +14,10 @@ from typing import Any
 from kernel.errors import RequestError
 from microkernel.services.execution_manager.executors import (
     Attempt,
-    Executor,
-    ExecutorInfo,
     Reply,
     Runtime,
+    Worker,
+    WorkerInfo,
     WorkerState,
 )
 from microkernel.services.execution_manager.wire import protocol as p
@@ -31,39 +31,39 @@ def _ignore(_rid: int, _ok: bool, _payload: bytes) -> None:
 
 class _Bridge:
     """The :class:`~microkernel.services.execution_manager.executors.CallChannel` of calls
-    on this process's threads: their traffic goes to the executor on the event loop's
+    on this process's threads: their traffic goes to the worker on the event loop's
     thread."""
 
-    def __init__(self, executor: InMemoryExecutor) -> None:
-        self.executor = executor
+    def __init__(self, worker: InMemoryWorker) -> None:
+        self.worker = worker
 
-    def _on_loop(self, kind: int, call_id: int, fields: tuple[Any, ...],
+    def _on_loop(self, message: p.Progress | p.Log | p.Request,
                  respond: Callable[[int, bool, bytes], None] = _ignore) -> None:
-        loop = self.executor.loop
+        loop = self.worker.loop
         if loop is None or loop.is_closed():
-            raise RequestError(f"executor {self.executor.id} is not running")
-        loop.call_soon_threadsafe(self.executor._call_traffic, kind, call_id, fields, respond)
+            raise RequestError(f"worker {self.worker.id} is not running")
+        loop.call_soon_threadsafe(self.worker.report_traffic, message, respond)
 
     def progress(self, call_id: int, fraction: float, message: str) -> None:
         with contextlib.suppress(RequestError, RuntimeError):
-            self._on_loop(p.PROGRESS, call_id, (fraction, message))
+            self._on_loop(p.Progress(call_id, fraction, message))
 
     def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
         with contextlib.suppress(RequestError, RuntimeError):
-            self._on_loop(p.LOG, call_id, (level, message, dict(fields)))
+            self._on_loop(p.Log(call_id, level, message, dict(fields)))
 
     def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
-        if asyncio._get_running_loop() is self.executor.loop:
+        if asyncio._get_running_loop() is self.worker.loop:
             raise RequestError("task.request on the kernel's event loop thread would deadlock it")
         answer: Future[tuple[bool, bytes]] = Future()
         try:
-            self._on_loop(p.REQUEST, call_id, (0, route, payload), lambda _r, ok, data: answer.set_result((ok, data)))
+            self._on_loop(p.Request(0, call_id, route, payload), lambda _r, ok, data: answer.set_result((ok, data)))
         except RuntimeError as exc:  # the loop closed meanwhile
-            raise RequestError(f"executor {self.executor.id} is not running") from exc
+            raise RequestError(f"worker {self.worker.id} is not running") from exc
         return answer.result()
 
 
-class InMemoryExecutor(Executor):
+class InMemoryWorker(Worker):
     """Runs calls on ``threads`` threads (default 1) of this process.
 
     Arguments, instances and results are pickled exactly as for a worker process,
@@ -81,8 +81,8 @@ class InMemoryExecutor(Executor):
         self._running = 0
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def info(self) -> ExecutorInfo:
-        return ExecutorInfo(pid=os.getpid(), width=self.threads)
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(pid=os.getpid(), width=self.threads)
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()

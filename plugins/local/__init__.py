@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 from kernel.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # workers import this package: keep asyncio out of their start-up
-    from microkernel.services.execution_manager.executors import ExecutorFactory
+    from microkernel.services.execution_manager.executors import WorkerFactory
 
 
 @hookimpl
-def em_executor_types() -> Mapping[str, ExecutorFactory]:
+def em_executor_types() -> Mapping[str, WorkerFactory]:
     from .executor import LocalWorker
 
     return {LocalWorker.node_type: LocalWorker}

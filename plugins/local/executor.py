@@ -20,9 +20,9 @@ from microkernel.services.execution_manager.errors import WorkerCrashedError, Wo
 from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
-    Executor,
-    ExecutorInfo,
     FrameStream,
+    Worker,
+    WorkerInfo,
     WorkerState,
 )
 from microkernel.services.execution_manager.wire import protocol as p
@@ -68,7 +68,7 @@ def _end_group(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-class LocalWorker(Executor):
+class LocalWorker(Worker):
     """A worker process on this machine, talking frames over a socket pair.
 
     Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the
@@ -106,8 +106,9 @@ class LocalWorker(Executor):
 
         return {"cpu": 1.0, "memory": float(psutil.virtual_memory().total), **options.get("labels", {})}
 
-    def info(self) -> ExecutorInfo:
-        return ExecutorInfo(pid=self.pid, width=1, exit_reason=self._exit_reason, resources=self._offer)
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(pid=self.pid, width=1, exit_reason=self._exit_reason, exit_code=self.returncode,
+                          resources=self._offer)
 
     # -- start ------------------------------------------------------------------------
 
@@ -138,6 +139,8 @@ class LocalWorker(Executor):
             )
         except OSError as exc:
             ours.close()
+            self._began.close()
+            self._began = None
             self.set_state(_S.FAILED)
             raise WorkerStartError(f"worker {self.id}: cannot start a process: {exc}") from exc
         finally:
@@ -159,6 +162,8 @@ class LocalWorker(Executor):
             await self._kill()
             if isinstance(exc, TimeoutError):
                 why = f"did not register within {timeout:g} s"
+            elif isinstance(exc, p.ProtocolError):  # another release's worker, named with both versions
+                why = f"was refused: {exc.detail}"
             else:
                 why = f"{describe_exit(self.returncode)} before registering"
             if self.state != _S.FAILED:
@@ -261,12 +266,8 @@ class LocalWorker(Executor):
                 self._forget_answer(event.call_id)
         elif type(event) is p.Cancelled:
             self._drop(event.call_id)
-        elif type(event) is p.Progress:
-            self._call_traffic(p.PROGRESS, event.call_id, (event.fraction, event.message), self._respond)
-        elif type(event) is p.Log:
-            self._call_traffic(p.LOG, event.call_id, (event.level, event.message, event.fields), self._respond)
-        elif type(event) is p.Request:
-            self._call_traffic(p.REQUEST, event.call_id, (event.request_id, event.route, event.payload), self._respond)
+        elif type(event) is p.Progress or type(event) is p.Log or type(event) is p.Request:
+            self.report_traffic(event, self._respond)
         elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)
 
@@ -319,6 +320,9 @@ class LocalWorker(Executor):
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
         self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then(), exact=True)
+        if self._began is not None:  # read for the last time: its descriptor goes now, not at garbage collection
+            self._began.close()
+            self._began = None
         assert self._exited is not None
         if not self._exited.done():
             self._exited.set_result(None)

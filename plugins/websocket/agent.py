@@ -1,7 +1,7 @@
 """The node agent: ``kernel node --connect ws://HOST:PORT``.
 
 It dials out to the kernel (nothing listens on the node), authenticates, and runs
-each slot as an executor of ``--node-type`` (the local worker processes by default,
+each slot as a worker of ``--node-type`` (the local worker processes by default,
 found through the plugin registry like the kernel finds them), relaying calls and
 replies, with heartbeats carrying its psutil metrics. When the kernel goes away it
 drops its workers (the kernel has given their calls up) and reconnects with
@@ -37,10 +37,10 @@ from microkernel.services.execution_manager.errors import PoolClosedError, Worke
 from microkernel.services.execution_manager.executors import (
     Attempt,
     Background,
-    Executor,
-    ExecutorFactory,
     NodeConfig,
     ReplyFuture,
+    Worker,
+    WorkerFactory,
     WorkerState,
     package_version,
 )
@@ -79,11 +79,11 @@ def _plan_packages(packages: dict[str, str]) -> None:
 class NodeAgent:
     """Runs one node until drained; see the module docstring."""
 
-    def __init__(self, config: NodeConfig, factory: ExecutorFactory) -> None:
+    def __init__(self, config: NodeConfig, factory: WorkerFactory) -> None:
         self.config = config
         self.factory = factory
         self.logger = log.bind(node_id=config.node_id)
-        self.execs: dict[int, Executor] = {}
+        self.execs: dict[int, Worker] = {}
         self.draining = False
         self._ws: FastClientConnection | None = None
         self._outbox: Outbox | None = None
@@ -316,7 +316,7 @@ class NodeAgent:
             if not answer.done():
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
-    def _replied(self, slot: int, call_id: int, ex: Executor, future: ReplyFuture) -> None:
+    def _replied(self, slot: int, call_id: int, ex: Worker, future: ReplyFuture) -> None:
         if future.cancelled():  # dropped before it began, as the kernel asked
             self.send(p.encode(p.Cancelled(call_id)))
             return
@@ -325,8 +325,7 @@ class NodeAgent:
             if isinstance(exc, WorkerCrashedError) and exc.started:
                 self._began.setdefault(slot, []).append(call_id)
             return
-        as_it_came = getattr(ex, "answer_frame", None)  # a local worker's frame: forwarded, not encoded again
-        frame = as_it_came(call_id) if as_it_came is not None else None
+        frame = ex.answer_frame(call_id)  # a local worker's frame: forwarded, not encoded again
         if frame is not None:
             self.send(frame)
             return
@@ -358,25 +357,25 @@ class NodeAgent:
         self.execs[number] = ex
         self.send(p.encode(p.SlotUp(number, ex.info().pid or 0)))
 
-    def _on_state(self, number: int, ex: Executor, old: WorkerState, new: WorkerState) -> None:
+    def _on_state(self, number: int, ex: Worker, old: WorkerState, new: WorkerState) -> None:
         if new not in (WorkerState.FAILED, WorkerState.TERMINATED) or self.execs.get(number) is not ex:
             return
         del self.execs[number]
-        # The executor fails what it held right after this change of state: SLOT_DOWN
+        # The worker fails what it held right after this change of state: SLOT_DOWN
         # goes once it has, with the calls that had begun.
         asyncio.get_running_loop().call_soon(self._slot_down, number, ex, new)
 
-    def _slot_down(self, number: int, ex: Executor, state: WorkerState) -> None:
+    def _slot_down(self, number: int, ex: Worker, state: WorkerState) -> None:
         reason = ex.info().exit_reason or state.value
         self.logger.warning("worker ended", slot=number, reason=reason)
         began = self._began.pop(number, [])
         # Exact only when every call it held was settled, each saying whether it began.
         known = began if not ex.inflight and ex.knows_begun else None
-        self.send(p.encode(p.SlotDown(number, reason, getattr(ex, "returncode", None), known)))
+        self.send(p.encode(p.SlotDown(number, reason, ex.info().exit_code, known)))
         if self._ws is not None and not self.draining:
             self.spawn(self._start_slot())
 
-    async def _stop_slot(self, number: int, ex: Executor, replace: bool) -> None:
+    async def _stop_slot(self, number: int, ex: Worker, replace: bool) -> None:
         await ex.stop(drain=True, timeout=self.config.drain_timeout)
         self._began.pop(number, None)  # stopped as asked: whatever it still held may have begun
         self.send(p.encode(p.SlotDown(number, "was stopped", None)))

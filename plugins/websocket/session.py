@@ -161,21 +161,17 @@ class Session:
                 slot = self.slots.get(number)
                 if slot is not None:
                     slot.cpu_percent, slot.rss = cpu, rss
-        elif kind is p.Progress:
+        elif kind is p.Progress or kind is p.Log:
             slot = self.calls.get(msg.call_id)
             if slot is not None:  # else late: the call was given up here
-                slot._call_traffic(p.PROGRESS, msg.call_id, (msg.fraction, msg.message), self._respond)
-        elif kind is p.Log:
-            slot = self.calls.get(msg.call_id)
-            if slot is not None:
-                slot._call_traffic(p.LOG, msg.call_id, (msg.level, msg.message, msg.fields), self._respond)
+                slot.report_traffic(msg, self._respond)
         elif kind is p.Request:
             slot = self.calls.get(msg.call_id)
             if slot is None:  # a call given up here (or never assigned): the asker still gets an answer
                 self._respond(msg.request_id, False, dumps(RequestError(
                     f"request {msg.route!r} refused: call {msg.call_id!r} is not running on node {self.node_id}")))
                 return
-            slot._call_traffic(p.REQUEST, msg.call_id, (msg.request_id, msg.route, msg.payload), self._respond)
+            slot.report_traffic(msg, self._respond)
         elif kind is p.Cancelled:  # the node dropped a call before it began, as asked
             slot = self.calls.pop(msg.call_id, None)
             if slot is not None:

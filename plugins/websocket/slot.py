@@ -1,7 +1,7 @@
 """The kernel's side of one worker slot on a remote node.
 
 A node runs one worker process per slot; the kernel sees each slot as one
-:class:`~microkernel.services.execution_manager.executors.Executor`, so a slot behaves exactly as a local worker does
+:class:`~microkernel.services.execution_manager.executors.Worker`, so a slot behaves exactly as a local worker does
 (calls in submission order, pinned instances, crashes failing what it held) and the
 pool needs nothing node-specific. The node's connection (``session.Session``) carries
 the frames and tells its slots when the node turns unhealthy, returns, or is lost.
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from microkernel.services.execution_manager.errors import WorkerStartError
-from microkernel.services.execution_manager.executors import Attempt, ErrorInfo, Executor, ExecutorInfo, WorkerState
+from microkernel.services.execution_manager.executors import Attempt, ErrorInfo, Worker, WorkerInfo, WorkerState
 from microkernel.services.execution_manager.wire import protocol as p
 
 _S = WorkerState
@@ -48,7 +48,7 @@ class NodeConnection(Protocol):
     def send(self, data: bytes) -> None: ...
 
 
-class NodeSlot(Executor):
+class NodeSlot(Worker):
     """One worker process of a remote node.
 
     Made bound to a slot by the hub when a node announces it, or unbound
@@ -74,9 +74,9 @@ class NodeSlot(Executor):
         self._stopping = False
         self._down: asyncio.Future[None] | None = None
 
-    def info(self) -> ExecutorInfo:
+    def info(self) -> WorkerInfo:
         s = self.session
-        return ExecutorInfo(
+        return WorkerInfo(
             pid=self.pid, address=s.address if s else None, width=1, exit_reason=self._exit_reason,
             resources=s.offer if s else {}, node=s.node_id if s else None,
             cpu_percent=self.cpu_percent, rss=self.rss, host_cpu_percent=s.cpu_percent if s else None,

@@ -23,19 +23,24 @@ call
     ``@distributed`` method, with its options (priority, timeout, retries...). It has
     one task id and one future for the caller, whatever happens to it.
 attempt
-    One try at running a call on one executor (an :class:`Attempt`, what an executor is
+    One try at running a call on one worker (an :class:`Attempt`, what a worker is
     handed). A call that is retried has several; ``future.attempts`` lists those that
     failed (``pool.handles.FailedAttempt``).
 task id
     The id of a call, shown in errors, events, logs, ``/api`` and the dashboard.
-executor
-    One place that runs calls, behind the :class:`Executor` interface: a local worker
-    process, an in-process thread pool, a slot of a remote node, a Dask worker.
 worker
-    An executor as the pool sees it: it has a worker id, a state
-    (:class:`WorkerState`) and a width (how many calls it runs at once).
+    One place that runs calls, behind the ``executors.Worker`` interface: a local
+    worker process, an in-process thread pool, a slot of a remote node, a Dask worker.
+    It has a worker id, a state (``executors.WorkerState``) and a width (how many calls
+    it runs at once). The pool's record of one (``pool.fleet.PoolWorker``) holds the
+    plugin's object as its ``backend``.
+executor
+    The kind of plugin that provides workers (``em_executor_types``, ``executorOptions``,
+    the ``executors/`` seam, ``check_executor``); never a class of ours: that name is
+    left to :class:`concurrent.futures.Executor`.
 node type
-    A kind of executor, registered by a plugin (``local``, ``inmemory``, ``dask``...).
+    A kind of worker, registered by an executor plugin (``local``, ``inmemory``,
+    ``dask``...).
 node
     A machine (or process) outside the kernel that lends workers: a ``kernel node``
     agent over websockets, or a Dask cluster. Its workers join the pool.

@@ -1,4 +1,4 @@
-"""The execution manager's exceptions: what a call, an executor and the pool raise.
+"""The execution manager's exceptions: what a call, a worker and the pool raise.
 
 Executors translate native errors (OSError, EOF, pickling errors...) into these, and
 code above the executor seam catches only these. All derive from

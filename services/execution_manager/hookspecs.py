@@ -18,19 +18,21 @@ from kernel.hookspecs import PROJECT
 from kernel.plugins import add_hookspecs, merged_registry
 
 if TYPE_CHECKING:
-    from .executors import ExecutorFactory, NodeTransport
+    from .executors import NodeTransport, WorkerFactory
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 @hookspec
-def em_executor_types() -> Mapping[str, ExecutorFactory]:  # type: ignore[empty-body]  # a spec has no body
-    """Node types this plugin provides, as ``{name: factory}``.
+def em_executor_types() -> Mapping[str, WorkerFactory]:  # type: ignore[empty-body]  # a spec has no body
+    """Node types this plugin provides, as ``{name: worker class}``.
 
     Every implementation is called; the results are merged into one registry (a name
-    given twice is a :class:`~kernel.errors.PluginError`). A factory is called as
-    ``factory(worker_id, options)`` and returns an unstarted
-    :class:`~microkernel.services.execution_manager.executors.Executor`.
+    given twice is a :class:`~kernel.errors.PluginError`). Each value is a subclass of
+    :class:`~microkernel.services.execution_manager.executors.Worker`: the pool asks its
+    class methods (``offers``) before any worker exists, then makes each worker as
+    ``cls(worker_id, options)`` (unstarted). Optional capabilities are methods of the
+    interface with defaults, so a plugin overrides what it has and nothing is probed.
     """
 
 
@@ -45,7 +47,7 @@ def em_node_transports() -> Mapping[str, NodeTransport]:  # type: ignore[empty-b
     """
 
 
-def executor_types(pm: pluggy.PluginManager) -> dict[str, ExecutorFactory]:
+def executor_types(pm: pluggy.PluginManager) -> dict[str, WorkerFactory]:
     """Every plugin's node types, merged; a duplicate name is a PluginError."""
     add_hookspecs(pm, sys.modules[__name__])
     return merged_registry(pm, "em_executor_types", "node type")

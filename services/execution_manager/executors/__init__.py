@@ -1,7 +1,7 @@
 """The seam executor plugins implement: all a plugin imports, documented where defined.
 
-- :class:`Executor`, :class:`ExecutorInfo`, :class:`WorkerState`, :class:`CallHost`,
-  ``ExecutorFactory`` (:mod:`.interface`): the interface, what the pool hands it and
+- :class:`Worker`, :class:`WorkerInfo`, :class:`WorkerState`, :class:`CallHost`,
+  ``WorkerFactory`` (:mod:`.interface`): the interface, what the pool hands it and
   the bookkeeping helpers the built-ins share;
 - :class:`Attempt`, :class:`ReplyFuture` (:mod:`.attempt`): one try at running a call;
 - :class:`Runtime`, :class:`CallChannel`, :class:`ErrorInfo` (:mod:`.runtime`): how the
@@ -11,7 +11,7 @@
 - :class:`FrameStream`, :class:`TurnBatcher` (:mod:`.streams`), :class:`Background`
   (:mod:`.background`): asyncio helpers for transports.
 
-The wire a transport speaks is :mod:`..wire`; the errors an executor raises are in
+The wire a transport speaks is :mod:`..wire`; the errors a worker raises are in
 :mod:`..errors`; the conformance kit a plugin's tests run is :mod:`.testing`.
 """
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from .background import Background as Background
     from .interface import (
         CallHost as CallHost,
-        Executor as Executor,
-        ExecutorFactory as ExecutorFactory,
-        ExecutorInfo as ExecutorInfo,
+        Worker as Worker,
+        WorkerFactory as WorkerFactory,
+        WorkerInfo as WorkerInfo,
     )
     from .nodes import (
         TOKEN_ENV as TOKEN_ENV,

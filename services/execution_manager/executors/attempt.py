@@ -1,4 +1,4 @@
-"""What an executor is handed: an :class:`Attempt` at a call, the :class:`ReplyFuture`
+"""What a worker is handed: an :class:`Attempt` at a call, the :class:`ReplyFuture`
 it resolves, and the :class:`CallWatch` that follows it from outside the caller.
 
 See the glossary in the package docstring: a call has one task id; each attempt at it
@@ -21,7 +21,7 @@ class ReplyFuture(asyncio.Future[Any]):
     """An attempt's future that hands its outcome to its one follower (:meth:`follow_now`)
     in the very call that sets it: a done-callback would run a turn of the event loop
     later, and the caller's task takes a turn more to wake. The follower (the pool) must
-    accept being called from inside an executor's methods."""
+    accept being called from inside a worker's methods."""
 
     # Slots left unset until used (no __init__: one is made per attempt).
     __slots__ = ("_follower", "call")
@@ -71,13 +71,13 @@ class CallWatch(Protocol):
 
 
 class Attempt:
-    """One attempt at a call, as the pool hands it to an executor (see the glossary:
+    """One attempt at a call, as the pool hands it to a worker (see the glossary:
     ``id`` is the call's task id, ``attempt`` its number; ``repr`` names both).
 
-    The executor resolves ``future`` with a reply ``(True, pickled_result)`` or
+    The worker resolves ``future`` with a reply ``(True, pickled_result)`` or
     ``(False, ErrorInfo)``, or sets an :class:`~kernel.errors.ExecutionError` on it.
     ``label`` and ``args`` only serve error messages; ``priority`` and ``project`` are
-    the pool's (an executor may ignore them).
+    the pool's (a worker may ignore them).
     """
 
     __slots__ = ("args", "attempt", "context", "future", "id", "kind", "label", "on_progress", "payload", "priority",
@@ -101,7 +101,7 @@ class Attempt:
         self.args = args
         self.priority = priority  # 0..10, higher first
         self.project = project
-        self.soft_timeout = soft_timeout  # seconds; raised inside the call where the executor can
+        self.soft_timeout = soft_timeout  # seconds; raised inside the call where the worker can
         self.resources = resources  # what it needs of a worker (None: anything)
         self.queued_at = 0.0
         self.started = started
@@ -109,7 +109,7 @@ class Attempt:
         self.worker_id = worker_id  # set by the pool when it hands the call out
         self.progress: tuple[float, str] | None = None  # the latest the call reported
         self.on_progress = on_progress  # the caller's, if it listens
-        self.ran: float | None = None  # seconds it ran, where the executor knows (see Executor.overhead)
+        self.ran: float | None = None  # seconds it ran, where the worker knows (see Worker.overhead)
         self.context = context  # the caller's (its structlog variables reach log lines)
         self.watch = watch  # who follows the call from outside (the job service), if anyone
 

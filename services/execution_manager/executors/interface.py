@@ -1,11 +1,11 @@
-"""The executor interface: one place that runs calls.
+"""The worker interface: one place that runs calls.
 
 A local worker process, an in-process thread, a remote node: the execution manager
-sees only :class:`Executor`. Node types are registered by plugins through the
+sees only :class:`Worker`. Node types are registered by plugins through the
 ``em_executor_types`` hook; each plugin's tests run the one conformance suite
 (``tests/conformance.py``), which is what makes them interchangeable.
 
-Errors an executor reports on a call (set on ``call.future``), all from
+Errors a worker reports on a call (set on ``call.future``), all from
 :mod:`.errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
 call in flight; :class:`PoolClosedError` when the call reaches it after stop. Errors
 raised by the call itself are not exceptions here: they come back as a
@@ -27,7 +27,7 @@ from kernel.errors import RequestError
 
 from ..errors import PoolClosedError, WorkerCrashedError
 from ..wire import dumps
-from ..wire.protocol import LOG, PROGRESS, REQUEST
+from ..wire.protocol import Log, Progress, Request
 
 # Attempt, CallWatch and ReplyFuture are part of this interface, re-exported for
 # executor plugins that import them from here.
@@ -44,13 +44,14 @@ _log = structlog.get_logger("executor")
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutorInfo:
-    """What an executor reports about itself for stats and placement."""
+class WorkerInfo:
+    """What a worker reports about itself for stats and placement."""
 
     pid: int | None = None
     address: str | None = None
     width: int = 1  # calls it runs side by side (a multi-threaded worker's threads)
     exit_reason: str | None = None
+    exit_code: int | None = None  # its process's, once ended (negative: killed by that signal)
     resources: Mapping[str, float] = field(default_factory=dict)  # what a call may ask of it
     node: str | None = None  # the remote node it runs on (None: this machine)
     # Remote executors report these (local ones are measured by the manager):
@@ -60,7 +61,7 @@ class ExecutorInfo:
 
 
 class CallHost(Protocol):
-    """What an executor hands a running call's traffic to (:mod:`kernel.task`): the
+    """What a worker hands a running call's traffic to (:mod:`kernel.task`): the
     execution manager in the kernel, the agent on a remote node."""
 
     def progress(self, call: Attempt, fraction: float, message: str) -> None:
@@ -74,18 +75,18 @@ class CallHost(Protocol):
         pickled exception)`` (never raise)."""
 
 
-StateListener = Callable[["Executor", WorkerState, WorkerState], None]
+StateListener = Callable[["Worker", WorkerState, WorkerState], None]
 
 
-class Executor(ABC):
+class Worker(ABC):
     """One place that runs calls.
 
     Lifecycle: created (``CREATING``) -> :meth:`start` (``REGISTERING`` ->
     ``AVAILABLE``) -> calls (``AVAILABLE`` <-> ``RUNNING``) -> :meth:`stop`
-    (``DRAINING`` -> ``TERMINATED``). An executor that dies on its own goes to
+    (``DRAINING`` -> ``TERMINATED``). A worker that dies on its own goes to
     ``FAILED`` and fails every call it held with :class:`WorkerCrashedError`.
     Every state change is reported to ``listeners``, which is how the pool learns of
-    deaths; the pool never switches on an executor's type, only on these predicates.
+    deaths; the pool never switches on a worker's type, only on these predicates.
     Each call ends by its future: a reply, an error, or cancelled when it was dropped
     before it began (:meth:`cancel`).
     """
@@ -93,8 +94,8 @@ class Executor(ABC):
     node_type: ClassVar[str] = ""
     #: Seconds each call spends in transit rather than working (a remote engine's
     #: scheduling round trip). The scheduler sends short calls ahead deep enough to
-    #: overlap it. Kept up to date by the executor; 0 for executors whose transit is
-    #: negligible. An executor that sets it also sets ``Attempt.ran`` (the seconds each
+    #: overlap it. Kept up to date by the worker; 0 for workers whose transit is
+    #: negligible. A worker that sets it also sets ``Attempt.ran`` (the seconds each
     #: call ran) before finishing it, as the pool's own timing would include transit.
     overhead: float = 0.0
     #: Whether a death fails the calls held exactly: ``WorkerCrashedError.started`` True
@@ -127,7 +128,7 @@ class Executor(ABC):
         """Start and register; return once calls can be submitted.
 
         :raises WorkerStartError: it could not start or did not register in time (the
-            executor is then ``FAILED`` and holds no resources).
+            worker is then ``FAILED`` and holds no resources).
         """
 
     @abstractmethod
@@ -141,21 +142,21 @@ class Executor(ABC):
     def submit(self, call: Attempt) -> None:
         """Start running ``call`` (never blocks); its outcome arrives on ``call.future``.
 
-        Calls submitted to one executor start in submission order.
+        Calls submitted to one worker start in submission order.
 
-        :raises PoolClosedError: the executor is not accepting calls.
+        :raises PoolClosedError: the worker is not accepting calls.
         """
 
     @abstractmethod
     def cancel(self, call_id: int) -> bool:
         """Drop a call that has not started; True if asked. Its future is cancelled once
-        the drop is certain (at once where the executor can tell; a worker that must be
+        the drop is certain (at once where the worker can tell; a worker that must be
         asked confirms first); a call that had begun is not interrupted and ends as
         usual, so a call is never run twice by a cancel."""
 
     def abort(self, call_id: int, reason: str = "") -> bool:
         """Stop a call by force, running or not; True if it will not run on (or has
-        been stopped). A running call may take its executor with it (a local worker
+        been stopped). A running call may take its worker with it (a local worker
         process is ended and replaced) and fails with a ``WorkerCrashedError`` that
         includes ``reason``; calls held behind it fail too, each saying whether it
         had begun, so those that had not run elsewhere.
@@ -177,22 +178,28 @@ class Executor(ABC):
     def check_alive(self, status: str | None, timeout: float) -> str | None:
         """Judge, from outside, whether the worker still lives; the monitor calls it every
         sample with ``status``, its process's state as psutil reads it (None: no local
-        process). An executor that finds its worker stopped, a zombie, or silent while
+        process). A worker that finds its process stopped, a zombie, or silent while
         idle marks itself ``UNHEALTHY`` (no new calls) and, past ``timeout`` seconds,
         ends it (``FAILED``: its calls fail, or retry, under their policy) and returns
         why. It must not depend on the worker's own Python thread answering while a
-        call runs (a call may hold the GIL). The default trusts the executor's own
+        call runs (a call may hold the GIL). The default trusts the worker's own
         means (a remote node's heartbeats)."""
         return None
 
     @classmethod
     def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float] | None:
-        """The resources a new executor made with ``options`` would offer, or None if
+        """The resources a new worker made with ``options`` would offer, or None if
         it cannot be known before it starts (then no request is refused up front)."""
         return None
 
+    def answer_frame(self, call_id: int) -> bytes | None:
+        """The frame that carried the answer to ``call_id`` exactly as it came from the
+        executing side, taken once, for a node to relay without decoding and encoding
+        it again; None (the default) where there is none."""
+        return None
+
     @abstractmethod
-    def info(self) -> ExecutorInfo:
+    def info(self) -> WorkerInfo:
         """Where it runs (pid or address), its width and, once ended, why it ended."""
 
     # -- predicates and state ---------------------------------------------------------
@@ -215,7 +222,7 @@ class Executor(ABC):
         if new == old:
             return
         if new not in TRANSITIONS[old]:
-            raise IllegalTransition(f"executor {self.id}: {old.value} -> {new.value} is not allowed")
+            raise IllegalTransition(f"worker {self.id}: {old.value} -> {new.value} is not allowed")
         self.state = new
         for listener in list(self.listeners):
             listener(self, old, new)
@@ -273,31 +280,31 @@ class Executor(ABC):
                 return True
         return False
 
-    def _call_traffic(self, kind: int, call_id: int, fields: tuple[Any, ...],
-                      respond: Callable[[int, bool, bytes], None]) -> None:
-        """Hand a running call's PROGRESS, LOG or REQUEST (kind and fields as in
-        :mod:`microkernel.services.execution_manager.wire.protocol`) to :attr:`host`
-        (helper for implementations). A request is answered through
+    def report_traffic(self, message: Progress | Log | Request, respond: Callable[[int, bool, bytes], None]) -> None:
+        """Hand a running call's progress, log line or request (typed, as
+        :mod:`microkernel.services.execution_manager.wire.protocol` decodes them) to
+        :attr:`host` (helper for implementations). A request is answered through
         ``respond(request_id, ok, payload)``, also when there is no host or the call is
         gone, so the asking call never waits forever."""
-        call = self.inflight.get(call_id)
+        call = self.inflight.get(message.call_id)
         host = self.host
-        if kind == REQUEST:
-            request_id, route, payload = fields
+        if type(message) is Request:
+            request_id, route = message.request_id, message.route
             if call is None or host is None:
-                why = "its call is no longer running" if call is None else f"executor {self.id} has no kernel"
+                why = "its call is no longer running" if call is None else f"worker {self.id} has no kernel"
                 respond(request_id, False, dumps(RequestError(f"request {route!r} refused: {why}")))
                 return
-            task = asyncio.get_running_loop().create_task(host.request(call, str(route), payload))
+            task = asyncio.get_running_loop().create_task(host.request(call, str(route), message.payload))
             task.add_done_callback(lambda t: respond(request_id, *_answer(t, route)))
             return
         if call is None or host is None:
             return  # late: the call was given up
         try:
-            if kind == PROGRESS:
-                host.progress(call, float(fields[0]), str(fields[1]))
-            elif kind == LOG:
-                host.log(call, str(fields[0]), str(fields[1]), fields[2] if isinstance(fields[2], dict) else {})
+            if type(message) is Progress:
+                host.progress(call, float(message.fraction), str(message.message))
+            elif type(message) is Log:
+                host.log(call, str(message.level), str(message.message),
+                         message.fields if isinstance(message.fields, dict) else {})
         except Exception:  # a listener's bug must not take the worker's connection down
             _log.exception("handling a call's progress or log failed", worker_id=self.id, call=call.describe())
 
@@ -326,10 +333,10 @@ class Executor(ABC):
             await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
 
     def _fail_stopped(self, never_started: set[int], *, where: str = "", pid: int | None = None) -> None:
-        """Fail every call still held because the executor was stopped (helper for
+        """Fail every call still held because the worker was stopped (helper for
         ``stop``); ``never_started``: the ids of those that had not begun."""
         self._fail_all(lambda c, _first: WorkerCrashedError(
-            f"executor {self.id}{where} was stopped "
+            f"worker {self.id}{where} was stopped "
             f"{'before starting' if c.id in never_started else 'while running'} {c.describe()}",
             worker_id=self.id, pid=pid, call=c.describe(), started=c.id not in never_started,
         ))
@@ -367,7 +374,7 @@ class Executor(ABC):
         otherwise, each call held counts as begun: a worker may run one call after
         another before its replies reach us, so the oldest held is not the only one
         that may have run, and a call that may have run is never run again unasked.
-        Call it only once the executor no longer accepts calls."""
+        Call it only once the worker no longer accepts calls."""
         calls = list(self.inflight.values())
         self.inflight.clear()
         for call in calls:
@@ -386,4 +393,7 @@ def _answer(task: asyncio.Task[tuple[bool, bytes]], route: str) -> tuple[bool, b
     return task.result()
 
 
-ExecutorFactory = Callable[[str, Mapping[str, Any]], Executor]
+#: What ``em_executor_types`` registers: a :class:`Worker` subclass, made as
+#: ``factory(worker_id, options)``, whose class methods (:meth:`Worker.offers`) the
+#: pool asks before any is made.
+WorkerFactory = type[Worker]

@@ -4,7 +4,7 @@ side and runs the node agent on theirs.
 A transport (registered through ``em_node_transports``) makes a
 :class:`NodeListener` from the execution manager's ``custom.nodes`` settings. The
 listener admits nodes and hands each of their worker slots, as a started
-:class:`~microkernel.services.execution_manager.executors.Executor`, to its :class:`NodeHost` (the execution
+:class:`~microkernel.services.execution_manager.executors.Worker`, to its :class:`NodeHost` (the execution
 manager's pool), which places calls on them like on any worker. The same transport
 runs the agent (``kernel node --connect URL``) from a :class:`NodeConfig`.
 """
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from kernel.errors import ConfigError, PluginError
 
-from .interface import Executor
+from .interface import Worker
 
 TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"
 
@@ -29,7 +29,7 @@ TOKEN_ENV = "MICROKERNEL_NODE_TOKEN"
 class NodeHost(Protocol):
     """Where a listener's executors go (the execution manager's pool)."""
 
-    def adopt(self, executor: Executor) -> None:
+    def adopt(self, executor: Worker) -> None:
         """Take a started executor in; it is placed on from now on."""
 
     async def retire(self, worker_id: str, reason: str = "retired") -> None:
@@ -102,7 +102,7 @@ class NodeConfig:
     node_id: str
     slots: int
     labels: Mapping[str, float] = field(default_factory=dict)
-    node_type: str = "local"  # the executor that runs calls on the node
+    node_type: str = "local"  # the node type (executor plugin) whose workers run calls on the node
     executor_options: Mapping[str, Any] = field(default_factory=dict)
     ca_file: str | None = None
     reconnect_min: float = 0.5

@@ -21,7 +21,7 @@ from ..wire.serialization import dumps, dumps_exception, dumps_result, format_ex
 
 
 class CallChannel(Protocol):
-    """How an executor's calls reach the kernel, on the wire's terms (requests travel
+    """How a worker's calls reach the kernel, on the wire's terms (requests travel
     pickled). Implementations may be called from any thread of the call."""
 
     def progress(self, call_id: int, fraction: float, message: str) -> None:
@@ -39,7 +39,7 @@ class CallChannel(Protocol):
 
 
 class _TaskChannel:
-    """:class:`kernel.task.TaskChannel` over an executor's :class:`CallChannel`."""
+    """:class:`kernel.task.TaskChannel` over a worker's :class:`CallChannel`."""
 
     __slots__ = ("log", "progress", "wire")
 

@@ -7,7 +7,7 @@
     AVAILABLE, RUNNING or UNHEALTHY -> DRAINING
     any state but TERMINATED -> FAILED or TERMINATED;  FAILED -> TERMINATED
 
-:meth:`.interface.Executor.set_state` refuses any other move with :class:`IllegalTransition`.
+:meth:`.interface.Worker.set_state` refuses any other move with :class:`IllegalTransition`.
 A worker takes calls only while :data:`ACCEPTING`; once :data:`CLOSED` it never will again.
 """
 

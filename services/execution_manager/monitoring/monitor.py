@@ -18,7 +18,7 @@ import anyio.to_thread
 import psutil
 import structlog
 
-from ..executors import Executor, NodeListener
+from ..executors import NodeListener, Worker
 from ..pool import WorkerPool
 from .stats import ProjectStats, RunningCall, Stats, SystemLoad, WorkerStats
 
@@ -26,7 +26,7 @@ HOST = socket.gethostname()
 log = structlog.get_logger("execution-manager")
 
 
-def running_calls(executor: Executor, now: float) -> list[RunningCall]:
+def running_calls(executor: Worker, now: float) -> list[RunningCall]:
     """What ``executor`` runs now: label, elapsed against timeout, latest progress."""
     out = []
     for call in executor.inflight.values():
@@ -57,7 +57,7 @@ class Monitor:
         now = time.perf_counter()
         details = []
         for worker in pool.fleet.members:
-            ex = worker.executor
+            ex = worker.backend
             info = ex.info()
             cpu, rss = self.metrics.get(worker.id, (0.0, 0))
             node = beats.get(info.node) if info.node else None
@@ -96,7 +96,7 @@ class Monitor:
         soft, hard = pool.settings.soft_memory_limit, pool.settings.hard_memory_limit
         for worker in pool.fleet.members:
             rss = metrics.get(worker.id, (0.0, 0))[1]
-            if _over(rss, hard) and worker.executor.inflight:
+            if _over(rss, hard) and worker.backend.inflight:
                 pool.fleet.kill(worker, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
             elif _over(rss, soft):
                 pool.fleet.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
@@ -114,7 +114,7 @@ class Monitor:
             remote: dict[str, tuple[float, int]] = {}
             local = []
             for worker in pool.fleet.members:
-                info = worker.executor.info()
+                info = worker.backend.info()
                 if info.node is None:
                     pids[worker.id] = info.pid
                     local.append(worker)
@@ -122,7 +122,7 @@ class Monitor:
                     remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
             load, metrics, statuses = await anyio.to_thread.run_sync(_sample, pids, self._procs)
             for worker in local:  # liveness, judged from outside each worker process
-                why = worker.executor.check_alive(statuses.get(worker.id), s.heartbeat_timeout)
+                why = worker.backend.check_alive(statuses.get(worker.id), s.heartbeat_timeout)
                 if why is not None:
                     log.warning("worker declared dead", worker_id=worker.id, reason=why)
             metrics.update(remote)

@@ -16,7 +16,7 @@ import structlog
 
 from ..errors import UnsatisfiableError
 from ..events import EventBus
-from ..executors import CLOSED, Background, CallHost, Executor, ExecutorFactory, WorkerState
+from ..executors import CLOSED, Background, CallHost, Worker, WorkerFactory, WorkerState
 from ..scheduling import ScalePlan, ScalingDecision, Scheduler, pin_target, plan_scaling, unsatisfiable
 from ..scheduling.stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 from ..settings import Settings
@@ -25,28 +25,29 @@ log = structlog.get_logger("execution-manager")
 
 
 class PoolWorker:
-    """The pool's view of one executor (satisfies :class:`.policy.WorkerView`)."""
+    """The pool's record of one worker; ``backend`` is the plugin's :class:`Worker`
+    (satisfies :class:`..scheduling.policy.WorkerView`)."""
 
-    __slots__ = ("executor", "external", "id", "idle_since", "pins", "resources", "retiring", "width")
+    __slots__ = ("backend", "external", "id", "idle_since", "pins", "resources", "retiring", "width")
     id: str
 
-    def __init__(self, executor: Executor, *, external: bool = False) -> None:
-        self.executor = executor
-        self.id = executor.id
+    def __init__(self, backend: Worker, *, external: bool = False) -> None:
+        self.backend = backend
+        self.id = backend.id
         self.external = external  # brought by a node, not started by the pool: never scaled
-        self.width = max(1, executor.info().width)
+        self.width = max(1, backend.info().width)
         self.idle_since: float | None = time.monotonic()
         self.pins: set[str] = set()
         self.retiring = False
-        self.resources = executor.info().resources
+        self.resources = backend.info().resources
 
     @property
     def available(self) -> bool:
-        return self.executor.is_available and not self.retiring
+        return self.backend.is_available and not self.retiring
 
     @property
     def running(self) -> int:
-        return len(self.executor.inflight)
+        return len(self.backend.inflight)
 
     @property
     def pinned(self) -> int:
@@ -54,7 +55,7 @@ class PoolWorker:
 
     def __repr__(self) -> str:
         leaving = " retiring" if self.retiring else ""
-        return f"<PoolWorker {self.executor!r} pins={len(self.pins)}{leaving}>"
+        return f"<PoolWorker {self.backend!r} pins={len(self.pins)}{leaving}>"
 
 
 class PinKeeper(Protocol):
@@ -73,14 +74,14 @@ class Fleet:
     def __init__(
         self,
         settings: Settings,
-        factory: ExecutorFactory,
+        factory: WorkerFactory,
         events: EventBus,
         sched: Scheduler,
         feed: Callable[[Stimulus], None],
         *,
         no_workers: Callable[[str], None],
         host: CallHost | None = None,
-        local_factory: ExecutorFactory | None = None,
+        local_factory: WorkerFactory | None = None,
     ) -> None:
         self.settings = settings
         self.limits = settings.limits(run_locally=local_factory is not None)
@@ -92,8 +93,7 @@ class Fleet:
         self._factory = factory
         self._local_factory = local_factory
         self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
-        offers = getattr(factory, "offers", None)
-        self.new_offer: Mapping[str, float] | None = offers(self.options) if callable(offers) else None
+        self.new_offer: Mapping[str, float] | None = factory.offers(self.options)
         self.workers: dict[str, PoolWorker] = {}
         self._members: list[PoolWorker] = []
         self.local: PoolWorker | None = None
@@ -149,7 +149,7 @@ class Fleet:
         self.closed = True
         members = list(self._members) + ([self.local] if self.local else [])
         stopping: asyncio.Future[Any] = asyncio.gather(
-            *(worker.executor.stop(drain=True, timeout=self.settings.drain_timeout) for worker in members),
+            *(worker.backend.stop(drain=True, timeout=self.settings.drain_timeout) for worker in members),
             return_exceptions=True,
         )
         if hurried is not None:
@@ -168,9 +168,9 @@ class Fleet:
             self.starting += 1
         wid = f"{self.settings.node_type}-{next(self._seq)}"
         try:
-            executor = self._factory(wid, self.options)
-            executor.listeners.append(self._on_state)
-            await executor.start()
+            backend = self._factory(wid, self.options)
+            backend.listeners.append(self._on_state)
+            await backend.start()
         except Exception as exc:
             self.starting -= 1
             log.error("worker failed to start", worker_id=wid, error=str(exc))
@@ -180,68 +180,68 @@ class Fleet:
             return None
         self.starting -= 1
         if self.closed:
-            await executor.stop(drain=False)
+            await backend.stop(drain=False)
             return None
-        return self._enroll(executor, external=False)
+        return self._enroll(backend, external=False)
 
-    def _enroll(self, executor: Executor, *, external: bool) -> PoolWorker:
-        """Make a started executor one of the pool's workers and place waiting calls."""
-        self._gone(executor.id)  # a slot id that comes back: the old one's record goes first
-        worker = PoolWorker(executor, external=external)
-        executor.host = self.host
-        self.workers[executor.id] = self._by_id[executor.id] = worker
+    def _enroll(self, backend: Worker, *, external: bool) -> PoolWorker:
+        """Make a started backend one of the pool's workers and place waiting calls."""
+        self._gone(backend.id)  # a slot id that comes back: the old one's record goes first
+        worker = PoolWorker(backend, external=external)
+        backend.host = self.host
+        self.workers[backend.id] = self._by_id[backend.id] = worker
         self._members.append(worker)
-        info = executor.info()
+        info = backend.info()
         where = {"node": info.node} if external else {}
         if external:
-            log.info("worker joined", worker_id=executor.id, address=info.address, **where)
+            log.info("worker joined", worker_id=backend.id, address=info.address, **where)
         else:
-            log.debug("worker started", worker_id=executor.id, pid=info.pid)
-        self.events.emit("worker-started", worker_id=executor.id, node_type=executor.node_type, pid=info.pid,
+            log.debug("worker started", worker_id=backend.id, pid=info.pid)
+        self.events.emit("worker-started", worker_id=backend.id, node_type=backend.node_type, pid=info.pid,
                          **where)
-        self._feed(WorkerUp(self.loop.time(), executor.id, worker.width, info.resources, overhead=executor.overhead,
+        self._feed(WorkerUp(self.loop.time(), backend.id, worker.width, info.resources, overhead=backend.overhead,
                            calls=None if external else self.settings.max_tasks_per_worker))
         return worker
 
-    def adopt(self, executor: Executor) -> None:
-        """Take in a started executor the pool did not start (a remote node's slot).
+    def adopt(self, backend: Worker) -> None:
+        """Take in a started backend the pool did not start (a remote node's slot).
         It is placed on like any worker, but never counted against min/maxWorkers nor
         retired by the autoscaler; it leaves when its node does."""
         if self.closed:
             raise RuntimeError("the pool is stopped")
-        executor.listeners.append(self._on_state)
-        self._enroll(executor, external=True)
+        backend.listeners.append(self._on_state)
+        self._enroll(backend, external=True)
 
-    def _on_state(self, executor: Executor, old: WorkerState, new: WorkerState) -> None:
+    def _on_state(self, backend: Worker, old: WorkerState, new: WorkerState) -> None:
         now = self.loop.time()
-        if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and executor.is_available):
-            self._feed(WorkerUnhealthy(now, executor.id, healthy=new != WorkerState.UNHEALTHY))
+        if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and backend.is_available):
+            self._feed(WorkerUnhealthy(now, backend.id, healthy=new != WorkerState.UNHEALTHY))
             return
         if new not in CLOSED:
             return
-        worker = self.workers.pop(executor.id, None)
+        worker = self.workers.pop(backend.id, None)
         if worker is None:
             return
-        del self._by_id[executor.id]
+        del self._by_id[backend.id]
         self._members.remove(worker)
-        reason = executor.info().exit_reason or new.value
-        # Nothing more is sent to it now; it is gone once the executor has failed what it
-        # held (in this same turn), so each call's error is the executor's own.
-        self._feed(WorkerUnhealthy(now, executor.id))
-        self._gone_pending[executor.id] = reason
-        self.loop.call_soon(self._gone, executor.id)
+        reason = backend.info().exit_reason or new.value
+        # Nothing more is sent to it now; it is gone once the backend has failed what it
+        # held (in this same turn), so each call's error is the backend's own.
+        self._feed(WorkerUnhealthy(now, backend.id))
+        self._gone_pending[backend.id] = reason
+        self.loop.call_soon(self._gone, backend.id)
         expected = new == WorkerState.TERMINATED
-        self.events.emit("worker-terminated", worker_id=executor.id, reason=reason, expected=expected)
+        self.events.emit("worker-terminated", worker_id=backend.id, reason=reason, expected=expected)
         if new == WorkerState.FAILED:
-            log.warning("worker died", worker_id=executor.id, reason=reason, task_ids=list(executor.inflight))
-            self.events.emit("worker-error", worker_id=executor.id, reason=reason)
+            log.warning("worker died", worker_id=backend.id, reason=reason, task_ids=list(backend.inflight))
+            self.events.emit("worker-error", worker_id=backend.id, reason=reason)
             if self._pins is not None:
                 self._pins.lost(worker)
         if not self.closed and self._wants_worker():
             self._spawn()
 
     def _gone(self, worker_id: str) -> None:
-        """Tell the scheduler a worker is gone (once; an id may come back, on a new executor)."""
+        """Tell the scheduler a worker is gone (once; an id may come back, on a new backend)."""
         reason = self._gone_pending.pop(worker_id, None)
         if reason is not None:
             self._feed(WorkerGone(self.loop.time(), worker_id, reason))
@@ -269,7 +269,7 @@ class Fleet:
     def recycle(self, worker: PoolWorker, reason: str) -> None:
         """Replace ``worker`` between calls: it takes no new call, finishes what it holds
         and leaves; a replacement starts at once when one is needed."""
-        if worker.retiring or worker.executor.is_closed:
+        if worker.retiring or worker.backend.is_closed:
             return
         worker.retiring = True
         log.info("recycling worker", worker_id=worker.id, reason=reason)
@@ -293,7 +293,7 @@ class Fleet:
         if self._pins is not None and worker.pins:
             await self._pins.move_off(worker)
         self._feed(WorkerDraining(self.loop.time(), worker.id))  # no new call; what it runs finishes
-        await worker.executor.stop(drain=drain, timeout=self.settings.drain_timeout)
+        await worker.backend.stop(drain=drain, timeout=self.settings.drain_timeout)
         self.events.emit("worker-retired", worker_id=worker.id, reason=reason)
 
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
@@ -391,8 +391,8 @@ class Fleet:
     def kill(self, worker: PoolWorker, reason: str) -> None:
         """Stop what ``worker`` runs by force (it is ended and replaced); its calls fail
         or retry under their policy, each with ``reason``."""
-        for task_id in list(worker.executor.inflight):
-            worker.executor.abort(task_id, reason)
+        for task_id in list(worker.backend.inflight):
+            worker.backend.abort(task_id, reason)
 
     def check_resources(self, request: Mapping[str, float], label: str) -> None:
         """Refuse at once a request no worker could ever satisfy."""

@@ -2,7 +2,7 @@
 
 :class:`WorkerPool` reports what happens (a call submitted or cancelled, an attempt's
 answer, a worker up, unhealthy or gone, the clock) to its :class:`.scheduler.Scheduler`
-and carries out the instructions it gets back: send an attempt to an executor, stop one
+and carries out the instructions it gets back: send an attempt to a worker, stop one
 by force, settle a caller's future, wake up for a retry or a time limit. It decides
 nothing about a call itself. Its :class:`.fleet.Fleet` looks after the workers. The hot path
 (:meth:`WorkerPool.submit` -> executor -> reply) creates no task per call.
@@ -24,7 +24,7 @@ from kernel.errors import ExecutionError
 
 from ..errors import PoolClosedError, WorkerStartError
 from ..events import EventBus
-from ..executors import Attempt, CallHost, Executor, ExecutorFactory, ReplyFuture
+from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory
 from ..scheduling import Scheduler, fits, tightness
 from ..scheduling.stimuli import (
     AbortAttempt,
@@ -65,10 +65,10 @@ class WorkerPool:
     def __init__(
         self,
         settings: Settings,
-        factory: ExecutorFactory,
+        factory: WorkerFactory,
         events: EventBus,
         *,
-        local_factory: ExecutorFactory | None = None,
+        local_factory: WorkerFactory | None = None,
         host: CallHost | None = None,
         timings: Timings | None = None,
     ) -> None:
@@ -174,7 +174,7 @@ class WorkerPool:
         elif type(instruction) is TakeBack:
             worker = self._worker(instruction.worker_id)
             if worker is not None:
-                worker.executor.cancel(instruction.task_id)  # else it simply runs there, late
+                worker.backend.cancel(instruction.task_id)  # else it simply runs there, late
         # StopWorker: a draining worker ran its last call; whoever drains it stops it.
 
     def _retrying(self, retry: RetryAt) -> None:
@@ -188,7 +188,7 @@ class WorkerPool:
         note = f"{fut.describe()} was cancelled"
         if abort.reason is AbortReason.TIMEOUT:
             note = f"{fut.describe()} ran past its timeout of {fut.spec.timeout:g} s"
-        worker.executor.abort(abort.task_id, note)
+        worker.backend.abort(abort.task_id, note)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class WorkerPool:
         if call.watch is not None:
             call.watch.sent(call)
         try:
-            worker.executor.submit(call)
+            worker.backend.submit(call)
         except PoolClosedError as exc:  # it died and is not reaped yet: the call never reached it
             now = self.loop.time()
             self.feed(WorkerUnhealthy(now, worker_id))  # nothing more goes there
@@ -256,7 +256,7 @@ class WorkerPool:
         worker = self._worker(call.worker_id)  # type: ignore[arg-type]  # None: reaped already
         now = self.loop.time()
         fut = self.tasks.get(call.id)
-        if worker is not None and not worker.executor.inflight:
+        if worker is not None and not worker.backend.inflight:
             worker.idle_since = time.monotonic()
         if reply.cancelled():  # dropped before it began
             self.feed(Lost(now, call.id, call.attempt, "dropped before it began", started=False))
@@ -294,7 +294,7 @@ class WorkerPool:
     def _count(self, worker: PoolWorker, call: Attempt, ok: bool) -> None:
         self.tally.ran(worker.id, call, ok)
         limit = self.settings.max_tasks_per_worker
-        ex = worker.executor
+        ex = worker.backend
         if limit is not None and worker is not self.fleet.local and ex.done + ex.failed >= limit:
             self.fleet.recycle(worker, f"ran {limit} calls (maxTasksPerWorker)")
 
@@ -352,7 +352,7 @@ class WorkerPool:
 
     # A node listener's host (see .nodes.NodeHost): its slots join the fleet.
 
-    def adopt(self, executor: Executor) -> None:
+    def adopt(self, executor: Worker) -> None:
         self.fleet.adopt(executor)
 
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:

@@ -24,7 +24,7 @@ def late_after(mean: float | None) -> float:
 
 def ahead(mean: float, overhead: float = 0.0) -> int:
     """Calls one thread of a worker may hold for a function measured at ``mean`` s:
-    enough to cover :data:`BUDGET` (or the executor's transit ``overhead``)."""
+    enough to cover :data:`BUDGET` (or the worker's transit ``overhead``)."""
     return min(MAX_AHEAD, 1 + math.ceil(max(BUDGET, overhead) / max(mean, 1e-6)))
 
 

@@ -45,7 +45,7 @@ class ScalingDecision:
 
 
 @dataclass(frozen=True)
-class Worker:
+class WorkerSnapshot:
     """A plain :class:`WorkerView`, for tests and callers without a pool."""
 
     id: str

@@ -1,7 +1,7 @@
 """Resource-aware placement: pure functions of what workers offer and a call asks.
 
 A call may declare resources (``{"cpu": 1, "memory": 2e9, "gpu": 1}``); each executor
-offers some (its :class:`~microkernel.services.execution_manager.executors.ExecutorInfo`
+offers some (its :class:`~microkernel.services.execution_manager.executors.WorkerInfo`
 ``resources``). The scheduler keeps the workers whose offer covers the request and,
 among those as free as each other, takes the one the call fits most tightly (bin
 packing).

@@ -66,7 +66,7 @@ class CancelAsked:
 @dataclass(slots=True)
 class Answered:
     """An attempt answered: a result, or an exception the call raised (``retry``: the
-    call's ``retry_on`` matches it). ``ran``: the seconds it ran, where the executor
+    call's ``retry_on`` matches it). ``ran``: the seconds it ran, where the worker
     measured it (else the scheduler measures from its answers)."""
 
     now: float
@@ -79,7 +79,7 @@ class Answered:
 @dataclass(slots=True)
 class Lost:
     """An attempt ended without an answer: its worker died or was stopped.
-    ``started`` False: the executor knows it never began (it runs elsewhere, free)."""
+    ``started`` False: the worker knows it never began (it runs elsewhere, free)."""
 
     now: float
     task_id: int

@@ -1,4 +1,4 @@
-"""The executor conformance suite, for plugin authors: every node type must pass every
+"""The worker conformance suite, for plugin authors: every node type must pass every
 check unchanged (what makes executors interchangeable). Installed with the kernel, it
 needs neither pytest nor anything private; what its calls run on a worker lives in
 :mod:`.targets`, which imports only the kernel's runtime dependencies.
@@ -9,11 +9,11 @@ In a plugin's own tests (any runner; here pytest with anyio)::
 
     @pytest.mark.anyio
     async def test_my_executor_conforms():
-        await check_executor(lambda worker_id: MyExecutor(worker_id, {}))
+        await check_executor(lambda worker_id: MyWorker(worker_id, {}))
 
 or one test per check: ``@pytest.mark.parametrize("check", CHECKS)``, then
 ``await check(make)`` (and :data:`DEATH_CHECKS` for workers that live in another
-process). A check that fails raises ``AssertionError`` naming what the executor did.
+process). A check that fails raises ``AssertionError`` naming what the worker did.
 """
 
 from .checks import CHECKS, DEATH_CHECKS, Make, Recorder, call, check_executor, reply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
@@ -14,10 +15,10 @@ from kernel.errors import RequestError
 from ...errors import PoolClosedError, WorkerCrashedError
 from ...wire import dumps, loads, protocol as p
 from ..attempt import Attempt
-from ..interface import Executor, WorkerState
+from ..interface import Worker, WorkerState
 from .targets import Accumulator, chatty, chatty_async, exit_after, fail, unpicklable_result
 
-Make = Callable[[str], Executor]
+Make = Callable[[str], Worker]
 _ids = itertools.count(1)
 
 
@@ -26,14 +27,14 @@ def call(kind: int, payload: Any, label: str = "check") -> Attempt:
     return Attempt(next(_ids), kind, dumps(payload), loop.create_future(), label)
 
 
-async def reply(ex: Executor, c: Attempt, timeout: float = 10.0) -> tuple[bool, Any]:
+async def reply(ex: Worker, c: Attempt, timeout: float = 10.0) -> tuple[bool, Any]:
     ex.submit(c)
     async with asyncio.timeout(timeout):
         result: tuple[bool, Any] = await c.future
     return result
 
 
-async def started(make: Make) -> Executor:
+async def started(make: Make) -> Worker:
     ex = make(f"check-{next(_ids)}")
     await ex.start()
     return ex
@@ -108,7 +109,7 @@ async def check_missing_method(make: Make) -> None:
         await ex.stop()
 
 
-async def check_unpicklable_result_keeps_executor(make: Make) -> None:
+async def check_unpicklable_result_keeps_the_worker(make: Make) -> None:
     ex = await started(make)
     try:
         ok, info = await reply(ex, call(p.CALL_FN, (unpicklable_result, (), {}), "unpicklable_result"))
@@ -148,7 +149,7 @@ async def check_cancel_queued(make: Make) -> None:
         ex.submit(slow)
         ex.submit(queued)
         await asyncio.sleep(0.05)
-        # Either the executor drops it (its future ends cancelled once that is certain, and
+        # Either the worker drops it (its future ends cancelled once that is certain, and
         # it never runs), or it says it cannot (it may have begun: it then ends as usual).
         # Never both: a cancel must not run a call twice nor lose it.
         dropped = ex.cancel(queued.id)
@@ -204,8 +205,8 @@ class Recorder:
 
 
 async def check_call_traffic(make: Make) -> None:
-    """A running call's progress, logs and requests reach the executor's host; the
-    request blocks neither the executor nor the call queued behind it."""
+    """A running call's progress, logs and requests reach the worker's host; the
+    request blocks neither the worker nor the call queued behind it."""
     ex = make(f"check-{next(_ids)}")
     host = ex.host = Recorder()
     await ex.start()
@@ -230,11 +231,11 @@ async def check_call_traffic(make: Make) -> None:
 
 
 async def check_death_fails_each_call_it_took_with_its_own_error(make: Make) -> None:
-    """For executors whose worker is another process: it dies with a call running on
+    """For workers that live in another process: it dies with a call running on
     every thread and more held. Each call it took fails with a WorkerCrashedError that
-    names that call; those running count as begun (and, where the executor
+    names that call; those running count as begun (and, where the worker
     ``knows_begun``, only those); a call answered before is never reported crashed;
-    the executor ends FAILED and takes no more calls."""
+    the worker ends FAILED and takes no more calls."""
     ex = await started(make)
     try:
         answered = call(p.CALL_FN, (abs, (-1,), {}), "answered")
@@ -269,41 +270,234 @@ async def check_death_fails_each_call_it_took_with_its_own_error(make: Make) -> 
         except PoolClosedError:
             pass
         else:
-            raise AssertionError("a dead executor took a call (it must raise PoolClosedError)")
+            raise AssertionError("a dead worker took a call (it must raise PoolClosedError)")
+    finally:
+        await ex.stop()
+
+
+async def check_abort(make: Make) -> None:
+    """``abort`` stops a running call by force, or says it cannot: True, and the call
+    fails soon (well before it would have ended) with a WorkerCrashedError that
+    includes the reason; False, and it runs to its end as usual. An unknown call is
+    False. Either way its future ends, and a worker still open runs the next call."""
+    ex = await started(make)
+    try:
+        assert ex.abort(10**9, "no such call") is False, "abort() of a call it never held must be False"
+        long = call(p.CALL_FN, (time.sleep, (4.0,), {}), "long")
+        ex.submit(long)
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        stopped = ex.abort(long.id, "aborted by the kit")
+        async with asyncio.timeout(15):
+            try:
+                outcome: Any = await long.future
+            except WorkerCrashedError as exc:
+                outcome = exc
+        took = time.monotonic() - began
+        if stopped:
+            assert isinstance(outcome, WorkerCrashedError), f"abort() said True, yet the call ended with {outcome!r}"
+            assert "aborted by the kit" in str(outcome), f"the error does not include the reason: {outcome}"
+            assert took < 3.0, f"abort() said True, yet the call ran on for {took:.1f} s"
+        else:
+            assert isinstance(outcome, tuple) and outcome[0] is True, (
+                f"abort() said False (cannot stop it), yet the call ended with {outcome!r}")
+        if not ex.is_closed:
+            await asyncio.sleep(0.1)
+            if ex.is_available:
+                ok, data = await reply(ex, call(p.CALL_FN, (abs, (-4,), {})))
+                assert ok and loads(data) == 4, "after an abort the worker stays open but does not run calls"
+    finally:
+        await ex.stop()
+
+
+async def check_measured_run_time(make: Make) -> None:
+    """``Attempt.ran``, where a worker sets it, is the time the call ran: at least what
+    it slept, at most the time the caller waited. A worker with transit ``overhead``
+    must set it (the pool's own timing would include the transit)."""
+    ex = await started(make)
+    try:
+        c = call(p.CALL_FN, (time.sleep, (0.2,), {}), "sleeper")
+        began = time.monotonic()
+        ok, _ = await reply(ex, c)
+        waited = time.monotonic() - began
+        assert ok
+        if ex.overhead > 0:
+            assert c.ran is not None, f"overhead is {ex.overhead} s, yet Attempt.ran was not set"
+        if c.ran is not None:
+            assert 0.19 <= c.ran <= waited + 0.01, (
+                f"Attempt.ran is {c.ran:.3f} s for a 0.2 s call answered in {waited:.3f} s")
+    finally:
+        await ex.stop()
+
+
+async def check_offers_match_info(make: Make) -> None:
+    """What the class says a new worker would offer (``offers(options)``, asked before
+    any starts) is what a started one reports in ``info().resources``."""
+    ex = await started(make)
+    try:
+        promised = type(ex).offers(ex.options)
+        info = ex.info()
+        assert info.width >= 1, f"info().width is {info.width}"
+        if promised is not None:
+            assert dict(promised) == dict(info.resources), (
+                f"offers() promised {dict(promised)}, a started worker reports {dict(info.resources)}")
+    finally:
+        await ex.stop()
+
+
+async def check_liveness(make: Make) -> None:
+    """A healthy worker judged by ``check_alive`` (its process running, or no process)
+    stays available and gives no reason to end it."""
+    ex = await started(make)
+    try:
+        pid = ex.info().pid
+        status = "sleeping" if pid is not None and pid != os.getpid() else None
+        for _ in range(3):
+            assert ex.check_alive(status, 5.0) is None, "check_alive() ended a healthy worker"
+            await asyncio.sleep(0.05)
+        assert ex.is_available, f"a healthy worker judged by check_alive() is {ex.state.value}"
+    finally:
+        await ex.stop()
+
+
+async def check_stop_leaves_nothing_behind(make: Make) -> None:
+    """After ``stop()`` the worker is TERMINATED and has left no child process, file
+    descriptor, socket or asyncio task of its own behind."""
+    before = _resources()
+    ex = await started(make)
+    ok, _ = await reply(ex, call(p.CALL_FN, (abs, (-1,), {})))
+    assert ok
+    await ex.stop()
+    assert ex.state == WorkerState.TERMINATED, f"stop() ended in {ex.state.value}, not terminated"
+    left = ""
+    for _ in range(40):  # what ends asynchronously gets two seconds
+        left = _leaks(before, _resources())
+        if not left:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"stop() left {left} behind")
+
+
+def _resources() -> dict[str, set[Any]]:
+    import psutil
+
+    me = psutil.Process()
+    tasks = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    return {
+        "child process": {(c.pid, " ".join(c.cmdline()[:4])) for c in me.children(recursive=True) if _alive(c)},
+        "file descriptor": {(fd, _fd_target(fd)) for fd in _fds()},
+        "socket": {(c.fd, str(c.laddr), str(c.raddr)) for c in me.net_connections(kind="all")},
+        "asyncio task": {(id(t), repr(t.get_coro())) for t in tasks},
+    }
+
+
+def _leaks(before: dict[str, set[Any]], after: dict[str, set[Any]]) -> str:
+    found = []
+    for kind, now in after.items():
+        new = now - before[kind]
+        if new:
+            shown = ", ".join(" ".join(str(x) for x in item) for item in sorted(new, key=str)[:3])
+            found.append(f"{len(new)} {kind}{'es' if kind.endswith('ss') and len(new) > 1 else ''}"
+                         f"{'s' if len(new) > 1 and not kind.endswith('ss') else ''} ({shown})")
+    return "; ".join(found)
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _fds() -> list[int]:
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # not Linux: psutil counts, without names
+        return []
+
+
+def _fd_target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+async def check_a_stopped_process_is_declared_dead(make: Make) -> None:
+    """For workers that live in another process: stopped (SIGSTOP) with a call
+    running, it is marked not available at once, and ended past the timeout by
+    ``check_alive`` (which returns why); the call fails with a WorkerCrashedError."""
+    import signal
+
+    ex = await started(make)
+    try:
+        pid = ex.info().pid
+        assert pid is not None and pid != os.getpid(), "a worker in another process reports that process's pid"
+        running = call(p.CALL_FN, (time.sleep, (3.0,), {}), "frozen")
+        ex.submit(running)
+        await asyncio.sleep(0.2)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            why = ex.check_alive("stopped", 0.5)
+            assert not ex.is_available, f"a stopped worker stays {ex.state.value}"
+            async with asyncio.timeout(10):
+                while why is None:
+                    await asyncio.sleep(0.1)
+                    why = ex.check_alive("stopped", 0.5)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert why, "check_alive() never declared a stopped worker dead"
+        async with asyncio.timeout(10):
+            try:
+                outcome: Any = await running.future
+            except WorkerCrashedError as exc:
+                outcome = exc
+        assert isinstance(outcome, WorkerCrashedError), f"the call on a worker declared dead ended with {outcome!r}"
+        assert ex.is_closed, f"a worker declared dead is {ex.state.value}, not closed"
     finally:
         await ex.stop()
 
 
 CHECKS: list[Callable[[Make], Awaitable[None]]] = [
     check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
-    check_missing_method, check_unpicklable_result_keeps_executor, check_drain_on_stop,
-    check_refuses_after_stop, check_cancel_queued, check_async_method, check_call_traffic,
+    check_missing_method, check_unpicklable_result_keeps_the_worker, check_drain_on_stop,
+    check_refuses_after_stop, check_cancel_queued, check_async_method, check_call_traffic, check_abort,
+    check_measured_run_time, check_offers_match_info, check_liveness, check_stop_leaves_nothing_behind,
 ]
 
 
-DEATH_CHECKS: list[Callable[[Make], Awaitable[None]]] = [check_death_fails_each_call_it_took_with_its_own_error]
-"""Checks for executors whose worker runs in another process (one a call can end)."""
+DEATH_CHECKS: list[Callable[[Make], Awaitable[None]]] = [
+    check_death_fails_each_call_it_took_with_its_own_error, check_a_stopped_process_is_declared_dead,
+]
+"""Checks for workers whose worker runs in another process (one a call can end)."""
 
 
 async def check_executor(make: Make, *, can_die: bool | None = None) -> None:
-    """Run every check against the executor ``make(worker_id)`` builds, and the death
+    """Run every check against the worker ``make(worker_id)`` builds, and the death
     checks when its worker can die apart from this process (``can_die``; by default:
     when a started one reports a pid other than this process's).
 
-    :raises AssertionError: the first check the executor fails, naming what it did.
+    :raises AssertionError: the first check the worker fails, naming the worker type,
+        the check and what the worker did.
     """
-    for check in CHECKS:
-        await check(make)
+    probe = await started(make)
+    try:
+        kind, pid = type(probe), probe.info().pid
+    finally:
+        await probe.stop()
     if can_die is None:
-        probe = await started(make)
-        try:
-            pid = probe.info().pid
-        finally:
-            await probe.stop()
         can_die = pid is not None and pid != os.getpid()
-    if can_die:
-        for check in DEATH_CHECKS:
+    for check in [*CHECKS, *(DEATH_CHECKS if can_die else ())]:
+        try:
             await check(make)
+        except AssertionError as exc:
+            name = f"{kind.__module__}.{kind.__qualname__}"
+            if kind.node_type:
+                name += f" (node type {kind.node_type!r})"
+            raise AssertionError(f"{name} fails {check.__name__}: {exc}") from exc
 
 
 __all__ = ["CHECKS", "DEATH_CHECKS", "Make", "Recorder", "call", "check_executor", "reply"]

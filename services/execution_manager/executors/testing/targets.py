@@ -15,7 +15,7 @@ from kernel.task import PROGRESS_INTERVAL
 
 
 class Accumulator:
-    """State that lives on the executor while pinned."""
+    """State that lives on the worker while pinned."""
 
     __distributed_methods__: dict[str, Any] = {}
 

@@ -44,7 +44,7 @@ class PoolCollector(Collector):
         if pool is None or monitor is None:
             return
         workers = GaugeMetricFamily(PREFIX + "workers", "Executors in the pool", labels=["kind", "state"])
-        by_state = Counter((s.executor.node_type, s.executor.state.value) for s in pool.fleet.members)
+        by_state = Counter((s.backend.node_type, s.backend.state.value) for s in pool.fleet.members)
         for (kind, state), n in sorted(by_state.items()):
             workers.add_metric([kind, state], n)
         yield workers
@@ -52,7 +52,7 @@ class PoolCollector(Collector):
                                 labels=["kind"])
         by_kind: Counter[str] = Counter()
         for worker in pool.fleet.members:
-            by_kind[worker.executor.node_type] += monitor.metrics.get(worker.id, (0.0, 0))[1]
+            by_kind[worker.backend.node_type] += monitor.metrics.get(worker.id, (0.0, 0))[1]
         for kind, total in sorted(by_kind.items()):
             rss.add_metric([kind], total)
         yield rss
