@@ -119,3 +119,16 @@ def test_plugins_import_only_the_seams_faces(graph: grimp.ImportGraph) -> None:
                 line = graph.get_import_details(importer=module, imported=imported)[0]["line_number"]
                 wrong.append(f"{module}:{line} imports {imported}")
     assert not wrong, "plugins import past the seam's faces:\n" + "\n".join(wrong)
+
+
+def test_monitoring_reads_the_pools_snapshot_and_never_reaches_in() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "services" / "execution_manager"
+    reaching = []
+    for source in sorted([*(root / "monitoring").rglob("*.py"), root / "service.py", root / "commands.py"]):
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if re.search(r"\.(sched|fleet)\b", line):
+                reaching.append(f"{source.relative_to(root)}:{number}: {line.strip()}")
+    assert not reaching, "reaches into the pool's scheduler or fleet:\n" + "\n".join(reaching)

@@ -15,7 +15,13 @@ from microkernel.plugins.inmemory.executor import InMemoryWorker
 from microkernel.plugins.local.executor import LocalWorker
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
 from microkernel.services.execution_manager.executors import ReplyFuture, WorkerState
-from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS, call, check_executor
+from microkernel.services.execution_manager.executors.testing import (
+    CHECKS,
+    DEATH_CHECKS,
+    PROCESS_CHECKS,
+    call,
+    check_executor,
+)
 from microkernel.services.execution_manager.hookspecs import executor_types
 from microkernel.services.execution_manager.wire import protocol as p
 
@@ -30,7 +36,7 @@ async def test_conformance(node_type: str, check) -> None:
     await check(MAKERS[node_type])
 
 
-@pytest.mark.parametrize("check", DEATH_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("check", DEATH_CHECKS + PROCESS_CHECKS, ids=lambda c: c.__name__)
 async def test_conformance_when_the_worker_dies(check) -> None:
     await check(MAKERS["local"])  # inmemory runs calls in this very process: it cannot be lost
 
@@ -47,7 +53,7 @@ async def test_check_executor_runs_the_death_checks_for_a_worker_in_another_proc
         return LocalWorker(worker_id, {})
 
     await check_executor(make)
-    assert len(ran) == len(CHECKS) + 1 + len(DEATH_CHECKS)  # every check, the probe, the death checks
+    assert len(ran) == len(CHECKS) + 1 + len(DEATH_CHECKS) + len(PROCESS_CHECKS)  # all, and the probe
 
 
 def test_the_kit_is_installed_and_its_call_targets_need_no_test_runner() -> None:

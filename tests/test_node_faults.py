@@ -47,7 +47,7 @@ async def test_a_frozen_node_turns_unhealthy_then_failed_and_rejoins_as_a_new_re
             os.killpg(proc.pid, signal.SIGSTOP)  # heartbeats stop; the socket stays open
             held = em.submit(tasks.slow, 0.1, "held", retries=1)
             await until(lambda: [n.state for n in em.listener.nodes()] == ["unhealthy"], what="unhealthy")
-            assert node_slots(em)[0].executor.state.value == "unhealthy"
+            assert node_slots(em)[0].backend.state.value == "unhealthy"
             # No new call goes to an unhealthy node: a local worker is started for it.
             assert await asyncio.wait_for(em.submit(tasks.whoami), 20) != proc.pid
             async with asyncio.timeout(20):

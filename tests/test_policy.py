@@ -9,10 +9,11 @@ from microkernel.services.execution_manager.scheduling.policy import (
     ScalePlan,
     WorkerSnapshot,
     chunk_size,
-    pick_next,
+    memory_verdicts,
     pin_target,
     plan_scaling,
 )
+from microkernel.services.execution_manager.scheduling.queue import pick_next
 
 L = Limits(min_workers=1, max_workers=3, idle_timeout=0.0)
 W = WorkerSnapshot
@@ -130,3 +131,22 @@ def test_no_flapping_between_the_thresholds() -> None:
     workers = [W("a", running=1), W("b", idle_since=0.0)]
     plan = plan_scaling(workers, L, starting=0, queued=5, memory_percent=10.0, now=100.0)
     assert plan == ScalePlan(0, (), "steady")
+
+
+@pytest.mark.parametrize(("workers", "rss", "soft", "hard", "expected"), [
+    ([WorkerSnapshot("w1", running=1)], {"w1": 900}, None, None, []),  # no limits
+    ([WorkerSnapshot("w1", running=1)], {"w1": 900}, 1000, 2000, []),  # under both
+    ([WorkerSnapshot("w1", running=1)], {"w1": 1500}, 1000, 2000, [("w1", True, "softMemoryLimit 1,000")]),
+    ([WorkerSnapshot("w1", running=1)], {"w1": 2500}, 1000, 2000, [("w1", False, "hardMemoryLimit 2,000")]),
+    # Over the hard limit but idle: nothing to stop now, so it is replaced between calls.
+    ([WorkerSnapshot("w1", running=0)], {"w1": 2500}, 1000, 2000, [("w1", True, "softMemoryLimit 1,000")]),
+    ([WorkerSnapshot("w1", running=0)], {"w1": 2500}, None, 2000, []),
+    ([WorkerSnapshot("w1", running=1), WorkerSnapshot("w2", running=1)], {"w2": 5000}, None, 2000,
+     [("w2", False, "RSS 5,000 bytes")]),
+    ([WorkerSnapshot("w1", running=1)], {}, 1000, 2000, []),  # not sampled yet
+])
+def test_memory_verdicts(workers, rss, soft, hard, expected) -> None:
+    out = memory_verdicts(workers, rss, soft=soft, hard=hard)
+    assert [(s.worker_id, s.drain) for s in out] == [(w, d) for w, d, _ in expected]
+    for stop, (_, _, words) in zip(out, expected, strict=True):
+        assert words in stop.reason, stop.reason

@@ -167,10 +167,10 @@ class ExecutionManager(BaseService):
     def _no_room(self, label: str, block: bool) -> None:
         """``maxQueue`` calls wait: say so, and refuse the call unless it may ``block``."""
         pool = self._pool
-        self.events.emit("queue-full", queued=pool.sched.queued, held=len(pool.admission.held), call=label)
+        self.events.emit("queue-full", queued=pool.queued, held=len(pool.admission.held), call=label)
         if not block:
             raise QueueFullError(
-                f"{label} refused: {pool.sched.queued} calls already wait (maxQueue "
+                f"{label} refused: {pool.queued} calls already wait (maxQueue "
                 f"{pool.settings.max_queue}); await em.room() or submit with block=True"
             )
 
@@ -193,7 +193,7 @@ class ExecutionManager(BaseService):
         pool = pool or self._pool
         if resources:
             resources = _checked_resources(resources)
-            pool.fleet.check_resources(resources, label)
+            pool.check_resources(resources, label)
         return CallSpec(pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
                         label, local=local)
 
@@ -219,7 +219,7 @@ class ExecutionManager(BaseService):
 
     async def _map(self, fn: Callable[[Any], Any], items: list[Any], chunksize: int | None) -> AsyncIterator[Any]:
         pool = self._pool
-        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, len(pool.fleet.members)))
+        size = chunksize or chunk_size(len(items), max(pool.settings.max_workers, pool.worker_count))
         label = f"map({_label(fn)})"
         futures: list[CallFuture] = []
         try:

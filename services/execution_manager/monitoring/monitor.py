@@ -18,25 +18,23 @@ import anyio.to_thread
 import psutil
 import structlog
 
-from ..executors import NodeListener, Worker
-from ..pool import WorkerPool
+from ..executors import NodeListener
+from ..pool import CallReport, WorkerPool
+from ..scheduling import Sample
 from .stats import ProjectStats, RunningCall, Stats, SystemLoad, WorkerStats
 
 HOST = socket.gethostname()
 log = structlog.get_logger("execution-manager")
 
 
-def running_calls(executor: Worker, now: float) -> list[RunningCall]:
-    """What ``executor`` runs now: label, elapsed against timeout, latest progress."""
-    out = []
-    for call in executor.inflight.values():
-        fraction, message = call.progress or (None, "")
-        out.append(RunningCall(
-            call=call.label, task_id=call.id, attempt=call.attempt,
-            elapsed=max(0.0, now - call.started) if call.started else 0.0,
-            timeout=call.timeout, progress=fraction, message=message or None,
-        ))
-    return out
+def running_calls(calls: tuple[CallReport, ...], now: float) -> list[RunningCall]:
+    """What a worker runs now: label, elapsed against timeout, latest progress."""
+    return [
+        RunningCall(call=c.label, task_id=c.task_id, attempt=c.attempt,
+                    elapsed=max(0.0, now - c.started) if c.started else 0.0, timeout=c.timeout,
+                    progress=c.progress, message=c.message)
+        for c in calls
+    ]
 
 
 class Monitor:
@@ -49,61 +47,45 @@ class Monitor:
         self._procs: dict[int, psutil.Process] = {}
 
     def stats(self, listener: NodeListener | None, nodes_address: str | None, pinned: int) -> Stats:
-        pool = self.pool
-        s = pool.settings
-        queued = pool.sched.queue.by_project()
+        """``get_stats()``: the pool's snapshot, with this monitor's samples and the nodes."""
+        snap = self.pool.snapshot()
         nodes = listener.nodes() if listener else []
         beats = {n.id: n for n in nodes}
         now = time.perf_counter()
         details = []
-        for worker in pool.fleet.members:
-            ex = worker.backend
-            info = ex.info()
-            cpu, rss = self.metrics.get(worker.id, (0.0, 0))
+        for w in snap.workers:
+            info = w.info
+            cpu, rss = self.metrics.get(w.id, (0.0, 0))
             node = beats.get(info.node) if info.node else None
             details.append(WorkerStats(
-                id=worker.id, node_type=ex.node_type, state="draining" if worker.retiring and ex.is_available
-                else ex.state.value, pid=info.pid, address=info.address, running=worker.running, done=ex.done,
-                failed=ex.failed, cpu_percent=cpu, memory_rss=rss, pinned=worker.pinned, node=info.node,
-                host=(node.address.rpartition(":")[0] or node.address) if node else info.node or HOST,
-                heartbeat_age=node.heartbeat_age if node else None, calls=running_calls(ex, now),
+                id=w.id, node_type=w.node_type, state=w.state, pid=info.pid, address=info.address,
+                running=w.running, done=w.done, failed=w.failed, cpu_percent=cpu, memory_rss=rss, pinned=w.pinned,
+                node=info.node, host=(node.address.rpartition(":")[0] or node.address) if node else info.node or HOST,
+                heartbeat_age=node.heartbeat_age if node else None, calls=running_calls(w.calls, now),
             ))
+        queued = snap.queued_by_project
         return Stats(
-            workers=len(details), min_workers=s.min_workers, max_workers=s.max_workers, starting=pool.fleet.starting,
-            system_load=self.load, active_tasks=sum(d.running for d in details),
-            queued_tasks=pool.waiting, local_tasks=pool.fleet.local.running if pool.fleet.local else 0,
-            queued_by_priority=pool.sched.queue.by_priority(),
+            workers=len(details), min_workers=snap.min_workers, max_workers=snap.max_workers,
+            starting=snap.starting, system_load=self.load, active_tasks=sum(d.running for d in details),
+            queued_tasks=snap.waiting, local_tasks=snap.local_running, queued_by_priority=dict(snap.queued_by_priority),
             projects={
-                name: ProjectStats(running=pool.sched.projects.running.get(name, 0), queued=queued.get(name, 0),
-                                   limit=pool.sched.projects.limits.get(name))
-                for name in sorted({*pool.sched.projects.limits, *pool.sched.projects.running, *queued})
+                name: ProjectStats(running=snap.project_running.get(name, 0), queued=queued.get(name, 0),
+                                   limit=snap.project_limits.get(name))
+                for name in sorted({*snap.project_limits, *snap.project_running, *queued})
             },
-            tasks_done=pool.tally.done, tasks_failed=pool.tally.failed, attempts_failed=pool.tally.attempts_failed,
-            tasks_retried=pool.tally.retried,
-            pinned_instances=pinned, last_scaling=pool.fleet.last_scaling, scaling=pool.fleet.last_decision,
-            recent_placements=list(pool.placements),
-            worker_details=details,
-            nodes=nodes, nodes_address=nodes_address,
+            tasks_done=snap.done, tasks_failed=snap.failed, attempts_failed=snap.attempts_failed,
+            tasks_retried=snap.retried, pinned_instances=pinned, last_scaling=snap.last_scaling,
+            scaling=snap.last_decision, recent_placements=[dict(p) for p in snap.placements],
+            worker_details=details, nodes=nodes, nodes_address=nodes_address,
             node_refusals=dict(listener.refusals()) if listener else {},
             nodes_problem=listener.problem() if listener else None,
-            soft_memory_limit=s.soft_memory_limit, hard_memory_limit=s.hard_memory_limit,
+            soft_memory_limit=self.pool.settings.soft_memory_limit,
+            hard_memory_limit=self.pool.settings.hard_memory_limit,
         )
 
-    def enforce_memory(self, metrics: Mapping[str, tuple[float, int]]) -> None:
-        """Above hardMemoryLimit the running call is stopped (an error names RSS and
-        limit); above softMemoryLimit the worker is replaced between calls."""
-        pool = self.pool
-        soft, hard = pool.settings.soft_memory_limit, pool.settings.hard_memory_limit
-        for worker in pool.fleet.members:
-            rss = metrics.get(worker.id, (0.0, 0))[1]
-            if _over(rss, hard) and worker.backend.inflight:
-                pool.fleet.kill(worker, f"RSS {rss:,} bytes above hardMemoryLimit {hard:,}")
-            elif _over(rss, soft):
-                pool.fleet.recycle(worker, f"RSS {rss:,} bytes above softMemoryLimit {soft:,}")
-
     async def run(self) -> None:
-        """Sample every ``sampleInterval`` and autoscale every ``monitorInterval``, until
-        cancelled."""
+        """Sample every ``sampleInterval`` and hand the pool what it saw (it judges
+        liveness, memory limits and, every ``monitorInterval``, scaling), until cancelled."""
         pool = self.pool
         s = pool.settings
         every = min(s.sample_interval, s.monitor_interval)
@@ -112,27 +94,21 @@ class Monitor:
             await asyncio.sleep(every)
             pids: dict[str, int | None] = {}
             remote: dict[str, tuple[float, int]] = {}
-            local = []
-            for worker in pool.fleet.members:
-                info = worker.backend.info()
+            for worker in pool.snapshot().workers:
+                info = worker.info
                 if info.node is None:
                     pids[worker.id] = info.pid
-                    local.append(worker)
                 else:  # a node's slot: its heartbeats carry the figures
                     remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
             load, metrics, statuses = await anyio.to_thread.run_sync(_sample, pids, self._procs)
-            for worker in local:  # liveness, judged from outside each worker process
-                why = worker.backend.check_alive(statuses.get(worker.id), s.heartbeat_timeout)
-                if why is not None:
-                    log.warning("worker declared dead", worker_id=worker.id, reason=why)
             metrics.update(remote)
             self.load, self.metrics = load, metrics
-            pool.fleet.set_load(load.cpu_percent, load.memory_percent)
-            self.enforce_memory(metrics)
             now = time.monotonic()
-            if now >= next_scale:
+            scale = now >= next_scale
+            if scale:
                 next_scale = now + s.monitor_interval
-                pool.fleet.autoscale(now)
+            pool.observe(Sample(load.cpu_percent, load.memory_percent, {w: rss for w, (_, rss) in metrics.items()},
+                                statuses), scale=scale)
 
 
 def _over(rss: int, limit: int | None) -> bool:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .handles import CallFuture as CallFuture, Progress as Progress, watching as watching
     from .instances import PinTable as PinTable
     from .pool import WorkerPool as WorkerPool
+    from .snapshot import CallReport as CallReport, PoolSnapshot as PoolSnapshot, WorkerReport as WorkerReport
     from .tally import Buckets as Buckets, Timings as Timings
     from .traffic import CallTraffic as CallTraffic, Route as Route
 

@@ -31,12 +31,12 @@ class PoolWorker:
     __slots__ = ("backend", "external", "id", "idle_since", "pins", "resources", "retiring", "width")
     id: str
 
-    def __init__(self, backend: Worker, *, external: bool = False) -> None:
+    def __init__(self, backend: Worker, now: float, *, external: bool = False) -> None:
         self.backend = backend
         self.id = backend.id
         self.external = external  # brought by a node, not started by the pool: never scaled
         self.width = max(1, backend.info().width)
-        self.idle_since: float | None = time.monotonic()
+        self.idle_since: float | None = now  # the pool's clock (its event loop's)
         self.pins: set[str] = set()
         self.retiring = False
         self.resources = backend.info().resources
@@ -137,7 +137,7 @@ class Fleet:
             local = self._local_factory("local-0", {"threads": self.settings.local_slots})
             local.host = self.host
             await local.start()
-            self.local = self._by_id[local.id] = PoolWorker(local)
+            self.local = self._by_id[local.id] = PoolWorker(local, self.loop.time())
             self._feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
             self._feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
         results = await asyncio.gather(*(self._start_worker() for _ in range(self.settings.min_workers)))
@@ -187,7 +187,7 @@ class Fleet:
     def _enroll(self, backend: Worker, *, external: bool) -> PoolWorker:
         """Make a started backend one of the pool's workers and place waiting calls."""
         self._gone(backend.id)  # a slot id that comes back: the old one's record goes first
-        worker = PoolWorker(backend, external=external)
+        worker = PoolWorker(backend, self.loop.time(), external=external)
         backend.host = self.host
         self.workers[backend.id] = self._by_id[backend.id] = worker
         self._members.append(worker)
@@ -249,7 +249,7 @@ class Fleet:
     async def wait_for_worker(self, exclude: str | None = None, *, start: bool = True) -> PoolWorker | None:
         """A worker to pin an instance on; with ``start``, one is started if there is
         none and room (waiting up to ``startTimeout``)."""
-        deadline = time.monotonic() + self.settings.start_timeout
+        deadline = self.loop.time() + self.settings.start_timeout
         while not self.closed:
             wid = pin_target(self._members, exclude)
             if wid is not None:
@@ -261,7 +261,7 @@ class Fleet:
                 worker = await self._start_worker()
                 if worker is not None:
                     return worker
-            if time.monotonic() > deadline:
+            if self.loop.time() > deadline:
                 break
             await asyncio.sleep(0.02)
         return None
@@ -366,7 +366,7 @@ class Fleet:
         queued = len(self._sched.queue)
         if queued and not self.closed and self.starting < queued and self._live() < self.limits.max_workers:
             self._spawn()
-            self.last_scale_up = time.monotonic()
+            self.last_scale_up = self.loop.time()
             self.last_scaling = "all workers busy: started one"
             self._decided("busy-start", self.last_scaling, started=1)
             self.events.emit("scaled-up", count=1, reason=self.last_scaling)

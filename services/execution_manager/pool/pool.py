@@ -15,7 +15,7 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ from kernel.errors import ExecutionError
 from ..errors import PoolClosedError, WorkerStartError
 from ..events import EventBus
 from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory
-from ..scheduling import Scheduler, fits, tightness
+from ..scheduling import Sample, Scheduler, fits, memory_verdicts, tightness
 from ..scheduling.stimuli import (
     AbortAttempt,
     AbortReason,
@@ -40,6 +40,7 @@ from ..scheduling.stimuli import (
     RetryAt,
     Send,
     Stimulus,
+    StopWorker,
     Submitted,
     TakeBack,
     Tick,
@@ -50,6 +51,7 @@ from ..wire import loads
 from .admission import Admission
 from .fleet import Fleet, PoolWorker
 from .handles import CallFuture, error_for, rebuild
+from .snapshot import CallReport, PoolSnapshot, WorkerReport
 from .tally import Tally, Timings
 
 log = structlog.get_logger("execution-manager")
@@ -257,7 +259,7 @@ class WorkerPool:
         now = self.loop.time()
         fut = self.tasks.get(call.id)
         if worker is not None and not worker.backend.inflight:
-            worker.idle_since = time.monotonic()
+            worker.idle_since = now
         if reply.cancelled():  # dropped before it began
             self.feed(Lost(now, call.id, call.attempt, "dropped before it began", started=False))
             return
@@ -321,6 +323,31 @@ class WorkerPool:
 
     # -- the queue --------------------------------------------------------------------
 
+    def snapshot(self) -> PoolSnapshot:
+        """The pool now, for its readers (see :mod:`.snapshot`)."""
+        fleet, sched, tally = self.fleet, self.sched, self.tally
+        workers = tuple(
+            WorkerReport(
+                w.id, w.backend.node_type,
+                "draining" if w.retiring and w.backend.is_available else w.backend.state.value,
+                w.running, w.pinned, w.backend.done, w.backend.failed, w.backend.info(),
+                tuple(CallReport.of(call) for call in w.backend.inflight.values()),
+            )
+            for w in fleet.members
+        )
+        return PoolSnapshot(
+            workers, fleet.starting, self.waiting, fleet.local.running if fleet.local else 0,
+            sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
+            dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, fleet.last_scaling,
+            fleet.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,
+            tuple(self.placements),
+        )
+
+    @property
+    def queued(self) -> int:
+        """Calls admitted and not started: in the queue or waiting for a retry."""
+        return self.sched.queued
+
     @property
     def waiting(self) -> int:
         """Calls not started: queued, waiting for a retry, or held back by maxQueue."""
@@ -355,6 +382,61 @@ class WorkerPool:
     def adopt(self, executor: Worker) -> None:
         self.fleet.adopt(executor)
 
+    def observe(self, sample: Sample, *, scale: bool) -> None:
+        """The sampler's report: each local worker judges its own liveness from its
+        process's state, the machine's load opens or closes the in-process worker,
+        workers over a memory limit are stopped (:func:`..scheduling.memory_verdicts`),
+        and with ``scale`` the scaling policy runs."""
+        fleet, s = self.fleet, self.settings
+        for worker in fleet.members:
+            if worker.id in sample.statuses or worker.backend.info().node is None:
+                why = worker.backend.check_alive(sample.statuses.get(worker.id), s.heartbeat_timeout)
+                if why is not None:
+                    log.warning("worker declared dead", worker_id=worker.id, reason=why)
+        fleet.set_load(sample.cpu_percent, sample.memory_percent)
+        for stop in memory_verdicts(fleet.members, sample.rss, soft=s.soft_memory_limit, hard=s.hard_memory_limit):
+            self._stop_worker(stop)
+        if scale:
+            fleet.autoscale(self.loop.time())
+
+    def _stop_worker(self, stop: StopWorker) -> None:
+        worker = self.fleet.find(stop.worker_id)
+        if worker is None or worker is self.fleet.local:
+            return
+        if stop.drain:
+            self.fleet.recycle(worker, stop.reason)
+        else:
+            self.fleet.kill(worker, stop.reason)
+
+    def retire_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> None:
+        """Start retiring ``worker_id`` (see :meth:`retire`) without waiting for it.
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        if worker_id not in self.fleet.workers:
+            known = ", ".join(sorted(self.fleet.workers)) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        self.fleet.background.spawn(self.retire(worker_id, reason, drain=drain))
+
+    def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
+        """Change minWorkers / maxWorkers while running (see :meth:`.fleet.Fleet.set_bounds`).
+
+        :raises ValueError: naming the bound at fault.
+        """
+        return self.fleet.set_bounds(min_workers, max_workers)
+
+    def check_resources(self, request: Mapping[str, float], label: str) -> None:
+        """Refuse at once a request no worker could ever satisfy.
+
+        :raises UnsatisfiableError: naming the call and what the workers offer.
+        """
+        self.fleet.check_resources(request, label)
+
+    @property
+    def worker_count(self) -> int:
+        """Workers in the pool (not the in-process one)."""
+        return len(self.fleet.members)
+
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
         await self.fleet.retire(worker_id, reason, drain=drain)
 
@@ -384,8 +466,8 @@ class WorkerPool:
         await self.fleet.background.join()
 
     async def _until_idle(self, timeout: float, hurried: asyncio.Future[Any] | None) -> None:
-        deadline = time.monotonic() + timeout
-        while self.tasks and time.monotonic() < deadline:
+        deadline = self.loop.time() + timeout
+        while self.tasks and self.loop.time() < deadline:
             if hurried is not None and hurried.done():
                 return
             await asyncio.sleep(0.02)

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from . import stimuli as stimuli
     from .policy import (
         Limits as Limits,
+        Sample as Sample,
         ScalePlan as ScalePlan,
         ScalingDecision as ScalingDecision,
         chunk_size as chunk_size,
+        memory_verdicts as memory_verdicts,
         pin_target as pin_target,
         plan_scaling as plan_scaling,
     )

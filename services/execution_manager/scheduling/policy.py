@@ -6,9 +6,11 @@ do, and the tests are tables.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
+
+from .stimuli import StopWorker
 
 
 class WorkerView(Protocol):
@@ -141,27 +143,33 @@ def plan_scaling(
     return ScalePlan(0, (), "steady")
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What the psutil sampler saw: the machine's CPU and memory, and per worker the
+    resident memory and, for local workers, their process's state."""
+
+    cpu_percent: float
+    memory_percent: float
+    rss: Mapping[str, int] = field(default_factory=dict)  # worker id -> bytes
+    statuses: Mapping[str, str] = field(default_factory=dict)  # worker id -> psutil status
+
+
+def memory_verdicts(workers: Sequence[WorkerView], rss: Mapping[str, int], *, soft: int | None,
+                    hard: int | None) -> list[StopWorker]:
+    """Workers over a memory limit: above ``hard`` while running, what it runs is stopped
+    now (the error names RSS and limit); above ``soft``, it is replaced between calls."""
+    out = []
+    for w in workers:
+        used = rss.get(w.id, 0)
+        if hard is not None and used > hard and w.running:
+            out.append(StopWorker(w.id, f"RSS {used:,} bytes above hardMemoryLimit {hard:,}", drain=False))
+        elif soft is not None and used > soft:
+            out.append(StopWorker(w.id, f"RSS {used:,} bytes above softMemoryLimit {soft:,}"))
+    return out
+
+
 def chunk_size(items: int, workers: int, *, per_worker: int = 4, cap: int = 10_000) -> int:
     """Items per chunk for ``map``: about ``per_worker`` chunks for each worker."""
     if items <= 0:
         return 1
     return max(1, min(cap, -(-items // (max(1, workers) * per_worker))))
-
-
-MAX_PRIORITY = 10
-
-
-def pick_next(heads: Sequence[tuple[int, float]], now: float, aging: float) -> int:
-    """Index of the waiting call to run next, from ``(priority, queued_at)`` heads.
-
-    Effective priority is ``priority + waited / aging`` (capped at 10), so every call
-    eventually reaches the top; among equals the oldest goes first (FIFO).
-    """
-    best = 0
-    best_key: tuple[float, float] | None = None
-    for i, (priority, queued_at) in enumerate(heads):
-        effective = min(MAX_PRIORITY, priority + (now - queued_at) / aging) if aging > 0 else priority
-        key = (-effective, queued_at)
-        if best_key is None or key < best_key:
-            best, best_key = i, key
-    return best

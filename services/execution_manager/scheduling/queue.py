@@ -1,7 +1,7 @@
 """Calls waiting for a worker: priorities 0-10 with aging, and per-project limits.
 
 Calls wait in one FIFO per (priority, project). The next call to run is chosen by
-:func:`.policy.pick_next` from the heads of those FIFOs: highest effective priority
+:func:`pick_next` from the heads of those FIFOs: highest effective priority
 (its priority plus one level per ``aging`` seconds waited), the oldest first among
 equals, skipping projects at their limit, so a busy project never starves the others
 and a low priority never waits forever behind a stream of high ones.
@@ -10,10 +10,28 @@ and a low priority never waits forever behind a stream of high ones.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from .policy import pick_next
+MAX_PRIORITY = 10
+
+
+def pick_next(heads: Sequence[tuple[int, float]], now: float, aging: float) -> int:
+    """Index of the waiting call to run next, from ``(priority, queued_at)`` heads.
+
+    Effective priority is ``priority + waited / aging`` (capped at 10), so every call
+    eventually reaches the top; among equals the oldest goes first (FIFO).
+    """
+    best = 0
+    best_key: tuple[float, float] | None = None
+    for i, (priority, queued_at) in enumerate(heads):
+        effective = min(MAX_PRIORITY, priority + (now - queued_at) / aging) if aging > 0 else priority
+        key = (-effective, queued_at)
+        if best_key is None or key < best_key:
+            best, best_key = i, key
+    return best
+
+
 
 Key = tuple[int, str | None]
 

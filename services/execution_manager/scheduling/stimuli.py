@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .policy import MAX_PRIORITY
+from .queue import MAX_PRIORITY
 
 # -- what a call is -----------------------------------------------------------------
 
@@ -228,8 +228,13 @@ class TakeBack:
 
 @dataclass(slots=True)
 class StopWorker:
+    """Stop a worker, saying why: with ``drain``, between calls (it takes no new one,
+    finishes what it holds and is replaced); without, what it runs is stopped now and
+    fails with ``reason``, under its retry policy."""
+
     worker_id: str
     reason: str
+    drain: bool = True
 
 
 Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StopWorker

@@ -13,9 +13,10 @@ In a plugin's own tests (any runner; here pytest with anyio)::
 
 or one test per check: ``@pytest.mark.parametrize("check", CHECKS)``, then
 ``await check(make)`` (and :data:`DEATH_CHECKS` for workers that live in another
-process). A check that fails raises ``AssertionError`` naming what the worker did.
+process, :data:`PROCESS_CHECKS` when that process is on this machine). A check that
+fails raises ``AssertionError`` naming what the worker did.
 """
 
-from .checks import CHECKS, DEATH_CHECKS, Make, Recorder, call, check_executor, reply
+from .checks import CHECKS, DEATH_CHECKS, PROCESS_CHECKS, Make, Recorder, call, check_executor, reply
 
-__all__ = ["CHECKS", "DEATH_CHECKS", "Make", "Recorder", "call", "check_executor", "reply"]
+__all__ = ["CHECKS", "DEATH_CHECKS", "PROCESS_CHECKS", "Make", "Recorder", "call", "check_executor", "reply"]

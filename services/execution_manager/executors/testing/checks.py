@@ -469,28 +469,34 @@ CHECKS: list[Callable[[Make], Awaitable[None]]] = [
 ]
 
 
-DEATH_CHECKS: list[Callable[[Make], Awaitable[None]]] = [
-    check_death_fails_each_call_it_took_with_its_own_error, check_a_stopped_process_is_declared_dead,
-]
-"""Checks for workers whose worker runs in another process (one a call can end)."""
+DEATH_CHECKS: list[Callable[[Make], Awaitable[None]]] = [check_death_fails_each_call_it_took_with_its_own_error]
+"""Checks for workers that live in another process (one a call can end)."""
+
+PROCESS_CHECKS: list[Callable[[Make], Awaitable[None]]] = [check_a_stopped_process_is_declared_dead]
+"""Checks for workers whose own process on this machine the monitor samples (a pid,
+no ``info().node``): their liveness is judged from that process's state. Remote
+workers' liveness comes from their node's heartbeats instead."""
 
 
 async def check_executor(make: Make, *, can_die: bool | None = None) -> None:
-    """Run every check against the worker ``make(worker_id)`` builds, and the death
-    checks when its worker can die apart from this process (``can_die``; by default:
-    when a started one reports a pid other than this process's).
+    """Run every check against the worker ``make(worker_id)`` builds, the death checks
+    when it can die apart from this process (``can_die``; by default: when a started
+    one reports a pid other than this process's), and the process checks when that
+    process is on this machine (no ``info().node``).
 
     :raises AssertionError: the first check the worker fails, naming the worker type,
         the check and what the worker did.
     """
     probe = await started(make)
     try:
-        kind, pid = type(probe), probe.info().pid
+        kind, info = type(probe), probe.info()
     finally:
         await probe.stop()
+    elsewhere = info.pid is not None and info.pid != os.getpid()
     if can_die is None:
-        can_die = pid is not None and pid != os.getpid()
-    for check in [*CHECKS, *(DEATH_CHECKS if can_die else ())]:
+        can_die = elsewhere
+    sampled = elsewhere and info.node is None
+    for check in [*CHECKS, *(DEATH_CHECKS if can_die else ()), *(PROCESS_CHECKS if sampled else ())]:
         try:
             await check(make)
         except AssertionError as exc:
@@ -500,4 +506,4 @@ async def check_executor(make: Make, *, can_die: bool | None = None) -> None:
             raise AssertionError(f"{name} fails {check.__name__}: {exc}") from exc
 
 
-__all__ = ["CHECKS", "DEATH_CHECKS", "Make", "Recorder", "call", "check_executor", "reply"]
+__all__ = ["CHECKS", "DEATH_CHECKS", "PROCESS_CHECKS", "Make", "Recorder", "call", "check_executor", "reply"]

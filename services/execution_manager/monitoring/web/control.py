@@ -41,29 +41,28 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]])
     return data
 
 
-def _worker(em: Manager, request: web.Request) -> str:
+def _retire(em: Manager, request: web.Request, reason: str, drain: bool) -> str:
     worker_id = request.match_info["worker_id"]
-    workers = em.pool.fleet.workers if em.pool else {}
-    if worker_id not in workers:
-        raise BadRequest(f"no worker {worker_id!r} (workers: {', '.join(sorted(workers)) or 'none'})", status=404)
+    try:
+        if em.pool is None:
+            raise LookupError(f"no worker {worker_id!r} (workers: none)")
+        em.pool.retire_soon(worker_id, reason, drain=drain)
+    except LookupError as exc:
+        raise BadRequest(str(exc), status=404) from None
     return worker_id
 
 
 async def drain(em: Manager, request: web.Request) -> web.Response:
     """Stop giving the worker calls, move its pinned instances, let it finish, stop it."""
-    worker_id = _worker(em, request)
-    assert em.pool is not None
+    worker_id = _retire(em, request, "drained on request", drain=True)
     log.info("worker drain requested", worker_id=worker_id, peer=request.remote)
-    em.pool.fleet.background.spawn(em.pool.retire(worker_id, "drained on request"))
     return web.json_response({"worker": worker_id, "action": "drain"}, status=202)
 
 
 async def stop(em: Manager, request: web.Request) -> web.Response:
     """Stop the worker now: what it runs fails with WorkerCrashedError (or is retried)."""
-    worker_id = _worker(em, request)
-    assert em.pool is not None
+    worker_id = _retire(em, request, "stopped on request", drain=False)
     log.info("worker stop requested", worker_id=worker_id, peer=request.remote)
-    em.pool.fleet.background.spawn(em.pool.retire(worker_id, "stopped on request", drain=False))
     return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
 
 
@@ -74,7 +73,7 @@ async def scale(em: Manager, request: web.Request) -> web.Response:
         raise BadRequest("give minWorkers, maxWorkers or both")
     assert em.pool is not None
     try:
-        decision = em.pool.fleet.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+        decision = em.pool.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
     except ValueError as exc:  # minWorkers above maxWorkers, no worker at all...
         raise BadRequest(str(exc)) from None
     log.info("scaling bounds set", peer=request.remote, **data)
@@ -91,7 +90,7 @@ async def project_limit(em: Manager, request: web.Request) -> web.Response:
     data = await body(request, {"limit": (int, type(None))})
     if "limit" not in data:
         raise BadRequest("give the field 'limit' (an integer >= 1, or null for no limit)")
-    limits = em.pool.sched.projects.limits if em.pool is not None else {}
+    limits = em.pool.snapshot().project_limits if em.pool is not None else {}
     if data["limit"] is not None and project not in limits and len(limits) >= MAX_LIMITED:
         raise BadRequest(f"{MAX_LIMITED} projects have limits already; lift one first", status=409)
     em.set_project_limit(project, data["limit"])

@@ -43,16 +43,17 @@ class PoolCollector(Collector):
         pool, monitor = em.pool, em.monitor
         if pool is None or monitor is None:
             return
-        workers = GaugeMetricFamily(PREFIX + "workers", "Executors in the pool", labels=["kind", "state"])
-        by_state = Counter((s.backend.node_type, s.backend.state.value) for s in pool.fleet.members)
+        snap = pool.snapshot()
+        workers = GaugeMetricFamily(PREFIX + "workers", "Workers in the pool", labels=["kind", "state"])
+        by_state = Counter((w.node_type, w.state) for w in snap.workers)
         for (kind, state), n in sorted(by_state.items()):
             workers.add_metric([kind, state], n)
         yield workers
         rss = GaugeMetricFamily(PREFIX + "worker_memory_rss_bytes", "Resident memory of workers",
                                 labels=["kind"])
         by_kind: Counter[str] = Counter()
-        for worker in pool.fleet.members:
-            by_kind[worker.backend.node_type] += monitor.metrics.get(worker.id, (0.0, 0))[1]
+        for w in snap.workers:
+            by_kind[w.node_type] += monitor.metrics.get(w.id, (0.0, 0))[1]
         for kind, total in sorted(by_kind.items()):
             rss.add_metric([kind], total)
         yield rss
@@ -65,17 +66,17 @@ class PoolCollector(Collector):
             exits.add_metric([kind, reason], n)
         yield exits
         calls = CounterMetricFamily(PREFIX + "calls", "Calls finished, by outcome", labels=["outcome"])
-        calls.add_metric(["done"], pool.tally.done)
-        calls.add_metric(["failed"], pool.tally.failed)
+        calls.add_metric(["done"], snap.done)
+        calls.add_metric(["failed"], snap.failed)
         yield calls
         yield CounterMetricFamily(PREFIX + "attempts_failed", "Attempts that ended in error, retried or not",
-                                  value=pool.tally.attempts_failed)
+                                  value=snap.attempts_failed)
         yield CounterMetricFamily(PREFIX + "retries", "Attempts started again after one failed",
-                                  value=pool.tally.retried)
+                                  value=snap.retried)
         yield GaugeMetricFamily(PREFIX + "calls_running", "Calls running now",
-                                value=sum(s.running for s in pool.fleet.members))
+                                value=sum(w.running for w in snap.workers))
         queue = GaugeMetricFamily(PREFIX + "queue_depth", "Calls waiting for a worker", labels=["priority"])
-        for priority, n in pool.sched.queue.by_priority().items():
+        for priority, n in snap.queued_by_priority.items():
             queue.add_metric([str(priority)], n)
         yield queue
         yield _histogram("call_duration_seconds", "Time calls ran on a worker", h.timings.duration)
