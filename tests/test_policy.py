@@ -8,12 +8,14 @@ from microkernel.services.execution_manager.scheduling.policy import (
     Limits,
     ScalePlan,
     WorkerSnapshot,
+    busy_start,
     chunk_size,
     memory_verdicts,
     pin_target,
     plan_scaling,
 )
 from microkernel.services.execution_manager.scheduling.queue import pick_next
+from microkernel.services.execution_manager.scheduling.stimuli import StartWorker, StopWorker
 
 L = Limits(min_workers=1, max_workers=3, idle_timeout=0.0)
 W = WorkerSnapshot
@@ -150,3 +152,56 @@ def test_memory_verdicts(workers, rss, soft, hard, expected) -> None:
     assert [(s.worker_id, s.drain) for s in out] == [(w, d) for w, d, _ in expected]
     for stop, (_, _, words) in zip(out, expected, strict=True):
         assert words in stop.reason, stop.reason
+
+
+# How many workers run, as one table: each row is a snapshot the carrier would pass, and
+# the instructions it gets back (start workers; stop this one, and why).
+T = Limits(min_workers=1, max_workers=3, idle_timeout=60.0, max_idle=600.0, cooldown=30.0)
+BUSY = [W("a", running=1, idle_since=None), W("b", running=1, idle_since=None)]
+
+
+def busy(workers, *, live=None, starting=0, queued=0, memory=10.0, cpu=0.0, now=0.0, last_up=None):
+    return busy_start(workers, T, live=len(workers) + starting if live is None else live, starting=starting,
+                      queued=queued, memory_percent=memory)
+
+
+def tick(workers, *, starting=0, queued=0, memory=10.0, cpu=0.0, now=0.0, last_up=None):
+    return plan_scaling(workers, T, starting=starting, queued=queued, memory_percent=memory, now=now,
+                        last_scale_up=last_up, cpu_percent=cpu)
+
+
+@pytest.mark.parametrize(("decide", "workers", "seen", "rule", "instructions"), [
+    # Calls wait, no worker is free, below maxWorkers: one starts at once.
+    (busy, BUSY, {"queued": 2}, "busy-start", [StartWorker(1, "all workers busy: started one")]),
+    # ... unless memory is over the limit.
+    (busy, BUSY, {"queued": 2, "memory": 95.0}, "memory-veto", []),
+    # ... or a worker is free (the call waits for something a new worker would not have either),
+    (busy, [*BUSY, W("c")], {"queued": 2}, "steady", []),
+    # ... or as many are starting as calls wait, or the pool is at maxWorkers.
+    (busy, BUSY, {"queued": 1, "starting": 1}, "steady", []),
+    (busy, [*BUSY, W("c", running=1, idle_since=None)], {"queued": 5}, "steady", []),
+    # High CPU alone never starts a worker: nothing waits.
+    (busy, BUSY, {"queued": 0, "cpu": 100.0}, "steady", []),
+    (tick, BUSY, {"queued": 0, "cpu": 100.0}, "steady", []),
+    # Below minWorkers: start up to it.
+    (tick, [], {}, "below-min", [StartWorker(1, "below minWorkers (0 < 1)")]),
+    # An idle worker retires after idleTimeout when the host's CPU is under 30%, no call
+    # waits and the pool is above minWorkers (one busy on a sleeping call, one idle, CPU 0%).
+    (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 61.0}, "retire-idle",
+     [StopWorker("idle", "idle idle 61 s, CPU 0% below 30%")]),
+    (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 59.0}, "steady", []),
+    # While the CPU is 30% or more, idle workers are kept, but never past maxIdle.
+    (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 61.0, "cpu": 30.0}, "steady", []),
+    (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 601.0, "cpu": 30.0}, "retire-max-idle",
+     [StopWorker("idle", "idle idle 601 s, CPU 30%, but idle past maxIdle")]),
+    # A busy worker is never retired, whatever its CPU; nor the last at minWorkers.
+    (tick, BUSY, {"now": 99999.0}, "steady", []),
+    (tick, [W("only", idle_since=0.0)], {"now": 99999.0}, "steady", []),
+    # Cooldown after a scale-up keeps the pool from flapping.
+    (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 61.0, "last_up": 40.0}, "steady", []),
+    # The gap between thresholds: 50% busy is neither up (above 80%) nor a reason to retire a busy one.
+    (tick, [BUSY[0], W("b", idle_since=50.0)], {"queued": 1, "now": 61.0}, "steady", []),
+], ids=lambda v: v.__name__ if callable(v) else None)
+def test_how_many_workers_run(decide, workers, seen, rule, instructions) -> None:
+    plan = decide(workers, **seen)
+    assert (plan.rule, plan.instructions) == (rule, instructions), plan

@@ -17,7 +17,16 @@ import structlog
 from ..errors import UnsatisfiableError
 from ..events import EventBus
 from ..executors import CLOSED, Background, CallHost, Worker, WorkerFactory, WorkerState
-from ..scheduling import ScalePlan, ScalingDecision, Scheduler, pin_target, plan_scaling, unsatisfiable
+from ..scheduling import (
+    ScalePlan,
+    ScalingDecision,
+    Scheduler,
+    StartWorker,
+    busy_start,
+    pin_target,
+    plan_scaling,
+    unsatisfiable,
+)
 from ..scheduling.stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 from ..settings import Settings
 
@@ -342,34 +351,39 @@ class Fleet:
         return reason
 
     def autoscale(self, now: float) -> ScalePlan:
+        """The scaling policy's periodic decision, carried out."""
         plan = plan_scaling(
             self._members, self.limits, starting=self.starting, queued=len(self._sched.queue),
             memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
             cpu_percent=self.cpu_percent,
         )
+        self._carry(plan, now)
+        return plan
+
+    def grow(self) -> None:
+        """Calls wait: start a worker now if none is free (see ``busy_start``)."""
+        if self.closed:
+            return
+        plan = busy_start(self._members, self.limits, live=self._live(), starting=self.starting,
+                          queued=len(self._sched.queue), memory_percent=self.memory_percent)
+        if plan.rule != "steady":
+            self._carry(plan, self.loop.time())
+
+    def _carry(self, plan: ScalePlan, now: float) -> None:
+        """Carry out a scaling plan's instructions, and keep the decision for stats."""
         self._decided(plan.rule, plan.reason, started=plan.start, worker=plan.worker, idle_seconds=plan.idle)
         if plan.start or plan.retire:
             self.last_scaling = plan.reason
             log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
-        for _ in range(plan.start):
-            self._spawn()
-        if plan.start:
-            self.last_scale_up = now
-            self.events.emit("scaled-up", count=plan.start, reason=plan.reason)
-        for wid in plan.retire:
-            self.background.spawn(self.retire(wid, plan.reason))
-            self.events.emit("scaled-down", worker_id=wid, reason=plan.reason)
-        return plan
-
-    def grow(self) -> None:
-        """Calls wait for a worker: start one, below maxWorkers."""
-        queued = len(self._sched.queue)
-        if queued and not self.closed and self.starting < queued and self._live() < self.limits.max_workers:
-            self._spawn()
-            self.last_scale_up = self.loop.time()
-            self.last_scaling = "all workers busy: started one"
-            self._decided("busy-start", self.last_scaling, started=1)
-            self.events.emit("scaled-up", count=1, reason=self.last_scaling)
+        for instruction in plan.instructions:
+            if isinstance(instruction, StartWorker):
+                for _ in range(instruction.count):
+                    self._spawn()
+                self.last_scale_up = now
+                self.events.emit("scaled-up", count=instruction.count, reason=instruction.reason)
+            else:
+                self.background.spawn(self.retire(instruction.worker_id, instruction.reason))
+                self.events.emit("scaled-down", worker_id=instruction.worker_id, reason=instruction.reason)
 
     def _decided(self, rule: str, reason: str, **fields: Any) -> None:
         """Keep the decision and what it saw, for get_stats() and the dashboard."""

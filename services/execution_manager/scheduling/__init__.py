@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         Sample as Sample,
         ScalePlan as ScalePlan,
         ScalingDecision as ScalingDecision,
+        busy_start as busy_start,
         chunk_size as chunk_size,
         memory_verdicts as memory_verdicts,
         pin_target as pin_target,
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     )
     from .resources import fits as fits, tightness as tightness, unsatisfiable as unsatisfiable
     from .scheduler import Scheduler as Scheduler
-    from .stimuli import CallSpec as CallSpec, Instruction as Instruction, Stimulus as Stimulus
+    from .stimuli import (
+        CallSpec as CallSpec,
+        Instruction as Instruction,
+        StartWorker as StartWorker,
+        Stimulus as Stimulus,
+        StopWorker as StopWorker,
+    )
 
 __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .stimuli import StopWorker
+from .stimuli import StartWorker, StopWorker
 
 
 class WorkerView(Protocol):
@@ -86,9 +86,31 @@ class ScalePlan(NamedTuple):
     start: int
     retire: tuple[str, ...]
     reason: str
-    rule: str = "steady"  # which rule fired: below-min, scale-up, memory-veto, retire-idle, retire-max-idle, steady
+    rule: str = "steady"  # which rule fired: below-min, busy-start, scale-up, memory-veto, retire-idle, ...
     worker: str | None = None  # the worker retired
     idle: float | None = None  # how long it had been idle, in seconds
+
+    @property
+    def instructions(self) -> list[StartWorker | StopWorker]:
+        """What the carrier does: start workers, retire (drain) others, each with the reason."""
+        out: list[StartWorker | StopWorker] = [StartWorker(self.start, self.reason)] if self.start else []
+        out.extend(StopWorker(worker, self.reason) for worker in self.retire)
+        return out
+
+
+def busy_start(workers: Sequence[WorkerView], limits: Limits, *, live: int, starting: int, queued: int,
+               memory_percent: float) -> ScalePlan:
+    """Right after the scheduler settled, not at the next tick: calls wait and no worker
+    is free, so one more starts at once, below ``max_workers`` (``live``: the workers the
+    pool started that stay, unhealthy ones included, and those starting) and while fewer
+    are starting than calls wait; memory above ``memory_limit`` vetoes it."""
+    free = any(w.available and not w.running and not w.external for w in workers)
+    if not queued or free or starting >= queued or live >= limits.max_workers:
+        return ScalePlan(0, (), "steady")
+    if memory_percent >= limits.memory_limit * 100:
+        return ScalePlan(0, (), f"{queued} calls wait but memory is at {memory_percent:.0f}%: not starting a worker",
+                         "memory-veto")
+    return ScalePlan(1, (), "all workers busy: started one", "busy-start")
 
 
 def plan_scaling(

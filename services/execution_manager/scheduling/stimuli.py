@@ -227,6 +227,14 @@ class TakeBack:
 
 
 @dataclass(slots=True)
+class StartWorker:
+    """Start ``count`` workers, saying why (the rule that fired, for the log and stats)."""
+
+    count: int
+    reason: str
+
+
+@dataclass(slots=True)
 class StopWorker:
     """Stop a worker, saying why: with ``drain``, between calls (it takes no new one,
     finishes what it holds and is replaced); without, what it runs is stopped now and
@@ -237,4 +245,4 @@ class StopWorker:
     drain: bool = True
 
 
-Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StopWorker
+Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StartWorker | StopWorker
