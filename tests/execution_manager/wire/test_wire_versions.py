@@ -1,0 +1,80 @@
+"""A worker or node of the previous release is refused at the handshake, naming both
+wire versions, and the kernel keeps serving the others.
+
+The handshakes below were recorded from the release before the execution manager's
+modules moved into folders (wire version 1): module paths travel inside pickles, so a
+peer of that release must not get as far as unpickling anything.
+"""
+
+from __future__ import annotations
+
+import pytest
+import structlog.testing
+
+from microkernel.services.execution_manager.wire import node as n, protocol as p
+from tests.nodes import RawNode, running_hub, start_node, stop_node, until
+
+# p.frame(p.Hello(1, "local-7", 4242, "3.11.2", {})), as a worker of wire version 1 sent it.
+RECORDED_WORKER_HELLO = bytes.fromhex("00000016960001a76c6f63616c2d37cd1092a6332e31312e3280")
+# p.encode(p.NodeHello(1, "old-node", b"\x01" * 32, {"python": "3.11.2", "version": "0.1.0", "cpus": 2})).
+RECORDED_NODE_HELLO = bytes.fromhex(
+    "951401a86f6c642d6e6f6465c420010101010101010101010101010101010101010101010101010101010101010183"
+    "a6707974686f6ea6332e31312e32a776657273696f6ea5302e312e30a46370757302"
+)
+
+
+def test_both_wire_versions_moved_past_the_recorded_release() -> None:
+    assert p.PROTOCOL_VERSION == 2 and n.NODE_PROTOCOL_VERSION == 2
+
+
+def test_a_worker_of_the_previous_release_is_refused_naming_both_versions() -> None:
+    conn = p.Connection("kernel")
+    with pytest.raises(p.ProtocolError) as refused:
+        conn.receive_data(RECORDED_WORKER_HELLO)
+    assert refused.value.code == n.CLOSE_VERSION
+    assert "wire version 1" in str(refused.value) and "this kernel speaks 2" in str(refused.value)
+    assert "local-7" in str(refused.value)  # the worker it was
+
+
+@pytest.mark.anyio
+async def test_a_node_of_the_previous_release_is_refused_with_4003_and_the_kernel_serves_the_others() -> None:
+    async with running_hub() as hub:
+        proc = await start_node(hub.address, slots=1, node_id="today")
+        try:
+            await until(lambda: "today" in hub.sessions, what="today's node to join")
+            with structlog.testing.capture_logs() as logs:
+                async with RawNode.connect(hub.address) as old:
+                    await old.ws.send(RECORDED_NODE_HELLO)
+                    code, reason = await old.closed_with()
+            assert code == n.CLOSE_VERSION
+            assert "wire version 1" in reason and "this kernel speaks 2" in reason
+            refusals = [e for e in logs if e.get("code") == n.CLOSE_VERSION]
+            assert refusals and refusals[0]["node_id"] == "old-node", logs
+            assert hub.refusals().get("version") == 1
+            # The node of this release is still served.
+            assert "today" in hub.sessions and hub.sessions["today"].state.value == "available"
+        finally:
+            assert await stop_node(proc) == 0
+
+
+@pytest.mark.anyio
+async def test_a_local_worker_of_the_previous_release_fails_to_start_naming_both_versions(tmp_path) -> None:
+    """``executorOptions.python`` may name another environment, holding another release:
+    its worker's handshake (replayed here) is refused, and the start error says why."""
+    import os
+    import sys
+
+    from microkernel.plugins.local.executor import LocalWorker
+    from microkernel.services.execution_manager.errors import WorkerStartError
+
+    old = tmp_path / "python-of-the-previous-release"
+    old.write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                   f"os.write(int(sys.argv[-1]), bytes.fromhex({RECORDED_WORKER_HELLO.hex()!r}))\ntime.sleep(30)\n")
+    os.chmod(old, 0o755)
+    worker = LocalWorker("local-old", {"python": str(old), "startTimeout": 10})
+    with pytest.raises(WorkerStartError) as refused:
+        await worker.start()
+    message = str(refused.value)
+    assert "local-old" in message and "wire version 1" in message and "this kernel speaks 2" in message, message
+    assert worker.is_closed
+    await worker.stop()
