@@ -34,4 +34,5 @@ if TYPE_CHECKING:
     from .kernel import Kernel as Kernel
     from .service import BaseService as BaseService
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

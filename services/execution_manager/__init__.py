@@ -75,4 +75,5 @@ if TYPE_CHECKING:
     )
     from .pool import CallFuture as CallFuture, Progress as Progress, watching as watching
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -27,4 +27,5 @@ if TYPE_CHECKING:
     from .model import Job as Job, JobState as JobState, LogLine as LogLine
     from .tasks import Launch as Launch, TaskType as TaskType
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -20,8 +20,8 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -131,6 +131,71 @@ def _finished(job: Job) -> Any:
     raise JobFailed(job)
 
 
+
+class HttpCall(NamedTuple):
+    """One request an operation needs; a client sends it and hands back the JSON."""
+
+    method: str
+    path: str
+    body: Any = None
+    params: Mapping[str, Any] | None = None
+    timeout: float | None = None
+
+
+T = TypeVar("T")
+Operation = Generator[HttpCall, Any, T]
+"""An API operation, written once for both clients: it yields the HTTP calls it needs,
+is sent each one's decoded JSON, and returns its value (httpcore's "one source, two
+faces", without code generation). Errors of the transport reach the caller unchanged."""
+
+
+def _submit(request: Any, args: tuple[Any, ...], fields: Mapping[str, Any]) -> Operation[Job]:
+    return _job((yield HttpCall("POST", "/jobs", body=_body(request, args, fields))))
+
+
+def _status(job_id: str) -> Operation[Job]:
+    return _job((yield HttpCall("GET", f"/jobs/{job_id}")))
+
+
+def _wait(job_id: str, timeout: float | None) -> Operation[Job]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
+        job = _job((yield HttpCall("GET", f"/jobs/{job_id}/result", params={"wait": left}, timeout=left + 30)))
+        if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
+            return job
+
+
+def _result(job_id: str, timeout: float | None) -> Operation[Any]:
+    job = yield from _wait(job_id, timeout)
+    if not job.state.finished:
+        raise TimeoutError(f"job {job_id} has not finished within {timeout:g} s (it is {job.state})")
+    return _finished(job)
+
+
+def _cancel(job_id: str) -> Operation[Job]:
+    return _job((yield HttpCall("POST", f"/jobs/{job_id}/cancel")))
+
+
+def _counts() -> Operation[dict[str, dict[str, int]]]:
+    counts: dict[str, dict[str, int]] = (yield HttpCall("GET", "/jobs/counts"))["counts"]
+    return counts
+
+
+def _list(state: str | None, project: str | None, type: str | None, limit: int) -> Operation[list[Job]]:
+    params = {"state": state, "project": project, "type": type, "limit": limit}
+    return [_job(j) for j in (yield HttpCall("GET", "/jobs", params=params))["jobs"]]
+
+
+def _logs_call(job_id: str, follow: bool, after: int) -> HttpCall:
+    return HttpCall("GET", f"/jobs/{job_id}/logs", params={"after": after, "follow": int(follow)},
+                    timeout=3600.0 if follow else None)
+
+
+def _line(raw: bytes) -> LogLine | None:
+    return LogLine(**json.loads(raw)) if raw.strip() else None
+
+
 class Client:
     """A blocking client of one kernel's job API (see the module docstring; urllib3)."""
 
@@ -154,21 +219,26 @@ class Client:
     def close(self) -> None:
         self._http.clear()
 
-    def _call(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
-              timeout: float | None = None, stream: bool = False) -> urllib3.BaseHTTPResponse:
-        data = json.dumps(body).encode() if body is not None else None
+    def _send(self, call: HttpCall, *, stream: bool = False) -> urllib3.BaseHTTPResponse:
+        data = json.dumps(call.body).encode() if call.body is not None else None
         try:
-            response = self._http.request(method, self.url + path + _query(params), body=data, headers=self._headers,
-                                          timeout=urllib3.Timeout(connect=10, read=timeout or self.timeout),
-                                          preload_content=not stream)
+            response = self._http.request(call.method, self.url + call.path + _query(call.params), body=data,
+                                          headers=self._headers, preload_content=not stream,
+                                          timeout=urllib3.Timeout(connect=10, read=call.timeout or self.timeout))
         except urllib3.exceptions.HTTPError as exc:
             raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None
         if response.status >= 400:
             _raise_for(response.status, response.data if not stream else response.read())
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return json.loads(self._call(method, path, **kwargs).data)
+    def _run(self, operation: Operation[T]) -> T:
+        try:
+            call = next(operation)
+            while True:
+                call = operation.send(json.loads(self._send(call).data))
+        except StopIteration as done:
+            value: T = done.value
+            return value
 
     def submit(self, request: Mapping[str, Any] | Callable[..., Any] | None = None, /, *args: Any,
                **fields: Any) -> Job:
@@ -176,19 +246,14 @@ class Client:
         fields as keywords), or a callable: ``submit(fn, *args, retries=1, **kwargs)``
         pickles ``fn(*args, **kwargs)`` (it is unpickled on a worker only; keywords
         named as a job's options, such as ``priority`` or ``key``, are the job's)."""
-        return _job(self._json("POST", "/jobs", body=_body(request, args, fields)))
+        return self._run(_submit(request, args, fields))
 
     def status(self, job_id: str) -> Job:
-        return _job(self._json("GET", f"/jobs/{job_id}"))
+        return self._run(_status(job_id))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once finished, or as it is after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-            job = _job(self._json("GET", f"/jobs/{job_id}/result", params={"wait": left}, timeout=left + 30))
-            if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
-                return job
+        return self._run(_wait(job_id, timeout))
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """The job's result, once it has one.
@@ -196,32 +261,27 @@ class Client:
         :raises JobFailed: it failed, was cancelled or was lost.
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
-        job = self.wait(job_id, timeout)
-        if not job.state.finished:
-            raise TimeoutError(f"job {job_id} has not finished within {timeout:g} s (it is {job.state})")
-        return _finished(job)
+        return self._run(_result(job_id, timeout))
 
     def cancel(self, job_id: str) -> Job:
-        return _job(self._json("POST", f"/jobs/{job_id}/cancel"))
+        return self._run(_cancel(job_id))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs by state, then by type."""
-        counts: dict[str, dict[str, int]] = self._json("GET", "/jobs/counts")["counts"]
-        return counts
+        return self._run(_counts())
 
     def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
              limit: int = 100) -> builtins.list[Job]:
-        params = {"state": state, "project": project, "type": type, "limit": limit}
-        return [_job(j) for j in self._json("GET", "/jobs", params=params)["jobs"]]
+        return self._run(_list(state, project, type, limit))
 
     def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> Iterator[LogLine]:
         """The job's log lines; with ``follow``, as they come until the job has finished."""
-        response = self._call("GET", f"/jobs/{job_id}/logs", params={"after": after, "follow": int(follow)},
-                              timeout=3600.0 if follow else None, stream=True)
+        response = self._send(_logs_call(job_id, follow, after), stream=True)
         try:
-            for line in response:
-                if line.strip():
-                    yield LogLine(**json.loads(line))
+            for raw in response:
+                line = _line(raw)
+                if line is not None:
+                    yield line
         except urllib3.exceptions.HTTPError as exc:
             raise ClientError(f"the job API at {self.url} broke off the log: {exc}") from None
         finally:
@@ -229,7 +289,7 @@ class Client:
 
 
 class AsyncClient:
-    """The same as :class:`Client`, awaitable (aiohttp)."""
+    """The same as :class:`Client`, awaitable (aiohttp); the operations are the same code."""
 
     def __init__(self, url: str = DEFAULT_URL, *, token: str | None = None, timeout: float = 30.0,
                  verify: bool = True, ca_file: str | None = None) -> None:
@@ -259,58 +319,59 @@ class AsyncClient:
             self._session = aiohttp.ClientSession(headers=self._headers, connector=connector)
         return self._session
 
-    async def _json(self, method: str, path: str, *, body: Any = None, params: Mapping[str, Any] | None = None,
-                    timeout: float | None = None) -> Any:
+    async def _send(self, call: HttpCall) -> Any:
+        url = self.url + call.path + _query(call.params)
+        limit = aiohttp.ClientTimeout(total=call.timeout or self.timeout)
         try:
-            async with self._http().request(method, self.url + path + _query(params), json=body,
-                                            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as response:
+            async with self._http().request(call.method, url, json=call.body, timeout=limit) as response:
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ClientError(f"cannot reach the job API at {self.url}: {type(exc).__name__}: {exc}") from None
         _raise_for(response.status, data)
         return json.loads(data)
 
+    async def _run(self, operation: Operation[T]) -> T:
+        try:
+            call = next(operation)
+            while True:
+                call = operation.send(await self._send(call))
+        except StopIteration as done:
+            value: T = done.value
+            return value
+
     async def submit(self, request: Mapping[str, Any] | Callable[..., Any] | None = None, /, *args: Any,
                      **fields: Any) -> Job:
-        return _job(await self._json("POST", "/jobs", body=_body(request, args, fields)))
+        return await self._run(_submit(request, args, fields))
 
     async def status(self, job_id: str) -> Job:
-        return _job(await self._json("GET", f"/jobs/{job_id}"))
+        return await self._run(_status(job_id))
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 60.0 if deadline is None else max(0.0, min(60.0, deadline - time.monotonic()))
-            job = _job(await self._json("GET", f"/jobs/{job_id}/result", params={"wait": left}, timeout=left + 30))
-            if job.state.finished or (deadline is not None and time.monotonic() >= deadline):
-                return job
+        return await self._run(_wait(job_id, timeout))
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
-        job = await self.wait(job_id, timeout)
-        if not job.state.finished:
-            raise TimeoutError(f"job {job_id} has not finished within {timeout:g} s (it is {job.state})")
-        return _finished(job)
+        return await self._run(_result(job_id, timeout))
 
     async def cancel(self, job_id: str) -> Job:
-        return _job(await self._json("POST", f"/jobs/{job_id}/cancel"))
+        return await self._run(_cancel(job_id))
 
     async def counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = (await self._json("GET", "/jobs/counts"))["counts"]
-        return counts
+        return await self._run(_counts())
 
     async def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
                    limit: int = 100) -> builtins.list[Job]:
-        params = {"state": state, "project": project, "type": type, "limit": limit}
-        return [_job(j) for j in (await self._json("GET", "/jobs", params=params))["jobs"]]
+        return await self._run(_list(state, project, type, limit))
 
     async def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
-        url = self.url + f"/jobs/{job_id}/logs" + _query({"after": after, "follow": int(follow)})
+        call = _logs_call(job_id, follow, after)
+        url = self.url + call.path + _query(call.params)
         try:
             async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
                 if response.status >= 400:
                     _raise_for(response.status, await response.read())
-                async for line in response.content:
-                    if line.strip():
-                        yield LogLine(**json.loads(line))
+                async for raw in response.content:
+                    line = _line(raw)
+                    if line is not None:
+                        yield line
         except aiohttp.ClientError as exc:
             raise ClientError(f"cannot reach the job API at {self.url}: {exc}") from None

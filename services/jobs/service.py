@@ -27,7 +27,7 @@ from .model import Job, JobRequest, JobState, LogLine, json_size
 from .settings import JobError, JobSettings
 
 if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel without them starts as fast
-    from microkernel.services.execution_manager import Attempt
+    from microkernel.services.execution_manager.executors import Attempt
     from microkernel.services.execution_manager.pool import Progress
 
     from .api import JobApi

@@ -646,3 +646,30 @@ async def test_a_kernel_stopped_with_sigterm_finishes_what_runs_and_keeps_what_w
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.mark.parametrize("operation", ["submit", "status", "wait", "result", "cancel", "counts", "list", "logs"])
+async def test_both_clients_say_the_same_when_the_api_cannot_be_reached(operation: str) -> None:
+    """The operations are written once for both clients: a kernel that is not there is
+    the same ClientError, naming the address, from either."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    args: dict[str, tuple[Any, ...]] = {"submit": ({"function": "math:factorial"},), "counts": (), "list": ()}
+    given = args.get(operation, ("some-job",))
+
+    def blocking() -> str:
+        with Client(address, token="t", timeout=5) as sync, pytest.raises(ClientError) as failed:
+            out = getattr(sync, operation)(*given)
+            if operation == "logs":
+                list(out)
+        return str(failed.value)
+
+    async with AsyncClient(address, token="t", timeout=5) as client:
+        with pytest.raises(ClientError) as failed:
+            if operation == "logs":
+                [line async for line in client.logs(*given)]
+            else:
+                await getattr(client, operation)(*given)
+    for message in (str(failed.value), await anyio.to_thread.run_sync(blocking)):
+        assert message.startswith(f"cannot reach the job API at {address}: "), message

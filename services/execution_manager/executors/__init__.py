@@ -44,4 +44,5 @@ if TYPE_CHECKING:
     from .states import CLOSED as CLOSED, WorkerState as WorkerState
     from .streams import FrameStream as FrameStream, TurnBatcher as TurnBatcher
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -16,4 +16,5 @@ if TYPE_CHECKING:
     from .terminal import show_status as show_status
     from .web import WebServer as WebServer
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

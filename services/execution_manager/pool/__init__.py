@@ -21,4 +21,5 @@ if TYPE_CHECKING:
     from .tally import Buckets as Buckets, Timings as Timings
     from .traffic import CallTraffic as CallTraffic, Route as Route
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -177,7 +177,8 @@ class WorkerPool:
             worker = self._worker(instruction.worker_id)
             if worker is not None:
                 worker.backend.cancel(instruction.task_id)  # else it simply runs there, late
-        # StopWorker: a draining worker ran its last call; whoever drains it stops it.
+        elif type(instruction) is StopWorker:
+            self._stop_worker(instruction)
 
     def _retrying(self, retry: RetryAt) -> None:
         self.tally.retrying(self.tasks[retry.task_id], retry.attempt, retry.reason)
@@ -400,6 +401,8 @@ class WorkerPool:
             fleet.autoscale(self.loop.time())
 
     def _stop_worker(self, stop: StopWorker) -> None:
+        """Stop a worker as told. One already leaving (as the scheduler's "drained" one
+        is: it ran its last call) is stopped by its own drain, which this joins."""
         worker = self.fleet.find(stop.worker_id)
         if worker is None or worker is self.fleet.local:
             return

@@ -36,4 +36,5 @@ if TYPE_CHECKING:
         StopWorker as StopWorker,
     )
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)

@@ -20,4 +20,5 @@ if TYPE_CHECKING:
     from .protocol import Connection as Connection, Event as Event, ProtocolError as ProtocolError
     from .serialization import dumps as dumps, loads as loads
 
-__getattr__, __dir__ = lazy_face(__name__, __file__)
+if not TYPE_CHECKING:  # type checkers see the re-exports above, and only those
+    __getattr__, __dir__ = lazy_face(__name__, __file__)
