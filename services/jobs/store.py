@@ -1,6 +1,7 @@
-"""Where jobs are kept: :class:`JobStore` is the seam, :class:`SqliteStore` the embedded
+"""Where jobs are kept: :class:`JobStore` is the seam; :class:`SqlStore` its queries,
+written once over the two dialects of :mod:`.sql`; :class:`SqliteStore` the embedded
 default (one file in the data folder, WAL: a write acknowledged survives the kernel's
-SIGKILL, as the operating system has it).
+SIGKILL, as the operating system has it); ``pgstore.PostgresStore`` the shared one.
 
 A kernel holds its data folder (a lock on ``kernel.lock`` in it): a second kernel on the
 same folder is refused with a message that names the folder.
@@ -10,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kernel.errors import KernelError
 
-from .model import Job, JobState, LogLine
+from .model import Job, LogLine
+from .sql import JOBS, LOGS, SELECT, SQLITE, Dialect, decode, migrate
 
 
 class StoreError(KernelError):
@@ -171,60 +174,126 @@ def folder_unlock(fd: int) -> None:
         os.close(fd)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    key TEXT UNIQUE,
-    type TEXT NOT NULL,
-    task TEXT NOT NULL,
-    state TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    project TEXT,
-    timeout REAL,
-    retries INTEGER NOT NULL,
-    name TEXT,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    failures TEXT NOT NULL DEFAULT '[]',
-    worker TEXT,
-    result TEXT,
-    error TEXT,
-    progress REAL,
-    message TEXT,
-    log_bytes INTEGER NOT NULL DEFAULT 0
-);
--- Only the jobs not finished: an index of every job by state moved an entry across the
--- index at each change of state, and cost a third of each job's writes.
-DROP INDEX IF EXISTS jobs_by_state;
-CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (n) WHERE state IN ('queued', 'running');
-CREATE TABLE IF NOT EXISTS logs (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    level TEXT NOT NULL,
-    line TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-"""
-COLUMNS = ("id", "key", "type", "task", "state", "priority", "project", "timeout", "retries", "name", "created",
-            "started", "finished", "attempts", "failures", "worker", "result", "error", "progress", "message")
-SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"  # a Job's fields, in the order of its row
+class SqlStore(JobStore):
+    """The store's queries, once for both dialects (see :mod:`.sql`). A subclass gives
+    its connection (:meth:`_run`), a connection for a reading thread (:meth:`_reader`),
+    transactions (:meth:`_atomic`), and ``_mine``: the filter of this kernel's jobs."""
+
+    dialect: Dialect
+    _mine: tuple[str, tuple[Any, ...]] = ("", ())  # (" AND owner = ?", (owner,)) in a shared store
+
+    def _run(self, query: str, args: Sequence[Any] = ()) -> Any:
+        """Run ``query`` (``?`` placeholders) on the store's connection; the cursor."""
+        raise NotImplementedError
+
+    def _reader(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection of its own, for a read that may run in a thread."""
+        raise NotImplementedError
+
+    def _atomic(self) -> contextlib.AbstractContextManager[Any]:
+        """One transaction, rows read in it locked until it ends."""
+        raise NotImplementedError
+
+    def _open(self, tables: Iterable[str]) -> None:
+        """Make or migrate the tables (in a transaction the subclass holds)."""
+        def one(statement: str) -> Sequence[Any] | None:
+            cursor = self._run(statement)
+            return cursor.fetchone() if cursor.description else None
+
+        try:
+            self.migrated_from = migrate(self.dialect, tables, one)
+        except ValueError as exc:
+            raise StoreError(f"{self.where}: {exc}") from None
+
+    def add(self, job: Job) -> tuple[Job, bool]:
+        to_json = self.dialect.to_json
+        values = (job.id, job.key, job.type, to_json(job.task), job.state.value, job.priority, job.project,
+                  job.timeout, job.retries, job.name, job.created)
+        cursor = self._run(f"INSERT INTO {JOBS} (id, key, type, task, state, priority, project, timeout, retries, "
+                           "name, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                           values)
+        if cursor.rowcount == 1:
+            return job, True
+        existing = self._run(f"{SELECT} WHERE key = ?", (job.key,)).fetchone()
+        assert existing is not None  # a key, once kept, stays until purged with its job
+        return self._job(existing), False
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._run(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
+               limit: int = 100, max_bytes: int | None = None) -> list[Job]:
+        clause, args = where(mark=self.dialect.mark, state=state, project=project, type=type)
+        with self._reader() as db:  # may run in a thread (see counts())
+            query = f"{SELECT}{clause} ORDER BY n DESC LIMIT {self.dialect.mark}"
+            return bounded(db.execute(query, (*args, limit)), max_bytes, self._job)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its
+        # own, so it may run in a thread while the event loop writes.
+        with self._reader() as db:
+            rows = db.execute(f"SELECT state, type, COUNT(*) FROM {JOBS} GROUP BY state, type").fetchall()
+        return {(state, kind): n for state, kind, n in rows}
+
+    def started(self, job_id: str, attempt: int, worker: str | None) -> None:
+        mine, owner = self._mine
+        self._run(f"UPDATE {JOBS} SET state = 'running', attempts = ?, worker = ?, started = COALESCE(started, ?) "
+                  f"WHERE id = ?{mine}", (attempt, worker, time.time(), job_id, *owner))
+
+    def progressed(self, job_id: str, fraction: float, message: str | None) -> None:
+        self._run(f"UPDATE {JOBS} SET progress = ?, message = ? WHERE id = ?", (fraction, message, job_id))
+
+    def finished(self, job: Job) -> None:
+        to_json = self.dialect.to_json
+        result = to_json(job.result) if job.result is not None else None
+        self._run(f"UPDATE {JOBS} SET state = ?, result = ?, error = ?, finished = ?, attempts = ?, failures = ?, "
+                  "progress = ?, message = ? WHERE id = ?",
+                  (job.state.value, result, job.error, job.finished, job.attempts, to_json(job.failures),
+                   job.progress, job.message, job.id))
+
+    def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
+        size = len(line.encode())
+        with self._atomic():  # the size check and the line go together
+            row = self._run(f"SELECT log_bytes FROM {JOBS} WHERE id = ?{self.dialect.lock_row}", (job_id,)).fetchone()
+            if row is None or row[0] > limit:
+                return None
+            if row[0] + size > limit:  # the last line: say that the rest is dropped
+                line, size = f"(log over {limit} bytes: later lines are dropped)", limit + 1 - row[0]
+                level = "warning"
+            seq = self._run(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {LOGS} WHERE job_id = ?", (job_id,)).fetchone()[0]
+            self._run(f"INSERT INTO {LOGS} VALUES (?, ?, ?, ?, ?)", (job_id, seq, time.time(), level, line))
+            self._run(f"UPDATE {JOBS} SET log_bytes = log_bytes + ? WHERE id = ?", (size, job_id))
+        return int(seq)
+
+    def logs(self, job_id: str, after: int = 0) -> list[LogLine]:
+        rows = self._run(f"SELECT seq, at, level, line FROM {LOGS} WHERE job_id = ? AND seq > ? ORDER BY seq",
+                         (job_id, after)).fetchall()
+        return [LogLine(*r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        mine, owner = self._mine
+        rows = self._run(f"{SELECT} WHERE state IN ('queued', 'running'){mine} ORDER BY n", owner).fetchall()
+        return [self._job(r) for r in rows]
+
+    def purge(self, before: float) -> int:
+        with self._atomic():
+            self._run(f"DELETE FROM {LOGS} WHERE job_id IN (SELECT id FROM {JOBS} WHERE finished < ?)", (before,))
+            count: int = self._run(f"DELETE FROM {JOBS} WHERE finished < ?", (before,)).rowcount
+        return count
+
+    def _job(self, row: Sequence[Any]) -> Job:
+        return self._decode(row)
+
+    @functools.cached_property
+    def _decode(self) -> Callable[[Sequence[Any]], Job]:
+        return decode(self.dialect)
 
 
-def _job(row: tuple[Any, ...]) -> Job:
-    d = dict(zip(COLUMNS, row, strict=True))
-    d["task"] = json.loads(d["task"])
-    d["failures"] = json.loads(d["failures"])
-    d["state"] = JobState(d["state"])
-    d["result"] = json.loads(d["result"]) if d["result"] is not None else None
-    return Job(**d)
-
-
-class SqliteStore(JobStore):
+class SqliteStore(SqlStore):
     """Jobs in ``FOLDER/jobs.db`` (see the module docstring)."""
+
+    dialect = SQLITE
 
     def __init__(self, folder: Path) -> None:
         self.where = str(folder / "jobs.db")
@@ -236,7 +305,9 @@ class SqliteStore(JobStore):
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a process crash
             # Checkpoints (which fsync) run in a thread of their own, not in a write on the event loop.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._db.executescript(_SCHEMA)
+            with self._atomic():
+                tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                self._open(tables)
         except StoreError:
             folder_unlock(self._lock)
             raise
@@ -250,6 +321,20 @@ class SqliteStore(JobStore):
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.where}>"
+
+    def _run(self, query: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(query, args)
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
+            yield db  # a WAL reader never holds the writer back
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
 
     def _checkpoint(self, every: float = 1.0) -> None:
         """Move the write-ahead log into the database now and then (its own connection)."""
@@ -267,83 +352,6 @@ class SqliteStore(JobStore):
                     # pages written meanwhile are copied and the log is emptied (TRUNCATE).
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def add(self, job: Job) -> tuple[Job, bool]:
-        values = (job.id, job.key, job.type, json.dumps(job.task), job.state.value, job.priority, job.project,
-                  job.timeout, job.retries, job.name, job.created)
-        cur = self._db.execute(
-            "INSERT INTO jobs (id, key, type, task, state, priority, project, timeout, retries, name, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", values)
-        if cur.rowcount == 1:
-            return job, True
-        existing = self._db.execute(f"{SELECT} WHERE key = ?", (job.key,)).fetchone()
-        return _job(existing), False
-
-    def get(self, job_id: str) -> Job | None:
-        row = self._db.execute(f"{SELECT} WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
-
-    def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-               limit: int = 100, max_bytes: int | None = None) -> list[Job]:
-        clause, args = where(mark="?", state=state, project=project, type=type)
-        # On a connection of its own, so that it may run in a thread (see counts()).
-        with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
-            return bounded(db.execute(f"{SELECT}{clause} ORDER BY n DESC LIMIT ?", (*args, limit)), max_bytes, _job)
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its
-        # own, so it may run in a thread while the event loop writes (a WAL reader never
-        # holds the writer back).
-        with contextlib.closing(sqlite3.connect(self.where, isolation_level=None)) as db:
-            rows = db.execute("SELECT state, type, COUNT(*) FROM jobs GROUP BY state, type").fetchall()
-        return {(state, kind): n for state, kind, n in rows}
-
-    def started(self, job_id: str, attempt: int, worker: str | None) -> None:
-        self._db.execute("UPDATE jobs SET state = 'running', attempts = ?, worker = ?, started = COALESCE(started, ?) "
-                         "WHERE id = ?", (attempt, worker, time.time(), job_id))
-
-    def progressed(self, job_id: str, fraction: float, message: str | None) -> None:
-        self._db.execute("UPDATE jobs SET progress = ?, message = ? WHERE id = ?", (fraction, message, job_id))
-
-    def finished(self, job: Job) -> None:
-        result = json.dumps(job.result) if job.result is not None else None
-        self._db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, finished = ?, attempts = ?, "
-                         "failures = ?, progress = ?, message = ? WHERE id = ?",
-                         (job.state.value, result, job.error, job.finished, job.attempts, json.dumps(job.failures),
-                          job.progress, job.message, job.id))
-
-    def log(self, job_id: str, level: str, line: str, limit: int) -> int | None:
-        size = len(line.encode())
-        db = self._db
-        with db:  # one transaction: the size check and the line go together
-            db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT log_bytes FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row[0] > limit:
-                return None
-            if row[0] + size > limit:  # the last line: say that the rest is dropped
-                line, size = f"(log over {limit} bytes: later lines are dropped)", limit + 1 - row[0]
-                level = "warning"
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM logs WHERE job_id = ?", (job_id,)).fetchone()[0]
-            db.execute("INSERT INTO logs VALUES (?, ?, ?, ?, ?)", (job_id, seq, time.time(), level, line))
-            db.execute("UPDATE jobs SET log_bytes = log_bytes + ? WHERE id = ?", (size, job_id))
-        return int(seq)
-
-    def logs(self, job_id: str, after: int = 0) -> list[LogLine]:
-        rows = self._db.execute("SELECT seq, at, level, line FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq",
-                                (job_id, after)).fetchall()
-        return [LogLine(*r) for r in rows]
-
-    def unfinished(self) -> list[Job]:
-        rows = self._db.execute(f"{SELECT} WHERE state IN ('queued', 'running') ORDER BY n").fetchall()
-        return [_job(r) for r in rows]
-
-    def purge(self, before: float) -> int:
-        db = self._db
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE finished < ?)", (before,))
-            count: int = db.execute("DELETE FROM jobs WHERE finished < ?", (before,)).rowcount
-        return count
 
     def close(self) -> None:
         self._closed.set()

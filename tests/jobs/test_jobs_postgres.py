@@ -114,7 +114,7 @@ async def test_two_kernels_share_one_queue_and_run_each_job_once(pg_url: str, tm
         import psycopg
 
         with psycopg.connect(pg_url) as db:
-            owners = {row[0] for row in db.execute("SELECT owner FROM jobs")}
+            owners = {row[0] for row in db.execute("SELECT owner FROM mk_jobs")}
         assert len(owners) == 2, owners
         assert workers  # each job names the worker that ran it
 
@@ -157,7 +157,7 @@ async def test_a_job_a_busy_kernel_leaves_is_taken_at_once_by_an_idle_one(pg_url
         import psycopg
 
         with psycopg.connect(pg_url) as db:
-            owner = db.execute("SELECT owner FROM jobs WHERE id = %s", (left.id,)).fetchone()
+            owner = db.execute("SELECT owner FROM mk_jobs WHERE id = %s", (left.id,)).fetchone()
         assert owner is not None and owner[0] == idle.get_service("jobs").store.owner
 
 
