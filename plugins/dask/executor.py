@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from microkernel.services.execution_manager.errors import WorkerCrashedError
-from microkernel.services.execution_manager.executors import Attempt, Background, Worker, WorkerInfo, WorkerState
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    Background,
+    WorkerBase,
+    WorkerInfo,
+    WorkerState,
+)
 from microkernel.services.execution_manager.wire import protocol as p
 
 from . import remote
@@ -46,7 +52,7 @@ PIPELINE = 64  # calls per thread handed to Dask at most (the pool usually hands
 log = structlog.get_logger("dask")
 
 
-class DaskWorker(Worker):
+class DaskWorker(WorkerBase):
     """One Dask worker (``address``) of the cluster ``client`` is connected to."""
 
     node_type = "dask"

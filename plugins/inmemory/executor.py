@@ -16,7 +16,7 @@ from microkernel.services.execution_manager.executors import (
     Attempt,
     Reply,
     Runtime,
-    Worker,
+    WorkerBase,
     WorkerInfo,
     WorkerState,
 )
@@ -63,7 +63,7 @@ class _Bridge:
         return answer.result()
 
 
-class InMemoryWorker(Worker):
+class InMemoryWorker(WorkerBase):
     """Runs calls on ``threads`` threads (default 1) of this process.
 
     Arguments, instances and results are pickled exactly as for a worker process,

@@ -21,7 +21,7 @@ from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
     FrameStream,
-    Worker,
+    WorkerBase,
     WorkerInfo,
     WorkerState,
 )
@@ -68,7 +68,7 @@ def _end_group(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-class LocalWorker(Worker):
+class LocalWorker(WorkerBase):
     """A worker process on this machine, talking frames over a socket pair.
 
     Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the

@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from microkernel.services.execution_manager.errors import WorkerStartError
-from microkernel.services.execution_manager.executors import Attempt, ErrorInfo, Worker, WorkerInfo, WorkerState
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    ErrorInfo,
+    WorkerBase,
+    WorkerInfo,
+    WorkerState,
+)
 from microkernel.services.execution_manager.wire import protocol as p
 
 _S = WorkerState
@@ -48,7 +54,7 @@ class NodeConnection(Protocol):
     def send(self, data: bytes) -> None: ...
 
 
-class NodeSlot(Worker):
+class NodeSlot(WorkerBase):
     """One worker process of a remote node.
 
     Made bound to a slot by the hub when a node announces it, or unbound

@@ -128,7 +128,7 @@ async def test_a_backlog_drains_as_jobs_end_not_poll_by_poll(pg_url: str, tmp_pa
         token = (tmp_path / "jobs.token").read_text().strip()
         async with AsyncClient(kernel.get_service("jobs").address, token=token) as client:
             jobs = [await client.submit(function="time:sleep", args=[0.02]) for _ in range(30)]
-            assert len(kernel.get_service("jobs")._running) < 30  # most wait in the store, untaken
+            assert len(kernel.get_service("jobs").runner) < 30  # most wait in the store, untaken
             async with asyncio.timeout(20):
                 for job in jobs:
                     assert (await client.wait(job.id, 20)).state == JobState.SUCCEEDED
@@ -148,10 +148,10 @@ async def test_a_job_a_busy_kernel_leaves_is_taken_at_once_by_an_idle_one(pg_url
             await asyncio.sleep(0.5)
             held = [await client.submit(function="tests.tasks:slow", args=[15]) for _ in range(2)]  # runs, waits
             left = await client.submit(function="math:sqrt", args=[9])
-            assert left.id not in busy.get_service("jobs")._running  # no room in the busy kernel
+            assert left.id not in busy.get_service("jobs").runner.running  # no room in the busy kernel
             async with asyncio.timeout(10):
                 assert await client.result(left.id, timeout=10) == 3.0
-            assert left.id not in busy.get_service("jobs")._running
+            assert left.id not in busy.get_service("jobs").runner.running
             for job in held:
                 await client.cancel(job.id)
         import psycopg
@@ -169,7 +169,7 @@ async def test_a_job_no_kernel_has_taken_yet_can_be_cancelled(pg_url: str, tmp_p
         async with AsyncClient(kernel.get_service("jobs").address, token=token) as client:
             busy = [await client.submit(function="tests.tasks:slow", args=[2]) for _ in range(2)]  # one runs, one waits
             untaken = await client.submit(function="tests.tasks:touch", args=[str(tmp_path / "ran")])
-            assert untaken.id not in kernel.get_service("jobs")._running  # no room here: no kernel has taken it
+            assert untaken.id not in kernel.get_service("jobs").runner.running  # no room here: no kernel has taken it
             await client.cancel(untaken.id)
             assert (await client.status(untaken.id)).state == JobState.CANCELLED
             for job in busy:

@@ -19,14 +19,14 @@ from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
     FrameStream,
-    Worker,
+    WorkerBase,
     WorkerInfo,
     WorkerState,
 )
 from microkernel.services.execution_manager.wire import protocol as p
 
 
-class SubprocessWorker(Worker):
+class SubprocessWorker(WorkerBase):
     """Runs its calls, one after another, in a child process of its own. Options:
     ``startTimeout`` (seconds, 30)."""
 

@@ -1,8 +1,8 @@
 """The seam executor plugins implement: all a plugin imports, documented where defined.
 
 - :class:`Worker`, :class:`WorkerInfo`, :class:`WorkerState`, :class:`CallHost`,
-  ``WorkerFactory`` (:mod:`.interface`): the interface, what the pool hands it and
-  the bookkeeping helpers the built-ins share;
+  ``WorkerFactory`` (:mod:`.interface`): the interface and what the pool hands it;
+- :class:`WorkerBase` (:mod:`.base`): the bookkeeping helpers the built-ins share;
 - :class:`Attempt`, :class:`ReplyFuture` (:mod:`.attempt`): one try at running a call;
 - :class:`Runtime`, :class:`CallChannel`, :class:`ErrorInfo` (:mod:`.runtime`): how the
   executing side runs a decoded call (worker processes import this, and no asyncio);
@@ -24,6 +24,7 @@ from kernel.lazy import lazy_face
 if TYPE_CHECKING:
     from .attempt import Attempt as Attempt, CallWatch as CallWatch, ReplyFuture as ReplyFuture
     from .background import Background as Background
+    from .base import WorkerBase as WorkerBase
     from .interface import (
         CallHost as CallHost,
         Worker as Worker,
