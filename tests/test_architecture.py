@@ -132,3 +132,76 @@ def test_monitoring_reads_the_pools_snapshot_and_never_reaches_in() -> None:
             if re.search(r"\.(sched|fleet)\b", line):
                 reaching.append(f"{source.relative_to(root)}:{number}: {line.strip()}")
     assert not reaching, "reaches into the pool's scheduler or fleet:\n" + "\n".join(reaching)
+
+
+SOURCES = ("kernel", "services", "plugins")
+
+
+def test_no_two_classes_in_sibling_modules_share_a_name() -> None:
+    import ast
+    from collections import defaultdict
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    by_package: dict[Path, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for top in SOURCES:
+        for source in (root / top).rglob("*.py"):
+            for node in ast.parse(source.read_text()).body:
+                if isinstance(node, ast.ClassDef):
+                    by_package[source.parent][node.name].append(source.name)
+    shared = [f"{package.relative_to(root)}: {name} in {', '.join(sorted(files))}"
+              for package, names in sorted(by_package.items()) for name, files in sorted(names.items())
+              if len(files) > 1]
+    assert not shared, "classes of one name in sibling modules:\n" + "\n".join(shared)
+
+
+def test_every_dotted_name_a_docstring_or_comment_gives_exists() -> None:
+    """A path of ours in the sources (``microkernel.x.y.Z`` anywhere but a logger's
+    name, ``kernel.x`` in a Sphinx role) names a module, or a name in one, that is there."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for top in SOURCES:
+        for source in sorted((root / top).rglob("*.py")):
+            for number, line in enumerate(source.read_text().splitlines(), 1):
+                if "getLogger(" in line:
+                    continue
+                found = re.findall(r"\b(microkernel\.[A-Za-z_][\w.]*[A-Za-z_0-9])", line)
+                found += re.findall(r":\w+:`~?(kernel\.[A-Za-z_][\w.]*[A-Za-z_0-9])`", line)
+                missing += [f"{source.relative_to(root)}:{number}: {dotted}" for dotted in found
+                            if not _resolves(importlib, dotted)]
+                for relative in re.findall(r":\w+:`~?(\.+[A-Za-z_][\w.]*[A-Za-z_0-9])`", line):
+                    if not any(_resolves(importlib, candidate) for candidate in _near(source, root, relative)):
+                        missing.append(f"{source.relative_to(root)}:{number}: {relative}")
+    assert not missing, "names that are not there:\n" + "\n".join(missing)
+
+
+def _near(source, root, relative: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Where a relative Sphinx reference may point: from the module's package (``..``:
+    its parent) or from the module itself."""
+    parts = list(source.relative_to(root).with_suffix("").parts)
+    if parts[0] in ("services", "plugins"):
+        parts = ["microkernel", *parts]
+    module = ".".join(p for p in parts if p != "__init__")
+    package = module if parts[-1] == "__init__" else module.rpartition(".")[0]
+    dots = len(relative) - len(relative.lstrip("."))
+    base = package.split(".")[: len(package.split(".")) - (dots - 1)]
+    return [".".join([*base, relative.lstrip(".")]), f"{module}.{relative.lstrip('.')}"]
+
+
+def _resolves(importlib, dotted: str) -> bool:  # type: ignore[no-untyped-def]
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False

@@ -146,10 +146,10 @@ class DaskWorker(WorkerBase):
     def abort(self, call_id: int, reason: str = "") -> bool:
         if call_id in self._sent:
             call = self.inflight[call_id]
-            return self._stop_running(call_id, reason or f"{call.describe()} was aborted")
+            return self.stop_running(call_id, reason or f"{call.describe()} was aborted")
         return self.cancel(call_id)
 
-    def _stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, call_id: int, note: str) -> bool:
         """Cancel the call's Dask future and fail the call now. Dask cannot interrupt a
         task already running on a thread: the worker finishes it and drops the result."""
         future = self._sent.pop(call_id, None)

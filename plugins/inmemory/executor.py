@@ -29,6 +29,14 @@ def _ignore(_rid: int, _ok: bool, _payload: bytes) -> None:
     pass
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class _Bridge:
     """The :class:`~microkernel.services.execution_manager.executors.CallChannel` of calls
     on this process's threads: their traffic goes to the worker on the event loop's
@@ -53,7 +61,7 @@ class _Bridge:
             self._on_loop(p.Log(call_id, level, message, dict(fields)))
 
     def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
-        if asyncio._get_running_loop() is self.worker.loop:
+        if _running_loop() is self.worker.loop:
             raise RequestError("task.request on the kernel's event loop thread would deadlock it")
         answer: Future[tuple[bool, bytes]] = Future()
         try:

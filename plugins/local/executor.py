@@ -190,7 +190,7 @@ class LocalWorker(WorkerBase):
         stream.write(p.frame(p.Cancel(call_id)))
         return True
 
-    def _stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, call_id: int, note: str) -> bool:
         if self._proc is None or self._proc.returncode is not None:
             return False
         self._abort_note = f"stopped: {note}"

@@ -126,7 +126,7 @@ class NodeSlot(WorkerBase):
         s.send(p.encode(p.SlotCancel(self.slot, call_id)))
         return True
 
-    def _stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, call_id: int, note: str) -> bool:
         s = self.session
         if s is None or s.closed:
             return False

@@ -180,7 +180,7 @@ class ExecutionManager(BaseService):
         soft_timeout: float | None, *, local: bool = True, pool: WorkerPool | None = None,
     ) -> CallSpec:
         """A call's validated spec (a ValueError or TypeError names the option at fault;
-        :class:`.stimuli.CallSpec` checks its own fields)."""
+        :class:`.scheduling.stimuli.CallSpec` checks its own fields)."""
         if soft_timeout is not None and (not isinstance(soft_timeout, int | float) or soft_timeout <= 0):
             raise ValueError(f"{label}: soft_timeout must be a number of seconds above 0, not {soft_timeout!r}")
         if soft_timeout is not None and timeout is not None and soft_timeout >= timeout:

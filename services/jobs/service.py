@@ -52,6 +52,7 @@ class JobService(BaseService):
         self.api: JobApi | None = None
         self.address: str | None = None  # the API's, once it serves
         self.types: dict[str, TaskType] = {}
+        self.em: Any = None  # the execution manager, once started
         self.runner: Runner | None = None  # the jobs running here (with custom.api)
         self.shared: SharedQueue | None = None  # with a store other kernels share
         self._changed: dict[str, asyncio.Event] = {}

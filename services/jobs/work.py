@@ -21,7 +21,7 @@ from kernel import task
 from .settings import JobError
 
 
-class JobFailed(Exception):
+class WorkFailed(Exception):
     """The job's own work failed (a command's exit code, an HTTP status)."""
 
 
@@ -93,12 +93,12 @@ def run_command(argv: Sequence[str] | str, shell: bool, env: Mapping[str, str] |
         except subprocess.TimeoutExpired:
             _kill_tree(proc)
             proc.wait()
-            raise JobFailed(f"command ran past its timeout of {timeout:g} s and was killed") from None
+            raise WorkFailed(f"command ran past its timeout of {timeout:g} s and was killed") from None
         finally:
             for reader in readers:
                 reader.join(5)
     if code != 0:
-        raise JobFailed(f"command exited with {code}" if code > 0 else f"command was killed by signal {-code}")
+        raise WorkFailed(f"command exited with {code}" if code > 0 else f"command was killed by signal {-code}")
     return {"exit_code": code}
 
 
@@ -137,9 +137,9 @@ def http_request(method: str, url: str, headers: Mapping[str, str], body: str | 
     except urllib.error.HTTPError as exc:
         status, text = exc.code, exc.read().decode(errors="replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise JobFailed(f"{method} {url} failed: {getattr(exc, 'reason', exc)}") from None
+        raise WorkFailed(f"{method} {url} failed: {getattr(exc, 'reason', exc)}") from None
     if status not in expect:
-        raise JobFailed(f"{method} {url} answered {status}, expected {', '.join(map(str, expect))}: {text[:200]}")
+        raise WorkFailed(f"{method} {url} answered {status}, expected {', '.join(map(str, expect))}: {text[:200]}")
     return {"status": status, "body": text}
 
 

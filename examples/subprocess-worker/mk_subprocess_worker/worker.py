@@ -95,7 +95,7 @@ class SubprocessWorker(WorkerBase):
         self._stream.write(p.frame(p.Cancel(call_id)))
         return True
 
-    def _stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, call_id: int, note: str) -> bool:
         """The call runs in the child: end the child (the pool starts another)."""
         self._why = note
         asyncio.get_running_loop().create_task(self._end(note))

@@ -60,8 +60,9 @@ class ReplyFuture(asyncio.Future[Any]):
 
 
 class CallWatch(Protocol):
-    """Who follows a call from outside the caller (see :func:`.handles.watching`). Its
-    methods run on the pool's event path: they must be quick and must not raise."""
+    """Who follows a call from outside the caller (see
+    :func:`microkernel.services.execution_manager.pool.watching`). Its methods run on the
+    pool's event path: they must be quick and must not raise."""
 
     def sent(self, attempt: Attempt) -> None:
         """``attempt`` is about to reach its worker (called before it is handed over)."""

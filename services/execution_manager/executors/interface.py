@@ -7,7 +7,7 @@ sees only :class:`Worker`. Node types are registered by plugins through the
 (:mod:`.testing`), which is what makes them interchangeable.
 
 Errors a worker reports on a call (set on ``call.future``), all from
-:mod:`.errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
+:mod:`..errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
 call in flight; :class:`PoolClosedError` when the call reaches it after stop. Errors
 raised by the call itself are not exceptions here: they come back as a
 ``(False, ErrorInfo)`` reply for the manager to rebuild.
@@ -151,14 +151,14 @@ class Worker(ABC):
         had begun, so those that had not run elsewhere.
 
         Calls run in submission order, so a call held behind the running one is
-        simply cancelled (:meth:`cancel`); the running one goes to :meth:`_stop_running`."""
+        simply cancelled (:meth:`cancel`); the running one goes to :meth:`stop_running`."""
         if call_id not in self.inflight:
             return False
         if next(iter(self.inflight)) != call_id:
             return self.cancel(call_id)  # held behind the running call: it never starts
-        return self._stop_running(call_id, reason or f"{self.inflight[call_id].describe()} was aborted")
+        return self.stop_running(call_id, reason or f"{self.inflight[call_id].describe()} was aborted")
 
-    def _stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, call_id: int, note: str) -> bool:
         """Stop the running call ``call_id`` by force (``note`` says why); True if it
         will be stopped. The default cannot stop a running call: it only tries
         :meth:`cancel`."""

@@ -6,9 +6,9 @@ per call. Awaiting gives the result (or raises the call's exception). ``cancel()
 stops the call wherever it is: a queued call never runs; a running one has its worker
 stopped and replaced.
 
-The future decides nothing: the pool's scheduler (:mod:`.scheduler`) owns the call, its
+The future decides nothing: the pool's scheduler (:mod:`..scheduling.scheduler`) owns the call, its
 attempts, retries and time limits, and settles the future. The future carries what an
-attempt needs (the pickled call, its :class:`.stimuli.CallSpec`) and what the caller
+attempt needs (the pickled call, its :class:`..scheduling.stimuli.CallSpec`) and what the caller
 reads: the attempts that failed, and progress.
 """
 

@@ -1,7 +1,7 @@
 """The pool of executors: it carries out what the scheduler decides.
 
 :class:`WorkerPool` reports what happens (a call submitted or cancelled, an attempt's
-answer, a worker up, unhealthy or gone, the clock) to its :class:`.scheduler.Scheduler`
+answer, a worker up, unhealthy or gone, the clock) to its :class:`..scheduling.scheduler.Scheduler`
 and carries out the instructions it gets back: send an attempt to a worker, stop one
 by force, settle a caller's future, wake up for a retry or a time limit. It decides
 nothing about a call itself. Its :class:`.fleet.Fleet` looks after the workers. The hot path

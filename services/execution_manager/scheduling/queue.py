@@ -124,12 +124,6 @@ class CallQueue(Generic[Item]):
         self.count -= 1  # an emptied FIFO stays: it is refilled soon, and there are few
         return True
 
-    def pop_all(self) -> list[Item]:
-        calls = list(self)
-        self._fifos.clear()
-        self.count = 0
-        return calls
-
     def by_priority(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         for (priority, _), fifo in self._fifos.items():
