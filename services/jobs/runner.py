@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from microkernel.services.execution_manager.wire.serialization import type_name  # loaded with the manager
+from microkernel.services.execution_manager.pool import CallFuture  # loaded with the manager (jobs are on)
+from microkernel.services.execution_manager.wire.serialization import type_name
 
 from .model import Job, JobState, json_size
 
@@ -121,15 +122,15 @@ class Runner:
             return
         fut = asyncio.ensure_future(fut)
         self.running[job.id] = (job, fut)
-        if hasattr(fut, "on_progress"):
+        if isinstance(fut, CallFuture):  # a call of the pool's (a task type may await others)
             fut.on_progress(watch.progress)
         fut.add_done_callback(functools.partial(self._done, job))
 
     def _done(self, job: Job, fut: asyncio.Future[Any]) -> None:
         if self.running.pop(job.id, None) is None:
             return  # left queued in the store at shutdown
-        job.failures = [{"attempt": a.number, "worker": a.worker_id, "error": a.outcome}
-                        for a in getattr(fut, "attempts", ())]
+        failed = fut.attempts if isinstance(fut, CallFuture) else []
+        job.failures = [{"attempt": a.number, "worker": a.worker_id, "error": a.outcome} for a in failed]
         if fut.cancelled():
             self.finish(job, JobState.CANCELLED, error="cancelled on request")
             return

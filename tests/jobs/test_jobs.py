@@ -207,7 +207,7 @@ async def test_a_timed_out_shell_job_leaves_nothing_running(tmp_path: Path) -> N
 
 
 def test_a_command_past_its_own_timeout_is_killed_with_what_it_started(tmp_path: Path) -> None:
-    from microkernel.services.jobs.work import JobFailed as CommandFailed, run_command
+    from microkernel.services.jobs.work import WorkFailed as CommandFailed, run_command
 
     pid_file = tmp_path / "pid"
     with pytest.raises(CommandFailed, match=r"past its timeout of 0\.5 s"):

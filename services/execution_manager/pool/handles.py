@@ -130,7 +130,7 @@ class CallFuture(asyncio.Future[Any]):
             self.watch = watch
 
     # Set on the instance when they change (one store fewer each, for every call).
-    attempt: Attempt | None = None  # the current attempt, once one was sent
+    current: Attempt | None = None  # the attempt sent last, once one was sent
     answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
     watch: CallWatch | None = None  # see watching()
     queued_at = 0.0  # when the pool took it (loop time), set there
@@ -141,10 +141,10 @@ class CallFuture(asyncio.Future[Any]):
     def __repr__(self) -> str:
         if self.done():
             state = "cancelled" if self.cancelled() else "failed" if self.exception() is not None else "done"
-        elif self.attempt is None:
+        elif self.current is None:
             state = "queued"
         else:
-            state = f"attempt {self.attempt.attempt} on {self.attempt.worker_id}"
+            state = f"attempt {self.current.attempt} on {self.current.worker_id}"
         return f"<CallFuture {self.describe()} {state}>"
 
     @property

@@ -230,7 +230,7 @@ class WorkerPool:
                     spec.project, fut.soft_timeout, spec.resources, attempt=send.attempt, timeout=spec.timeout,
                     worker_id=worker_id, on_progress=fut.report_progress, context=fut.context,
                     started=time.perf_counter(), watch=fut.watch)
-        fut.attempt = call
+        fut.current = call
         if self.tally.timings is not None:
             self.tally.waited(self.loop.time() - fut.queued_at)
         need = spec.resources

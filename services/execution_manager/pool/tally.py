@@ -110,7 +110,7 @@ class Tally:
         events = self.events
         if events.wants("task-failed"):
             events.emit("task-failed", call=fut.label, task_id=fut.task_id,
-                        worker_id=fut.attempt.worker_id if fut.attempt else None, attempts=len(fut.attempts),
+                        worker_id=fut.current.worker_id if fut.current else None, attempts=len(fut.attempts),
                         error=f"{type_name(exc)}: {exc}",
                         traceback=getattr(exc, "remote_traceback", None) or format_exception(exc))
         fut.set_exception(exc)
