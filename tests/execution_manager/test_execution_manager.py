@@ -54,7 +54,7 @@ async def test_submit_and_map_run_on_worker_processes() -> None:
         running = em.submit(tasks.slow, 0.5)
         await asyncio.sleep(0.2)
         assert re.fullmatch(r"<CallFuture slow\(0\.5\) \[task \d+\] attempt 1 on local-\d+>", repr(running))
-        assert re.fullmatch(r"<Attempt 1 of slow\(0\.5\) \[task \d+\] on local-\d+>", repr(running.attempt))
+        assert re.fullmatch(r"<Attempt 1 of slow\(0\.5\) \[task \d+\] on local-\d+>", repr(running.current))
         pool = em.pool
         assert re.fullmatch(r"<WorkerPool workers=2 busy=1 queued=0 held=0 running=1>", repr(pool))
         assert repr(pool.fleet) == "<Fleet local workers=2 busy=1 starting=0 bounds=2..2>"
@@ -213,7 +213,11 @@ async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
         assert "below" in stats.last_scaling
         decision = stats.scaling  # the last decision as fields, "steady" included
         assert decision is not None and decision.rule in ("retire-idle", "steady"), decision
-        assert decision.waiting == 0 and decision.free_workers == 1 and 0 <= decision.cpu_percent <= 100
+        # What it saw: a retirement saw the worker it retired free (the other may still have been
+        # finishing its last call); a later tick sees the one left, free.
+        free = (1, 2) if decision.rule == "retire-idle" else (1,)
+        assert decision.waiting == 0 and decision.free_workers in free and 0 <= decision.cpu_percent <= 100
+        assert decision.rule != "retire-idle" or decision.worker is not None and decision.idle_seconds is not None
 
 
 async def test_calls_start_when_made_and_cancelled_queued_calls_never_run(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from ..wire import loads
 from .admission import Admission
 from .fleet import Fleet, PoolWorker
 from .handles import CallFuture, error_for, rebuild
-from .snapshot import CallReport, PoolSnapshot, WorkerReport
+from .snapshot import PoolSnapshot, take
 from .tally import Tally, Timings
 
 log = structlog.get_logger("execution-manager")
@@ -326,23 +326,7 @@ class WorkerPool:
 
     def snapshot(self) -> PoolSnapshot:
         """The pool now, for its readers (see :mod:`.snapshot`)."""
-        fleet, sched, tally = self.fleet, self.sched, self.tally
-        workers = tuple(
-            WorkerReport(
-                w.id, w.backend.node_type,
-                "draining" if w.retiring and w.backend.is_available else w.backend.state.value,
-                w.running, w.pinned, w.backend.done, w.backend.failed, w.backend.info(),
-                tuple(CallReport.of(call) for call in w.backend.inflight.values()),
-            )
-            for w in fleet.members
-        )
-        return PoolSnapshot(
-            workers, fleet.starting, self.waiting, fleet.local.running if fleet.local else 0,
-            sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
-            dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, fleet.last_scaling,
-            fleet.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,
-            tuple(self.placements),
-        )
+        return take(self.fleet, self.sched, self.tally, self.waiting, self.placements)
 
     @property
     def queued(self) -> int:

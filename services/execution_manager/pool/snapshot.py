@@ -4,11 +4,17 @@ status`` see one consistent moment and never reach into the scheduler or the fle
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..executors import Attempt, WorkerInfo
 from ..scheduling import ScalingDecision
+
+if TYPE_CHECKING:
+    from ..scheduling import Scheduler
+    from .fleet import Fleet
+    from .tally import Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +74,24 @@ class PoolSnapshot:
 
     def worker(self, worker_id: str) -> WorkerReport | None:
         return next((w for w in self.workers if w.id == worker_id), None)
+
+
+def take(fleet: Fleet, sched: Scheduler, tally: Tally, waiting: int,
+         placements: Iterable[Mapping[str, object]]) -> PoolSnapshot:
+    """A pool now, from its parts (on its event loop's thread, in one go)."""
+    workers = tuple(
+        WorkerReport(
+            w.id, w.backend.node_type,
+            "draining" if w.retiring and w.backend.is_available else w.backend.state.value,
+            w.running, w.pinned, w.backend.done, w.backend.failed, w.backend.info(),
+            tuple(CallReport.of(call) for call in w.backend.inflight.values()),
+        )
+        for w in fleet.members
+    )
+    return PoolSnapshot(
+        workers, fleet.starting, waiting, fleet.local.running if fleet.local else 0,
+        sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
+        dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, fleet.last_scaling,
+        fleet.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,
+        tuple(placements),
+    )
