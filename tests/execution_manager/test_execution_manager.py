@@ -217,7 +217,7 @@ async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
         # finishing its last call); a later tick sees the one left, free.
         free = (1, 2) if decision.rule == "retire-idle" else (1,)
         assert decision.waiting == 0 and decision.free_workers in free and 0 <= decision.cpu_percent <= 100
-        assert decision.rule != "retire-idle" or decision.worker is not None and decision.idle_seconds is not None
+        assert decision.rule != "retire-idle" or (decision.worker is not None and decision.idle_seconds is not None)
 
 
 async def test_calls_start_when_made_and_cancelled_queued_calls_never_run(tmp_path: Path) -> None:
