@@ -353,8 +353,7 @@ class LocalWorker(WorkerBase):
         if self._stream is None or self._proc is None:
             self.set_state(_S.TERMINATED)
             return
-        if drain and self.inflight:
-            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        await self._let_finish(drain, timeout)
         if not self._stream.closed:
             self._stream.write(p.frame(p.Shutdown(False)))
         assert self._exited is not None

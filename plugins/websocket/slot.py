@@ -192,8 +192,8 @@ class NodeSlot(WorkerBase):
         if s is None or self._down is None:
             self.set_state(_S.TERMINATED)
             return
-        if drain and self.inflight and not s.closed:
-            await asyncio.wait([c.future for c in self.inflight.values()], timeout=timeout)
+        if not s.closed:
+            await self._let_finish(drain, timeout)
         if not s.closed and not self.is_closed:
             s.send(p.encode(p.StopSlot(self.slot, s.replace_slots)))
             with contextlib.suppress(TimeoutError):  # the node is gone or slow: stop regardless

@@ -27,10 +27,10 @@ import structlog
 from aiohttp import web
 
 from kernel.errors import ConfigError
+from kernel.http.bodies import BadRequest, int_param, read_json
+from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
-from microkernel.services.execution_manager.executors import read_token
-from microkernel.services.execution_manager.monitoring.web.bodies import BadRequest, int_param, read_json
-from microkernel.services.execution_manager.monitoring.web.listen import Limits, json_errors, listen
+from kernel.tokens import read_token
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError
@@ -53,7 +53,7 @@ def load_token(settings: ApiSettings, folder: Path) -> tuple[bytes, str]:
     :raises ConfigError: the token file cannot be read, is empty, or others may read it.
     """
     if settings.token_file is None and os.environ.get(settings.token_env, "").strip():
-        return read_token(env=settings.token_env), f"${settings.token_env}"
+        return read_token(settings.token_env, what="API token"), f"${settings.token_env}"
     if settings.token_file is not None:
         path = Path(settings.token_file).expanduser()
     else:  # made on first start, for clients on this machine to find
@@ -62,7 +62,7 @@ def load_token(settings: ApiSettings, folder: Path) -> tuple[bytes, str]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(32) + "\n")
-    return read_token(file=path), str(path)
+    return read_token(settings.token_env, path, what="API token"), str(path)
 
 
 class Jobs(Protocol):

@@ -216,9 +216,9 @@ async def test_a_call_sent_ahead_is_timed_by_its_run_not_by_its_wait() -> None:
         em.pool.tally.timings = timings = Timings()  # what /metrics reads, with custom.http
         calls = [em.submit(time.sleep, 0.001) for _ in range(40)]
         await asyncio.gather(*calls)
-        seen = [c.attempt.ran for c in calls]
+        seen = [c.current.ran for c in calls]
         assert all(r is not None and 0.001 <= r < 0.25 for r in seen), seen
-        waited = max(time.perf_counter() - c.attempt.started for c in calls)  # the last: behind the others
+        waited = max(time.perf_counter() - c.current.started for c in calls)  # the last: behind the others
         assert sum(timings.duration.counts) == 40 and timings.duration.total == pytest.approx(sum(seen))
         assert max(seen) < waited
         assert em.pool.sched.durations.means["sleep"] < 0.005  # still known short: its waits were not counted

@@ -12,14 +12,13 @@ runs the agent (``kernel node --connect URL``) from a :class:`NodeConfig`.
 from __future__ import annotations
 
 import os
-import stat
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from kernel.errors import ConfigError, PluginError
+from kernel import tokens
+from kernel.errors import PluginError
 
 from .interface import Worker
 
@@ -135,31 +134,6 @@ class NodeTransport(ABC):
         raise PluginError(f"the {type(self).__name__} transport has no `kernel node` agent")
 
 
-def read_token(env: str = TOKEN_ENV, file: str | os.PathLike[str] | None = None) -> bytes:
-    """The shared node token, from ``file`` if given, else the environment variable
-    ``env``; never from a command line or URL (``ps`` and logs would show it).
-
-    :raises ConfigError: neither holds a token, or the file is unreadable or readable
-        by others.
-    """
-    if file is not None:
-        path = Path(file)
-        try:
-            mode = path.stat().st_mode
-            token = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(path, [("token file", f"cannot be read: {exc.strerror or exc}")]) from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(path, [("token file", "is readable by others; chmod 600 it")])
-        if not token:
-            raise ConfigError(path, [("token file", "is empty")])
-        return token
-    value = os.environ.get(env, "").strip()
-    if not value:
-        raise ConfigError(f"${env}", [("token", f"no node token: set ${env} or give a token file")])
-    return value.encode()
-
-
 def package_version() -> str:
     """This project's installed version, which nodes and the kernel compare."""
     from importlib.metadata import PackageNotFoundError, version
@@ -168,3 +142,12 @@ def package_version() -> str:
         return version("microkernel-em")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def read_token(env: str = TOKEN_ENV, file: str | os.PathLike[str] | None = None) -> bytes:
+    """The shared node token (see :func:`kernel.tokens.read_token`).
+
+    :raises ConfigError: neither ``file`` nor ``$env`` holds one, or the file is
+        unreadable or readable by others.
+    """
+    return tokens.read_token(env, file, what="node token")

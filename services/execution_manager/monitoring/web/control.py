@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from .bodies import BadRequest, read_json
+from kernel.http.bodies import BadRequest, read_json
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -25,7 +25,7 @@ MAX_LIMITED = 10_000  # projects with a limit of their own
 async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     """The request's JSON object, holding only ``fields`` (name -> accepted types).
 
-    :raises BadRequest: naming what is wrong (:func:`.bodies.read_json` checks the rest).
+    :raises BadRequest: naming what is wrong (:func:`kernel.http.bodies.read_json` checks the rest).
     """
     data = await read_json(request, max_depth=4, timeout=10.0)
     if not isinstance(data, dict):

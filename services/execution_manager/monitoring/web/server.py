@@ -23,14 +23,14 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from kernel.errors import ConfigError, KernelError
+from kernel.http.bodies import BadRequest
+from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
+from kernel.tokens import read_token
 
-from ...executors import read_token
 from ...settings import HttpSettings
 from ..history import History
 from . import control
-from .bodies import BadRequest
-from .listen import Limits, json_errors, listen
 from .metrics import CONTENT_TYPE, registry_for, render
 from .status import services, snapshot
 
@@ -118,10 +118,10 @@ class WebServer:
         s = self.settings
         path = self.em.kernel.manifest_path(self.em.name)
         if s.admin_token_file is not None:
-            self._token = read_token(file=s.admin_token_file)
+            self._token = read_token(s.admin_token_env, s.admin_token_file, what="admin token")
         else:
             try:
-                self._token = read_token(env=s.admin_token_env)
+                self._token = read_token(s.admin_token_env, what="admin token")
             except ConfigError:
                 self._token = None  # no token: the API is read-only
         for event in CHANGES:
