@@ -38,6 +38,7 @@ from microkernel.services.execution_manager.executors import (
     Attempt,
     Background,
     NodeConfig,
+    ProcessSampler,
     ReplyFuture,
     Worker,
     WorkerFactory,
@@ -96,7 +97,6 @@ class NodeAgent:
         self._stop_now = asyncio.Event()
         self._wake = asyncio.Event()  # ends a backoff sleep early (SIGTERM)
         self._joined_once = False  # before that, an answer that is not a kernel's is final
-        self._procs: dict[int, psutil.Process] = {}
         self._deadline: asyncio.Task[None] | None = None
         self._began: dict[int, list[int]] = {}  # slot -> calls its dead worker had begun, until SLOT_DOWN
 
@@ -391,13 +391,14 @@ class NodeAgent:
             await self._background.join()
 
     async def _heartbeats(self, interval: float) -> None:
-        psutil.cpu_percent(None)
+        sampler: ProcessSampler[int] = ProcessSampler()
         while True:
             await asyncio.sleep(interval)
             pids = {number: ex.info().pid for number, ex in self.execs.items()}
-            cpu, mem, slots, statuses = await asyncio.to_thread(self._sample, pids)
-            self.send(p.encode(p.NodeHeartbeat(cpu, mem, slots)))
-            self._check_workers(statuses)
+            reading = await asyncio.to_thread(sampler.sample, pids)
+            slots = [(number, cpu, rss) for number, (cpu, rss) in reading.processes.items()]
+            self.send(p.encode(p.NodeHeartbeat(reading.cpu_percent, reading.memory_percent, slots)))
+            self._check_workers(reading.statuses)
 
     def _check_workers(self, statuses: dict[int, str]) -> None:
         """Liveness of each slot's worker, judged from outside it (as the kernel's monitor
@@ -407,19 +408,3 @@ class NodeAgent:
             why = ex.check_alive(statuses.get(number), self.config.worker_timeout)
             if why is not None:
                 self.logger.warning("worker declared dead", slot=number, reason=why)
-
-    def _sample(self, pids: dict[int, int | None]) -> tuple[float, float, list[tuple[int, float, int]], dict[int, str]]:
-        slots: list[tuple[int, float, int]] = []
-        statuses: dict[int, str] = {}
-        for number, pid in pids.items():
-            if not pid or pid == os.getpid():
-                continue
-            try:
-                proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
-                statuses[number] = proc.status()
-                slots.append((number, proc.cpu_percent(None), proc.memory_info().rss))
-            except psutil.ZombieProcess:
-                statuses[number] = psutil.STATUS_ZOMBIE
-            except psutil.Error:
-                self._procs.pop(pid, None)
-        return psutil.cpu_percent(None), psutil.virtual_memory().percent, slots, statuses

@@ -9,7 +9,8 @@
 - :class:`NodeTransport`, :class:`NodeListener`, :class:`NodeHost` (:mod:`.nodes`):
   the node seam;
 - :class:`FrameStream`, :class:`TurnBatcher` (:mod:`.streams`), :class:`Background`
-  (:mod:`.background`): asyncio helpers for transports.
+  (:mod:`.background`): asyncio helpers for transports; :class:`ProcessSampler`
+  (:mod:`.sampling`): psutil readings of the machine and worker processes.
 
 The wire a transport speaks is :mod:`..wire`; the errors a worker raises are in
 :mod:`..errors`; the conformance kit a plugin's tests run is :mod:`.testing`.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         read_token as read_token,
     )
     from .runtime import CallChannel as CallChannel, ErrorInfo as ErrorInfo, Reply as Reply, Runtime as Runtime
+    from .sampling import ProcessSampler as ProcessSampler, Reading as Reading
     from .states import CLOSED as CLOSED, WorkerState as WorkerState
     from .streams import FrameStream as FrameStream, TurnBatcher as TurnBatcher
 

@@ -9,16 +9,13 @@ runs the scaling policy every ``monitorInterval``. :meth:`Monitor.stats` assembl
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
-from collections.abc import Mapping
 
 import anyio.to_thread
-import psutil
 import structlog
 
-from ..executors import NodeListener
+from ..executors import NodeListener, ProcessSampler
 from ..pool import CallReport, WorkerPool
 from ..scheduling import Sample
 from .stats import ProjectStats, RunningCall, Stats, SystemLoad, WorkerStats
@@ -44,7 +41,7 @@ class Monitor:
         self.pool = pool
         self.load = SystemLoad(cpu_percent=0.0, memory_percent=0.0, avg_load=0.0)
         self.metrics: dict[str, tuple[float, int]] = {}  # worker id -> (CPU %, RSS bytes)
-        self._procs: dict[int, psutil.Process] = {}
+        self._sampler: ProcessSampler[str] = ProcessSampler()
 
     def stats(self, listener: NodeListener | None, nodes_address: str | None, pinned: int) -> Stats:
         """``get_stats()``: the pool's snapshot, with this monitor's samples and the nodes."""
@@ -100,8 +97,10 @@ class Monitor:
                     pids[worker.id] = info.pid
                 else:  # a node's slot: its heartbeats carry the figures
                     remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
-            load, metrics, statuses = await anyio.to_thread.run_sync(_sample, pids, self._procs)
-            metrics.update(remote)
+            reading = await anyio.to_thread.run_sync(self._sampler.sample, pids)
+            load = SystemLoad(cpu_percent=reading.cpu_percent, memory_percent=reading.memory_percent,
+                              avg_load=reading.avg_load)
+            metrics, statuses = {**reading.processes, **remote}, reading.statuses
             self.load, self.metrics = load, metrics
             now = time.monotonic()
             scale = now >= next_scale
@@ -113,28 +112,3 @@ class Monitor:
 
 def _over(rss: int, limit: int | None) -> bool:
     return limit is not None and rss > limit
-
-
-def _sample(
-    pids: Mapping[str, int | None], procs: dict[int, psutil.Process]
-) -> tuple[SystemLoad, dict[str, tuple[float, int]], dict[str, str]]:
-    cpus = os.cpu_count() or 1
-    load = SystemLoad(
-        cpu_percent=psutil.cpu_percent(None),
-        memory_percent=psutil.virtual_memory().percent,
-        avg_load=min(1.0, os.getloadavg()[0] / cpus),
-    )
-    metrics: dict[str, tuple[float, int]] = {}
-    statuses: dict[str, str] = {}
-    for wid, pid in pids.items():
-        if pid is None or pid == os.getpid():
-            continue
-        try:
-            proc = procs.get(pid) or procs.setdefault(pid, psutil.Process(pid))
-            statuses[wid] = proc.status()
-            metrics[wid] = (proc.cpu_percent(None), proc.memory_info().rss)
-        except psutil.ZombieProcess:
-            statuses[wid] = psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            procs.pop(pid, None)
-    return load, metrics, statuses

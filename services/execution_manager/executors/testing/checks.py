@@ -384,7 +384,7 @@ def _resources() -> dict[str, set[Any]]:
     me = psutil.Process()
     tasks = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
     return {
-        "child process": {(c.pid, " ".join(c.cmdline()[:4])) for c in me.children(recursive=True) if _alive(c)},
+        "child process": _descendants(me),
         "file descriptor": {(fd, _fd_target(fd)) for fd in _fds()},
         "socket": {(c.fd, str(c.laddr), str(c.raddr)) for c in me.net_connections(kind="all")},
         "asyncio task": {(id(t), repr(t.get_coro())) for t in tasks},
@@ -393,13 +393,35 @@ def _resources() -> dict[str, set[Any]]:
 
 def _leaks(before: dict[str, set[Any]], after: dict[str, set[Any]]) -> str:
     found = []
+    # A process started before the worker (a node agent a test runs) keeps its own
+    # children going: only what descends from a new child of this process counts.
+    older = {pid for pid, _top, _cmd in before["child process"]}
     for kind, now in after.items():
         new = now - before[kind]
+        if kind == "child process":
+            new = {(pid, cmd) for pid, top, cmd in new if top not in older}
         if new:
             shown = ", ".join(" ".join(str(x) for x in item) for item in sorted(new, key=str)[:3])
             found.append(f"{len(new)} {kind}{'es' if kind.endswith('ss') and len(new) > 1 else ''}"
                          f"{'s' if len(new) > 1 and not kind.endswith('ss') else ''} ({shown})")
     return "; ".join(found)
+
+
+def _descendants(me: Any) -> set[tuple[int, int, str]]:
+    """This process's live descendants as (pid, the child of this process it descends
+    through, command line)."""
+    found = set()
+    for child in me.children(recursive=True):
+        try:
+            if not _alive(child):
+                continue
+            top = child
+            while top.ppid() != me.pid:
+                top = top.parent()
+            found.add((child.pid, top.pid, " ".join(child.cmdline()[:4])))
+        except Exception:  # it ended meanwhile, or its parent did
+            continue
+    return found
 
 
 def _alive(proc: Any) -> bool:
