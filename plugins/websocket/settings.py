@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from microkernel.services.execution_manager.executors import TOKEN_ENV
-from microkernel.services.execution_manager.wire.node import DEFAULT_MAX_FRAME
+from microkernel.services.execution_manager.wire.protocol import NODE_MAX_FRAME
 
 
 class HubSettings(BaseModel):
@@ -24,7 +24,7 @@ class HubSettings(BaseModel):
     fail_after: float = Field(15.0, gt=0, description="seconds of silence before a node is failed")
     auth_timeout: float = Field(5.0, gt=0, description="seconds a new connection has to authenticate")
     max_waiting: int = Field(64, ge=1, description="connections authenticating at once; past it, closed with 1013")
-    max_frame: int = Field(DEFAULT_MAX_FRAME, ge=64 * 1024, description="largest message, in bytes")
+    max_frame: int = Field(NODE_MAX_FRAME, ge=64 * 1024, description="largest message, in bytes")
     cert_file: str | None = Field(None, description="TLS certificate (PEM): serve wss://")
     key_file: str | None = Field(None, description="TLS private key (PEM)")
 

@@ -66,11 +66,15 @@ import msgpack
 import msgspec
 
 from . import protocol as p
-from .protocol import CLOSE_PROTOCOL as CLOSE_PROTOCOL, CLOSE_VERSION as CLOSE_VERSION, ProtocolError
+from .protocol import (
+    CLOSE_PROTOCOL as CLOSE_PROTOCOL,
+    CLOSE_VERSION as CLOSE_VERSION,
+    HANDSHAKE_MAX_FRAME as HANDSHAKE_MAX_FRAME,
+    NODE_MAX_FRAME,
+    ProtocolError,
+)
 
 NODE_PROTOCOL_VERSION = 2  # raised with PROTOCOL_VERSION (see there)
-HANDSHAKE_MAX_FRAME = 16 * 1024  # what an unauthenticated peer may send in one message
-DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
 # Close codes (see the module docstring).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TEXT, CLOSE_TOO_BIG = 1000, 1001, 1003, 1009
@@ -78,14 +82,12 @@ CLOSE_AUTH, CLOSE_AUTH_TIMEOUT = 4001, 4002  # CLOSE_PROTOCOL (4000) and CLOSE_V
 CLOSE_DUPLICATE, CLOSE_NOT_ASSIGNED, CLOSE_HEARTBEAT = 4004, 4005, 4006
 CLOSE_TRY_LATER = 1013  # too many connections waiting to authenticate (RFC 6455's "try again later")
 
-# What each side accepts, during the handshake and once the connection is open.
-KERNEL_RECEIVES = (p.Result, p.Error, p.SlotUp, p.SlotDown, p.Cancelled, p.NodeHeartbeat, p.Draining, p.Progress,
-                   p.Log, p.Request)
-NODE_RECEIVES = (p.SlotCall, p.SlotCancel, p.Abort, p.StopSlot, p.Bye, p.Response)
 # During the handshake every message of the node conversation decodes, so that the
-# handshake can say what it expected instead (nothing is unpickled either way).
+# handshake can say what it expected instead (nothing is unpickled either way); once open,
+# each side accepts what protocol.ACCEPTS says.
 _HANDSHAKE: tuple[type[p.Message], ...] = tuple(
-    dict.fromkeys((p.NodeHello, p.Challenge, p.Auth, p.Welcome, *KERNEL_RECEIVES, *NODE_RECEIVES))
+    dict.fromkeys((p.NodeHello, p.Challenge, p.Auth, p.Welcome, *p.ACCEPTS["node", "kernel"],
+                   *p.ACCEPTS["node", "node"]))
 )
 _NONCE = 32
 
@@ -127,7 +129,7 @@ class NodeLink:
 
     def __init__(
         self, role: str, token: bytes, *, node_id: str = "", info: dict[str, Any] | None = None,
-        max_frame: int = DEFAULT_MAX_FRAME, nonce: Callable[[int], bytes] = os.urandom,
+        max_frame: int = NODE_MAX_FRAME, nonce: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if role not in ("kernel", "node"):
             raise ValueError(f"role must be 'kernel' or 'node', not {role!r}")
@@ -146,7 +148,7 @@ class NodeLink:
         self._their_nonce = b""
         self._hello: p.NodeHello | None = None
         self._out: list[bytes] = []
-        self._open_types = KERNEL_RECEIVES if role == "kernel" else NODE_RECEIVES
+        self._open_types = p.ACCEPTS["node", role]
         self._types: tuple[type[p.Message], ...] = _HANDSHAKE
         self._decoder = p.decoder(self._types)
 

@@ -41,7 +41,10 @@ PROTOCOL_VERSION = 2
 # The close codes every connection refuses with (the node conversation adds its own, see
 # ``wire.node``).
 CLOSE_PROTOCOL, CLOSE_VERSION = 4000, 4003
-DEFAULT_MAX_FRAME = 512 * 1024 * 1024  # pipes between trusted local processes
+# Frame limits, one per conversation, all here (a connection is given its own).
+PIPE_MAX_FRAME = 512 * 1024 * 1024  # pipes between trusted local processes
+NODE_MAX_FRAME = 64 * 1024 * 1024  # a node's messages once admitted (custom.nodes.maxFrame's default)
+HANDSHAKE_MAX_FRAME = 16 * 1024  # what an unauthenticated node may send in one message
 
 # The code table: every message type, of both conversations. A worker's pipe uses 0-11;
 # a node's connection (``wire.node``) uses 20-34 and the call traffic of the pipe's
@@ -240,8 +243,14 @@ NodeEvent = (
     | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response
 )
 Message = Event | NodeEvent
-KERNEL_RECEIVES = (Hello, Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye)
-WORKER_RECEIVES = (Call, Cancel, Heartbeat, Shutdown, Response)
+# What each side accepts, by conversation and role, once the connection is open: the one
+# table (a handshake accepts its own messages first, see wire.node).
+ACCEPTS: dict[tuple[str, str], tuple[type[Message], ...]] = {
+    ("pipe", "kernel"): (Hello, Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye),
+    ("pipe", "worker"): (Call, Cancel, Heartbeat, Shutdown, Response),
+    ("node", "kernel"): (Result, Error, SlotUp, SlotDown, Cancelled, NodeHeartbeat, Draining, Progress, Log, Request),
+    ("node", "node"): (SlotCall, SlotCancel, Abort, StopSlot, Bye, Response),
+}
 TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
     PROGRESS: Progress, LOG: Log, REQUEST: Request, RESPONSE: Response, SHUTDOWN: Shutdown, GOODBYE: Goodbye,
@@ -304,7 +313,7 @@ class Connection:
     """
 
     def __init__(
-        self, role: str, *, max_frame: int = DEFAULT_MAX_FRAME, framed: bool = True, peer: str = "",
+        self, role: str, *, max_frame: int = PIPE_MAX_FRAME, framed: bool = True, peer: str = "",
         keep_answers: bool = False,
     ) -> None:
         if role not in ("kernel", "worker"):
@@ -313,7 +322,7 @@ class Connection:
         self.max_frame = max_frame
         self.framed = framed
         self.peer_name = peer
-        self._accepts = KERNEL_RECEIVES if role == "kernel" else WORKER_RECEIVES
+        self._accepts = ACCEPTS["pipe", role]
         self._decode = decoder(self._accepts).decode
         self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
         self._buf = bytearray()

@@ -34,7 +34,6 @@ def test_a_relay_keeps_answers_as_they_came_once() -> None:
     """A node agent forwards a worker's RESULT and ERROR frames to the kernel as they came:
     the bytes kept are exactly what encoding the message again would give, and the kernel's
     end of a node link reads them as the message."""
-    from microkernel.services.execution_manager.wire import node as n
 
     relay = p.Connection("kernel", keep_answers=True)
     result, error = p.Result(7, b"pickled", 0.25), p.Error(8, "ValueError", "bad", "tb", b"exc", 0.5)
@@ -45,7 +44,7 @@ def test_a_relay_keeps_answers_as_they_came_once() -> None:
     plain = p.Connection("kernel")
     plain.receive_data(hello() + p.frame(result))
     assert plain.answer_frame(7) is None  # kept only when asked
-    decoder = p.decoder(n.KERNEL_RECEIVES)
+    decoder = p.decoder(p.ACCEPTS["node", "kernel"])
     assert decoder.decode(p.encode(result)) == result
 
 
