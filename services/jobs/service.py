@@ -279,6 +279,6 @@ class JobService(BaseService):
         return self.store
 
     def _runner(self) -> Runner:
-        if self.runner is None:
-            raise JobError("jobs are off in this kernel: the jobs service has no custom.api", status=503)
+        self._store()  # jobs are on: the runner starts with the store
+        assert self.runner is not None
         return self.runner

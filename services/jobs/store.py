@@ -282,11 +282,9 @@ class SqlStore(JobStore):
             count: int = self._run(f"DELETE FROM {JOBS} WHERE finished < ?", (before,)).rowcount
         return count
 
-    def _job(self, row: Sequence[Any]) -> Job:
-        return self._decode(row)
-
     @functools.cached_property
-    def _decode(self) -> Callable[[Sequence[Any]], Job]:
+    def _job(self) -> Callable[[Sequence[Any]], Job]:
+        """A row of :data:`.sql.SELECT` as a job, in this store's dialect."""
         return decode(self.dialect)
 
 

@@ -91,12 +91,11 @@ class Monitor:
             await asyncio.sleep(every)
             pids: dict[str, int | None] = {}
             remote: dict[str, tuple[float, int]] = {}
-            for worker in pool.snapshot().workers:
-                info = worker.info
+            for worker_id, info in pool.worker_infos().items():
                 if info.node is None:
-                    pids[worker.id] = info.pid
+                    pids[worker_id] = info.pid
                 else:  # a node's slot: its heartbeats carry the figures
-                    remote[worker.id] = (info.cpu_percent or 0.0, info.rss or 0)
+                    remote[worker_id] = (info.cpu_percent or 0.0, info.rss or 0)
             reading = await anyio.to_thread.run_sync(self._sampler.sample, pids)
             load = SystemLoad(cpu_percent=reading.cpu_percent, memory_percent=reading.memory_percent,
                               avg_load=reading.avg_load)
@@ -108,7 +107,3 @@ class Monitor:
                 next_scale = now + s.monitor_interval
             pool.observe(Sample(load.cpu_percent, load.memory_percent, {w: rss for w, (_, rss) in metrics.items()},
                                 statuses), scale=scale)
-
-
-def _over(rss: int, limit: int | None) -> bool:
-    return limit is not None and rss > limit

@@ -44,11 +44,12 @@ class PoolWorker:
         self.backend = backend
         self.id = backend.id
         self.external = external  # brought by a node, not started by the pool: never scaled
-        self.width = max(1, backend.info().width)
+        info = backend.info()
+        self.width = max(1, info.width)
         self.idle_since: float | None = now  # the pool's clock (its event loop's)
         self.pins: set[str] = set()
         self.retiring = False
-        self.resources = backend.info().resources
+        self.resources = info.resources
 
     @property
     def available(self) -> bool:

@@ -24,7 +24,7 @@ from kernel.errors import ExecutionError
 
 from ..errors import PoolClosedError, WorkerStartError
 from ..events import EventBus
-from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory
+from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory, WorkerInfo
 from ..scheduling import Sample, Scheduler, fits, memory_verdicts, tightness
 from ..scheduling.stimuli import (
     AbortAttempt,
@@ -324,6 +324,10 @@ class WorkerPool:
 
     # -- the queue --------------------------------------------------------------------
 
+    def worker_infos(self) -> dict[str, WorkerInfo]:
+        """Each worker's :class:`WorkerInfo` (cheap: what the sampler needs, every sample)."""
+        return {w.id: w.backend.info() for w in self.fleet.members}
+
     def snapshot(self) -> PoolSnapshot:
         """The pool now, for its readers (see :mod:`.snapshot`)."""
         return take(self.fleet, self.sched, self.tally, self.waiting, self.placements)
@@ -374,7 +378,7 @@ class WorkerPool:
         and with ``scale`` the scaling policy runs."""
         fleet, s = self.fleet, self.settings
         for worker in fleet.members:
-            if worker.id in sample.statuses or worker.backend.info().node is None:
+            if worker.backend.info().node is None:  # a node's slots: their node judges them
                 why = worker.backend.check_alive(sample.statuses.get(worker.id), s.heartbeat_timeout)
                 if why is not None:
                     log.warning("worker declared dead", worker_id=worker.id, reason=why)

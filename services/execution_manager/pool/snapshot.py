@@ -72,9 +72,6 @@ class PoolSnapshot:
     retried: int
     placements: tuple[Mapping[str, object], ...]
 
-    def worker(self, worker_id: str) -> WorkerReport | None:
-        return next((w for w in self.workers if w.id == worker_id), None)
-
 
 def take(fleet: Fleet, sched: Scheduler, tally: Tally, waiting: int,
          placements: Iterable[Mapping[str, object]]) -> PoolSnapshot:

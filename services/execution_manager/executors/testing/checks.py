@@ -402,8 +402,8 @@ def _leaks(before: dict[str, set[Any]], after: dict[str, set[Any]]) -> str:
             new = {(pid, cmd) for pid, top, cmd in new if top not in older}
         if new:
             shown = ", ".join(" ".join(str(x) for x in item) for item in sorted(new, key=str)[:3])
-            found.append(f"{len(new)} {kind}{'es' if kind.endswith('ss') and len(new) > 1 else ''}"
-                         f"{'s' if len(new) > 1 and not kind.endswith('ss') else ''} ({shown})")
+            plural = kind + ("es" if kind.endswith("ss") else "s") if len(new) > 1 else kind
+            found.append(f"{len(new)} {plural} ({shown})")
     return "; ".join(found)
 
 
