@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from microkernel.plugins.websocket.hub import NodeHub
 from microkernel.plugins.websocket.settings import HubSettings
-from microkernel.services.execution_manager.wire import node as n
+from microkernel.services.execution_manager.wire import NodeSide
 
 TOKEN = "s3cret-test-token"
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ class RawNode:
 
     def __init__(self, ws: ClientConnection, node_id: str = "raw", token: str = TOKEN) -> None:
         self.ws = ws
-        self.link = n.NodeLink("node", token.encode(), node_id=node_id, info={"python": sys.version.split()[0]})
+        self.link = NodeSide(token.encode(), node_id=node_id, info={"python": sys.version.split()[0]})
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -102,7 +102,7 @@ class RawNode:
     async def handshake(self) -> None:
         await self.ws.send(self.link.hello())
         while not self.link.is_open:
-            self.link.receive(await self.ws.recv())  # type: ignore[arg-type]
+            self.link.receive_data(await self.ws.recv())  # type: ignore[arg-type]
             out = self.link.outgoing()
             if out:
                 await self.ws.send(out)

@@ -25,7 +25,7 @@ from microkernel.services.execution_manager.executors import (
     WorkerInfo,
     WorkerState,
 )
-from microkernel.services.execution_manager.wire import protocol as p
+from microkernel.services.execution_manager.wire import PipeKernelSide, protocol as p
 
 from .worker import BEGAN, BOOT_ENV
 
@@ -87,7 +87,7 @@ class LocalWorker(WorkerBase):
         self.returncode: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stream: FrameStream | None = None
-        self._conn: p.Connection | None = None
+        self._conn: PipeKernelSide | None = None
         self._keeping = bool(self.options.get("keepAnswers"))  # a node agent relays answers as they came
         self._hello: asyncio.Future[p.Hello] | None = None
         self._exited: asyncio.Future[None] | None = None
@@ -149,8 +149,7 @@ class LocalWorker(WorkerBase):
         self.pid = self._proc.pid
         self._hello = loop.create_future()
         self._exited = loop.create_future()
-        conn = self._conn = p.Connection("kernel", peer=f"worker {self.id} (pid {self.pid})",
-                                         keep_answers=self._keeping)
+        conn = self._conn = PipeKernelSide(peer=f"worker {self.id} (pid {self.pid})", keep_answers=self._keeping)
         _, stream = await loop.connect_accepted_socket(
             lambda: FrameStream(conn, self._on_event, self._on_lost), ours
         )
@@ -163,7 +162,7 @@ class LocalWorker(WorkerBase):
             if isinstance(exc, TimeoutError):
                 why = f"did not register within {timeout:g} s"
             elif isinstance(exc, p.ProtocolError):  # another release's worker, named with both versions
-                why = f"was refused: {exc.detail}"
+                why = f"was refused: {exc.reason}"
             else:
                 why = f"{describe_exit(self.returncode)} before registering"
             if self.state != _S.FAILED:
@@ -308,7 +307,7 @@ class LocalWorker(WorkerBase):
         _end_group(self._proc.pid)
         reason = describe_exit(self.returncode)
         if isinstance(exc, p.ProtocolError):
-            reason = f"broke the protocol ({exc.detail})"
+            reason = f"broke the protocol ({exc.reason})"
         elif self._abort_note:
             reason = f"{reason} ({self._abort_note})"
         self._exit_reason = reason

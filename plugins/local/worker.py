@@ -38,7 +38,7 @@ from kernel.errors import RequestError
 from kernel.packages import install_finder
 from microkernel.services.execution_manager.errors import SoftTimeoutError
 from microkernel.services.execution_manager.executors import Reply, Runtime
-from microkernel.services.execution_manager.wire import protocol as p
+from microkernel.services.execution_manager.wire import PipeWorkerSide, protocol as p
 
 BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
 BEGAN = struct.Struct("<q")  # the id of the call begun last, on a page shared with the kernel
@@ -111,7 +111,7 @@ class _Link:
     will never begin.
     """
 
-    def __init__(self, sock: socket.socket, conn: p.Connection) -> None:
+    def __init__(self, sock: socket.socket, conn: PipeWorkerSide) -> None:
         self.sock = sock
         self.conn = conn
         self.out: list[bytes] = []  # replies waiting for the batch to be written
@@ -215,11 +215,10 @@ def _no_mark(call_id: int) -> None:
 
 
 def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -> None:
-    conn = p.Connection("worker")
+    conn = PipeWorkerSide()
     link = _Link(sock, conn)
     runtime = Runtime(worker_id, link)
-    hello = p.Hello(p.PROTOCOL_VERSION, worker_id, os.getpid(), platform.python_version(), {})
-    sock.sendall(conn.send(hello))
+    sock.sendall(conn.hello(worker_id, os.getpid(), platform.python_version()))
     threading.Thread(target=link.watch_cancels, args=(_WATCH_SECONDS,), name="cancel-watcher", daemon=True).start()
     recv, frame, execute, take, pending = sock.recv, p.frame, runtime.execute, link.take, link.pending
     mark: Callable[[int], None] = partial(BEGAN.pack_into, began, 0) if began is not None else _no_mark

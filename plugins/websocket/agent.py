@@ -45,7 +45,7 @@ from microkernel.services.execution_manager.executors import (
     WorkerState,
     package_version,
 )
-from microkernel.services.execution_manager.wire import dumps, node as n, protocol as p
+from microkernel.services.execution_manager.wire import NodeSide, ProtocolError, dumps, node as n, protocol as p
 
 from .outbox import FastClientConnection, Outbox, handshake
 
@@ -89,7 +89,7 @@ class NodeAgent:
         self._ws: FastClientConnection | None = None
         self._outbox: Outbox | None = None
         self._bye = False
-        self._link: n.NodeLink | None = None
+        self._link: NodeSide | None = None
         self._numbers = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[tuple[bool, bytes]]] = {}
@@ -139,7 +139,7 @@ class NodeAgent:
                 ) as ws:
                     attempt = 0 if await self._session(cast(FastClientConnection, ws)) else attempt
                     code, said = ws.close_code, ws.close_reason or ""
-            except n.Refused as exc:
+            except ProtocolError as exc:
                 self.logger.error("handshake failed", url=c.url, reason=exc.reason)
                 return 2
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
@@ -209,7 +209,7 @@ class NodeAgent:
     async def _session(self, ws: FastClientConnection) -> bool:
         """Serve one connection; True once it was admitted."""
         c = self.config
-        link = n.NodeLink("node", c.token, node_id=c.node_id, info=self.info())
+        link = NodeSide(c.token, node_id=c.node_id, info=self.info())
         await ws.send(link.hello())
         async with asyncio.timeout(10):
             await handshake(ws, link, lambda: link.is_open)
@@ -245,14 +245,14 @@ class NodeAgent:
         if ws is None or link is None:
             return
         try:
-            for msg in link.receive(data):
+            for msg in link.receive_data(data):
                 if type(msg) is p.Bye:
                     self.logger.info("the kernel said goodbye", reason=msg.reason)
                     self._bye = True
                     self.spawn(ws.close(n.CLOSE_NORMAL, "bye"))
                     return
                 self._handle(msg)
-        except n.Refused as exc:
+        except ProtocolError as exc:
             self.logger.error("the kernel broke the protocol", reason=exc.reason)
             self.spawn(ws.close(exc.code, exc.reason))
 

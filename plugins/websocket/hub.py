@@ -32,7 +32,7 @@ from microkernel.services.execution_manager.executors import (
     NodeListener,
     package_version,
 )
-from microkernel.services.execution_manager.wire import node as n, protocol as p
+from microkernel.services.execution_manager.wire import NodeKernelSide, ProtocolError, State, node as n, protocol as p
 
 from .outbox import FastServerConnection, handshake
 from .session import Session, SessionState
@@ -208,17 +208,17 @@ class NodeHub(NodeListener):
             self.refuse_count(n.CLOSE_TRY_LATER, peer, reason)
             await ws.close(n.CLOSE_TRY_LATER, reason)
             return
-        link = n.NodeLink("kernel", self._token, max_frame=self.settings.max_frame)
+        link = NodeKernelSide(self._token, max_frame=self.settings.max_frame)
         self._waiting += 1
         try:
             async with asyncio.timeout(self.settings.auth_timeout):
-                await handshake(ws, link, lambda: link.state is n.LinkState.READY)
+                await handshake(ws, link, lambda: link.state is State.READY)
         except TimeoutError:
             reason = f"no authentication within {self.settings.auth_timeout:g} s"
             self.refuse_count(n.CLOSE_AUTH_TIMEOUT, peer, reason, link.node_id)
             await ws.close(n.CLOSE_AUTH_TIMEOUT, reason)
             return
-        except n.Refused as exc:
+        except ProtocolError as exc:
             self.refuse_count(exc.code, peer, exc.reason, link.node_id)
             await ws.close(exc.code, exc.reason)
             return

@@ -21,7 +21,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import SERVER, State
 
 from microkernel.services.execution_manager.executors import TurnBatcher
-from microkernel.services.execution_manager.wire import node as n
+from microkernel.services.execution_manager.wire import Connection, ProtocolError, node as n
 
 from .framing import FrameSplitter, binary_frame
 
@@ -72,16 +72,16 @@ def _send_now(ws: FastServerConnection | FastClientConnection, data: bytes) -> N
     ws.transport.write(binary_frame(data, mask=protocol.side is not SERVER))
 
 
-async def handshake(ws: ServerConnection | ClientConnection, link: n.NodeLink, done: Callable[[], bool]) -> None:
+async def handshake(ws: ServerConnection | ClientConnection, link: Connection, done: Callable[[], bool]) -> None:
     """Trade handshake messages through ``link`` until ``done()``.
 
-    :raises Refused: the peer broke the handshake (a text frame included).
+    :raises ProtocolError: the peer broke the handshake (a text frame included).
     """
     while not done():
         data = await ws.recv()
         if isinstance(data, str):
-            raise n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack")
-        link.receive(data)
+            raise ProtocolError("text frames are not accepted; send binary msgpack", code=n.CLOSE_TEXT)
+        link.receive_data(data)
         out = link.outgoing()
         if out:
             await ws.send(out)

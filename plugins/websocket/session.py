@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kernel.errors import RequestError
 from microkernel.services.execution_manager.executors import NodeInfo
-from microkernel.services.execution_manager.wire import dumps, node as n, protocol as p
+from microkernel.services.execution_manager.wire import NodeKernelSide, ProtocolError, dumps, node as n, protocol as p
 
 from .outbox import FastServerConnection, Outbox
 from .slot import NodeSlot
@@ -55,7 +55,7 @@ class SessionHub(Protocol):
 class Session:
     """An authenticated node: its slots, the calls it holds, its last heartbeat."""
 
-    def __init__(self, hub: SessionHub, ws: FastServerConnection, link: n.NodeLink, address: str) -> None:
+    def __init__(self, hub: SessionHub, ws: FastServerConnection, link: NodeKernelSide, address: str) -> None:
         self.hub = hub
         self.ws = ws
         self.link = link
@@ -122,7 +122,7 @@ class Session:
         try:
             async for data in self.ws:
                 if isinstance(data, str):
-                    self._refused(n.Refused(n.CLOSE_TEXT, "text frames are not accepted; send binary msgpack"))
+                    self._refused(ProtocolError("text frames are not accepted; send binary msgpack", code=n.CLOSE_TEXT))
                     return
                 self._on_data(data)
         except ConnectionClosed as exc:
@@ -136,12 +136,12 @@ class Session:
         if self.state is SessionState.UNHEALTHY:
             self.set_healthy()
         try:
-            for msg in self.link.receive(data):
+            for msg in self.link.receive_data(data):
                 self._handle(msg)
-        except n.Refused as exc:
+        except ProtocolError as exc:
             self._refused(exc)
 
-    def _refused(self, exc: n.Refused) -> None:
+    def _refused(self, exc: ProtocolError) -> None:
         self.hub.refuse_count(exc.code, self.address, exc.reason, self.node_id)
         self.lose(f"broke the protocol: {exc.reason}", exc.code, exc.reason)
 
@@ -153,8 +153,8 @@ class Session:
             if slot is not None:
                 slot.on_reply(msg)
             else:
-                raise n.Refused(n.CLOSE_NOT_ASSIGNED,
-                                f"a result for call {call_id!r}, which was not assigned to node {self.node_id}")
+                raise ProtocolError(f"a result for call {call_id!r}, which was not assigned to node {self.node_id}",
+                                    code=n.CLOSE_NOT_ASSIGNED)
         elif kind is p.NodeHeartbeat:
             self.cpu_percent, self.memory_percent = msg.cpu_percent, msg.memory_percent
             for number, cpu, rss in msg.slots:

@@ -206,25 +206,25 @@ def test_bad_queries_headers_and_admin_input_are_4xx(served: Served) -> None:
 
 
 def test_a_node_message_nested_too_deep_is_refused_with_a_close_code_before_and_after_auth() -> None:
-    from microkernel.services.execution_manager.wire import node as n
+    from microkernel.services.execution_manager.wire import node as n, protocol as p
 
     deep = b"\x91" * 5000 + b"\xc0"
     hello = b"\x95\x14\x01\xa1x\xc4\x20" + b"a" * 32 + b"\x81\xa1i" + deep  # NODE_HELLO whose info nests
     for data in (hello, deep):
-        with pytest.raises(n.Refused) as refused:
-            n.NodeLink("kernel", b"token").receive(data)
+        with pytest.raises(p.ProtocolError) as refused:
+            n.NodeKernelSide(b"token").receive_data(data)
         assert refused.value.code == n.CLOSE_PROTOCOL and "nested too deep" in refused.value.reason
     # An authenticated node's deep message: the same refusal, never an error of the decoder.
-    kernel, node = n.NodeLink("kernel", b"token"), n.NodeLink("node", b"token", node_id="n1")
-    kernel.receive(node.hello())
-    node.receive(kernel.outgoing())
-    kernel.receive(node.outgoing())
-    node.receive(kernel.welcome("s", 1.0, 1 << 20))
+    kernel, node = n.NodeKernelSide(b"token"), n.NodeSide(b"token", node_id="n1")
+    kernel.receive_data(node.hello())
+    node.receive_data(kernel.outgoing())
+    kernel.receive_data(node.outgoing())
+    node.receive_data(kernel.welcome("s", 1.0, 1 << 20))
     assert kernel.is_open and node.is_open
     log = b"\x95\x07\x01\xa1i\xa1m\x81\xa1a" + deep  # LOG whose fields (of type Any) nest
     for data in (deep, log):
-        with pytest.raises(n.Refused) as refused:
-            kernel.receive(data)
+        with pytest.raises(p.ProtocolError) as refused:
+            kernel.receive_data(data)
         assert refused.value.code == n.CLOSE_PROTOCOL, refused.value.reason
 
 

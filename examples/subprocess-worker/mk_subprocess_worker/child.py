@@ -16,13 +16,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from microkernel.services.execution_manager.executors import Runtime
-from microkernel.services.execution_manager.wire import protocol as p
+from microkernel.services.execution_manager.wire import PipeWorkerSide, protocol as p
 
 
 class Child:
     def __init__(self, sock: socket.socket, worker_id: str) -> None:
         self.sock = sock
-        self.conn = p.Connection("worker")
+        self.conn = PipeWorkerSide()
         self.sending = threading.Lock()
         self.calls: queue.Queue[p.Call | None] = queue.Queue()
         self.cancelled: set[int] = set()
@@ -67,7 +67,8 @@ class Child:
                 self.send(p.Error(call.call_id, data.type_name, data.message, data.traceback, data.exception, ran))
 
     def read(self) -> None:
-        self.send(p.Hello(p.PROTOCOL_VERSION, self.runtime.worker_id, os.getpid(), platform.python_version(), {}))
+        with self.sending:
+            self.sock.sendall(self.conn.hello(self.runtime.worker_id, os.getpid(), platform.python_version()))
         while data := self.sock.recv(1 << 16):
             for event in self.conn.receive_data(data):
                 if type(event) is p.Call:

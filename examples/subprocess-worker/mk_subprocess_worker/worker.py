@@ -23,7 +23,7 @@ from microkernel.services.execution_manager.executors import (
     WorkerInfo,
     WorkerState,
 )
-from microkernel.services.execution_manager.wire import protocol as p
+from microkernel.services.execution_manager.wire import PipeKernelSide, protocol as p
 
 
 class SubprocessWorker(WorkerBase):
@@ -68,7 +68,7 @@ class SubprocessWorker(WorkerBase):
         finally:
             theirs.close()
         self._hello, self._ended = loop.create_future(), loop.create_future()
-        conn = p.Connection("kernel", peer=f"worker {self.id}")
+        conn = PipeKernelSide(peer=f"worker {self.id}")
         _, self._stream = await loop.connect_accepted_socket(lambda: FrameStream(conn, self._on_event, self._on_lost),
                                                              ours)
         timeout = float(self.options.get("startTimeout", 30.0))

@@ -1,4 +1,4 @@
-"""A thin asyncio transport over :class:`microkernel.services.execution_manager.wire.protocol.Connection`
+"""A thin asyncio transport over :class:`microkernel.services.execution_manager.wire.connection.Connection`
 for byte streams.
 
 The first frame written in a turn of the event loop goes out at once (latency); the

@@ -1,8 +1,9 @@
-"""The wire protocol between the kernel and its workers, sans I/O.
+"""The wire protocol's vocabulary, sans I/O: the messages, their codes, what each side
+accepts in each state, the limits and the close codes.
 
-Bytes in, events out; messages in, bytes out. This module does no I/O and imports no
-event loop: the pipe transport of local workers drives the same :class:`Connection`
-as tests do.
+The connection that speaks it (framing, limits, the accept table) is
+:class:`~.connection.Connection`; its sides are in :mod:`.pipe` (a worker's pipe) and
+:mod:`.node` (a node's websocket). This module does no I/O and imports no event loop.
 
 Each message is a typed value (a msgspec ``Struct``) whose encoding is a msgpack array
 ``[type, *fields]``; ``type`` is the message's code in the one code table below. On
@@ -13,22 +14,16 @@ plain msgpack and is decoded into the message's declared field types (an ``int``
 int, a payload is bytes) before anything is unpickled, so a peer that sends garbage
 gets a :class:`ProtocolError` naming it, never a failure deep inside the kernel.
 
-Conversation::
-
-    worker -> kernel   HELLO (wire version, worker id, pid, python version, info)
-    kernel -> worker   CALL (call id, kind, payload, soft timeout) ... CANCEL, SHUTDOWN,
-                       RESPONSE, HEARTBEAT (a ping to an idle worker, answered in kind)
-    worker -> kernel   RESULT | ERROR (call id, ...), CANCELLED (a cancelled call it
-                       dropped before it began), HEARTBEAT, PROGRESS, LOG, REQUEST, GOODBYE
-
-Call ids are task ids: every attempt of a call carries its call's. A late answer to an
-attempt the kernel gave up comes from a worker the call is no longer assigned to, and
-is dropped there (the scheduler keeps which worker holds each attempt).
+The conversations are described with their sides: a worker's pipe in :mod:`.pipe`, a
+node's websocket in :mod:`.node`.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import struct
+from enum import StrEnum
 from typing import Any, Union
 
 import msgspec
@@ -39,8 +34,8 @@ import msgspec
 # admitted, with a warning, for rolling upgrades.
 PROTOCOL_VERSION = 2
 # The close codes every connection refuses with (the node conversation adds its own, see
-# ``wire.node``).
-CLOSE_PROTOCOL, CLOSE_VERSION = 4000, 4003
+# ``wire.node``): a broken protocol, another wire version, a frame over the limit (RFC 6455's).
+CLOSE_PROTOCOL, CLOSE_VERSION, CLOSE_TOO_BIG = 4000, 4003, 1009
 # Frame limits, one per conversation, all here (a connection is given its own).
 PIPE_MAX_FRAME = 512 * 1024 * 1024  # pipes between trusted local processes
 NODE_MAX_FRAME = 64 * 1024 * 1024  # a node's messages once admitted (custom.nodes.maxFrame's default)
@@ -64,16 +59,17 @@ UNPIN = 4  # payload: pickle(key); the result is the instance, state and all
 
 
 class ProtocolError(Exception):
-    """The peer broke the protocol: bad framing, unknown message, wrong fields or
-    version. ``peer`` names it (a worker id or an address) when the connection knows;
-    ``code`` is the close code it is refused with (:data:`CLOSE_VERSION` for another
-    wire version)."""
+    """The peer broke the protocol (bad framing, an unknown or misplaced message, wrong
+    fields, another version, a failed proof) and must be disconnected. ``reason`` says
+    what is wrong; ``peer`` names the peer (a worker id or a node) when the connection
+    knows; ``code`` is the close code to refuse it with (:data:`CLOSE_VERSION` for another
+    wire version, :data:`CLOSE_TOO_BIG`, or one of ``wire.node``'s)."""
 
-    def __init__(self, message: str, peer: str = "", code: int = CLOSE_PROTOCOL) -> None:
+    def __init__(self, reason: str, peer: str = "", code: int = CLOSE_PROTOCOL) -> None:
+        self.reason = reason
         self.peer = peer
         self.code = code
-        self.detail = message  # what is wrong, without the peer's name
-        super().__init__(f"{peer}: {message}" if peer else message)
+        super().__init__(f"{peer}: {reason}" if peer else reason)
 
 
 class _Message(msgspec.Struct, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -243,13 +239,33 @@ NodeEvent = (
     | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response
 )
 Message = Event | NodeEvent
-# What each side accepts, by conversation and role, once the connection is open: the one
-# table (a handshake accepts its own messages first, see wire.node).
-ACCEPTS: dict[tuple[str, str], tuple[type[Message], ...]] = {
-    ("pipe", "kernel"): (Hello, Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye),
-    ("pipe", "worker"): (Call, Cancel, Heartbeat, Shutdown, Response),
-    ("node", "kernel"): (Result, Error, SlotUp, SlotDown, Cancelled, NodeHeartbeat, Draining, Progress, Log, Request),
-    ("node", "node"): (SlotCall, SlotCancel, Abort, StopSlot, Bye, Response),
+
+
+class State(StrEnum):
+    """Where a connection is: the steps of its handshake, then open."""
+
+    HELLO = "hello"  # waiting for the peer's first message
+    AUTH = "auth"  # the kernel of a node link: waiting for the node's proof
+    READY = "ready"  # the kernel of a node link: the node proved itself, the kernel's welcome is next
+    WELCOME = "welcome"  # a node: waiting for the kernel's welcome
+    OPEN = "open"
+
+
+# What each side accepts, by conversation, role and state: the one table. A side with a
+# handshake starts in HELLO; a side absent from HELLO (a worker's end of its pipe) is open
+# at once.
+ACCEPTS: dict[tuple[str, str, State], tuple[type[Message], ...]] = {
+    ("pipe", "kernel", State.HELLO): (Hello,),
+    ("pipe", "kernel", State.OPEN): (Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye),
+    ("pipe", "worker", State.OPEN): (Call, Cancel, Heartbeat, Shutdown, Response),
+    ("node", "kernel", State.HELLO): (NodeHello,),
+    ("node", "kernel", State.AUTH): (Auth,),
+    ("node", "kernel", State.READY): (),
+    ("node", "kernel", State.OPEN): (
+        Result, Error, SlotUp, SlotDown, Cancelled, NodeHeartbeat, Draining, Progress, Log, Request),
+    ("node", "node", State.HELLO): (Challenge,),
+    ("node", "node", State.WELCOME): (Welcome,),
+    ("node", "node", State.OPEN): (SlotCall, SlotCancel, Abort, StopSlot, Bye, Response),
 }
 TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
@@ -259,7 +275,7 @@ TYPES: dict[int, type[Message]] = {
     CANCELLED: Cancelled, NODE_HEARTBEAT: NodeHeartbeat, DRAINING: Draining,
 }
 
-_LEN = struct.Struct(">I")
+LENGTH = struct.Struct(">I")  # the prefix of a frame on a byte stream
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -271,18 +287,25 @@ def encode(msg: Message) -> bytes:
 def frame(msg: Message) -> bytes:
     """One length-prefixed frame for ``msg``, for byte streams."""
     body = _encode(msg)
-    return _LEN.pack(len(body)) + body
+    return LENGTH.pack(len(body)) + body
 
 
+@functools.cache
 def decoder(types: tuple[type[Message], ...]) -> msgspec.msgpack.Decoder[Any]:
     """A decoder of exactly these message types (what one side receives in one state)."""
     return msgspec.msgpack.Decoder(Union[types])  # noqa: UP007  # a Union built from a tuple at run time
 
 
+def wire_name(cls: type[Message]) -> str:
+    """A message's name in the code table (``NodeHello``: ``NODE_HELLO``)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
+
+
 def explain(data: bytes | memoryview | object, exc: msgspec.ValidationError, accepted: tuple[type[Message], ...],
-            receiver: str) -> str:
+            receiver: str, earlier: tuple[type[Message], ...] = ()) -> str:
     """What is wrong with a message that is msgpack but not one ``receiver`` accepts
-    (``data``: its bytes, or the value already unpacked)."""
+    (``data``: its bytes, or the value already unpacked; ``earlier``: what its handshake
+    accepted)."""
     if isinstance(data, bytes | memoryview):
         try:
             data = msgspec.msgpack.decode(data)
@@ -295,123 +318,10 @@ def explain(data: bytes | memoryview | object, exc: msgspec.ValidationError, acc
         return f"unknown message type {data[0]}"
     name = cls.__name__
     if cls not in accepted:
+        if cls in earlier:
+            return f"{wire_name(cls)} after the handshake"
         return f"{name} is not a message a {receiver} receives"
     required = sum(1 for f in msgspec.structs.fields(cls) if f.required)
     if not required <= len(data) - 1 <= len(cls.__struct_fields__):
         return f"{name} has {len(cls.__struct_fields__)} fields, got {len(data) - 1}"
     return f"{name}: {exc}"
-
-
-class Connection:
-    """One end of a kernel-worker conversation, without I/O.
-
-    Feed received bytes to :meth:`receive_data` and act on the events it returns;
-    write the bytes :meth:`send` returns. ``role`` is ``"kernel"`` or ``"worker"``:
-    each side accepts only the messages meant for it, and the kernel side accepts
-    nothing before a HELLO of the right version. ``peer`` names the other end in
-    errors (it becomes the worker id a HELLO announces).
-    """
-
-    def __init__(
-        self, role: str, *, max_frame: int = PIPE_MAX_FRAME, framed: bool = True, peer: str = "",
-        keep_answers: bool = False,
-    ) -> None:
-        if role not in ("kernel", "worker"):
-            raise ValueError(f"role must be 'kernel' or 'worker', not {role!r}")
-        self.role = role
-        self.max_frame = max_frame
-        self.framed = framed
-        self.peer_name = peer
-        self._accepts = ACCEPTS["pipe", role]
-        self._decode = decoder(self._accepts).decode
-        self.peer: Hello | None = None if role == "kernel" else Hello(PROTOCOL_VERSION, "", 0, "", {})
-        self._buf = bytearray()
-        # With keep_answers, each RESULT and ERROR frame's bytes, by call id, for a relay that
-        # forwards them as they came (a node agent): take them with answer_frame().
-        self._answers: dict[int, bytes] | None = {} if keep_answers else None
-
-    def _error(self, message: str) -> ProtocolError:
-        return ProtocolError(message, self.peer_name)
-
-    # -- receiving ------------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Events decoded from ``data`` plus what earlier calls left buffered.
-
-        :raises ProtocolError: a frame over ``max_frame``, undecodable bytes, an unknown
-            or misdirected message, a field of the wrong type, or a missing or
-            mismatched HELLO. The connection is then unusable: drop the peer.
-        """
-        if not self.framed:
-            return [self._event(data)]
-        buf = self._buf
-        buf += data
-        events: list[Event] = []
-        pos = 0
-        end = len(buf)
-        view = memoryview(buf)
-        try:
-            while end - pos >= 4:
-                (size,) = _LEN.unpack_from(buf, pos)
-                if size > self.max_frame:
-                    raise self._error(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
-                if end - pos - 4 < size:
-                    break
-                if self._answers is None:
-                    events.append(self._event(view[pos + 4 : pos + 4 + size]))
-                else:
-                    self._keep(view[pos + 4 : pos + 4 + size], events)
-                pos += 4 + size
-        finally:
-            view.release()
-        if pos:
-            del buf[:pos]
-        return events
-
-    def _keep(self, body: memoryview, events: list[Event]) -> None:
-        """Decode ``body`` into ``events``, keeping its bytes if it is an answer."""
-        try:
-            event = self._event(body)
-            events.append(event)
-            if type(event) is Result or type(event) is Error:
-                self._answers[event.call_id] = bytes(body)  # type: ignore[index]  # set when keeping
-        finally:
-            body.release()  # the buffer behind it is resized once the frames are read
-
-    def answer_frame(self, call_id: int) -> bytes | None:
-        """The RESULT or ERROR frame received for ``call_id`` as it came (``keep_answers``),
-        once: a relay forwards it without encoding it again."""
-        return self._answers.pop(call_id, None) if self._answers is not None else None
-
-    def pending(self) -> int:
-        """Bytes still missing from the frame being received (0 between frames)."""
-        buf = self._buf
-        if len(buf) < 4:
-            return 0
-        size: int = _LEN.unpack_from(buf, 0)[0]
-        return max(0, size + 4 - len(buf))
-
-    def _event(self, frame: bytes | memoryview) -> Event:
-        try:
-            event: Event = self._decode(frame)
-        except msgspec.ValidationError as exc:  # (a DecodeError too: first)
-            raise self._error(explain(frame, exc, self._accepts, self.role)) from None
-        except msgspec.DecodeError as exc:
-            raise self._error(f"undecodable frame: {exc}") from None
-        if self.peer is None:
-            if type(event) is not Hello:
-                raise self._error(f"expected HELLO first, got {type(event).__name__}")
-            if event.version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"worker {event.worker_id!r} speaks wire version {event.version}; this kernel speaks "
-                    f"{PROTOCOL_VERSION}: the worker's Python has another release of microkernel-em",
-                    self.peer_name, CLOSE_VERSION)
-            self.peer = event
-            self.peer_name = self.peer_name or event.worker_id
-        return event
-
-    # -- sending --------------------------------------------------------------------
-
-    def send(self, event: Event) -> bytes:
-        """The bytes that carry ``event`` to the peer."""
-        return frame(event) if self.framed else _encode(event)

@@ -1,4 +1,4 @@
-"""The sans-I/O protocol, driven by bytes alone: no sockets, no processes."""
+"""The sans-I/O pipe connection (a worker's), driven by bytes alone: no sockets, no processes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import msgpack
 import pytest
 
 from microkernel.services.execution_manager.wire import protocol as p
+from microkernel.services.execution_manager.wire.connection import Connection, Framing
+from microkernel.services.execution_manager.wire.pipe import PipeKernelSide, PipeWorkerSide
 
 
 def raw(msg: object) -> bytes:
@@ -19,13 +21,13 @@ def hello(version: int = p.PROTOCOL_VERSION) -> bytes:
 
 
 def test_round_trip_byte_by_byte() -> None:
-    kernel, worker = p.Connection("kernel"), p.Connection("worker")
+    kernel, worker = PipeKernelSide(), PipeWorkerSide()
     data = hello() + p.frame(p.Result(7, b"payload"))
     events = []
     for i in range(len(data)):
         events += kernel.receive_data(data[i : i + 1])
     assert events == [p.Hello(p.PROTOCOL_VERSION, "w-1", 123, "3.11.7", {}), p.Result(7, b"payload")]
-    assert kernel.peer is not None and kernel.peer.worker_id == "w-1"
+    assert kernel.peer_hello is not None and kernel.peer_hello.worker_id == "w-1" and kernel.peer == "w-1"
     call = kernel.send(p.Call(3, p.CALL_FN, b"x")) + kernel.send(p.Cancel(3)) + kernel.send(p.Shutdown(True))
     assert worker.receive_data(call) == [p.Call(3, p.CALL_FN, b"x", 0.0), p.Cancel(3), p.Shutdown(True)]
 
@@ -35,21 +37,21 @@ def test_a_relay_keeps_answers_as_they_came_once() -> None:
     the bytes kept are exactly what encoding the message again would give, and the kernel's
     end of a node link reads them as the message."""
 
-    relay = p.Connection("kernel", keep_answers=True)
+    relay = PipeKernelSide(keep_answers=True)
     result, error = p.Result(7, b"pickled", 0.25), p.Error(8, "ValueError", "bad", "tb", b"exc", 0.5)
     assert relay.receive_data(hello() + p.frame(result) + p.frame(error) + p.frame(p.Cancelled(9))) == [
         p.Hello(p.PROTOCOL_VERSION, "w-1", 123, "3.11.7", {}), result, error, p.Cancelled(9)]
     assert relay.answer_frame(7) == p.encode(result) and relay.answer_frame(8) == p.encode(error)
     assert relay.answer_frame(7) is None and relay.answer_frame(9) is None  # once; answers only
-    plain = p.Connection("kernel")
+    plain = PipeKernelSide()
     plain.receive_data(hello() + p.frame(result))
     assert plain.answer_frame(7) is None  # kept only when asked
-    decoder = p.decoder(p.ACCEPTS["node", "kernel"])
+    decoder = p.decoder(p.ACCEPTS["node", "kernel", p.State.OPEN])
     assert decoder.decode(p.encode(result)) == result
 
 
 def test_partial_frame_is_buffered() -> None:
-    conn = p.Connection("kernel")
+    conn = PipeKernelSide()
     data = hello()
     assert conn.receive_data(data[:3]) == []
     assert conn.receive_data(data[3:-1]) == []
@@ -57,7 +59,7 @@ def test_partial_frame_is_buffered() -> None:
 
 
 def test_every_message_type_round_trips() -> None:
-    kernel, worker = p.Connection("kernel"), p.Connection("worker")
+    kernel, worker = PipeKernelSide(), PipeWorkerSide()
     kernel.receive_data(hello())
     to_kernel = [
         p.Result(1, b"r"), p.Error(2, "ValueError", "bad", "tb", None), p.Heartbeat(1.5, 10, 0),
@@ -70,7 +72,7 @@ def test_every_message_type_round_trips() -> None:
 
 
 def test_unframed_mode_one_message_per_frame() -> None:
-    kernel = p.Connection("kernel", framed=False)
+    kernel = PipeKernelSide(framing=Framing.MESSAGE)
     body = msgpack.packb((p.HELLO, p.PROTOCOL_VERSION, "w", 1, "3.11", {}))
     assert kernel.receive_data(body)[0].worker_id == "w"
     assert kernel.send(p.Cancel(4)) == msgpack.packb((p.CANCEL, 4))
@@ -92,16 +94,19 @@ def test_unframed_mode_one_message_per_frame() -> None:
 )
 def test_protocol_errors(data: bytes, match: str) -> None:
     with pytest.raises(p.ProtocolError, match=match):
-        p.Connection("kernel", max_frame=1 << 20).receive_data(data)
+        PipeKernelSide(max_frame=1 << 20).receive_data(data)
 
 
 def test_bad_role() -> None:
-    with pytest.raises(ValueError, match="role must be"):
-        p.Connection("server")
+    class Server(Connection):
+        conversation, role = "pipe", "server"
+
+    with pytest.raises(ValueError, match="role must be one of node/kernel, node/node, pipe/kernel, pipe/worker"):
+        Server()
 
 
 def test_pending_tells_how_much_of_a_frame_is_missing() -> None:
-    conn = p.Connection("worker")
+    conn = PipeWorkerSide()
     frame = p.frame(p.Call(1, 0, b"x" * 1000, 0.0))
     assert conn.pending() == 0
     conn.receive_data(frame[:10])

@@ -8,6 +8,8 @@ import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from microkernel.services.execution_manager.wire import node as n, protocol as p
+from microkernel.services.execution_manager.wire.connection import Connection, Framing
+from microkernel.services.execution_manager.wire.pipe import PipeKernelSide, PipeWorkerSide
 from tests.execution_manager.wire.test_node_protocol import handshake, pair
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -30,7 +32,10 @@ def well_typed(event: p.Message) -> None:
     msgspec.convert(msgspec.to_builtins(event), type(event), strict=True)
 
 
-def feed(conn: p.Connection, data: bytes) -> None:
+SIDES = {"kernel": PipeKernelSide, "worker": PipeWorkerSide}
+
+
+def feed(conn: Connection, data: bytes) -> None:
     try:
         events = conn.receive_data(data)
     except p.ProtocolError:
@@ -42,7 +47,7 @@ def feed(conn: p.Connection, data: bytes) -> None:
 @FUZZ
 @given(st.binary(max_size=200), st.sampled_from(["kernel", "worker"]), st.booleans())
 def test_random_bytes_give_only_protocol_errors(data: bytes, role: str, framed: bool) -> None:
-    feed(p.Connection(role, framed=framed, max_frame=1 << 16), data)
+    feed(SIDES[role](framing=Framing.STREAM if framed else Framing.MESSAGE, max_frame=1 << 16), data)
 
 
 @FUZZ
@@ -50,7 +55,7 @@ def test_random_bytes_give_only_protocol_errors(data: bytes, role: str, framed: 
 def test_message_shaped_frames_decode_typed_or_are_refused(
     batch: list[list[object]], role: str, data: st.DataObject
 ) -> None:
-    conn = p.Connection(role, max_frame=1 << 16)
+    conn = SIDES[role](max_frame=1 << 16)
     if role == "kernel":
         conn.receive_data(p.frame(p.Hello(p.PROTOCOL_VERSION, "w", 1, "3.11", {})))
     stream = b"".join(frame_of(msgpack.packb(m)) for m in batch)
@@ -62,7 +67,7 @@ def test_message_shaped_frames_decode_typed_or_are_refused(
 @FUZZ
 @given(st.binary(max_size=300), st.integers(0, 299))
 def test_truncated_valid_frames_wait_for_the_rest(tail: bytes, cut: int) -> None:
-    conn = p.Connection("worker")
+    conn = PipeWorkerSide()
     whole = p.frame(p.Call(1, p.CALL_FN, tail, 0.5))
     cut = min(cut, len(whole) - 1)
     assert conn.receive_data(whole[:cut]) == []
@@ -71,7 +76,7 @@ def test_truncated_valid_frames_wait_for_the_rest(tail: bytes, cut: int) -> None
 
 
 def test_a_protocol_error_names_the_peer() -> None:
-    conn = p.Connection("kernel", peer="worker local-3 (pid 99)")
+    conn = PipeKernelSide(peer="worker local-3 (pid 99)")
     try:
         conn.receive_data(frame_of(msgpack.packb([p.RESULT, 1, b"x"])))
     except p.ProtocolError as exc:
@@ -79,7 +84,7 @@ def test_a_protocol_error_names_the_peer() -> None:
         assert str(exc) == "worker local-3 (pid 99): expected HELLO first, got Result"
     else:
         raise AssertionError("no ProtocolError")
-    hello = p.Connection("kernel")
+    hello = PipeKernelSide()
     hello.receive_data(p.frame(p.Hello(p.PROTOCOL_VERSION, "local-4", 1, "3.11", {})))
     try:
         hello.receive_data(frame_of(msgpack.packb([p.RESULT, "one", b"x"])))
@@ -93,11 +98,11 @@ def test_node_link_refuses_random_bytes_with_a_close_code(data: bytes, admitted:
     kernel, node = pair()
     if admitted:
         handshake(kernel, node)
-        node.receive(kernel.welcome("s1", 1.0, 1 << 16))
+        node.receive_data(kernel.welcome("s1", 1.0, 1 << 16))
     for link in (kernel, node):
         try:
-            link.receive(data)
-        except n.Refused as exc:
+            link.receive_data(data)
+        except p.ProtocolError as exc:
             assert exc.code in (n.CLOSE_PROTOCOL, n.CLOSE_TOO_BIG, n.CLOSE_AUTH, n.CLOSE_VERSION)
 
 
@@ -107,12 +112,12 @@ def test_node_link_checks_message_shaped_input(batch: list[list[object]], admitt
     kernel, node = pair()
     if admitted:
         handshake(kernel, node)
-        node.receive(kernel.welcome("s1", 1.0, 1 << 16))
+        node.receive_data(kernel.welcome("s1", 1.0, 1 << 16))
     data = b"".join(msgpack.packb(m) for m in batch)
     for link in (kernel, node):
         try:
-            received = link.receive(data)
-        except n.Refused as exc:
+            received = link.receive_data(data)
+        except p.ProtocolError as exc:
             assert exc.code in (n.CLOSE_PROTOCOL, n.CLOSE_TOO_BIG, n.CLOSE_AUTH, n.CLOSE_VERSION)
         else:
             for msg in received:

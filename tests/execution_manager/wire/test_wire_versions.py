@@ -12,6 +12,7 @@ import pytest
 import structlog.testing
 
 from microkernel.services.execution_manager.wire import node as n, protocol as p
+from microkernel.services.execution_manager.wire.pipe import PipeKernelSide
 from tests.nodes import RawNode, running_hub, start_node, stop_node, until
 
 # p.frame(p.Hello(1, "local-7", 4242, "3.11.2", {})), as a worker of wire version 1 sent it.
@@ -28,7 +29,7 @@ def test_both_wire_versions_moved_past_the_recorded_release() -> None:
 
 
 def test_a_worker_of_the_previous_release_is_refused_naming_both_versions() -> None:
-    conn = p.Connection("kernel")
+    conn = PipeKernelSide()
     with pytest.raises(p.ProtocolError) as refused:
         conn.receive_data(RECORDED_WORKER_HELLO)
     assert refused.value.code == n.CLOSE_VERSION

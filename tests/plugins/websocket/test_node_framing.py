@@ -123,7 +123,7 @@ async def test_after_admission_a_frame_over_max_frame_is_refused_and_the_hub_ser
             ex = hub.slot_executor("w", {"startTimeout": 5})
             await ex.start()
             replied = asyncio.ensure_future(reply(ex, call(p.CALL_FN, (pow, (2, 5), {}))))
-            msg = raw.link.receive(await raw.ws.recv())  # type: ignore[arg-type]
+            msg = raw.link.receive_data(await raw.ws.recv())  # type: ignore[arg-type]
             [sent] = msg
             assert type(sent) is p.SlotCall and sent.slot == 1
             await raw.ws.send(p.encode(p.Result(sent.call_id, dumps(32))))

@@ -68,10 +68,10 @@ async def wrong_token(url: str) -> tuple[int | None, str]:
 async def replayed_token(url: str) -> tuple[int | None, str]:
     async with RawNode.connect(url, node_id="eve") as first:
         await first.ws.send(recorded_hello := first.link.hello())
-        first.link.receive(await first.ws.recv())  # type: ignore[arg-type]
+        first.link.receive_data(await first.ws.recv())  # type: ignore[arg-type]
         recorded_auth = first.link.outgoing()
         await first.ws.send(recorded_auth)
-        first.link.receive(await first.ws.recv())  # type: ignore[arg-type]
+        first.link.receive_data(await first.ws.recv())  # type: ignore[arg-type]
         assert first.link.is_open  # the genuine session was admitted
     return await send_raw(url, recorded_hello, recorded_auth)
 
