@@ -105,5 +105,5 @@ class Monitor:
             scale = now >= next_scale
             if scale:
                 next_scale = now + s.monitor_interval
-            pool.observe(Sample(load.cpu_percent, load.memory_percent, {w: rss for w, (_, rss) in metrics.items()},
-                                statuses), scale=scale)
+            rss = {w: used for w, (_, used) in metrics.items()}
+            pool.scaling.observe(Sample(load.cpu_percent, load.memory_percent, rss, statuses), scale=scale)

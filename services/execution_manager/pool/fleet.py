@@ -1,14 +1,13 @@
 """The pool's workers (:class:`PoolWorker`) and the :class:`Fleet` that keeps them: it
-starts, replaces, recycles and retires them, autoscales between the bounds, and reports
-each change to the scheduler (up, unhealthy, draining, gone). It decides nothing about a
-call; the pool (:mod:`.pool`) owns that side.
+starts, replaces, recycles and retires them, and reports each change to the scheduler
+(up, unhealthy, draining, gone). How many run is :mod:`.scaling`'s to carry out; the
+calls are the pool's (:mod:`.pool`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -17,16 +16,7 @@ import structlog
 from ..errors import UnsatisfiableError
 from ..events import EventBus
 from ..executors import CLOSED, Background, CallHost, Worker, WorkerFactory, WorkerState
-from ..scheduling import (
-    ScalePlan,
-    ScalingDecision,
-    Scheduler,
-    StartWorker,
-    busy_start,
-    pin_target,
-    plan_scaling,
-    unsatisfiable,
-)
+from ..scheduling import Scheduler, StopWorker, pin_plan, unsatisfiable, wants_worker
 from ..scheduling.stimuli import Load, Stimulus, WorkerDraining, WorkerGone, WorkerUnhealthy, WorkerUp
 from ..settings import Settings
 
@@ -114,11 +104,6 @@ class Fleet:
         """The worker of this id (the in-process one included), if it is still here."""
         self.starting = 0
         self.closed = False  # no worker starts any more
-        self.memory_percent = 0.0
-        self.cpu_percent = 0.0
-        self.last_scaling = "none yet"
-        self.last_decision: ScalingDecision | None = None
-        self.last_scale_up: float | None = None
         self._pins: PinKeeper | None = None
         self._seq = itertools.count(1)
         self._gone_pending: dict[str, str] = {}  # worker id -> why: ended, not yet reported gone
@@ -169,7 +154,8 @@ class Fleet:
                     self.kill(worker, "the kernel was asked to stop at once")
         await stopping
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start a worker in the background (counted as starting at once)."""
         self.starting += 1
         self.background.spawn(self._start_worker(counted=True))
 
@@ -248,7 +234,7 @@ class Fleet:
             if self._pins is not None:
                 self._pins.lost(worker)
         if not self.closed and self._wants_worker():
-            self._spawn()
+            self.spawn()
 
     def _gone(self, worker_id: str) -> None:
         """Tell the scheduler a worker is gone (once; an id may come back, on a new backend)."""
@@ -261,13 +247,12 @@ class Fleet:
         none and room (waiting up to ``startTimeout``)."""
         deadline = self.loop.time() + self.settings.start_timeout
         while not self.closed:
-            wid = pin_target(self._members, exclude)
-            if wid is not None:
-                return self.workers[wid]
+            where = pin_plan(self._members, self.limits, exclude=exclude, starting=self.starting)
+            if isinstance(where, str):
+                return self.workers[where]
             if not start:
                 return None
-            others = sum(1 for s in self._members if s.id != exclude)
-            if others + self.starting < self.settings.max_workers and not self.starting:
+            if where is not None:
                 worker = await self._start_worker()
                 if worker is not None:
                     return worker
@@ -286,16 +271,13 @@ class Fleet:
         self.events.emit("worker-recycled", worker_id=worker.id, reason=reason)
         self._feed(WorkerDraining(self.loop.time(), worker.id))
         if not self.closed and self._wants_worker():
-            self._spawn()
+            self.spawn()
         self.background.spawn(self._leave(worker, reason))
 
     def _wants_worker(self) -> bool:
-        """Whether a worker should start now: below minWorkers, or calls wait and there
-        is room below maxWorkers."""
-        live = self._live()
-        return live < self.settings.min_workers or (bool(self._sched.queue) and live < self.limits.max_workers)
+        return wants_worker(self.limits, live=self.live(), queued=len(self._sched.queue))
 
-    def _live(self) -> int:
+    def live(self) -> int:
         """Workers the pool started that stay (not leaving), plus those starting."""
         return sum(1 for s in self._members if not s.retiring and not s.external) + self.starting
 
@@ -316,92 +298,37 @@ class Fleet:
         if worker is None:
             known = ", ".join(self.workers) or "none"
             raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        if self._leaving(worker, reason, drain):
+            await self._leave(worker, reason, drain)
+
+    def leave_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> bool:
+        """Start retiring ``worker_id`` (see :meth:`retire`) without waiting; False if it
+        is gone or leaving already."""
+        worker = self.workers.get(worker_id)
+        if worker is None or not self._leaving(worker, reason, drain):
+            return False
+        self.background.spawn(self._leave(worker, reason, drain))
+        return True
+
+    def _leaving(self, worker: PoolWorker, reason: str, drain: bool) -> bool:
+        """Mark ``worker`` as leaving now (it counts no more); False if it was already."""
         if worker.retiring:
-            return
+            return False
         worker.retiring = True
-        log.info("retiring worker", worker_id=worker_id, reason=reason, drain=drain)
-        await self._leave(worker, reason, drain)
+        log.info("retiring worker", worker_id=worker.id, reason=reason, drain=drain)
+        return True
 
-    def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
-        """Change minWorkers / maxWorkers while running (None: keep). Starts workers up
-        to the new minimum now and retires those above the new maximum (idle first,
-        draining). Returns the decision, also shown as the autoscaler's last one.
-
-        :raises ValueError: naming the bound at fault.
-        """
-        lo = self.settings.min_workers if min_workers is None else min_workers
-        hi = self.settings.max_workers if max_workers is None else max_workers
-        for name, value in (("minWorkers", lo), ("maxWorkers", hi)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
-        if lo > hi:
-            raise ValueError(f"minWorkers ({lo}) is above maxWorkers ({hi})")
-        if hi == 0 and self.settings.nodes is None:
-            raise ValueError("maxWorkers 0 leaves no worker at all: nodes are not enabled (custom.nodes)")
-        self.settings = self.settings.model_copy(update={"min_workers": lo, "max_workers": hi})
-        self.limits = self.limits._replace(min_workers=lo, max_workers=hi)
-        reason = self.last_scaling = f"bounds set to {lo}..{hi} on request"
-        self._decided("bounds", reason)
-        log.info("scaling bounds changed", min_workers=lo, max_workers=hi)
-        while self._live() < lo:
-            self._spawn()
-        staying = sorted((s for s in self._members if not s.retiring and not s.external), key=lambda s: s.running)
-        for worker in staying[: max(0, self._live() - hi)]:
-            worker.retiring = True
-            self.background.spawn(self._leave(worker, reason))
-        return reason
-
-    def autoscale(self, now: float) -> ScalePlan:
-        """The scaling policy's periodic decision, carried out."""
-        plan = plan_scaling(
-            self._members, self.limits, starting=self.starting, queued=len(self._sched.queue),
-            memory_percent=self.memory_percent, now=now, last_scale_up=self.last_scale_up,
-            cpu_percent=self.cpu_percent,
-        )
-        self._carry(plan, now)
-        return plan
-
-    def grow(self) -> None:
-        """Calls wait: start a worker now if none is free (see ``busy_start``)."""
-        if self.closed:
+    def stop_worker(self, stop: StopWorker) -> None:
+        """Stop a worker as told: draining, it is replaced between calls (when one is
+        needed); not, what it runs is stopped now. One already leaving (as the scheduler's
+        "drained" one is: it ran its last call) is stopped by its own drain."""
+        worker = self.find(stop.worker_id)
+        if worker is None or worker is self.local:
             return
-        plan = busy_start(self._members, self.limits, live=self._live(), starting=self.starting,
-                          queued=len(self._sched.queue), memory_percent=self.memory_percent)
-        if plan.rule != "steady":
-            self._carry(plan, self.loop.time())
-
-    def _carry(self, plan: ScalePlan, now: float) -> None:
-        """Carry out a scaling plan's instructions, and keep the decision for stats."""
-        self._decided(plan.rule, plan.reason, started=plan.start, worker=plan.worker, idle_seconds=plan.idle)
-        if plan.start or plan.retire:
-            self.last_scaling = plan.reason
-            log.info("scaling", start=plan.start, retire=list(plan.retire), reason=plan.reason)
-        for instruction in plan.instructions:
-            if isinstance(instruction, StartWorker):
-                for _ in range(instruction.count):
-                    self._spawn()
-                self.last_scale_up = now
-                self.events.emit("scaled-up", count=instruction.count, reason=instruction.reason)
-            else:
-                self.background.spawn(self.retire(instruction.worker_id, instruction.reason))
-                self.events.emit("scaled-down", worker_id=instruction.worker_id, reason=instruction.reason)
-
-    def _decided(self, rule: str, reason: str, **fields: Any) -> None:
-        """Keep the decision and what it saw, for get_stats() and the dashboard."""
-        free = sum(1 for w in self._members if w.available and not w.running and not w.external)
-        self.last_decision = ScalingDecision(
-            at=time.time(), rule=rule, reason=reason, cpu_percent=self.cpu_percent,
-            memory_percent=self.memory_percent, waiting=len(self._sched.queue), free_workers=free, **fields)
-
-    def set_load(self, cpu_percent: float, memory_percent: float) -> None:
-        """The monitor's latest sample: the in-process worker (opted in) is open while
-        the machine is idle."""
-        self.memory_percent = memory_percent
-        self.cpu_percent = cpu_percent
-        if self.local is not None:
-            low = cpu_percent < self.limits.local_threshold * 100
-            if low != self._sched.local_open:
-                self._feed(Load(self.loop.time(), low))
+        if stop.drain:
+            self.recycle(worker, stop.reason)
+        else:
+            self.kill(worker, stop.reason)
 
     def kill(self, worker: PoolWorker, reason: str) -> None:
         """Stop what ``worker`` runs by force (it is ended and replaced); its calls fail

@@ -4,7 +4,8 @@
 answer, a worker up, unhealthy or gone, the clock) to its :class:`..scheduling.scheduler.Scheduler`
 and carries out the instructions it gets back: send an attempt to a worker, stop one
 by force, settle a caller's future, wake up for a retry or a time limit. It decides
-nothing about a call itself. Its :class:`.fleet.Fleet` looks after the workers. The hot path
+nothing about a call itself. Its :class:`.fleet.Fleet` looks after the workers, and
+:class:`.scaling.Scaling` decides with the scaling policy how many run. The hot path
 (:meth:`WorkerPool.submit` -> executor -> reply) creates no task per call.
 """
 
@@ -25,7 +26,7 @@ from kernel.errors import ExecutionError
 from ..errors import PoolClosedError, WorkerStartError
 from ..events import EventBus
 from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory, WorkerInfo
-from ..scheduling import Sample, Scheduler, fits, memory_verdicts, tightness
+from ..scheduling import Scheduler, fits, tightness
 from ..scheduling.stimuli import (
     AbortAttempt,
     AbortReason,
@@ -51,6 +52,7 @@ from ..wire import loads
 from .admission import Admission
 from .fleet import Fleet, PoolWorker
 from .handles import CallFuture, error_for, rebuild
+from .scaling import Scaling
 from .snapshot import PoolSnapshot, take
 from .tally import Tally, Timings
 
@@ -92,6 +94,7 @@ class WorkerPool:
         self.admission = Admission(settings.max_queue, self.sched, self.loop)
         self.fleet = Fleet(settings, factory, events, self.sched, self.feed, no_workers=self._no_workers, host=host,
                            local_factory=local_factory)
+        self.scaling = Scaling(self.fleet, self.sched, self.feed, events)  # how many workers run
         self._worker = self.fleet.find
         self._on_reply = self._replied  # bound once: it follows every attempt
 
@@ -154,7 +157,7 @@ class WorkerPool:
 
     def _grow(self) -> None:
         self._grow_pending = False
-        self.fleet.grow()
+        self.scaling.grow()
 
     def _arm(self, wakeup: float | None) -> None:
         if wakeup is not None and (self._timer_at is None or wakeup < self._timer_at):
@@ -178,7 +181,7 @@ class WorkerPool:
             if worker is not None:
                 worker.backend.cancel(instruction.task_id)  # else it simply runs there, late
         elif type(instruction) is StopWorker:
-            self._stop_worker(instruction)
+            self.fleet.stop_worker(instruction)
 
     def _retrying(self, retry: RetryAt) -> None:
         self.tally.retrying(self.tasks[retry.task_id], retry.attempt, retry.reason)
@@ -330,7 +333,7 @@ class WorkerPool:
 
     def snapshot(self) -> PoolSnapshot:
         """The pool now, for its readers (see :mod:`.snapshot`)."""
-        return take(self.fleet, self.sched, self.tally, self.waiting, self.placements)
+        return take(self.fleet, self.scaling, self.sched, self.tally, self.waiting, self.placements)
 
     @property
     def queued(self) -> int:
@@ -371,34 +374,6 @@ class WorkerPool:
     def adopt(self, executor: Worker) -> None:
         self.fleet.adopt(executor)
 
-    def observe(self, sample: Sample, *, scale: bool) -> None:
-        """The sampler's report: each local worker judges its own liveness from its
-        process's state, the machine's load opens or closes the in-process worker,
-        workers over a memory limit are stopped (:func:`..scheduling.memory_verdicts`),
-        and with ``scale`` the scaling policy runs."""
-        fleet, s = self.fleet, self.settings
-        for worker in fleet.members:
-            if worker.backend.info().node is None:  # a node's slots: their node judges them
-                why = worker.backend.check_alive(sample.statuses.get(worker.id), s.heartbeat_timeout)
-                if why is not None:
-                    log.warning("worker declared dead", worker_id=worker.id, reason=why)
-        fleet.set_load(sample.cpu_percent, sample.memory_percent)
-        for stop in memory_verdicts(fleet.members, sample.rss, soft=s.soft_memory_limit, hard=s.hard_memory_limit):
-            self._stop_worker(stop)
-        if scale:
-            fleet.autoscale(self.loop.time())
-
-    def _stop_worker(self, stop: StopWorker) -> None:
-        """Stop a worker as told. One already leaving (as the scheduler's "drained" one
-        is: it ran its last call) is stopped by its own drain, which this joins."""
-        worker = self.fleet.find(stop.worker_id)
-        if worker is None or worker is self.fleet.local:
-            return
-        if stop.drain:
-            self.fleet.recycle(worker, stop.reason)
-        else:
-            self.fleet.kill(worker, stop.reason)
-
     def retire_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> None:
         """Start retiring ``worker_id`` (see :meth:`retire`) without waiting for it.
 
@@ -408,13 +383,6 @@ class WorkerPool:
             known = ", ".join(sorted(self.fleet.workers)) or "none"
             raise LookupError(f"no worker {worker_id!r} (workers: {known})")
         self.fleet.background.spawn(self.retire(worker_id, reason, drain=drain))
-
-    def set_bounds(self, min_workers: int | None = None, max_workers: int | None = None) -> str:
-        """Change minWorkers / maxWorkers while running (see :meth:`.fleet.Fleet.set_bounds`).
-
-        :raises ValueError: naming the bound at fault.
-        """
-        return self.fleet.set_bounds(min_workers, max_workers)
 
     def check_resources(self, request: Mapping[str, float], label: str) -> None:
         """Refuse at once a request no worker could ever satisfy.

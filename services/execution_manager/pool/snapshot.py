@@ -14,6 +14,7 @@ from ..scheduling import ScalingDecision
 if TYPE_CHECKING:
     from ..scheduling import Scheduler
     from .fleet import Fleet
+    from .scaling import Scaling
     from .tally import Tally
 
 
@@ -73,7 +74,7 @@ class PoolSnapshot:
     placements: tuple[Mapping[str, object], ...]
 
 
-def take(fleet: Fleet, sched: Scheduler, tally: Tally, waiting: int,
+def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, waiting: int,
          placements: Iterable[Mapping[str, object]]) -> PoolSnapshot:
     """A pool now, from its parts (on its event loop's thread, in one go)."""
     workers = tuple(
@@ -88,7 +89,7 @@ def take(fleet: Fleet, sched: Scheduler, tally: Tally, waiting: int,
     return PoolSnapshot(
         workers, fleet.starting, waiting, fleet.local.running if fleet.local else 0,
         sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
-        dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, fleet.last_scaling,
-        fleet.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,
+        dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, scaling.last_scaling,
+        scaling.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,
         tuple(placements),
     )

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
         busy_start as busy_start,
         chunk_size as chunk_size,
         memory_verdicts as memory_verdicts,
+        pin_plan as pin_plan,
         pin_target as pin_target,
+        plan_bounds as plan_bounds,
         plan_scaling as plan_scaling,
+        wants_worker as wants_worker,
     )
     from .resources import fits as fits, tightness as tightness, unsatisfiable as unsatisfiable
     from .scheduler import Scheduler as Scheduler

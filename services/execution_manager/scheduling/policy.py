@@ -28,6 +28,8 @@ class WorkerView(Protocol):
     def pinned(self) -> int: ...
     @property
     def external(self) -> bool: ...  # a remote node's slot: capacity, but not the autoscaler's
+    @property
+    def retiring(self) -> bool: ...  # leaving: takes no new call, and no longer counts as staying
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class WorkerSnapshot:
     idle_since: float | None = None
     pinned: int = 0
     external: bool = False
+    retiring: bool = False
 
 
 class Limits(NamedTuple):
@@ -82,6 +85,21 @@ def pin_target(workers: Sequence[WorkerView], exclude: str | None = None) -> str
     return best.id if best else None
 
 
+def pin_plan(workers: Sequence[WorkerView], limits: Limits, *, exclude: str | None = None,
+             starting: int) -> str | StartWorker | None:
+    """Where an instance is pinned: on :func:`pin_target`'s worker if there is one; else,
+    with none starting and room below ``max_workers`` (not counting ``exclude``, the worker
+    it leaves), on a worker started for it (:class:`StartWorker`); else nowhere yet (None:
+    wait for one)."""
+    target = pin_target(workers, exclude)
+    if target is not None:
+        return target
+    others = sum(1 for w in workers if w.id != exclude)
+    if not starting and others < limits.max_workers:
+        return StartWorker(1, "an instance needs a worker to live on")
+    return None
+
+
 class ScalePlan(NamedTuple):
     start: int
     retire: tuple[str, ...]
@@ -96,6 +114,13 @@ class ScalePlan(NamedTuple):
         out: list[StartWorker | StopWorker] = [StartWorker(self.start, self.reason)] if self.start else []
         out.extend(StopWorker(worker, self.reason) for worker in self.retire)
         return out
+
+
+def wants_worker(limits: Limits, *, live: int, queued: int) -> bool:
+    """Whether a worker should start now that one leaves or died: below ``min_workers``, or
+    calls wait and there is room below ``max_workers`` (``live``: the workers the pool
+    started that stay, and those starting)."""
+    return live < limits.min_workers or (queued > 0 and live < limits.max_workers)
 
 
 def busy_start(workers: Sequence[WorkerView], limits: Limits, *, live: int, starting: int, queued: int,
@@ -163,6 +188,18 @@ def plan_scaling(
             return ScalePlan(0, (victim.id,), f"{victim.id} idle {idled:.0f} s, {why}",
                              "retire-idle" if quiet else "retire-max-idle", victim.id, round(idled, 1))
     return ScalePlan(0, (), "steady")
+
+
+def plan_bounds(workers: Sequence[WorkerView], limits: Limits, *, starting: int) -> ScalePlan:
+    """``min_workers`` and ``max_workers`` changed on request (``limits`` holds the new
+    ones): workers start up to the new minimum at once, and those above the new maximum
+    retire, draining, the least busy first. Workers already leaving and nodes' slots do
+    not count."""
+    staying = [w for w in workers if not w.retiring and not w.external]
+    live = len(staying) + starting
+    over = sorted(staying, key=lambda w: (w.running, w.id))[: max(0, live - limits.max_workers)]
+    return ScalePlan(max(0, limits.min_workers - live), tuple(w.id for w in over),
+                     f"bounds set to {limits.min_workers}..{limits.max_workers} on request", "bounds")
 
 
 @dataclass(frozen=True, slots=True)

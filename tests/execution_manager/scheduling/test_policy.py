@@ -11,7 +11,9 @@ from microkernel.services.execution_manager.scheduling.policy import (
     busy_start,
     chunk_size,
     memory_verdicts,
+    pin_plan,
     pin_target,
+    plan_bounds,
     plan_scaling,
 )
 from microkernel.services.execution_manager.scheduling.queue import pick_next
@@ -170,6 +172,10 @@ def tick(workers, *, starting=0, queued=0, memory=10.0, cpu=0.0, now=0.0, last_u
                         last_scale_up=last_up, cpu_percent=cpu)
 
 
+def bounds(workers, *, lo=1, hi=3, starting=0, **_):
+    return plan_bounds(workers, T._replace(min_workers=lo, max_workers=hi), starting=starting)
+
+
 @pytest.mark.parametrize(("decide", "workers", "seen", "rule", "instructions"), [
     # Calls wait, no worker is free, below maxWorkers: one starts at once.
     (busy, BUSY, {"queued": 2}, "busy-start", [StartWorker(1, "all workers busy: started one")]),
@@ -201,7 +207,25 @@ def tick(workers, *, starting=0, queued=0, memory=10.0, cpu=0.0, now=0.0, last_u
     (tick, [BUSY[0], W("idle", idle_since=0.0)], {"now": 61.0, "last_up": 40.0}, "steady", []),
     # The gap between thresholds: 50% busy is neither up (above 80%) nor a reason to retire a busy one.
     (tick, [BUSY[0], W("b", idle_since=50.0)], {"queued": 1, "now": 61.0}, "steady", []),
+    # Bounds set on request: start up to the new minimum at once (counting those starting) ...
+    (bounds, BUSY, {"lo": 4, "hi": 5, "starting": 1}, "bounds", [StartWorker(1, "bounds set to 4..5 on request")]),
+    # ... retire, draining, those above the new maximum, the least busy first; not those
+    # already leaving, nor a node's slots.
+    (bounds, [*BUSY, W("idle"), W("gone", retiring=True), W("slot", external=True)], {"lo": 0, "hi": 1},
+     "bounds", [StopWorker("idle", "bounds set to 0..1 on request"), StopWorker("a", "bounds set to 0..1 on request")]),
+    (bounds, BUSY, {"lo": 1, "hi": 2}, "bounds", []),
 ], ids=lambda v: v.__name__ if callable(v) else None)
 def test_how_many_workers_run(decide, workers, seen, rule, instructions) -> None:
     plan = decide(workers, **seen)
     assert (plan.rule, plan.instructions) == (rule, instructions), plan
+
+
+@pytest.mark.parametrize(("workers", "exclude", "starting", "expected"), [
+    ([W("a", pinned=1), W("b")], None, 0, "b"),  # fewest pinned instances
+    ([W("a", available=False)], None, 0, StartWorker(1, "an instance needs a worker to live on")),  # room: start one
+    ([W("a")], "a", 0, StartWorker(1, "an instance needs a worker to live on")),  # leaving a: another starts
+    ([W("a", available=False)], None, 1, None),  # one is starting: wait for it
+    ([W(x, available=False) for x in "abc"], None, 0, None),  # at maxWorkers (3): wait
+])
+def test_where_an_instance_is_pinned(workers, exclude, starting, expected) -> None:
+    assert pin_plan(workers, T, exclude=exclude, starting=starting) == expected

@@ -73,7 +73,7 @@ async def scale(em: Manager, request: web.Request) -> web.Response:
         raise BadRequest("give minWorkers, maxWorkers or both")
     assert em.pool is not None
     try:
-        decision = em.pool.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
+        decision = em.pool.scaling.set_bounds(data.get("minWorkers"), data.get("maxWorkers"))
     except ValueError as exc:  # minWorkers above maxWorkers, no worker at all...
         raise BadRequest(str(exc)) from None
     log.info("scaling bounds set", peer=request.remote, **data)
