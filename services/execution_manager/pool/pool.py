@@ -45,6 +45,7 @@ from ..scheduling.stimuli import (
     Submitted,
     TakeBack,
     Tick,
+    WakeAt,
     WorkerUnhealthy,
 )
 from ..settings import Settings
@@ -142,12 +143,9 @@ class WorkerPool:
                 instructions = self.sched.handle(pending.popleft())
         finally:
             self._handling = False
-        # Then, the scheduler settled: the wake-up timer, room for held calls, a worker
+        # Then, the scheduler settled: room for held calls, a worker
         # started for calls that wait (inline: twice for every call).
         sched = self.sched
-        if sched.wakeup_moved:
-            sched.wakeup_moved = False
-            self._arm(sched.next_wakeup())
         admission = self.admission
         if admission.most is not None and admission.busy:  # (nothing is held without maxQueue)
             admission.admit(self._admitted)
@@ -182,6 +180,8 @@ class WorkerPool:
                 worker.backend.cancel(instruction.task_id)  # else it simply runs there, late
         elif type(instruction) is StopWorker:
             self.fleet.stop_worker(instruction)
+        elif type(instruction) is WakeAt:
+            self._arm(instruction.at)
 
     def _retrying(self, retry: RetryAt) -> None:
         self.tally.retrying(self.tasks[retry.task_id], retry.attempt, retry.reason)

@@ -70,7 +70,7 @@ class Scheduler:
         self._now = 0.0
         self._stalled = False  # the queue's head fits no worker, and nothing changed since
         self._spare = True  # the last placement left a place for another call like it
-        self.wakeup_moved = False  # a Tick may be needed sooner than asked before (the owner resets it)
+        self._moved = False  # a Tick may be needed sooner than asked before: a WakeAt ends the batch
         self.timers = Timers()
         self._retrying: set[int] = set()
         # Attempts given up while they ran (cancel, timeout): they hold their worker's room
@@ -139,6 +139,8 @@ class Scheduler:
                 self._expire(now, out)
         if not quiet:
             self._settle(now, out)
+        if self._moved:
+            self._wake(out)
         return out
 
     # The two stimuli every call brings, taken without being built (the pool's hot
@@ -150,6 +152,8 @@ class Scheduler:
         self._now = now
         if not self._submit(call, now, out):
             self._settle(now, out)
+        if self._moved:
+            self._wake(out)
         return out
 
     def answered(self, now: float, task_id: int, attempt: int, retry: bool = False,
@@ -159,7 +163,15 @@ class Scheduler:
         self._now = now
         self._answered(task_id, attempt, retry, ran, now, out)
         self._settle(now, out)
+        if self._moved:
+            self._wake(out)
         return out
+
+    def _wake(self, out: list[st.Instruction]) -> None:
+        self._moved = False
+        at = self.next_wakeup()
+        if at is not None:
+            out.append(st.WakeAt(at))
 
     def _settle(self, now: float, out: list[st.Instruction]) -> None:
         """After a change: start what can start, stop what drained."""
@@ -218,7 +230,7 @@ class Scheduler:
         deadline = call.spec.deadline
         if deadline is not None:
             self.timers.deadline(now + deadline, call.spec.task_id)
-            self.wakeup_moved = True
+            self._moved = True
 
     # -- decisions ----------------------------------------------------------------------
 
@@ -276,7 +288,7 @@ class Scheduler:
         running = worker.running
         running[task_id] = None
         if len(running) > worker.width and self.roster.holds_ahead(worker):
-            self.wakeup_moved = True
+            self._moved = True
         if worker.budget is not None:
             worker.budget -= 1
             worker.refresh()
@@ -284,7 +296,7 @@ class Scheduler:
             self.projects.started(spec.project)
         if spec.timeout is not None:
             self.timers.timeout(now + spec.timeout, task_id, attempt)
-            self.wakeup_moved = True
+            self._moved = True
         out.append(st.Send(task_id, attempt, worker.id))
 
     def _place(self, call: CallRecord) -> WorkerRecord | None:
@@ -344,7 +356,7 @@ class Scheduler:
     def _retry(self, call: CallRecord, now: float, out: list[st.Instruction], reason: str) -> None:
         at = now + self._jitter(backoff(call.tries))
         self.timers.retry(at, call.spec.task_id)
-        self.wakeup_moved = True
+        self._moved = True
         self._retrying.add(call.spec.task_id)
         out.append(st.RetryAt(call.spec.task_id, at, call.attempt, reason))
 

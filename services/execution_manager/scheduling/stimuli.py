@@ -245,4 +245,12 @@ class StopWorker:
     drain: bool = True
 
 
-Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StartWorker | StopWorker
+@dataclass(slots=True)
+class WakeAt:
+    """A :class:`Tick` is needed by ``at`` (a deadline, a timeout, a retry, or a call sent
+    ahead to watch), sooner than any asked for before; the last instruction of its batch."""
+
+    at: float
+
+
+Instruction = Send | AbortAttempt | Resolve | RetryAt | TakeBack | StartWorker | StopWorker | WakeAt

@@ -37,6 +37,7 @@ from microkernel.services.execution_manager.scheduling.stimuli import (
     Submitted,
     TakeBack,
     Tick,
+    WakeAt,
     WorkerDraining,
     WorkerGone,
     WorkerUnhealthy,
@@ -121,9 +122,10 @@ def test_cancelling_a_running_call_stops_it_and_its_worker_takes_nothing_until_i
 def test_the_timeout_counts_from_the_start_and_the_deadline_only_while_queued() -> None:
     s = pool("w1")
     submit(s, 1)
-    assert submit(s, 2, now=0.0, timeout=2.0, deadline=10.0) == []
-    assert sends(s.handle(Answered(5.0, 1, 1))) == [(2, "w1")]  # waited 5 s: the timeout had not begun
-    assert s.next_wakeup() == 7.0
+    assert submit(s, 2, now=0.0, timeout=2.0, deadline=10.0) == [WakeAt(10.0)]  # a Tick by its deadline
+    out = s.handle(Answered(5.0, 1, 1))
+    assert sends(out) == [(2, "w1")]  # waited 5 s: the timeout had not begun
+    assert out[-1] == WakeAt(7.0) and s.next_wakeup() == 7.0  # a Tick sooner: by its timeout
     assert s.handle(Tick(6.9)) == []
     out = s.handle(Tick(7.0))
     assert out == [AbortAttempt(2, 1, "w1", "timeout"), Resolve(2, "timeout", 1, "ran past its timeout of 2 s", "w1")]
@@ -157,7 +159,8 @@ def test_at_most_once_a_lost_attempt_runs_again_only_when_retries_allow() -> Non
     out = s.handle(Lost(1.0, 1, 1, "w1 exited with code 1"))
     assert out == [Resolve(1, "lost", 1, "w1 exited with code 1", "w1")]
     submit(s, 2, now=2.0, retries=2)
-    assert s.handle(Lost(3.0, 2, 1, "killed by SIGKILL")) == [RetryAt(2, 3.0 + backoff(1), 1, "killed by SIGKILL")]
+    assert s.handle(Lost(3.0, 2, 1, "killed by SIGKILL")) == [RetryAt(2, 3.0 + backoff(1), 1, "killed by SIGKILL"),
+                                                              WakeAt(3.0 + backoff(1))]
     assert s.queued == 1 and s.next_wakeup() == 3.0 + backoff(1)
     assert s.handle(Tick(3.05)) == []  # backing off
     out = s.handle(Tick(3.0 + backoff(1)))
