@@ -157,6 +157,25 @@ class _Link:
                 kept.append(ev)
         return kept
 
+    def next_batch(self) -> list[p.Event] | None:
+        """What the main loop runs next: the events others read for it, else the next
+        read (blocking); None at the end of the stream."""
+        with self.read_lock:
+            if self.unseen:
+                events = list(self.unseen)
+                self.unseen.clear()
+                return events
+            data = self.sock.recv(max(65536, self.conn.pending()))  # a large frame in one read
+            return self.take(data) if data else None
+
+    def meanwhile(self) -> list[p.Event]:
+        """What came while a call waited behind another (cancels, mostly): what its
+        requests and the watcher read, and what waits on the socket."""
+        with self.read_lock:
+            more = list(self.unseen)
+            self.unseen.clear()
+        return more + self.read_ready()
+
     def read_ready(self) -> list[p.Event]:
         """The events already waiting on the socket, without blocking."""
         with self.read_lock:
@@ -220,36 +239,21 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
     runtime = Runtime(worker_id, link)
     sock.sendall(conn.hello(worker_id, os.getpid(), platform.python_version()))
     threading.Thread(target=link.watch_cancels, args=(_WATCH_SECONDS,), name="cancel-watcher", daemon=True).start()
-    recv, frame, execute, take, pending = sock.recv, p.frame, runtime.execute, link.take, link.pending
+    frame, execute, pending = p.frame, runtime.execute, link.pending
     mark: Callable[[int], None] = partial(BEGAN.pack_into, began, 0) if began is not None else _no_mark
     Result, Error = p.Result, p.Error
     clock = time.perf_counter
-    out, unseen, read_lock = link.out, link.unseen, link.read_lock
-    while True:
-        with read_lock:
-            if unseen:
-                events = list(unseen)
-                unseen.clear()
-            else:
-                data = recv(max(65536, conn.pending()))  # a large frame in one read
-                if not data:
-                    return
-                events = take(data)
+    out, unseen = link.out, link.unseen
+    while (events := link.next_batch()) is not None:
         flushed = read_at = clock()
         i = 0
         while i < len(events):
             ev = events[i]
             i += 1
             if type(ev) is p.Call:
-                if unseen or clock() - read_at > _BATCH_SECONDS:
-                    # It waited behind another call: take in what came meanwhile (cancels),
-                    # including what that call's requests and the watcher read.
-                    with read_lock:
-                        more = list(unseen)
-                        unseen.clear()
-                    more += link.read_ready()
+                if unseen or clock() - read_at > _BATCH_SECONDS:  # it waited behind another call
+                    events.extend(link.meanwhile())
                     read_at = clock()
-                    events.extend(more)
                 claimed = pending.pop(ev.call_id, None)  # begin(), inlined: the hot path
                 if claimed is not ev:
                     if claimed is not None:  # a stale frame: the call was sent again, and begins from there
