@@ -171,11 +171,9 @@ class NodeAgent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
-            if self._drained():
-                return 0
-
-    def _drained(self) -> bool:
-        return self.draining  # set by the signal handler meanwhile
+            # The signal handler may have set it while this waited (mypy narrowed it above).
+            if self.draining:
+                return 0  # type: ignore[unreachable]
 
     def _tls(self) -> ssl.SSLContext | None:
         if not self.config.url.startswith("wss:"):

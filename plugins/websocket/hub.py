@@ -247,8 +247,9 @@ class NodeHub(NodeListener):
         if theirs != ours:  # not refused: a rolling upgrade passes through this
             log.warning("node runs another package version", node_id=node_id, peer=peer, node_version=theirs,
                         kernel_version=ours)
-        if self._stopping():
-            await ws.close(n.CLOSE_GOING_AWAY, "the kernel is shutting down")
+        # The kernel may have begun to stop while the handshake ran (mypy narrowed it above).
+        if self.closing:
+            await ws.close(n.CLOSE_GOING_AWAY, "the kernel is shutting down")  # type: ignore[unreachable]
             return
         session = Session(self, ws, link, peer)
         self.sessions[node_id] = session
@@ -264,9 +265,6 @@ class NodeHub(NodeListener):
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
         self._free = deque(f for f in self._free if f[0] is not session)
-
-    def _stopping(self) -> bool:
-        return self.closing  # may have been set while the handshake ran
 
     async def _watch(self) -> None:
         """Unhealthy after ``heartbeatTimeout`` s of silence, failed after ``failAfter``."""
