@@ -51,7 +51,7 @@ def _reply_all(self: LocalWorker) -> None:
 
 async def measure(rounds: int, calls: int) -> list[float]:
     logs.configure("warning")
-    settings: dict[str, Any] = {"minWorkers": 2, "maxWorkers": 2, "runLocally": False, "heartbeatTimeout": 3600}
+    settings: dict[str, Any] = {"minWorkers": 2, "maxWorkers": 2, "inProcess": False, "heartbeatTimeout": 3600}
     async with Kernel([], settings={"execution-manager": settings}) as kernel:
         em = kernel.get_service("execution-manager")
         LocalWorker.submit = _answer_here  # type: ignore[method-assign]  # the point of the tool

@@ -240,7 +240,7 @@ async def run_ours(quick: bool, burn_n: int, node: str | None = None) -> dict[st
     logs.configure("warning")
     n_tiny, n_map, n_lat, n_cpu, n_mib = sizes(quick, dask=node == "dask")
     out: dict[str, Any] = {}
-    em_settings: dict[str, Any] = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}
+    em_settings: dict[str, Any] = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "inProcess": False}
     if node == "websocket":
         os.environ.setdefault("MICROKERNEL_NODE_TOKEN", "benchmark-token")
         em_settings.update(minWorkers=0, maxWorkers=0, nodes={"port": 0})
@@ -325,7 +325,7 @@ async def _beside_local(em: Any, rounds: int) -> dict[str, float]:
     kernel of this process, in alternating rounds: what the node's hop costs."""
     from kernel import Kernel
 
-    local = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "runLocally": False}
+    local = {"minWorkers": WORKERS, "maxWorkers": WORKERS, "inProcess": False}
     async with Kernel([], settings={"execution-manager": local}) as kernel:
         em_local = kernel.get_service("execution-manager")
         for _ in range(200):

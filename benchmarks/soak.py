@@ -35,7 +35,7 @@ async def soak(calls: int, workers: int, chaos: float, retries: int, window: int
     from kernel import Kernel, logs
 
     logs.configure("error")
-    settings = {"minWorkers": workers, "maxWorkers": workers, "runLocally": False, "heartbeatTimeout": 1.0,
+    settings = {"minWorkers": workers, "maxWorkers": workers, "inProcess": False, "heartbeatTimeout": 1.0,
                 "sampleInterval": 0.2, "monitorInterval": 0.5}
     me = psutil.Process()
     out: dict[str, Any] = {"calls": calls, "workers": workers, "chaos_per_s": chaos, "retries": retries}

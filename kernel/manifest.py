@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ManifestError
 
@@ -35,15 +35,20 @@ class Manifest(BaseModel):
     kernel_mode: bool = Field(default=False, alias="kernelMode")
     fail_on_error: bool = Field(default=True, alias="failOnError")
     dependencies: list[str] = Field(default_factory=list)
-    run_locally: bool = Field(
-        default=False, alias="runLocally",
+    in_process: bool = Field(
+        default=False, alias="inProcess",
         description="its @distributed calls may run in the kernel's own process while idle "
-        "(only where the execution manager's runLocally is on too)",
+        "(only where the execution manager's inProcess is on too)",
     )
     priority: int | None = Field(
         default=None, ge=0, le=10, description="default priority (0-10) of its @distributed calls"
     )
     custom: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return refuse_renamed(data, {"runLocally": "inProcess"})
 
     @field_validator("name")
     @classmethod
@@ -83,6 +88,16 @@ class ServiceSpec:
     @property
     def path(self) -> Path:
         return self.folder / MANIFEST_FILE
+
+
+def refuse_renamed(data: Any, renamed: Mapping[str, str]) -> Any:
+    """``data`` unchanged, unless it holds a key that was renamed: then a ValueError naming
+    the new one (for a model's ``mode="before"`` validator)."""
+    if isinstance(data, Mapping):
+        for old, new in renamed.items():
+            if old in data:
+                raise ValueError(f"{old!r} was renamed {new!r} (version 0.2)")
+    return data
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:

@@ -66,8 +66,8 @@ def write_service(
     return path
 
 
-EM_INMEMORY = {"nodeType": "inmemory", "minWorkers": 1, "maxWorkers": 2, "runLocally": False}
-EM_LOCAL = {"minWorkers": 2, "maxWorkers": 2, "runLocally": False}
+EM_INMEMORY = {"nodeType": "inmemory", "minWorkers": 1, "maxWorkers": 2, "inProcess": False}
+EM_LOCAL = {"minWorkers": 2, "maxWorkers": 2, "inProcess": False}
 EXAMPLES = Path(__file__).resolve().parent.parent / "services" / "examples"
 
 

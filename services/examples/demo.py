@@ -32,7 +32,7 @@ def _spans(limit: int, parts: int) -> list[tuple[int, int]]:
 
 async def run_demo(limit: int, workers: int, parts: int) -> dict[str, Any]:
     console = Console(stderr=False)
-    settings = {"execution-manager": {"minWorkers": workers, "maxWorkers": workers, "runLocally": False}}
+    settings = {"execution-manager": {"minWorkers": workers, "maxWorkers": workers, "inProcess": False}}
     async with Kernel([examples_folder()], settings=settings) as kernel:
         em = kernel.get_service("execution-manager")
         counter = kernel.get_service("prime-counter")

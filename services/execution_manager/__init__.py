@@ -41,6 +41,11 @@ executor
 node type
     A kind of worker, registered by an executor plugin (``local``, ``inmemory``,
     ``dask``...).
+local
+    Of the ``local`` node type: worker processes on the kernel's machine (``local-1``...).
+in-process
+    In the kernel's own process: the in-process worker (``inprocess-0``, threads) that
+    takes calls of services that opt in (``inProcess``) while the machine is idle.
 node
     A machine (or process) outside the kernel that lends workers: a ``kernel node``
     agent over websockets, or a Dask cluster. Its workers join the pool.

@@ -70,7 +70,7 @@ class ExecutionManager(BaseService):
         self.traffic = CallTraffic(self.kernel, self.get_stats)
         if s.http is not None:  # before the first worker starts, so it is counted
             self.history = History(self.events)
-        self.pool = WorkerPool(s, factory, self.events, local_factory=registry.get("inmemory"), host=self.traffic,
+        self.pool = WorkerPool(s, factory, self.events, in_process_factory=registry.get("inmemory"), host=self.traffic,
                                timings=self.history.timings if self.history else None)
         self._pins = PinTable(self.pool, self.events, self.call_method)
         await self.pool.start()
@@ -89,7 +89,7 @@ class ExecutionManager(BaseService):
                 raise
         self._watch = asyncio.get_running_loop().create_task(self.monitor.run())
         log.info("execution manager started", node_type=s.node_type, min_workers=s.min_workers,
-                 max_workers=s.max_workers, run_locally=s.run_locally)
+                 max_workers=s.max_workers, in_process=s.in_process)
 
     async def _listen(self, settings: Mapping[str, Any]) -> None:
         name = settings.get("transport", "websocket")
@@ -177,7 +177,7 @@ class ExecutionManager(BaseService):
     def _spec(
         self, label: str, priority: int, project: str | None, resources: Mapping[str, float] | None,
         timeout: float | None, deadline: float | None, retries: int, retry_on: Iterable[Any],
-        soft_timeout: float | None, *, local: bool = True, pool: WorkerPool | None = None,
+        soft_timeout: float | None, *, in_process: bool = True, pool: WorkerPool | None = None,
     ) -> CallSpec:
         """A call's validated spec (a ValueError or TypeError names the option at fault;
         :class:`.scheduling.stimuli.CallSpec` checks its own fields)."""
@@ -195,7 +195,7 @@ class ExecutionManager(BaseService):
             resources = _checked_resources(resources)
             pool.check_resources(resources, label)
         return CallSpec(pool.next_id(), priority, project, resources or None, timeout, deadline, retries,
-                        label, local=local)
+                        label, in_process=in_process)
 
     async def room(self) -> None:
         """Wait until the queue has room (``maxQueue``): a producer's back-pressure point."""
@@ -258,7 +258,7 @@ class ExecutionManager(BaseService):
         soft = opts.get("soft_timeout")
         spec = self._spec(label, opts.get("priority", DEFAULT_PRIORITY), opts.get("project"), opts.get("resources"),
                           opts.get("timeout"), opts.get("deadline"), opts.get("retries", 0), (), soft,
-                          local=manifest is not None and manifest.run_locally)
+                          in_process=manifest is not None and manifest.in_process)
         payload = dumps_call(label, (instance, method, args, kwargs), args, kwargs, instance=instance)
         return pool.submit(CallFuture(pool, spec, p.CALL_METHOD, payload, args, soft_timeout=soft or 0.0))
 

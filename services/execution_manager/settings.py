@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from kernel.manifest import refuse_renamed
+
 from .scheduling import Limits
 
 
@@ -44,11 +46,12 @@ class Settings(BaseModel):
         default_factory=default_max_workers, ge=0,
         description="null or absent: CPUs - 1; 0: no local workers, only remote nodes (custom.nodes)",
     )
-    run_locally: bool = Field(
+    in_process: bool = Field(
         False, description="opt in: run calls without a timeout in the kernel's own process while it is idle"
     )
-    local_threshold: float = Field(0.3, ge=0, le=1, description="CPU load below which to run locally")
-    local_slots: int = Field(1, ge=1, description="calls run locally at once")
+    in_process_threshold: float = Field(0.3, ge=0, le=1,
+                                        description="CPU load below which calls may run in the kernel's process")
+    in_process_threads: int = Field(1, ge=1, description="calls run in the kernel's process at once (threads)")
     scale_up_threshold: float = Field(0.8, ge=0, le=1)
     scale_down_threshold: float = Field(0.3, ge=0, le=1)
     memory_limit: float = Field(0.9, gt=0, le=1, description="no scale-up above this memory use")
@@ -89,6 +92,8 @@ class Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_max(cls, data: Any) -> Any:
+        refuse_renamed(data, {"runLocally": "inProcess", "localThreshold": "inProcessThreshold",
+                              "localSlots": "inProcessThreads"})
         if isinstance(data, dict) and data.get("maxWorkers", 0) is None:
             data = {**data, "maxWorkers": default_max_workers()}
         if isinstance(data, dict) and data.get("maxWorkers", data.get("max_workers")) == 0 \
@@ -116,8 +121,8 @@ class Settings(BaseModel):
             )
         return self
 
-    def limits(self, *, run_locally: bool) -> Limits:
-        """The autoscaler's bounds and thresholds (``run_locally``: an in-process worker exists)."""
-        return Limits(self.min_workers, self.max_workers, self.run_locally and run_locally, self.local_threshold,
+    def limits(self, *, in_process: bool) -> Limits:
+        """The autoscaler's bounds and thresholds (``in_process``: an in-process worker exists)."""
+        return Limits(self.min_workers, self.max_workers, self.in_process and in_process, self.in_process_threshold,
                       self.scale_up_threshold, self.scale_down_threshold, self.memory_limit, self.idle_timeout,
                       self.scale_cooldown, self.max_idle)

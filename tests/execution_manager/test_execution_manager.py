@@ -153,6 +153,8 @@ async def test_calls_after_stop_are_refused() -> None:
         ({"minWorkers": 3, "maxWorkers": 2}, "", r"minWorkers \(3\) is above maxWorkers \(2\)"),
         ({"minWorkers": "two"}, "minWorkers", "valid integer"),
         ({"maxWorkerz": 2}, "maxWorkerz", "unknown field"),
+        ({"runLocally": True}, "", "'runLocally' was renamed 'inProcess'"),
+        ({"localSlots": 2}, "", "'localSlots' was renamed 'inProcessThreads'"),
     ],
 )
 async def test_bad_settings_are_one_clear_error_and_nothing_runs(custom, field, match) -> None:
@@ -168,7 +170,7 @@ async def test_unknown_node_type() -> None:
 
 
 async def test_runs_locally_when_the_machine_is_idle() -> None:
-    async with Kernel([], settings={"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "runLocally": True, "localThreshold": 1.0}}) as kernel:
+    async with Kernel([], settings={"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "inProcess": True, "inProcessThreshold": 1.0}}) as kernel:
         em = kernel.get_service("execution-manager")
         assert await em.submit(tasks.whoami) == os.getpid()
         # the local slot is busy: the next call goes to a worker
@@ -184,8 +186,8 @@ async def test_a_services_calls_run_in_the_kernels_process_only_if_its_manifest_
     from tests.execution_manager.test_distributed import COUNTER
 
     write_service(tmp_path, "plain", {"global": True}, COUNTER)
-    write_service(tmp_path, "trusted", {"global": True, "runLocally": True}, COUNTER)
-    em = {"minWorkers": 1, "maxWorkers": 1, "runLocally": True, "localThreshold": 1.0}
+    write_service(tmp_path, "trusted", {"global": True, "inProcess": True}, COUNTER)
+    em = {"minWorkers": 1, "maxWorkers": 1, "inProcess": True, "inProcessThreshold": 1.0}
     async with Kernel([tmp_path], settings={"execution-manager": em}) as kernel:
         assert await kernel.get_service("trusted").pid() == os.getpid()
         assert await kernel.get_service("plain").pid() != os.getpid()
@@ -193,7 +195,7 @@ async def test_a_services_calls_run_in_the_kernels_process_only_if_its_manifest_
 
 async def test_autoscaling_up_under_load_and_down_when_idle() -> None:
     custom = {"minWorkers": 1, "maxWorkers": 2, "monitorInterval": 0.2, "sampleInterval": 0.1, "scaleCooldown": 0.5,
-              "runLocally": False, "idleTimeout": 0, "scaleDownThreshold": 0.79}  # (a busy test machine's CPU)
+              "inProcess": False, "idleTimeout": 0, "scaleDownThreshold": 0.79}  # (a busy test machine's CPU)
     async with Kernel([], settings={"execution-manager": custom}) as kernel:
         em = kernel.get_service("execution-manager")
         events: list[str] = []
@@ -268,7 +270,7 @@ async def test_workers_that_cannot_start_fail_kernel_start_clearly() -> None:
 
 
 async def test_calls_fail_instead_of_hanging_when_no_worker_can_start() -> None:
-    broken = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False,
+    broken = {"minWorkers": 0, "maxWorkers": 1, "inProcess": False,
               "executorOptions": {"python": "/bin/false", "startTimeout": 5}}
     async with Kernel([], settings={"execution-manager": broken}) as kernel:
         em = kernel.get_service("execution-manager")

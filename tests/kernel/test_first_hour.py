@@ -147,7 +147,7 @@ def test_workers_never_import_a_module_of_the_current_folder_in_place_of_ours(tm
         from kernel import Kernel
 
         async def main():
-            settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "runLocally": False}}
+            settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "inProcess": False}}
             async with Kernel([], settings=settings) as kernel:
                 print(await kernel.get_service("execution-manager").submit(operator.add, 1, 2))
 

@@ -42,6 +42,13 @@ def test_every_problem_reported_at_once_naming_file_and_fields(tmp_path: Path) -
     assert "'yes'" in text
 
 
+def test_a_renamed_field_names_its_new_name(tmp_path: Path) -> None:
+    folder = write_service(tmp_path, "old", {"runLocally": True})
+    with pytest.raises(ManifestError, match="'runLocally' was renamed 'inProcess'") as info:
+        read_manifest(folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
 def test_invalid_json_names_line(tmp_path: Path) -> None:
     folder = write_service(tmp_path, "bad", '{\n  "name": "x",\n  oops\n}')
     with pytest.raises(ManifestError, match=r"config.json: invalid JSON at line 3"):

@@ -139,7 +139,7 @@ def test_no_worker_outlives_a_sigkilled_kernel(tmp_path: Path) -> None:
         from kernel import Kernel
 
         async def main():
-            settings = {{"execution-manager": {{"minWorkers": 2, "maxWorkers": 2, "runLocally": False}}}}
+            settings = {{"execution-manager": {{"minWorkers": 2, "maxWorkers": 2, "inProcess": False}}}}
             async with Kernel([{str(EXAMPLES)!r}], settings=settings) as kernel:
                 em = kernel.get_service("execution-manager")
                 busy = [asyncio.ensure_future(em.submit(time.sleep, 60)) for _ in range(2)]
@@ -189,7 +189,7 @@ def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
     (folder / "service.py").write_text(BUSY_SERVICE)
     cmd = [*KERNEL, "--log-json", "run", str(tmp_path), "--set", "execution-manager.minWorkers=2",
            "--set", "execution-manager.maxWorkers=2", "--set", "execution-manager.drainTimeout=60",
-           "--set", "execution-manager.runLocally=false", "--no-http"]
+           "--set", "execution-manager.inProcess=false", "--no-http"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             until_running(proc)

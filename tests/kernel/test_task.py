@@ -148,7 +148,7 @@ async def test_add_route_and_calls_outside_a_task(tmp_path: Path) -> None:
 
 
 async def test_in_process_calls_reach_the_kernel_too(tmp_path: Path) -> None:
-    settings = {"nodeType": "inmemory", "minWorkers": 1, "maxWorkers": 1, "runLocally": False}
+    settings = {"nodeType": "inmemory", "minWorkers": 1, "maxWorkers": 1, "inProcess": False}
     write_service(tmp_path, "store", {"global": True, "entry": "service:Store"}, STORE)
     async with Kernel([tmp_path], settings={"execution-manager": settings}) as kernel:
         em = kernel.get_service("execution-manager")
@@ -162,7 +162,7 @@ async def test_in_process_calls_reach_the_kernel_too(tmp_path: Path) -> None:
 
 async def test_progress_logs_and_requests_cross_a_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_service(tmp_path, "store", {"global": True, "entry": "service:Store"}, STORE)
-    settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False, "nodes": {"port": 0}}
+    settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False, "nodes": {"port": 0}}
     monkeypatch.setenv("MICROKERNEL_NODE_TOKEN", TOKEN)
     async with Kernel([tmp_path], settings={"execution-manager": settings}) as kernel:
         em = kernel.get_service("execution-manager")

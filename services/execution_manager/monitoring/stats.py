@@ -60,7 +60,7 @@ class Stats(BaseModel):
     queued_tasks: int
     queued_by_priority: dict[int, int]  # priority -> calls waiting, highest first
     projects: dict[str, ProjectStats]
-    local_tasks: int
+    in_process_tasks: int
     tasks_done: int  # calls that succeeded
     tasks_failed: int  # calls that failed, each once however many attempts it took
     attempts_failed: int = 0  # attempts that ended in error (a retried call's too)

@@ -81,22 +81,22 @@ class Fleet:
         *,
         no_workers: Callable[[str], None],
         host: CallHost | None = None,
-        local_factory: WorkerFactory | None = None,
+        in_process_factory: WorkerFactory | None = None,
     ) -> None:
         self.settings = settings
-        self.limits = settings.limits(run_locally=local_factory is not None)
+        self.limits = settings.limits(in_process=in_process_factory is not None)
         self.events = events
         self._sched = sched  # read only: what waits, to start a worker for it
         self._feed = feed
         self._no_workers = no_workers  # none could start and none is left: fail what waits
         self.host = host  # where running calls' progress, logs and requests go
         self._factory = factory
-        self._local_factory = local_factory
+        self._in_process_factory = in_process_factory
         self.options: Mapping[str, Any] = {"startTimeout": settings.start_timeout, **settings.executor_options}
         self.new_offer: Mapping[str, float] | None = factory.offers(self.options)
         self.workers: dict[str, PoolWorker] = {}
         self._members: list[PoolWorker] = []
-        self.local: PoolWorker | None = None
+        self.in_process: PoolWorker | None = None
         # Every worker by id, the in-process one included: find() is a dict lookup, made
         # twice for every call.
         self._by_id: dict[str, PoolWorker] = {}
@@ -128,12 +128,12 @@ class Fleet:
     async def start(self) -> bool:
         """Start the in-process worker (opted in) and minWorkers workers; False when a
         minimum was asked for and none could start."""
-        if self._local_factory is not None and self.limits.run_locally:
-            local = self._local_factory("local-0", {"threads": self.settings.local_slots})
-            local.host = self.host
-            await local.start()
-            self.local = self._by_id[local.id] = PoolWorker(local, self.loop.time())
-            self._feed(WorkerUp(self.loop.time(), local.id, self.settings.local_slots, local=True))
+        if self._in_process_factory is not None and self.limits.in_process:
+            backend = self._in_process_factory("inprocess-0", {"threads": self.settings.in_process_threads})
+            backend.host = self.host
+            await backend.start()
+            self.in_process = self._by_id[backend.id] = PoolWorker(backend, self.loop.time())
+            self._feed(WorkerUp(self.loop.time(), backend.id, self.settings.in_process_threads, in_process=True))
             self._feed(Load(self.loop.time(), low=True))  # until the monitor's first sample says otherwise
         results = await asyncio.gather(*(self._start_worker() for _ in range(self.settings.min_workers)))
         return not self.settings.min_workers or any(results)
@@ -142,7 +142,7 @@ class Fleet:
         """Stop every worker, letting each finish what it runs for ``drainTimeout``
         seconds; once ``hurried`` is done, what runs is stopped at once."""
         self.closed = True
-        members = list(self._members) + ([self.local] if self.local else [])
+        members = list(self._members) + ([self.in_process] if self.in_process else [])
         stopping: asyncio.Future[Any] = asyncio.gather(
             *(worker.backend.stop(drain=True, timeout=self.settings.drain_timeout) for worker in members),
             return_exceptions=True,
@@ -323,7 +323,7 @@ class Fleet:
         needed); not, what it runs is stopped now. One already leaving (as the scheduler's
         "drained" one is: it ran its last call) is stopped by its own drain."""
         worker = self.find(stop.worker_id)
-        if worker is None or worker is self.local:
+        if worker is None or worker is self.in_process:
             return
         if stop.drain:
             self.recycle(worker, stop.reason)

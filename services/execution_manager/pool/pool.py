@@ -73,7 +73,7 @@ class WorkerPool:
         factory: WorkerFactory,
         events: EventBus,
         *,
-        local_factory: WorkerFactory | None = None,
+        in_process_factory: WorkerFactory | None = None,
         host: CallHost | None = None,
         timings: Timings | None = None,
     ) -> None:
@@ -94,7 +94,7 @@ class WorkerPool:
         self.loop = asyncio.get_running_loop()
         self.admission = Admission(settings.max_queue, self.sched, self.loop)
         self.fleet = Fleet(settings, factory, events, self.sched, self.feed, no_workers=self._no_workers, host=host,
-                           local_factory=local_factory)
+                           in_process_factory=in_process_factory)
         self.scaling = Scaling(self.fleet, self.sched, self.feed, events)  # how many workers run
         self._worker = self.fleet.find
         self._on_reply = self._replied  # bound once: it follows every attempt
@@ -301,7 +301,7 @@ class WorkerPool:
         self.tally.ran(worker.id, call, ok)
         limit = self.settings.max_tasks_per_worker
         ex = worker.backend
-        if limit is not None and worker is not self.fleet.local and ex.done + ex.failed >= limit:
+        if limit is not None and worker is not self.fleet.in_process and ex.done + ex.failed >= limit:
             self.fleet.recycle(worker, f"ran {limit} calls (maxTasksPerWorker)")
 
     def _resolve(self, resolve: Resolve) -> None:

@@ -59,9 +59,9 @@ class Scaling:
                 if why is not None:
                     log.warning("worker declared dead", worker_id=worker.id, reason=why)
         self.memory_percent, self.cpu_percent = sample.memory_percent, sample.cpu_percent
-        if fleet.local is not None:
-            low = sample.cpu_percent < fleet.limits.local_threshold * 100
-            if low != self._sched.local_open:
+        if fleet.in_process is not None:
+            low = sample.cpu_percent < fleet.limits.in_process_threshold * 100
+            if low != self._sched.in_process_open:
                 self._feed(Load(fleet.loop.time(), low))
         for stop in memory_verdicts(fleet.members, sample.rss, soft=s.soft_memory_limit, hard=s.hard_memory_limit):
             fleet.stop_worker(stop)

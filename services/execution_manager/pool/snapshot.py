@@ -38,7 +38,7 @@ class CallReport:
 
 @dataclass(frozen=True, slots=True)
 class WorkerReport:
-    """One worker of the pool (the in-process one shows in ``local_running`` only)."""
+    """One worker of the pool (the in-process one shows in ``in_process_running`` only)."""
 
     id: str
     node_type: str
@@ -58,7 +58,7 @@ class PoolSnapshot:
     workers: tuple[WorkerReport, ...]
     starting: int  # workers being started
     waiting: int  # calls queued or held at the door
-    local_running: int  # calls on the in-process worker
+    in_process_running: int  # calls on the in-process worker
     queued_by_priority: Mapping[int, int]
     queued_by_project: Mapping[str, int]
     project_running: Mapping[str, int]
@@ -87,7 +87,7 @@ def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, waiting
         for w in fleet.members
     )
     return PoolSnapshot(
-        workers, fleet.starting, waiting, fleet.local.running if fleet.local else 0,
+        workers, fleet.starting, waiting, fleet.in_process.running if fleet.in_process else 0,
         sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
         dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, scaling.last_scaling,
         scaling.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,

@@ -76,7 +76,7 @@ class WorkerRecord:
     id: str
     width: int
     resources: Mapping[str, float]
-    local: bool = False
+    in_process: bool = False
     overhead: float = 0.0
     running: dict[int, None] = field(default_factory=dict)  # task ids, in the order sent (a set, ordered)
     healthy: bool = True
@@ -99,10 +99,10 @@ class WorkerRecord:
         return self.open and len(self.running) < self.width
 
 
-def place(spec: CallSpec, workers: Collection[WorkerRecord], local_open: bool, mean: float | None,
+def place(spec: CallSpec, workers: Collection[WorkerRecord], in_process_open: bool, mean: float | None,
           depth: int) -> tuple[WorkerRecord | None, bool]:
     """Where a call of ``spec`` goes now, if anywhere, and whether a call like it would
-    still find a place after it. ``local_open``: the kernel's own process may take
+    still find a place after it. ``in_process_open``: the kernel's own process may take
     calls that opted in; ``mean``: the function's measured seconds per call (None:
     unknown); ``depth``: how many calls per thread it may be sent ahead (0: none).
 
@@ -113,7 +113,7 @@ def place(spec: CallSpec, workers: Collection[WorkerRecord], local_open: bool, m
     """
     need = spec.resources
     if need:
-        free = [w for w in workers if w.has_room and not w.local and fits(w.resources, need)]
+        free = [w for w in workers if w.has_room and not w.in_process and fits(w.resources, need)]
         return min(free, key=lambda w: (len(w.running), -tightness(w.resources, need), w.id), default=None), True
     if spec.timeout is not None:
         depth = 0  # never sent ahead: its timeout counts from its start
@@ -123,8 +123,8 @@ def place(spec: CallSpec, workers: Collection[WorkerRecord], local_open: bool, m
     for w in workers:
         n = len(w.running)
         if n < w.width and w.open:
-            if w.local:
-                if local_open and spec.local and spec.timeout is None:
+            if w.in_process:
+                if in_process_open and spec.in_process and spec.timeout is None:
                     return w, True  # opted in, and the machine is idle
             else:
                 idle += w.width - n
@@ -136,7 +136,7 @@ def place(spec: CallSpec, workers: Collection[WorkerRecord], local_open: bool, m
         return None, True
     room = 0  # places left for calls like this one, over every worker
     for w in workers:  # send ahead, behind short calls only
-        if w.local or w.unsure or w.late is not None or not w.open:
+        if w.in_process or w.unsure or w.late is not None or not w.open:
             continue
         n = len(w.running)
         left = w.width * (ahead(mean, w.overhead) if w.overhead else depth) - n

@@ -64,8 +64,8 @@ class WorkerSnapshot:
 class Limits(NamedTuple):
     min_workers: int
     max_workers: int
-    run_locally: bool = True
-    local_threshold: float = 0.3
+    in_process: bool = True
+    in_process_threshold: float = 0.3
     scale_up_threshold: float = 0.8
     scale_down_threshold: float = 0.3
     memory_limit: float = 0.9

@@ -43,7 +43,7 @@ class Roster:
         runs stays)."""
         known = self.records.get(up.worker_id)
         if known is None:
-            self.records[up.worker_id] = WorkerRecord(up.worker_id, max(1, up.width), dict(up.resources), up.local,
+            self.records[up.worker_id] = WorkerRecord(up.worker_id, max(1, up.width), dict(up.resources), up.in_process,
                                                       up.overhead, last_done=up.now, budget=up.calls)
         else:
             known.width, known.resources, known.healthy = max(1, up.width), dict(up.resources), True

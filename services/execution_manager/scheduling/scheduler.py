@@ -63,7 +63,7 @@ class Scheduler:
         self.durations = Durations()
         self.projects = Projects(project_limits)
         self.max_deaths = max_deaths
-        self.local_open = False
+        self.in_process_open = False
         self.closed = False
         self._jitter = jitter
         self._seq = itertools.count()
@@ -128,7 +128,7 @@ class Scheduler:
             case st.WorkerDraining():
                 self.roster.drain(stimulus.worker_id)
             case st.Load():
-                self.local_open = stimulus.low
+                self.in_process_open = stimulus.low
             case st.ProjectLimit():
                 self.projects.set_limit(stimulus.project, stimulus.limit)
             case st.Closing():
@@ -304,7 +304,7 @@ class Scheduler:
         says whether a call like it would still find a place after it."""
         spec, durations = call.spec, self.durations
         label = spec.label
-        worker, self._spare = place(spec, self.workers.values(), self.local_open, durations.means.get(label),
+        worker, self._spare = place(spec, self.workers.values(), self.in_process_open, durations.means.get(label),
                                     durations.depth.get(label, 0))
         return worker
 

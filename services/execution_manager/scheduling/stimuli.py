@@ -28,7 +28,7 @@ class CallSpec:
     retries: int = 0  # further attempts allowed after one that may have started ended badly
     label: str = "call"  # what it runs; durations are measured per label
     pinned_to: str | None = None  # a pinned instance's call: that worker, in order, no queue
-    local: bool = True  # may run in the kernel's own process (where that is on at all)
+    in_process: bool = True  # may run in the kernel's own process (where that is on at all)
 
     def __post_init__(self) -> None:
         priority, retries = self.priority, self.retries
@@ -99,7 +99,7 @@ class WorkerUp:
     worker_id: str
     width: int = 1
     resources: Mapping[str, float] = field(default_factory=dict)
-    local: bool = False
+    in_process: bool = False
     overhead: float = 0.0
     calls: int | None = None  # how many calls it may still be sent (maxTasksPerWorker); None: any
 

@@ -274,11 +274,11 @@ def test_a_free_worker_is_taken_before_anything_goes_ahead() -> None:
 
 def test_the_kernels_own_process_only_when_opted_in_idle_and_without_a_timeout() -> None:
     s = pool("w1")
-    s.handle(WorkerUp(0.0, "local-0", 2, local=True))
+    s.handle(WorkerUp(0.0, "inprocess-0", 2, in_process=True))
     assert sends(submit(s, 1)) == [(1, "w1")]  # no Load yet: the machine's load is unknown
     s.handle(Answered(1.0, 1, 1))
     s.handle(Load(1.0, low=True))
-    assert sends(submit(s, 2, now=1.0)) == [(2, "local-0")]
+    assert sends(submit(s, 2, now=1.0)) == [(2, "inprocess-0")]
     assert sends(submit(s, 3, now=1.0, timeout=1.0)) == [(3, "w1")]  # a timeout cannot be enforced there
     s.handle(Load(1.0, low=False))
     assert sends(submit(s, 4, now=1.0)) == []  # busy machine: the worker or the queue
@@ -393,6 +393,6 @@ def test_placement_is_a_pure_function_of_the_workers_records() -> None:
     b.unsure = 1  # b runs a call not known to be short: nothing goes ahead of it
     assert place(spec, [a, b], False, 0.0001, ahead(0.0001))[0] is a
     assert place(CallSpec(2, label="f", timeout=5.0), [a, b], False, 0.0001, ahead(0.0001)) == (None, True)
-    local = WorkerRecord("kernel", 1, {}, local=True)
+    local = WorkerRecord("kernel", 1, {}, in_process=True)
     assert place(spec, [local, a], True, None, 0)[0] is local  # opted in, and the machine is idle
-    assert place(CallSpec(3, local=False), [local], True, None, 0)[0] is None
+    assert place(CallSpec(3, in_process=False), [local], True, None, 0)[0] is None

@@ -61,7 +61,7 @@ def test_a_scripts_own_function_and_class_run_on_a_worker_with_a_large_argument(
             return len(payload) + len(box.data), type(box).__name__
 
         async def main():
-            settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "runLocally": False}}
+            settings = {"execution-manager": {"minWorkers": 1, "maxWorkers": 1, "inProcess": False}}
             async with Kernel([], settings=settings) as kernel:
                 em = kernel.get_service("execution-manager")
                 print(await em.submit(measure, b"x" * (1 << 20), Box(b"y" * 10)))

@@ -102,7 +102,7 @@ async def started(marker: str) -> int:
 
 
 def dask_kernel(**nodes: Any) -> Kernel:
-    em = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
+    em = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False,
           "nodes": {"transport": "dask", "local": {"workers": 2}, **nodes}}
     return Kernel([], settings={"execution-manager": em})
 
@@ -208,7 +208,7 @@ async def test_an_assigned_instance_lives_on_a_dask_worker_and_comes_back(tmp_pa
     from tests.execution_manager.test_distributed import COUNTER
 
     write_service(tmp_path, "counter", {"global": True}, COUNTER)
-    em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
+    em_settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False,
                    "nodes": {"transport": "dask", "local": {"workers": 2}}}
     async with Kernel([tmp_path], settings={"execution-manager": em_settings}) as kernel:
         em = kernel.get_service("execution-manager")
@@ -244,7 +244,7 @@ async def test_an_unreachable_scheduler_is_named_the_kernel_keeps_its_workers_an
         port = probe.getsockname()[1]
     address = f"tcp://127.0.0.1:{port}"
     kernel = Kernel([], settings={"execution-manager": {
-        "minWorkers": 1, "maxWorkers": 1, "runLocally": False,
+        "minWorkers": 1, "maxWorkers": 1, "inProcess": False,
         "nodes": {"transport": "dask", "scheduler": address, "connectTimeout": 1, "pollInterval": 0.2}}})
     t0 = time.monotonic()
     with capture_logs() as logs:
@@ -299,7 +299,7 @@ async def test_an_existing_scheduler_by_address_and_unpicklable_arguments() -> N
 
     async with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, asynchronous=True,
                             dashboard_address="127.0.0.1:0") as existing:
-        em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
+        em_settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False,
                        "nodes": {"transport": "dask", "scheduler": existing.scheduler_address}}
         async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
             em = kernel.get_service("execution-manager")
@@ -353,7 +353,7 @@ async def test_the_scheduler_going_away_fails_calls_and_the_plugin_reconnects_wh
     scheduler = start(scheduler_cmd(port))
     start(worker_cmd(address))
     try:
-        em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False,
+        em_settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False,
                        "nodes": {"transport": "dask", "scheduler": address, "connectTimeout": 20}}
         async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
             em = kernel.get_service("execution-manager")
@@ -423,7 +423,7 @@ async def test_a_tls_scheduler_with_dasks_security_settings_passed_through(tmp_p
         assert address.startswith("tls://")
         nodes = {"transport": "dask", "scheduler": address, "connectTimeout": 5,
                  "security": {"tlsCaFile": ca_file, "tlsClientCert": cert, "requireEncryption": True}}
-        em_settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False, "nodes": nodes}
+        em_settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False, "nodes": nodes}
         async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
             em = kernel.get_service("execution-manager")
             assert await em.submit(tasks.inc, 1) == 2

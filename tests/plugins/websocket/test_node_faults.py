@@ -27,7 +27,7 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def kernel_for_nodes(paths: list[Path] | None = None, **nodes: object) -> Kernel:
-    em = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False, "nodes": {"port": 0, **FAST_BEATS, **nodes}}
+    em = {"minWorkers": 0, "maxWorkers": 1, "inProcess": False, "nodes": {"port": 0, **FAST_BEATS, **nodes}}
     return Kernel(paths or [], settings={"execution-manager": em})
 
 
@@ -103,7 +103,7 @@ class Proxy:
 async def test_a_stopped_worker_on_a_node_fails_its_call_in_time_and_the_node_replaces_it() -> None:
     # Liveness is judged on the node, from outside the worker process, as the kernel's
     # monitor judges local workers: the node itself stays up and keeps beating.
-    settings = {"minWorkers": 0, "maxWorkers": 0, "runLocally": False, "nodes": {"port": 0, **FAST_BEATS}}
+    settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False, "nodes": {"port": 0, **FAST_BEATS}}
     async with Kernel([], settings={"execution-manager": settings}) as kernel:
         em = kernel.get_service("execution-manager")
         proc = await start_node(em.nodes_address, slots=1, node_id="far", args=["--worker-timeout", "1"])

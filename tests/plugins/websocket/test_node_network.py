@@ -27,7 +27,7 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def kernel_for_nodes(**nodes: object) -> Kernel:
-    em = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False, "nodes": {"port": 0, **nodes}}
+    em = {"minWorkers": 0, "maxWorkers": 1, "inProcess": False, "nodes": {"port": 0, **nodes}}
     return Kernel([], settings={"execution-manager": em})
 
 

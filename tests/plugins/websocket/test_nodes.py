@@ -40,7 +40,7 @@ async def test_conformance(node_hub: NodeHub, check) -> None:
 
 
 def nodes_kernel(**custom: object) -> Kernel:
-    em = {"minWorkers": 0, "maxWorkers": 1, "runLocally": False, "nodes": {"port": 0}, **custom}
+    em = {"minWorkers": 0, "maxWorkers": 1, "inProcess": False, "nodes": {"port": 0}, **custom}
     return Kernel([], settings={"execution-manager": em})
 
 
