@@ -78,7 +78,7 @@ def kernel_stopping(kernel: ServiceHost) -> None:
 
 @hookspec
 def kernel_event(kernel: ServiceHost, event: str, payload: Mapping[str, Any]) -> None:
-    """An execution-manager event (``worker-started``, ``task-error``...).
+    """An execution-manager event (``worker-started``, ``attempt-failed``...).
 
     ``payload`` carries the ids and reason. Called on the event loop: return quickly.
     """

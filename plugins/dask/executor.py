@@ -90,9 +90,9 @@ class DaskWorker(WorkerBase):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Attempt) -> None:
-        self._accept(call, where=f" (Dask worker {self.address})")
-        self._held.append(call)
+    def submit(self, attempt: Attempt) -> None:
+        self._accept(attempt, where=f" (Dask worker {self.address})")
+        self._held.append(attempt)
         self._pump()
 
     def _pump(self) -> None:
@@ -111,51 +111,52 @@ class DaskWorker(WorkerBase):
             self._pinned_sent += pinned
             self.results.watch(future, partial(self._done, call, future, pinned, time.perf_counter()))
 
-    def _done(self, call: Attempt, future: Future[Any], pinned: bool, sent: float, reply: Any, why: str | None) -> None:
+    def _done(self, attempt: Attempt, future: Future[Any], pinned: bool, sent: float, reply: Any,
+              why: str | None) -> None:
         self._pinned_sent -= pinned
-        current = self._sent.get(call.id) is future and self.inflight.get(call.id) is call
+        current = self._sent.get(attempt.id) is future and self.inflight.get(attempt.id) is attempt
         if current:
-            del self._sent[call.id]
+            del self._sent[attempt.id]
         if not current:
             pass  # given up meanwhile (worker lost, aborted), or another attempt's: dropped
         elif why == CANCELLED:
-            self._crash(call, "cancelled its Dask task")
+            self._crash(attempt, "cancelled its Dask task")
         elif why is not None:
-            self._crash(call, f"failed in Dask ({why})")
+            self._crash(attempt, f"failed in Dask ({why})")
         else:
             ok, data, ran = reply
             # Dask's part of the round trip; the least seen (slowly forgotten) is transit, the
             # rest waiting at the worker behind calls handed over earlier.
             transit = max(0.0, time.perf_counter() - sent - ran)
             self.overhead = transit if not self.overhead else min(self.overhead * 1.01, transit)
-            call.ran = ran
-            self._finish(call, (ok, data))
+            attempt.ran = ran
+            self._finish(attempt, (ok, data))
         self._pump()
 
-    def _crash(self, call: Attempt, how: str) -> None:
-        self._fail(call, WorkerCrashedError(
-            f"Dask worker {self.address} ({self.id}) {how} while running {call.describe()}",
-            worker_id=self.id, call=call.describe(), started=True,
+    def _crash(self, attempt: Attempt, how: str) -> None:
+        self._fail(attempt, WorkerCrashedError(
+            f"Dask worker {self.address} ({self.id}) {how} while running {attempt.describe()}",
+            worker_id=self.id, call=attempt.describe(), started=True,
         ))
 
-    def cancel(self, call_id: int) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Drop a call not yet handed to Dask. One handed over may be running there
         already, so it is not dropped (``abort`` stops it by force)."""
-        return self._cancel_from(self._held, call_id)
+        return self._cancel_from(self._held, task_id)
 
-    def abort(self, call_id: int, reason: str = "") -> bool:
-        if call_id in self._sent:
-            call = self.inflight[call_id]
-            return self.stop_running(call_id, reason or f"{call.describe()} was aborted")
-        return self.cancel(call_id)
+    def abort(self, task_id: int, reason: str = "") -> bool:
+        if task_id in self._sent:
+            call = self.inflight[task_id]
+            return self.stop_running(task_id, reason or f"{call.describe()} was aborted")
+        return self.cancel(task_id)
 
-    def stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, task_id: int, note: str) -> bool:
         """Cancel the call's Dask future and fail the call now. Dask cannot interrupt a
         task already running on a thread: the worker finishes it and drops the result."""
-        future = self._sent.pop(call_id, None)
-        call = self.inflight.get(call_id)
+        future = self._sent.pop(task_id, None)
+        call = self.inflight.get(task_id)
         if future is None or call is None:
-            return self.cancel(call_id)
+            return self.cancel(task_id)
         self._background.spawn(self._cancel(future))
         self._crash(call, f"was told to stop ({note})")
         self._pump()

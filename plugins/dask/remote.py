@@ -41,23 +41,23 @@ class DaskChannel:
     def _send(self, message: dict[str, Any]) -> None:
         self.worker.log_event(TOPIC, {"executor": self.executor_id, **message})  # thread-safe
 
-    def progress(self, call_id: int, fraction: float, message: str) -> None:
+    def progress(self, task_id: int, fraction: float, message: str) -> None:
         with contextlib.suppress(ValueError):  # ValueError: not inside a Dask worker any more
-            self._send({"kind": "progress", "call": call_id, "fields": (fraction, message)})
+            self._send({"kind": "progress", "call": task_id, "fields": (fraction, message)})
 
-    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
         with contextlib.suppress(ValueError):
             plain = {k: v if isinstance(v, str | int | float | bool | None) else repr(v) for k, v in fields.items()}
-            self._send({"kind": "log", "call": call_id, "fields": (level, message, plain)})
+            self._send({"kind": "log", "call": task_id, "fields": (level, message, plain)})
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         from distributed import Variable
 
         name = f"microkernel-answer-{uuid.uuid4().hex}"
         answer = None
         try:
             answer = Variable(name, client=self.worker._get_client())
-            self._send({"kind": "request", "call": call_id, "fields": (name, route, payload)})
+            self._send({"kind": "request", "call": task_id, "fields": (name, route, payload)})
             ok, data = answer.get(timeout=REQUEST_TIMEOUT)
         except TimeoutError:
             raise RequestError(f"request {route!r}: no answer from the kernel in {REQUEST_TIMEOUT:g} s") from None
@@ -79,11 +79,11 @@ def runtime(executor_id: str) -> Runtime:
         return rt
 
 
-def run(executor_id: str, kind: int, payload: bytes, call_id: int) -> tuple[bool, Any, float]:
+def run(executor_id: str, kind: int, payload: bytes, task_id: int) -> tuple[bool, Any, float]:
     """A Dask task: run one call through the worker's runtime on this worker. The
     reply, and the seconds the call ran (the rest of the round trip is Dask's)."""
     started = time.perf_counter()
-    ok, data = runtime(executor_id).execute(kind, payload, call_id)
+    ok, data = runtime(executor_id).execute(kind, payload, task_id)
     return ok, data, time.perf_counter() - started
 
 

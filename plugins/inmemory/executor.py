@@ -52,20 +52,20 @@ class _Bridge:
             raise RequestError(f"worker {self.worker.id} is not running")
         loop.call_soon_threadsafe(self.worker.report_traffic, message, respond)
 
-    def progress(self, call_id: int, fraction: float, message: str) -> None:
+    def progress(self, task_id: int, fraction: float, message: str) -> None:
         with contextlib.suppress(RequestError, RuntimeError):
-            self._on_loop(p.Progress(call_id, fraction, message))
+            self._on_loop(p.Progress(task_id, fraction, message))
 
-    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
         with contextlib.suppress(RequestError, RuntimeError):
-            self._on_loop(p.Log(call_id, level, message, dict(fields)))
+            self._on_loop(p.Log(task_id, level, message, dict(fields)))
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         if _running_loop() is self.worker.loop:
             raise RequestError("task.request on the kernel's event loop thread would deadlock it")
         answer: Future[tuple[bool, bytes]] = Future()
         try:
-            self._on_loop(p.Request(0, call_id, route, payload), lambda _r, ok, data: answer.set_result((ok, data)))
+            self._on_loop(p.Request(0, task_id, route, payload), lambda _r, ok, data: answer.set_result((ok, data)))
         except RuntimeError as exc:  # the loop closed meanwhile
             raise RequestError(f"worker {self.worker.id} is not running") from exc
         return answer.result()
@@ -98,9 +98,9 @@ class InMemoryWorker(WorkerBase):
         self._threads = ThreadPoolExecutor(self.threads, thread_name_prefix=self.id)
         self.set_state(_S.AVAILABLE)
 
-    def submit(self, call: Attempt) -> None:
-        self._accept(call)
-        self._waiting.append(call)
+    def submit(self, attempt: Attempt) -> None:
+        self._accept(attempt)
+        self._waiting.append(attempt)
         self._pump()
 
     def _pump(self) -> None:
@@ -111,14 +111,14 @@ class InMemoryWorker(WorkerBase):
             fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id)
             fut.add_done_callback(partial(self._done, call))
 
-    def _done(self, call: Attempt, fut: asyncio.Future[Reply]) -> None:
+    def _done(self, attempt: Attempt, fut: asyncio.Future[Reply]) -> None:
         self._running -= 1
-        if call.id in self.inflight:
-            self._finish(call, fut.result())
+        if attempt.id in self.inflight:
+            self._finish(attempt, fut.result())
         self._pump()
 
-    def cancel(self, call_id: int) -> bool:
-        return self._cancel_from(self._waiting, call_id)
+    def cancel(self, task_id: int) -> bool:
+        return self._cancel_from(self._waiting, task_id)
 
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
         if not self._begin_stop():

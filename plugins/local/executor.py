@@ -172,24 +172,24 @@ class LocalWorker(WorkerBase):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Attempt) -> None:
+    def submit(self, attempt: Attempt) -> None:
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        stream.write(p.frame(p.Call(call.id, call.kind, call.payload, call.soft_timeout)))
-        self._hold(call)  # after the write: the worker starts while this runs
+        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        self._hold(attempt)  # after the write: the worker starts while this runs
 
-    def cancel(self, call_id: int) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Ask the worker to drop the call; it confirms (CANCELLED, and the call's future
         is cancelled) unless it began it already (then it ends as usual)."""
         stream = self._stream
-        if stream is None or stream.closed or call_id not in self.inflight or call_id in self._cancelling:
+        if stream is None or stream.closed or task_id not in self.inflight or task_id in self._cancelling:
             return False
-        self._cancelling.add(call_id)
-        stream.write(p.frame(p.Cancel(call_id)))
+        self._cancelling.add(task_id)
+        stream.write(p.frame(p.Cancel(task_id)))
         return True
 
-    def stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, task_id: int, note: str) -> bool:
         if self._proc is None or self._proc.returncode is not None:
             return False
         self._abort_note = f"stopped: {note}"
@@ -270,16 +270,16 @@ class LocalWorker(WorkerBase):
         elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)
 
-    def answer_frame(self, call_id: int) -> bytes | None:
-        """With the option ``keepAnswers``: the RESULT or ERROR frame of ``call_id`` as the
+    def answer_frame(self, task_id: int) -> bytes | None:
+        """With the option ``keepAnswers``: the RESULT or ERROR frame of ``task_id`` as the
         worker sent it, once, while the call's reply is being followed (a node agent
         forwards it to the kernel without encoding it again)."""
         conn = self._conn
-        return conn.answer_frame(call_id) if conn is not None else None
+        return conn.answer_frame(task_id) if conn is not None else None
 
-    def _forget_answer(self, call_id: int) -> None:
+    def _forget_answer(self, task_id: int) -> None:
         if self._conn is not None:
-            self._conn.answer_frame(call_id)  # not taken (not relayed, or given up): dropped
+            self._conn.answer_frame(task_id)  # not taken (not relayed, or given up): dropped
 
     def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
         if self._stream is not None and not self._stream.closed:

@@ -209,16 +209,16 @@ class _Link:
 
     # -- runtime.CallChannel ---------------------------------------------------------
 
-    def progress(self, call_id: int, fraction: float, message: str) -> None:
-        self.send(p.frame(p.Progress(call_id, fraction, message)))
+    def progress(self, task_id: int, fraction: float, message: str) -> None:
+        self.send(p.frame(p.Progress(task_id, fraction, message)))
 
-    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(p.frame(p.Log(call_id, level, message, dict(fields))))
+    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.send(p.frame(p.Log(task_id, level, message, dict(fields))))
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         rid = next(self._ids)
         self.flush()  # earlier calls' results must not wait for this answer
-        self.send(p.frame(p.Request(rid, call_id, route, payload)))
+        self.send(p.frame(p.Request(rid, task_id, route, payload)))
         with self.read_lock:
             while rid not in self._answers:
                 data = self.sock.recv(max(65536, self.conn.pending()))
@@ -229,7 +229,7 @@ class _Link:
         return answer.ok, answer.payload
 
 
-def _no_mark(call_id: int) -> None:
+def _no_mark(task_id: int) -> None:
     """Without a shared page (an old kernel), what began is not recorded."""
 
 

@@ -293,19 +293,19 @@ class NodeAgent:
 
     # -- executor.CallHost: a running call's traffic goes to the kernel -------------------
 
-    def progress(self, call: Attempt, fraction: float, message: str) -> None:
-        self.send(p.encode(p.Progress(call.id, fraction, message)))
+    def progress(self, attempt: Attempt, fraction: float, message: str) -> None:
+        self.send(p.encode(p.Progress(attempt.id, fraction, message)))
 
-    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(p.encode(p.Log(call.id, level, message, dict(fields))))
+    def log(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.send(p.encode(p.Log(attempt.id, level, message, dict(fields))))
 
-    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, attempt: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         if self._outbox is None:
             return False, dumps(RequestError(f"request {route!r}: node {self.config.node_id} lost the kernel"))
         request_id = next(self._request_ids)
         answer: asyncio.Future[tuple[bool, bytes]] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = answer
-        self.send(p.encode(p.Request(request_id, call.id, route, payload)))
+        self.send(p.encode(p.Request(request_id, attempt.id, route, payload)))
         return await answer
 
     def _fail_requests(self) -> None:
@@ -314,25 +314,25 @@ class NodeAgent:
             if not answer.done():
                 answer.set_result((False, dumps(RequestError(f"node {self.config.node_id} lost the kernel"))))
 
-    def _replied(self, slot: int, call_id: int, ex: Worker, future: ReplyFuture) -> None:
+    def _replied(self, slot: int, task_id: int, ex: Worker, future: ReplyFuture) -> None:
         if future.cancelled():  # dropped before it began, as the kernel asked
-            self.send(p.encode(p.Cancelled(call_id)))
+            self.send(p.encode(p.Cancelled(task_id)))
             return
         exc = future.exception()
         if exc is not None:  # a crash, which SLOT_DOWN reports, with whether this call had begun
             if isinstance(exc, WorkerCrashedError) and exc.started:
-                self._began.setdefault(slot, []).append(call_id)
+                self._began.setdefault(slot, []).append(task_id)
             return
-        frame = ex.answer_frame(call_id)  # a local worker's frame: forwarded, not encoded again
+        frame = ex.answer_frame(task_id)  # a local worker's frame: forwarded, not encoded again
         if frame is not None:
             self.send(frame)
             return
         ok, data = future.result()
         ran = future.call.ran or 0.0  # as its worker measured it
         if ok:
-            self.send(p.encode(p.Result(call_id, data, ran)))
+            self.send(p.encode(p.Result(task_id, data, ran)))
         else:
-            self.send(p.encode(p.Error(call_id, data.type_name, data.message, data.traceback, data.exception, ran)))
+            self.send(p.encode(p.Error(task_id, data.type_name, data.message, data.traceback, data.exception, ran)))
 
     # -- slots ------------------------------------------------------------------------
 

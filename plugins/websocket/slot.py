@@ -109,28 +109,28 @@ class NodeSlot(WorkerBase):
 
     # -- calls ------------------------------------------------------------------------
 
-    def submit(self, call: Attempt) -> None:
+    def submit(self, attempt: Attempt) -> None:
         s = self.session
         self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None
-        s.send(p.encode(p.SlotCall(self.slot, call.id, call.kind, call.payload, call.soft_timeout)))
-        s.calls[call.id] = self  # after the send: the node starts while this runs
-        self._hold(call)
+        s.send(p.encode(p.SlotCall(self.slot, attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        s.calls[attempt.id] = self  # after the send: the node starts while this runs
+        self._hold(attempt)
 
-    def cancel(self, call_id: int) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Ask the node to drop the call; its CANCELLED confirms (the session then drops
         it here), or the call ends as usual if it had begun."""
         s = self.session
-        if s is None or s.closed or call_id not in self.inflight:
+        if s is None or s.closed or task_id not in self.inflight:
             return False
-        s.send(p.encode(p.SlotCancel(self.slot, call_id)))
+        s.send(p.encode(p.SlotCancel(self.slot, task_id)))
         return True
 
-    def stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, task_id: int, note: str) -> bool:
         s = self.session
         if s is None or s.closed:
             return False
-        s.send(p.encode(p.Abort(self.slot, call_id, note)))
+        s.send(p.encode(p.Abort(self.slot, task_id, note)))
         return True  # the node ends the worker process; SLOT_DOWN follows
 
     def on_reply(self, msg: p.Result | p.Error) -> None:

@@ -13,12 +13,15 @@ from .executors import Background
 log = structlog.get_logger("execution-manager")
 
 EVENTS = frozenset({
-    "task-complete", "task-error", "task-failed",
+    "task-complete", "attempt-failed", "task-failed",
     "worker-started", "worker-terminated", "worker-error", "worker-retired", "worker-recycled",
     "task-retried", "scaled-up", "scaled-down", "queue-full",
     "instance-assigned", "instance-released", "instance-moved",
     "instance-lost",
 })
+
+# "task-error" was per attempt beside "task-failed", per call.
+RENAMED = {"task-error": "attempt-failed"}
 
 Callback = Callable[[str, Mapping[str, Any]], Any]
 
@@ -52,6 +55,8 @@ class EventBus:
 
     def subscribe(self, event: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback`` on ``event``; returns a function that unsubscribes."""
+        if event in RENAMED:
+            raise ValueError(f"the event {event!r} was renamed {RENAMED[event]!r} (version 0.2)")
         if event != "*" and event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; events: {', '.join(sorted(EVENTS))}")
         self._subs.setdefault(event, []).append(callback)

@@ -252,15 +252,17 @@ async def test_task_events_name_worker_and_call() -> None:
         em = kernel.get_service("execution-manager")
         seen: list[tuple[str, dict]] = []
         em.subscribe("task-complete", lambda e, p: seen.append((e, dict(p))))
-        em.subscribe("task-error", lambda e, p: seen.append((e, dict(p))))
+        em.subscribe("attempt-failed", lambda e, p: seen.append((e, dict(p))))
         await em.submit(tasks.inc, 1)
         with pytest.raises(tasks.CustomError):
             await em.submit(tasks.raise_custom, "x")
-        assert [e for e, _ in seen] == ["task-complete", "task-error"]
+        assert [e for e, _ in seen] == ["task-complete", "attempt-failed"]
         assert seen[0][1]["call"] == "inc" and seen[0][1]["worker_id"].startswith("local-")
         assert seen[1][1]["call"] == "raise_custom"
         with pytest.raises(ValueError, match="unknown event 'task-done'"):
             em.subscribe("task-done", print)
+        with pytest.raises(ValueError, match="'task-error' was renamed 'attempt-failed'"):
+            em.subscribe("task-error", print)
 
 
 async def test_workers_that_cannot_start_fail_kernel_start_clearly() -> None:

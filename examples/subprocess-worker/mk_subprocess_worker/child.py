@@ -36,17 +36,17 @@ class Child:
 
     # -- the CallChannel the runtime reports through (any thread) --------------------
 
-    def progress(self, call_id: int, fraction: float, message: str) -> None:
-        self.send(p.Progress(call_id, fraction, message))
+    def progress(self, task_id: int, fraction: float, message: str) -> None:
+        self.send(p.Progress(task_id, fraction, message))
 
-    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(p.Log(call_id, level, message, dict(fields)))
+    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        self.send(p.Log(task_id, level, message, dict(fields)))
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         request_id, done = next(self.requests), threading.Event()
         answer: list[tuple[bool, bytes]] = []
         self.answers[request_id] = (done, answer)
-        self.send(p.Request(request_id, call_id, route, payload))
+        self.send(p.Request(request_id, task_id, route, payload))
         done.wait()
         return answer[0]
 

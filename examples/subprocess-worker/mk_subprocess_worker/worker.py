@@ -81,21 +81,21 @@ class SubprocessWorker(WorkerBase):
                                    f"{exc or f'nothing within {timeout:g} s'}") from None
         self.set_state(WorkerState.AVAILABLE)
 
-    def submit(self, call: Attempt) -> None:
+    def submit(self, attempt: Attempt) -> None:
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        stream.write(p.frame(p.Call(call.id, call.kind, call.payload, call.soft_timeout)))
-        self._hold(call)
+        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        self._hold(attempt)
 
-    def cancel(self, call_id: int) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Asks the child; it confirms with CANCELLED unless it began the call."""
-        if call_id not in self.inflight or self._stream is None or self._stream.closed:
+        if task_id not in self.inflight or self._stream is None or self._stream.closed:
             return False
-        self._stream.write(p.frame(p.Cancel(call_id)))
+        self._stream.write(p.frame(p.Cancel(task_id)))
         return True
 
-    def stop_running(self, call_id: int, note: str) -> bool:
+    def stop_running(self, task_id: int, note: str) -> bool:
         """The call runs in the child: end the child (the pool starts another)."""
         self._why = note
         asyncio.get_running_loop().create_task(self._end(note))

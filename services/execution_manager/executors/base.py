@@ -40,22 +40,22 @@ class WorkerBase(Worker):
         if self.state not in ACCEPTING or not connected:
             raise PoolClosedError(f"worker {self.id}{where} is {self.state.value} and takes no calls")
 
-    def _accept(self, call: Attempt, *, connected: bool = True, where: str = "") -> None:
-        """Take ``call`` in (helper for ``submit``): it counts as held from now on.
+    def _accept(self, attempt: Attempt, *, connected: bool = True, where: str = "") -> None:
+        """Take ``attempt`` in (helper for ``submit``): it counts as held from now on.
 
         :raises PoolClosedError: not accepting calls, or not ``connected``.
         """
         self._check_accepting(connected=connected, where=where)
-        self._hold(call)
+        self._hold(attempt)
 
-    def _hold(self, call: Attempt) -> None:
-        """Count ``call`` as held (after :meth:`_check_accepting`)."""
-        self.inflight[call.id] = call
+    def _hold(self, attempt: Attempt) -> None:
+        """Count ``attempt`` as held (after :meth:`_check_accepting`)."""
+        self.inflight[attempt.id] = attempt
         if self.state == WorkerState.AVAILABLE:
             self.set_state(WorkerState.RUNNING)
 
-    def _settle(self, call: Attempt, ok: bool) -> None:
-        self.inflight.pop(call.id, None)
+    def _settle(self, attempt: Attempt, ok: bool) -> None:
+        self.inflight.pop(attempt.id, None)
         if ok:
             self.done += 1
         else:
@@ -63,24 +63,24 @@ class WorkerBase(Worker):
         if not self.inflight and self.state == WorkerState.RUNNING:
             self.set_state(WorkerState.AVAILABLE)
 
-    def _fail(self, call: Attempt, exc: BaseException) -> None:
-        """End ``call`` with ``exc`` (helper for implementations; keeps counts and state)."""
-        self._settle(call, False)
-        if not call.future.done():
-            call.future.set_exception(exc)
+    def _fail(self, attempt: Attempt, exc: BaseException) -> None:
+        """End ``attempt`` with ``exc`` (helper for implementations; keeps counts and state)."""
+        self._settle(attempt, False)
+        if not attempt.future.done():
+            attempt.future.set_exception(exc)
 
-    def _finish(self, call: Attempt, reply: Any) -> None:
-        """Resolve ``call`` (helper for implementations; keeps counts and state)."""
-        self._settle(call, reply[0])
-        if not call.future.done():
-            call.future.set_result(reply)
+    def _finish(self, attempt: Attempt, reply: Any) -> None:
+        """Resolve ``attempt`` (helper for implementations; keeps counts and state)."""
+        self._settle(attempt, reply[0])
+        if not attempt.future.done():
+            attempt.future.set_result(reply)
 
-    def _cancel_from(self, queue: deque[Attempt], call_id: int) -> bool:
+    def _cancel_from(self, queue: deque[Attempt], task_id: int) -> bool:
         """Drop a call still waiting in ``queue`` (helper for ``cancel``)."""
         for call in queue:
-            if call.id == call_id:
+            if call.id == task_id:
                 queue.remove(call)
-                self._drop(call_id)
+                self._drop(task_id)
                 return True
         return False
 
@@ -112,9 +112,9 @@ class WorkerBase(Worker):
         except Exception:  # a listener's bug must not take the worker's connection down
             _log.exception("handling a call's progress or log failed", worker_id=self.id, call=call.describe())
 
-    def _drop(self, call_id: int) -> Attempt | None:
+    def _drop(self, task_id: int) -> Attempt | None:
         """Forget a call that will not run (helper for ``cancel``)."""
-        call = self.inflight.pop(call_id, None)
+        call = self.inflight.pop(task_id, None)
         if call is None:
             return None
         if not self.inflight and self.state == WorkerState.RUNNING:

@@ -6,7 +6,7 @@ sees only :class:`Worker`. Node types are registered by plugins through the
 ``em_executor_types`` hook; each plugin's tests run the one conformance kit
 (:mod:`.testing`), which is what makes them interchangeable.
 
-Errors a worker reports on a call (set on ``call.future``), all from
+Errors a worker reports on a call (set on ``attempt.future``), all from
 :mod:`..errors`: :class:`WorkerCrashedError` when it dies or disconnects with the
 call in flight; :class:`PoolClosedError` when the call reaches it after stop. Errors
 raised by the call itself are not exceptions here: they come back as a
@@ -53,14 +53,14 @@ class CallHost(Protocol):
     """What a worker hands a running call's traffic to (:mod:`kernel.task`): the
     execution manager in the kernel, the agent on a remote node."""
 
-    def progress(self, call: Attempt, fraction: float, message: str) -> None:
-        """``call`` reports progress."""
+    def progress(self, attempt: Attempt, fraction: float, message: str) -> None:
+        """``attempt`` reports progress."""
 
-    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        """``call`` logs a line."""
+    def log(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        """``attempt`` logs a line."""
 
-    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
-        """``call`` asks the kernel; return ``(True, pickled answer)`` or ``(False,
+    async def request(self, attempt: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
+        """``attempt`` asks the kernel; return ``(True, pickled answer)`` or ``(False,
         pickled exception)`` (never raise)."""
 
 
@@ -128,8 +128,8 @@ class Worker(ABC):
         """
 
     @abstractmethod
-    def submit(self, call: Attempt) -> None:
-        """Start running ``call`` (never blocks); its outcome arrives on ``call.future``.
+    def submit(self, attempt: Attempt) -> None:
+        """Start running ``attempt`` (never blocks); its outcome arrives on ``attempt.future``.
 
         Calls submitted to one worker start in submission order.
 
@@ -137,13 +137,13 @@ class Worker(ABC):
         """
 
     @abstractmethod
-    def cancel(self, call_id: int) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Drop a call that has not started; True if asked. Its future is cancelled once
         the drop is certain (at once where the worker can tell; a worker that must be
         asked confirms first); a call that had begun is not interrupted and ends as
         usual, so a call is never run twice by a cancel."""
 
-    def abort(self, call_id: int, reason: str = "") -> bool:
+    def abort(self, task_id: int, reason: str = "") -> bool:
         """Stop a call by force, running or not; True if it will not run on (or has
         been stopped). A running call may take its worker with it (a local worker
         process is ended and replaced) and fails with a ``WorkerCrashedError`` that
@@ -152,17 +152,17 @@ class Worker(ABC):
 
         Calls run in submission order, so a call held behind the running one is
         simply cancelled (:meth:`cancel`); the running one goes to :meth:`stop_running`."""
-        if call_id not in self.inflight:
+        if task_id not in self.inflight:
             return False
-        if next(iter(self.inflight)) != call_id:
-            return self.cancel(call_id)  # held behind the running call: it never starts
-        return self.stop_running(call_id, reason or f"{self.inflight[call_id].describe()} was aborted")
+        if next(iter(self.inflight)) != task_id:
+            return self.cancel(task_id)  # held behind the running call: it never starts
+        return self.stop_running(task_id, reason or f"{self.inflight[task_id].describe()} was aborted")
 
-    def stop_running(self, call_id: int, note: str) -> bool:
-        """Stop the running call ``call_id`` by force (``note`` says why); True if it
+    def stop_running(self, task_id: int, note: str) -> bool:
+        """Stop the running call ``task_id`` by force (``note`` says why); True if it
         will be stopped. The default cannot stop a running call: it only tries
         :meth:`cancel`."""
-        return self.cancel(call_id)
+        return self.cancel(task_id)
 
     def check_alive(self, status: str | None, timeout: float) -> str | None:
         """Judge, from outside, whether the worker still lives; the monitor calls it every
@@ -181,8 +181,8 @@ class Worker(ABC):
         it cannot be known before it starts (then no request is refused up front)."""
         return None
 
-    def answer_frame(self, call_id: int) -> bytes | None:
-        """The frame that carried the answer to ``call_id`` exactly as it came from the
+    def answer_frame(self, task_id: int) -> bytes | None:
+        """The frame that carried the answer to ``task_id`` exactly as it came from the
         executing side, taken once, for a node to relay without decoding and encoding
         it again; None (the default) where there is none."""
         return None

@@ -24,13 +24,13 @@ class CallChannel(Protocol):
     """How a worker's calls reach the kernel, on the wire's terms (requests travel
     pickled). Implementations may be called from any thread of the call."""
 
-    def progress(self, call_id: int, fraction: float, message: str) -> None:
+    def progress(self, task_id: int, fraction: float, message: str) -> None:
         """Report progress (never blocks; may be dropped if the kernel is gone)."""
 
-    def log(self, call_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
+    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
         """Send a log line to the kernel's log (never blocks on the kernel)."""
 
-    def request(self, call_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
+    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
         """Ask the kernel and wait for its answer: ``(True, pickled result)`` or
         ``(False, pickled exception)``.
 
@@ -48,8 +48,8 @@ class _TaskChannel:
         self.progress = wire.progress
         self.log = wire.log
 
-    def request(self, call_id: int, route: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        ok, data = self.wire.request(call_id, route, dumps((args, kwargs)))
+    def request(self, task_id: int, route: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        ok, data = self.wire.request(task_id, route, dumps((args, kwargs)))
         value = loads(data)
         if ok:
             return value
@@ -92,9 +92,9 @@ class Runtime:
         self._local = threading.local()
         self._loops: list[Any] = []  # one per thread that ran an async method
 
-    def execute(self, kind: int, payload: bytes, call_id: int = 0) -> Reply:
+    def execute(self, kind: int, payload: bytes, task_id: int = 0) -> Reply:
         token = inline.set(True)
-        current = task.enter(self.channel, call_id, self.worker_id)
+        current = task.enter(self.channel, task_id, self.worker_id)
         try:
             label = "call"
             try:

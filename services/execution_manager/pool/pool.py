@@ -297,8 +297,8 @@ class WorkerPool:
             self.tally.attempt_failed(fut, call, exc, note=True)
         self.feed(Lost(now, call.id, call.attempt, str(exc), started=bool(started)))
 
-    def _count(self, worker: PoolWorker, call: Attempt, ok: bool) -> None:
-        self.tally.ran(worker.id, call, ok)
+    def _count(self, worker: PoolWorker, attempt: Attempt, ok: bool) -> None:
+        self.tally.ran(worker.id, attempt, ok)
         limit = self.settings.max_tasks_per_worker
         ex = worker.backend
         if limit is not None and worker is not self.fleet.in_process and ex.done + ex.failed >= limit:

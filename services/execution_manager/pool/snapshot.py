@@ -31,9 +31,10 @@ class CallReport:
     message: str | None
 
     @classmethod
-    def of(cls, call: Attempt) -> CallReport:
-        fraction, message = call.progress or (None, "")
-        return cls(call.label, call.id, call.attempt, call.started or None, call.timeout, fraction, message or None)
+    def of(cls, attempt: Attempt) -> CallReport:
+        fraction, message = attempt.progress or (None, "")
+        return cls(attempt.label, attempt.id, attempt.attempt, attempt.started or None, attempt.timeout, fraction,
+                   message or None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,22 +77,22 @@ class Tally:
         if self.timings is not None:
             self.timings.wait.observe(max(0.0, seconds))
 
-    def ran(self, worker_id: str, call: Attempt, ok: bool) -> None:
+    def ran(self, worker_id: str, attempt: Attempt, ok: bool) -> None:
         """An attempt answered (``ok``: with its result, else with its error)."""
-        took = call.ran if call.ran is not None else time.perf_counter() - call.started
+        took = attempt.ran if attempt.ran is not None else time.perf_counter() - attempt.started
         if self.timings is not None:
             self.timings.duration.observe(took)
         events = self.events
-        if events.wants("task-complete" if ok else "task-error"):
-            events.emit("task-complete" if ok else "task-error", worker_id=worker_id, task_id=call.id,
-                        call=call.label, seconds=took)
+        if events.wants("task-complete" if ok else "attempt-failed"):
+            events.emit("task-complete" if ok else "attempt-failed", worker_id=worker_id, task_id=attempt.id,
+                        call=attempt.label, seconds=took)
 
-    def attempt_failed(self, fut: CallFuture | None, call: Attempt, exc: BaseException, *, note: bool) -> None:
+    def attempt_failed(self, fut: CallFuture | None, attempt: Attempt, exc: BaseException, *, note: bool) -> None:
         """An attempt ended in ``exc``; with ``note``, the call's future keeps it among its
         attempts (one retried, or one that began on a worker that died)."""
         self.attempts_failed += 1
         if note and fut is not None:
-            fut.attempts.append(FailedAttempt(call.attempt, call.worker_id, f"{type(exc).__name__}: {exc}"))
+            fut.attempts.append(FailedAttempt(attempt.attempt, attempt.worker_id, f"{type(exc).__name__}: {exc}"))
 
     def retrying(self, fut: CallFuture, attempt: int, reason: str) -> None:
         self.retried += 1

@@ -1,7 +1,7 @@
 """What running calls send the kernel (:mod:`kernel.task`): progress, logs, requests.
 
 :class:`CallTraffic` is the :class:`microkernel.services.execution_manager.executors.CallHost` of every executor in the
-pool. Progress goes to the caller's handle and onto the call (``call.progress``); log
+pool. Progress goes to the caller's handle and onto the call (``attempt.progress``); log
 lines go to the kernel's log with the task, worker and node ids bound; a request runs a
 *route*: ``service`` (a method of a global service) and ``stats`` are built in, and
 ``ExecutionManager.add_route`` adds more.
@@ -39,30 +39,29 @@ class CallTraffic:
 
     # -- microkernel.services.execution_manager.executors.CallHost --------------------------------------------
 
-    def progress(self, call: Attempt, fraction: float, message: str) -> None:
+    def progress(self, attempt: Attempt, fraction: float, message: str) -> None:
         if not 0.0 <= fraction <= 1.0:
             return  # the worker validates; a peer that does not is ignored, not trusted
-        call.progress = (fraction, message)
-        if call.on_progress is not None:
-            call.on_progress(fraction, message)
+        attempt.progress = (fraction, message)
+        if attempt.on_progress is not None:
+            attempt.on_progress(fraction, message)
 
-    def log(self, call: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        if call.watch is not None:
-            call.watch.logged(call, level, message, fields)
+    def log(self, attempt: Attempt, level: str, message: str, fields: Mapping[str, Any]) -> None:
+        if attempt.watch is not None:
+            attempt.watch.logged(attempt, level, message, fields)
         numeric = _LEVELS.get(level, logging.INFO)
         extra = {k: v for k, v in fields.items() if k not in ("event", "level")}
-        log.log(numeric, message, **{**call.bound(), **extra, "task_id": call.id, "attempt": call.attempt,
-                                     "worker_id": call.worker_id, "call": call.label})
+        log.log(numeric, message, **{**attempt.bound(), **extra, "task_id": attempt.id, "attempt": attempt.attempt,
+                                     "worker_id": attempt.worker_id, "call": attempt.label})
 
-    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, attempt: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         try:
             handler = self.routes.get(route)
             if handler is None:
-                raise RequestError(
-                    f"{call.describe()} asked for an unknown route {route!r} (known: {', '.join(sorted(self.routes))})"
-                )
+                known = ", ".join(sorted(self.routes))
+                raise RequestError(f"{attempt.describe()} asked for an unknown route {route!r} (known: {known})")
             args, kwargs = loads(payload)
-            answer = handler(call, *args, **kwargs)
+            answer = handler(attempt, *args, **kwargs)
             if inspect.isawaitable(answer):
                 answer = await answer
             return True, dumps(answer)
@@ -71,18 +70,18 @@ class CallTraffic:
 
     # -- built-in routes --------------------------------------------------------------
 
-    def _service(self, call: Attempt, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _service(self, attempt: Attempt, service: str, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             instance = self.kernel.get_service(service)
         except KernelError as exc:
-            raise RequestError(f"{call.describe()} asked for service {service!r}: {exc}") from None
+            raise RequestError(f"{attempt.describe()} asked for service {service!r}: {exc}") from None
         fn = getattr(instance, method, None) if not method.startswith("_") else None
         if not callable(fn):
-            raise RequestError(f"{call.describe()} asked for {service}.{method}: service {service!r} "
+            raise RequestError(f"{attempt.describe()} asked for {service}.{method}: service {service!r} "
                                f"has no public method {method!r}")
         return fn(*args, **kwargs)
 
-    async def _stats(self, call: Attempt) -> dict[str, Any]:
+    async def _stats(self, attempt: Attempt) -> dict[str, Any]:
         stats = await self._get_stats()
         return stats.model_dump(mode="json")  # type: ignore[no-any-return]
 

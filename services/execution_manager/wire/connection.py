@@ -226,10 +226,10 @@ class Connection:
         size: int = LENGTH.unpack_from(buf, 0)[0]
         return max(0, size + 4 - len(buf))
 
-    def answer_frame(self, call_id: int) -> bytes | None:
-        """The RESULT or ERROR frame received for ``call_id`` as it came (``keep_answers``),
+    def answer_frame(self, task_id: int) -> bytes | None:
+        """The RESULT or ERROR frame received for ``task_id`` as it came (``keep_answers``),
         once: a relay forwards it without encoding it again."""
-        return self._answers.pop(call_id, None) if self._answers is not None else None
+        return self._answers.pop(task_id, None) if self._answers is not None else None
 
     # -- the handshake ----------------------------------------------------------------
 

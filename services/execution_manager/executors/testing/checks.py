@@ -190,13 +190,13 @@ class Recorder:
         self.progress_seen: list[tuple[int, float, str]] = []
         self.logs: list[tuple[int, str, str, dict[str, Any]]] = []
 
-    def progress(self, call: Attempt, fraction: float, message: str) -> None:
-        self.progress_seen.append((call.id, fraction, message))
+    def progress(self, attempt: Attempt, fraction: float, message: str) -> None:
+        self.progress_seen.append((attempt.id, fraction, message))
 
-    def log(self, call: Attempt, level: str, message: str, fields: Any) -> None:
-        self.logs.append((call.id, level, message, dict(fields)))
+    def log(self, attempt: Attempt, level: str, message: str, fields: Any) -> None:
+        self.logs.append((attempt.id, level, message, dict(fields)))
 
-    async def request(self, call: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
+    async def request(self, attempt: Attempt, route: str, payload: bytes) -> tuple[bool, bytes]:
         args, kwargs = loads(payload)
         if route != "echo":
             return False, dumps(RequestError(f"unknown route {route!r}"))
