@@ -91,7 +91,8 @@ class DaskWorker(WorkerBase):
     # -- calls ------------------------------------------------------------------------
 
     def submit(self, attempt: Attempt) -> None:
-        self._accept(attempt, where=f" (Dask worker {self.address})")
+        self._check_accepting(where=f" (Dask worker {self.address})")
+        self._hold(attempt)
         self._held.append(attempt)
         self._pump()
 

@@ -99,7 +99,8 @@ class InMemoryWorker(WorkerBase):
         self.set_state(_S.AVAILABLE)
 
     def submit(self, attempt: Attempt) -> None:
-        self._accept(attempt)
+        self._check_accepting()
+        self._hold(attempt)
         self._waiting.append(attempt)
         self._pump()
 

@@ -25,28 +25,21 @@ _log = structlog.get_logger("executor")
 
 class WorkerBase(Worker):
     """:class:`Worker` with the helpers its implementations call: taking calls in
-    (``_check_accepting``, ``_hold``, ``_accept``), ending them (``_finish``, ``_fail``,
+    (``_check_accepting``, then ``_hold``), ending them (``_finish``, ``_fail``,
     ``_drop``, ``_cancel_from``), handing a running call's traffic to the pool
     (``report_traffic``), and stopping (``_begin_stop``, ``_let_finish``,
     ``_fail_stopped``, ``_crash_all``, ``_fail_all``). Each keeps the counts and the
     state right."""
 
     def _check_accepting(self, *, connected: bool = True, where: str = "") -> None:
-        """Helper for ``submit``, so that it can send a call before :meth:`_hold`'s
-        bookkeeping (the worker starts on it meanwhile).
+        """Helper for ``submit``, first: the worker takes calls. Then :meth:`_hold` counts
+        the attempt as held (a worker that sends it away may send it first, so that the
+        far side starts on it during the bookkeeping).
 
         :raises PoolClosedError: not accepting calls, or not ``connected``.
         """
         if self.state not in ACCEPTING or not connected:
             raise PoolClosedError(f"worker {self.id}{where} is {self.state.value} and takes no calls")
-
-    def _accept(self, attempt: Attempt, *, connected: bool = True, where: str = "") -> None:
-        """Take ``attempt`` in (helper for ``submit``): it counts as held from now on.
-
-        :raises PoolClosedError: not accepting calls, or not ``connected``.
-        """
-        self._check_accepting(connected=connected, where=where)
-        self._hold(attempt)
 
     def _hold(self, attempt: Attempt) -> None:
         """Count ``attempt`` as held (after :meth:`_check_accepting`)."""
