@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from kernel import Kernel, logs
-from microkernel.plugins.local.executor import LocalWorker
+from microkernel.plugins.local.worker import LocalWorker
 from microkernel.services.execution_manager.executors import Attempt
 from microkernel.services.execution_manager.wire import protocol as p
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.listener import NodeHub
 from microkernel.plugins.websocket.settings import HubSettings
 from microkernel.services.execution_manager.wire import NodeSide
 

@@ -23,7 +23,7 @@ class DaskTransport(NodeTransport):
         from .versions import check_version
 
         check_version()  # before anything imports distributed: a missing one says what to install
-        from .cluster import DaskCluster
+        from .listener import DaskCluster
 
         try:
             parsed = DaskSettings.model_validate(dict(settings))

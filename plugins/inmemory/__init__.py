@@ -18,6 +18,6 @@ if TYPE_CHECKING:  # workers import this package: keep asyncio out of their star
 
 @hookimpl
 def em_executor_types() -> Mapping[str, WorkerFactory]:
-    from .executor import InMemoryWorker
+    from .worker import InMemoryWorker
 
     return {InMemoryWorker.node_type: InMemoryWorker}

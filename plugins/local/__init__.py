@@ -13,6 +13,6 @@ if TYPE_CHECKING:  # workers import this package: keep asyncio out of their star
 
 @hookimpl
 def em_executor_types() -> Mapping[str, WorkerFactory]:
-    from .executor import LocalWorker
+    from .worker import LocalWorker
 
     return {LocalWorker.node_type: LocalWorker}

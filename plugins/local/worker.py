@@ -1,308 +1,365 @@
-"""The worker process: ``python -P -m microkernel.plugins.local.worker FD``.
-
-A blocking loop on one socket: read CALL frames, run them one at a time in this
-thread, write the replies. Replies of short calls are batched (up to about a
-millisecond) so that a stream of tiny calls costs few system calls. A watchdog thread
-exits the process as soon as the kernel's end of the socket closes, even while a
-long call runs, so no worker outlives its kernel, however the kernel ended.
-
-A running call reaches the kernel through :mod:`kernel.task`: progress and log frames
-go out at once; a request blocks only that call, reading the socket for its answer
-and keeping any calls that arrive meanwhile for the main loop. A cancel is settled as
-soon as it is read: a call not begun never begins, and the kernel hears so (CANCELLED);
-while a call runs long, a watcher thread does the reading, so the kernel can take
-back calls held behind it at once.
-"""
+"""The kernel's side of one local worker process."""
 
 from __future__ import annotations
 
-import gc
-import itertools
+import asyncio
+import contextlib
 import json
 import mmap
 import os
-import platform
-import select
 import signal
 import socket
-import struct
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
-from kernel import task
-from kernel.errors import RequestError
-from kernel.packages import install_finder
-from microkernel.services.execution_manager.errors import SoftTimeoutError
-from microkernel.services.execution_manager.executors import Reply, Runtime
-from microkernel.services.execution_manager.wire import PipeWorkerSide, protocol as p
+from kernel.packages import service_packages
+from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
+from microkernel.services.execution_manager.executors import (
+    Attempt,
+    ErrorInfo,
+    FrameStream,
+    WorkerBase,
+    WorkerInfo,
+    WorkerState,
+)
+from microkernel.services.execution_manager.wire import PipeKernelSide, protocol as p
 
-BOOT_ENV = "MICROKERNEL_WORKER_BOOT"
-BEGAN = struct.Struct("<q")  # the id of the call begun last, on a page shared with the kernel
-_BATCH_SECONDS = 0.001
-_WATCH_SECONDS = 0.01  # how soon a cancel is settled while a call runs long
+from .process import BEGAN, BOOT_ENV
 
-
-def _watch_kernel(sock: socket.socket, kernel_pid: int) -> None:
-    """Exit at once when the kernel goes away (its socket end closes), and take what
-    this worker started along (the kernel is not there to)."""
-
-    def run() -> None:
-        rdhup = getattr(select, "POLLRDHUP", 0)
-        if hasattr(select, "poll") and rdhup:
-            poller = select.poll()
-            poller.register(sock.fileno(), rdhup)
-            gone = rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL
-            while True:
-                for _fd, ev in poller.poll():
-                    if ev & gone:
-                        _exit_with_group()
-        while True:  # no POLLRDHUP (not Linux): poll the parent's liveness
-            time.sleep(0.5)
-            try:
-                os.kill(kernel_pid, 0)
-            except ProcessLookupError:
-                _exit_with_group()
-
-    threading.Thread(target=run, name="kernel-watchdog", daemon=True).start()
+_S = WorkerState
 
 
-def _exit_with_group() -> None:
-    """Exit, and kill the process group this worker leads (what its calls started)."""
-    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():
-        os.killpg(0, signal.SIGKILL)  # this process included
-    os._exit(0)
+def _shared_page(name: str) -> int:
+    """A file descriptor of a small memory-backed file, shared with the worker."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create(f"began-{name}")
+    else:  # no memfd (not Linux): an unlinked temporary file does the same
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix=f"began-{name}-")
+        os.unlink(path)
+        fd = handle
+    os.ftruncate(fd, BEGAN.size)
+    return fd
 
 
-class _SoftTimeout:
-    """Raises SoftTimeoutError in the running call when its SIGALRM comes."""
-
-    armed = False
-    seconds = 0.0
-
-    @classmethod
-    def fire(cls, _signum: int, _frame: object) -> None:
-        if cls.armed:  # never outside the call it was set for
-            cls.armed = False
-            raise SoftTimeoutError(f"the call ran past its soft timeout of {cls.seconds:g} s")
-
-    @classmethod
-    def run(cls, execute: Callable[[int, bytes, int], Reply], ev: p.Call) -> Reply:
-        cls.seconds, cls.armed = ev.soft_timeout, True
-        signal.setitimer(signal.ITIMER_REAL, ev.soft_timeout)
+def describe_exit(returncode: int | None) -> str:
+    """'exited with code 1', 'killed by signal SIGKILL'..."""
+    if returncode is None:
+        return "disconnected"
+    if returncode < 0:
         try:
-            return execute(ev.kind, ev.payload, ev.call_id)
-        finally:
-            cls.armed = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"killed by signal {name}"
+    return f"exited with code {returncode}"
 
 
-class _Link:
-    """The worker's end of the socket: sends from any thread of a call, and every read.
+def _end_group(pid: int) -> None:
+    """Kill what a worker left behind once it has exited: it led its own process group, so
+    the commands and processes its calls started are in it (unless they left it), and
+    none may outlive it: a cancelled shell job's command, say, or a call's subprocess."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
-    Reads happen on the main loop between calls, in a call's request while it waits for
-    its answer (``kernel.task``), and on the cancel watcher while a call runs long; all
-    go through :meth:`take` under one lock. Calls received and not begun are
-    :attr:`pending`: a cancel and the main loop's start race for each one, settled by the
-    pop of one dict (atomic), so a cancel is confirmed (CANCELLED) only for a call that
-    will never begin.
+
+class LocalWorker(WorkerBase):
+    """A worker process on this machine, talking frames over a socket pair.
+
+    Options: ``startTimeout`` (seconds to register, default 30); ``python`` (the
+    interpreter to run workers with, default: the kernel's); ``killGrace`` (seconds
+    between SIGTERM and SIGKILL when a running call is aborted, default 1); ``labels``
+    (extra resources every worker offers, e.g. ``{"gpu": 1}``). A worker offers one CPU
+    and the machine's memory.
     """
 
-    def __init__(self, sock: socket.socket, conn: PipeWorkerSide) -> None:
-        self.sock = sock
-        self.conn = conn
-        self.out: list[bytes] = []  # replies waiting for the batch to be written
-        self.unseen: list[p.Event] = []  # events read off the main loop, for it to see
-        # Calls received and not begun, by id: the frame to begin it from. A call taken back
-        # and sent again has two frames; only the newest may begin it, in the kernel's order.
-        self.pending: dict[int, p.Call] = {}
-        self.running_since: float | None = None  # when the main loop began the call it runs
-        self.read_lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._answers: dict[int, p.Response] = {}
-        self._ids = itertools.count(1)
+    node_type = "local"
+    knows_begun = True  # its worker records each call it begins on a page that outlives it
 
-    def send(self, data: bytes) -> None:
-        with self._send_lock:
-            self.sock.sendall(data)
+    def __init__(self, worker_id: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(worker_id, options)
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stream: FrameStream | None = None
+        self._conn: PipeKernelSide | None = None
+        self._keeping = bool(self.options.get("keepAnswers"))  # a node agent relays answers as they came
+        self._hello: asyncio.Future[p.Hello] | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._exit_reason: str | None = None
+        self._abort_note: str | None = None
+        self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
+        self._suspect_since: float | None = None  # first seen stopped (check_alive)
+        self._began: mmap.mmap | None = None  # the id of the call the worker began last (shared)
+        self._pinged = 0.0  # when the last ping went out (check_alive)
+        self._offer = self.offers(self.options)
 
-    def flush(self) -> None:
-        out = self.out
-        if out:
-            self.send(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+    @classmethod
+    def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float]:
+        import psutil  # kernel side only; workers never import this module
 
-    def take(self, data: bytes) -> list[p.Event]:
-        """Parse ``data`` (under :attr:`read_lock`): calls become pending, cancels are
-        settled at once, answers to requests are kept; the rest is returned."""
-        events = self.conn.receive_data(data)
-        kept: list[p.Event] = []
-        pending = self.pending
-        for ev in events:
-            if type(ev) is p.Call:
-                pending[ev.call_id] = ev
-                kept.append(ev)
-            elif type(ev) is p.Cancel:
-                # dict.pop is atomic: this and the main loop's begin() cannot both win a call
-                if pending.pop(ev.call_id, None) is not None:  # not begun: it never will
-                    self.send(p.frame(p.Cancelled(ev.call_id)))
-            elif type(ev) is p.Response:
-                self._answers[ev.request_id] = ev
-            elif type(ev) is p.Heartbeat:  # the kernel asks whether this idle worker still answers
-                self.send(p.frame(p.Heartbeat(0.0, 0, len(pending))))
+        return {"cpu": 1.0, "memory": float(psutil.virtual_memory().total), **options.get("labels", {})}
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(pid=self.pid, width=1, exit_reason=self._exit_reason, exit_code=self.returncode,
+                          resources=self._offer)
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.set_state(_S.REGISTERING)
+        timeout = float(self.options.get("startTimeout", 30.0))
+        ours, theirs = socket.socketpair()
+        began_fd = _shared_page(self.id)
+        self._began = mmap.mmap(began_fd, BEGAN.size)
+        boot = {
+            "worker_id": self.id,
+            "sys_path": sys.path,
+            "packages": service_packages(),
+            "kernel_pid": os.getpid(),
+            "began_fd": began_fd,
+        }
+        env = {**os.environ, BOOT_ENV: json.dumps(boot)}
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                # -P: `python -m` would put the current folder first on the path, so that an
+                # app's kernel.py replaced our package in every worker; the app's folder
+                # comes back, after ours, with the kernel's sys.path in the boot message.
+                self.options.get("python", sys.executable), "-P", "-m", "microkernel.plugins.local.process",
+                str(theirs.fileno()),
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(), began_fd), env=env,
+                start_new_session=True,  # its own process group: what it starts ends with it (_end_group)
+            )
+        except OSError as exc:
+            ours.close()
+            self._began.close()
+            self._began = None
+            self.set_state(_S.FAILED)
+            raise WorkerStartError(f"worker {self.id}: cannot start a process: {exc}") from exc
+        finally:
+            theirs.close()
+            os.close(began_fd)  # the mapping keeps the page
+        self.pid = self._proc.pid
+        self._hello = loop.create_future()
+        self._exited = loop.create_future()
+        conn = self._conn = PipeKernelSide(peer=f"worker {self.id} (pid {self.pid})", keep_answers=self._keeping)
+        _, stream = await loop.connect_accepted_socket(
+            lambda: FrameStream(conn, self._on_event, self._on_lost), ours
+        )
+        self._stream = stream
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._hello)
+        except (TimeoutError, WorkerCrashedError, p.ProtocolError) as exc:
+            await self._kill()
+            if isinstance(exc, TimeoutError):
+                why = f"did not register within {timeout:g} s"
+            elif isinstance(exc, p.ProtocolError):  # another release's worker, named with both versions
+                why = f"was refused: {exc.reason}"
             else:
-                kept.append(ev)
-        return kept
+                why = f"{describe_exit(self.returncode)} before registering"
+            if self.state != _S.FAILED:
+                self.set_state(_S.FAILED)
+            raise WorkerStartError(f"worker {self.id} (pid {self.pid}) {why}") from None
+        self.set_state(_S.AVAILABLE)
 
-    def next_batch(self) -> list[p.Event] | None:
-        """What the main loop runs next: the events others read for it, else the next
-        read (blocking); None at the end of the stream."""
-        with self.read_lock:
-            if self.unseen:
-                events = list(self.unseen)
-                self.unseen.clear()
-                return events
-            data = self.sock.recv(max(65536, self.conn.pending()))  # a large frame in one read
-            return self.take(data) if data else None
+    # -- calls ------------------------------------------------------------------------
 
-    def meanwhile(self) -> list[p.Event]:
-        """What came while a call waited behind another (cancels, mostly): what its
-        requests and the watcher read, and what waits on the socket."""
-        with self.read_lock:
-            more = list(self.unseen)
-            self.unseen.clear()
-        return more + self.read_ready()
+    def submit(self, attempt: Attempt) -> None:
+        stream = self._stream
+        self._check_accepting(connected=stream is not None and not stream.closed)
+        assert stream is not None
+        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        self._hold(attempt)  # after the write: the worker starts while this runs
 
-    def read_ready(self) -> list[p.Event]:
-        """The events already waiting on the socket, without blocking."""
-        with self.read_lock:
-            try:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return []
-            if not data:
-                return []  # the end of the stream is seen by the next blocking read
-            return self.take(data)
+    def cancel(self, task_id: int) -> bool:
+        """Ask the worker to drop the call; it confirms (CANCELLED, and the call's future
+        is cancelled) unless it began it already (then it ends as usual)."""
+        stream = self._stream
+        if stream is None or stream.closed or task_id not in self.inflight or task_id in self._cancelling:
+            return False
+        self._cancelling.add(task_id)
+        stream.write(p.frame(p.Cancel(task_id)))
+        return True
 
-    def watch_cancels(self, every: float) -> None:
-        """While a call runs longer than ``every`` s, read what arrives, so a cancel of
-        a call held behind it is settled now, not when the call ends (a thread)."""
-        clock = time.perf_counter
-        while True:
-            time.sleep(every)
-            since = self.running_since
-            if since is None or clock() - since < every or not self.read_lock.acquire(blocking=False):
-                continue
-            try:
-                if self.running_since is not None:
-                    try:
-                        data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        self.unseen.extend(self.take(data))
-            finally:
-                self.read_lock.release()
+    def stop_running(self, task_id: int, note: str) -> bool:
+        if self._proc is None or self._proc.returncode is not None:
+            return False
+        self._abort_note = f"stopped: {note}"
+        self._proc.terminate()
+        grace = float(self.options.get("killGrace", 1.0))
+        asyncio.get_running_loop().call_later(grace, self._kill_if_alive)
+        return True
 
-    # -- runtime.CallChannel ---------------------------------------------------------
+    def check_alive(self, status: str | None, timeout: float) -> str | None:
+        """Stopped (SIGSTOP) past ``timeout``, a zombie, or silent while idle past
+        ``timeout`` (pinged meanwhile): the worker is killed and replaced. Read from
+        the process's state, never from its Python thread, so a call that holds the
+        GIL is not mistaken for a dead worker."""
+        stream, proc = self._stream, self._proc
+        if stream is None or proc is None or proc.returncode is not None or self.is_closed:
+            return None
+        now = time.monotonic()
+        why = None
+        if status in ("stopped", "tracing-stop"):
+            why = "stopped (SIGSTOP)"
+        elif status in ("zombie", "dead"):
+            why = "a zombie (its process ended, its socket still open)"
+        elif not self.inflight:
+            # Judged from the last ping, not from the last word: an idle worker is quiet
+            # between pings, however far apart the monitor's samples are.
+            if self._pinged > stream.heard:  # a ping is out, and nothing came since
+                if now - self._pinged > timeout:
+                    why = f"silent for {now - stream.heard:.1f} s while idle (pinged, no answer)"
+            elif now - stream.heard > timeout / 3:
+                self._pinged = now
+                stream.write(p.frame(p.Heartbeat(0.0, 0, 0)))  # answered at once by an idle worker
+        if why is None:
+            if self._suspect_since is not None:
+                self._suspect_since = None
+                if self.state == _S.UNHEALTHY:
+                    self.set_state(_S.AVAILABLE)  # it came back (SIGCONT)
+            return None
+        if self._suspect_since is None:
+            self._suspect_since = now
+            if self.state in (_S.AVAILABLE, _S.RUNNING):
+                self.set_state(_S.UNHEALTHY)  # no new calls while it is in doubt
+        if why.startswith("stopped") and now - self._suspect_since < timeout:
+            return None
+        if why.startswith("stopped"):
+            why = f"stopped (SIGSTOP) for {now - self._suspect_since:.1f} s"
+        self._abort_note = f"declared dead: {why}"
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        stream.close()
+        return why
 
-    def progress(self, task_id: int, fraction: float, message: str) -> None:
-        self.send(p.frame(p.Progress(task_id, fraction, message)))
+    def _kill_if_alive(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()  # it ignored SIGTERM
 
-    def log(self, task_id: int, level: str, message: str, fields: Mapping[str, Any]) -> None:
-        self.send(p.frame(p.Log(task_id, level, message, dict(fields))))
+    def _on_event(self, event: p.Event) -> None:
+        if self._cancelling and type(event) in (p.Result, p.Error, p.Cancelled):
+            self._cancelling.discard(event.call_id)  # type: ignore[union-attr]
+        if type(event) is p.Result:
+            call = self.inflight.get(event.call_id)
+            if call is not None:  # else an attempt already given up (or cancelled): never delivered twice
+                call.ran = event.ran or None
+                self._finish(call, (True, event.payload))
+            if self._keeping:
+                self._forget_answer(event.call_id)
+        elif type(event) is p.Error:
+            call = self.inflight.get(event.call_id)
+            if call is not None:
+                call.ran = event.ran or None
+                self._finish(call, (False, ErrorInfo(event.type_name, event.message, event.traceback, event.exception)))
+            if self._keeping:
+                self._forget_answer(event.call_id)
+        elif type(event) is p.Cancelled:
+            self._drop(event.call_id)
+        elif type(event) is p.Progress or type(event) is p.Log or type(event) is p.Request:
+            self.report_traffic(event, self._respond)
+        elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
+            self._hello.set_result(event)
 
-    def request(self, task_id: int, route: str, payload: bytes) -> tuple[bool, bytes]:
-        rid = next(self._ids)
-        self.flush()  # earlier calls' results must not wait for this answer
-        self.send(p.frame(p.Request(rid, task_id, route, payload)))
-        with self.read_lock:
-            while rid not in self._answers:
-                data = self.sock.recv(max(65536, self.conn.pending()))
-                if not data:
-                    raise RequestError(f"the kernel went away before answering request {route!r}")
-                self.unseen.extend(self.take(data))  # calls and the like: the main loop's
-        answer = self._answers.pop(rid)
-        return answer.ok, answer.payload
+    def answer_frame(self, task_id: int) -> bytes | None:
+        """With the option ``keepAnswers``: the RESULT or ERROR frame of ``task_id`` as the
+        worker sent it, once, while the call's reply is being followed (a node agent
+        forwards it to the kernel without encoding it again)."""
+        conn = self._conn
+        return conn.answer_frame(task_id) if conn is not None else None
 
+    def _forget_answer(self, task_id: int) -> None:
+        if self._conn is not None:
+            self._conn.answer_frame(task_id)  # not taken (not relayed, or given up): dropped
 
-def _no_mark(task_id: int) -> None:
-    """Without a shared page (an old kernel), what began is not recorded."""
+    def _respond(self, request_id: int, ok: bool, payload: bytes) -> None:
+        if self._stream is not None and not self._stream.closed:
+            self._stream.write(p.frame(p.Response(request_id, ok, payload)))
 
+    # -- end --------------------------------------------------------------------------
 
-def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -> None:
-    conn = PipeWorkerSide()
-    link = _Link(sock, conn)
-    runtime = Runtime(worker_id, link)
-    sock.sendall(conn.hello(worker_id, os.getpid(), platform.python_version()))
-    threading.Thread(target=link.watch_cancels, args=(_WATCH_SECONDS,), name="cancel-watcher", daemon=True).start()
-    frame, execute, pending = p.frame, runtime.execute, link.pending
-    mark: Callable[[int], None] = partial(BEGAN.pack_into, began, 0) if began is not None else _no_mark
-    Result, Error = p.Result, p.Error
-    clock = time.perf_counter
-    out, unseen = link.out, link.unseen
-    while (events := link.next_batch()) is not None:
-        flushed = read_at = clock()
-        i = 0
-        while i < len(events):
-            ev = events[i]
-            i += 1
-            if type(ev) is p.Call:
-                if unseen or clock() - read_at > _BATCH_SECONDS:  # it waited behind another call
-                    events.extend(link.meanwhile())
-                    read_at = clock()
-                claimed = pending.pop(ev.call_id, None)  # begin(), inlined: the hot path
-                if claimed is not ev:
-                    if claimed is not None:  # a stale frame: the call was sent again, and begins from there
-                        pending[ev.call_id] = claimed
-                    continue  # cancelled before it began (and confirmed): the kernel runs it elsewhere
-                mark(ev.call_id)  # the kernel reads it if this process dies: what had begun
-                link.running_since = read_at if flushed < read_at else flushed  # at or before its start
-                began_at = clock()
-                if ev.soft_timeout:
-                    ok, reply = _SoftTimeout.run(execute, ev)
-                else:
-                    ok, reply = execute(ev.kind, ev.payload, ev.call_id)
-                link.running_since = None
-                now = clock()
-                # How long it ran, here: the kernel's own view adds transit and the wait
-                # behind calls sent ahead, and would count them as the call's duration.
-                out.append(frame(Result(ev.call_id, reply, now - began_at) if ok
-                                 else Error(ev.call_id, reply.type_name, reply.message, reply.traceback,
-                                            reply.exception, now - began_at)))  # reply: an ErrorInfo
-                if now - flushed > _BATCH_SECONDS:
-                    link.flush()
-                    flushed = now
-            elif type(ev) is p.Shutdown:
-                link.flush()
-                return
-        link.flush()
+    def _on_lost(self, exc: BaseException | None) -> None:
+        if self.state in (_S.AVAILABLE, _S.RUNNING):
+            self.set_state(_S.UNHEALTHY)  # no call goes to it while it is reaped
+        if self._hello is not None and not self._hello.done():
+            self._hello.set_exception(exc if isinstance(exc, p.ProtocolError) else WorkerCrashedError("lost"))
+            self._hello.exception()  # retrieved here; start() reports it
+        asyncio.get_running_loop().create_task(self._reap(exc))
 
+    async def _reap(self, exc: BaseException | None) -> None:
+        """The connection ended: collect the exit status, fail what was in flight."""
+        assert self._proc is not None
+        try:
+            async with asyncio.timeout(2.0):
+                self.returncode = await self._proc.wait()
+        except TimeoutError:  # the socket broke but the process lingers: end it
+            self._proc.kill()
+            self.returncode = await self._proc.wait()
+        _end_group(self._proc.pid)
+        reason = describe_exit(self.returncode)
+        if isinstance(exc, p.ProtocolError):
+            reason = f"broke the protocol ({exc.reason})"
+        elif self._abort_note:
+            reason = f"{reason} ({self._abort_note})"
+        self._exit_reason = reason
+        where = f"worker {self.id} (pid {self.pid})"
+        how = "was stopped" if self._stopping else reason
 
-def main() -> None:
-    boot = json.loads(os.environ.pop(BOOT_ENV))
-    # Ctrl-C in a terminal reaches the whole process group; the kernel decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGALRM, _SoftTimeout.fire)
-    sys.path[:] = boot["sys_path"]
-    install_finder(boot["packages"])
-    task.forward_logging()  # logging inside calls lands in the kernel's log, with their ids
-    sock = socket.socket(fileno=int(sys.argv[1]))
-    _watch_kernel(sock, boot["kernel_pid"])
-    gc.freeze()  # what booting made stays out of each collection's walk (as in the kernel)
-    began = mmap.mmap(boot["began_fd"], BEGAN.size) if boot.get("began_fd") is not None else None
-    if began is not None:
-        os.close(boot["began_fd"])
-    try:
-        serve(sock, boot["worker_id"], began)
-    except (ConnectionError, p.ProtocolError):
-        pass
-    finally:
-        sock.close()
+        # Leave the accepting states first: failing a call lets the pool place queued
+        # calls, and none may land on this dead worker.
+        if self.state not in (_S.FAILED, _S.TERMINATED):
+            self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
+        self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then(), exact=True)
+        if self._began is not None:  # read for the last time: its descriptor goes now, not at garbage collection
+            self._began.close()
+            self._began = None
+        assert self._exited is not None
+        if not self._exited.done():
+            self._exited.set_result(None)
 
+    def _began_by_then(self) -> Callable[[Attempt], bool]:
+        """Which calls held had begun when the worker ended: it writes each call's id to a
+        shared page as it begins one (calls begin in the order sent), so the page says
+        exactly, even after SIGKILL, and the rest run elsewhere at no cost."""
+        last = BEGAN.unpack_from(self._began, 0)[0] if self._began is not None else -1
+        order = list(self.inflight)
+        upto = order.index(last) if last in order else -1  # not held: it answered; none after it began
+        begun = set(order[: upto + 1])
+        return lambda call: call.id in begun
 
-if __name__ == "__main__":
-    main()
+    async def _kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        if self._stream is not None:
+            self._stream.close()
+        if self._exited is not None:
+            await self._exited
+
+    async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
+        if not self._begin_stop():
+            return
+        self._stopping = True
+        if self._stream is None or self._proc is None:
+            self.set_state(_S.TERMINATED)
+            return
+        await self._let_finish(drain, timeout)
+        if not self._stream.closed:
+            self._stream.write(p.frame(p.Shutdown(False)))
+        assert self._exited is not None
+        try:
+            async with asyncio.timeout(2.0):
+                await asyncio.shield(self._exited)
+        except TimeoutError:
+            await self._kill()
+        if self.state != _S.TERMINATED:
+            self.set_state(_S.TERMINATED)

@@ -17,7 +17,7 @@ from microkernel.services.execution_manager.executors import NodeInfo
 from microkernel.services.execution_manager.wire import NodeKernelSide, ProtocolError, dumps, node as n, protocol as p
 
 from .outbox import FastServerConnection, Outbox
-from .slot import NodeSlot
+from .worker import NodeSlot
 
 log = structlog.get_logger("nodes")
 

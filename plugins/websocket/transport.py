@@ -20,7 +20,7 @@ class WebsocketTransport(NodeTransport):
     schemes = ("ws", "wss")
 
     def listener(self, settings: Mapping[str, Any], source: str | os.PathLike[str] = "custom.nodes") -> NodeListener:
-        from .hub import NodeHub
+        from .listener import NodeHub
 
         try:
             hub_settings = HubSettings.model_validate(dict(settings))

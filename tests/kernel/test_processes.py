@@ -30,7 +30,7 @@ def wait_for(predicate, timeout: float = 15.0) -> None:
 
 def workers_of(pid: int) -> list[psutil.Process]:
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if "microkernel.plugins.local.worker" in " ".join(p.cmdline())]
+        return [p for p in psutil.Process(pid).children(recursive=True) if "microkernel.plugins.local.process" in " ".join(p.cmdline())]
     except psutil.NoSuchProcess:
         return []
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kernel.plugins import make_plugin_manager
-from microkernel.plugins.inmemory.executor import InMemoryWorker
-from microkernel.plugins.local.executor import LocalWorker
+from microkernel.plugins.inmemory.worker import InMemoryWorker
+from microkernel.plugins.local.worker import LocalWorker
 from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
 from microkernel.services.execution_manager.executors import ReplyFuture, WorkerState
 from microkernel.services.execution_manager.executors.testing import (

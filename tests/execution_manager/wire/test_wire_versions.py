@@ -65,7 +65,7 @@ async def test_a_local_worker_of_the_previous_release_fails_to_start_naming_both
     import os
     import sys
 
-    from microkernel.plugins.local.executor import LocalWorker
+    from microkernel.plugins.local.worker import LocalWorker
     from microkernel.services.execution_manager.errors import WorkerStartError
 
     old = tmp_path / "python-of-the-previous-release"

@@ -20,7 +20,7 @@ pytest.importorskip("distributed", reason="the dask extra is not installed (pip 
 
 from kernel import Kernel
 from kernel.errors import ConfigError, PluginError, ServiceStartError, SettingsError
-from microkernel.plugins.dask.cluster import DaskCluster
+from microkernel.plugins.dask.listener import DaskCluster
 from microkernel.plugins.dask.settings import DaskSettings, LocalClusterSettings
 from microkernel.plugins.dask.versions import check_version
 from microkernel.services.execution_manager.errors import WorkerCrashedError

@@ -14,7 +14,7 @@ import pytest
 import structlog.testing
 from websockets.asyncio.client import connect
 
-from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.listener import NodeHub
 from microkernel.services.execution_manager.executors.testing import call, reply
 from microkernel.services.execution_manager.wire import loads, node as n, protocol as p
 from tests.nodes import TOKEN, RawNode, running_hub, start_node, stop_node, until

@@ -13,7 +13,7 @@ import pytest
 
 from kernel import Kernel
 from kernel.errors import ServiceStartError
-from microkernel.plugins.websocket.hub import NodeHub
+from microkernel.plugins.websocket.listener import NodeHub
 from microkernel.services.execution_manager.errors import WorkerCrashedError
 from microkernel.services.execution_manager.executors.testing import CHECKS, DEATH_CHECKS
 from tests import tasks

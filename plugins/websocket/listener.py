@@ -37,7 +37,7 @@ from microkernel.services.execution_manager.wire import NodeKernelSide, Protocol
 from .outbox import FastServerConnection, handshake
 from .session import Session, SessionState
 from .settings import HubSettings
-from .slot import NodeSlot
+from .worker import NodeSlot
 
 log = structlog.get_logger("nodes")
 

@@ -1,6 +1,6 @@
 """The kernel's end of a Dask cluster: a :class:`~microkernel.services.execution_manager.executors.NodeListener` that
 connects to the scheduler (or starts a ``LocalCluster``), adopts one
-:class:`.executor.DaskWorker` per Dask worker into the pool, and follows the cluster:
+:class:`.worker.DaskWorker` per Dask worker into the pool, and follows the cluster:
 workers that join are adopted, workers that leave fail (or retry) what they held, and
 a scheduler that goes away fails every worker until it comes back.
 """
@@ -22,10 +22,10 @@ from microkernel.services.execution_manager.executors import NodeHost, NodeInfo,
 
 from . import remote
 from .collect import Results
-from .executor import DaskWorker
 from .scaling import WorkerView, plan
 from .settings import DaskSettings
 from .versions import check_version
+from .worker import DaskWorker
 
 log = structlog.get_logger("dask")
 
