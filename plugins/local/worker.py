@@ -21,9 +21,11 @@ from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
     FrameStream,
+    Verdict,
     WorkerBase,
     WorkerInfo,
     WorkerState,
+    judge_liveness,
 )
 from microkernel.services.execution_manager.wire import PipeKernelSide, protocol as p
 
@@ -199,29 +201,19 @@ class LocalWorker(WorkerBase):
         return True
 
     def check_alive(self, status: str | None, timeout: float) -> str | None:
-        """Stopped (SIGSTOP) past ``timeout``, a zombie, or silent while idle past
-        ``timeout`` (pinged meanwhile): the worker is killed and replaced. Read from
-        the process's state, never from its Python thread, so a call that holds the
-        GIL is not mistaken for a dead worker."""
+        """Carry out :func:`~microkernel.services.execution_manager.scheduling.policy.judge_liveness`'s
+        verdict: ping, mark UNHEALTHY while in doubt, or kill the process (the pool
+        replaces the worker) and say why."""
         stream, proc = self._stream, self._proc
         if stream is None or proc is None or proc.returncode is not None or self.is_closed:
             return None
         now = time.monotonic()
-        why = None
-        if status in ("stopped", "tracing-stop"):
-            why = "stopped (SIGSTOP)"
-        elif status in ("zombie", "dead"):
-            why = "a zombie (its process ended, its socket still open)"
-        elif not self.inflight:
-            # Judged from the last ping, not from the last word: an idle worker is quiet
-            # between pings, however far apart the monitor's samples are.
-            if self._pinged > stream.heard:  # a ping is out, and nothing came since
-                if now - self._pinged > timeout:
-                    why = f"silent for {now - stream.heard:.1f} s while idle (pinged, no answer)"
-            elif now - stream.heard > timeout / 3:
-                self._pinged = now
-                stream.write(p.frame(p.Heartbeat(0.0, 0, 0)))  # answered at once by an idle worker
-        if why is None:
+        verdict, why = judge_liveness(status, busy=bool(self.inflight), heard=stream.heard, pinged=self._pinged,
+                                      suspect_since=self._suspect_since, now=now, timeout=timeout)
+        if verdict is Verdict.PING:
+            self._pinged = now
+            stream.write(p.frame(p.Heartbeat(0.0, 0, 0)))  # answered at once by an idle worker
+        if verdict is Verdict.ALIVE or verdict is Verdict.PING:
             if self._suspect_since is not None:
                 self._suspect_since = None
                 if self.state == _S.UNHEALTHY:
@@ -231,10 +223,8 @@ class LocalWorker(WorkerBase):
             self._suspect_since = now
             if self.state in (_S.AVAILABLE, _S.RUNNING):
                 self.set_state(_S.UNHEALTHY)  # no new calls while it is in doubt
-        if why.startswith("stopped") and now - self._suspect_since < timeout:
+        if verdict is Verdict.SUSPECT:
             return None
-        if why.startswith("stopped"):
-            why = f"stopped (SIGSTOP) for {now - self._suspect_since:.1f} s"
         self._abort_note = f"declared dead: {why}"
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

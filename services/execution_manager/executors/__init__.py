@@ -10,7 +10,9 @@
   the node seam;
 - :class:`FrameStream`, :class:`TurnBatcher` (:mod:`.streams`), :class:`Background`
   (:mod:`.background`): asyncio helpers for transports; :class:`ProcessSampler`
-  (:mod:`.sampling`): psutil readings of the machine and worker processes.
+  (:mod:`.sampling`): psutil readings of the machine and worker processes;
+- :func:`judge_liveness` and its :class:`Verdict` (from :mod:`..scheduling.policy`): the
+  decision a worker of the kernel's machine carries out in ``check_alive``.
 
 The wire a transport speaks is :mod:`..wire`; the errors a worker raises are in
 :mod:`..errors`; the conformance kit a plugin's tests run is :mod:`.testing`.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 from kernel.lazy import lazy_face
 
 if TYPE_CHECKING:
+    from ..scheduling.policy import Verdict as Verdict, judge_liveness as judge_liveness
     from .attempt import Attempt as Attempt, CallWatch as CallWatch, ReplyFuture as ReplyFuture
     from .background import Background as Background
     from .base import WorkerBase as WorkerBase

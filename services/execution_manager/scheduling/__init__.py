@@ -17,11 +17,14 @@ if TYPE_CHECKING:
     from . import stimuli as stimuli
     from .policy import (
         Limits as Limits,
+        Liveness as Liveness,
         Sample as Sample,
         ScalePlan as ScalePlan,
         ScalingDecision as ScalingDecision,
+        Verdict as Verdict,
         busy_start as busy_start,
         chunk_size as chunk_size,
+        judge_liveness as judge_liveness,
         memory_verdicts as memory_verdicts,
         pin_plan as pin_plan,
         pin_target as pin_target,

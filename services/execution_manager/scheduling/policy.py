@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from .stimuli import StartWorker, StopWorker
@@ -225,6 +226,50 @@ def memory_verdicts(workers: Sequence[WorkerView], rss: Mapping[str, int], *, so
         elif soft is not None and used > soft:
             out.append(StopWorker(w.id, f"RSS {used:,} bytes above softMemoryLimit {soft:,}"))
     return out
+
+
+class Verdict(StrEnum):
+    """What to do about a worker judged from outside (:func:`judge_liveness`)."""
+
+    ALIVE = "alive"  # nothing: it lives (and is healthy again if it was in doubt)
+    PING = "ping"  # idle and quiet for a while: ask it (it answers at once)
+    SUSPECT = "suspect"  # in doubt: no new call, judged again at the next sample
+    DEAD = "dead"  # end it; its calls fail, or retry, under their policy
+
+
+class Liveness(NamedTuple):
+    verdict: Verdict
+    reason: str = ""
+
+
+def judge_liveness(status: str | None, *, busy: bool, heard: float, pinged: float, suspect_since: float | None,
+                   now: float, timeout: float) -> Liveness:
+    """Whether a worker of this machine lives, judged from outside, never from its own
+    Python thread (a call may hold the GIL): from its process's state as psutil reads it
+    (``status``; None: no process), when it was last ``heard``, when the last ping went
+    out (``pinged``) and since when it is in doubt (``suspect_since``), on one clock.
+
+    A zombie is dead at once; a process stopped (SIGSTOP) is in doubt, and dead once
+    stopped for ``timeout`` s; an idle worker quiet for ``timeout / 3`` s is pinged, and
+    dead if the ping goes unanswered for ``timeout`` s. A busy worker is never judged by
+    its silence: its call may run long without a word.
+    """
+    if status in ("zombie", "dead"):
+        return Liveness(Verdict.DEAD, "a zombie (its process ended, its socket still open)")
+    if status in ("stopped", "tracing-stop"):
+        stopped = now - (now if suspect_since is None else suspect_since)
+        if stopped < timeout:
+            return Liveness(Verdict.SUSPECT, "stopped (SIGSTOP)")
+        return Liveness(Verdict.DEAD, f"stopped (SIGSTOP) for {stopped:.1f} s")
+    if not busy:
+        # Judged from the last ping, not from the last word: an idle worker is quiet
+        # between pings, however far apart the samples are.
+        if pinged > heard:  # a ping is out, and nothing came since
+            if now - pinged > timeout:
+                return Liveness(Verdict.DEAD, f"silent for {now - heard:.1f} s while idle (pinged, no answer)")
+        elif now - heard > timeout / 3:
+            return Liveness(Verdict.PING)
+    return Liveness(Verdict.ALIVE)
 
 
 def chunk_size(items: int, workers: int, *, per_worker: int = 4, cap: int = 10_000) -> int:

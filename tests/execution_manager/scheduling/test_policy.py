@@ -6,10 +6,13 @@ import pytest
 
 from microkernel.services.execution_manager.scheduling.policy import (
     Limits,
+    Liveness,
     ScalePlan,
+    Verdict,
     WorkerSnapshot,
     busy_start,
     chunk_size,
+    judge_liveness,
     memory_verdicts,
     pin_plan,
     pin_target,
@@ -229,3 +232,26 @@ def test_how_many_workers_run(decide, workers, seen, rule, instructions) -> None
 ])
 def test_where_an_instance_is_pinned(workers, exclude, starting, expected) -> None:
     assert pin_plan(workers, T, exclude=exclude, starting=starting) == expected
+
+
+# When a worker of the kernel's machine is declared dead, judged from outside: each row is
+# what the carrier sees (its process's state, when it was last heard and pinged, since
+# when it is in doubt; the clock at 100, timeout 6) and the verdict it carries out.
+@pytest.mark.parametrize(("status", "seen", "expected"), [
+    ("running", {}, Liveness(Verdict.ALIVE)),
+    ("sleeping", {"busy": True, "heard": 0.0}, Liveness(Verdict.ALIVE)),  # a busy worker is never judged by silence
+    ("zombie", {}, Liveness(Verdict.DEAD, "a zombie (its process ended, its socket still open)")),
+    ("stopped", {}, Liveness(Verdict.SUSPECT, "stopped (SIGSTOP)")),  # first seen: in doubt, no new call
+    ("stopped", {"suspect_since": 97.0}, Liveness(Verdict.SUSPECT, "stopped (SIGSTOP)")),
+    ("stopped", {"suspect_since": 94.0, "busy": True}, Liveness(Verdict.DEAD, "stopped (SIGSTOP) for 6.0 s")),
+    ("sleeping", {"heard": 97.0}, Liveness(Verdict.PING)),  # idle and quiet past timeout / 3: asked
+    ("sleeping", {"heard": 99.0}, Liveness(Verdict.ALIVE)),
+    ("sleeping", {"heard": 90.0, "pinged": 95.0}, Liveness(Verdict.ALIVE)),  # pinged 5 s ago: it may still answer
+    ("sleeping", {"heard": 90.0, "pinged": 93.0},
+     Liveness(Verdict.DEAD, "silent for 10.0 s while idle (pinged, no answer)")),
+    ("sleeping", {"heard": 99.0, "pinged": 93.0}, Liveness(Verdict.ALIVE)),  # it answered the ping
+    (None, {"heard": 90.0}, Liveness(Verdict.PING)),  # no process state (a node's): still pinged when quiet
+])
+def test_when_a_worker_is_declared_dead(status, seen, expected) -> None:
+    options = {"busy": False, "heard": 100.0, "pinged": 0.0, "suspect_since": None, **seen}
+    assert judge_liveness(status, now=100.0, timeout=6.0, **options) == expected
