@@ -184,6 +184,13 @@ class NodeSlot(WorkerBase):
         if self._down is not None and not self._down.done():
             self._down.set_result(None)
 
+    @property
+    def replaced_when_stopped(self) -> bool:
+        """The node starts another worker process in a slot the kernel stops, unless it or
+        the kernel is leaving."""
+        s = self.session
+        return s is not None and not s.closed and s.replace_slots
+
     async def stop(self, *, drain: bool = True, timeout: float = 10.0) -> None:
         if not self._begin_stop():
             return

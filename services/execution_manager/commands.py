@@ -1,4 +1,4 @@
-"""The execution manager's ``kernel`` verbs: ``status`` and ``node``.
+"""The execution manager's ``kernel`` verbs: ``status``, ``workers``, ``worker`` and ``node``.
 
 Registered as a plugin (entry point ``microkernel.plugins``); every ``kernel``
 invocation imports this module, so what a command needs is imported when it runs.
@@ -35,6 +35,38 @@ def status(url: str, as_json: bool, watch: float | None) -> int:
     from .monitoring import show_status
 
     return show_status(url, as_json=as_json, watch=watch)
+
+
+@click.command(epilog=examples("kernel workers", "kernel workers --json | jq '.[].id'"))
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="the kernel's dashboard address")
+@json_option
+def workers(url: str, as_json: bool) -> int:
+    """List a running kernel's workers: id, kind, pid, state, what each runs, counts,
+    CPU and memory (from its HTTP API)."""
+    from .monitoring.operate import show_workers
+
+    return show_workers(url, as_json=as_json)
+
+
+@click.command(epilog=examples("kernel worker local-1", "kernel worker local-1 --restart",
+                               "kernel worker local-2 --drain", "kernel worker local-1 --json"))
+@click.argument("worker_id")
+@click.option("--drain", "action", flag_value="drain",
+              help="no new calls; its pinned instances move; it finishes, then stops")
+@click.option("--stop", "action", flag_value="stop", help="stop it now: its call fails (or retries) naming the stop")
+@click.option("--restart", "action", flag_value="restart",
+              help="drain it, then a new process under the same id (a node's slot: its node replaces it)")
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="the kernel's dashboard address")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="file holding the admin token (else $MICROKERNEL_ADMIN_TOKEN, else the kernel's admin.token)")
+@json_option
+def worker(worker_id: str, action: str | None, url: str, token_file: str | None, as_json: bool) -> int:
+    """Show one worker of a running kernel (state, pid, node, what it runs and how far,
+    counts, CPU, memory, restarts, last exit), or drain, stop or restart it (actions
+    need the admin token, which a kernel on this machine keeps in its data folder)."""
+    from .monitoring.operate import operate_worker
+
+    return operate_worker(url, worker_id, action, as_json=as_json, token_file=token_file)
 
 
 @click.command(epilog=examples(
@@ -99,7 +131,7 @@ def node(connect: str, token_file: str | None, token: str | None, slots: int, la
 
 @hookimpl
 def kernel_cli_commands() -> Mapping[str, click.Command]:
-    return {"status": status, "node": node}
+    return {"status": status, "workers": workers, "worker": worker, "node": node}
 
 
 @hookimpl

@@ -19,6 +19,7 @@ again elsewhere may succeed: the call itself was not at fault).
     ├── SoftTimeoutError (TimeoutError)     raised inside a call at its soft timeout
     ├── QueueFullError                      maxQueue calls already wait (submit(block=False))
     ├── UnsatisfiableError (ValueError)     no worker could ever offer what a call asks
+    ├── WorkerConflictError                 a worker cannot take this action (now, or ever)
     └── PoolClosedError                     the pool is stopping or stopped
 """
 
@@ -103,6 +104,11 @@ class QueueFullError(ExecutionError):
 
 class UnsatisfiableError(ExecutionError, ValueError):
     """A call asks for resources no worker there is, or could be started, offers."""
+
+
+class WorkerConflictError(ExecutionError):
+    """A worker cannot take the action asked for: it is leaving already, or its kind
+    cannot (a Dask worker is restarted by its cluster, not by the kernel). HTTP 409."""
 
 
 class PoolClosedError(ExecutionError):

@@ -15,6 +15,7 @@ log = structlog.get_logger("execution-manager")
 EVENTS = frozenset({
     "task-complete", "attempt-failed", "task-failed",
     "worker-started", "worker-terminated", "worker-error", "worker-retired", "worker-recycled",
+    "worker-restarted",
     "task-retried", "scaled-up", "scaled-down", "queue-full",
     "instance-assigned", "instance-released", "instance-moved",
     "instance-lost",

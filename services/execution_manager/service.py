@@ -18,7 +18,7 @@ from .events import Callback, EventBus
 from .executors import NodeListener
 from .executors.runtime import run_chunk
 from .hookspecs import executor_types, node_transports
-from .monitoring import History, Monitor, Stats
+from .monitoring import History, Monitor, Stats, WorkerStats
 from .pool import CallFuture, CallTraffic, PinTable, Route, WorkerPool
 from .scheduling import CallSpec, chunk_size
 from .settings import HttpSettings, Settings
@@ -283,9 +283,49 @@ class ExecutionManager(BaseService):
         """The worker an instance is pinned to, or None."""
         return self._pins.worker_of(instance) if self._pins else None
 
-    async def retire_worker(self, worker_id: str) -> None:
-        """Drain and stop one worker, moving its pinned instances elsewhere first."""
-        await self._pool.retire(worker_id, "retired on request")
+    # -- workers by id ------------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerStats]:
+        """Every worker of the pool now (as in ``get_stats().worker_details``)."""
+        return (await self.get_stats()).worker_details
+
+    async def worker(self, worker_id: str) -> WorkerStats:
+        """One worker now: state, pid, node, what it runs and how far, calls done and
+        failed, CPU and RSS, restarts.
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        workers = await self.workers()
+        for w in workers:
+            if w.id == worker_id:
+                return w
+        raise LookupError(f"no worker {worker_id!r} (workers: {', '.join(w.id for w in workers) or 'none'})")
+
+    async def drain_worker(self, worker_id: str) -> None:
+        """Give the worker no new call, move its pinned instances elsewhere, let what it
+        runs finish, then stop it.
+
+        :raises LookupError: no such worker.
+        """
+        await self._pool.retire(worker_id, "drained on request")
+
+    async def stop_worker(self, worker_id: str) -> None:
+        """Stop the worker now: what it runs fails with ``WorkerCrashedError`` naming the
+        stop, or is retried under its policy.
+
+        :raises LookupError: no such worker.
+        """
+        await self._pool.retire(worker_id, "stopped on request", drain=False)
+
+    async def restart_worker(self, worker_id: str) -> None:
+        """Drain the worker, then start a new process under its id (a node's slot: its
+        node starts another in its place).
+
+        :raises LookupError: no such worker.
+        :raises WorkerConflictError: it is leaving already, or its kind cannot restart
+            (a Dask worker).
+        """
+        await self._pool.restart(worker_id)
 
     def add_route(self, name: str, handler: Route) -> None:
         """Let running calls ask ``task.request(name, *args, **kwargs)``: the kernel runs

@@ -12,6 +12,8 @@ from kernel.manifest import refuse_renamed
 
 from .scheduling import Limits
 
+ADMIN_TOKEN_FILE = "admin.token"  # in the kernel's data folder, when neither a file nor the env gives it
+
 
 def default_max_workers() -> int:
     """CPUs - 1, at least 1: one core stays for the kernel and the system."""
@@ -25,8 +27,10 @@ class HttpSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="address to serve on; 0.0.0.0 exposes it to the network")
     port: int = Field(8790, ge=0, le=65535, description="0: any free port")
+    control: bool = Field(True, description="false: the API is read-only (no drain, stop, restart, scale)")
     admin_token_env: str = Field("MICROKERNEL_ADMIN_TOKEN", description="environment variable with the admin token")
-    admin_token_file: str | None = Field(None, description="file with the admin token (chmod 600); wins over the env")
+    admin_token_file: str | None = Field(None, description="file with the admin token (chmod 600); wins over the env; "
+                                         "with neither, admin.token in the data folder, made on first start")
     push_interval: float = Field(1.0, gt=0, description="seconds between live updates to open dashboards")
     client_timeout: float = Field(5.0, gt=0, le=3600,
                                   description="seconds a connection may sit idle or take over a request's headers")

@@ -11,12 +11,9 @@ says why; the token is compared in constant time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import json
-import os
-import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -30,7 +27,7 @@ from kernel.errors import ConfigError
 from kernel.http.bodies import BadRequest, int_param, read_json
 from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
-from kernel.tokens import read_token
+from kernel.tokens import own_token
 
 from .model import Job, LogLine
 from .settings import TOKEN_FILE, ApiSettings, JobError
@@ -52,17 +49,7 @@ def load_token(settings: ApiSettings, folder: Path) -> tuple[bytes, str]:
 
     :raises ConfigError: the token file cannot be read, is empty, or others may read it.
     """
-    if settings.token_file is None and os.environ.get(settings.token_env, "").strip():
-        return read_token(settings.token_env, what="API token"), f"${settings.token_env}"
-    if settings.token_file is not None:
-        path = Path(settings.token_file).expanduser()
-    else:  # made on first start, for clients on this machine to find
-        path = folder / TOKEN_FILE
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32) + "\n")
-    return read_token(settings.token_env, path, what="API token"), str(path)
+    return own_token(settings.token_env, settings.token_file, folder=folder, name=TOKEN_FILE, what="API token")
 
 
 class Jobs(Protocol):

@@ -28,9 +28,10 @@ import aiohttp
 import urllib3
 
 from kernel.errors import KernelError
+from kernel.tokens import data_dir
 
 from .model import COMMON, Job, JobState, LogLine
-from .settings import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE, default_data_dir
+from .settings import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
@@ -73,7 +74,7 @@ def find_token(token: str | None = None) -> str:
     given = os.environ.get(TOKEN_ENV, "").strip()
     if given:
         return given
-    path = default_data_dir() / TOKEN_FILE
+    path = data_dir() / TOKEN_FILE
     try:
         return path.read_text().strip()
     except OSError:

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kernel.errors import KernelError
+from kernel.tokens import DATA_ENV, data_dir
 
-DATA_ENV = "MICROKERNEL_DATA_DIR"
 TOKEN_ENV = "MICROKERNEL_JOBS_TOKEN"
 TOKEN_FILE = "jobs.token"  # in the data folder, when neither a file nor the env gives the token
 DEFAULT_PORT = 8791  # beside the dashboard (8790); 8786 is Dask's scheduler
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def default_data_dir() -> Path:
-    """``$MICROKERNEL_DATA_DIR``, else ``$XDG_DATA_HOME/microkernel`` (``~/.local/share/microkernel``)."""
-    given = os.environ.get(DATA_ENV)
-    if given:
-        return Path(given).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "microkernel"
 
 
 class ApiSettings(BaseModel):
@@ -82,7 +74,7 @@ class JobSettings(BaseModel):
         return self
 
     def folder(self) -> Path:
-        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+        return Path(self.data_dir).expanduser() if self.data_dir else data_dir()
 
 
 class JobError(KernelError):

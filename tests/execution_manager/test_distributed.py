@@ -96,7 +96,7 @@ async def test_instance_moves_with_its_state_when_its_worker_retires(tmp_path: P
         first = await em.assign_optimal_worker(svc)
         await svc.incr(7)
         pending = [svc.incr(1) for _ in range(5)]  # sent before the move
-        retiring = asyncio.ensure_future(em.retire_worker(first))
+        retiring = asyncio.ensure_future(em.drain_worker(first))
         during = [svc.incr(1) for _ in range(5)]  # made while it moves: they wait
         await retiring
         assert [await c for c in pending + during] == list(range(8, 18))
@@ -114,7 +114,7 @@ async def test_retired_last_worker_brings_the_instance_home(tmp_path: Path) -> N
         svc = kernel.get_service("counter")
         wid = await em.assign_optimal_worker(svc)
         await svc.incr(4)
-        await em.retire_worker(wid)
+        await em.drain_worker(wid)
         assert em.worker_of(svc) is None and svc.n == 4
 
 

@@ -121,7 +121,7 @@ async def test_a_draining_worker_gets_no_new_call() -> None:
         em = kernel.get_service("execution-manager")
         blockers = await busy(em, 0.8, 2)
         draining = em.pool.fleet.members[0]
-        retiring = asyncio.ensure_future(em.retire_worker(draining.id))
+        retiring = asyncio.ensure_future(em.drain_worker(draining.id))
         await asyncio.sleep(0.05)
         pids = [em.submit(tasks.whoami) for _ in range(8)]
         async with asyncio.timeout(20):

@@ -175,6 +175,13 @@ class Worker(ABC):
         means (a remote node's heartbeats)."""
         return None
 
+    @property
+    def replaced_when_stopped(self) -> bool:
+        """Whether whoever brought this worker starts another in its place once it is
+        stopped, draining (a node replaces its slots): how the pool restarts a worker it
+        did not start. The pool restarts its own workers itself; the default: no."""
+        return False
+
     @classmethod
     def offers(cls, options: Mapping[str, Any]) -> Mapping[str, float] | None:
         """The resources a new worker made with ``options`` would offer, or None if

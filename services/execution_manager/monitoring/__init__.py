@@ -12,7 +12,7 @@ from kernel.lazy import lazy_face
 if TYPE_CHECKING:
     from .history import History as History
     from .monitor import Monitor as Monitor
-    from .stats import Stats as Stats
+    from .stats import Stats as Stats, WorkerStats as WorkerStats
     from .terminal import show_status as show_status
     from .web import WebServer as WebServer
 

@@ -59,6 +59,7 @@ class Monitor:
                 running=w.running, done=w.done, failed=w.failed, cpu_percent=cpu, memory_rss=rss, pinned=w.pinned,
                 node=info.node, host=(node.address.rpartition(":")[0] or node.address) if node else info.node or HOST,
                 heartbeat_age=node.heartbeat_age if node else None, calls=running_calls(w.calls, now),
+                restarts=w.restarts,
             ))
         queued = snap.queued_by_project
         return Stats(

@@ -42,6 +42,7 @@ class WorkerStats(BaseModel):
     host: str | None = None  # the machine it runs on
     heartbeat_age: float | None = None  # node slots: seconds since the node was last heard
     calls: list[RunningCall] = []  # what it runs now
+    restarts: int = 0  # times restarted on request (under the same id)
 
 
 class ProjectStats(BaseModel):

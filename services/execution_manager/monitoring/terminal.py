@@ -62,6 +62,63 @@ def _secs(s: float | None) -> str:
 WIDE = 120  # columns from which every worker column is shown; below, the ones that matter most
 
 
+def _call(w: dict[str, Any]) -> str:
+    call = w["calls"][0] if w["calls"] else None
+    if call is None:
+        return "idle"
+    progress = f" {call['progress']:.0%}" if call.get("progress") is not None else ""
+    return f"{call['call']} [task {call.get('task_id')}]{progress}"
+
+
+def workers_table(workers: list[dict[str, Any]], width: int = WIDE) -> Table:
+    """The workers as a table; below ``WIDE`` columns, the columns that matter most."""
+    columns = ["id", "kind", "host", "pid", "state", "call", "elapsed", "done", "failed", "CPU", "RSS", "heartbeat"]
+    if width < WIDE:
+        columns = ["id", "pid", "state", "call", "done", "CPU", "RSS"]
+    table = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in columns:
+        whole = col in ("id", "pid", "state")
+        table.add_column(col, justify="right" if col in ("pid", "done", "failed", "CPU", "RSS") else "left",
+                         no_wrap=True, overflow="fold" if whole else "ellipsis",
+                         min_width=max([len(str(w[col] or "-")) for w in workers] + [len(col)]) if whole else None,
+                         ratio=1 if col == "call" else None)
+    for w in workers:
+        call = w["calls"][0] if w["calls"] else None
+        cells = {
+            "id": w["id"], "kind": w["node_type"], "host": w["host"] or "-", "pid": str(w["pid"] or "-"),
+            "state": Text(w["state"], style=STATE_STYLE.get(w["state"], "")), "call": Text(_call(w)),  # not markup
+            "elapsed": f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}"
+            if call else "",
+            "done": str(w["done"]), "failed": str(w["failed"]), "CPU": f"{w['cpu_percent']:.0f}%",
+            "RSS": _size(w["memory_rss"]),
+            "heartbeat": _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",
+        }
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
+def worker_detail(w: dict[str, Any]) -> Table:
+    """One worker, a field a line (``kernel worker ID``)."""
+    table = Table(title=f"worker {w['id']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    exit_ = w.get("last_exit")  # why its predecessor under this id ended
+    rows = [
+        ("state", Text(w["state"], style=STATE_STYLE.get(w["state"], ""))), ("kind", w["node_type"]),
+        ("pid", str(w["pid"] or "-")), ("host", w["host"] or "-"), ("node", w["node"] or "-"),
+        ("running", Text(", ".join(f"{c['call']} [task {c['task_id']}] {_secs(c['elapsed'])}"
+                              + (f" {c['progress']:.0%}" if c.get("progress") is not None else "")
+                              + (f" {c['message']}" if c.get("message") else "") for c in w["calls"]) or "idle")),
+        ("calls", f"{w['done']} done, {w['failed']} failed"), ("CPU", f"{w['cpu_percent']:.0f}%"),
+        ("RSS", _size(w["memory_rss"])), ("pinned", str(w["pinned"])), ("restarts", str(w.get("restarts", 0))),
+        ("last exit", exit_ or "-"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
 def render(status: dict[str, Any], width: int = WIDE) -> Group:
     """The status as rich renderables for a terminal ``width`` columns wide: a header
     line, workers, nodes, last decision. Ids, pids and states are never cut: narrower
@@ -79,32 +136,7 @@ def render(status: dict[str, Any], width: int = WIDE) -> Group:
         ("calls ", "bold"), f"running {p['running']}  queued {p['queued']} ({queue})  done {p['done']}  "
         f"failed {p['failed']}  retried {p['retried']}  {p['rate']:.1f}/s",
     )
-    columns = ["id", "kind", "host", "pid", "state", "call", "elapsed", "done", "failed", "CPU", "RSS", "heartbeat"]
-    if not wide:
-        columns = ["id", "pid", "state", "call", "done", "CPU", "RSS"]
-    workers = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in columns:
-        whole = col in ("id", "pid", "state")
-        workers.add_column(col, justify="right" if col in ("pid", "done", "failed", "CPU", "RSS") else "left",
-                           no_wrap=True, overflow="fold" if whole else "ellipsis",
-                           min_width=max([len(str(w[col] or "-")) for w in status["workers"]] + [len(col)])
-                           if whole else None,
-                           ratio=1 if col == "call" else None)
-    for w in status["workers"]:
-        call = w["calls"][0] if w["calls"] else None
-        progress = f" {call['progress']:.0%}" if call and call.get("progress") is not None else ""
-        cells = {
-            "id": w["id"], "kind": w["node_type"], "host": w["host"] or "-", "pid": str(w["pid"] or "-"),
-            "state": Text(w["state"], style=STATE_STYLE.get(w["state"], "")),
-            "call": f"{call['call']} [task {call.get('task_id')}]{progress}" if call else "idle",
-            "elapsed": f"{_secs(call['elapsed'])} / {_secs(call['timeout']) if call['timeout'] else 'none'}"
-            if call else "",
-            "done": str(w["done"]), "failed": str(w["failed"]), "CPU": f"{w['cpu_percent']:.0f}%",
-            "RSS": _size(w["memory_rss"]),
-            "heartbeat": _secs(w["heartbeat_age"]) if w["heartbeat_age"] is not None else "-",
-        }
-        workers.add_row(*(cells[c] for c in columns))
-    parts: list[Any] = [header, workers]
+    parts: list[Any] = [header, workers_table(status["workers"], width)]
     if status["nodes"]:
         node_columns = ["id", "address", "state", "slots", "running", "CPU", "memory", "heartbeat"]
         if not wide:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import structlog
 
-from ..errors import UnsatisfiableError
+from ..errors import UnsatisfiableError, WorkerConflictError
 from ..events import EventBus
 from ..executors import CLOSED, Background, CallHost, Worker, WorkerFactory, WorkerState
 from ..scheduling import Scheduler, StopWorker, pin_plan, unsatisfiable, wants_worker
@@ -103,6 +103,7 @@ class Fleet:
         self.find: Callable[[str], PoolWorker | None] = self._by_id.get
         """The worker of this id (the in-process one included), if it is still here."""
         self.starting = 0
+        self.restarts: dict[str, int] = {}  # worker id -> times restarted on request
         self.closed = False  # no worker starts any more
         self._pins: PinKeeper | None = None
         self._seq = itertools.count(1)
@@ -159,10 +160,10 @@ class Fleet:
         self.starting += 1
         self.background.spawn(self._start_worker(counted=True))
 
-    async def _start_worker(self, counted: bool = False) -> PoolWorker | None:
+    async def _start_worker(self, counted: bool = False, worker_id: str | None = None) -> PoolWorker | None:
         if not counted:
             self.starting += 1
-        wid = f"{self.settings.node_type}-{next(self._seq)}"
+        wid = worker_id or f"{self.settings.node_type}-{next(self._seq)}"
         try:
             backend = self._factory(wid, self.options)
             backend.listeners.append(self._on_state)
@@ -209,16 +210,18 @@ class Fleet:
         self._enroll(backend, external=True)
 
     def _on_state(self, backend: Worker, old: WorkerState, new: WorkerState) -> None:
+        worker = self.workers.get(backend.id)
+        if worker is not None and worker.backend is not backend:
+            return  # a restarted worker's predecessor: its id is its successor's now
         now = self.loop.time()
         if new == WorkerState.UNHEALTHY or (old == WorkerState.UNHEALTHY and backend.is_available):
             self._feed(WorkerUnhealthy(now, backend.id, healthy=new != WorkerState.UNHEALTHY))
             return
         if new not in CLOSED:
             return
-        worker = self.workers.pop(backend.id, None)
         if worker is None:
             return
-        del self._by_id[backend.id]
+        del self.workers[backend.id], self._by_id[backend.id]
         self._members.remove(worker)
         reason = backend.info().exit_reason or new.value
         # Nothing more is sent to it now; it is gone once the backend has failed what it
@@ -309,6 +312,52 @@ class Fleet:
             return False
         self.background.spawn(self._leave(worker, reason, drain))
         return True
+
+    async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
+        """Drain ``worker_id`` (its pinned instances move first), then start a new worker
+        under its id, counted in :attr:`restarts`; a node's slot is drained and its node
+        starts another in its place. A second restart meanwhile is refused, not raced.
+
+        :raises LookupError: no such worker (the message lists the workers).
+        :raises WorkerConflictError: it is leaving already, or its kind cannot restart.
+        """
+        await self.begin_restart(worker_id, reason)
+
+    def begin_restart(self, worker_id: str, reason: str = "restarted on request") -> Coroutine[Any, Any, None]:
+        """Check and mark the restart now (see :meth:`restart`); the coroutine returned
+        carries it out.
+
+        :raises LookupError: no such worker (the message lists the workers).
+        :raises WorkerConflictError: it is leaving already, or its kind cannot restart.
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            known = ", ".join(self.workers) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        if worker.retiring:
+            raise WorkerConflictError(f"worker {worker_id} is leaving already (drained or stopped): not restarted")
+        if worker.external and not worker.backend.replaced_when_stopped:
+            raise WorkerConflictError(
+                f"worker {worker_id} cannot be restarted: it is a {worker.backend.node_type} worker, which the "
+                f"{worker.backend.node_type} side starts and stops; drain or stop it instead")
+        self.restarts[worker_id] = self.restarts.get(worker_id, 0) + 1
+        self.events.emit("worker-restarted", worker_id=worker_id, reason=reason)
+        self._leaving(worker, reason, True)
+        if not worker.external:
+            self.starting += 1  # its successor: nothing else starts in its place meanwhile
+        return self._restart(worker, reason)
+
+    async def _restart(self, worker: PoolWorker, reason: str) -> None:
+        if worker.external:  # its node starts another in its place
+            await self._leave(worker, reason)
+            return
+        try:
+            await self._leave(worker, reason)  # ends once its backend has (its record is gone)
+        except BaseException:
+            self.starting -= 1
+            raise
+        if await self._start_worker(counted=True, worker_id=worker.id) is None:
+            raise WorkerConflictError(f"worker {worker.id} stopped, but its successor could not start (see the log)")
 
     def _leaving(self, worker: PoolWorker, reason: str, drain: bool) -> bool:
         """Mark ``worker`` as leaving now (it counts no more); False if it was already."""

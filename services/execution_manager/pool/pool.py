@@ -399,6 +399,17 @@ class WorkerPool:
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
         await self.fleet.retire(worker_id, reason, drain=drain)
 
+    async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
+        """See :meth:`.fleet.Fleet.restart`."""
+        await self.fleet.restart(worker_id, reason)
+
+    def restart_soon(self, worker_id: str, reason: str = "restarted on request") -> None:
+        """Start restarting ``worker_id`` (checked now, carried out in the background).
+
+        :raises LookupError: no such worker. :raises WorkerConflictError: see :meth:`restart`.
+        """
+        self.fleet.background.spawn(self.fleet.begin_restart(worker_id, reason))
+
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """Shut down: refuse new calls, run the queue first (``drainQueue``) or cancel
         it, give running calls ``drainTimeout`` seconds, then stop every worker. When

@@ -50,6 +50,7 @@ class WorkerReport:
     failed: int
     info: WorkerInfo
     calls: tuple[CallReport, ...]
+    restarts: int = 0  # times restarted on request
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, waiting
             w.id, w.backend.node_type,
             "draining" if w.retiring and w.backend.is_available else w.backend.state.value,
             w.running, w.pinned, w.backend.done, w.backend.failed, w.backend.info(),
-            tuple(CallReport.of(call) for call in w.backend.inflight.values()),
+            tuple(CallReport.of(call) for call in w.backend.inflight.values()), fleet.restarts.get(w.id, 0),
         )
         for w in fleet.members
     )

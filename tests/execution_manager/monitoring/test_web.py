@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,11 +193,16 @@ async def test_live_feed_pushes_a_new_worker_and_refuses_foreign_origins(running
         assert update["scaling"]["last"] == "bounds set to 3..3 on request"
 
 
-async def test_without_a_token_control_is_off_and_says_how_to_turn_it_on(tmp_path: Path) -> None:
+async def test_without_a_token_given_one_is_made_in_the_data_folder_and_works(tmp_path: Path) -> None:
     async with kernel_with_http(tmp_path, token=None) as kernel, aiohttp.ClientSession() as http:
         url = kernel.get_service("execution-manager").http_address
+        made = Path(os.environ["MICROKERNEL_DATA_DIR"]) / "admin.token"
+        assert made.stat().st_mode & 0o077 == 0
         async with http.post(f"{url}/api/workers/local-1/stop", headers=ADMIN) as r:
-            assert r.status == 403 and "$MICROKERNEL_TEST_UNSET_TOKEN" in (await r.json())["error"]
+            assert r.status == 403 and (await r.json())["error"] == "wrong admin token"
+        made_token = {"Authorization": f"Bearer {made.read_text().strip()}"}
+        async with http.post(f"{url}/api/workers/local-9/stop", headers=made_token) as r:
+            assert r.status == 404
         assert len(await get(http, f"{url}/api/workers")) == 2
 
 

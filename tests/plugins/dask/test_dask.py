@@ -431,11 +431,15 @@ async def test_a_tls_scheduler_with_dasks_security_settings_passed_through(tmp_p
             assert worker.address.startswith("tls://")
 
 
-async def test_a_drained_dask_worker_stays_out_of_the_pool() -> None:
+async def test_a_drained_dask_worker_stays_out_of_the_pool_and_one_is_never_restarted_by_the_kernel() -> None:
+    from microkernel.services.execution_manager.errors import WorkerConflictError
+
     async with dask_kernel() as kernel:
         em = kernel.get_service("execution-manager")
         first, second = sorted(w.id for w in (await em.get_stats()).worker_details)
-        await em.retire_worker(first)
+        with pytest.raises(WorkerConflictError, match=f"worker {first} cannot be restarted: it is a dask worker"):
+            await em.restart_worker(first)
+        await em.drain_worker(first)
         await asyncio.sleep(1.0)  # a few looks at the cluster: it must not be adopted again
         stats = await em.get_stats()
         assert [w.id for w in stats.worker_details] == [second]

@@ -166,3 +166,23 @@ def test_kernel_run_and_kernel_node_from_the_command_line(tmp_path) -> None:
             assert kernel.wait(timeout=20) == 0
         finally:
             kernel.kill()
+
+
+async def test_restarting_a_node_slot_by_id_drains_it_and_its_node_starts_another(token_env: None) -> None:
+    async with nodes_kernel(maxWorkers=0) as kernel:
+        em = kernel.get_service("execution-manager")
+        proc = await start_node(em.nodes_address, slots=1, node_id="beta")
+        try:
+            await until(lambda: len(em.pool.fleet.members) == 1, what="the node's slot")
+            [old] = await em.workers()
+            running = em.submit(tasks.stamp, "held", 1.0)
+            await until(lambda: bool(em.pool.fleet.members[0].running), what="the call to start")
+            await em.restart_worker(old.id)  # drained: the call it runs finishes
+            assert (await running)[0] == "held"
+            await until(lambda: any(w.id != old.id and w.backend.is_available for w in em.pool.fleet.members),
+                        what="the node's new slot")
+            [new] = await em.workers()
+            assert new.node == "beta" and new.pid != old.pid
+            assert await em.submit(tasks.inc, 1) == 2
+        finally:
+            assert await stop_node(proc) == 0

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from kernel.http.bodies import BadRequest, read_json
 
+from ...errors import WorkerConflictError
+
 if TYPE_CHECKING:
     from .manager import Manager
 
@@ -64,6 +66,22 @@ async def stop(em: Manager, request: web.Request) -> web.Response:
     worker_id = _retire(em, request, "stopped on request", drain=False)
     log.info("worker stop requested", worker_id=worker_id, peer=request.remote)
     return web.json_response({"worker": worker_id, "action": "stop"}, status=202)
+
+
+async def restart(em: Manager, request: web.Request) -> web.Response:
+    """Drain the worker, then start a new one under its id (a node's slot: its node
+    replaces it); 409 if it is leaving already or cannot restart (a Dask worker)."""
+    worker_id = request.match_info["worker_id"]
+    try:
+        if em.pool is None:
+            raise LookupError(f"no worker {worker_id!r} (workers: none)")
+        em.pool.restart_soon(worker_id)
+    except LookupError as exc:
+        raise BadRequest(str(exc).strip("'\""), status=404) from None
+    except WorkerConflictError as exc:
+        raise BadRequest(str(exc), status=409) from None
+    log.info("worker restart requested", worker_id=worker_id, peer=request.remote)
+    return web.json_response({"worker": worker_id, "action": "restart"}, status=202)
 
 
 async def scale(em: Manager, request: web.Request) -> web.Response:

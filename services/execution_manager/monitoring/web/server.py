@@ -1,10 +1,12 @@
 """The kernel's HTTP server (aiohttp): dashboard, JSON API, live feed, ``/metrics``.
 
 Read-only views need no token; control endpoints need ``Authorization: Bearer
-<admin token>`` (from ``custom.http.adminTokenFile`` or ``$MICROKERNEL_ADMIN_TOKEN``;
-with neither, control is off). Refusals are logged with the peer address, never the
-token, and counted. The live feed (``/api/live``, a websocket) refuses pages from other
-origins, so a site the user visits cannot read the pool through their browser.
+<admin token>`` (from ``custom.http.adminTokenFile``, else ``$MICROKERNEL_ADMIN_TOKEN``,
+else ``admin.token`` in the kernel's data folder, made on first start, where ``kernel
+worker`` finds it; ``custom.http.control`` false turns control off). Refusals are logged
+with the peer address, never the token, and counted. The live feed (``/api/live``, a
+websocket) refuses pages from other origins, so a site the user visits cannot read the
+pool through their browser.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import WSMsgType, web
 
-from kernel.errors import ConfigError, KernelError
+from kernel.errors import KernelError
 from kernel.http.bodies import BadRequest
 from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
-from kernel.tokens import read_token
+from kernel.tokens import data_dir, own_token
 
-from ...settings import HttpSettings
+from ...settings import ADMIN_TOKEN_FILE, HttpSettings
 from ..history import History
 from . import control
 from .metrics import CONTENT_TYPE, registry_for, render
@@ -87,8 +89,10 @@ class WebServer:
         for part in ("workers", "nodes", "services", "failures", "projects", "scaling", "exited", "pool"):
             r.add_get(f"/api/{part}", self.view(part))
         r.add_get("/api/stats", self.stats)
+        r.add_get("/api/workers/{worker_id}", self.worker)
         r.add_post("/api/workers/{worker_id}/drain", self.admin(control.drain))
         r.add_post("/api/workers/{worker_id}/stop", self.admin(control.stop))
+        r.add_post("/api/workers/{worker_id}/restart", self.admin(control.restart))
         r.add_post("/api/scale", self.admin(control.scale))
         r.add_put("/api/projects/{project}/limit", self.admin(control.project_limit))
         return app
@@ -117,18 +121,16 @@ class WebServer:
         """
         s = self.settings
         path = self.em.kernel.manifest_path(self.em.name)
-        if s.admin_token_file is not None:
-            self._token = read_token(s.admin_token_env, s.admin_token_file, what="admin token")
-        else:
-            try:
-                self._token = read_token(s.admin_token_env, what="admin token")
-            except ConfigError:
-                self._token = None  # no token: the API is read-only
+        token_source = None
+        if s.control:
+            self._token, token_source = own_token(s.admin_token_env, s.admin_token_file, folder=data_dir(),
+                                                  name=ADMIN_TOKEN_FILE, what="admin token")
         for event in CHANGES:
             self.em.events.subscribe(event, lambda _e, _p: self._changed.set())
         self._runner, self.address = await listen(self.app(), s.host, s.port, settings="custom.http", path=path,
                                                   limits=Limits(s.client_timeout, s.max_connections))
-        log.info("dashboard serving", address=self.address, control="on" if self._token else "off (no admin token)")
+        log.info("dashboard serving", address=self.address, control="on" if self._token else "off",
+                 admin_token=token_source)
         return self.address
 
     async def stop(self) -> None:
@@ -153,6 +155,16 @@ class WebServer:
             status = await self.status()
             return web.json_response(status if part is None else status[part], dumps=_dumps)
         return handler
+
+    async def worker(self, request: web.Request) -> web.Response:
+        """One worker, as in the status document's ``workers``; 404 naming the workers."""
+        worker_id = request.match_info["worker_id"]
+        workers = (await self.status())["workers"]
+        for w in workers:
+            if w["id"] == worker_id:
+                return web.json_response(w, dumps=_dumps)
+        known = ", ".join(w["id"] for w in workers) or "none"
+        return error(404, f"no worker {worker_id[:100]!r} (workers: {known})")
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(text=(await self.em.get_stats()).model_dump_json())
@@ -219,8 +231,7 @@ class WebServer:
     def _check_token(self, request: web.Request) -> web.Response | None:
         if self._token is None:
             self._refuse(request, "control-off")
-            return error(403, f"control is off: this kernel has no admin token (set ${self.settings.admin_token_env}"
-                              " or custom.http.adminTokenFile and restart)")
+            return error(403, "control is off: custom.http.control of the execution manager is false")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             self._refuse(request, "no-token")
