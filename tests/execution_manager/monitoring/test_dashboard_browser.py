@@ -4,6 +4,7 @@ without a reload, a drain without the admin token is refused and one with it wor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -66,6 +67,21 @@ async def test_dashboard_live_table_and_drain_with_and_without_token(tmp_path: P
             await expect(page.locator("#toast")).to_contain_text("drain: local-1")
             await expect(page.locator('tr[data-worker="local-1"]')).to_have_count(0, timeout=15_000)
             await expect(page.locator('tr[data-exited="local-1"]')).to_contain_text("drained on request")
+
+            # A restart asks first, then drains the worker and starts another under its id.
+            pid = (await em.worker("local-2")).pid
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await page.locator('tr[data-worker="local-2"] button[data-action="restart"]').click()
+            await expect(page.locator("#toast")).to_contain_text("restart: local-2")
+            for _ in range(300):
+                again = await em.worker("local-2") if "local-2" in em.pool.fleet.workers else None
+                if again is not None and again.restarts == 1 and again.state == "available":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("local-2 did not come back")
+            assert again.pid != pid
+            await expect(page.locator('tr[data-worker="local-2"]')).to_be_visible(timeout=15_000)
 
             # Something to look at in the screenshot: calls in flight with progress, a failure.
             busy = [em.submit(tasks.report_then_wait, f, 3.0, timeout=60) for f in (0.3, 0.7)]
