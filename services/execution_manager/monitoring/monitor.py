@@ -65,7 +65,7 @@ class Monitor:
         return Stats(
             workers=len(details), min_workers=snap.min_workers, max_workers=snap.max_workers,
             starting=snap.starting, system_load=self.load, active_tasks=sum(d.running for d in details),
-            queued_tasks=snap.waiting, in_process_tasks=snap.in_process_running,
+            queued_tasks=snap.queued, held_tasks=snap.held, in_process_tasks=snap.in_process_running,
             queued_by_priority=dict(snap.queued_by_priority),
             projects={
                 name: ProjectStats(running=snap.project_running.get(name, 0), queued=queued.get(name, 0),

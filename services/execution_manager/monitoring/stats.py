@@ -58,7 +58,8 @@ class Stats(BaseModel):
     starting: int
     system_load: SystemLoad
     active_tasks: int
-    queued_tasks: int
+    queued_tasks: int  # admitted and not started (in the queue, or waiting for a retry): at most maxQueue
+    held_tasks: int = 0  # held at the door by back-pressure (maxQueue), not admitted yet
     queued_by_priority: dict[int, int]  # priority -> calls waiting, highest first
     projects: dict[str, ProjectStats]
     in_process_tasks: int

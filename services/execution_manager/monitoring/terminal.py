@@ -133,8 +133,8 @@ def render(status: dict[str, Any], width: int = WIDE) -> Group:
         ("workers ", "bold"), f"{p['workers']} (min {p['min_workers']}, max {p['max_workers']}"
         f"{starting})   ",
         ("load ", "bold"), f"CPU {load['cpu_percent']:.0f}%  memory {load['memory_percent']:.0f}%   ",
-        ("calls ", "bold"), f"running {p['running']}  queued {p['queued']} ({queue})  done {p['done']}  "
-        f"failed {p['failed']}  retried {p['retried']}  {p['rate']:.1f}/s",
+        ("calls ", "bold"), f"running {p['running']}  queued {p['queued']} ({queue})  held {p.get('held', 0)}  "
+        f"done {p['done']}  failed {p['failed']}  retried {p['retried']}  {p['rate']:.1f}/s",
     )
     parts: list[Any] = [header, workers_table(status["workers"], width)]
     if status["nodes"]:

@@ -333,7 +333,7 @@ class WorkerPool:
 
     def snapshot(self) -> PoolSnapshot:
         """The pool now, for its readers (see :mod:`.snapshot`)."""
-        return take(self.fleet, self.scaling, self.sched, self.tally, self.waiting, self.placements)
+        return take(self.fleet, self.scaling, self.sched, self.tally, len(self.admission.held), self.placements)
 
     @property
     def queued(self) -> int:

@@ -59,7 +59,8 @@ class PoolSnapshot:
 
     workers: tuple[WorkerReport, ...]
     starting: int  # workers being started
-    waiting: int  # calls queued or held at the door
+    queued: int  # calls admitted and not started: in the queue or waiting for a retry (at most maxQueue)
+    held: int  # calls held at the door by back-pressure (maxQueue), not admitted yet
     in_process_running: int  # calls on the in-process worker
     queued_by_priority: Mapping[int, int]
     queued_by_project: Mapping[str, int]
@@ -76,7 +77,7 @@ class PoolSnapshot:
     placements: tuple[Mapping[str, object], ...]
 
 
-def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, waiting: int,
+def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, held: int,
          placements: Iterable[Mapping[str, object]]) -> PoolSnapshot:
     """A pool now, from its parts (on its event loop's thread, in one go)."""
     workers = tuple(
@@ -89,7 +90,7 @@ def take(fleet: Fleet, scaling: Scaling, sched: Scheduler, tally: Tally, waiting
         for w in fleet.members
     )
     return PoolSnapshot(
-        workers, fleet.starting, waiting, fleet.in_process.running if fleet.in_process else 0,
+        workers, fleet.starting, sched.queued, held, fleet.in_process.running if fleet.in_process else 0,
         sched.queue.by_priority(), sched.queue.by_project(), dict(sched.projects.running),
         dict(sched.projects.limits), fleet.limits.min_workers, fleet.limits.max_workers, scaling.last_scaling,
         scaling.last_decision, tally.done, tally.failed, tally.attempts_failed, tally.retried,

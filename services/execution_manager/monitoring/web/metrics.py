@@ -79,6 +79,8 @@ class PoolCollector(Collector):
         for priority, n in snap.queued_by_priority.items():
             queue.add_metric([str(priority)], n)
         yield queue
+        yield GaugeMetricFamily(PREFIX + "calls_held", "Calls held at the door by back-pressure (maxQueue)",
+                                value=snap.held)
         yield _histogram("call_duration_seconds", "Time calls ran on a worker", h.timings.duration)
         yield _histogram("queue_wait_seconds", "Time calls waited before a worker took them", h.timings.wait)
         listener = em.listener

@@ -43,7 +43,7 @@ async def snapshot(em: Manager, history: History) -> dict[str, Any]:
         "pool": {
             "min_workers": stats.min_workers, "max_workers": stats.max_workers, "workers": stats.workers,
             "starting": stats.starting, "load": data["system_load"], "running": stats.active_tasks,
-            "in_process_running": stats.in_process_tasks, "queued": stats.queued_tasks,
+            "in_process_running": stats.in_process_tasks, "queued": stats.queued_tasks, "held": stats.held_tasks,
             "queued_by_priority": {str(k): v for k, v in stats.queued_by_priority.items()},
             "done": stats.tasks_done, "failed": stats.tasks_failed, "retried": history.retried,
             "rate": round(history.rate(stats.tasks_done), 2), "pinned_instances": stats.pinned_instances,
