@@ -1,4 +1,5 @@
-"""The execution manager's ``kernel`` verbs: ``status``, ``workers``, ``worker`` and ``node``.
+"""The execution manager's ``kernel`` verbs: ``status``, ``workers``, ``worker``, ``revoke``
+and ``node``.
 
 Registered as a plugin (entry point ``microkernel.plugins``); every ``kernel``
 invocation imports this module, so what a command needs is imported when it runs.
@@ -69,6 +70,21 @@ def worker(worker_id: str, action: str | None, url: str, token_file: str | None,
     return operate_worker(url, worker_id, action, as_json=as_json, token_file=token_file)
 
 
+@click.command(epilog=examples("kernel revoke 1234", "kernel revoke 1234 --url http://10.0.0.5:8790"))
+@click.argument("task_id", type=click.IntRange(min=1))
+@click.option("--url", default=DEFAULT_URL, show_default=True, help="the kernel's dashboard address")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="file holding the admin token (else $MICROKERNEL_ADMIN_TOKEN, else the kernel's admin.token)")
+@json_option
+def revoke(task_id: int, url: str, token_file: str | None, as_json: bool) -> int:
+    """Revoke a call by its task id (shown in errors, logs and the dashboard): waiting,
+    it never runs; running, it is stopped and its worker replaced; it is never retried,
+    and a job whose call it is ends cancelled."""
+    from .monitoring.operate import revoke_call
+
+    return revoke_call(url, task_id, as_json=as_json, token_file=token_file)
+
+
 @click.command(epilog=examples(
     f"{TOKEN_ENV}=... kernel node --connect ws://kernel-host:8765",
     "kernel node --connect wss://kernel-host:8765 --token-file /etc/kernel/token --ca-file ca.pem",
@@ -131,7 +147,7 @@ def node(connect: str, token_file: str | None, token: str | None, slots: int, la
 
 @hookimpl
 def kernel_cli_commands() -> Mapping[str, click.Command]:
-    return {"status": status, "workers": workers, "worker": worker, "node": node}
+    return {"status": status, "workers": workers, "worker": worker, "revoke": revoke, "node": node}
 
 
 @hookimpl

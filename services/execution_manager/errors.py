@@ -20,6 +20,7 @@ again elsewhere may succeed: the call itself was not at fault).
     ├── QueueFullError                      maxQueue calls already wait (submit(block=False))
     ├── UnsatisfiableError (ValueError)     no worker could ever offer what a call asks
     ├── WorkerConflictError                 a worker cannot take this action (now, or ever)
+    ├── CallRevokedError                    the call was revoked by its task id; it never runs again
     └── PoolClosedError                     the pool is stopping or stopped
 """
 
@@ -109,6 +110,12 @@ class UnsatisfiableError(ExecutionError, ValueError):
 class WorkerConflictError(ExecutionError):
     """A worker cannot take the action asked for: it is leaving already, or its kind
     cannot (a Dask worker is restarted by its cluster, not by the kernel). HTTP 409."""
+
+
+class CallRevokedError(ExecutionError):
+    """The call was revoked by its task id (``em.revoke``, the API, ``kernel revoke``): a
+    queued call never ran, a running one was stopped (its worker replaced); it is never
+    retried."""
 
 
 class PoolClosedError(ExecutionError):

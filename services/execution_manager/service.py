@@ -317,6 +317,18 @@ class ExecutionManager(BaseService):
         """
         await self._pool.retire(worker_id, "stopped on request", drain=False)
 
+    def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
+        """Revoke a call by its task id (as shown in errors, logs, events and the
+        dashboard): a waiting one never runs, a running one is stopped (its worker is
+        replaced); it is never retried, its caller gets :class:`CallRevokedError`, and a
+        job whose call it is ends cancelled. Returns where it was: "held", "queued" or
+        "running".
+
+        :raises LookupError: no call of that task id is waiting or running.
+        :raises WorkerConflictError: a pinned instance's call (release the instance).
+        """
+        return self._pool.revoke(task_id, reason)
+
     async def restart_worker(self, worker_id: str) -> None:
         """Drain the worker, then start a new process under its id (a node's slot: its
         node starts another in its place).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from microkernel.services.execution_manager.errors import CallRevokedError
 from microkernel.services.execution_manager.pool import CallFuture  # loaded with the manager (jobs are on)
 from microkernel.services.execution_manager.wire.serialization import type_name
 
@@ -135,6 +136,9 @@ class Runner:
             self.finish(job, JobState.CANCELLED, error="cancelled on request")
             return
         exc = fut.exception()
+        if isinstance(exc, CallRevokedError):  # its call was revoked by task id: the job is cancelled
+            self.finish(job, JobState.CANCELLED, error=str(exc))
+            return
         if exc is not None:
             self.finish(job, JobState.FAILED, error=f"{type_name(exc)}: {exc}")
             return

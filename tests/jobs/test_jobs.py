@@ -673,3 +673,19 @@ async def test_both_clients_say_the_same_when_the_api_cannot_be_reached(operatio
                 await getattr(client, operation)(*given)
     for message in (str(failed.value), await anyio.to_thread.run_sync(blocking)):
         assert message.startswith(f"cannot reach the job API at {address}: "), message
+
+
+async def test_revoking_a_jobs_call_by_task_id_cancels_the_job(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path, em={"minWorkers": 1, "maxWorkers": 1}) as (kernel, client, _token):
+        em = kernel.get_service("execution-manager")
+        job = await client.submit(function="tests.tasks:slow", args=[30.0])
+        for _ in range(200):
+            calls = [c for w in await em.workers() for c in w.calls]
+            if calls:
+                break
+            await asyncio.sleep(0.05)
+        [call] = calls
+        assert em.revoke(call.task_id) == "running"
+        ended = await client.wait(job.id, 10)
+        assert ended.state == JobState.CANCELLED and "was revoked and stopped" in (ended.error or ""), ended
+        assert (await client.submit(function="math:factorial", args=[5])).id  # the pool serves on

@@ -1,5 +1,6 @@
-"""``kernel workers`` and ``kernel worker ID``: a running kernel's workers, one worker,
-and the operator's actions on it (drain, stop, restart), through its HTTP API.
+"""``kernel workers``, ``kernel worker ID`` and ``kernel revoke TASK_ID``: a running
+kernel's workers, one worker, the operator's actions on it (drain, stop, restart), and
+revoking a call, through its HTTP API.
 
 Actions carry the admin token: ``--token-file``, else ``$MICROKERNEL_ADMIN_TOKEN``,
 else ``admin.token`` in the kernel's data folder (which a kernel on this machine made on
@@ -85,4 +86,11 @@ def operate_worker(url: str, worker_id: str, action: str | None, *, as_json: boo
     answer = _request(url, f"/api/workers/{quote(worker_id, safe='')}/{action}", method="POST",
                       token=admin_token(token_file))
     print(json.dumps(answer) if as_json else f"worker {worker_id}: {action} requested")
+    return 0
+
+
+def revoke_call(url: str, task_id: int, *, as_json: bool, token_file: str | None) -> int:
+    """``kernel revoke TASK_ID``: the call never runs, or is stopped; never retried."""
+    answer = _request(url, f"/api/calls/{task_id}/revoke", method="POST", token=admin_token(token_file))
+    print(json.dumps(answer) if as_json else f"task {task_id}: revoked (it was {answer.get('was', '?')})")
     return 0

@@ -133,6 +133,7 @@ class CallFuture(asyncio.Future[Any]):
     current: Attempt | None = None  # the attempt sent last, once one was sent
     answer: tuple[int, Any] | None = None  # (attempt, its reply or error), until settled
     watch: CallWatch | None = None  # see watching()
+    revoked: str | None = None  # why it was revoked, once it was
     queued_at = 0.0  # when the pool took it (loop time), set there
     _progress: Progress | None = None
     _progress_callbacks: list[Callable[[Progress], None]] | None = None  # made when first needed

@@ -23,7 +23,7 @@ import structlog
 
 from kernel.errors import ExecutionError
 
-from ..errors import PoolClosedError, WorkerStartError
+from ..errors import CallRevokedError, PoolClosedError, WorkerConflictError, WorkerStartError
 from ..events import EventBus
 from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory, WorkerInfo
 from ..scheduling import Scheduler, fits, tightness
@@ -191,7 +191,7 @@ class WorkerPool:
         if worker is None:
             return
         fut = self.tasks[abort.task_id]  # resolved by the next instruction
-        note = f"{fut.describe()} was cancelled"
+        note = f"{fut.describe()} {fut.revoked or 'was cancelled'}"
         if abort.reason is AbortReason.TIMEOUT:
             note = f"{fut.describe()} ran past its timeout of {fut.spec.timeout:g} s"
         worker.backend.abort(abort.task_id, note)
@@ -222,6 +222,32 @@ class WorkerPool:
             self.tasks.pop(fut.task_id, None)
         elif fut.spec.pinned_to is None:
             self.feed(CancelAsked(self.loop.time(), fut.task_id))
+
+    def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
+        """Revoke a call by its task id: a queued or held one never runs, a running one is
+        stopped (its worker replaced); it is never retried, and fails with
+        :class:`CallRevokedError`. Returns where it was ("held", "queued" or "running").
+
+        :raises LookupError: no call of that task id is waiting or running.
+        :raises WorkerConflictError: it is a pinned instance's call (stopping it would
+            lose the instance: release the instance instead).
+        """
+        fut = self.tasks.get(task_id)
+        if fut is None or fut.done() or fut.revoked is not None:
+            raise LookupError(f"no call with task id {task_id} is waiting or running")
+        if fut.spec.pinned_to is not None:
+            raise WorkerConflictError(f"{fut.describe()} runs on a pinned instance's worker ({fut.spec.pinned_to}): "
+                                      "revoking it would lose the instance; release the instance instead")
+        held = self.admission.withdraw(fut)
+        where = "held" if held else "running" if self.sched.running_on(task_id) is not None else "queued"
+        fut.revoked = f"was revoked {'and stopped' if where == 'running' else 'before it ran'}: {reason}"
+        log.info("call revoked", task_id=task_id, call=fut.spec.label, reason=reason, where=where)
+        if held:
+            self.tasks.pop(task_id, None)
+            self.tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
+        else:
+            self.feed(CancelAsked(self.loop.time(), task_id))
+        return where
 
     def _send(self, send: Send) -> None:
         fut = self.tasks[send.task_id]
@@ -322,6 +348,8 @@ class WorkerPool:
             fut.set_result(value)
             return
         if outcome is Outcome.CANCELLED:
+            if fut.revoked is not None:  # by its task id, not by its caller: the caller hears why
+                self.tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
             return
         self.tally.fail(fut, error_for(fut, resolve, answer[1] if answer is not None else None, self.sched.max_deaths))
 

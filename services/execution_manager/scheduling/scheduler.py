@@ -86,6 +86,11 @@ class Scheduler:
         """Calls not started: waiting in the queue or for a retry."""
         return len(self.queue) + len(self._retrying)
 
+    def running_on(self, task_id: int) -> str | None:
+        """The worker running (or holding) the call ``task_id`` now, if one is."""
+        call = self.calls.get(task_id)
+        return call.worker_id if call is not None else None
+
     def next_wakeup(self) -> float | None:
         """When a :class:`.stimuli.Tick` is next needed (a deadline, a timeout or a retry), if ever;
         while workers hold calls sent ahead, every :data:`.ledger.LATE` seconds too, to see

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from microkernel.services.execution_manager.errors import CallRevokedError
 from tests import tasks
 from tests.execution_manager.monitoring.test_web import ADMIN, TOKEN, kernel_with_http
 
@@ -83,12 +84,22 @@ async def test_dashboard_live_table_and_drain_with_and_without_token(tmp_path: P
             assert again.pid != pid
             await expect(page.locator('tr[data-worker="local-2"]')).to_be_visible(timeout=15_000)
 
+            # Revoke a running call from its row: it is stopped and its caller told why.
+            doomed = em.submit(tasks.slow, 60.0)
+            button = page.locator(f'button[data-revoke="{doomed.task_id}"]')
+            await expect(button).to_be_visible(timeout=15_000)
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await button.click()
+            await expect(page.locator("#toast")).to_contain_text(f"revoke: task {doomed.task_id}")
+            with pytest.raises(CallRevokedError, match="was revoked and stopped"):
+                await asyncio.wait_for(doomed, 15)
+
             # Something to look at in the screenshot: calls in flight with progress, a failure.
             busy = [em.submit(tasks.report_then_wait, f, 3.0, timeout=60) for f in (0.3, 0.7)]
             failed: Any = em.submit(tasks.raise_custom, "row 17 has no date")
             await expect(page.locator("#workers")).to_contain_text("halfway there", timeout=15_000)
             await expect(page.locator("#failures")).to_contain_text("CustomError: row 17 has no date")
-            await expect(page.locator('[data-card="failed"] .v')).to_have_text("1")
+            await expect(page.locator('[data-card="failed"] .v')).to_have_text("2")  # the revoked call, and this
             shot = SCREENSHOT or tmp_path / "dashboard.png"
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

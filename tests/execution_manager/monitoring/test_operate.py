@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from kernel import Kernel
-from microkernel.services.execution_manager.errors import WorkerConflictError
+from microkernel.services.execution_manager.errors import CallRevokedError, WorkerConflictError
 from tests import tasks
 from tests.conftest import EM_LOCAL
 
@@ -119,3 +119,41 @@ async def test_with_control_off_the_api_is_read_only() -> None:
 
 async def _busy(em: Any) -> str | None:
     return next((w.id for w in await em.workers() if w.calls), None)
+
+
+async def test_revoking_calls_by_task_id_under_load(tmp_path: Path) -> None:
+    """One worker busy, calls queued behind it: a revoked queued call never runs, the
+    revoked running one is stopped (its worker replaced) and never retried, the rest run."""
+    http_settings = {"port": 0, "adminTokenEnv": "MICROKERNEL_TEST_UNSET_TOKEN"}
+    em_settings = {**EM_LOCAL, "minWorkers": 1, "maxWorkers": 1, "http": http_settings}
+    async with Kernel([], settings={"execution-manager": em_settings}) as kernel:
+        em = kernel.get_service("execution-manager")
+        url = em.http_address
+        ran = tmp_path / "ran"
+        running = em.submit(tasks.touch_then_wait, str(ran), 30.0, retries=3)
+        queued = [em.submit(tasks.touch_after, str(tmp_path / f"q{i}"), 0.0) for i in range(5)]
+        await until(lambda: _running(em, running.task_id), "the long call to start")
+        pid = (await em.worker("local-1")).pid
+
+        assert em.revoke(queued[2].task_id) == "queued"
+        cli = await asyncio.to_thread(kernel_cli, "revoke", str(running.task_id), "--url", url)
+        assert cli.returncode == 0 and f"task {running.task_id}: revoked (it was running)" in cli.stdout, cli.stderr
+        with pytest.raises(CallRevokedError, match=rf"\[task {running.task_id}\] was revoked and stopped"):
+            await running
+        with pytest.raises(CallRevokedError, match="was revoked before it ran"):
+            await queued[2]
+        done = await asyncio.gather(*(q for i, q in enumerate(queued) if i != 2))
+        assert len(done) == 4 and not (tmp_path / "q2").exists()  # never ran
+        assert ran.read_text() == "ran\n"  # stopped once, never retried (retries=3)
+        assert pid not in {w.pid for w in await em.workers()}  # its worker was replaced
+        for task_id in (running.task_id, 99999):
+            with pytest.raises(LookupError, match=f"no call with task id {task_id} is waiting or running"):
+                em.revoke(task_id)
+        again = await asyncio.to_thread(kernel_cli, "revoke", "99999", "--url", url)
+        assert again.returncode == 2 and "no call with task id 99999" in again.stderr, again.stderr
+        stats = await em.get_stats()
+        assert stats.queued_tasks == 0 and stats.active_tasks == 0
+
+
+async def _running(em: Any, task_id: int) -> bool:
+    return any(c.task_id == task_id for w in await em.workers() for c in w.calls)

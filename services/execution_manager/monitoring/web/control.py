@@ -84,6 +84,24 @@ async def restart(em: Manager, request: web.Request) -> web.Response:
     return web.json_response({"worker": worker_id, "action": "restart"}, status=202)
 
 
+async def revoke(em: Manager, request: web.Request) -> web.Response:
+    """Revoke a call by its task id: waiting, it never runs; running, it is stopped (its
+    worker replaced); never retried. 404 if no such call waits or runs."""
+    given = request.match_info["task_id"]
+    if not given.isdigit() or len(given) > 18:
+        raise BadRequest(f"a task id is a number, not {given[:40]!r}", field="task_id")
+    try:
+        if em.pool is None:
+            raise LookupError(f"no call with task id {given} is waiting or running")
+        where = em.pool.revoke(int(given), "revoked on request")
+    except LookupError as exc:
+        raise BadRequest(str(exc).strip("'\""), status=404) from None
+    except WorkerConflictError as exc:
+        raise BadRequest(str(exc), status=409) from None
+    log.info("call revoked on request", task_id=int(given), was=where, peer=request.remote)
+    return web.json_response({"task_id": int(given), "action": "revoke", "was": where})
+
+
 async def scale(em: Manager, request: web.Request) -> web.Response:
     """``{"minWorkers": n, "maxWorkers": m}`` (either may be left out)."""
     data = await body(request, {"minWorkers": int, "maxWorkers": int})
