@@ -299,7 +299,7 @@ class ExecutionManager(BaseService):
         for w in workers:
             if w.id == worker_id:
                 return w
-        raise LookupError(f"no worker {worker_id!r} (workers: {', '.join(w.id for w in workers) or 'none'})")
+        raise LookupError(f"no worker {worker_id!r} (workers: {', '.join(sorted(w.id for w in workers)) or 'none'})")
 
     async def drain_worker(self, worker_id: str) -> None:
         """Give the worker no new call, move its pinned instances elsewhere, let what it

@@ -299,7 +299,7 @@ class Fleet:
         """
         worker = self.workers.get(worker_id)
         if worker is None:
-            known = ", ".join(self.workers) or "none"
+            known = ", ".join(sorted(self.workers)) or "none"
             raise LookupError(f"no worker {worker_id!r} (workers: {known})")
         if self._leaving(worker, reason, drain):
             await self._leave(worker, reason, drain)
@@ -332,7 +332,7 @@ class Fleet:
         """
         worker = self.workers.get(worker_id)
         if worker is None:
-            known = ", ".join(self.workers) or "none"
+            known = ", ".join(sorted(self.workers)) or "none"
             raise LookupError(f"no worker {worker_id!r} (workers: {known})")
         if worker.retiring:
             raise WorkerConflictError(f"worker {worker_id} is leaving already (drained or stopped): not restarted")

@@ -164,7 +164,7 @@ class WebServer:
         for w in workers:
             if w["id"] == worker_id:
                 return web.json_response(w, dumps=_dumps)
-        known = ", ".join(w["id"] for w in workers) or "none"
+        known = ", ".join(sorted(w["id"] for w in workers)) or "none"
         return error(404, f"no worker {worker_id[:100]!r} (workers: {known})")
 
     async def stats(self, request: web.Request) -> web.Response:
