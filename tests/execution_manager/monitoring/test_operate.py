@@ -38,10 +38,15 @@ async def until(check: Any, what: str, timeout: float = 20.0) -> Any:
     return value
 
 
+def operated(**http: Any) -> Kernel:
+    """A kernel with two local workers and its dashboard on a free port; no admin token
+    given, so it makes one in the (test's) data folder."""
+    http = {"port": 0, "adminTokenEnv": "MICROKERNEL_TEST_UNSET_TOKEN", **http}
+    return Kernel([], settings={"execution-manager": {**EM_LOCAL, "http": http}})
+
+
 async def test_an_operator_restarts_a_busy_worker_by_id_from_the_cli_and_nothing_is_lost() -> None:
-    http_settings = {"port": 0, "adminTokenEnv": "MICROKERNEL_TEST_UNSET_TOKEN"}
-    async with Kernel([], settings={"execution-manager": {**EM_LOCAL, "http": http_settings}}) as kernel, \
-            aiohttp.ClientSession() as http:
+    async with operated() as kernel, aiohttp.ClientSession() as http:
         em = kernel.get_service("execution-manager")
         url = em.http_address
         token = Path(os.environ["MICROKERNEL_DATA_DIR"]) / "admin.token"
@@ -85,9 +90,7 @@ async def test_an_operator_restarts_a_busy_worker_by_id_from_the_cli_and_nothing
 
 
 async def test_unknown_workers_and_refused_actions_are_named() -> None:
-    http_settings = {"port": 0, "adminTokenEnv": "MICROKERNEL_TEST_UNSET_TOKEN"}
-    async with Kernel([], settings={"execution-manager": {**EM_LOCAL, "http": http_settings}}) as kernel, \
-            aiohttp.ClientSession() as http:
+    async with operated() as kernel, aiohttp.ClientSession() as http:
         em = kernel.get_service("execution-manager")
         url = em.http_address
         with pytest.raises(LookupError, match=r"no worker 'local-9' \(workers: local-1, local-2\)"):
@@ -107,9 +110,7 @@ async def test_unknown_workers_and_refused_actions_are_named() -> None:
 
 
 async def test_with_control_off_the_api_is_read_only() -> None:
-    http_settings = {"port": 0, "control": False}
-    async with Kernel([], settings={"execution-manager": {**EM_LOCAL, "http": http_settings}}) as kernel, \
-            aiohttp.ClientSession() as http:
+    async with operated(control=False) as kernel, aiohttp.ClientSession() as http:
         url = kernel.get_service("execution-manager").http_address
         async with http.post(f"{url}/api/workers/local-1/restart", headers={"Authorization": "Bearer x"}) as r:
             assert r.status == 403 and "control is off" in (await r.json())["error"]
