@@ -132,6 +132,10 @@ class Job:
                    project=request.project, timeout=request.timeout, retries=request.retries, key=request.key,
                    name=request.name)
 
+    def request(self) -> tuple[Any, ...]:
+        """What was asked for (an idempotency key stands for one request, not two)."""
+        return (self.type, self.task, self.priority, self.project, self.timeout, self.retries, self.name)
+
     @property
     def retryable(self) -> bool:
         """Whether running it again after its kernel died keeps its promise (retries > 0)."""

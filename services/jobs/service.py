@@ -145,7 +145,11 @@ class JobService(BaseService):
         bound = getattr(kind, "bound", None)
         if bound is not None:  # a service's method: checked against the running kernel
             bound(self.kernel, task)
-        job, new = store.add(Job.new(replace(request, task=task)))
+        asked = Job.new(replace(request, task=task, name=request.name or kind.label(task)))
+        job, new = store.add(asked)
+        if not new and job.request() != asked.request():
+            raise JobError(f"the idempotency key {request.key!r} was used for another request (job {job.id}): "
+                           "send that request again, or use a new key", field="key", status=409)
         if new:
             log.debug("job submitted", job_id=job.id, type=job.type, project=job.project)
             if self.shared is None or self.shared.offer(job.id):

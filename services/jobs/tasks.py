@@ -53,6 +53,11 @@ class TaskType(ABC):
     def start(self, launch: Launch, task: Mapping[str, Any]) -> Any:
         """Start the job's call; return its future (its result is the job's, as JSON)."""
 
+    def label(self, task: Mapping[str, Any]) -> str:
+        """What the job runs, in a few words: the name of a job given none (its type by
+        default)."""
+        return self.name
+
 
 def _fields(task: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...], kind: str) -> None:
     for name in required:
@@ -142,6 +147,9 @@ class ServiceMethod(TaskType):
         args, kwargs = _args(task)
         return {"service": task["service"], "method": task["method"], "args": args, "kwargs": kwargs}
 
+    def label(self, task: Mapping[str, Any]) -> str:
+        return f"{task['service']}.{task['method']}"
+
     def bound(self, kernel: ServiceHost, task: Mapping[str, Any]) -> Callable[..., Any]:
         """The method, checked against the running kernel.
 
@@ -184,6 +192,9 @@ class FunctionRef(TaskType):
         args, kwargs = _args(task)
         return {"function": ref, "args": args, "kwargs": kwargs}
 
+    def label(self, task: Mapping[str, Any]) -> str:
+        return str(task["function"])
+
     def start(self, launch: Launch, task: Mapping[str, Any]) -> Any:
         return launch.submit(work.call_reference, task["function"], task["args"], task["kwargs"])
 
@@ -202,6 +213,9 @@ class Module(TaskType):
         if not importable(module):
             raise JobError(f"no module {module!r} can be imported here", field="module")
         return {"module": module, "argv": _strings(task.get("argv", []), "argv")}
+
+    def label(self, task: Mapping[str, Any]) -> str:
+        return f"python -m {task['module']}"
 
     def start(self, launch: Launch, task: Mapping[str, Any]) -> Any:
         return launch.submit(work.run_module, task["module"], task["argv"], launch.options.get("timeout"))

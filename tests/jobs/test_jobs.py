@@ -57,6 +57,7 @@ async def test_a_service_method_and_a_function_run_as_jobs_and_keep_their_result
     async with jobs_kernel(tmp_path, (EXAMPLES,)) as (kernel, client, token):
         job = await client.submit(service="prime-counter", method="count_range", args=[0, 1000])
         assert job.state in (JobState.QUEUED, JobState.RUNNING) and len(job.id) == 32  # placed at once if it can
+        assert job.name == "prime-counter.count_range"  # given no name: what it runs
         assert await client.result(job.id, timeout=30) == 168
         done = await client.status(job.id)
         assert done.state == JobState.SUCCEEDED and done.attempts == 1 and done.worker.startswith("local-")
@@ -126,6 +127,12 @@ async def test_an_idempotency_key_returns_the_same_job(tmp_path: Path) -> None:
         assert again.id == first.id
         await client.result(first.id, timeout=10)
         assert marker.read_text() == "ran\n"  # once
+        # The same key for another request is a mistake, not the same job: 409 naming the key.
+        with pytest.raises(JobRejected, match=rf"the idempotency key 'nightly-2026-12-07' was used for another "
+                                              rf"request \(job {first.id}\)") as other:
+            await client.submit(function="tests.tasks:touch", args=[str(marker) + "x"], key="nightly-2026-12-07")
+        assert other.value.status == 409
+        assert first.name == "tests.tasks:touch"  # a job given no name is listed by what it runs
 
 
 async def test_results_that_the_store_cannot_keep_fail_the_job_and_say_why(tmp_path: Path) -> None:
@@ -342,7 +349,7 @@ async def test_the_cli_submits_follows_and_refuses_with_exit_code_2(tmp_path: Pa
         code, out, _ = await _cli("job", job_id, *api, "--json")
         assert code == 0 and json.loads(out)["state"] == "succeeded" and json.loads(out)["result"] == 3
         code, out, _ = await _cli("jobs", *api, "--json", "--type", "function")
-        assert code == 0 and {j["name"] for j in json.loads(out)} == {None, "three"}
+        assert code == 0 and {j["name"] for j in json.loads(out)} == {"math:factorial", "three"}  # unnamed: what it runs
         code, out, _ = await _cli("jobs", *api)
         assert code == 0 and job_id in out and "succeeded" in out
         for argv, message in [
