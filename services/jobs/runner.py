@@ -116,7 +116,8 @@ class Runner:
         watch = _Watch(self.journal, job)
         launch = Launch(self.kernel, functools.partial(self.em.submit, **options), options)
         try:
-            with watching(watch):
+            # Its call keeps the job id among its caller's variables: every line about it says the job.
+            with watching(watch), structlog.contextvars.bound_contextvars(job_id=job.id):
                 fut = kind.start(launch, job.task)
         except Exception as exc:
             self.finish(job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")

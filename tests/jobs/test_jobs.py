@@ -696,3 +696,21 @@ async def test_revoking_a_jobs_call_by_task_id_cancels_the_job(tmp_path: Path) -
         ended = await client.wait(job.id, 10)
         assert ended.state == JobState.CANCELLED and "was revoked and stopped" in (ended.error or ""), ended
         assert (await client.submit(function="math:factorial", args=[5])).id  # the pool serves on
+
+
+async def test_every_line_about_a_jobs_call_names_the_job(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    async with jobs_kernel(tmp_path) as (kernel, client, _token):
+        events: list[dict[str, Any]] = []
+        kernel.get_service("execution-manager").subscribe("task-failed", lambda _e, p: events.append(dict(p)))
+        with capture_logs() as logs:
+            job = await client.submit(function="tests.tasks:log_with_logging", args=[3])
+            assert (await client.wait(job.id, 20)).state == JobState.SUCCEEDED
+            failing = await client.submit(function="tests.tasks:raise_custom", args=["no"])
+            assert (await client.wait(failing.id, 20)).state == JobState.FAILED
+        worker_line = next(e for e in logs if e["event"] == "row 3 is bad")
+        assert worker_line["job_id"] == job.id and worker_line["task_id"]
+        failed = next(e for e in logs if e["event"] == "call failed")
+        assert failed["job_id"] == failing.id
+        assert [e["job_id"] for e in events] == [failing.id]  # and its events

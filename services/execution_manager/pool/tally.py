@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from typing import Any
 
 import structlog
 
@@ -97,7 +98,7 @@ class Tally:
     def retrying(self, fut: CallFuture, attempt: int, reason: str) -> None:
         self.retried += 1
         self.events.emit("task-retried", call=fut.label, task_id=fut.task_id, attempt=attempt,
-                         worker_id=fut.attempts[-1].worker_id if fut.attempts else None, reason=reason)
+                         worker_id=fut.attempts[-1].worker_id if fut.attempts else None, reason=reason, **_job(fut))
 
     def fail(self, fut: CallFuture, exc: BaseException) -> None:
         """Fail ``fut`` with ``exc``: counted, logged, its attempts noted on the error."""
@@ -112,5 +113,11 @@ class Tally:
             events.emit("task-failed", call=fut.label, task_id=fut.task_id,
                         worker_id=fut.current.worker_id if fut.current else None, attempts=len(fut.attempts),
                         error=f"{type_name(exc)}: {exc}",
-                        traceback=getattr(exc, "remote_traceback", None) or format_exception(exc))
+                        traceback=getattr(exc, "remote_traceback", None) or format_exception(exc), **_job(fut))
         fut.set_exception(exc)
+
+
+def _job(fut: CallFuture) -> dict[str, Any]:
+    """The job a call runs for (its caller bound ``job_id``), for its events."""
+    job_id = fut.bound().get("job_id")
+    return {"job_id": job_id} if job_id is not None else {}
