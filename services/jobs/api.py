@@ -29,7 +29,7 @@ from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
 from kernel.tokens import own_token
 
-from .model import Job, LogLine
+from .model import Job, LogLine, Page
 from .settings import TOKEN_FILE, ApiSettings, JobError
 
 log = structlog.get_logger("jobs")
@@ -58,7 +58,7 @@ class Jobs(Protocol):
     def submit(self, body: Any) -> tuple[Job, bool]: ...
     def get(self, job_id: str) -> Job: ...
     async def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-                    limit: int = 100, max_bytes: int | None = None) -> list[Job]: ...
+                    limit: int = 100, max_bytes: int | None = None, after: str | None = None) -> Page: ...
     def cancel(self, job_id: str) -> Job: ...
     def counts(self) -> dict[str, dict[str, int]]: ...
     async def wait(self, job_id: str, timeout: float | None = None) -> Job: ...
@@ -157,8 +157,9 @@ class JobApi:
         q = request.query
         limit = int_param(request, "limit", 100, 1, MAX_LIST)
         jobs = await self.jobs.query(state=q.get("state"), project=q.get("project"), type=q.get("type"), limit=limit,
-                                     max_bytes=self.settings.max_list_bytes)
-        text = await asyncio.to_thread(_dumps, {"jobs": [j.to_json() for j in jobs]})
+                                     max_bytes=self.settings.max_list_bytes, after=q.get("after"))
+        page = {"jobs": [j.to_json() for j in jobs], "next": jobs.next}  # next: ?after= of the page after
+        text = await asyncio.to_thread(_dumps, page)
         return web.Response(text=text, content_type="application/json")
 
     async def counts(self, request: web.Request) -> web.Response:

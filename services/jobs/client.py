@@ -15,7 +15,6 @@ Errors are typed: :class:`JobRejected` (the request is wrong: ``field`` says whe
 from __future__ import annotations
 
 import base64
-import builtins
 import json
 import os
 import ssl
@@ -30,7 +29,7 @@ import urllib3
 from kernel.errors import KernelError
 from kernel.tokens import data_dir
 
-from .model import COMMON, Job, JobState, LogLine
+from .model import COMMON, Job, JobState, LogLine, Page
 from .settings import DEFAULT_PORT, TOKEN_ENV, TOKEN_FILE
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -183,9 +182,12 @@ def _counts() -> Operation[dict[str, dict[str, int]]]:
     return counts
 
 
-def _list(state: str | None, project: str | None, type: str | None, limit: int) -> Operation[list[Job]]:
-    params = {"state": state, "project": project, "type": type, "limit": limit}
-    return [_job(j) for j in (yield HttpCall("GET", "/jobs", params=params))["jobs"]]
+def _list(state: str | None, project: str | None, type: str | None, limit: int, after: str | None) -> Operation[Page]:
+    params = {"state": state, "project": project, "type": type, "limit": limit, "after": after}
+    answer = yield HttpCall("GET", "/jobs", params=params)
+    page = Page(_job(j) for j in answer["jobs"])
+    page.next = answer.get("next")
+    return page
 
 
 def _logs_call(job_id: str, follow: bool, after: int) -> HttpCall:
@@ -272,8 +274,10 @@ class Client:
         return self._run(_counts())
 
     def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-             limit: int = 100) -> builtins.list[Job]:
-        return self._run(_list(state, project, type, limit))
+             limit: int = 100, after: str | None = None) -> Page:
+        """Jobs, newest first, ``limit`` at most; the next page is ``list(after=page.next)``
+        (``page.next`` is None on the last)."""
+        return self._run(_list(state, project, type, limit, after))
 
     def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> Iterator[LogLine]:
         """The job's log lines; with ``follow``, as they come until the job has finished."""
@@ -360,8 +364,9 @@ class AsyncClient:
         return await self._run(_counts())
 
     async def list(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-                   limit: int = 100) -> builtins.list[Job]:
-        return await self._run(_list(state, project, type, limit))
+                   limit: int = 100, after: str | None = None) -> Page:
+        """See :meth:`Client.list`."""
+        return await self._run(_list(state, project, type, limit, after))
 
     async def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> AsyncIterator[LogLine]:
         call = _logs_call(job_id, follow, after)

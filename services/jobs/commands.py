@@ -180,18 +180,19 @@ def submit(connect: Connect, rest: tuple[str, ...], wait: bool, as_json: bool, *
 
 
 @click.command(name="jobs", epilog=examples("kernel jobs", "kernel jobs --state failed --limit 10",
-                                            "kernel jobs --project ml --json"))
+                                            "kernel jobs --project ml --json", "kernel jobs --after 7f3c..."))
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "lost"]))
 @click.option("--project", help="only this project's")
 @click.option("--type", "type_", metavar="TYPE", help="only this task type's (function, service, shell...)")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--after", metavar="ID", help="the page after the one ending with this job (the last page says it)")
 @json_option
 @_reaching
 def list_jobs(connect: Connect, state: str | None, project: str | None, type_: str | None, limit: int,
-              as_json: bool) -> None:
-    """List a running kernel's jobs, newest first."""
+              after: str | None, as_json: bool) -> None:
+    """List a running kernel's jobs, newest first, a page at a time."""
     with connect() as client:
-        jobs = client.list(state=state, project=project, type=type_, limit=limit)
+        jobs = client.list(state=state, project=project, type=type_, limit=limit, after=after)
     if as_json:
         click.echo(json.dumps([j.to_json() for j in jobs], indent=2))
         return
@@ -205,7 +206,10 @@ def list_jobs(connect: Connect, state: str | None, project: str | None, type_: s
     for j in jobs:
         created = datetime.datetime.fromtimestamp(j.created).strftime("%m-%d %H:%M:%S")
         table.add_row(j.id, j.state.value, j.type, j.name or "", j.project or "", created, j.error or "")
-    Console(width=max(Console().width, 160)).print(table)
+    console = Console(width=max(Console().width, 160))
+    console.print(table)
+    if jobs.next is not None:
+        console.print(f"more: kernel jobs --after {jobs.next}", style="dim", markup=False, highlight=False)
 
 
 @click.command(epilog=examples("kernel job 01J9Z...", "kernel job 01J9Z... --json"))

@@ -160,3 +160,10 @@ def json_size(value: Any) -> tuple[str, int]:
     """
     text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     return text, len(text.encode())
+
+
+class Page(list[Job]):
+    """A page of jobs, newest first; ``next`` is the cursor of the page after it (the
+    id of its last job), None when it is the last."""
+
+    next: str | None = None

@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 from kernel.service import BaseService
 from microkernel.services.execution_manager.wire.serialization import type_name  # loaded with the manager
 
-from .model import Job, JobRequest, JobState, LogLine
+from .model import Job, JobRequest, JobState, LogLine, Page
 from .settings import JobError, JobSettings
 
 if TYPE_CHECKING:  # the rest loads when jobs are on (custom.api): a kernel without them starts as fast
@@ -170,15 +170,18 @@ class JobService(BaseService):
         return job
 
     async def query(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-                    limit: int = 100, max_bytes: int | None = None) -> list[Job]:
+                    limit: int = 100, max_bytes: int | None = None, after: str | None = None) -> Page:
         """Jobs, newest first, read in a thread (a page of large results takes a while):
-        ``limit`` at most, and no more once ``max_bytes`` of them are read."""
+        ``limit`` at most, and no more once ``max_bytes`` of them are read; with ``after``
+        (a job id), those older than it (the next page)."""
         if state is not None and state not in JobState.__members__.values():
             raise JobError(f"state must be one of {', '.join(JobState)}, not {state!r}", field="state")
         jobs = await asyncio.to_thread(self._store().select, state=state, project=project, type=type, limit=limit,
-                                       max_bytes=max_bytes)
+                                       max_bytes=max_bytes, after=after)
         runner = self._runner()
-        return [runner.live(j.id) or j for j in jobs]
+        page = Page(runner.live(j.id) or j for j in jobs)
+        page.next = jobs.next
+        return page
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Jobs in the store by state, then by type: ``{"queued": {"function": 3}}``."""

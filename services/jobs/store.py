@@ -24,7 +24,8 @@ from typing import Any
 
 from kernel.errors import KernelError
 
-from .model import Job, LogLine
+from .model import Job, LogLine, Page
+from .settings import JobError
 from .sql import JOBS, LOGS, SELECT, SQLITE, Dialect, decode, migrate
 
 
@@ -46,9 +47,13 @@ class JobStore(ABC):
 
     @abstractmethod
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-             limit: int = 100, max_bytes: int | None = None) -> list[Job]:
+             limit: int = 100, max_bytes: int | None = None, after: str | None = None) -> Page:
         """Jobs, newest first: ``limit`` of them at most, and no more once their stored
-        text passes ``max_bytes`` (one at least). Safe to call from a thread."""
+        text passes ``max_bytes`` (one at least); with ``after`` (a job id: the last of the
+        page before), the ones older than it. Safe to call from a thread.
+
+        :raises JobError: ``after`` names no job (400).
+        """
 
     shared = False  # whether other kernels take jobs from this store too
 
@@ -119,16 +124,18 @@ def where(*, mark: str, **equal: str | None) -> tuple[str, list[str]]:
     return (f" WHERE {clause}" if clause else ""), list(given.values())
 
 
-def bounded(rows: Iterable[Sequence[Any]], max_bytes: int | None, decode: Callable[[Any], Job]) -> list[Job]:
-    """The jobs of ``rows`` (``SELECT`` rows, made jobs by ``decode``), read one by one
-    until their text passes ``max_bytes`` (the first is always kept): a list of large
-    results stays bounded."""
-    jobs: list[Job] = []
+def bounded(rows: Iterable[Sequence[Any]], max_bytes: int | None, decode: Callable[[Any], Job], limit: int) -> Page:
+    """The jobs of ``rows`` (``SELECT`` rows, made jobs by ``decode``; ask for ``limit`` + 1),
+    read one by one, ``limit`` at most and until their text passes ``max_bytes`` (the
+    first is always kept): a list of large results stays bounded. Its ``next`` is set
+    when a row was left."""
+    jobs = Page()
     size = 0
     for row in rows:
         size += sum(len(cell) if isinstance(cell, str | bytes) else len(json.dumps(cell, default=str))
                     for cell in row if isinstance(cell, str | bytes | dict | list))
-        if jobs and max_bytes is not None and size > max_bytes:
+        if len(jobs) == limit or (jobs and max_bytes is not None and size > max_bytes):
+            jobs.next = jobs[-1].id
             break
         jobs.append(decode(row))
     return jobs
@@ -223,11 +230,19 @@ class SqlStore(JobStore):
         return self._job(row) if row else None
 
     def select(self, *, state: str | None = None, project: str | None = None, type: str | None = None,
-               limit: int = 100, max_bytes: int | None = None) -> list[Job]:
-        clause, args = where(mark=self.dialect.mark, state=state, project=project, type=type)
+               limit: int = 100, max_bytes: int | None = None, after: str | None = None) -> Page:
+        mark = self.dialect.mark
+        clause, args = where(mark=mark, state=state, project=project, type=type)
         with self._reader() as db:  # may run in a thread (see counts())
-            query = f"{SELECT}{clause} ORDER BY n DESC LIMIT {self.dialect.mark}"
-            return bounded(db.execute(query, (*args, limit)), max_bytes, self._job)
+            if after is not None:
+                row = db.execute(f"SELECT n FROM {JOBS} WHERE id = {mark}", (after,)).fetchone()
+                if row is None:
+                    raise JobError(f"after={after[:40]!r} names no job: give the id of the last job of the page "
+                                   "before (the list's 'next')", field="after")
+                clause = f"{clause} AND n < {mark}" if clause else f" WHERE n < {mark}"
+                args = [*args, row[0]]
+            query = f"{SELECT}{clause} ORDER BY n DESC LIMIT {mark}"
+            return bounded(db.execute(query, (*args, limit + 1)), max_bytes, self._job, limit)
 
     def counts(self) -> dict[tuple[str, str], int]:
         # Every row is read (a tenth of a second per 100,000 jobs): on a connection of its

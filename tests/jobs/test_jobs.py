@@ -714,3 +714,23 @@ async def test_every_line_about_a_jobs_call_names_the_job(tmp_path: Path) -> Non
         failed = next(e for e in logs if e["event"] == "call failed")
         assert failed["job_id"] == failing.id
         assert [e["job_id"] for e in events] == [failing.id]  # and its events
+
+
+async def test_the_job_list_pages_past_its_limit(tmp_path: Path) -> None:
+    async with jobs_kernel(tmp_path) as (kernel, client, _token):
+        made = [(await client.submit(function="math:factorial", args=[i], name=f"j{i}")).id for i in range(7)]
+        seen, after, pages = [], None, 0
+        while True:
+            page = await client.list(limit=3, after=after)
+            seen += [j.id for j in page]
+            pages += 1
+            if page.next is None:
+                break
+            after = page.next
+        assert seen == made[::-1] and pages == 3  # newest first, each once: 3 + 3 + 1
+        with pytest.raises(JobRejected, match="after='nope' names no job") as bad:
+            await client.list(after="nope")
+        assert bad.value.status == 400
+        api = ["--api", kernel.get_service("jobs").address, "--token-file", str(tmp_path / "jobs.token")]
+        code, out, err = await _cli("jobs", *api, "--limit", "5")
+        assert code == 0 and f"more: kernel jobs --after {made[2]}" in out, (out, err)
