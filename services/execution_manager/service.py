@@ -307,7 +307,7 @@ class ExecutionManager(BaseService):
 
         :raises LookupError: no such worker.
         """
-        await self._pool.retire(worker_id, "drained on request")
+        await self._pool.operations.retire(worker_id, "drained on request")
 
     async def stop_worker(self, worker_id: str) -> None:
         """Stop the worker now: what it runs fails with ``WorkerCrashedError`` naming the
@@ -315,7 +315,7 @@ class ExecutionManager(BaseService):
 
         :raises LookupError: no such worker.
         """
-        await self._pool.retire(worker_id, "stopped on request", drain=False)
+        await self._pool.operations.retire(worker_id, "stopped on request", drain=False)
 
     def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
         """Revoke a call by its task id (as shown in errors, logs, events and the
@@ -327,7 +327,7 @@ class ExecutionManager(BaseService):
         :raises LookupError: no call of that task id is waiting or running.
         :raises WorkerConflictError: a pinned instance's call (release the instance).
         """
-        return self._pool.revoke(task_id, reason)
+        return self._pool.operations.revoke(task_id, reason)
 
     async def restart_worker(self, worker_id: str) -> None:
         """Drain the worker, then start a new process under its id (a node's slot: its
@@ -337,7 +337,7 @@ class ExecutionManager(BaseService):
         :raises WorkerConflictError: it is leaving already, or its kind cannot restart
             (a Dask worker).
         """
-        await self._pool.restart(worker_id)
+        await self._pool.operations.restart(worker_id)
 
     def add_route(self, name: str, handler: Route) -> None:
         """Let running calls ask ``task.request(name, *args, **kwargs)``: the kernel runs

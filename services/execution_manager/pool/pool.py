@@ -23,7 +23,7 @@ import structlog
 
 from kernel.errors import ExecutionError
 
-from ..errors import CallRevokedError, PoolClosedError, WorkerConflictError, WorkerStartError
+from ..errors import CallRevokedError, PoolClosedError, WorkerStartError
 from ..events import EventBus
 from ..executors import Attempt, CallHost, ReplyFuture, Worker, WorkerFactory, WorkerInfo
 from ..scheduling import Scheduler, fits, tightness
@@ -53,6 +53,7 @@ from ..wire import loads
 from .admission import Admission
 from .fleet import Fleet, PoolWorker
 from .handles import CallFuture, error_for, rebuild
+from .operations import Operations
 from .scaling import Scaling
 from .snapshot import PoolSnapshot, take
 from .tally import Tally, Timings
@@ -96,6 +97,7 @@ class WorkerPool:
         self.fleet = Fleet(settings, factory, events, self.sched, self.feed, no_workers=self._no_workers, host=host,
                            in_process_factory=in_process_factory)
         self.scaling = Scaling(self.fleet, self.sched, self.feed, events)  # how many workers run
+        self.operations = Operations(self)  # the operator's actions, by worker and task id
         self._worker = self.fleet.find
         self._on_reply = self._replied  # bound once: it follows every attempt
 
@@ -222,32 +224,6 @@ class WorkerPool:
             self.tasks.pop(fut.task_id, None)
         elif fut.spec.pinned_to is None:
             self.feed(CancelAsked(self.loop.time(), fut.task_id))
-
-    def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
-        """Revoke a call by its task id: a queued or held one never runs, a running one is
-        stopped (its worker replaced); it is never retried, and fails with
-        :class:`CallRevokedError`. Returns where it was ("held", "queued" or "running").
-
-        :raises LookupError: no call of that task id is waiting or running.
-        :raises WorkerConflictError: it is a pinned instance's call (stopping it would
-            lose the instance: release the instance instead).
-        """
-        fut = self.tasks.get(task_id)
-        if fut is None or fut.done() or fut.revoked is not None:
-            raise LookupError(f"no call with task id {task_id} is waiting or running")
-        if fut.spec.pinned_to is not None:
-            raise WorkerConflictError(f"{fut.describe()} runs on a pinned instance's worker ({fut.spec.pinned_to}): "
-                                      "revoking it would lose the instance; release the instance instead")
-        held = self.admission.withdraw(fut)
-        where = "held" if held else "running" if self.sched.running_on(task_id) is not None else "queued"
-        fut.revoked = f"was revoked {'and stopped' if where == 'running' else 'before it ran'}: {reason}"
-        log.info("call revoked", task_id=task_id, call=fut.spec.label, reason=reason, where=where)
-        if held:
-            self.tasks.pop(task_id, None)
-            self.tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
-        else:
-            self.feed(CancelAsked(self.loop.time(), task_id))
-        return where
 
     def _send(self, send: Send) -> None:
         fut = self.tasks[send.task_id]
@@ -402,16 +378,6 @@ class WorkerPool:
     def adopt(self, executor: Worker) -> None:
         self.fleet.adopt(executor)
 
-    def retire_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> None:
-        """Start retiring ``worker_id`` (see :meth:`retire`) without waiting for it.
-
-        :raises LookupError: no such worker (the message lists the workers).
-        """
-        if worker_id not in self.fleet.workers:
-            known = ", ".join(sorted(self.fleet.workers)) or "none"
-            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
-        self.fleet.background.spawn(self.retire(worker_id, reason, drain=drain))
-
     def check_resources(self, request: Mapping[str, float], label: str) -> None:
         """Refuse at once a request no worker could ever satisfy.
 
@@ -423,20 +389,6 @@ class WorkerPool:
     def worker_count(self) -> int:
         """Workers in the pool (not the in-process one)."""
         return len(self.fleet.members)
-
-    async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
-        await self.fleet.retire(worker_id, reason, drain=drain)
-
-    async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
-        """See :meth:`.fleet.Fleet.restart`."""
-        await self.fleet.restart(worker_id, reason)
-
-    def restart_soon(self, worker_id: str, reason: str = "restarted on request") -> None:
-        """Start restarting ``worker_id`` (checked now, carried out in the background).
-
-        :raises LookupError: no such worker. :raises WorkerConflictError: see :meth:`restart`.
-        """
-        self.fleet.background.spawn(self.fleet.begin_restart(worker_id, reason))
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """Shut down: refuse new calls, run the queue first (``drainQueue``) or cancel

@@ -48,7 +48,7 @@ def _retire(em: Manager, request: web.Request, reason: str, drain: bool) -> str:
     try:
         if em.pool is None:
             raise LookupError(f"no worker {worker_id!r} (workers: none)")
-        em.pool.retire_soon(worker_id, reason, drain=drain)
+        em.pool.operations.retire_soon(worker_id, reason, drain=drain)
     except LookupError as exc:
         raise BadRequest(str(exc), status=404) from None
     return worker_id
@@ -75,7 +75,7 @@ async def restart(em: Manager, request: web.Request) -> web.Response:
     try:
         if em.pool is None:
             raise LookupError(f"no worker {worker_id!r} (workers: none)")
-        em.pool.restart_soon(worker_id)
+        em.pool.operations.restart_soon(worker_id)
     except LookupError as exc:
         raise BadRequest(str(exc).strip("'\""), status=404) from None
     except WorkerConflictError as exc:
@@ -93,7 +93,7 @@ async def revoke(em: Manager, request: web.Request) -> web.Response:
     try:
         if em.pool is None:
             raise LookupError(f"no call with task id {given} is waiting or running")
-        where = em.pool.revoke(int(given), "revoked on request")
+        where = em.pool.operations.revoke(int(given), "revoked on request")
     except LookupError as exc:
         raise BadRequest(str(exc).strip("'\""), status=404) from None
     except WorkerConflictError as exc:

@@ -1,0 +1,87 @@
+"""What an operator does to a running pool, by id: drain, stop or restart a worker,
+revoke a call. Each checks at once (an unknown id, a conflict) and then waits for the
+action, or carries it out in the background (``..._soon``: what the HTTP API answers
+202 for). The pool's call path (:mod:`.pool`) and its workers (:mod:`.fleet`) do the
+work; this module is the operator's door to them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..errors import CallRevokedError, WorkerConflictError
+from ..scheduling.stimuli import CancelAsked
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
+
+log = structlog.get_logger("execution-manager")
+
+
+class Operations:
+    """The operator's actions on one pool (``pool.operations``)."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+        self._fleet = pool.fleet
+
+    async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
+        """Move the worker's pinned instances away, then drain and stop it (without
+        ``drain``: stop it now; what it runs fails with WorkerCrashedError, or is retried).
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        await self._fleet.retire(worker_id, reason, drain=drain)
+
+    def retire_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> None:
+        """Start retiring ``worker_id`` (see :meth:`retire`) without waiting for it.
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        fleet = self._fleet
+        if worker_id not in fleet.workers:
+            known = ", ".join(sorted(fleet.workers)) or "none"
+            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        fleet.background.spawn(self.retire(worker_id, reason, drain=drain))
+
+    async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
+        """See :meth:`.fleet.Fleet.restart`."""
+        await self._fleet.restart(worker_id, reason)
+
+    def restart_soon(self, worker_id: str, reason: str = "restarted on request") -> None:
+        """Start restarting ``worker_id`` (checked now, carried out in the background).
+
+        :raises LookupError: no such worker.
+        :raises WorkerConflictError: see :meth:`.fleet.Fleet.restart`.
+        """
+        self._fleet.background.spawn(self._fleet.begin_restart(worker_id, reason))
+
+    def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
+        """Revoke a call by its task id: a queued or held one never runs, a running one is
+        stopped (its worker replaced); it is never retried, and fails with
+        :class:`CallRevokedError`. Returns where it was ("held", "queued" or "running").
+
+        :raises LookupError: no call of that task id is waiting or running.
+        :raises WorkerConflictError: it is a pinned instance's call (stopping it would
+            lose the instance: release the instance instead).
+        """
+        pool = self._pool
+        fut = pool.tasks.get(task_id)
+        if fut is None or fut.done() or fut.revoked is not None:
+            raise LookupError(f"no call with task id {task_id} is waiting or running")
+        if fut.spec.pinned_to is not None:
+            raise WorkerConflictError(f"{fut.describe()} runs on a pinned instance's worker ({fut.spec.pinned_to}): "
+                                      "revoking it would lose the instance; release the instance instead")
+        held = pool.admission.withdraw(fut)
+        where = "held" if held else "running" if pool.sched.running_on(task_id) is not None else "queued"
+        # The pool's resolution of the call reads this: its caller hears why, not CancelledError.
+        fut.revoked = f"was revoked {'and stopped' if where == 'running' else 'before it ran'}: {reason}"
+        log.info("call revoked", task_id=task_id, call=fut.spec.label, reason=reason, where=where)
+        if held:
+            pool.tasks.pop(task_id, None)
+            pool.tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
+        else:
+            pool.feed(CancelAsked(pool.loop.time(), task_id))
+        return where
