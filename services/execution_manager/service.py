@@ -15,7 +15,7 @@ from kernel.service import BaseService
 
 from .errors import QueueFullError
 from .events import Callback, EventBus
-from .executors import NodeListener
+from .executors import NodeHost, NodeListener
 from .executors.runtime import run_chunk
 from .hookspecs import executor_types, node_transports
 from .monitoring import History, Monitor, Stats, WorkerStats
@@ -94,8 +94,9 @@ class ExecutionManager(BaseService):
     async def _listen(self, settings: Mapping[str, Any]) -> None:
         name = settings.get("transport", "websocket")
         transport = registered(node_transports(self.kernel.pm), name, "custom.nodes.transport", "node transport")
-        listener = transport.listener(settings, self.kernel.manifest_path(self.name))
-        self.nodes_address = await listener.start(self._pool)
+        listener: NodeListener = transport.listener(settings, self.kernel.manifest_path(self.name))
+        host: NodeHost = self._pool  # (checked here: the registry's transports are not typed)
+        self.nodes_address = await listener.start(host)
         self.listener = listener
 
     async def _serve_http(self, settings: HttpSettings) -> None:

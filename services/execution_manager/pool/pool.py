@@ -375,8 +375,14 @@ class WorkerPool:
 
     # A node listener's host (see .nodes.NodeHost): its slots join the fleet.
 
+    # The pool is its node listeners' NodeHost (executors.nodes): adopt and retire.
+
     def adopt(self, executor: Worker) -> None:
         self.fleet.adopt(executor)
+
+    async def retire(self, worker_id: str, reason: str = "retired") -> None:
+        """See :meth:`.operations.Operations.retire` (draining)."""
+        await self.operations.retire(worker_id, reason)
 
     def check_resources(self, request: Mapping[str, float], label: str) -> None:
         """Refuse at once a request no worker could ever satisfy.
