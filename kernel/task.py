@@ -62,28 +62,32 @@ class TaskChannel(Protocol):
 
 
 class TaskInfo(NamedTuple):
-    """The call running in this context."""
+    """The call running in this context: its task id (the same across its attempts), the
+    worker it runs on, and which attempt this is (1 the first time, 2 once retried...)."""
 
     call_id: int
     worker_id: str
+    attempt: int = 1
 
 
 class _Context:
-    __slots__ = ("call_id", "channel", "last_progress", "worker_id")
+    __slots__ = ("attempt", "call_id", "channel", "last_progress", "worker_id")
 
-    def __init__(self, channel: TaskChannel | None, call_id: int, worker_id: str) -> None:
+    def __init__(self, channel: TaskChannel | None, call_id: int, worker_id: str, attempt: int = 1) -> None:
         self.channel = channel
         self.call_id = call_id
         self.worker_id = worker_id
+        self.attempt = attempt
         self.last_progress = 0.0
 
 
 _current: contextvars.ContextVar[_Context | None] = contextvars.ContextVar("kernel_task", default=None)
 
 
-def enter(channel: TaskChannel | None, call_id: int, worker_id: str) -> contextvars.Token[_Context | None]:
-    """Make ``call_id`` the current call (for executors' runtimes)."""
-    return _current.set(_Context(channel, call_id, worker_id))
+def enter(channel: TaskChannel | None, call_id: int, worker_id: str,
+          attempt: int = 1) -> contextvars.Token[_Context | None]:
+    """Make ``call_id`` (its ``attempt``) the current call (for executors' runtimes)."""
+    return _current.set(_Context(channel, call_id, worker_id, attempt))
 
 
 def leave(token: contextvars.Token[_Context | None]) -> None:
@@ -93,7 +97,7 @@ def leave(token: contextvars.Token[_Context | None]) -> None:
 def current() -> TaskInfo | None:
     """The call running here, or None outside a call."""
     ctx = _current.get()
-    return None if ctx is None else TaskInfo(ctx.call_id, ctx.worker_id)
+    return None if ctx is None else TaskInfo(ctx.call_id, ctx.worker_id, ctx.attempt)
 
 
 def progress(fraction: float, message: str = "") -> None:

@@ -122,6 +122,16 @@ def flaky(counter: str, failures: int) -> int:
     return seen + 1
 
 
+def flaky_attempts(counter: str, failures: int) -> tuple[int, int]:
+    """As :func:`flaky`; returns the task id and the attempt number the call saw."""
+    from kernel import task
+
+    flaky(counter, failures)
+    info = task.current()
+    assert info is not None
+    return info.call_id, info.attempt
+
+
 def leak(step_mib: int, steps: int, pause: float) -> int:
     """Leaks memory in steps (kept alive), as a runaway call does."""
     for _ in range(steps):

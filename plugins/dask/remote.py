@@ -79,11 +79,11 @@ def runtime(executor_id: str) -> Runtime:
         return rt
 
 
-def run(executor_id: str, kind: int, payload: bytes, task_id: int) -> tuple[bool, Any, float]:
+def run(executor_id: str, kind: int, payload: bytes, task_id: int, attempt: int = 1) -> tuple[bool, Any, float]:
     """A Dask task: run one call through the worker's runtime on this worker. The
     reply, and the seconds the call ran (the rest of the round trip is Dask's)."""
     started = time.perf_counter()
-    ok, data = runtime(executor_id).execute(kind, payload, task_id)
+    ok, data = runtime(executor_id).execute(kind, payload, task_id, attempt)
     return ok, data, time.perf_counter() - started
 
 

@@ -104,7 +104,7 @@ class DaskWorker(WorkerBase):
                 break  # calls on pinned instances run one after another, in order
             self._held.popleft()
             future = self.client.submit(
-                remote.run, self.id, call.kind, call.payload, call.id,
+                remote.run, self.id, call.kind, call.payload, call.id, call.attempt,
                 key=f"{call.label}-{self.id}-{call.id}-{call.attempt}",
                 workers=[self.address], allow_other_workers=False, pure=False,
             )

@@ -109,7 +109,8 @@ class InMemoryWorker(WorkerBase):
         while self._running < self.threads and self._waiting and self._threads is not None:
             call = self._waiting.popleft()
             self._running += 1
-            fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id)
+            fut = loop.run_in_executor(self._threads, self._runtime.execute, call.kind, call.payload, call.id,
+                                       call.attempt)
             fut.add_done_callback(partial(self._done, call))
 
     def _done(self, attempt: Attempt, fut: asyncio.Future[Reply]) -> None:

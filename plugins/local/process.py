@@ -90,11 +90,11 @@ class _SoftTimeout:
             raise SoftTimeoutError(f"the call ran past its soft timeout of {cls.seconds:g} s")
 
     @classmethod
-    def run(cls, execute: Callable[[int, bytes, int], Reply], ev: p.Call) -> Reply:
+    def run(cls, execute: Callable[[int, bytes, int, int], Reply], ev: p.Call) -> Reply:
         cls.seconds, cls.armed = ev.soft_timeout, True
         signal.setitimer(signal.ITIMER_REAL, ev.soft_timeout)
         try:
-            return execute(ev.kind, ev.payload, ev.call_id)
+            return execute(ev.kind, ev.payload, ev.call_id, ev.attempt)
         finally:
             cls.armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -265,7 +265,7 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
                 if ev.soft_timeout:
                     ok, reply = _SoftTimeout.run(execute, ev)
                 else:
-                    ok, reply = execute(ev.kind, ev.payload, ev.call_id)
+                    ok, reply = execute(ev.kind, ev.payload, ev.call_id, ev.attempt)
                 link.running_since = None
                 now = clock()
                 # How long it ran, here: the kernel's own view adds transit and the wait

@@ -178,7 +178,7 @@ class LocalWorker(WorkerBase):
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout, attempt.attempt)))
         self._hold(attempt)  # after the write: the worker starts while this runs
 
     def cancel(self, task_id: int) -> bool:

@@ -270,7 +270,8 @@ class NodeAgent:
             if ex is None:
                 return  # the slot is gone; its SLOT_DOWN tells the kernel
             future = ReplyFuture()
-            future.call = Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout)
+            future.call = Attempt(msg.call_id, msg.kind, msg.payload, future, soft_timeout=msg.soft_timeout,
+                                  attempt=msg.attempt)
             future.follow_now(partial(self._replied, msg.slot, msg.call_id, ex))  # sent in the turn the worker answers
             with contextlib.suppress(PoolClosedError):
                 ex.submit(future.call)

@@ -113,7 +113,8 @@ class NodeSlot(WorkerBase):
         s = self.session
         self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None
-        s.send(p.encode(p.SlotCall(self.slot, attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        s.send(p.encode(p.SlotCall(self.slot, attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout,
+                                  attempt.attempt)))
         s.calls[attempt.id] = self  # after the send: the node starts while this runs
         self._hold(attempt)
 

@@ -226,3 +226,5 @@ async def test_one_task_id_and_the_callers_context_on_every_line_about_a_call(tm
         stats = await em.get_stats()
         assert stats.tasks_failed == 1  # calls: the crash; the flaky call succeeded in the end
         assert stats.attempts_failed == 3 and stats.tasks_retried == 2  # attempts, apart
+        seen = em.submit(tasks.flaky_attempts, str(tmp_path / "again"), 1, retries=1, retry_on=(ConnectionError,))
+        assert await seen == (seen.task_id, 2)  # the call sees which attempt it is, under one task id

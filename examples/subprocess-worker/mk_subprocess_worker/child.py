@@ -59,7 +59,7 @@ class Child:
                 self.send(p.Cancelled(call.call_id))
                 continue
             began = time.perf_counter()
-            ok, data = self.runtime.execute(call.kind, call.payload, call.call_id)
+            ok, data = self.runtime.execute(call.kind, call.payload, call.call_id, call.attempt)
             ran = time.perf_counter() - began
             if ok:
                 self.send(p.Result(call.call_id, data, ran))

@@ -85,7 +85,7 @@ class SubprocessWorker(WorkerBase):
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout)))
+        stream.write(p.frame(p.Call(attempt.id, attempt.kind, attempt.payload, attempt.soft_timeout, attempt.attempt)))
         self._hold(attempt)
 
     def cancel(self, task_id: int) -> bool:

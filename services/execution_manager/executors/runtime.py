@@ -92,9 +92,9 @@ class Runtime:
         self._local = threading.local()
         self._loops: list[Any] = []  # one per thread that ran an async method
 
-    def execute(self, kind: int, payload: bytes, task_id: int = 0) -> Reply:
+    def execute(self, kind: int, payload: bytes, task_id: int = 0, attempt: int = 1) -> Reply:
         token = inline.set(True)
-        current = task.enter(self.channel, task_id, self.worker_id)
+        current = task.enter(self.channel, task_id, self.worker_id, attempt)
         try:
             label = "call"
             try:

@@ -72,7 +72,7 @@ from .protocol import (
     Welcome,
 )
 
-NODE_PROTOCOL_VERSION = 2  # raised with PROTOCOL_VERSION (see there)
+NODE_PROTOCOL_VERSION = 3  # raised with PROTOCOL_VERSION (see there)
 
 # Close codes (see the module docstring; 4000, 4003 and 1009 are every connection's: wire.protocol).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TEXT = 1000, 1001, 1003

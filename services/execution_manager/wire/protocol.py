@@ -28,11 +28,11 @@ from typing import Any, Union
 
 import msgspec
 
-# Raised with each release whose pickles name other module paths (2: the execution
-# manager's modules moved into folders), so a peer of another one is refused before
-# anything is unpickled. A different package version of the same wire version is
-# admitted, with a warning, for rolling upgrades.
-PROTOCOL_VERSION = 2
+# Raised with each release whose messages or pickles differ (2: the execution manager's
+# modules moved into folders; 3: a call carries its attempt number), so a peer of another
+# one is refused before anything is unpickled. A different package version of the same
+# wire version is admitted, with a warning, for rolling upgrades.
+PROTOCOL_VERSION = 3
 # The close codes every connection refuses with (the node conversation adds its own, see
 # ``wire.node``): a broken protocol, another wire version, a frame over the limit (RFC 6455's).
 CLOSE_PROTOCOL, CLOSE_VERSION, CLOSE_TOO_BIG = 4000, 4003, 1009
@@ -89,6 +89,7 @@ class Call(_Message, tag=CALL):
     kind: int
     payload: bytes
     soft_timeout: float = 0.0  # seconds after which the worker raises inside the call; 0: none
+    attempt: int = 1  # which try at the call this is (kernel.task.current().attempt)
 
 
 class Result(_Message, tag=RESULT):
@@ -182,6 +183,7 @@ class SlotCall(_Message, tag=SLOT_CALL):
     kind: int
     payload: bytes
     soft_timeout: float = 0.0
+    attempt: int = 1
 
 
 class SlotCancel(_Message, tag=SLOT_CANCEL):

@@ -82,7 +82,7 @@ def test_unframed_mode_one_message_per_frame() -> None:
     ("data", "match"),
     [
         (raw((p.RESULT, 1, b"x")), "expected HELLO first, got Result"),
-        (hello(version=99), "wire version 99; this kernel speaks 2"),
+        (hello(version=99), "wire version 99; this kernel speaks 3"),
         (b"\x00\x00\x00\x02\xc1\xc1", "undecodable frame"),
         (raw((42, 1)), "unknown message type 42"),
         (raw((p.CALL, 1, 0, b"")), "Call is not a message a kernel receives"),

@@ -24,8 +24,35 @@ RECORDED_NODE_HELLO = bytes.fromhex(
 )
 
 
-def test_both_wire_versions_moved_past_the_recorded_release() -> None:
-    assert p.PROTOCOL_VERSION == 2 and n.NODE_PROTOCOL_VERSION == 2
+# Recorded from the release before a call carried its attempt number (wire version 2):
+# p.frame(p.Hello(2, "local-8", 4343, "3.11.7", {})) and
+# p.encode(p.NodeHello(2, "node-v2", b"\x02" * 32, {"python": "3.11.7", "version": "0.1.0", "cpus": 2})).
+RECORDED_V2_WORKER_HELLO = bytes.fromhex("00000016960002a76c6f63616c2d38cd10f7a6332e31312e3780")
+RECORDED_V2_NODE_HELLO = bytes.fromhex(
+    "951402a76e6f64652d7632c420020202020202020202020202020202020202020202020202020202020202020283a6707974686f6e"
+    "a6332e31312e37a776657273696f6ea5302e312e30a46370757302"
+)
+
+
+def test_both_wire_versions_moved_past_the_recorded_releases() -> None:
+    assert p.PROTOCOL_VERSION == 3 and n.NODE_PROTOCOL_VERSION == 3
+
+
+@pytest.mark.parametrize(("recorded", "version", "who"), [(RECORDED_WORKER_HELLO, 1, "local-7"),
+                                                           (RECORDED_V2_WORKER_HELLO, 2, "local-8")])
+def test_workers_of_earlier_releases_are_refused_naming_both_versions(recorded: bytes, version: int, who: str) -> None:
+    with pytest.raises(p.ProtocolError) as refused:
+        PipeKernelSide().receive_data(recorded)
+    assert refused.value.code == n.CLOSE_VERSION and who in str(refused.value)
+    assert f"wire version {version}" in str(refused.value) and "this kernel speaks 3" in str(refused.value)
+
+
+def test_a_node_of_the_release_before_is_refused_naming_both_versions() -> None:
+    kernel = n.NodeKernelSide(b"token")
+    with pytest.raises(p.ProtocolError) as refused:
+        kernel.receive_data(RECORDED_V2_NODE_HELLO)
+    assert refused.value.code == n.CLOSE_VERSION and "'node-v2'" in refused.value.reason
+    assert "wire version 2" in refused.value.reason and "this kernel speaks 3" in refused.value.reason
 
 
 def test_a_worker_of_the_previous_release_is_refused_naming_both_versions() -> None:
@@ -33,7 +60,7 @@ def test_a_worker_of_the_previous_release_is_refused_naming_both_versions() -> N
     with pytest.raises(p.ProtocolError) as refused:
         conn.receive_data(RECORDED_WORKER_HELLO)
     assert refused.value.code == n.CLOSE_VERSION
-    assert "wire version 1" in str(refused.value) and "this kernel speaks 2" in str(refused.value)
+    assert "wire version 1" in str(refused.value) and "this kernel speaks 3" in str(refused.value)
     assert "local-7" in str(refused.value)  # the worker it was
 
 
@@ -48,7 +75,7 @@ async def test_a_node_of_the_previous_release_is_refused_with_4003_and_the_kerne
                     await old.ws.send(RECORDED_NODE_HELLO)
                     code, reason = await old.closed_with()
             assert code == n.CLOSE_VERSION
-            assert "wire version 1" in reason and "this kernel speaks 2" in reason
+            assert "wire version 1" in reason and "this kernel speaks 3" in reason
             refusals = [e for e in logs if e.get("code") == n.CLOSE_VERSION]
             assert refusals and refusals[0]["node_id"] == "old-node", logs
             assert hub.refusals().get("version") == 1
@@ -76,6 +103,6 @@ async def test_a_local_worker_of_the_previous_release_fails_to_start_naming_both
     with pytest.raises(WorkerStartError) as refused:
         await worker.start()
     message = str(refused.value)
-    assert "local-old" in message and "wire version 1" in message and "this kernel speaks 2" in message, message
+    assert "local-old" in message and "wire version 1" in message and "this kernel speaks 3" in message, message
     assert worker.is_closed
     await worker.stop()
