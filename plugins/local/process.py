@@ -124,6 +124,7 @@ class _Link:
         self._send_lock = threading.Lock()
         self._answers: dict[int, p.Response] = {}
         self._ids = itertools.count(1)
+        self.tells: list[p.Tell] = []  # operators' messages, for the main loop between calls
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
@@ -153,9 +154,17 @@ class _Link:
                 self._answers[ev.request_id] = ev
             elif type(ev) is p.Heartbeat:  # the kernel asks whether this idle worker still answers
                 self.send(p.frame(p.Heartbeat(0.0, 0, len(pending))))
+            elif type(ev) is p.Tell:
+                self.tells.append(ev)  # the main loop answers it before the next call
             else:
                 kept.append(ev)
         return kept
+
+    def answer_tells(self, runtime: Runtime) -> None:
+        """Hand operators' messages to the pinned instances (the main loop, between calls)."""
+        while self.tells:
+            tell = self.tells.pop(0)
+            self.send(p.frame(p.Told(tell.request_id, runtime.tell(tell.payload))))
 
     def next_batch(self) -> list[p.Event] | None:
         """What the main loop runs next: the events others read for it, else the next
@@ -244,7 +253,10 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
     Result, Error = p.Result, p.Error
     clock = time.perf_counter
     out, unseen = link.out, link.unseen
+    tells = link.tells
     while (events := link.next_batch()) is not None:
+        if tells:
+            link.answer_tells(runtime)
         flushed = read_at = clock()
         i = 0
         while i < len(events):
@@ -254,6 +266,8 @@ def serve(sock: socket.socket, worker_id: str, began: mmap.mmap | None = None) -
                 if unseen or clock() - read_at > _BATCH_SECONDS:  # it waited behind another call
                     events.extend(link.meanwhile())
                     read_at = clock()
+                if tells:  # ahead of the calls queued here
+                    link.answer_tells(runtime)
                 claimed = pending.pop(ev.call_id, None)  # begin(), inlined: the hot path
                 if claimed is not ev:
                     if claimed is not None:  # a stale frame: the call was sent again, and begins from there

@@ -21,6 +21,7 @@ again elsewhere may succeed: the call itself was not at fault).
     ├── UnsatisfiableError (ValueError)     no worker could ever offer what a call asks
     ├── WorkerConflictError                 a worker cannot take this action (now, or ever)
     ├── CallRevokedError                    the call was revoked by its task id; it never runs again
+    ├── MessageError                        a pinned instance could not answer an operator's message
     └── PoolClosedError                     the pool is stopping or stopped
 """
 
@@ -116,6 +117,11 @@ class CallRevokedError(ExecutionError):
     """The call was revoked by its task id (``em.revoke``, the API, ``kernel revoke``): a
     queued call never ran, a running one was stopped (its worker replaced); it is never
     retried."""
+
+
+class MessageError(ExecutionError):
+    """A pinned instance could not answer an operator's message (``em.send``): it has no
+    ``on_message``, it raised, or its reply is not JSON; the message says which."""
 
 
 class PoolClosedError(ExecutionError):

@@ -318,6 +318,20 @@ class ExecutionManager(BaseService):
         """
         await self._pool.operations.retire(worker_id, "stopped on request", drain=False)
 
+    ALL = "*"  # every worker, for send()
+
+    async def send(self, worker_id: str, message: Any, *, timeout: float = 5.0) -> dict[str, Any]:
+        """Send ``message`` (JSON) to the ``on_message(self, msg)`` of each instance
+        pinned on ``worker_id`` (or on every worker: ``em.ALL``), between its calls and
+        ahead of its queued ones: ``{worker_id: [replies, in pin order]}``, where an
+        instance that could not answer gives a :class:`MessageError` naming its class,
+        and a worker that could not, its error (``TimeoutError`` past ``timeout``,
+        ``WorkerConflictError`` for a kind that takes no messages).
+
+        :raises LookupError: no such worker. :raises ValueError: not JSON, or over 64 KiB.
+        """
+        return await self._pool.operations.send(worker_id, message, timeout)
+
     def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
         """Revoke a call by its task id (as shown in errors, logs, events and the
         dashboard): a waiting one never runs, a running one is stopped (its worker is

@@ -175,6 +175,18 @@ class Worker(ABC):
         means (a remote node's heartbeats)."""
         return None
 
+    async def tell(self, payload: bytes) -> list[tuple[bool, str]]:
+        """Hand an operator's message (JSON bytes) to each instance pinned on this worker,
+        between its calls, ahead of its queued ones; their answers in pin order: (True,
+        the reply as JSON) or (False, why not). The default: this worker takes no messages.
+
+        :raises WorkerConflictError: it takes no messages.
+        :raises WorkerCrashedError: it ended before it answered.
+        """
+        from ..errors import WorkerConflictError  # (the interface module stays light)
+
+        raise WorkerConflictError(f"worker {self.id} ({self.node_type}) does not take messages")
+
     @property
     def replaced_when_stopped(self) -> bool:
         """Whether whoever brought this worker starts another in its place once it is

@@ -135,6 +135,33 @@ class Runtime:
             task.leave(current)
             inline.reset(token)
 
+    def tell(self, payload: bytes) -> list[tuple[bool, str]]:
+        """An operator's message (JSON) for each instance pinned here, in pin order: its
+        ``on_message(msg)`` answers (True, its reply as JSON), or (False, why not: no
+        handler, it raised, a reply that is not JSON). Between calls, never inside one."""
+        import json
+
+        msg = json.loads(payload)
+        replies: list[tuple[bool, str]] = []
+        for instance in list(self.pinned.values()):
+            name = type(instance).__qualname__
+            handler = original_method(type(instance), "on_message")
+            if handler is None:
+                replies.append((False, f"{name} has no on_message(self, msg) to take messages"))
+                continue
+            try:
+                answer = handler(instance, msg)
+                if inspect.isawaitable(answer):
+                    answer = self._await(answer)
+            except Exception as exc:
+                replies.append((False, f"{name}.on_message raised {type(exc).__name__}: {exc}"))
+                continue
+            try:
+                replies.append((True, json.dumps(answer)))
+            except (TypeError, ValueError) as exc:
+                replies.append((False, f"{name}.on_message answered what is not JSON: {exc}"))
+        return replies
+
     def _pinned(self, key: str) -> Any:
         try:
             return self.pinned[key]

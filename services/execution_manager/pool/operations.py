@@ -7,17 +7,23 @@ work; this module is the operator's door to them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..errors import CallRevokedError, WorkerConflictError
+from kernel.errors import ExecutionError
+
+from ..errors import CallRevokedError, MessageError, WorkerConflictError
 from ..scheduling.stimuli import CancelAsked
 
 if TYPE_CHECKING:
     from .pool import WorkerPool
 
 log = structlog.get_logger("execution-manager")
+ALL = "*"  # every worker of the pool, for send()
+MAX_MESSAGE = 64 * 1024  # bytes of JSON an operator's message may hold
 
 
 class Operations:
@@ -57,6 +63,42 @@ class Operations:
         :raises WorkerConflictError: see :meth:`.fleet.Fleet.restart`.
         """
         self._fleet.background.spawn(self._fleet.begin_restart(worker_id, reason))
+
+    async def send(self, target: str, message: Any, timeout: float = 5.0) -> dict[str, list[Any] | BaseException]:
+        """Send ``message`` (JSON) to the instances pinned on worker ``target`` (or
+        :data:`ALL` workers): ``{worker_id: [each instance's reply, or a MessageError,
+        in pin order]}``, or for a worker that could not answer, the error (a
+        ``TimeoutError`` past ``timeout`` seconds, a ``WorkerConflictError`` for a kind
+        of worker that takes no messages, a ``WorkerCrashedError``).
+
+        :raises LookupError: no such worker.
+        :raises ValueError: the message is not JSON, or over 64 KiB of it.
+        """
+        try:
+            payload = json.dumps(message).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"a message is JSON: {exc}") from None
+        if len(payload) > MAX_MESSAGE:
+            raise ValueError(f"a message is {MAX_MESSAGE:,} bytes of JSON at most, not {len(payload):,}")
+        workers = self._fleet.workers
+        if target != ALL and target not in workers:
+            raise LookupError(f"no worker {target!r} (workers: {', '.join(sorted(workers)) or 'none'})")
+        ids = sorted(workers) if target == ALL else [target]
+
+        async def one(worker_id: str) -> list[Any] | BaseException:
+            worker = workers.get(worker_id)
+            if worker is None:
+                return LookupError(f"worker {worker_id} left before the message reached it")
+            try:
+                replies = await asyncio.wait_for(worker.backend.tell(payload), timeout)
+            except TimeoutError:
+                return TimeoutError(f"worker {worker_id} did not answer within {timeout:g} s")
+            except ExecutionError as exc:
+                return exc
+            return [json.loads(text) if ok else MessageError(f"worker {worker_id}: {text}") for ok, text in replies]
+
+        log.info("message sent", target=target, bytes=len(payload))
+        return dict(zip(ids, await asyncio.gather(*(one(w) for w in ids)), strict=True))
 
     def revoke(self, task_id: int, reason: str = "revoked on request") -> str:
         """Revoke a call by its task id: a queued or held one never runs, a running one is

@@ -29,7 +29,8 @@ from typing import Any, Union
 import msgspec
 
 # Raised with each release whose messages or pickles differ (2: the execution manager's
-# modules moved into folders; 3: a call carries its attempt number), so a peer of another
+# modules moved into folders; 3: a call carries its attempt number, and operators' messages
+# reach pinned instances), so a peer of another
 # one is refused before anything is unpickled. A different package version of the same
 # wire version is admitted, with a warning, for rolling upgrades.
 PROTOCOL_VERSION = 3
@@ -46,9 +47,11 @@ HANDSHAKE_MAX_FRAME = 16 * 1024  # what an unauthenticated node may send in one 
 # (RESULT, ERROR, PROGRESS, LOG, REQUEST, RESPONSE), which travels unchanged.
 HELLO, CALL, RESULT, ERROR, CANCEL, HEARTBEAT = 0, 1, 2, 3, 4, 5
 PROGRESS, LOG, REQUEST, RESPONSE, SHUTDOWN, GOODBYE = 6, 7, 8, 9, 10, 11
+TELL, TOLD = 12, 13
 NODE_HELLO, CHALLENGE, AUTH, WELCOME = 20, 21, 22, 23
 SLOT_CALL, SLOT_CANCEL, ABORT, STOP_SLOT, BYE = 24, 25, 26, 27, 28
 SLOT_UP, SLOT_DOWN, CANCELLED, NODE_HEARTBEAT, DRAINING = 30, 31, 32, 33, 34
+SLOT_TELL, SLOT_TOLD = 35, 36
 
 # Kinds of CALL.
 CALL_FN = 0  # payload: pickle((fn, args, kwargs))
@@ -143,6 +146,20 @@ class Response(_Message, tag=RESPONSE):
     payload: bytes
 
 
+class Tell(_Message, tag=TELL):
+    """An operator's message (JSON) for the instances pinned on the worker."""
+
+    request_id: int
+    payload: bytes
+
+
+class Told(_Message, tag=TOLD):
+    """Each pinned instance's answer to a TELL, in pin order: (ok, its JSON reply, or why not)."""
+
+    request_id: int
+    replies: list[tuple[bool, str]]
+
+
 class Shutdown(_Message, tag=SHUTDOWN):
     drain: bool
 
@@ -232,13 +249,25 @@ class Draining(_Message, tag=DRAINING):
     reason: str
 
 
+class SlotTell(_Message, tag=SLOT_TELL):
+    slot: int
+    request_id: int
+    payload: bytes
+
+
+class SlotTold(_Message, tag=SLOT_TOLD):
+    slot: int
+    request_id: int
+    replies: list[tuple[bool, str]]
+
+
 Event = (
     Hello | Call | Result | Error | Cancel | Cancelled | Heartbeat | Progress | Log | Request | Response
-    | Shutdown | Goodbye
+    | Shutdown | Goodbye | Tell | Told
 )
 NodeEvent = (
     NodeHello | Challenge | Auth | Welcome | SlotCall | SlotCancel | Abort | StopSlot | Bye | SlotUp | SlotDown
-    | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response
+    | Cancelled | NodeHeartbeat | Draining | Result | Error | Progress | Log | Request | Response | SlotTell | SlotTold
 )
 Message = Event | NodeEvent
 
@@ -258,16 +287,16 @@ class State(StrEnum):
 # at once.
 ACCEPTS: dict[tuple[str, str, State], tuple[type[Message], ...]] = {
     ("pipe", "kernel", State.HELLO): (Hello,),
-    ("pipe", "kernel", State.OPEN): (Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye),
-    ("pipe", "worker", State.OPEN): (Call, Cancel, Heartbeat, Shutdown, Response),
+    ("pipe", "kernel", State.OPEN): (Result, Error, Cancelled, Heartbeat, Progress, Log, Request, Goodbye, Told),
+    ("pipe", "worker", State.OPEN): (Call, Cancel, Heartbeat, Shutdown, Response, Tell),
     ("node", "kernel", State.HELLO): (NodeHello,),
     ("node", "kernel", State.AUTH): (Auth,),
     ("node", "kernel", State.READY): (),
     ("node", "kernel", State.OPEN): (
-        Result, Error, SlotUp, SlotDown, Cancelled, NodeHeartbeat, Draining, Progress, Log, Request),
+        Result, Error, SlotUp, SlotDown, Cancelled, NodeHeartbeat, Draining, Progress, Log, Request, SlotTold),
     ("node", "node", State.HELLO): (Challenge,),
     ("node", "node", State.WELCOME): (Welcome,),
-    ("node", "node", State.OPEN): (SlotCall, SlotCancel, Abort, StopSlot, Bye, Response),
+    ("node", "node", State.OPEN): (SlotCall, SlotCancel, Abort, StopSlot, Bye, Response, SlotTell),
 }
 TYPES: dict[int, type[Message]] = {
     HELLO: Hello, CALL: Call, RESULT: Result, ERROR: Error, CANCEL: Cancel, HEARTBEAT: Heartbeat,
@@ -275,6 +304,7 @@ TYPES: dict[int, type[Message]] = {
     NODE_HELLO: NodeHello, CHALLENGE: Challenge, AUTH: Auth, WELCOME: Welcome, SLOT_CALL: SlotCall,
     SLOT_CANCEL: SlotCancel, ABORT: Abort, STOP_SLOT: StopSlot, BYE: Bye, SLOT_UP: SlotUp, SLOT_DOWN: SlotDown,
     CANCELLED: Cancelled, NODE_HEARTBEAT: NodeHeartbeat, DRAINING: Draining,
+    TELL: Tell, TOLD: Told, SLOT_TELL: SlotTell, SLOT_TOLD: SlotTold,
 }
 
 LENGTH = struct.Struct(">I")  # the prefix of a frame on a byte stream
