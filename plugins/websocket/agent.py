@@ -31,7 +31,7 @@ import structlog
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI
 
-from kernel.errors import RequestError
+from kernel.errors import ExecutionError, RequestError
 from kernel.packages import plan_package
 from microkernel.services.execution_manager.errors import PoolClosedError, WorkerCrashedError
 from microkernel.services.execution_manager.executors import (
@@ -287,10 +287,23 @@ class NodeAgent:
             answer = self._requests.pop(msg.request_id, None)
             if answer is not None and not answer.done():
                 answer.set_result((msg.ok, msg.payload))
+        elif kind is p.SlotTell:
+            ex = self.execs.get(msg.slot)
+            if ex is not None:
+                self.spawn(self._tell(msg.slot, msg.request_id, msg.payload, ex))
         elif kind is p.StopSlot:
             ex = self.execs.pop(msg.slot, None)
             if ex is not None:
                 self.spawn(self._stop_slot(msg.slot, ex, msg.replace))
+
+    async def _tell(self, slot: int, request_id: int, payload: bytes, ex: Worker) -> None:
+        """Relay an operator's message to the slot's worker and its answer back (a worker
+        that ends first answers nothing: the kernel's slot fails the message)."""
+        try:
+            replies = await ex.tell(payload)
+        except ExecutionError as exc:
+            replies = [(False, f"{type(exc).__name__}: {exc}")]
+        self.send(p.encode(p.SlotTold(slot, request_id, replies)))
 
     # -- executor.CallHost: a running call's traffic goes to the kernel -------------------
 

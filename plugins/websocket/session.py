@@ -155,6 +155,10 @@ class Session:
             else:
                 raise ProtocolError(f"a result for call {call_id!r}, which was not assigned to node {self.node_id}",
                                     code=n.CLOSE_NOT_ASSIGNED)
+        elif kind is p.SlotTold:
+            slot = self.slots.get(msg.slot)
+            if slot is not None:
+                slot.on_told(msg.request_id, msg.replies)
         elif kind is p.NodeHeartbeat:
             self.cpu_percent, self.memory_percent = msg.cpu_percent, msg.memory_percent
             for number, cpu, rss in msg.slots:

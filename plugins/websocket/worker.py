@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from microkernel.services.execution_manager.errors import WorkerStartError
+from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
 from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
@@ -79,6 +80,8 @@ class NodeSlot(WorkerBase):
         self._exit_reason: str | None = None
         self._stopping = False
         self._down: asyncio.Future[None] | None = None
+        self._told: dict[int, asyncio.Future[list[tuple[bool, str]]]] = {}  # messages awaiting their answers
+        self._tell_ids = itertools.count(1)
 
     def info(self) -> WorkerInfo:
         s = self.session
@@ -117,6 +120,26 @@ class NodeSlot(WorkerBase):
                                   attempt.attempt)))
         s.calls[attempt.id] = self  # after the send: the node starts while this runs
         self._hold(attempt)
+
+    async def tell(self, payload: bytes) -> list[tuple[bool, str]]:
+        """The node hands it to the slot's worker process, which answers between calls."""
+        s = self.session
+        self._check_accepting(connected=s is not None and not s.closed)
+        assert s is not None
+        request_id = next(self._tell_ids)
+        told: asyncio.Future[list[tuple[bool, str]]] = asyncio.get_running_loop().create_future()
+        self._told[request_id] = told
+        s.send(p.encode(p.SlotTell(self.slot, request_id, payload)))
+        try:
+            return await told
+        finally:
+            self._told.pop(request_id, None)
+
+    def on_told(self, request_id: int, replies: list[tuple[bool, str]]) -> None:
+        """The node's answer to a message (the session routes it here)."""
+        told = self._told.get(request_id)
+        if told is not None and not told.done():
+            told.set_result(replies)
 
     def cancel(self, task_id: int) -> bool:
         """Ask the node to drop the call; its CANCELLED confirms (the session then drops
@@ -168,6 +191,10 @@ class NodeSlot(WorkerBase):
         held and leave the pool. ``began``: the calls held that had begun, where the
         node knows exactly (the rest never began, and run elsewhere at no cost); None:
         every call held may have begun."""
+        for told in self._told.values():  # messages it had not answered
+            if not told.done():
+                told.set_exception(WorkerCrashedError(f"worker {self.id} {reason} before it answered a message",
+                                                      worker_id=self.id))
         if self.is_closed:
             return
         how = "was stopped" if self._stopping else reason

@@ -50,24 +50,33 @@ def workers(url: str, as_json: bool) -> int:
 
 
 @click.command(epilog=examples("kernel worker local-1", "kernel worker local-1 --restart",
-                               "kernel worker local-2 --drain", "kernel worker local-1 --json"))
+                               "kernel worker local-2 --drain", "kernel worker local-1 --json",
+                               """kernel worker local-1 --message '{"reload": true}'""",
+                               """kernel worker '*' --message '{"ping": 1}' --timeout 2"""))
 @click.argument("worker_id")
 @click.option("--drain", "action", flag_value="drain",
               help="no new calls; its pinned instances move; it finishes, then stops")
 @click.option("--stop", "action", flag_value="stop", help="stop it now: its call fails (or retries) naming the stop")
 @click.option("--restart", "action", flag_value="restart",
               help="drain it, then a new process under the same id (a node's slot: its node replaces it)")
+@click.option("--message", metavar="JSON", help="send JSON to its pinned instances' on_message ('*': every worker)")
+@click.option("--timeout", type=click.FloatRange(min=0, max=300, min_open=True), default=5.0, show_default=True,
+              metavar="SECONDS", help="how long --message waits for each worker's answer")
 @click.option("--url", default=DEFAULT_URL, show_default=True, help="the kernel's dashboard address")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="file holding the admin token (else $MICROKERNEL_ADMIN_TOKEN, else the kernel's admin.token)")
 @json_option
-def worker(worker_id: str, action: str | None, url: str, token_file: str | None, as_json: bool) -> int:
+def worker(worker_id: str, action: str | None, message: str | None, timeout: float, url: str, token_file: str | None,
+           as_json: bool) -> int:
     """Show one worker of a running kernel (state, pid, node, what it runs and how far,
     counts, CPU, memory, restarts, last exit), or drain, stop or restart it (actions
     need the admin token, which a kernel on this machine keeps in its data folder)."""
     from .monitoring.operate import operate_worker
 
-    return operate_worker(url, worker_id, action, as_json=as_json, token_file=token_file)
+    if message is not None and action is not None:
+        raise click.UsageError(f"--message and --{action} are two requests: give one")
+    return operate_worker(url, worker_id, action, as_json=as_json, token_file=token_file, message=message,
+                          timeout=timeout)
 
 
 @click.command(epilog=examples("kernel revoke 1234", "kernel revoke 1234 --url http://10.0.0.5:8790"))

@@ -6,6 +6,8 @@ message each get an answer that says so."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,35 @@ async def test_a_busy_worker_times_out_and_bad_messages_are_refused(tmp_path: Pa
         with pytest.raises(LookupError, match="no worker 'local-9'"):
             await em.send("local-9", {"n": 4})
         assert (await em.send(wid, {"n": 5}))[wid][0]["got"] == 5  # and it answers again once free
+
+
+async def test_messages_from_the_api_and_the_cli(tmp_path: Path) -> None:
+    import aiohttp
+
+    from tests.execution_manager.monitoring.test_operate import kernel_cli
+
+    write_service(tmp_path, "listener", {"global": True, "entry": "service:Listener"}, SERVICES)
+    http = {"port": 0, "adminTokenEnv": "MICROKERNEL_TEST_UNSET_TOKEN"}
+    async with Kernel([tmp_path], settings={"execution-manager": {**EM_LOCAL, "http": http}}) as k, \
+            aiohttp.ClientSession() as session:
+        em, listener = k.get_service("execution-manager"), k.get_service("listener")
+        url = em.http_address
+        wid = await em.assign_optimal_worker(listener)
+        cli = await asyncio.to_thread(kernel_cli, "worker", wid, "--message", '{"n": 9}', "--url", url)
+        assert cli.returncode == 0, cli.stderr
+        [answer] = json.loads(cli.stdout)[wid]
+        assert answer["reply"]["got"] == 9
+        everyone = await asyncio.to_thread(kernel_cli, "worker", "*", "--message", '{"n": 10}', "--url", url, "--json")
+        assert set(json.loads(everyone.stdout)["replies"]) == {w.id for w in await em.workers()}
+        bad = await asyncio.to_thread(kernel_cli, "worker", wid, "--message", "{nope", "--url", url)
+        assert bad.returncode == 2 and "--message takes JSON" in bad.stderr
+        async with session.post(f"{url}/api/workers/{wid}/message", json={"message": 1}) as r:
+            assert r.status == 401
+        token = {"Authorization": f"Bearer {(Path(os.environ['MICROKERNEL_DATA_DIR']) / 'admin.token').read_text().strip()}"}
+        for body, status, said in [({"msg": 1}, 400, 'the body is {"message"'),
+                                   ({"message": 1, "timeout": 0}, 400, "timeout must be a number of seconds"),
+                                   ({"message": "x" * 70_000}, 413, "Request Entity Too Large")]:  # the body limit
+            async with session.post(f"{url}/api/workers/{wid}/message", json=body, headers=token) as r:
+                assert r.status == status and said in (await r.json())["error"], await r.text()
+        async with session.post(f"{url}/api/workers/local-9/message", json={"message": 1}, headers=token) as r:
+            assert r.status == 404 and "no worker 'local-9'" in (await r.json())["error"]

@@ -40,10 +40,14 @@ def admin_token(file: str | None) -> bytes:
     return read_token(TOKEN_ENV, file, what="admin token")
 
 
-def _request(url: str, path: str, *, method: str = "GET", token: bytes | None = None) -> dict[str, Any]:
+def _request(url: str, path: str, *, method: str = "GET", token: bytes | None = None,
+             body: bytes | None = None) -> dict[str, Any]:
     target = url.rstrip("/") + path
     headers = {"Authorization": f"Bearer {token.decode()}"} if token is not None else {}
-    request = urllib.request.Request(target, method=method, headers=headers, data=b"" if method == "POST" else None)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    data = body if body is not None else b"" if method == "POST" else None
+    request = urllib.request.Request(target, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             data = json.load(response)
@@ -72,8 +76,18 @@ def show_workers(url: str, *, as_json: bool) -> int:
     return 0
 
 
-def operate_worker(url: str, worker_id: str, action: str | None, *, as_json: bool, token_file: str | None) -> int:
-    """``kernel worker ID [--drain|--stop|--restart]``: show it, or act on it."""
+def operate_worker(url: str, worker_id: str, action: str | None, *, as_json: bool, token_file: str | None,
+                   message: str | None = None, timeout: float = 5.0) -> int:
+    """``kernel worker ID [--drain|--stop|--restart|--message JSON]``: show it, or act on it."""
+    if message is not None:
+        try:
+            body = json.dumps({"message": json.loads(message), "timeout": timeout}).encode()
+        except json.JSONDecodeError as exc:
+            raise RequestRefused(f"--message takes JSON: {exc}") from None
+        answer = _request(url, f"/api/workers/{quote(worker_id, safe='')}/message", method="POST",
+                          token=admin_token(token_file), body=body)
+        print(json.dumps(answer if as_json else answer.get("replies", {}), indent=None if as_json else 2))
+        return 0
     if action is None:
         worker = _request(url, f"/api/workers/{quote(worker_id, safe='')}")
         if as_json:

@@ -186,3 +186,24 @@ async def test_restarting_a_node_slot_by_id_drains_it_and_its_node_starts_anothe
             assert await em.submit(tasks.inc, 1) == 2
         finally:
             assert await stop_node(proc) == 0
+
+
+async def test_a_message_reaches_an_instance_pinned_on_a_node_slot(token_env: None, tmp_path) -> None:
+    from tests.conftest import write_service
+    from tests.execution_manager.test_messages import SERVICES
+
+    write_service(tmp_path, "listener", {"global": True, "entry": "service:Listener"}, SERVICES)
+    em_settings = {"minWorkers": 0, "maxWorkers": 0, "inProcess": False, "nodes": {"port": 0}}
+    async with Kernel([tmp_path], settings={"execution-manager": em_settings}) as kernel:
+        em, listener = kernel.get_service("execution-manager"), kernel.get_service("listener")
+        proc = await start_node(em.nodes_address, slots=1, node_id="gamma")
+        try:
+            await until(lambda: len(em.pool.fleet.members) == 1, what="the node's slot")
+            wid = await em.assign_optimal_worker(listener)
+            queued = [listener.work(i, 0.1) for i in range(3)]
+            answers = await em.send(wid, {"n": 7}, timeout=10)
+            assert answers[wid][0]["got"] == 7
+            assert await asyncio.gather(*queued) == [0, 1, 2]
+            assert "message 7" in await listener.history()
+        finally:
+            assert await stop_node(proc) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -12,11 +13,11 @@ from typing import Any
 
 from kernel.errors import RequestError
 
-from ...errors import PoolClosedError, WorkerCrashedError
+from ...errors import PoolClosedError, WorkerConflictError, WorkerCrashedError
 from ...wire import dumps, loads, protocol as p
 from ..attempt import Attempt
 from ..interface import Worker, WorkerState
-from .targets import Accumulator, chatty, chatty_async, exit_after, fail, unpicklable_result
+from .targets import Accumulator, Quiet, chatty, chatty_async, exit_after, fail, unpicklable_result
 
 Make = Callable[[str], Worker]
 _ids = itertools.count(1)
@@ -94,6 +95,28 @@ async def check_pinned_state_in_order(make: Make) -> None:
         assert ok and loads(data).items == list(range(20))
         ok, info = await reply(ex, call(p.CALL_PINNED, ("k1", "add", (1,), {})))
         assert not ok and info.type_name == "microkernel.services.execution_manager.errors.InstanceLostError"
+    finally:
+        await ex.stop()
+
+
+async def check_messages(make: Make) -> None:
+    """An operator's message reaches each pinned instance's ``on_message`` and the answers
+    come back in pin order (an instance without one answers why not, naming its class);
+    or the worker type says it takes no messages (``WorkerConflictError``, the default)."""
+    ex = await started(make)
+    try:
+        try:
+            nobody = await asyncio.wait_for(ex.tell(b'{"n": 1}'), 10)
+        except WorkerConflictError as exc:
+            assert "does not take messages" in str(exc), f"tell() refused without saying why: {exc}"
+            return
+        assert nobody == [], f"with nothing pinned, tell() answered {nobody!r}"
+        await reply(ex, call(p.PIN, ("k-told", Accumulator())))
+        await reply(ex, call(p.CALL_PINNED, ("k-told", "add", (5,), {})))
+        await reply(ex, call(p.PIN, ("k-quiet", Quiet())))
+        (ok, first), (quiet_ok, why) = await asyncio.wait_for(ex.tell(b'{"n": 2}'), 10)
+        assert ok and json.loads(first) == {"items": 1, "echo": {"n": 2}}, f"tell() answered {first!r}"
+        assert not quiet_ok and "Quiet has no on_message" in why, f"an instance without a handler answered {why!r}"
     finally:
         await ex.stop()
 
@@ -484,7 +507,7 @@ async def check_a_stopped_process_is_declared_dead(make: Make) -> None:
 
 
 CHECKS: list[Callable[[Make], Awaitable[None]]] = [
-    check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order,
+    check_lifecycle, check_runs_a_function, check_error_reply, check_pinned_state_in_order, check_messages,
     check_missing_method, check_unpicklable_result_keeps_the_worker, check_drain_on_stop,
     check_refuses_after_stop, check_cancel_queued, check_async_method, check_call_traffic, check_abort,
     check_measured_run_time, check_offers_match_info, check_liveness, check_stop_leaves_nothing_behind,

@@ -26,6 +26,9 @@ class Accumulator:
         self.items.append(x)
         return len(self.items)
 
+    def on_message(self, msg: Any) -> dict[str, Any]:
+        return {"items": len(self.items), "echo": msg}
+
     async def add_async(self, x: int) -> int:
         await asyncio.sleep(0)
         return self.add(x)
@@ -64,3 +67,9 @@ def exit_after(seconds: float) -> None:
     """Ends the worker's process (as a segfault or the OOM killer would) a moment in."""
     time.sleep(seconds)
     os._exit(17)
+
+
+class Quiet:
+    """Pinned state without an ``on_message``: a message to it is answered with why not."""
+
+    __distributed_methods__: dict[str, Any] = {}

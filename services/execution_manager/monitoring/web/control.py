@@ -84,6 +84,32 @@ async def restart(em: Manager, request: web.Request) -> web.Response:
     return web.json_response({"worker": worker_id, "action": "restart"}, status=202)
 
 
+async def message(em: Manager, request: web.Request) -> web.Response:
+    """``{"message": <JSON>, "timeout": seconds}`` to the instances pinned on the worker
+    (``*``: every worker): each worker's replies in pin order, or its error."""
+    worker_id = request.match_info["worker_id"]
+    data = await read_json(request, max_depth=32, timeout=10.0)
+    if not isinstance(data, dict) or "message" not in data or not set(data) <= {"message", "timeout"}:
+        raise BadRequest('the body is {"message": <any JSON>, "timeout": <seconds, optional>}')
+    timeout = data.get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        raise BadRequest(f"timeout must be a number of seconds from 0 to 300, not {json.dumps(timeout)[:40]}",
+                         field="timeout")
+    if em.pool is None:
+        raise BadRequest(f"no worker {worker_id!r} (workers: none)", status=404)
+    try:
+        answers = await em.pool.operations.send(worker_id, data["message"], float(timeout))
+    except LookupError as exc:
+        raise BadRequest(str(exc).strip("'\""), status=404) from None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    log.info("message sent on request", worker_id=worker_id, peer=request.remote)
+    return web.json_response({"action": "message", "worker": worker_id, "replies": {
+        wid: {"error": f"{type(a).__name__}: {a}"} if isinstance(a, BaseException)
+        else [{"error": str(r)} if isinstance(r, BaseException) else {"reply": r} for r in a]
+        for wid, a in answers.items()}})
+
+
 async def revoke(em: Manager, request: web.Request) -> web.Response:
     """Revoke a call by its task id: waiting, it never runs; running, it is stopped (its
     worker replaced); never retried. 404 if no such call waits or runs."""

@@ -94,6 +94,7 @@ class WebServer:
         r.add_post("/api/workers/{worker_id}/stop", self.admin(control.stop))
         r.add_post("/api/workers/{worker_id}/restart", self.admin(control.restart))
         r.add_post("/api/calls/{task_id}/revoke", self.admin(control.revoke))
+        r.add_post("/api/workers/{worker_id}/message", self.admin(control.message))
         r.add_post("/api/scale", self.admin(control.scale))
         r.add_put("/api/projects/{project}/limit", self.admin(control.project_limit))
         return app
