@@ -84,6 +84,11 @@ async def test_dashboard_live_table_and_drain_with_and_without_token(tmp_path: P
             assert again.pid != pid
             await expect(page.locator('tr[data-worker="local-2"]')).to_be_visible(timeout=15_000)
 
+            # A message from the page: asked for as JSON, answered by each worker (no instance pinned: []).
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept('{"ping": 1}')))
+            await page.locator('tr[data-worker="local-2"] button[data-action="message"]').click()
+            await expect(page.locator("#toast")).to_contain_text('message: {"local-2":[]}')
+
             # Revoke a running call from its row: it is stopped and its caller told why.
             doomed = em.submit(tasks.slow, 60.0)
             button = page.locator(f'button[data-revoke="{doomed.task_id}"]')
