@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,7 +20,12 @@ from ..errors import CallRevokedError, MessageError, WorkerConflictError
 from ..scheduling.stimuli import CancelAsked
 
 if TYPE_CHECKING:
-    from .pool import WorkerPool
+    from ..scheduling import Scheduler
+    from ..scheduling.stimuli import Stimulus
+    from .admission import Admission
+    from .fleet import Fleet
+    from .handles import CallFuture
+    from .tally import Tally
 
 log = structlog.get_logger("execution-manager")
 ALL = "*"  # every worker of the pool, for send()
@@ -29,9 +35,14 @@ MAX_MESSAGE = 64 * 1024  # bytes of JSON an operator's message may hold
 class Operations:
     """The operator's actions on one pool (``pool.operations``)."""
 
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self._fleet = pool.fleet
+    def __init__(self, fleet: Fleet, tasks: dict[int, CallFuture], admission: Admission, sched: Scheduler,
+                 tally: Tally, feed: Callable[[Stimulus], None]) -> None:
+        self._fleet = fleet
+        self._tasks = tasks  # the pool's calls by task id (the same dict)
+        self._admission = admission
+        self._sched = sched
+        self._tally = tally
+        self._feed = feed
 
     async def retire(self, worker_id: str, reason: str = "retired", *, drain: bool = True) -> None:
         """Move the worker's pinned instances away, then drain and stop it (without
@@ -109,21 +120,20 @@ class Operations:
         :raises WorkerConflictError: it is a pinned instance's call (stopping it would
             lose the instance: release the instance instead).
         """
-        pool = self._pool
-        fut = pool.tasks.get(task_id)
+        fut = self._tasks.get(task_id)
         if fut is None or fut.done() or fut.revoked is not None:
             raise LookupError(f"no call with task id {task_id} is waiting or running")
         if fut.spec.pinned_to is not None:
             raise WorkerConflictError(f"{fut.describe()} runs on a pinned instance's worker ({fut.spec.pinned_to}): "
                                       "revoking it would lose the instance; release the instance instead")
-        held = pool.admission.withdraw(fut)
-        where = "held" if held else "running" if pool.sched.running_on(task_id) is not None else "queued"
+        held = self._admission.withdraw(fut)
+        where = "held" if held else "running" if self._sched.running_on(task_id) is not None else "queued"
         # The pool's resolution of the call reads this: its caller hears why, not CancelledError.
         fut.revoked = f"was revoked {'and stopped' if where == 'running' else 'before it ran'}: {reason}"
         log.info("call revoked", task_id=task_id, call=fut.spec.label, reason=reason, where=where)
         if held:
-            pool.tasks.pop(task_id, None)
-            pool.tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
+            self._tasks.pop(task_id, None)
+            self._tally.fail(fut, CallRevokedError(f"{fut.describe()} {fut.revoked}"))
         else:
-            pool.feed(CancelAsked(pool.loop.time(), task_id))
+            self._feed(CancelAsked(self._fleet.loop.time(), task_id))
         return where

@@ -97,7 +97,8 @@ class WorkerPool:
         self.fleet = Fleet(settings, factory, events, self.sched, self.feed, no_workers=self._no_workers, host=host,
                            in_process_factory=in_process_factory)
         self.scaling = Scaling(self.fleet, self.sched, self.feed, events)  # how many workers run
-        self.operations = Operations(self)  # the operator's actions, by worker and task id
+        # The operator's actions, by worker and task id.
+        self.operations = Operations(self.fleet, self.tasks, self.admission, self.sched, self.tally, self.feed)
         self._worker = self.fleet.find
         self._on_reply = self._replied  # bound once: it follows every attempt
 
