@@ -6,6 +6,7 @@ way (:mod:`.plugin`)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import importlib.machinery
@@ -84,7 +85,7 @@ def _strings(value: Any, field: str) -> list[str]:
     return value
 
 
-_FOUND: set[str] = set()
+_FOUND: dict[str, str | None] = {}  # module -> its source file, if one was found
 
 
 def importable(module: str) -> bool:
@@ -96,6 +97,7 @@ def importable(module: str) -> bool:
     may be installed since)."""
     if module in _FOUND or module in sys.modules:
         return True
+    origin: str | None = None
     parts = module.split(".")
     if not all(part.isidentifier() for part in parts):
         return False
@@ -109,11 +111,46 @@ def importable(module: str) -> bool:
             spec = _find(name, path)
             if spec is None:
                 return False
+            origin = spec.origin
             path = list(spec.submodule_search_locations or []) or None
         if path is None and i < len(parts) - 1:
             return False  # a module, not a package: it holds no submodules
-    _FOUND.add(module)
+    _FOUND[module] = origin
     return True
+
+
+def defines(module: str, name: str) -> bool | None:
+    """Whether the source of ``module`` (found by :func:`importable`) defines ``name`` at
+    its top level, read, never run; None when that cannot be told so (no Python source,
+    a star import, a module ``__getattr__``)."""
+    origin = _FOUND.get(module) or getattr(sys.modules.get(module), "__file__", None)
+    if not origin or not origin.endswith(".py"):
+        return None
+    try:
+        with open(origin, "rb") as source:
+            tree = ast.parse(source.read())
+    except (OSError, SyntaxError, ValueError):
+        return None  # the worker's import will say what is wrong
+    names: set[str] = set()
+    statements = list(tree.body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.If | ast.Try | ast.With):  # definitions under a condition count
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                statements.extend(getattr(node, block, []))
+        elif isinstance(node, ast.ExceptHandler):
+            statements.extend(node.body)
+    return None if "__getattr__" in names else name in names
 
 
 def _find(name: str, path: list[str] | None) -> importlib.machinery.ModuleSpec | None:
@@ -189,6 +226,10 @@ class FunctionRef(TaskType):
             raise JobError(f"function must be 'package.module:function', not {ref!r}", field="function")
         if not importable(module):
             raise JobError(f"function {ref!r}: no module {module!r} can be imported here", field="function")
+        first = attribute.split(".")[0]
+        if defines(module, first) is False:
+            raise JobError(f"function {ref!r}: module {module!r} has no {first!r} at its top level (its source was "
+                           "read, not run)", field="function")
         args, kwargs = _args(task)
         return {"function": ref, "args": args, "kwargs": kwargs}
 

@@ -354,6 +354,8 @@ async def test_the_cli_submits_follows_and_refuses_with_exit_code_2(tmp_path: Pa
         assert code == 0 and job_id in out and "succeeded" in out
         for argv, message in [
             (("submit", *api, "--function", "nosuch.mod:f"), "no module 'nosuch.mod'"),
+            (("submit", *api, "--function", "tests.tasks:no_such_function"),
+             "module 'tests.tasks' has no 'no_such_function' at its top level"),
             (("submit", *api, "--function", "math:sqrt", "--arg", "{not json"), "--arg: '{not json' is not valid JSON"),
             (("submit", *api, "--shell"), "--shell runs the command after --"),
             (("job", "f00", *api), "no job 'f00'"),
@@ -734,3 +736,36 @@ async def test_the_job_list_pages_past_its_limit(tmp_path: Path) -> None:
         api = ["--api", kernel.get_service("jobs").address, "--token-file", str(tmp_path / "jobs.token")]
         code, out, err = await _cli("jobs", *api, "--limit", "5")
         assert code == 0 and f"more: kernel jobs --after {made[2]}" in out, (out, err)
+
+
+def test_a_function_is_looked_for_in_its_modules_source_never_run(tmp_path: Path) -> None:
+    import sys
+
+    from microkernel.services.jobs.tasks import defines, importable
+
+    pkg = tmp_path / "unrun_pkg_for_jobs"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text(
+        "raise RuntimeError('never run me')\n"
+        "import os as _os\n"
+        "def plain(): pass\n"
+        "async def later(): pass\n"
+        "class Report:\n    def nightly(self): pass\n"
+        "if _os.name == 'posix':\n    def posix_only(): pass\n"
+        "try:\n    import json as fast_json\nexcept ImportError:\n    fast_json = None\n"
+        "TABLE: dict = {}\n")
+    (pkg / "lazy.py").write_text("def __getattr__(name): return name\n")
+    (pkg / "star.py").write_text("from os.path import *\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert importable("unrun_pkg_for_jobs.mod")
+        for name in ("plain", "later", "Report", "posix_only", "fast_json", "TABLE", "_os"):
+            assert defines("unrun_pkg_for_jobs.mod", name) is True, name
+        assert defines("unrun_pkg_for_jobs.mod", "missing") is False
+        assert importable("unrun_pkg_for_jobs.lazy") and defines("unrun_pkg_for_jobs.lazy", "anything") is None
+        assert importable("unrun_pkg_for_jobs.star") and defines("unrun_pkg_for_jobs.star", "join") is None
+        assert defines("math", "factorial") is None  # no Python source: the worker will tell
+        assert "unrun_pkg_for_jobs.mod" not in sys.modules  # read, never run
+    finally:
+        sys.path.remove(str(tmp_path))
