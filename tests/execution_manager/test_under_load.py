@@ -223,3 +223,20 @@ async def test_a_call_sent_ahead_is_timed_by_its_run_not_by_its_wait() -> None:
         assert sum(timings.duration.counts) == 40 and timings.duration.total == pytest.approx(sum(seen))
         assert max(seen) < waited
         assert em.pool.sched.durations.means["sleep"] < 0.005  # still known short: its waits were not counted
+
+
+async def test_lowering_max_workers_with_every_worker_busy_drains_never_kills() -> None:
+    """Bounds set on request while every worker runs a call: the ones above the new
+    maximum take no new call, finish what they run, then go; nothing fails or runs twice."""
+    async with em_kernel(minWorkers=3, maxWorkers=3) as kernel:
+        em = kernel.get_service("execution-manager")
+        blockers = await busy(em, 1.0, 3)
+        queued = [em.submit(tasks.stamp, f"q{i}", 0.05) for i in range(6)]
+        decision = em.pool.scaling.set_bounds(min_workers=1, max_workers=1)
+        assert decision == "bounds set to 1..1 on request"
+        assert sum(1 for w in em.pool.fleet.members if not w.retiring) == 1  # marked at once, not a turn later
+        results = await asyncio.wait_for(asyncio.gather(*blockers, *queued), 20)
+        assert [r[0] for r in results] == ["blocker"] * 3 + [f"q{i}" for i in range(6)]  # all ran, once
+        await until(lambda: len(em.pool.fleet.members) == 1, 10, "the pool to shrink to its new maximum")
+        stats = await em.get_stats()
+        assert stats.tasks_failed == 0 and stats.max_workers == 1 and stats.scaling.rule == "bounds"
