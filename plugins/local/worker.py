@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import mmap
 import os
@@ -98,8 +97,6 @@ class LocalWorker(WorkerBase):
         self._exit_reason: str | None = None
         self._abort_note: str | None = None
         self._cancelling: set[int] = set()  # asked to drop, not yet confirmed
-        self._told: dict[int, asyncio.Future[list[tuple[bool, str]]]] = {}  # messages awaiting their answers
-        self._tell_ids = itertools.count(1)
         self._suspect_since: float | None = None  # first seen stopped (check_alive)
         self._began: mmap.mmap | None = None  # the id of the call the worker began last (shared)
         self._pinged = 0.0  # when the last ping went out (check_alive)
@@ -243,20 +240,11 @@ class LocalWorker(WorkerBase):
         stream = self._stream
         self._check_accepting(connected=stream is not None and not stream.closed)
         assert stream is not None
-        request_id = next(self._tell_ids)
-        told: asyncio.Future[list[tuple[bool, str]]] = asyncio.get_running_loop().create_future()
-        self._told[request_id] = told
-        stream.write(p.frame(p.Tell(request_id, payload)))
-        try:
-            return await told
-        finally:
-            self._told.pop(request_id, None)
+        return await self._ask(lambda request_id: stream.write(p.frame(p.Tell(request_id, payload))))
 
     def _on_event(self, event: p.Event) -> None:
         if type(event) is p.Told:
-            told = self._told.get(event.request_id)
-            if told is not None and not told.done():
-                told.set_result(event.replies)
+            self._answered(event.request_id, event.replies)
             return
         if self._cancelling and type(event) in (p.Result, p.Error, p.Cancelled):
             self._cancelling.discard(event.call_id)  # type: ignore[union-attr]
@@ -330,9 +318,7 @@ class LocalWorker(WorkerBase):
         if self.state not in (_S.FAILED, _S.TERMINATED):
             self.set_state(_S.TERMINATED if self._stopping else _S.FAILED)
         self._crash_all(where, how, pid=self.pid, exitcode=self.returncode, started=self._began_by_then(), exact=True)
-        for told in self._told.values():  # messages it had not answered
-            if not told.done():
-                told.set_exception(WorkerCrashedError(f"{where} {how} before it answered a message", worker_id=self.id))
+        self._unanswered(how)
         if self._began is not None:  # read for the last time: its descriptor goes now, not at garbage collection
             self._began.close()
             self._began = None

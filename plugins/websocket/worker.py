@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from microkernel.services.execution_manager.errors import WorkerCrashedError, WorkerStartError
+from microkernel.services.execution_manager.errors import WorkerStartError
 from microkernel.services.execution_manager.executors import (
     Attempt,
     ErrorInfo,
@@ -80,8 +79,6 @@ class NodeSlot(WorkerBase):
         self._exit_reason: str | None = None
         self._stopping = False
         self._down: asyncio.Future[None] | None = None
-        self._told: dict[int, asyncio.Future[list[tuple[bool, str]]]] = {}  # messages awaiting their answers
-        self._tell_ids = itertools.count(1)
 
     def info(self) -> WorkerInfo:
         s = self.session
@@ -126,20 +123,11 @@ class NodeSlot(WorkerBase):
         s = self.session
         self._check_accepting(connected=s is not None and not s.closed)
         assert s is not None
-        request_id = next(self._tell_ids)
-        told: asyncio.Future[list[tuple[bool, str]]] = asyncio.get_running_loop().create_future()
-        self._told[request_id] = told
-        s.send(p.encode(p.SlotTell(self.slot, request_id, payload)))
-        try:
-            return await told
-        finally:
-            self._told.pop(request_id, None)
+        return await self._ask(lambda request_id: s.send(p.encode(p.SlotTell(self.slot, request_id, payload))))
 
     def on_told(self, request_id: int, replies: list[tuple[bool, str]]) -> None:
         """The node's answer to a message (the session routes it here)."""
-        told = self._told.get(request_id)
-        if told is not None and not told.done():
-            told.set_result(replies)
+        self._answered(request_id, replies)
 
     def cancel(self, task_id: int) -> bool:
         """Ask the node to drop the call; its CANCELLED confirms (the session then drops
@@ -191,10 +179,7 @@ class NodeSlot(WorkerBase):
         held and leave the pool. ``began``: the calls held that had begun, where the
         node knows exactly (the rest never began, and run elsewhere at no cost); None:
         every call held may have begun."""
-        for told in self._told.values():  # messages it had not answered
-            if not told.done():
-                told.set_exception(WorkerCrashedError(f"worker {self.id} {reason} before it answered a message",
-                                                      worker_id=self.id))
+        self._unanswered(reason)
         if self.is_closed:
             return
         how = "was stopped" if self._stopping else reason

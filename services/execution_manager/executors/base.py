@@ -5,8 +5,9 @@ implement the interface alone."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -137,6 +138,40 @@ class WorkerBase(Worker):
             f"{'before starting' if c.id in never_started else 'while running'} {c.describe()}",
             worker_id=self.id, pid=pid, call=c.describe(), started=c.id not in never_started,
         ))
+
+    # -- messages (tell) ---------------------------------------------------------------
+
+    _asked: dict[int, asyncio.Future[list[tuple[bool, str]]]] | None = None  # made on first use
+    _ask_ids: Iterator[int] | None = None
+
+    async def _ask(self, send: Callable[[int], None]) -> list[tuple[bool, str]]:
+        """Helper for ``tell``: number the message, ``send(request_id)`` it, and await the
+        answer :meth:`_answered` gives (or the error :meth:`_unanswered` gives). Numbers
+        are never reused, so a late answer to a message given up finds nobody."""
+        if self._asked is None or self._ask_ids is None:
+            self._asked, self._ask_ids = {}, itertools.count(1)
+        asked = self._asked
+        request_id = next(self._ask_ids)
+        answer: asyncio.Future[list[tuple[bool, str]]] = asyncio.get_running_loop().create_future()
+        asked[request_id] = answer
+        send(request_id)
+        try:
+            return await answer
+        finally:
+            asked.pop(request_id, None)
+
+    def _answered(self, request_id: int, replies: list[tuple[bool, str]]) -> None:
+        """The far side answered message ``request_id`` (a late answer is dropped)."""
+        answer = self._asked.get(request_id) if self._asked is not None else None
+        if answer is not None and not answer.done():
+            answer.set_result(replies)
+
+    def _unanswered(self, why: str) -> None:
+        """The worker ended: the messages it had not answered fail with ``why``."""
+        for answer in (self._asked or {}).values():
+            if not answer.done():
+                answer.set_exception(WorkerCrashedError(f"worker {self.id} {why} before it answered a message",
+                                                        worker_id=self.id))
 
     def _crash_all(self, where: str, how: str, *, pid: int | None, exitcode: int | None,
                    started: Callable[[Attempt], bool] | None = None, exact: bool = False) -> None:
