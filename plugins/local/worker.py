@@ -243,9 +243,6 @@ class LocalWorker(WorkerBase):
         return await self._ask(lambda request_id: stream.write(p.frame(p.Tell(request_id, payload))))
 
     def _on_event(self, event: p.Event) -> None:
-        if type(event) is p.Told:
-            self._answered(event.request_id, event.replies)
-            return
         if self._cancelling and type(event) in (p.Result, p.Error, p.Cancelled):
             self._cancelling.discard(event.call_id)  # type: ignore[union-attr]
         if type(event) is p.Result:
@@ -266,6 +263,8 @@ class LocalWorker(WorkerBase):
             self._drop(event.call_id)
         elif type(event) is p.Progress or type(event) is p.Log or type(event) is p.Request:
             self.report_traffic(event, self._respond)
+        elif type(event) is p.Told:  # (after the answers to calls: those come with every call)
+            self._answered(event.request_id, event.replies)
         elif type(event) is p.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(event)
 

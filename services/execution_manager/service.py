@@ -19,7 +19,7 @@ from .executors import NodeHost, NodeListener
 from .executors.runtime import run_chunk
 from .hookspecs import executor_types, node_transports
 from .monitoring import History, Monitor, Stats, WorkerStats
-from .pool import CallFuture, CallTraffic, PinTable, Route, WorkerPool
+from .pool import ALL, CallFuture, CallTraffic, PinTable, Route, WorkerPool
 from .scheduling import CallSpec, chunk_size
 from .settings import HttpSettings, Settings
 from .wire import protocol as p
@@ -318,7 +318,7 @@ class ExecutionManager(BaseService):
         """
         await self._pool.operations.retire(worker_id, "stopped on request", drain=False)
 
-    ALL = "*"  # every worker, for send()
+    ALL = ALL  # every worker, for send()
 
     async def send(self, worker_id: str, message: Any, *, timeout: float = 5.0) -> dict[str, Any]:
         """Send ``message`` (JSON) to the ``on_message(self, msg)`` of each instance

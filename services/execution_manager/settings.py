@@ -13,6 +13,7 @@ from kernel.manifest import refuse_renamed
 from .scheduling import Limits
 
 ADMIN_TOKEN_FILE = "admin.token"  # in the kernel's data folder, when neither a file nor the env gives it
+ADMIN_TOKEN_ENV = "MICROKERNEL_ADMIN_TOKEN"  # custom.http.adminTokenEnv's default
 
 
 def default_max_workers() -> int:
@@ -28,7 +29,7 @@ class HttpSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address to serve on; 0.0.0.0 exposes it to the network")
     port: int = Field(8790, ge=0, le=65535, description="0: any free port")
     control: bool = Field(True, description="false: the API is read-only (no drain, stop, restart, scale)")
-    admin_token_env: str = Field("MICROKERNEL_ADMIN_TOKEN", description="environment variable with the admin token")
+    admin_token_env: str = Field(ADMIN_TOKEN_ENV, description="environment variable with the admin token")
     admin_token_file: str | None = Field(None, description="file with the admin token (chmod 600); wins over the env; "
                                          "with neither, admin.token in the data folder, made on first start")
     push_interval: float = Field(1.0, gt=0, description="seconds between live updates to open dashboards")

@@ -21,10 +21,9 @@ from rich.console import Console
 from kernel.commands import CommandFailed, RequestRefused
 from kernel.tokens import data_dir, read_token
 
-from ..settings import ADMIN_TOKEN_FILE
+from ..settings import ADMIN_TOKEN_ENV as TOKEN_ENV, ADMIN_TOKEN_FILE
 from .terminal import fetch, worker_detail, workers_table
 
-TOKEN_ENV = "MICROKERNEL_ADMIN_TOKEN"
 ACTIONS = ("drain", "stop", "restart")
 
 

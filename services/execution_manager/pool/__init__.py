@@ -16,6 +16,7 @@ from kernel.lazy import lazy_face
 if TYPE_CHECKING:
     from .handles import CallFuture as CallFuture, Progress as Progress, watching as watching
     from .instances import PinTable as PinTable
+    from .operations import ALL as ALL
     from .pool import WorkerPool as WorkerPool
     from .snapshot import CallReport as CallReport, PoolSnapshot as PoolSnapshot, WorkerReport as WorkerReport
     from .tally import Buckets as Buckets, Timings as Timings

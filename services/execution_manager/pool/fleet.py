@@ -297,12 +297,19 @@ class Fleet:
 
         :raises LookupError: no such worker (the message lists the workers).
         """
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            known = ", ".join(sorted(self.workers)) or "none"
-            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        worker = self.get(worker_id)
         if self._leaving(worker, reason, drain):
             await self._leave(worker, reason, drain)
+
+    def get(self, worker_id: str) -> PoolWorker:
+        """The pool's worker of this id (not the in-process one).
+
+        :raises LookupError: no such worker (the message lists the workers).
+        """
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise LookupError(f"no worker {worker_id!r} (workers: {', '.join(sorted(self.workers)) or 'none'})")
+        return worker
 
     def leave_soon(self, worker_id: str, reason: str, *, drain: bool = True) -> bool:
         """Start retiring ``worker_id`` (see :meth:`retire`) without waiting; False if it
@@ -313,27 +320,16 @@ class Fleet:
         self.background.spawn(self._leave(worker, reason, drain))
         return True
 
-    async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
-        """Drain ``worker_id`` (its pinned instances move first), then start a new worker
-        under its id, counted in :attr:`restarts`; a node's slot is drained and its node
-        starts another in its place. A second restart meanwhile is refused, not raced.
-
-        :raises LookupError: no such worker (the message lists the workers).
-        :raises WorkerConflictError: it is leaving already, or its kind cannot restart.
-        """
-        await self.begin_restart(worker_id, reason)
-
     def begin_restart(self, worker_id: str, reason: str = "restarted on request") -> Coroutine[Any, Any, None]:
-        """Check and mark the restart now (see :meth:`restart`); the coroutine returned
-        carries it out.
+        """Check and mark a restart now; the coroutine returned carries it out: drain
+        ``worker_id`` (its pinned instances move first), then start a new worker under its
+        id, counted in :attr:`restarts`; a node's slot is drained and its node starts
+        another in its place. A second restart meanwhile is refused, not raced.
 
         :raises LookupError: no such worker (the message lists the workers).
         :raises WorkerConflictError: it is leaving already, or its kind cannot restart.
         """
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            known = ", ".join(sorted(self.workers)) or "none"
-            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
+        worker = self.get(worker_id)
         if worker.retiring:
             raise WorkerConflictError(f"worker {worker_id} is leaving already (drained or stopped): not restarted")
         if worker.external and not worker.backend.replaced_when_stopped:

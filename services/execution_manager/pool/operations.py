@@ -57,21 +57,18 @@ class Operations:
 
         :raises LookupError: no such worker (the message lists the workers).
         """
-        fleet = self._fleet
-        if worker_id not in fleet.workers:
-            known = ", ".join(sorted(fleet.workers)) or "none"
-            raise LookupError(f"no worker {worker_id!r} (workers: {known})")
-        fleet.background.spawn(self.retire(worker_id, reason, drain=drain))
+        self._fleet.get(worker_id)  # (one leaving already goes on leaving)
+        self._fleet.leave_soon(worker_id, reason, drain=drain)
 
     async def restart(self, worker_id: str, reason: str = "restarted on request") -> None:
-        """See :meth:`.fleet.Fleet.restart`."""
-        await self._fleet.restart(worker_id, reason)
+        """See :meth:`.fleet.Fleet.begin_restart`."""
+        await self._fleet.begin_restart(worker_id, reason)
 
     def restart_soon(self, worker_id: str, reason: str = "restarted on request") -> None:
         """Start restarting ``worker_id`` (checked now, carried out in the background).
 
         :raises LookupError: no such worker.
-        :raises WorkerConflictError: see :meth:`.fleet.Fleet.restart`.
+        :raises WorkerConflictError: see :meth:`.fleet.Fleet.begin_restart`.
         """
         self._fleet.background.spawn(self._fleet.begin_restart(worker_id, reason))
 
@@ -92,9 +89,7 @@ class Operations:
         if len(payload) > MAX_MESSAGE:
             raise ValueError(f"a message is {MAX_MESSAGE:,} bytes of JSON at most, not {len(payload):,}")
         workers = self._fleet.workers
-        if target != ALL and target not in workers:
-            raise LookupError(f"no worker {target!r} (workers: {', '.join(sorted(workers)) or 'none'})")
-        ids = sorted(workers) if target == ALL else [target]
+        ids = sorted(workers) if target == ALL else [self._fleet.get(target).id]
 
         async def one(worker_id: str) -> list[Any] | BaseException:
             worker = workers.get(worker_id)

@@ -374,8 +374,6 @@ class WorkerPool:
                 f"({self.settings.node_type}) could start; see the log for why"
             )
 
-    # A node listener's host (see .nodes.NodeHost): its slots join the fleet.
-
     # The pool is its node listeners' NodeHost (executors.nodes): adopt and retire.
 
     def adopt(self, executor: Worker) -> None:

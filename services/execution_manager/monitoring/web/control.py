@@ -13,9 +13,8 @@ from aiohttp import web
 
 from kernel.http.bodies import BadRequest, read_json
 
-from ...errors import WorkerConflictError
-
 if TYPE_CHECKING:
+    from ...pool.operations import Operations
     from .manager import Manager
 
 log = structlog.get_logger("http")
@@ -43,14 +42,16 @@ async def body(request: web.Request, fields: dict[str, type | tuple[type, ...]])
     return data
 
 
+def _operations(em: Manager, missing: str) -> Operations:
+    """The pool's operations; before the pool runs, nothing is there (``missing``)."""
+    if em.pool is None:
+        raise LookupError(missing)
+    return em.pool.operations
+
+
 def _retire(em: Manager, request: web.Request, reason: str, drain: bool) -> str:
     worker_id = request.match_info["worker_id"]
-    try:
-        if em.pool is None:
-            raise LookupError(f"no worker {worker_id!r} (workers: none)")
-        em.pool.operations.retire_soon(worker_id, reason, drain=drain)
-    except LookupError as exc:
-        raise BadRequest(str(exc), status=404) from None
+    _operations(em, f"no worker {worker_id!r} (workers: none)").retire_soon(worker_id, reason, drain=drain)
     return worker_id
 
 
@@ -72,14 +73,7 @@ async def restart(em: Manager, request: web.Request) -> web.Response:
     """Drain the worker, then start a new one under its id (a node's slot: its node
     replaces it); 409 if it is leaving already or cannot restart (a Dask worker)."""
     worker_id = request.match_info["worker_id"]
-    try:
-        if em.pool is None:
-            raise LookupError(f"no worker {worker_id!r} (workers: none)")
-        em.pool.operations.restart_soon(worker_id)
-    except LookupError as exc:
-        raise BadRequest(str(exc).strip("'\""), status=404) from None
-    except WorkerConflictError as exc:
-        raise BadRequest(str(exc), status=409) from None
+    _operations(em, f"no worker {worker_id!r} (workers: none)").restart_soon(worker_id)
     log.info("worker restart requested", worker_id=worker_id, peer=request.remote)
     return web.json_response({"worker": worker_id, "action": "restart"}, status=202)
 
@@ -95,14 +89,8 @@ async def message(em: Manager, request: web.Request) -> web.Response:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
         raise BadRequest(f"timeout must be a number of seconds from 0 to 300, not {json.dumps(timeout)[:40]}",
                          field="timeout")
-    if em.pool is None:
-        raise BadRequest(f"no worker {worker_id!r} (workers: none)", status=404)
-    try:
-        answers = await em.pool.operations.send(worker_id, data["message"], float(timeout))
-    except LookupError as exc:
-        raise BadRequest(str(exc).strip("'\""), status=404) from None
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+    operations = _operations(em, f"no worker {worker_id!r} (workers: none)")
+    answers = await operations.send(worker_id, data["message"], float(timeout))
     log.info("message sent on request", worker_id=worker_id, peer=request.remote)
     return web.json_response({"action": "message", "worker": worker_id, "replies": {
         wid: {"error": f"{type(a).__name__}: {a}"} if isinstance(a, BaseException)
@@ -116,14 +104,8 @@ async def revoke(em: Manager, request: web.Request) -> web.Response:
     given = request.match_info["task_id"]
     if not given.isdigit() or len(given) > 18:
         raise BadRequest(f"a task id is a number, not {given[:40]!r}", field="task_id")
-    try:
-        if em.pool is None:
-            raise LookupError(f"no call with task id {given} is waiting or running")
-        where = em.pool.operations.revoke(int(given), "revoked on request")
-    except LookupError as exc:
-        raise BadRequest(str(exc).strip("'\""), status=404) from None
-    except WorkerConflictError as exc:
-        raise BadRequest(str(exc), status=409) from None
+    missing = f"no call with task id {given} is waiting or running"
+    where = _operations(em, missing).revoke(int(given), "revoked on request")
     log.info("call revoked on request", task_id=int(given), was=where, peer=request.remote)
     return web.json_response({"task_id": int(given), "action": "revoke", "was": where})
 

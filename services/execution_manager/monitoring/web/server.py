@@ -30,6 +30,7 @@ from kernel.http.listen import Limits, json_errors, listen
 from kernel.logs import Throttle, log_throttled
 from kernel.tokens import data_dir, own_token
 
+from ...errors import WorkerConflictError
 from ...settings import ADMIN_TOKEN_FILE, HttpSettings
 from ..history import History
 from . import control
@@ -226,7 +227,11 @@ class WebServer:
                 return await action(self.em, request)
             except BadRequest as exc:
                 return error(exc.status, str(exc))
-            except (ValueError, LookupError, KernelError) as exc:
+            except WorkerConflictError as exc:  # leaving already, or of a kind that cannot
+                return error(409, str(exc))
+            except LookupError as exc:  # no such worker or call
+                return error(404, str(exc).strip("'\""))
+            except (ValueError, KernelError) as exc:
                 return error(400, str(exc).strip("'\""))
         return handler
 
