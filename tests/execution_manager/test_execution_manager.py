@@ -154,6 +154,9 @@ async def test_calls_after_stop_are_refused() -> None:
         ({"minWorkers": "two"}, "minWorkers", "valid integer"),
         ({"maxWorkerz": 2}, "maxWorkerz", "unknown field"),
         ({"runLocally": True}, "", "'runLocally' was renamed 'inProcess'"),
+        ({"idleTimeout": 120, "maxIdle": 60}, "", r"maxIdle \(60\) must not be below idleTimeout \(120\)"),
+        ({"scaleUpThreshold": 0.3, "scaleDownThreshold": 0.5}, "",
+         r"scaleDownThreshold \(0.5\) must be below scaleUpThreshold \(0.3\)"),
         ({"localSlots": 2}, "", "'localSlots' was renamed 'inProcessThreads'"),
     ],
 )

@@ -164,10 +164,17 @@ async def test_queued_calls_start_a_worker_and_an_idle_one_retires_never_a_busy_
             await asyncio.gather(*queued)
         long_pid = next(w.backend.info().pid for w in em.pool.fleet.members if w.running)
         retired: list[str] = []
-        em.subscribe("scaled-down", lambda _e, payload: retired.append(payload["worker_id"]))
+        decided: list[object] = []  # the decision behind each retirement, as get_stats() shows it then
+        em.subscribe("scaled-down", lambda _e, payload: (retired.append(payload["worker_id"]),
+                                                          decided.append(em.pool.scaling.last_decision)))
         # the host's CPU is low (one call sleeps): idle workers go, one a tick, never the busy one
         await until(lambda: len(em.pool.fleet.members) <= 3, 10, "an idle worker to retire")
         assert retired
+        decision = decided[0]
+        assert decision.rule == "retire-idle" and decision.worker == retired[0]  # type: ignore[attr-defined]
+        assert decision.idle_seconds >= 0.3 and decision.waiting == 0  # type: ignore[attr-defined]
+        assert decision.cpu_percent < 79 and decision.free_workers >= 1  # type: ignore[attr-defined]
+        assert (await em.get_stats()).scaling is not None  # kept as fields, "steady" included
         assert long_pid in {w.backend.info().pid for w in em.pool.fleet.members}  # never the busy one
         assert (await long)[0] == "long"
 
@@ -240,3 +247,22 @@ async def test_lowering_max_workers_with_every_worker_busy_drains_never_kills() 
         await until(lambda: len(em.pool.fleet.members) == 1, 10, "the pool to shrink to its new maximum")
         stats = await em.get_stats()
         assert stats.tasks_failed == 0 and stats.max_workers == 1 and stats.scaling.rule == "bounds"
+
+
+async def test_memory_over_the_limit_vetoes_starting_a_worker_with_every_worker_busy() -> None:
+    """Calls wait and every worker is busy, but memory is over memoryLimit (set below
+    what any machine uses): no worker starts, the decision says why, and the calls
+    still run, on the worker there is."""
+    async with em_kernel(minWorkers=1, maxWorkers=3, memoryLimit=0.001, sampleInterval=0.05,
+                         monitorInterval=0.1) as kernel:
+        em = kernel.get_service("execution-manager")
+        await until(lambda: em.pool.scaling.memory_percent > 0, 10, "a first memory sample")
+        blockers = await busy(em, 0.6, 1)
+        queued = [em.submit(tasks.stamp, f"q{i}", 0.01) for i in range(4)]
+        await asyncio.sleep(0.4)  # several ticks with calls waiting
+        assert len(em.pool.fleet.members) == 1 and em.pool.fleet.starting == 0
+        stats = await em.get_stats()
+        assert stats.scaling is not None and stats.scaling.rule == "memory-veto", stats.scaling
+        assert "memory" in stats.scaling.reason and stats.scaling.waiting >= 1
+        results = await asyncio.wait_for(asyncio.gather(*blockers, *queued), 20)
+        assert [r[0] for r in results] == ["blocker"] + [f"q{i}" for i in range(4)]
